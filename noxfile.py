@@ -1,0 +1,111 @@
+"""Development sessions: tests on every supported Python, lint, typing, the demo, the benchmarks.
+
+Run it directly and it sets itself up: ``python3 noxfile.py`` creates ``.nox/_bootstrap`` with nox
+in it (once), makes every installed pyenv Python from 3.10 on visible, and runs nox.
+
+    python3 noxfile.py             # the whole suite: lint, typing, tests on 3.10 to 3.13
+    python3 noxfile.py -s demo     # install the project and run the demo host
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _pyenv_versions() -> str | None:
+    """Every pyenv Python 3.10+ installed, the current default first (for PYENV_VERSION)."""
+    if shutil.which("pyenv") is None:
+        return None
+    bare = subprocess.run(
+        ["pyenv", "versions", "--bare"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    current = (
+        subprocess.run(["pyenv", "version-name"], capture_output=True, text=True, check=False)
+        .stdout.strip()
+        .split(":")
+    )
+    wanted = [
+        v for v in bare if v.split(".")[:2] in (["3", "10"], ["3", "11"], ["3", "12"], ["3", "13"])
+    ]
+    ordered = [v for v in current if v in wanted] + [v for v in wanted if v not in current]
+    return ":".join(ordered) or None
+
+
+def _bootstrap() -> None:
+    venv = ROOT / ".nox" / "_bootstrap"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "nox>=2024.10"], check=True)
+    environment = dict(os.environ)
+    versions = _pyenv_versions()
+    if versions:
+        environment["PYENV_VERSION"] = versions
+    os.execve(
+        str(python),
+        [str(python), "-m", "nox", "-f", str(ROOT / "noxfile.py"), *sys.argv[1:]],
+        environment,
+    )
+
+
+if __name__ == "__main__":
+    _bootstrap()
+
+import nox  # noqa: E402
+
+PYTHONS = nox.project.python_versions(nox.project.load_toml(str(ROOT / "pyproject.toml")))
+TYPING_PYTHON = "3.10"
+"""mypy runs where both engines install, so the wasmer adapter is checked too."""
+
+nox.options.sessions = ["lint", "typing", "tests"]
+nox.options.error_on_missing_interpreters = True
+nox.options.reuse_venv = "yes"
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The test suite. On 3.10 both engines must run: a skipped wasmer test fails the session."""
+    session.install("-e", ".[test]")
+    required = "wasmer,wasmtime" if session.python == "3.10" else "wasmtime"
+    session.run(
+        "pytest",
+        *session.posargs,
+        env={"WASM_PLUGINS_REQUIRE_ENGINES": required, "HYPOTHESIS_PROFILE": "ci"},
+    )
+
+
+@nox.session(python=TYPING_PYTHON)
+def typing(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".", "mypy>=1.10")
+    session.run("mypy", "--strict", "wasm_plugins")
+
+
+@nox.session(python=False)
+def lint(session: nox.Session) -> None:
+    """ruff on the package and the tests (ruff is installed into the bootstrap environment)."""
+    session.run(sys.executable, "-m", "pip", "install", "--quiet", "ruff>=0.6", external=True)
+    session.run(sys.executable, "-m", "ruff", "check", "wasm_plugins", "tests", external=True)
+    session.run(
+        sys.executable, "-m", "ruff", "format", "--check", "wasm_plugins", "tests", external=True
+    )
+
+
+@nox.session(python=PYTHONS[0])
+def demo(session: nox.Session) -> None:
+    """Install the project and run the demo host (on 3.10, where both engines install)."""
+    session.install(".")
+    session.run("wasm-plugins", "demo", *session.posargs)
+
+
+@nox.session(python=PYTHONS[0])
+def bench(session: nox.Session) -> None:
+    """The benchmarks, as tables of ratios against baselines measured in the same run."""
+    session.install(".")
+    session.run("python", "benchmarks/bench_call.py", *session.posargs)

@@ -1,0 +1,86 @@
+"""Shared fixtures: engines (a required one fails instead of skipping), paths, profiles."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from wasm_plugins.engine import Engine, default_registry
+
+ROOT = Path(__file__).resolve().parent.parent
+HOSTAPI = ROOT / "hostapi"
+CONFORMANCE = HOSTAPI / "conformance"
+EXAMPLES = HOSTAPI / "examples"
+
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True)
+settings.register_profile(
+    "deep", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=30, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+_REGISTRY = default_registry()
+ENGINE_NAMES = ("wasmer", "wasmtime")
+
+
+def required_engines() -> set[str]:
+    """Engines whose tests must run here: wasmer wherever it installs (CPython 3.10 and older)."""
+    configured = os.environ.get("WASM_PLUGINS_REQUIRE_ENGINES")
+    if configured is not None:
+        return {name.strip() for name in configured.split(",") if name.strip()}
+    return {"wasmer", "wasmtime"} if sys.version_info < (3, 11) else {"wasmtime"}
+
+
+def _engine(name: str) -> Engine:
+    reason = _REGISTRY.availability()[name]
+    if reason is not None:
+        if name in required_engines():
+            pytest.fail(f"engine {name} is required here but cannot load: {reason}")
+        pytest.skip(f"engine {name} not available: {reason}")
+    return _REGISTRY.get(name)
+
+
+@pytest.fixture(params=ENGINE_NAMES)
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Each engine in turn; a required engine that cannot load fails the test."""
+    return _engine(request.param)
+
+
+@pytest.fixture
+def wasmtime_engine() -> Engine:
+    """The wasmtime engine (for behaviour only wasmtime offers in-process)."""
+    return _engine("wasmtime")
+
+
+@pytest.fixture
+def wasmer_engine() -> Engine:
+    """The wasmer engine."""
+    return _engine("wasmer")
+
+
+_skipped_required: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember skipped tests of a required engine: they count as failures."""
+    if report.skipped and any(f"[{name}" in report.nodeid for name in required_engines()):
+        _skipped_required.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _skipped_required and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _skipped_required:
+        terminalreporter.write_line(
+            f"FAILED: {len(_skipped_required)} test(s) of a required engine were skipped:",
+            red=True,
+        )
+        for nodeid in _skipped_required[:20]:
+            terminalreporter.write_line(f"  {nodeid}")

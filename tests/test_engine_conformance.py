@@ -1,0 +1,413 @@
+"""Engine conformance: every available engine turns every failure into the same typed error.
+
+Each test runs once per engine (the ``engine`` fixture); after every failure the same Sandbox must
+answer a good call correctly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import CONFORMANCE, EXAMPLES
+from wasm_plugins.engine import CallBudget, Engine, FuncSignature, HostImport
+from wasm_plugins.errors import (
+    CommunicationError,
+    CompilationError,
+    ConfigurationError,
+    DeadlineExceeded,
+    ExecutionError,
+    InstanceError,
+    ModuleError,
+    PluginError,
+    ResourceLimitExceeded,
+    SecurityViolation,
+)
+from wasm_plugins.sandbox import HostCall, HostFunction, Limits, Sandbox
+
+ABI = CONFORMANCE / "abi.wat"
+
+
+def assert_still_answers(sandbox: Sandbox) -> None:
+    """The sandbox that just failed answers a good call correctly."""
+    assert sandbox.call("echo", {"still": ["here", 1]}) == {"still": ["here", 1]}
+    assert sandbox.call("upper", "abc") == "ABC"
+
+
+def fails_with(
+    sandbox: Sandbox, function: str, error_type: type[PluginError], value: Any = None
+) -> Any:
+    with pytest.raises(error_type) as caught:
+        sandbox.call(function, value)
+    assert_still_answers(sandbox)
+    return caught.value
+
+
+class TestGoodCalls:
+    def test_echo_round_trips_json(self, engine: Engine) -> None:
+        """A JSON document goes through the guest and comes back equal."""
+        sandbox = Sandbox(ABI, engine=engine)
+        document = {"text": "héllo wörld", "n": [1, 2.5, None, True], "nested": {"a": {}}}
+        assert sandbox.call("echo", document) == document
+
+    def test_guest_owned_output(self, engine: Engine) -> None:
+        """Output written to a guest-owned buffer is read back correctly, across sizes."""
+        sandbox = Sandbox(ABI, engine=engine)
+        for size in (0, 1, 255, 256, 257, 10_000, 100_000):
+            text = "ab" * (size // 2)
+            assert sandbox.call("upper", text) == text.upper()
+
+    def test_raw_codec(self, engine: Engine) -> None:
+        """The raw codec passes bytes through unchanged, including bytes that are not UTF-8."""
+        sandbox = Sandbox(ABI, engine=engine, codec="raw")
+        payload = bytes(range(256)) * 3
+        assert sandbox.call("echo", payload) == payload
+
+    def test_example_plugin(self, engine: Engine) -> None:
+        """The documented example plugin works as written."""
+        sandbox = Sandbox(EXAMPLES / "echo.wat", engine=engine, functions=["echo"])
+        assert sandbox.functions == ("echo",)
+        assert sandbox.call("echo", [1, "two"]) == [1, "two"]
+
+    def test_binary_source_and_path(self, engine: Engine, tmp_path: Path) -> None:
+        """Bytes and a .wasm path load the same module as WAT text."""
+        wasm = engine.wat_to_wasm(ABI.read_text())
+        (tmp_path / "abi.wasm").write_bytes(wasm)
+        assert Sandbox(wasm, engine=engine).call("upper", "x") == "X"
+        assert Sandbox(tmp_path / "abi.wasm", engine=engine).call("upper", "y") == "Y"
+
+    def test_serialized_module_round_trip(self, engine: Engine) -> None:
+        """A compiled module serializes and deserializes into a module that runs."""
+        module = engine.compile(engine.wat_to_wasm(ABI.read_text()))
+        again = engine.deserialize(module.serialize())
+        assert {e.name for e in again.exports} == {e.name for e in module.exports}
+        from wasm_plugins.sandbox._abi import Session, abi_host_functions
+
+        session = Session()
+        imports = [
+            HostImport(
+                f.module,
+                f.name,
+                f.signature,
+                lambda memory, *a, f=f: f.implementation(HostCall(memory, "p", session), *a),
+            )
+            for f in abi_host_functions()
+        ]
+        session.attach(again.instantiate(imports, CallBudget()))
+        assert json.loads(session.invoke(session.function("upper"), b'"ok"', 100)) == "OK"
+
+
+class TestLoadErrors:
+    def test_wat_syntax_error(self, engine: Engine) -> None:
+        """WAT that does not parse is a compilation error with line and column."""
+        with pytest.raises(CompilationError) as caught:
+            Sandbox('(module\n  (func (export "f")\n    i32.add', engine=engine)
+        diagnostic = caught.value.diagnostics[0]
+        assert (diagnostic.line, diagnostic.column) == (3, 12)
+        assert "line 3, column 12" in caught.value.message
+
+    @pytest.mark.parametrize(
+        ("data", "offset"),
+        [
+            (b"garbage that is not wasm", 0),
+            (b"\0asm\1\0\0\0\1\5", 10),
+            (b"\0asm\2\0\0\0", 4),
+            (b"", 0),
+        ],
+    )
+    def test_garbage_and_truncated_bytes(self, engine: Engine, data: bytes, offset: int) -> None:
+        """Bytes that are not a module are a module error with the offset of the problem."""
+        with pytest.raises(ModuleError) as caught:
+            Sandbox(data, engine=engine)
+        assert caught.value.validation_errors[0].offset == offset
+
+    def test_module_that_does_not_validate(self, engine: Engine) -> None:
+        """A well-formed module with a type error is a module error, with the offset."""
+        wasm = engine.wat_to_wasm("(module (func (result i32) i64.const 1))")
+        with pytest.raises(ModuleError) as caught:
+            Sandbox(wasm, engine=engine)
+        issue = caught.value.validation_errors[0]
+        assert "type mismatch" in issue.message
+        assert issue.offset is not None and issue.offset > 8
+
+    def test_missing_abi_export(self, engine: Engine) -> None:
+        """A module without wp_alloc is refused, naming the export."""
+        with pytest.raises(ModuleError) as caught:
+            Sandbox(CONFORMANCE / "no_alloc.wat", engine=engine)
+        assert caught.value.missing_export == "wp_alloc"
+        assert "wp_alloc" in caught.value.message
+
+    def test_missing_declared_function(self, engine: Engine) -> None:
+        """A declared function the module does not export is refused, naming it."""
+        with pytest.raises(ModuleError) as caught:
+            Sandbox(ABI, engine=engine, functions=["echo", "word_count"])
+        assert caught.value.missing_export == "word_count"
+
+    def test_declared_function_with_wrong_type(self, engine: Engine) -> None:
+        """A declared function with another type than (i32, i32) -> i64 is refused."""
+        with pytest.raises(ModuleError) as caught:
+            Sandbox(ABI, engine=engine, functions=["not_a_plugin_function"])
+        assert "(i32) -> (i32)" in caught.value.message
+
+    def test_start_function_trap(self, engine: Engine) -> None:
+        """A trap in the start function is an instance error."""
+        with pytest.raises(InstanceError) as caught:
+            Sandbox(CONFORMANCE / "start_trap.wat", engine=engine)
+        assert caught.value.state == "instantiating"
+        assert "unreachable" in caught.value.message
+
+    def test_initial_memory_over_limit(self, engine: Engine) -> None:
+        """A module whose initial memory is over the limit fails at load with the figures."""
+        with pytest.raises(ResourceLimitExceeded) as caught:
+            Sandbox(CONFORMANCE / "big_initial_memory.wat", engine=engine)
+        error = caught.value
+        assert (error.resource, error.used, error.limit) == ("memory", 100 * 2**20, 64 * 2**20)
+        assert error.message == "Resource limit exceeded: memory - used 100 MiB, limit 64 MiB"
+
+    def test_unresolved_import(self, engine: Engine) -> None:
+        """An import no host function provides is a module error naming it."""
+        wat = ABI.read_text().replace(
+            '(import "wasm_plugins" "error"',
+            '(import "env" "launch_missiles" (func (param i32)))\n  (import "wasm_plugins" "error"',
+        )
+        with pytest.raises(ModuleError) as caught:
+            Sandbox(wat, engine=engine)
+        assert "env.launch_missiles" in caught.value.message
+
+    def test_capability_denied_at_load(self, engine: Engine) -> None:
+        """Importing a host function whose capability is not granted is a security violation."""
+        calls: list[int] = []
+
+        def tick(call: HostCall) -> int:
+            calls.append(1)
+            return 42
+
+        clock = HostFunction(
+            module="wasm_plugins",
+            name="clock_now",
+            signature=FuncSignature((), ("i64",)),
+            implementation=tick,
+            capability="clock",
+        )
+        wat = """(module
+          (import "wasm_plugins" "clock_now" (func $now (result i64)))
+          (memory (export "memory") 1)
+          (func (export "wp_alloc") (param i32) (result i32) (i32.const 1024))
+          (func (export "wp_free") (param i32 i32))
+          (func (export "now") (param i32 i32) (result i64)
+            (local $v i32)
+            (local.set $v (i32.wrap_i64 (call $now)))
+            (i32.store8 (i32.const 0)
+              (i32.add (i32.const 48) (i32.div_u (local.get $v) (i32.const 10))))
+            (i32.store8 (i32.const 1)
+              (i32.add (i32.const 48) (i32.rem_u (local.get $v) (i32.const 10))))
+            (i64.const 2)))"""
+        with pytest.raises(SecurityViolation) as caught:
+            Sandbox(wat, engine=engine, host_functions=[clock])
+        assert caught.value.capability == "clock"
+        assert caught.value.resource == "wasm_plugins.clock_now"
+        assert calls == []
+        granted = Sandbox(wat, engine=engine, host_functions=[clock], capabilities={"clock"})
+        assert granted.call("now") == 42
+        assert calls == [1]
+
+    def test_wasi_import_needs_capability(self, engine: Engine) -> None:
+        """A module importing WASI without the wasi capability is refused."""
+        wat = ABI.read_text().replace(
+            '(import "wasm_plugins" "error"',
+            '(import "wasi_snapshot_preview1" "fd_write"'
+            " (func (param i32 i32 i32 i32) (result i32)))\n"
+            '  (import "wasm_plugins" "error"',
+        )
+        with pytest.raises(SecurityViolation) as caught:
+            Sandbox(wat, engine=engine)
+        assert caught.value.capability == "wasi"
+
+
+class TestTraps:
+    @pytest.mark.parametrize(
+        ("function", "trap"),
+        [
+            ("trap_unreachable", "unreachable"),
+            ("trap_divide_by_zero", "integer_divide_by_zero"),
+            ("trap_out_of_bounds", "memory_out_of_bounds"),
+            ("trap_stack_overflow", "stack_overflow"),
+        ],
+    )
+    def test_trap_is_runtime_error_with_frames(
+        self, engine: Engine, function: str, trap: str
+    ) -> None:
+        """Each trap is a runtime error with its canonical name and the guest's frames."""
+        sandbox = Sandbox(ABI, engine=engine, name="conformance")
+        error = fails_with(sandbox, function, ExecutionError)
+        assert error.trap == trap
+        assert error.guest_stack, "the guest frames are reported"
+        assert error.context is not None and error.context.guest_stack == error.guest_stack
+        assert (error.plugin, error.function) == ("conformance", function)
+        assert error.context.environment.engine == engine.name
+
+    def test_stack_overflow_keeps_few_frames(self, engine: Engine) -> None:
+        """A stack overflow reports a bounded number of frames, all of the recursing function."""
+        sandbox = Sandbox(ABI, engine=engine)
+        error = fails_with(sandbox, "trap_stack_overflow", ExecutionError)
+        assert 1 <= len(error.guest_stack) <= 32
+        assert {frame.function for frame in error.guest_stack} == {"recurse"}
+        assert len(error.message) < 300
+
+    def test_guest_reported_error(self, engine: Engine) -> None:
+        """An error the guest reports is a runtime error that keeps its message and details."""
+        sandbox = Sandbox(ABI, engine=engine)
+        error = fails_with(sandbox, "guest_error", ExecutionError)
+        assert error.trap == "guest_error"
+        assert error.details == {"message": "input rejected", "details": {"field": "text"}}
+        assert "input rejected" in error.message
+
+    def test_guest_error_pointer_out_of_bounds(self, engine: Engine) -> None:
+        """A guest that reports an error from outside its memory gets a communication error."""
+        sandbox = Sandbox(ABI, engine=engine)
+        error = fails_with(sandbox, "error_out_of_bounds", CommunicationError)
+        assert error.channel == "guest-memory"
+
+
+class TestResults:
+    def test_result_pointer_outside_memory(self, engine: Engine) -> None:
+        """A result outside guest memory is a communication error, and nothing is read."""
+        sandbox = Sandbox(ABI, engine=engine)
+        memory = sandbox._state().session.instance.memory
+        reads: list[tuple[int, int]] = []
+        original = memory.read
+
+        def recording_read(ptr: int, length: int) -> bytes:
+            reads.append((ptr, length))
+            return original(ptr, length)
+
+        memory.read = recording_read  # type: ignore[method-assign]
+        for function in ("bad_pointer", "pointer_past_end"):
+            with pytest.raises(CommunicationError) as caught:
+                sandbox.call(function)
+            assert caught.value.channel == "guest-output"
+        assert all(ptr + length <= memory.size() for ptr, length in reads)
+        assert reads == []
+        assert_still_answers(sandbox)
+
+    def test_output_not_json(self, engine: Engine) -> None:
+        """Output that is not JSON is a communication error quoting its start."""
+        sandbox = Sandbox(ABI, engine=engine)
+        error = fails_with(sandbox, "bad_json", CommunicationError)
+        assert "{not json" in error.message
+
+    def test_output_over_limit(self, engine: Engine) -> None:
+        """Output over max_output is a resource limit error with its size."""
+        sandbox = Sandbox(ABI, engine=engine, limits=Limits(max_output="1 KiB"))
+        error = fails_with(sandbox, "whole_memory", ResourceLimitExceeded)
+        assert (error.resource, error.limit) == ("output", 1024)
+        assert error.used is not None and error.used >= 65536
+
+    def test_input_over_limit(self, engine: Engine) -> None:
+        """Input over max_input is refused before the guest runs."""
+        sandbox = Sandbox(ABI, engine=engine, limits=Limits(max_input=100))
+        error = fails_with(sandbox, "echo", ResourceLimitExceeded, "x" * 200)
+        assert (error.resource, error.used, error.limit) == ("input", 202, 100)
+
+    def test_unencodable_input(self, engine: Engine) -> None:
+        """An input the codec cannot encode is a typed error and nothing reaches the guest."""
+        sandbox = Sandbox(ABI, engine=engine)
+        for value in ({1, 2}, float("nan"), object()):
+            with pytest.raises(CommunicationError) as caught:
+                sandbox.call("echo", value)
+            assert caught.value.direction == "host-to-guest"
+        with pytest.raises(CommunicationError):
+            Sandbox(ABI, engine=engine, codec="raw").call("echo", "not bytes")
+
+    def test_unknown_function(self, engine: Engine) -> None:
+        """Calling a function the module does not export names it."""
+        sandbox = Sandbox(ABI, engine=engine)
+        for name in ("nope", "memory", "wp_alloc", "not_a_plugin_function"):
+            error = fails_with(sandbox, name, ModuleError)
+            assert error.missing_export == name
+
+
+class TestLimits:
+    def test_memory_growth_past_limit(self, engine: Engine) -> None:
+        """Growing memory past the limit is a resource limit error with used and limit."""
+        limit = 4 * 2**20
+        sandbox = Sandbox(ABI, engine=engine, limits=Limits(memory=limit))
+        error = fails_with(sandbox, "memory_bomb", ResourceLimitExceeded)
+        assert error.resource == "memory"
+        assert error.limit == limit
+        assert error.used is not None and limit < error.used <= limit + 16 * 65536
+        assert error.message.startswith("Resource limit exceeded: memory - used 4.")
+        assert error.percentage is not None and error.percentage > 100
+        assert isinstance(error.__cause__, ExecutionError)
+
+    def test_imported_memory_is_limited(self, engine: Engine) -> None:
+        """An imported memory gets the same maximum as a defined one."""
+        limit = 2 * 2**20
+        sandbox = Sandbox(
+            CONFORMANCE / "imported_memory.wat", engine=engine, limits=Limits(memory=limit)
+        )
+        assert sandbox.link_plan.memory is not None
+        assert sandbox.link_plan.memory.maximum == 32
+        error = fails_with_echo_only(sandbox, "memory_bomb")
+        assert (error.resource, error.limit) == ("memory", limit)
+
+    def test_unenforceable_limits_are_refused(self, engine: Engine) -> None:
+        """An engine that cannot enforce a limit in-process refuses it at load, saying why."""
+        for limits, field in (
+            (Limits(timeout=1), "limits.timeout"),
+            (Limits(fuel=10), "limits.fuel"),
+        ):
+            if engine.features.timeout and engine.features.fuel:
+                Sandbox(ABI, engine=engine, limits=limits)
+                continue
+            with pytest.raises(ConfigurationError) as caught:
+                Sandbox(ABI, engine=engine, limits=limits)
+            assert caught.value.field == field
+            assert caught.value.suggestion is not None and "wasmtime" in caught.value.suggestion
+
+
+def fails_with_echo_only(sandbox: Sandbox, function: str) -> ResourceLimitExceeded:
+    with pytest.raises(ResourceLimitExceeded) as caught:
+        sandbox.call(function)
+    assert sandbox.call("echo", "ok") == "ok"
+    return caught.value
+
+
+class TestWasmtimeDeadlines:
+    def test_endless_loop_times_out(self, wasmtime_engine: Engine) -> None:
+        """An endless loop under a timeout ends in a timeout error with the duration."""
+        sandbox = Sandbox(ABI, engine=wasmtime_engine, limits=Limits(timeout="50 ms"))
+        error = fails_with(sandbox, "loop_forever", DeadlineExceeded)
+        assert error.limit == pytest.approx(0.05)
+        assert error.duration is not None and error.duration >= 0.05
+
+    def test_fuel_exhaustion(self, wasmtime_engine: Engine) -> None:
+        """An endless loop under a fuel limit ends in a fuel resource error."""
+        sandbox = Sandbox(ABI, engine=wasmtime_engine, limits=Limits(fuel=100_000))
+        error = fails_with(sandbox, "loop_forever", ResourceLimitExceeded)
+        assert (error.resource, error.limit, error.unit) == ("fuel", 100_000, "units")
+
+    def test_fuel_is_per_call(self, wasmtime_engine: Engine) -> None:
+        """Fuel is refilled for every call: many cheap calls never run out."""
+        sandbox = Sandbox(ABI, engine=wasmtime_engine, limits=Limits(fuel=5_000))
+        for _ in range(200):
+            assert sandbox.call("upper", "abc") == "ABC"
+
+    def test_start_function_loop_times_out(self, wasmtime_engine: Engine) -> None:
+        """A start function that never returns is stopped by the timeout at load."""
+        with pytest.raises(DeadlineExceeded) as caught:
+            Sandbox(
+                CONFORMANCE / "start_loop.wat", engine=wasmtime_engine, limits=Limits(timeout=0.05)
+            )
+        assert caught.value.operation == "instantiation"
+
+    def test_start_function_runs_out_of_fuel(self, wasmtime_engine: Engine) -> None:
+        """A start function that never returns is stopped by fuel at load."""
+        with pytest.raises(ResourceLimitExceeded) as caught:
+            Sandbox(
+                CONFORMANCE / "start_loop.wat", engine=wasmtime_engine, limits=Limits(fuel=1000)
+            )
+        assert caught.value.resource == "fuel"

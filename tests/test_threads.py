@@ -1,0 +1,82 @@
+"""Calls from several threads on one Sandbox: each thread gets its own instance on every engine."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.conftest import CONFORMANCE
+from wasm_plugins.engine import Engine
+from wasm_plugins.errors import ExecutionError, PluginError
+from wasm_plugins.sandbox import Sandbox
+
+ABI = CONFORMANCE / "abi.wat"
+
+
+class TestSandboxThreads:
+    def test_many_threads_one_sandbox(self, engine: Engine) -> None:
+        """Eight threads calling one sandbox all get their own inputs back."""
+        sandbox = Sandbox(ABI, engine=engine)
+
+        def work(worker: int) -> list[str]:
+            return [sandbox.call("upper", f"worker {worker} call {i}") for i in range(50)]
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(work, range(8)))
+        for worker, outputs in enumerate(results):
+            assert outputs == [f"WORKER {worker} CALL {i}" for i in range(50)]
+
+    def test_failures_stay_in_their_thread(self, engine: Engine) -> None:
+        """Traps in some threads do not disturb good calls running in others."""
+        sandbox = Sandbox(ABI, engine=engine)
+        barrier = threading.Barrier(6)
+
+        def work(worker: int) -> list[str]:
+            barrier.wait()
+            outcomes = []
+            for i in range(30):
+                try:
+                    if worker % 2:
+                        sandbox.call("trap_unreachable")
+                    outcomes.append(sandbox.call("echo", f"{worker}-{i}"))
+                except ExecutionError as error:
+                    outcomes.append(error.trap)
+            return outcomes
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            results = list(pool.map(work, range(6)))
+        for worker, outcomes in enumerate(results):
+            expected = ["unreachable" if worker % 2 else f"{worker}-{i}" for i in range(30)]
+            assert outcomes == expected
+
+    def test_thread_made_after_load(self, engine: Engine) -> None:
+        """A thread that starts after the sandbox was loaded gets a working instance."""
+        sandbox = Sandbox(ABI, engine=engine)
+        box: list[object] = []
+        thread = threading.Thread(target=lambda: box.append(sandbox.call("upper", "late")))
+        thread.start()
+        thread.join()
+        assert box == ["LATE"]
+
+    def test_closed_sandbox(self, engine: Engine) -> None:
+        """A closed sandbox refuses calls with a typed error in every thread."""
+        sandbox = Sandbox(ABI, engine=engine)
+        sandbox.call("echo", 1)
+        sandbox.close()
+        with pytest.raises(PluginError) as caught:
+            sandbox.call("echo", 1)
+        assert caught.value.kind == "instance"
+        box: list[str] = []
+
+        def late() -> None:
+            try:
+                sandbox.call("echo", 1)
+            except PluginError as error:
+                box.append(error.kind)
+
+        thread = threading.Thread(target=late)
+        thread.start()
+        thread.join()
+        assert box == ["instance"]

@@ -1,0 +1,174 @@
+"""Engines: the protocol, the built-in adapters (wasmer, wasmtime) and the registry that picks one.
+
+``engine="auto"`` picks wasmer when it imports (CPython 3.10 and older), else wasmtime. The
+``WASM_PLUGINS_ENGINE`` environment variable replaces ``auto``; a name given explicitly wins.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+
+from wasm_plugins.engine._protocol import (
+    CallBudget,
+    Engine,
+    EngineFeatures,
+    EngineInstance,
+    EngineModule,
+    ExportFunction,
+    ExternInfo,
+    FuncSignature,
+    GuestMemory,
+    HostImport,
+    MemoryImport,
+)
+from wasm_plugins.errors import ConfigurationError
+
+__all__ = [
+    "AUTO_ORDER",
+    "ENGINE_ENVIRONMENT_VARIABLE",
+    "CallBudget",
+    "Engine",
+    "EngineFeatures",
+    "EngineInstance",
+    "EngineModule",
+    "EngineRegistry",
+    "ExportFunction",
+    "ExternInfo",
+    "FuncSignature",
+    "GuestMemory",
+    "HostImport",
+    "MemoryImport",
+    "default_registry",
+    "get_engine",
+]
+
+ENGINE_ENVIRONMENT_VARIABLE = "WASM_PLUGINS_ENGINE"
+AUTO_ORDER = ("wasmer", "wasmtime")
+
+
+def _wasmer() -> Engine:
+    from wasm_plugins.engine._wasmer import WasmerEngine
+
+    return WasmerEngine()
+
+
+def _wasmtime() -> Engine:
+    from wasm_plugins.engine._wasmtime import WasmtimeEngine
+
+    return WasmtimeEngine()
+
+
+class EngineRegistry:
+    """Engine factories by name, each engine made once and shared (engines are thread-safe)."""
+
+    def __init__(self) -> None:
+        self._factories: dict[str, Callable[[], Engine]] = {}
+        self._engines: dict[str, Engine] = {}
+        self._failures: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def register(self, name: str, factory: Callable[[], Engine]) -> None:
+        """Offer an engine under ``name``; ``factory`` raises ImportError when it cannot load."""
+        with self._lock:
+            self._factories[name] = factory
+            self._engines.pop(name, None)
+            self._failures.pop(name, None)
+
+    def names(self) -> tuple[str, ...]:
+        """Every registered engine name, available or not."""
+        return tuple(self._factories)
+
+    def availability(self) -> dict[str, str | None]:
+        """For every engine: ``None`` when it loads, else why it does not."""
+        result: dict[str, str | None] = {}
+        for name in self._factories:
+            try:
+                self.get(name)
+            except ConfigurationError as exc:
+                result[name] = self._failures.get(name, exc.message)
+            else:
+                result[name] = None
+        return result
+
+    def resolve_name(self, name: str | None = "auto") -> str:
+        """The engine ``name`` stands for, ``auto`` and the environment variable resolved."""
+        if name in (None, "auto"):
+            name = os.environ.get(ENGINE_ENVIRONMENT_VARIABLE) or "auto"
+        if name != "auto":
+            return name
+        for candidate in (*AUTO_ORDER, *self._factories):
+            if candidate in self._factories and self._load(candidate) is not None:
+                return candidate
+        raise ConfigurationError(
+            field="engine",
+            message="Invalid configuration: engine - no WebAssembly engine can be loaded",
+            suggestion="install wasmtime (pip install wasmtime)",
+        )
+
+    def get(self, name: str | None = "auto") -> Engine:
+        """The engine called ``name`` (or the ``auto`` choice).
+
+        :raises ConfigurationError: when it is unknown or cannot be loaded here.
+        """
+        resolved = self.resolve_name(name)
+        if resolved not in self._factories:
+            known = ", ".join(sorted(self._factories))
+            raise ConfigurationError(
+                field="engine",
+                message=f"Invalid configuration: engine - unknown engine {resolved!r}",
+                suggestion=f"use one of: auto, {known}",
+            )
+        engine = self._load(resolved)
+        if engine is None:
+            raise ConfigurationError(
+                field="engine",
+                message=(
+                    f"Invalid configuration: engine - {resolved!r} cannot be loaded: "
+                    f"{self._failures[resolved]}"
+                ),
+                suggestion=_install_hint(resolved),
+            )
+        return engine
+
+    def _load(self, name: str) -> Engine | None:
+        with self._lock:
+            if name in self._engines:
+                return self._engines[name]
+            if name in self._failures:
+                return None
+            try:
+                engine = self._factories[name]()
+            except ImportError as exc:
+                self._failures[name] = str(exc) or type(exc).__name__
+                return None
+            self._engines[name] = engine
+            return engine
+
+
+def _install_hint(name: str) -> str:
+    if name == "wasmer":
+        return (
+            "wasmer 1.1 has wheels for CPython 3.10 and older only: use Python 3.10 with "
+            "'pip install wasmer wasmer-compiler-cranelift', or engine='wasmtime'"
+        )
+    if name == "wasmtime":
+        return "pip install wasmtime"
+    return f"install the package that provides the {name!r} engine"
+
+
+def default_registry() -> EngineRegistry:
+    """A registry with the built-in engines."""
+    registry = EngineRegistry()
+    registry.register("wasmer", _wasmer)
+    registry.register("wasmtime", _wasmtime)
+    return registry
+
+
+_DEFAULT = default_registry()
+
+
+def get_engine(name: str | None = "auto") -> Engine:
+    """The shared built-in engine called ``name``; see :meth:`EngineRegistry.get`."""
+    return _DEFAULT.get(name)

@@ -1,0 +1,237 @@
+"""The engine contract: what the sandbox needs from a WebAssembly engine, and the records it uses.
+
+An engine adapter turns everything its engine raises into a typed error from
+:mod:`wasm_plugins.errors`; no layer above it looks at an engine's messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+__all__ = [
+    "CallBudget",
+    "Engine",
+    "EngineFeatures",
+    "EngineInstance",
+    "EngineModule",
+    "ExportFunction",
+    "ExternInfo",
+    "FuncSignature",
+    "GuestMemory",
+    "HostImport",
+    "MemoryImport",
+]
+
+
+@attrs.frozen
+class FuncSignature:
+    """A function type, with value types spelt as in WAT: ``i32``, ``i64``, ``f32``, ``f64``."""
+
+    params: tuple[str, ...] = ()
+    results: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"({', '.join(self.params)}) -> ({', '.join(self.results)})"
+
+
+@attrs.frozen
+class ExternInfo:
+    """One import or export of a module."""
+
+    name: str
+    kind: str
+    """``func``, ``memory``, ``global``, ``table`` or ``tag``."""
+    module: str | None = None
+    """The import module (imports only)."""
+    signature: FuncSignature | None = None
+    """The type of a function."""
+    minimum: int | None = None
+    """Initial pages of a memory."""
+    maximum: int | None = None
+    """Maximum pages of a memory, if declared."""
+
+
+@attrs.frozen
+class EngineFeatures:
+    """What an engine can enforce inside this process."""
+
+    timeout: bool
+    fuel: bool
+    store_memory_limit: bool
+    wasi: bool
+    wasi_read_only_preopens: bool
+    wasi_captured_output: bool
+    thread_bound: bool
+    """Objects may only be used by the thread that made them."""
+
+
+@attrs.frozen
+class CallBudget:
+    """Limits an engine applies to every call into one instance (and to its instantiation)."""
+
+    fuel: int | None = None
+    timeout: float | None = None
+    memory_bytes: int | None = None
+
+
+class GuestMemory(Protocol):
+    """Bounds-checked access to an instance's linear memory."""
+
+    def size(self) -> int:
+        """The current size in bytes."""
+
+    def read(self, ptr: int, length: int) -> bytes:
+        """Copy ``length`` bytes at ``ptr``.
+
+        :raises CommunicationError: when the range is not inside the memory.
+        """
+
+    def write(self, ptr: int, data: bytes) -> None:
+        """Copy ``data`` to ``ptr``.
+
+        :raises CommunicationError: when the range is not inside the memory.
+        """
+
+
+HostCallable = Callable[..., Any]
+
+
+@attrs.frozen
+class HostImport:
+    """A host function offered to the guest under ``module.name``.
+
+    ``function`` receives the instance's :class:`GuestMemory` first, then the guest's arguments,
+    and returns ``None`` (no result) or one number. An exception it raises stops the guest and
+    is raised from the call that entered the guest.
+    """
+
+    module: str
+    name: str
+    signature: FuncSignature
+    function: HostCallable
+
+
+@attrs.frozen
+class MemoryImport:
+    """A linear memory the host creates for a module that imports one."""
+
+    module: str
+    name: str
+    minimum: int
+    maximum: int | None
+
+
+class ExportFunction(Protocol):
+    """A handle on an exported function of one instance, looked up once."""
+
+    @property
+    def name(self) -> str:
+        """The export's name."""
+
+    @property
+    def signature(self) -> FuncSignature:
+        """The function's type."""
+
+
+class EngineInstance(Protocol):
+    """One instantiated module, used by the thread that made it."""
+
+    @property
+    def memory(self) -> GuestMemory:
+        """The instance's linear memory (exported, or imported from the host)."""
+
+    def export_function(self, name: str) -> ExportFunction:
+        """Look up an exported function.
+
+        :raises ModuleError: when there is no exported function of that name.
+        """
+
+    def call(self, function: ExportFunction, *args: int) -> Any:
+        """Call an export with integer arguments under the instance's budget.
+
+        :raises ExecutionError: on a trap.
+        :raises DeadlineExceeded: when the budget's timeout passed.
+        :raises ResourceLimitExceeded: when the budget's fuel ran out.
+        """
+
+    def call_abi(self, function: ExportFunction, ptr: int, length: int) -> int:
+        """The guest ABI's fast path: call an ``(i32, i32) -> i64`` export.
+
+        Same errors as :meth:`call`.
+        """
+
+    def read_global(self, name: str) -> int | None:
+        """The value of an exported integer global, or ``None`` when there is none."""
+
+    def write_global(self, name: str, value: int) -> None:
+        """Set an exported mutable integer global."""
+
+    def fuel_consumed(self) -> int | None:
+        """Fuel used by the last call, where the engine meters fuel."""
+
+
+class EngineModule(Protocol):
+    """A compiled module, usable from any thread."""
+
+    @property
+    def engine(self) -> Engine:
+        """The engine that compiled it."""
+
+    @property
+    def exports(self) -> tuple[ExternInfo, ...]:
+        """What the module exports."""
+
+    @property
+    def imports(self) -> tuple[ExternInfo, ...]:
+        """What the module imports."""
+
+    def serialize(self) -> bytes:
+        """The compiled code, to be loaded again with :meth:`Engine.deserialize`."""
+
+    def instantiate(
+        self,
+        imports: Sequence[HostImport],
+        budget: CallBudget,
+        memory_import: MemoryImport | None = None,
+    ) -> EngineInstance:
+        """Make an instance for the calling thread; the start function runs under ``budget``.
+
+        :raises InstanceError: when the start function traps or linking fails.
+        :raises DeadlineExceeded: when the start function runs past the timeout.
+        :raises ResourceLimitExceeded: when it runs out of fuel or memory.
+        """
+
+
+class Engine(Protocol):
+    """A WebAssembly engine adapter."""
+
+    name: str
+    version: str
+    features: EngineFeatures
+
+    def wat_to_wasm(self, text: str) -> bytes:
+        """Compile WAT text to a binary module.
+
+        :raises CompilationError: with diagnostics carrying line and column.
+        """
+
+    def validate(self, wasm: bytes) -> None:
+        """Check that bytes are a valid module.
+
+        :raises ModuleError: with the offset of the first problem.
+        """
+
+    def compile(self, wasm: bytes, *, fuel: bool = False) -> EngineModule:
+        """Compile a validated binary module; ``fuel`` asks for fuel metering.
+
+        :raises ModuleError: when the engine refuses the module.
+        """
+
+    def deserialize(self, data: bytes, *, fuel: bool = False) -> EngineModule:
+        """Load a module from :meth:`EngineModule.serialize` output made by this engine version.
+
+        :raises ModuleError: when the data is not usable.
+        """

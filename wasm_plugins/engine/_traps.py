@@ -1,0 +1,99 @@
+"""Engine messages to typed errors: WAT diagnostics, validation offsets, trap names and frames.
+
+Both engines print WAT and validation errors in the same shapes (they share the Rust ``wat`` and
+``wasmparser`` crates), so one parser serves both; traps are mapped per engine onto one vocabulary.
+"""
+
+from __future__ import annotations
+
+import re
+
+from wasm_plugins.errors import (
+    CompilationError,
+    Diagnostic,
+    ExecutionError,
+    GuestFrame,
+    ModuleError,
+    ValidationIssue,
+)
+
+MAX_FRAMES = 32
+"""Frames kept from a guest stack; a stack overflow has thousands, all alike."""
+
+MAX_MESSAGE = 2000
+"""Characters kept from an engine message (a wasmer stack overflow message is megabytes)."""
+
+TRAP_SUGGESTIONS = {
+    "unreachable": "the guest executed `unreachable`: a panic or an assertion in the plugin",
+    "integer_divide_by_zero": "the plugin divided by zero for this input",
+    "integer_overflow": "the plugin overflowed an integer division for this input",
+    "memory_out_of_bounds": "the plugin read or wrote outside its memory: a bug in the plugin",
+    "stack_overflow": "the plugin recursed too deeply for this input",
+    "indirect_call_to_null": "the plugin called through an empty table slot",
+    "bad_signature": "the plugin called a function through a table with the wrong type",
+    "table_out_of_bounds": "the plugin indexed past the end of a table",
+    "bad_conversion_to_integer": "the plugin converted NaN or an out-of-range float to an integer",
+}
+
+_WAT_LOCATION = re.compile(r"-->\s*[^\n]*?:(?P<line>\d+):(?P<column>\d+)")
+_OFFSET_HEX = re.compile(r"\(at offset 0x(?P<offset>[0-9a-fA-F]+)\)")
+_OFFSET_DEC = re.compile(r"(?:at offset|\(at offset) (?P<offset>\d+)")
+
+
+def truncate(message: str, limit: int = MAX_MESSAGE) -> str:
+    """Keep the start of a long engine message."""
+    if len(message) <= limit:
+        return message
+    return message[:limit] + f"... [{len(message) - limit} more characters]"
+
+
+def wat_error(message: str) -> CompilationError:
+    """A WAT parse error (``expected `)` --> <anon>:3:11``) as a CompilationError."""
+    first_line = message.strip().splitlines()[0] if message.strip() else "invalid WAT text"
+    match = _WAT_LOCATION.search(message)
+    line = int(match["line"]) if match else None
+    column = int(match["column"]) if match else None
+    return CompilationError(
+        diagnostics=(Diagnostic(message=first_line, line=line, column=column),),
+        suggestion="fix the WAT text at the position shown",
+    )
+
+
+def validation_error(message: str, *, default_offset: int | None = None) -> ModuleError:
+    """A binary parse or validation failure as a ModuleError with the byte offset."""
+    text = truncate(message)
+    offset = default_offset
+    match = _OFFSET_HEX.search(text)
+    if match:
+        offset = int(match["offset"], 16)
+    else:
+        match_dec = _OFFSET_DEC.search(text)
+        if match_dec:
+            offset = int(match_dec["offset"])
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # The innermost cause is the last line in the engines' "Caused by:" chains.
+    detail = lines[-1] if lines else text
+    detail = re.sub(r"^\d+:\s*", "", detail)
+    detail = _OFFSET_HEX.sub("", detail).strip()
+    detail = re.sub(r"^Invalid input WebAssembly code at offset \d+:\s*", "", detail)
+    detail = re.sub(r"^Validation error:\s*", "", detail)
+    detail = re.sub(r"\s*\(at offset \d+\)$", "", detail)
+    return ModuleError(
+        validation_errors=(ValidationIssue(message=detail, offset=offset),),
+        suggestion="rebuild the module with a toolchain that targets WebAssembly 1.0 (MVP)",
+    )
+
+
+def trap_error(
+    trap: str, frames: tuple[GuestFrame, ...], omitted: int, engine_message: str
+) -> ExecutionError:
+    """An ExecutionError for a trap with a canonical name and the innermost guest frames."""
+    where = f" in {frames[0]}" if frames else ""
+    more = f" (+{omitted} more frames)" if omitted else ""
+    return ExecutionError(
+        message=f"Guest trapped: {trap.replace('_', ' ')}{where}{more}",
+        trap=trap,
+        guest_stack=frames,
+        details={"engine_message": truncate(engine_message, 500)},
+        suggestion=TRAP_SUGGESTIONS.get(trap),
+    )

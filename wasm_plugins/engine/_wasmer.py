@@ -1,0 +1,433 @@
+"""The Wasmer engine (cranelift): fast calls, no interruption, objects bound to their thread.
+
+Wasmer-python's objects panic when touched from a thread other than the one that made them, so a
+compiled module is kept in serialized form and loaded once per thread; stores are per thread too.
+A wasmer call holds the GIL and cannot be interrupted: timeouts and fuel are not available here
+(the sandbox refuses them at load, naming the engine or isolation that can enforce them).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import attrs
+import wasmer
+import wasmer_compiler_cranelift
+
+from wasm_plugins.engine._protocol import (
+    CallBudget,
+    EngineFeatures,
+    ExportFunction,
+    ExternInfo,
+    FuncSignature,
+    HostImport,
+    MemoryImport,
+)
+from wasm_plugins.engine._traps import MAX_FRAMES, trap_error, truncate, validation_error, wat_error
+from wasm_plugins.errors import (
+    CommunicationError,
+    ConfigurationError,
+    ExecutionError,
+    GuestFrame,
+    InstanceError,
+    ModuleError,
+    PluginError,
+    ResourceLimitExceeded,
+)
+
+__all__ = ["WasmerEngine"]
+
+_TYPES = {
+    wasmer.Type.I32: "i32",
+    wasmer.Type.I64: "i64",
+    wasmer.Type.F32: "f32",
+    wasmer.Type.F64: "f64",
+}
+_TYPES_BACK = {name: value for value, name in _TYPES.items()}
+
+_TRAPS = (
+    ("unreachable", "unreachable"),
+    ("integer divide by zero", "integer_divide_by_zero"),
+    ("integer overflow", "integer_overflow"),
+    ("out of bounds memory access", "memory_out_of_bounds"),
+    ("misaligned heap", "memory_out_of_bounds"),
+    ("call stack exhausted", "stack_overflow"),
+    ("uninitialized element", "indirect_call_to_null"),
+    ("indirect call type mismatch", "bad_signature"),
+    ("undefined element", "table_out_of_bounds"),
+    ("invalid conversion to integer", "bad_conversion_to_integer"),
+    ("unaligned atomic", "memory_out_of_bounds"),
+)
+
+_FRAME = re.compile(
+    r"^\s*at (?P<name>.*?) \(<module>\[(?P<index>\d+)\]:0x(?P<offset>[0-9a-fA-F]+)\)"
+)
+
+
+def _to_i32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+def _signature(function_type: Any) -> FuncSignature:
+    return FuncSignature(
+        params=tuple(_TYPES.get(t, str(t)) for t in function_type.params),
+        results=tuple(_TYPES.get(t, str(t)) for t in function_type.results),
+    )
+
+
+def _extern_info(name: str, module: str | None, extern_type: Any) -> ExternInfo:
+    if isinstance(extern_type, wasmer.FunctionType):
+        return ExternInfo(name=name, module=module, kind="func", signature=_signature(extern_type))
+    if isinstance(extern_type, wasmer.MemoryType):
+        return ExternInfo(
+            name=name,
+            module=module,
+            kind="memory",
+            minimum=extern_type.minimum,
+            maximum=extern_type.maximum,
+        )
+    if isinstance(extern_type, wasmer.GlobalType):
+        return ExternInfo(name=name, module=module, kind="global")
+    return ExternInfo(name=name, module=module, kind="table")
+
+
+def _trap_from_message(message: str) -> ExecutionError:
+    text = message.removeprefix("RuntimeError: ")
+    # A stack overflow message lists every frame (megabytes); only the head is parsed.
+    head = text.split("\n", MAX_FRAMES + 1)
+    first = head[0].strip()
+    trap = next((name for needle, name in _TRAPS if first.startswith(needle)), "unknown")
+    frames = []
+    for line in head[1 : MAX_FRAMES + 1]:
+        match = _FRAME.match(line)
+        if match:
+            name = match["name"]
+            frames.append(
+                GuestFrame(
+                    function=None if name == "<unnamed>" else name,
+                    function_index=int(match["index"]),
+                    module_offset=int(match["offset"], 16),
+                )
+            )
+    omitted = max(0, text.count("\n    at ") - len(frames))
+    return trap_error(trap, tuple(frames), omitted, first)
+
+
+class _Memory:
+    """Bounds-checked access through a memoryview of the wasmer memory's buffer.
+
+    The view is rebuilt when the memory's size changed, because growing may move the memory.
+    """
+
+    def __init__(self) -> None:
+        self._memory: wasmer.Memory | None = None
+        self._view = memoryview(b"")
+        self._size = -1
+
+    def bind(self, memory: wasmer.Memory) -> None:
+        self._memory = memory
+
+    def size(self) -> int:
+        if self._memory is None:
+            return 0
+        size = int(self._memory.data_size)
+        if size != self._size:
+            self._view = memoryview(self._memory.buffer).cast("B")
+            self._size = size
+        return size
+
+    def _check(self, ptr: int, length: int, direction: str) -> None:
+        if self._memory is None:
+            raise CommunicationError(
+                message="Guest memory is not available while the module is being instantiated",
+                channel="guest-memory",
+                direction=direction,
+            )
+        size = self.size()
+        if ptr < 0 or length < 0 or ptr + length > size:
+            raise CommunicationError(
+                message=(
+                    f"Guest memory range [{ptr}, {ptr + length}) is outside memory of {size} bytes"
+                ),
+                channel="guest-memory",
+                direction=direction,
+            )
+
+    def read(self, ptr: int, length: int) -> bytes:
+        self._check(ptr, length, "guest-to-host")
+        return bytes(self._view[ptr : ptr + length])
+
+    def write(self, ptr: int, data: bytes) -> None:
+        self._check(ptr, len(data), "host-to-guest")
+        self._view[ptr : ptr + len(data)] = data
+
+
+@attrs.define
+class _Export:
+    name: str
+    signature: FuncSignature
+    func: Any
+
+
+class WasmerInstance:
+    """One wasmer instance, bound to the thread that made it."""
+
+    def __init__(
+        self,
+        store: wasmer.Store,
+        module: wasmer.Module,
+        imports: Sequence[HostImport],
+        memory_import: MemoryImport | None,
+    ) -> None:
+        self._host_exception: BaseException | None = None
+        self.memory = _Memory()
+        namespaces: dict[str, dict[str, Any]] = {}
+        for host_import in imports:
+            function_type = wasmer.FunctionType(
+                [_TYPES_BACK[t] for t in host_import.signature.params],
+                [_TYPES_BACK[t] for t in host_import.signature.results],
+            )
+            namespaces.setdefault(host_import.module, {})[host_import.name] = wasmer.Function(
+                store, self._host_trampoline(host_import.function), function_type
+            )
+        imported_memory = None
+        if memory_import is not None:
+            imported_memory = wasmer.Memory(
+                store,
+                wasmer.MemoryType(
+                    minimum=memory_import.minimum, maximum=memory_import.maximum, shared=False
+                ),
+            )
+            namespaces.setdefault(memory_import.module, {})[memory_import.name] = imported_memory
+        import_object = wasmer.ImportObject()
+        for namespace, members in namespaces.items():
+            import_object.register(namespace, members)
+        try:
+            self._instance = wasmer.Instance(module, import_object)
+        except RuntimeError as exc:
+            self._reraise_host_exception()
+            raise _instantiation_error(str(exc)) from None
+        self._exports = self._instance.exports
+        try:
+            exported = self._exports.memory
+        except LookupError:
+            exported = None
+        if isinstance(exported, wasmer.Memory):
+            self.memory.bind(exported)
+        elif imported_memory is not None:
+            self.memory.bind(imported_memory)
+
+    def _host_trampoline(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        memory = self.memory
+
+        def trampoline(*args: Any) -> Any:
+            try:
+                return function(memory, *args)
+            except BaseException as exc:
+                self._host_exception = exc
+                raise
+
+        return trampoline
+
+    def _reraise_host_exception(self) -> None:
+        exception = self._host_exception
+        if exception is not None:
+            self._host_exception = None
+            raise exception
+
+    def export_function(self, name: str) -> _Export:
+        try:
+            func = getattr(self._exports, name)
+        except LookupError:
+            func = None
+        if not isinstance(func, wasmer.Function):
+            raise ModuleError(
+                missing_export=name,
+                message=f"Invalid module: no exported function {name!r}",
+                suggestion=f"export a function named {name!r} from the module",
+            )
+        return _Export(name, _signature(func.type), func)
+
+    def call(self, function: ExportFunction, *args: int) -> Any:
+        function = cast(_Export, function)
+        self._host_exception = None
+        try:
+            converted = [
+                _to_i32(a) if t == "i32" else a
+                for a, t in zip(args, function.signature.params, strict=False)
+            ]
+            return function.func(*converted)
+        except RuntimeError as exc:
+            self._reraise_host_exception()
+            raise _trap_from_message(str(exc)) from None
+        except (OverflowError, TypeError) as exc:
+            raise ExecutionError(message=f"Guest call failed: {exc}", trap="engine_error") from None
+
+    def call_abi(self, function: ExportFunction, ptr: int, length: int) -> int:
+        function = cast(_Export, function)
+        self._host_exception = None
+        try:
+            return int(function.func(_to_i32(ptr), _to_i32(length)))
+        except RuntimeError as exc:
+            self._reraise_host_exception()
+            raise _trap_from_message(str(exc)) from None
+
+    def read_global(self, name: str) -> int | None:
+        try:
+            value = getattr(self._exports, name)
+        except LookupError:
+            return None
+        if not isinstance(value, wasmer.Global):
+            return None
+        result = value.value
+        return result if isinstance(result, int) else None
+
+    def write_global(self, name: str, value: int) -> None:
+        try:
+            target = getattr(self._exports, name)
+        except LookupError:
+            return
+        if isinstance(target, wasmer.Global):
+            target.value = value
+
+    def fuel_consumed(self) -> int | None:
+        return None
+
+
+def _instantiation_error(message: str) -> PluginError:
+    if message.startswith("RuntimeError: "):
+        trap = _trap_from_message(message)
+        return InstanceError(
+            state="instantiating",
+            message=f"Instance failed while instantiating: {trap.message}",
+            suggestion="the module's start function trapped; see the cause",
+        )
+    if "memory" in message.lower() and ("maximum" in message or "minimum" in message):
+        return ResourceLimitExceeded(
+            resource="memory",
+            message=f"Resource limit exceeded: memory - {truncate(message, 200)}",
+        )
+    return InstanceError(
+        state="linking",
+        message=f"Instance failed while linking: {truncate(message, 300)}",
+        suggestion="the module imports something the host does not provide",
+    )
+
+
+class WasmerModule:
+    """A module compiled by wasmer, kept serialized and loaded once per thread."""
+
+    def __init__(
+        self, engine: WasmerEngine, module: wasmer.Module, serialized: bytes | None = None
+    ) -> None:
+        self.engine = engine
+        self._serialized = serialized if serialized is not None else bytes(module.serialize())
+        self._per_thread = threading.local()
+        self._per_thread.module = module
+        self.exports = tuple(_extern_info(e.name, None, e.type) for e in module.exports)
+        self.imports = tuple(_extern_info(i.name, i.module, i.type) for i in module.imports)
+
+    def _thread_module(self) -> wasmer.Module:
+        module: wasmer.Module | None = getattr(self._per_thread, "module", None)
+        if module is None:
+            module = wasmer.Module.deserialize(self.engine.store(), self._serialized)
+            self._per_thread.module = module
+        return module
+
+    def serialize(self) -> bytes:
+        return self._serialized
+
+    def instantiate(
+        self,
+        imports: Sequence[HostImport],
+        budget: CallBudget,
+        memory_import: MemoryImport | None = None,
+    ) -> WasmerInstance:
+        if budget.timeout is not None or budget.fuel is not None:
+            raise _unenforceable("timeout" if budget.timeout is not None else "fuel")
+        return WasmerInstance(self.engine.store(), self._thread_module(), imports, memory_import)
+
+
+def _unenforceable(limit: str) -> ConfigurationError:
+    return ConfigurationError(
+        field=f"limits.{limit}",
+        message=(
+            f"Invalid configuration: limits.{limit} - the wasmer engine cannot enforce a "
+            f"{limit} inside this process"
+        ),
+        suggestion=(
+            f"use engine='wasmtime', which enforces {limit} in-process, or remove the {limit} "
+            "limit (worker-process isolation enforces it on wasmer)"
+        ),
+    )
+
+
+class WasmerEngine:
+    """Adapter for wasmer 1.1 with the cranelift compiler."""
+
+    name = "wasmer"
+    features = EngineFeatures(
+        timeout=False,
+        fuel=False,
+        store_memory_limit=False,
+        wasi=True,
+        wasi_read_only_preopens=False,
+        wasi_captured_output=False,
+        thread_bound=True,
+    )
+
+    def __init__(self) -> None:
+        self.version = str(wasmer.__version__)
+        self._per_thread = threading.local()
+
+    def store(self) -> wasmer.Store:
+        """This thread's store."""
+        store: wasmer.Store | None = getattr(self._per_thread, "store", None)
+        if store is None:
+            store = wasmer.Store(wasmer.engine.Universal(wasmer_compiler_cranelift.Compiler))
+            self._per_thread.store = store
+        return store
+
+    def wat_to_wasm(self, text: str) -> bytes:
+        try:
+            return bytes(wasmer.wat2wasm(text))
+        except RuntimeError as exc:
+            raise wat_error(str(exc)) from None
+
+    def validate(self, wasm: bytes) -> None:
+        if not wasm.startswith(b"\0asm"):
+            # wasmer would read these bytes as WAT text.
+            raise validation_error("magic header not detected: bad magic number", default_offset=0)
+        if wasmer.Module.validate(self.store(), wasm):
+            return
+        try:
+            wasmer.Module(self.store(), wasm)
+        except RuntimeError as exc:
+            raise validation_error(str(exc)) from None
+        raise validation_error("the module does not validate")
+
+    def compile(self, wasm: bytes, *, fuel: bool = False) -> WasmerModule:
+        if fuel:
+            raise _unenforceable("fuel")
+        self.validate(wasm)
+        try:
+            module = wasmer.Module(self.store(), wasm)
+        except RuntimeError as exc:
+            raise validation_error(str(exc)) from None
+        return WasmerModule(self, module)
+
+    def deserialize(self, data: bytes, *, fuel: bool = False) -> WasmerModule:
+        if fuel:
+            raise _unenforceable("fuel")
+        try:
+            module = wasmer.Module.deserialize(self.store(), data)
+        except RuntimeError as exc:
+            raise ModuleError(
+                message=f"Invalid module: cannot load compiled code: {truncate(str(exc), 300)}",
+                suggestion="compile the module again from its source",
+            ) from None
+        return WasmerModule(self, module, serialized=data)

@@ -1,0 +1,547 @@
+"""The wasmtime engine: store limits, fuel, epoch deadlines, and a fast call path.
+
+``Func.__call__`` in wasmtime-py re-reads the function's type and boxes every value on each call
+(tens of microseconds). The guest ABI only ever calls ``(i32, i32) -> i64`` exports whose type is
+checked once at lookup, so :meth:`WasmtimeInstance.call_abi` goes through the package's own ctypes
+binding of ``wasmtime_func_call_unchecked`` with a preallocated argument buffer. When the installed
+wasmtime lacks that binding, the public API is used instead: slower, same behaviour.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import attrs
+import wasmtime
+
+from wasm_plugins.engine._protocol import (
+    CallBudget,
+    EngineFeatures,
+    ExportFunction,
+    ExternInfo,
+    FuncSignature,
+    HostImport,
+    MemoryImport,
+)
+from wasm_plugins.engine._traps import (
+    MAX_FRAMES,
+    trap_error,
+    truncate,
+    validation_error,
+    wat_error,
+)
+from wasm_plugins.errors import (
+    CommunicationError,
+    DeadlineExceeded,
+    ExecutionError,
+    GuestFrame,
+    InstanceError,
+    ModuleError,
+    PluginError,
+    ResourceLimitExceeded,
+)
+
+try:
+    from wasmtime import _bindings as _ffi
+    from wasmtime import _func as _wasmtime_func
+
+    _call_unchecked: Any = _ffi._wasmtime_func_call_unchecked
+    _memory_data: Any = _ffi._wasmtime_memory_data
+    _memory_data_size: Any = _ffi._wasmtime_memory_data_size
+    _RawValues: Any = _ffi.wasmtime_val_raw_t * 2
+    _TrapPointer: Any = ctypes.POINTER(_ffi.wasm_trap_t)
+    FAST_PATH = True
+except (ImportError, AttributeError):  # pragma: no cover - depends on the wasmtime release
+    FAST_PATH = False
+
+__all__ = ["FAST_PATH", "WasmtimeEngine"]
+
+_NO_DEADLINE = 2**62
+"""Epoch ticks that never pass: epoch interruption is on for every store, deadlines or not."""
+
+_TRAP_NAMES = {
+    "UNREACHABLE": "unreachable",
+    "INTEGER_DIVISION_BY_ZERO": "integer_divide_by_zero",
+    "INTEGER_OVERFLOW": "integer_overflow",
+    "MEMORY_OUT_OF_BOUNDS": "memory_out_of_bounds",
+    "HEAP_MISALIGNED": "memory_out_of_bounds",
+    "STACK_OVERFLOW": "stack_overflow",
+    "INDIRECT_CALL_TO_NULL": "indirect_call_to_null",
+    "BAD_SIGNATURE": "bad_signature",
+    "TABLE_OUT_OF_BOUNDS": "table_out_of_bounds",
+    "BAD_CONVERSION_TO_INTEGER": "bad_conversion_to_integer",
+    "UNALIGNED_POINTER": "memory_out_of_bounds",
+    "NULL_REFERENCE": "null_reference",
+}
+
+
+def _value_type(value_type: Any) -> str:
+    return str(value_type)
+
+
+def _signature(func_type: wasmtime.FuncType) -> FuncSignature:
+    return FuncSignature(
+        params=tuple(_value_type(t) for t in func_type.params),
+        results=tuple(_value_type(t) for t in func_type.results),
+    )
+
+
+def _func_type(signature: FuncSignature) -> wasmtime.FuncType:
+    types = {
+        "i32": wasmtime.ValType.i32,
+        "i64": wasmtime.ValType.i64,
+        "f32": wasmtime.ValType.f32,
+        "f64": wasmtime.ValType.f64,
+    }
+    return wasmtime.FuncType(
+        [types[t]() for t in signature.params], [types[t]() for t in signature.results]
+    )
+
+
+def _extern_info(name: str, module: str | None, extern_type: Any) -> ExternInfo:
+    if isinstance(extern_type, wasmtime.FuncType):
+        return ExternInfo(name=name, module=module, kind="func", signature=_signature(extern_type))
+    if isinstance(extern_type, wasmtime.MemoryType):
+        limits = extern_type.limits
+        return ExternInfo(
+            name=name, module=module, kind="memory", minimum=limits.min, maximum=limits.max
+        )
+    if isinstance(extern_type, wasmtime.GlobalType):
+        return ExternInfo(name=name, module=module, kind="global")
+    if isinstance(extern_type, wasmtime.TableType):
+        return ExternInfo(name=name, module=module, kind="table")
+    return ExternInfo(name=name, module=module, kind="tag")
+
+
+class _EpochTicker:
+    """Advances an engine's epoch every ``TICK`` seconds while at least one timed call runs.
+
+    Epoch deadlines are counted in ticks from the moment they are set, so one ticker serves every
+    store of the engine; it sleeps on a condition when no timed call is in flight.
+    """
+
+    TICK = 0.002
+
+    def __init__(self, engine: wasmtime.Engine) -> None:
+        self._engine = engine
+        self._active = 0
+        self._condition = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def ticks_for(self, timeout: float) -> int:
+        # +1: the first tick may come at once, and a deadline must never be shorter than asked.
+        return max(1, math.ceil(timeout / self.TICK)) + 1
+
+    def __enter__(self) -> None:
+        with self._condition:
+            self._active += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="wasm-plugins-epoch", daemon=True
+                )
+                self._thread.start()
+            self._condition.notify()
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._condition:
+            self._active -= 1
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while self._active == 0:
+                    self._condition.wait()
+            time.sleep(self.TICK)
+            self._engine.increment_epoch()
+
+
+class _Memory:
+    """Bounds-checked reads and writes through the memory's base pointer.
+
+    The base pointer can only move when the memory grows, and growing changes the size, so the
+    size is read on every access and the pointer only when the size changed.
+    """
+
+    def __init__(self) -> None:
+        self._context: Any = None
+        self._memory_ref: Any = None
+        self._memory: wasmtime.Memory | None = None
+        self._store: wasmtime.Store | None = None
+        self._base = 0
+        self._size = -1
+
+    def bind(self, store: wasmtime.Store, memory: wasmtime.Memory) -> None:
+        self._store = store
+        self._memory = memory
+        if FAST_PATH:
+            self._context = store._context()
+            self._memory_ref = ctypes.byref(memory._memory)
+
+    def size(self) -> int:
+        if self._memory is None or self._store is None:
+            return 0
+        if not FAST_PATH:
+            return int(self._memory.data_len(self._store))
+        size = int(_memory_data_size(self._context, self._memory_ref))
+        if size != self._size:
+            pointer = _memory_data(self._context, self._memory_ref)
+            self._base = ctypes.cast(pointer, ctypes.c_void_p).value or 0
+            self._size = size
+        return size
+
+    def _check(self, ptr: int, length: int, direction: str) -> None:
+        if self._memory is None:
+            raise CommunicationError(
+                message="Guest memory is not available while the module is being instantiated",
+                channel="guest-memory",
+                direction=direction,
+            )
+        size = self.size()
+        if ptr < 0 or length < 0 or ptr + length > size:
+            raise CommunicationError(
+                message=(
+                    f"Guest memory range [{ptr}, {ptr + length}) is outside memory of {size} bytes"
+                ),
+                channel="guest-memory",
+                direction=direction,
+            )
+
+    def read(self, ptr: int, length: int) -> bytes:
+        self._check(ptr, length, "guest-to-host")
+        if not FAST_PATH:
+            assert self._memory is not None and self._store is not None
+            return bytes(self._memory.read(self._store, ptr, ptr + length))
+        return ctypes.string_at(self._base + ptr, length)
+
+    def write(self, ptr: int, data: bytes) -> None:
+        self._check(ptr, len(data), "host-to-guest")
+        if not FAST_PATH:
+            assert self._memory is not None and self._store is not None
+            self._memory.write(self._store, data, ptr)
+            return
+        ctypes.memmove(self._base + ptr, data, len(data))
+
+
+@attrs.define
+class _Export:
+    name: str
+    signature: FuncSignature
+    func: wasmtime.Func
+    reference: Any
+
+
+class WasmtimeInstance:
+    """One wasmtime store and instance."""
+
+    def __init__(
+        self,
+        engine: WasmtimeEngine,
+        module: wasmtime.Module,
+        fuel: bool,
+        imports: Sequence[HostImport],
+        budget: CallBudget,
+        memory_import: MemoryImport | None,
+    ) -> None:
+        self._ticker = engine.ticker(fuel)
+        self._budget = budget
+        self._fuel = budget.fuel if fuel else None
+        self._timeout_ticks = (
+            self._ticker.ticks_for(budget.timeout) if budget.timeout is not None else None
+        )
+        self._host_exception: BaseException | None = None
+        self._last_fuel_used: int | None = None
+        self.memory = _Memory()
+        wasmtime_engine = engine.wasmtime_engine(fuel)
+        store = wasmtime.Store(wasmtime_engine)
+        if budget.memory_bytes is not None:
+            store.set_limits(memory_size=budget.memory_bytes)
+        self._store = store
+        linker = wasmtime.Linker(wasmtime_engine)
+        for host_import in imports:
+            linker.define_func(
+                host_import.module,
+                host_import.name,
+                _func_type(host_import.signature),
+                self._host_trampoline(host_import.function),
+            )
+        imported_memory = None
+        if memory_import is not None:
+            limits = wasmtime.Limits(memory_import.minimum, memory_import.maximum)
+            imported_memory = wasmtime.Memory(store, wasmtime.MemoryType(limits))
+            linker.define(store, memory_import.module, memory_import.name, imported_memory)
+        self._arm()
+        started = time.monotonic()
+        try:
+            if self._timeout_ticks is None:
+                self._instance = linker.instantiate(store, module)
+            else:
+                with self._ticker:
+                    self._instance = linker.instantiate(store, module)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise self._instantiation_error(exc, time.monotonic() - started) from None
+        self._exports = self._instance.exports(store)
+        memory = self._exports.get("memory")
+        if isinstance(memory, wasmtime.Memory):
+            self.memory.bind(store, memory)
+        elif imported_memory is not None:
+            self.memory.bind(store, imported_memory)
+        if FAST_PATH:
+            self._context = store._context()
+            self._values = _RawValues()
+            self._trap = _TrapPointer()
+            self._trap_ref = ctypes.byref(self._trap)
+
+    def _host_trampoline(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        memory = self.memory
+
+        def trampoline(*args: Any) -> Any:
+            try:
+                return function(memory, *args)
+            except BaseException as exc:
+                self._host_exception = exc
+                raise
+
+        return trampoline
+
+    def _arm(self) -> None:
+        if self._fuel is not None:
+            self._store.set_fuel(self._fuel)
+        self._store.set_epoch_deadline(
+            self._timeout_ticks if self._timeout_ticks is not None else _NO_DEADLINE
+        )
+
+    def export_function(self, name: str) -> _Export:
+        func = self._exports.get(name)
+        if not isinstance(func, wasmtime.Func):
+            raise ModuleError(
+                missing_export=name,
+                message=f"Invalid module: no exported function {name!r}",
+                suggestion=f"export a function named {name!r} from the module",
+            )
+        reference = ctypes.byref(func._func) if FAST_PATH else None
+        return _Export(name, _signature(func.type(self._store)), func, reference)
+
+    def call(self, function: ExportFunction, *args: int) -> Any:
+        function = cast(_Export, function)
+        return self._guarded(lambda: function.func(self._store, *args))
+
+    def call_abi(self, function: ExportFunction, ptr: int, length: int) -> int:
+        function = cast(_Export, function)
+        if not FAST_PATH:
+            result: int = self.call(function, ptr, length)
+            return result
+        if self._fuel is not None or self._timeout_ticks is not None:
+            return int(self._guarded(lambda: self._raw_call(function, ptr, length)))
+        self._host_exception = None
+        try:
+            return self._raw_call(function, ptr, length)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise self._call_error(exc, 0.0, "call") from None
+
+    def _raw_call(self, function: _Export, ptr: int, length: int) -> int:
+        values = self._values
+        values[0].i32 = ptr
+        values[1].i32 = length
+        error = _call_unchecked(self._context, function.reference, values, 2, self._trap_ref)
+        if error or self._trap:
+            self._raise_from_raw(error)
+        return int(values[0].i64)
+
+    def _raise_from_raw(self, error: Any) -> None:
+        if self._trap:
+            trap = wasmtime.Trap._from_ptr(self._trap)
+            self._trap = _TrapPointer()
+            self._trap_ref = ctypes.byref(self._trap)
+            self._reraise_host_exception()
+            raise trap
+        wasmtime_error = wasmtime.WasmtimeError._from_ptr(error)
+        self._reraise_host_exception()
+        raise wasmtime_error
+
+    def _reraise_host_exception(self) -> None:
+        exception: BaseException | None = self._host_exception
+        if exception is not None:
+            self._host_exception = None
+            if _wasmtime_func.LAST_EXCEPTION is exception:
+                _wasmtime_func.LAST_EXCEPTION = None
+            raise exception
+
+    def _guarded(self, thunk: Callable[[], Any]) -> Any:
+        self._host_exception = None
+        self._arm()
+        started = time.monotonic()
+        try:
+            if self._timeout_ticks is None:
+                return thunk()
+            with self._ticker:
+                return thunk()
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise self._call_error(exc, time.monotonic() - started, "call") from None
+        finally:
+            if self._fuel is not None:
+                self._last_fuel_used = self._fuel - self._store.get_fuel()
+
+    def _call_error(self, exc: Exception, elapsed: float, operation: str) -> PluginError:
+        if not isinstance(exc, wasmtime.Trap):
+            return ExecutionError(
+                message=f"Guest call failed: {truncate(str(exc), 300)}",
+                trap="engine_error",
+                details={"engine_message": truncate(str(exc), 500)},
+            )
+        code = exc.trap_code
+        if code is wasmtime.TrapCode.INTERRUPT:
+            return DeadlineExceeded(
+                operation=operation, duration=elapsed, limit=self._budget.timeout
+            )
+        if code is wasmtime.TrapCode.OUT_OF_FUEL:
+            return ResourceLimitExceeded(
+                resource="fuel", used=self._fuel, limit=self._fuel, unit="units"
+            )
+        frames = exc.frames
+        kept = tuple(
+            GuestFrame(
+                function=frame.func_name,
+                function_index=frame.func_index,
+                module_offset=frame.module_offset if frame.module_offset < 2**63 else None,
+            )
+            for frame in frames[:MAX_FRAMES]
+        )
+        trap = _TRAP_NAMES.get(code.name, code.name.lower()) if code is not None else "unknown"
+        return trap_error(trap, kept, max(0, len(frames) - MAX_FRAMES), exc.message)
+
+    def _instantiation_error(self, exc: Exception, elapsed: float) -> PluginError:
+        error = self._call_error(exc, elapsed, "instantiation")
+        if isinstance(error, DeadlineExceeded | ResourceLimitExceeded):
+            return error
+        message = str(exc) if not isinstance(exc, wasmtime.Trap) else error.message
+        if "memory" in message and "exceeds memory limits" in message:
+            return ResourceLimitExceeded(
+                resource="memory",
+                limit=self._budget.memory_bytes,
+                message=(f"Resource limit exceeded: memory - {truncate(message, 200)}"),
+            )
+        return InstanceError(
+            state="instantiating",
+            message=f"Instance failed while instantiating: {truncate(message, 300)}",
+            suggestion="the module's start function or its imports failed; see the cause",
+        )
+
+    def read_global(self, name: str) -> int | None:
+        value = self._exports.get(name)
+        if not isinstance(value, wasmtime.Global):
+            return None
+        result = value.value(self._store)
+        return result if isinstance(result, int) else None
+
+    def write_global(self, name: str, value: int) -> None:
+        target = self._exports.get(name)
+        if isinstance(target, wasmtime.Global):
+            target.set_value(self._store, value)
+
+    def fuel_consumed(self) -> int | None:
+        return self._last_fuel_used
+
+
+class WasmtimeModule:
+    """A module compiled by wasmtime; usable from any thread."""
+
+    def __init__(self, engine: WasmtimeEngine, module: wasmtime.Module, fuel: bool) -> None:
+        self.engine = engine
+        self._module = module
+        self._fuel = fuel
+        self.exports = tuple(_extern_info(e.name, None, e.type) for e in module.exports)
+        self.imports = tuple(_extern_info(i.name or "", i.module, i.type) for i in module.imports)
+
+    def serialize(self) -> bytes:
+        return bytes(self._module.serialize())
+
+    def instantiate(
+        self,
+        imports: Sequence[HostImport],
+        budget: CallBudget,
+        memory_import: MemoryImport | None = None,
+    ) -> WasmtimeInstance:
+        return WasmtimeInstance(
+            self.engine, self._module, self._fuel, imports, budget, memory_import
+        )
+
+
+class WasmtimeEngine:
+    """Adapter for wasmtime: every limit enforced in-process."""
+
+    name = "wasmtime"
+    features = EngineFeatures(
+        timeout=True,
+        fuel=True,
+        store_memory_limit=True,
+        wasi=True,
+        wasi_read_only_preopens=True,
+        wasi_captured_output=True,
+        thread_bound=False,
+    )
+
+    def __init__(self) -> None:
+        self.version = _wasmtime_version()
+        self._engines: dict[bool, wasmtime.Engine] = {}
+        self._tickers: dict[bool, _EpochTicker] = {}
+        self._lock = threading.Lock()
+
+    def wasmtime_engine(self, fuel: bool) -> wasmtime.Engine:
+        """The shared wasmtime engine for modules with or without fuel metering."""
+        with self._lock:
+            engine = self._engines.get(fuel)
+            if engine is None:
+                config = wasmtime.Config()
+                config.epoch_interruption = True
+                config.consume_fuel = fuel
+                engine = wasmtime.Engine(config)
+                self._engines[fuel] = engine
+                self._tickers[fuel] = _EpochTicker(engine)
+            return engine
+
+    def ticker(self, fuel: bool) -> _EpochTicker:
+        self.wasmtime_engine(fuel)
+        return self._tickers[fuel]
+
+    def wat_to_wasm(self, text: str) -> bytes:
+        try:
+            return bytes(wasmtime.wat2wasm(text))
+        except wasmtime.WasmtimeError as exc:
+            raise wat_error(str(exc)) from None
+
+    def validate(self, wasm: bytes) -> None:
+        try:
+            wasmtime.Module.validate(self.wasmtime_engine(False), wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise validation_error(str(exc)) from None
+
+    def compile(self, wasm: bytes, *, fuel: bool = False) -> WasmtimeModule:
+        try:
+            module = wasmtime.Module(self.wasmtime_engine(fuel), wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise validation_error(str(exc)) from None
+        return WasmtimeModule(self, module, fuel)
+
+    def deserialize(self, data: bytes, *, fuel: bool = False) -> WasmtimeModule:
+        try:
+            module = wasmtime.Module.deserialize(self.wasmtime_engine(fuel), data)
+        except wasmtime.WasmtimeError as exc:
+            raise ModuleError(
+                message=f"Invalid module: cannot load compiled code: {truncate(str(exc), 300)}",
+                suggestion="compile the module again from its source",
+            ) from None
+        return WasmtimeModule(self, module, fuel)
+
+
+def _wasmtime_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wasmtime")
+    except PackageNotFoundError:  # pragma: no cover - a vendored copy
+        return "unknown"

@@ -1,0 +1,482 @@
+"""The error taxonomy: one attrs exception per kind of failure, with severity, recovery and context.
+
+Every error made by the framework is an instance of :class:`PluginError`. Each subclass names one
+``kind`` (the tag of its dict form), carries the fields that describe that kind of failure, and a
+default severity and recovery potential that the classification hook may override. Errors convert to
+plain dicts and back (:meth:`PluginError.to_dict`, :meth:`PluginError.from_dict`) so that they cross
+process boundaries and reach logs intact.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+import attrs
+
+from wasm_plugins._units import format_duration, format_size
+
+__all__ = [
+    "CommunicationError",
+    "CompilationError",
+    "ConfigurationError",
+    "ContextualError",
+    "DeadlineExceeded",
+    "Diagnostic",
+    "ErrorContext",
+    "ExecutionEnvironment",
+    "ExecutionError",
+    "GuestFrame",
+    "HostIOError",
+    "InstanceError",
+    "ModuleError",
+    "NetworkError",
+    "PluginError",
+    "RecoveryPotential",
+    "ResourceLimitExceeded",
+    "SecurityViolation",
+    "Severity",
+    "ValidationIssue",
+    "error_classes",
+]
+
+
+class Severity(str, enum.Enum):
+    """How bad a failure is for the host application."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class RecoveryPotential(str, enum.Enum):
+    """What could make the same call succeed."""
+
+    NONE = "none"
+    """Nothing: the same input fails the same way."""
+    RECOVERABLE = "recoverable"
+    """A retry, possibly with other limits, may succeed."""
+    USER_ACTION = "user_action"
+    """The plugin author or the host configuration must change something."""
+    SYSTEM_ACTION = "system_action"
+    """An operator must look at it (a security violation, for instance)."""
+
+
+@attrs.frozen
+class GuestFrame:
+    """One frame of a guest's stack at the time of a trap, innermost first."""
+
+    function: str | None = None
+    function_index: int | None = None
+    module_offset: int | None = None
+
+    def __str__(self) -> str:
+        name = self.function or (
+            f"<function {self.function_index}>" if self.function_index is not None else "<unknown>"
+        )
+        if self.module_offset is None:
+            return name
+        return f"{name} @ 0x{self.module_offset:x}"
+
+
+@attrs.frozen
+class Diagnostic:
+    """One compiler message about WAT text or source."""
+
+    message: str
+    level: str = "error"
+    line: int | None = None
+    column: int | None = None
+    suggestion: str | None = None
+
+
+@attrs.frozen
+class ValidationIssue:
+    """One reason a module's bytes were refused, with the byte offset where it was found."""
+
+    message: str
+    offset: int | None = None
+
+
+@attrs.frozen
+class ExecutionEnvironment:
+    """Where a failing call ran."""
+
+    engine: str | None = None
+    isolation: str | None = None
+    input_size: int | None = None
+    attempt: int = 1
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _new_execution_id() -> str:
+    return uuid.uuid4().hex
+
+
+@attrs.frozen
+class ErrorContext:
+    """Everything known about the call in which an error happened."""
+
+    execution_id: str = attrs.field(factory=_new_execution_id)
+    sandbox_id: str | None = None
+    plugin: str | None = None
+    function: str | None = None
+    timestamp: datetime = attrs.field(factory=_utc_now)
+    environment: ExecutionEnvironment = attrs.field(factory=ExecutionEnvironment)
+    guest_stack: tuple[GuestFrame, ...] = ()
+    previous_errors: tuple[PluginError, ...] = ()
+
+
+def _frames(value: Sequence[GuestFrame]) -> tuple[GuestFrame, ...]:
+    return tuple(value)
+
+
+def _diagnostics(value: Sequence[Diagnostic]) -> tuple[Diagnostic, ...]:
+    return tuple(value)
+
+
+def _issues(value: Sequence[ValidationIssue]) -> tuple[ValidationIssue, ...]:
+    return tuple(value)
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class PluginError(Exception):
+    """Base of every error the framework raises about a plugin.
+
+    Subclasses set ``kind``; the message is derived from the fields when it is not given.
+    """
+
+    kind: ClassVar[str] = "plugin"
+    default_severity: ClassVar[Severity] = Severity.MEDIUM
+    default_recovery: ClassVar[RecoveryPotential] = RecoveryPotential.NONE
+
+    message: str = ""
+    plugin: str | None = None
+    function: str | None = None
+    suggestion: str | None = None
+    severity: Severity = attrs.field(
+        default=attrs.Factory(lambda self: self.default_severity, takes_self=True),
+        converter=Severity,
+    )
+    recovery_potential: RecoveryPotential = attrs.field(
+        default=attrs.Factory(lambda self: self.default_recovery, takes_self=True),
+        converter=RecoveryPotential,
+    )
+    context: ErrorContext | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not self.message:
+            self.message = self._describe()
+
+    def _describe(self) -> str:
+        return self.kind.replace("_", " ").capitalize()
+
+    def __str__(self) -> str:
+        return self.message
+
+    def with_(self, **changes: Any) -> PluginError:
+        """Return a copy with some fields changed (errors are treated as values)."""
+        copy = attrs.evolve(self, **changes)
+        copy.__cause__ = self.__cause__
+        return copy
+
+    def describe(self) -> str:
+        """The message and, when there is one, the suggestion, for people to read."""
+        where = ".".join(part for part in (self.plugin, self.function) if part)
+        text = f"[{self.kind}] {self.message}"
+        if where:
+            text += f" ({where})"
+        if self.suggestion:
+            text += f"\n  suggestion: {self.suggestion}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as plain JSON-compatible data, tagged by ``kind``."""
+        from wasm_plugins.serialization import error_to_dict
+
+        return error_to_dict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> PluginError:
+        """Rebuild an error from :meth:`to_dict` output; the class is chosen by ``kind``."""
+        from wasm_plugins.serialization import error_from_dict
+
+        return error_from_dict(data)
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class CompilationError(PluginError):
+    """WAT text or source does not compile."""
+
+    kind: ClassVar[str] = "compilation"
+    default_severity = Severity.MEDIUM
+    default_recovery = RecoveryPotential.USER_ACTION
+
+    diagnostics: tuple[Diagnostic, ...] = attrs.field(default=(), converter=_diagnostics)
+
+    def _describe(self) -> str:
+        if not self.diagnostics:
+            return "Compilation failed"
+        first = self.diagnostics[0]
+        where = f" at line {first.line}, column {first.column}" if first.line is not None else ""
+        return f"Compilation failed{where}: {first.message}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class ModuleError(PluginError):
+    """The bytes are not a valid module, or an export the ABI needs is missing."""
+
+    kind: ClassVar[str] = "module"
+    default_severity = Severity.MEDIUM
+    default_recovery = RecoveryPotential.USER_ACTION
+
+    validation_errors: tuple[ValidationIssue, ...] = attrs.field(default=(), converter=_issues)
+    missing_export: str | None = None
+
+    def _describe(self) -> str:
+        if self.missing_export is not None:
+            return f"Invalid module: missing export {self.missing_export!r}"
+        if not self.validation_errors:
+            return "Invalid module"
+        first = self.validation_errors[0]
+        where = f" at offset {first.offset}" if first.offset is not None else ""
+        return f"Invalid module{where}: {first.message}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class ExecutionError(PluginError):
+    """The guest trapped (unreachable, divide by zero, out of bounds, stack exhausted) or reported
+    an error through the ``error`` host import (``trap == "guest_error"``)."""
+
+    kind: ClassVar[str] = "runtime"
+    default_severity = Severity.HIGH
+    default_recovery = RecoveryPotential.NONE
+
+    trap: str = "unknown"
+    guest_stack: tuple[GuestFrame, ...] = attrs.field(default=(), converter=_frames)
+    details: Any = None
+
+    def _describe(self) -> str:
+        return f"Guest trapped: {self.trap.replace('_', ' ')}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class ResourceLimitExceeded(PluginError):
+    """A limit was reached: memory, fuel, input or output size, concurrency."""
+
+    kind: ClassVar[str] = "resource_limit_exceeded"
+    default_severity = Severity.HIGH
+    default_recovery = RecoveryPotential.RECOVERABLE
+
+    resource: str = "unknown"
+    used: int | None = None
+    limit: int | None = None
+    unit: str = "bytes"
+
+    @property
+    def percentage(self) -> float | None:
+        """``used`` as a percentage of ``limit``, when both are known."""
+        if self.used is None or not self.limit:
+            return None
+        return 100.0 * self.used / self.limit
+
+    def _amount(self, value: int) -> str:
+        return format_size(value) if self.unit == "bytes" else f"{value} {self.unit}"
+
+    def _describe(self) -> str:
+        parts = []
+        if self.used is not None:
+            parts.append(f"used {self._amount(self.used)}")
+        if self.limit is not None:
+            parts.append(f"limit {self._amount(self.limit)}")
+        figures = f" - {', '.join(parts)}" if parts else ""
+        return f"Resource limit exceeded: {self.resource}{figures}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class SecurityViolation(PluginError):
+    """A capability was denied, at link time or at run time."""
+
+    kind: ClassVar[str] = "security_violation"
+    default_severity = Severity.CRITICAL
+    default_recovery = RecoveryPotential.SYSTEM_ACTION
+
+    violation_type: str = "capability_denied"
+    capability: str | None = None
+    resource: str | None = None
+
+    def _describe(self) -> str:
+        what = f"capability {self.capability!r} denied" if self.capability else self.violation_type
+        on = f" - {self.resource}" if self.resource else ""
+        return f"Security violation: {what}{on}"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class HostIOError(PluginError):
+    """A host function's file work failed."""
+
+    kind: ClassVar[str] = "io"
+    default_severity = Severity.LOW
+    default_recovery = RecoveryPotential.RECOVERABLE
+
+    operation: str = "unknown"
+    path: str | None = None
+    code: str | None = None
+
+    def _describe(self) -> str:
+        on = f" on {self.path}" if self.path else ""
+        return f"I/O error: {self.operation}{on} failed" + (f" ({self.code})" if self.code else "")
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class NetworkError(PluginError):
+    """A host function's network work failed."""
+
+    kind: ClassVar[str] = "network"
+    default_severity = Severity.LOW
+    default_recovery = RecoveryPotential.RECOVERABLE
+
+    operation: str = "unknown"
+    host: str | None = None
+    code: str | None = None
+
+    def _describe(self) -> str:
+        on = f" to {self.host}" if self.host else ""
+        return f"Network error: {self.operation}{on} failed" + (
+            f" ({self.code})" if self.code else ""
+        )
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class ConfigurationError(PluginError):
+    """A manifest or host setting is invalid, or an engine cannot enforce what was asked."""
+
+    kind: ClassVar[str] = "configuration"
+    default_severity = Severity.MEDIUM
+    default_recovery = RecoveryPotential.USER_ACTION
+
+    field: str | None = None
+
+    @property
+    def suggested_fix(self) -> str | None:
+        """What to change (the same text as ``suggestion``)."""
+        return self.suggestion
+
+    def _describe(self) -> str:
+        return f"Invalid configuration: {self.field}" if self.field else "Invalid configuration"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class InstanceError(PluginError):
+    """Instantiation failed (a trap in the start function, a missing import) or a worker died."""
+
+    kind: ClassVar[str] = "instance"
+    default_severity = Severity.HIGH
+    default_recovery = RecoveryPotential.RECOVERABLE
+
+    state: str | None = None
+    exit_signal: str | None = None
+    exit_code: int | None = None
+
+    def _describe(self) -> str:
+        if self.exit_signal:
+            return f"Instance failed: worker killed by {self.exit_signal}"
+        return "Instance failed" + (f" while {self.state}" if self.state else "")
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class CommunicationError(PluginError):
+    """Data between host and guest (or host and worker) was unusable: bad output, bad pointers."""
+
+    kind: ClassVar[str] = "communication"
+    default_severity = Severity.MEDIUM
+    default_recovery = RecoveryPotential.NONE
+
+    channel: str = "guest-output"
+    direction: str = "guest-to-host"
+
+    def _describe(self) -> str:
+        return f"Communication failed on {self.channel} ({self.direction})"
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class DeadlineExceeded(PluginError):
+    """A wall-clock deadline passed before the guest finished."""
+
+    kind: ClassVar[str] = "timeout"
+    default_severity = Severity.MEDIUM
+    default_recovery = RecoveryPotential.RECOVERABLE
+
+    operation: str = "call"
+    duration: float | None = None
+    limit: float | None = None
+    partial_result: Any = None
+
+    def _describe(self) -> str:
+        text = f"Timeout: {self.operation}"
+        if self.limit is not None:
+            text += f" exceeded {format_duration(self.limit)}"
+        if self.duration is not None:
+            text += f" (stopped after {format_duration(self.duration)})"
+        return text
+
+
+@attrs.define(auto_exc=True, kw_only=True)
+class ContextualError(PluginError):
+    """What reaches the host application when the error policy gives up: the error and its context.
+
+    ``error`` is the last error (its own class tells the kind); ``context.previous_errors`` holds
+    the errors of earlier attempts.
+    """
+
+    kind: ClassVar[str] = "contextual"
+
+    error: PluginError
+    severity: Severity = attrs.field(
+        default=attrs.Factory(lambda self: self.error.severity, takes_self=True),
+        converter=Severity,
+    )
+    recovery_potential: RecoveryPotential = attrs.field(
+        default=attrs.Factory(lambda self: self.error.recovery_potential, takes_self=True),
+        converter=RecoveryPotential,
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if not self.message:
+            self.message = self.error.message
+        self.plugin = self.plugin or self.error.plugin
+        self.function = self.function or self.error.function
+        self.suggestion = self.suggestion or self.error.suggestion
+
+    @property
+    def error_kind(self) -> str:
+        """The kind of the underlying error."""
+        return self.error.kind
+
+
+def error_classes() -> tuple[type[PluginError], ...]:
+    """Every concrete error class, one per kind (``ContextualError`` included)."""
+    return (
+        CompilationError,
+        ModuleError,
+        ExecutionError,
+        ResourceLimitExceeded,
+        SecurityViolation,
+        HostIOError,
+        NetworkError,
+        ConfigurationError,
+        InstanceError,
+        CommunicationError,
+        DeadlineExceeded,
+        ContextualError,
+    )
+
+
+attrs.resolve_types(ErrorContext, globals(), locals())

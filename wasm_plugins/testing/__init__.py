@@ -1,0 +1,1 @@
+"""Testing toolkit: Hypothesis strategies for errors, contexts and inputs (needs ``hypothesis``)."""
