@@ -305,11 +305,17 @@ class TestPrepareModuleMemoryClamp:
         assert _validates(prepared.wasm)
         maxima = [m.maximum_bytes for m in read_memories(prepared.wasm)]
         assert maxima == [4 * PAGE_SIZE] * 5
-        assert [m.shared for m in read_memories(prepared.wasm)] == [False, False, False, True, False]
+        assert [m.shared for m in read_memories(prepared.wasm)] == [
+            False,
+            False,
+            False,
+            True,
+            False,
+        ]
 
     def test_custom_page_size_limit(self) -> None:
         """With 1-byte pages the maximum becomes the limit in bytes."""
-        wasm = _wasm("(module (memory (export \"memory\") 10 (pagesize 1)))")
+        wasm = _wasm('(module (memory (export "memory") 10 (pagesize 1)))')
         prepared = prepare_module(wasm, memory_limit_bytes=1000)
         assert _Running(prepared.wasm).memory_max() == 1000
 
@@ -467,7 +473,9 @@ class TestPrepareModuleGrowInstrumentation:
         assert _validates(prepared.wasm)
         for n in (0, 1, 2, 9):
             expected = _Running(
-                prepare_module(original, memory_limit_bytes=4 * PAGE_SIZE, instrument_grow=False).wasm
+                prepare_module(
+                    original, memory_limit_bytes=4 * PAGE_SIZE, instrument_grow=False
+                ).wasm
             ).call("run", n)
             assert _Running(prepared.wasm).call("run", n) == expected
 
@@ -688,9 +696,7 @@ def _prepare_or_reject(wasm: bytes) -> PreparedModule | None:
         return None
 
 
-_ROBUST = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+_ROBUST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 class TestPrepareModuleRobustness:

@@ -27,9 +27,15 @@ class JsonCodec:
 
     name = "json"
 
+    def __init__(self) -> None:
+        # Built once: json.dumps and json.loads make a new encoder or decoder for every call that
+        # passes options, which costs more than the guest call itself.
+        self._encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        self._decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+
     def encode(self, value: Any) -> bytes:
         try:
-            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            text = self._encoder.encode(value)
         except (TypeError, ValueError, RecursionError) as exc:
             raise CommunicationError(
                 message=f"Input is not JSON-serialisable: {exc}",
@@ -41,7 +47,7 @@ class JsonCodec:
 
     def decode(self, data: bytes) -> Any:
         try:
-            return json.loads(data, parse_constant=_refuse_constant)
+            return self._decoder.decode(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             preview = data[:80].decode("utf-8", "replace")
             raise CommunicationError(
