@@ -83,7 +83,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=TYPING_PYTHON)
 def typing(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".", "mypy>=1.10")
+    session.install("-e", ".", "mypy>=1.10", "hypothesis>=6.100")
     session.run("mypy", "--strict", "wasm_plugins")
 
 

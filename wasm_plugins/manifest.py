@@ -1,0 +1,429 @@
+"""Plugin manifests: attrs records structured from TOML or a dict by one strict cattrs converter.
+
+An invalid manifest is a ConfigurationError whose ``field`` is the path of the first bad field
+(``limits.memory``, ``functions.word_count.idempotent``) and whose suggestion says how to fix it.
+Unknown keys are refused at every level, so a misspelt setting cannot be silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping
+from importlib.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, override
+
+from wasm_plugins._units import parse_duration, parse_size
+from wasm_plugins.errors import ConfigurationError
+from wasm_plugins.sandbox import Limits
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "CAPABILITIES",
+    "CODECS",
+    "NO_DEFAULT",
+    "FunctionSpec",
+    "ISOLATIONS",
+    "Manifest",
+    "ModuleSpec",
+    "PolicySpec",
+    "WasiPreopen",
+    "WasiSpec",
+    "manifest_converter",
+]
+
+CODECS = ("json", "raw")
+ISOLATIONS = ("auto", "in-process", "process")
+CAPABILITIES = ("log", "config", "kv", "clock", "random", "wasi")
+"""The capabilities the framework itself defines; host apps may add more with host functions."""
+
+class _FieldError(ValueError):
+    """A problem with one key of a table structured by hand (the key joins the field path)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _unit(name: str, parse: Any) -> Any:
+    """A converter for a size or duration field that names the field when the value is bad."""
+
+    def convert(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise _FieldError(name, str(exc)) from None
+
+    return convert
+
+
+class _NoDefault:
+    def __repr__(self) -> str:
+        return "NO_DEFAULT"
+
+
+NO_DEFAULT: Any = _NoDefault()
+"""Marks a function without a default value (``None`` is a valid default)."""
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _plugin_name(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not _NAME.match(value):
+        raise _FieldError(
+            attribute.name,
+            f"{value!r} is not a plugin name: use 1 to 64 lower-case letters, digits, '-', '_' "
+            "or '.', starting with a letter or digit"
+        )
+
+
+def _supported_abi(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+    if value != 1:
+        raise _FieldError(attribute.name, f"ABI {value} is not supported; this host speaks ABI 1")
+
+
+def _at_least(minimum: float, *, strictly: bool = False) -> Any:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+        if value is None:
+            return
+        if value < minimum or (strictly and value == minimum):
+            relation = "greater than" if strictly else "at least"
+            raise _FieldError(attribute.name, f"must be {relation} {minimum}, got {value}")
+
+    return check
+
+
+def _one_of(options: tuple[str, ...]) -> Any:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+        if value is not None and value not in options:
+            raise _FieldError(attribute.name, f"{value!r} is not one of {', '.join(options)}")
+
+    return check
+
+
+@attrs.frozen
+class ModuleSpec:
+    """Where the module comes from: exactly one of the fields."""
+
+    resource: str | None = None
+    """A file next to the manifest (inside the distribution that ships it)."""
+    path: str | None = None
+    """A file path; relative paths are resolved against the manifest's folder."""
+    wat: str | None = None
+    """WAT text, inline."""
+    wasm: bytes | None = None
+    """Module bytes (only from Python, not from TOML)."""
+
+    def __attrs_post_init__(self) -> None:
+        given = [name for name in ("resource", "path", "wat", "wasm") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of resource, path, wat (or wasm from Python); got "
+                + (", ".join(given) or "none")
+            )
+
+
+@attrs.frozen
+class FunctionSpec:
+    """One plugin function the module offers."""
+
+    description: str = ""
+    idempotent: bool = False
+    """Safe to retry after a timeout (the call may have had effects)."""
+    simplified: str | None = None
+    """A cheaper export that gives an approximate answer, for the simplified-processing fallback."""
+    default: Any = attrs.field(default=NO_DEFAULT, repr=False)
+    """A value to answer with when every attempt failed (the default-value fallback)."""
+
+    @property
+    def has_default(self) -> bool:
+        """Whether the manifest gives a default value."""
+        return self.default is not NO_DEFAULT
+
+
+@attrs.frozen
+class WasiPreopen:
+    """A host directory the guest sees under ``guest``."""
+
+    host: str
+    guest: str
+    read_only: bool = True
+
+
+@attrs.frozen
+class WasiSpec:
+    """WASI preview1 settings, used when the ``wasi`` capability is granted."""
+
+    preopens: tuple[WasiPreopen, ...] = ()
+    env: tuple[str, ...] = ()
+    """Names of host environment variables the guest may see (an allow-list)."""
+    args: tuple[str, ...] = ()
+    capture_output: bool = True
+    """Send the guest's stdout and stderr to the log (where the engine allows)."""
+
+
+@attrs.frozen
+class PolicySpec:
+    """Per-plugin error policy (retries, breaker, fallbacks); see docs/error-handling.md."""
+
+    max_attempts: int = attrs.field(default=3, validator=_at_least(1))
+    breaker_failure_threshold: int = attrs.field(default=5, validator=_at_least(1))
+    breaker_recovery_time: float = attrs.field(default=30.0, validator=_at_least(0, strictly=True))
+    fallbacks: tuple[str, ...] = ()
+    """Fallback strategies to try, in order, by name."""
+    max_memory: int | None = attrs.field(default=None, converter=_unit("max_memory", parse_size))
+    """The ceiling memory recovery may raise the memory limit to."""
+    max_timeout: float | None = attrs.field(
+        default=None, converter=_unit("max_timeout", parse_duration)
+    )
+    """The ceiling timeout recovery may extend the timeout to."""
+
+
+@attrs.frozen
+class Manifest:
+    """Everything the host needs to know about one plugin."""
+
+    name: str = attrs.field(validator=_plugin_name)
+    module: ModuleSpec
+    version: str = "0.0.0"
+    description: str = ""
+    abi: int = attrs.field(default=1, validator=_supported_abi)
+    codec: str = attrs.field(default="json", validator=_one_of(CODECS))
+    engine: str | None = None
+    isolation: str = attrs.field(default="auto", validator=_one_of(ISOLATIONS))
+    functions: dict[str, FunctionSpec] = attrs.field(factory=dict)
+    limits: Limits = attrs.field(factory=Limits)
+    capabilities: frozenset[str] = attrs.field(factory=frozenset)
+    config: dict[str, Any] = attrs.field(factory=dict)
+    wasi: WasiSpec = attrs.field(factory=WasiSpec)
+    policy: PolicySpec = attrs.field(factory=PolicySpec)
+    base: Path | Traversable | None = attrs.field(default=None, eq=False, repr=False)
+    """The folder resources and relative paths resolve against (not read from TOML)."""
+
+    def module_source(self) -> bytes | str | Path:
+        """The module as the Sandbox takes it: bytes, WAT text or a path."""
+        spec = self.module
+        if spec.wasm is not None:
+            return spec.wasm
+        if spec.wat is not None:
+            return spec.wat
+        relative = spec.resource or spec.path or ""
+        if spec.path is not None and Path(relative).is_absolute():
+            return Path(relative)
+        if self.base is None:
+            return Path(relative)
+        target = self.base / relative
+        if isinstance(target, Path):
+            return target
+        data = target.read_bytes()
+        return data if data.startswith(b"\0asm") else data.decode("utf-8")
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], *, base: Path | Traversable | None = None
+    ) -> Manifest:
+        """Structure a manifest from plain data (for example parsed TOML).
+
+        :raises ConfigurationError: naming the first invalid field and how to fix it.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(
+                field="manifest",
+                message=f"Invalid configuration: manifest - expected a table, got {type(data).__name__}",
+                suggestion="a manifest is a TOML document or a dict",
+            )
+        try:
+            manifest = manifest_converter().structure(dict(data), cls)
+        except cattrs.BaseValidationError as exc:
+            raise _configuration_error(exc, data) from None
+        except _FieldError as exc:
+            raise _configuration_error(exc, data) from None
+        return attrs.evolve(manifest, base=base)
+
+    @classmethod
+    def from_toml(cls, text: str, *, base: Path | Traversable | None = None) -> Manifest:
+        """Parse TOML text.
+
+        :raises ConfigurationError: for TOML that does not parse or an invalid field.
+        """
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(
+                field="manifest",
+                message=f"Invalid configuration: manifest - not valid TOML: {exc}",
+                suggestion="fix the TOML syntax at the position shown",
+            ) from None
+        return cls.from_dict(data, base=base)
+
+    @classmethod
+    def from_file(cls, path: Path | Traversable | str) -> Manifest:
+        """Read a TOML manifest; its folder becomes the base for resources and paths."""
+        target: Path | Traversable = Path(path) if isinstance(path, str) else path
+        try:
+            text = target.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(
+                field="manifest",
+                message=f"Invalid configuration: manifest - cannot read {target}: {exc}",
+                suggestion="give the path of a readable plugin.toml",
+            ) from None
+        parent: Path | Traversable = (
+            target.parent if isinstance(target, Path) else _traversable_parent(target)
+        )
+        return cls.from_toml(text, base=parent)
+
+
+def _traversable_parent(target: Traversable) -> Traversable | None:
+    parent = getattr(target, "parent", None)
+    return parent if parent is not None else None
+
+
+# -- the converter ------------------------------------------------------------------------------
+
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
+
+
+def _strict(expected: type) -> Any:
+    def structure(value: Any, _: Any) -> Any:
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise TypeError(f"expected {_TYPE_NAMES[expected]}, got {value!r}")
+        return value
+
+    return structure
+
+
+def _structure_limits(value: Any, _: Any) -> Limits:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a table, got {value!r}")
+    known = {field.name for field in attrs.fields(Limits)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise _FieldError(unknown[0], f"unknown limit; known limits: {', '.join(sorted(known))}")
+    for key, item in value.items():
+        try:
+            Limits(**{key: item})
+        except (TypeError, ValueError) as exc:
+            raise _FieldError(key, str(exc)) from None
+    return Limits(**value)
+
+
+def manifest_converter() -> cattrs.Converter:
+    """The strict converter: no type coercion, no extra keys."""
+    converter = cattrs.Converter(forbid_extra_keys=True)
+    for expected in (str, int, bool, float):
+        converter.register_structure_hook(expected, _strict(expected))
+    converter.register_structure_hook(Limits, _structure_limits)
+    strings = _strict(str)
+    lists = _strict(list)
+    converter.register_structure_hook_func(
+        lambda kind: kind == frozenset[str],
+        lambda value, _: frozenset(strings(item, None) for item in lists(value, None)),
+    )
+    converter.register_structure_hook_func(
+        lambda kind: kind == tuple[str, ...],
+        lambda value, _: tuple(strings(item, None) for item in lists(value, None)),
+    )
+    converter.register_structure_hook_func(lambda kind: kind is Any, lambda value, _: value)
+    raw = override(struct_hook=lambda value, _: value)
+    converter.register_structure_hook(
+        PolicySpec,
+        make_dict_structure_fn(
+            PolicySpec, converter, _cattrs_forbid_extra_keys=True, max_memory=raw, max_timeout=raw
+        ),
+    )
+    for record in (ModuleSpec, FunctionSpec, WasiPreopen, WasiSpec):
+        converter.register_structure_hook(
+            record, make_dict_structure_fn(record, converter, _cattrs_forbid_extra_keys=True)
+        )
+    converter.register_structure_hook(
+        Manifest,
+        make_dict_structure_fn(
+            Manifest, converter, _cattrs_forbid_extra_keys=True, base=override(omit=True)
+        ),
+    )
+    return converter
+
+
+_TYPE_NAMES[list] = "a list"
+
+_SUGGESTIONS = {
+    "name": "use a short lower-case name such as 'text-tools'",
+    "module": "give [module] with exactly one of resource, path or wat",
+    "codec": "use codec = \"json\" or \"raw\"",
+    "isolation": "use isolation = \"auto\", \"in-process\" or \"process\"",
+    "abi": "use abi = 1",
+    "limits": "sizes take units (\"16 MiB\"), durations too (\"2 s\"); fuel is a whole number",
+    "capabilities": "list capability names, for example capabilities = [\"log\", \"kv\"]",
+    "functions": "one [functions.<name>] table per function, with description and idempotent",
+    "wasi": "[wasi] takes preopens, env, args and capture_output",
+    "policy": "see docs/manifest.md for the policy settings",
+}
+
+
+def _path_of(location: str) -> str:
+    """cattrs' ``$.functions['word_count'].idempotent`` as ``functions.word_count.idempotent``."""
+    path = location.removeprefix("$").lstrip(".")
+    path = re.sub(r"\[['\"]?([^'\"\]]+)['\"]?\]", r".\1", path)
+    return path.lstrip(".")
+
+
+def _first_problem(exc: BaseException, prefix: str = "") -> tuple[str, str]:
+    """Walk a cattrs exception group to the first leaf: (field path, message)."""
+    if isinstance(exc, cattrs.BaseValidationError):
+        for child in exc.exceptions:
+            note = _note_path(child)
+            return _first_problem(child, _join(prefix, note))
+    if isinstance(exc, _FieldError):
+        return _join(prefix, exc.key), str(exc)
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        extra = sorted(exc.extra_fields)
+        return _join(prefix, extra[0]), f"unknown key {extra[0]!r}"
+    if isinstance(exc, KeyError):
+        return prefix, "required field missing"
+    return prefix, str(exc) or type(exc).__name__
+
+
+def _note_path(exc: BaseException) -> str:
+    for note in getattr(exc, "__notes__", ()):
+        match = re.match(r"Structuring class \S+ @ attribute (\S+)", str(note))
+        if match:
+            return match.group(1)
+        match = re.match(r"Structuring (?:mapping|typing\.\S+|\S+) value @ key (.+)", str(note))
+        if match:
+            return match.group(1).strip("'\"")
+        match = re.match(r"Structuring .+ @ index (\d+)", str(note))
+        if match:
+            return match.group(1)
+    return ""
+
+
+def _join(prefix: str, part: str) -> str:
+    return f"{prefix}.{part}" if prefix and part else prefix or part
+
+
+def _configuration_error(exc: Exception, data: Mapping[str, Any]) -> ConfigurationError:
+    field, problem = _first_problem(exc)
+    top = field.split(".", 1)[0]
+    where = field or "manifest"
+    plugin = data.get("name") if isinstance(data.get("name"), str) else None
+    return ConfigurationError(
+        field=where,
+        message=f"Invalid configuration: {where} - {problem}",
+        suggestion=_SUGGESTIONS.get(top, "see docs/manifest.md for every field"),
+        plugin=plugin,
+    )
