@@ -20,9 +20,14 @@ from wasm_plugins.errors import (
     SecurityViolation,
     Severity,
 )
-from wasm_plugins.sandbox import HostFunction, Limits, Sandbox
+from wasm_plugins.hookspecs import hookimpl, hookspec
+from wasm_plugins.host import Attempt, Outcome, PluginHost, PluginInfo
+from wasm_plugins.manifest import Manifest
+from wasm_plugins.sandbox import HostCall, HostFunction, Limits, Sandbox
+from wasm_plugins.services import HostServices, KeyValueStore
 
 __all__ = [
+    "Attempt",
     "CommunicationError",
     "CompilationError",
     "ConfigurationError",
@@ -30,18 +35,27 @@ __all__ = [
     "DeadlineExceeded",
     "ErrorContext",
     "ExecutionError",
+    "HostCall",
     "HostFunction",
+    "HostServices",
     "HostIOError",
     "InstanceError",
+    "KeyValueStore",
     "Limits",
+    "Manifest",
     "ModuleError",
     "NetworkError",
+    "Outcome",
     "PluginError",
+    "PluginHost",
+    "PluginInfo",
     "RecoveryPotential",
     "ResourceLimitExceeded",
     "Sandbox",
     "SecurityViolation",
     "Severity",
+    "hookimpl",
+    "hookspec",
 ]
 
 __version__ = "0.1.0"

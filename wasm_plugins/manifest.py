@@ -68,6 +68,16 @@ def _unit(name: str, parse: Any) -> Any:
     return convert
 
 
+def _max_memory(value: Any) -> int | None:
+    result: int | None = _unit("max_memory", parse_size)(value)
+    return result
+
+
+def _max_timeout(value: Any) -> float | None:
+    result: float | None = _unit("max_timeout", parse_duration)(value)
+    return result
+
+
 class _NoDefault:
     def __repr__(self) -> str:
         return "NO_DEFAULT"
@@ -183,11 +193,9 @@ class PolicySpec:
     breaker_recovery_time: float = attrs.field(default=30.0, validator=_at_least(0, strictly=True))
     fallbacks: tuple[str, ...] = ()
     """Fallback strategies to try, in order, by name."""
-    max_memory: int | None = attrs.field(default=None, converter=_unit("max_memory", parse_size))
+    max_memory: int | None = attrs.field(default=None, converter=_max_memory)
     """The ceiling memory recovery may raise the memory limit to."""
-    max_timeout: float | None = attrs.field(
-        default=None, converter=_unit("max_timeout", parse_duration)
-    )
+    max_timeout: float | None = attrs.field(default=None, converter=_max_timeout)
     """The ceiling timeout recovery may extend the timeout to."""
 
 
@@ -280,7 +288,7 @@ class Manifest:
                 message=f"Invalid configuration: manifest - cannot read {target}: {exc}",
                 suggestion="give the path of a readable plugin.toml",
             ) from None
-        parent: Path | Traversable = (
+        parent: Path | Traversable | None = (
             target.parent if isinstance(target, Path) else _traversable_parent(target)
         )
         return cls.from_toml(text, base=parent)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from wasm_plugins.engine._protocol import (
     GuestMemory,
     HostImport,
     MemoryImport,
+    WasiDirectory,
+    WasiSettings,
 )
 from wasm_plugins.errors import ConfigurationError
 
@@ -40,6 +43,8 @@ __all__ = [
     "GuestMemory",
     "HostImport",
     "MemoryImport",
+    "WasiDirectory",
+    "WasiSettings",
     "default_registry",
     "get_engine",
 ]
@@ -48,12 +53,16 @@ ENGINE_ENVIRONMENT_VARIABLE = "WASM_PLUGINS_ENGINE"
 AUTO_ORDER = ("wasmer", "wasmtime")
 
 
+# The built-in engines are shared by every registry (and so every host) of the process: an engine
+# is thread-safe, and each wasmtime engine owns a compiled-code cache and an epoch thread.
+@functools.cache
 def _wasmer() -> Engine:
     from wasm_plugins.engine._wasmer import WasmerEngine
 
     return WasmerEngine()
 
 
+@functools.cache
 def _wasmtime() -> Engine:
     from wasm_plugins.engine._wasmtime import WasmtimeEngine
 
@@ -158,11 +167,15 @@ def _install_hint(name: str) -> str:
     return f"install the package that provides the {name!r} engine"
 
 
+def _builtin_factories() -> dict[str, Callable[[], Engine]]:
+    return {"wasmer": _wasmer, "wasmtime": _wasmtime}
+
+
 def default_registry() -> EngineRegistry:
     """A registry with the built-in engines."""
     registry = EngineRegistry()
-    registry.register("wasmer", _wasmer)
-    registry.register("wasmtime", _wasmtime)
+    for name, factory in _builtin_factories().items():
+        registry.register(name, factory)
     return registry
 
 

@@ -23,6 +23,8 @@ __all__ = [
     "GuestMemory",
     "HostImport",
     "MemoryImport",
+    "WasiDirectory",
+    "WasiSettings",
 ]
 
 
@@ -115,6 +117,26 @@ class HostImport:
 
 
 @attrs.frozen
+class WasiDirectory:
+    """A host directory the guest sees at ``guest_path``."""
+
+    host_path: str
+    guest_path: str
+    read_only: bool = True
+
+
+@attrs.frozen
+class WasiSettings:
+    """WASI preview1 for one instance: directories, environment, arguments, output."""
+
+    directories: tuple[WasiDirectory, ...] = ()
+    environment: tuple[tuple[str, str], ...] = ()
+    arguments: tuple[str, ...] = ()
+    output: Callable[[str, bytes], None] | None = None
+    """Receives ``("stdout" | "stderr", data)``; ``None`` discards the guest's output."""
+
+
+@attrs.frozen
 class MemoryImport:
     """A linear memory the host creates for a module that imports one."""
 
@@ -196,8 +218,12 @@ class EngineModule(Protocol):
         imports: Sequence[HostImport],
         budget: CallBudget,
         memory_import: MemoryImport | None = None,
+        wasi: WasiSettings | None = None,
     ) -> EngineInstance:
         """Make an instance for the calling thread; the start function runs under ``budget``.
+
+        ``wasi`` links WASI preview1 (only when the module imports it and the capability is
+        granted; the sandbox checks what the engine can confine before it gets here).
 
         :raises InstanceError: when the start function traps or linking fails.
         :raises DeadlineExceeded: when the start function runs past the timeout.

@@ -25,6 +25,7 @@ from wasm_plugins.engine._protocol import (
     FuncSignature,
     HostImport,
     MemoryImport,
+    WasiSettings,
 )
 from wasm_plugins.engine._traps import MAX_FRAMES, trap_error, truncate, validation_error, wat_error
 from wasm_plugins.errors import (
@@ -182,6 +183,7 @@ class WasmerInstance:
         module: wasmer.Module,
         imports: Sequence[HostImport],
         memory_import: MemoryImport | None,
+        wasi: WasiSettings | None = None,
     ) -> None:
         self._host_exception: BaseException | None = None
         self.memory = _Memory()
@@ -203,7 +205,14 @@ class WasmerInstance:
                 ),
             )
             namespaces.setdefault(memory_import.module, {})[memory_import.name] = imported_memory
-        import_object = wasmer.ImportObject()
+        wasi_environment = None
+        if wasi is not None:
+            wasi_environment = _wasi_environment(wasi)
+            import_object = wasi_environment.generate_import_object(
+                store, wasmer.wasi.get_version(module, strict=False)
+            )
+        else:
+            import_object = wasmer.ImportObject()
         for namespace, members in namespaces.items():
             import_object.register(namespace, members)
         try:
@@ -220,6 +229,8 @@ class WasmerInstance:
             self.memory.bind(exported)
         elif imported_memory is not None:
             self.memory.bind(imported_memory)
+        if wasi_environment is not None and isinstance(exported, wasmer.Memory):
+            wasi_environment.memory = exported
 
     def _host_trampoline(self, function: Callable[..., Any]) -> Callable[..., Any]:
         memory = self.memory
@@ -298,6 +309,19 @@ class WasmerInstance:
         return None
 
 
+def _wasi_environment(settings: WasiSettings) -> Any:
+    # The sandbox refuses read-only directories and captured output on wasmer before this point:
+    # wasmer 1.1 offers neither.
+    builder = wasmer.wasi.StateBuilder(settings.arguments[0] if settings.arguments else "plugin")
+    for argument in settings.arguments[1:]:
+        builder.argument(argument)
+    for name, value in settings.environment:
+        builder.environment(name, value)
+    for directory in settings.directories:
+        builder.map_directory(directory.guest_path, directory.host_path)
+    return builder.finalize()
+
+
 def _instantiation_error(message: str) -> PluginError:
     if message.startswith("RuntimeError: "):
         trap = _trap_from_message(message)
@@ -346,10 +370,13 @@ class WasmerModule:
         imports: Sequence[HostImport],
         budget: CallBudget,
         memory_import: MemoryImport | None = None,
+        wasi: WasiSettings | None = None,
     ) -> WasmerInstance:
         if budget.timeout is not None or budget.fuel is not None:
             raise _unenforceable("timeout" if budget.timeout is not None else "fuel")
-        return WasmerInstance(self.engine.store(), self._thread_module(), imports, memory_import)
+        return WasmerInstance(
+            self.engine.store(), self._thread_module(), imports, memory_import, wasi
+        )
 
 
 def _unenforceable(limit: str) -> ConfigurationError:

@@ -27,6 +27,7 @@ from wasm_plugins.engine._protocol import (
     FuncSignature,
     HostImport,
     MemoryImport,
+    WasiSettings,
 )
 from wasm_plugins.engine._traps import (
     MAX_FRAMES,
@@ -246,6 +247,7 @@ class WasmtimeInstance:
         imports: Sequence[HostImport],
         budget: CallBudget,
         memory_import: MemoryImport | None,
+        wasi: WasiSettings | None = None,
     ) -> None:
         self._ticker = engine.ticker(fuel)
         self._budget = budget
@@ -262,6 +264,9 @@ class WasmtimeInstance:
             store.set_limits(memory_size=budget.memory_bytes)
         self._store = store
         linker = wasmtime.Linker(wasmtime_engine)
+        if wasi is not None:
+            store.set_wasi(_wasi_config(wasi))
+            linker.define_wasi()
         for host_import in imports:
             linker.define_func(
                 host_import.module,
@@ -447,6 +452,21 @@ class WasmtimeInstance:
         return self._last_fuel_used
 
 
+def _wasi_config(settings: WasiSettings) -> wasmtime.WasiConfig:
+    config = wasmtime.WasiConfig()
+    config.argv = list(settings.arguments)
+    config.env = [list(pair) for pair in settings.environment]
+    for directory in settings.directories:
+        config.preopen_dir(
+            directory.host_path, directory.guest_path, fs_mutable=not directory.read_only
+        )
+    output = settings.output
+    if output is not None:
+        config.stdout_custom(lambda data: output("stdout", bytes(data)))
+        config.stderr_custom(lambda data: output("stderr", bytes(data)))
+    return config
+
+
 class WasmtimeModule:
     """A module compiled by wasmtime; usable from any thread."""
 
@@ -465,9 +485,10 @@ class WasmtimeModule:
         imports: Sequence[HostImport],
         budget: CallBudget,
         memory_import: MemoryImport | None = None,
+        wasi: WasiSettings | None = None,
     ) -> WasmtimeInstance:
         return WasmtimeInstance(
-            self.engine, self._module, self._fuel, imports, budget, memory_import
+            self.engine, self._module, self._fuel, imports, budget, memory_import, wasi
         )
 
 

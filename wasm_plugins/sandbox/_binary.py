@@ -65,20 +65,29 @@ _LIMITS_SHARED = 0x02
 _LIMITS_64 = 0x04
 _LIMITS_PAGE_SIZE = 0x08
 
-# Single-byte value types: numbers, v128, and the reference-type shorthands
-# (MVP, exceptions, GC, stack switching).
-_SHORT_VALTYPES = frozenset(
-    {0x7F, 0x7E, 0x7D, 0x7C, 0x7B, 0x70, 0x6F, 0x6E, 0x6D, 0x6C, 0x6B, 0x6A, 0x69}
-    | {0x71, 0x72, 0x73, 0x74, 0x68, 0x75}
-)
-# Abstract heap types that may follow a 0x63/0x64 reference-type prefix.
+# Abstract heap types (MVP, exceptions, GC, stack switching).  The same bytes
+# on their own are the nullable reference-type shorthands, e.g. 0x70 funcref.
 _ABSTRACT_HEAPTYPES = frozenset(
     {0x70, 0x6F, 0x6E, 0x6D, 0x6C, 0x6B, 0x6A, 0x69, 0x71, 0x72, 0x73, 0x74, 0x68, 0x75}
 )
+# Value types that fit in one byte: i32, i64, f32, f64, v128 and the shorthands.
+_SHORT_VALTYPES = _ABSTRACT_HEAPTYPES | {0x7F, 0x7E, 0x7D, 0x7C, 0x7B}
 _REF_PREFIXES = (0x63, 0x64)
 
-_OP_MEMORY_GROW = 0x40
 _OP_CALL = 0x10
+_OP_END = 0x0B
+_OP_IF = 0x04
+_OP_LOCAL_GET = 0x20
+_OP_LOCAL_TEE = 0x22
+_OP_GLOBAL_SET = 0x24
+_OP_MEMORY_GROW = 0x40
+_OP_I32_CONST = 0x41
+_OP_I32_EQ = 0x46
+_BLOCK_EMPTY = 0x40
+_I32 = 0x7F
+_FUNC_FORM = 0x60
+_EXPORT_GLOBAL = 0x03
+_MUTABLE = 0x01
 
 
 class WasmBinaryError(Exception):
@@ -161,14 +170,6 @@ class _Reader:
 
     def u64(self) -> int:
         return self.uleb(64)
-
-    def s33(self) -> int:
-        start = self.pos
-        value, pos = _read_s33(self.data, self.pos, self.end)
-        if pos < 0:
-            self.fail("malformed signed integer", start)
-        self.pos = pos
-        return value
 
     def name(self) -> bytes:
         length = self.u32()
@@ -777,7 +778,7 @@ def _count_types(data: bytes, section: _Section | None) -> int:
     for _ in range(count):
         form_offset = reader.pos
         form = reader.byte()
-        if form != 0x60:
+        if form != _FUNC_FORM:
             # rec groups, sub types, structs, arrays: index arithmetic is no
             # longer one entry per type, so do not guess.
             raise _Unsupported
@@ -796,14 +797,16 @@ def _count_types(data: bytes, section: _Section | None) -> int:
     return count
 
 
-def _has_export(data: bytes, section: _Section | None, name: bytes) -> bool:
+def _export_offset(data: bytes, section: _Section | None, name: bytes) -> int | None:
+    """Offset of the export entry with this name, if there is one."""
     if section is None:
-        return False
+        return None
     reader = _Reader(data, section.body, section.end)
-    found = False
+    found = None
     for _ in range(reader.u32()):
-        if reader.name() == name:
-            found = True
+        entry = reader.pos
+        if reader.name() == name and found is None:
+            found = entry
         reader.byte()
         reader.u32()
     _expect_end(reader)
@@ -811,25 +814,19 @@ def _has_export(data: bytes, section: _Section | None, name: bytes) -> bool:
 
 
 def _wrapper_body(global_index: int) -> bytes:
-    global_leb = _encode_uleb(global_index)
-    body = b"".join(
+    """Body of ``(func (param i32) (result i32))`` that records refused grows."""
+    code = b"".join(
         (
-            b"\x01\x01\x7f",  # one extra i32 local holding grow's result
-            b"\x20\x00",  # local.get 0
-            b"\x40\x00",  # memory.grow 0
-            b"\x22\x01",  # local.tee 1
-            b"\x41\x7f",  # i32.const -1
-            b"\x46",  # i32.eq
-            b"\x04\x40",  # if
-            b"\x20\x00",  # local.get 0
-            b"\x24",  # global.set
-            global_leb,
-            b"\x0b",  # end
-            b"\x20\x01",  # local.get 1
-            b"\x0b",  # end
+            bytes([_OP_LOCAL_GET, 0, _OP_MEMORY_GROW, 0, _OP_LOCAL_TEE, 1]),
+            bytes([_OP_I32_CONST, 0x7F, _OP_I32_EQ, _OP_IF, _BLOCK_EMPTY]),
+            bytes([_OP_LOCAL_GET, 0, _OP_GLOBAL_SET]),
+            _encode_uleb(global_index),
+            bytes([_OP_END, _OP_LOCAL_GET, 1, _OP_END]),
         )
     )
-    return _encode_uleb(len(body)) + body
+    # Local 1 keeps grow's result, which is both compared and returned.
+    locals_ = bytes([1, 1, _I32])
+    return _encode_uleb(len(locals_) + len(code)) + locals_ + code
 
 
 def _rewrite_code(
@@ -884,12 +881,13 @@ def _instrument(
     defined_globals, _ = _vec_count(data, global_section)
     wrapper = imports.functions + function_count
     probe = imports.globals + defined_globals
-    export_entry = _encode_name(GROW_PROBE_EXPORT) + b"\x03" + _encode_uleb(probe)
+    export_entry = _encode_name(GROW_PROBE_EXPORT) + bytes([_EXPORT_GLOBAL]) + _encode_uleb(probe)
     payloads = {
-        _SEC_TYPE: _appended(data, type_section, b"\x60\x01\x7f\x01\x7f"),
+        _SEC_TYPE: _appended(data, type_section, bytes([_FUNC_FORM, 1, _I32, 1, _I32])),
         _SEC_FUNCTION: _appended(data, function_section, _encode_uleb(type_count)),
-        # Mutable i32 initialised with i32.const 0.
-        _SEC_GLOBAL: _appended(data, global_section, b"\x7f\x01\x41\x00\x0b"),
+        _SEC_GLOBAL: _appended(
+            data, global_section, bytes([_I32, _MUTABLE, _OP_I32_CONST, 0, _OP_END])
+        ),
         _SEC_EXPORT: _appended(data, _find(sections, _SEC_EXPORT), export_entry),
         _SEC_CODE: _rewrite_code(
             data, count=code_count, bodies=bodies, wrapper=wrapper, global_index=probe
@@ -966,11 +964,9 @@ def prepare_module(
 
     sites = 0
     if instrument_grow:
-        if _has_export(data, _find(sections, _SEC_EXPORT), GROW_PROBE_EXPORT.encode()):
-            raise WasmBinaryError(
-                f"module already exports {GROW_PROBE_EXPORT!r}",
-                _find_export_offset(sections),
-            )
+        clash = _export_offset(data, _find(sections, _SEC_EXPORT), GROW_PROBE_EXPORT.encode())
+        if clash is not None:
+            raise WasmBinaryError(f"module already exports {GROW_PROBE_EXPORT!r}", clash)
         if memories and not memories[0].memory64:
             grow_payloads, sites = _instrument(data, sections, imports)
             payloads.update(grow_payloads)
@@ -982,8 +978,3 @@ def prepare_module(
         grow_probe=GROW_PROBE_EXPORT if sites else None,
         grow_sites=sites,
     )
-
-
-def _find_export_offset(sections: list[_Section]) -> int:
-    section = _find(sections, _SEC_EXPORT)
-    return 0 if section is None else section.body

@@ -39,6 +39,8 @@ class HostCall:
     plugin: str
     session: Any
     """The ABI session of the calling instance (per-instance state, such as a reported error)."""
+    services: Any = None
+    """What the host offers its host functions (clock, random source, stores, configuration)."""
 
 
 HostImplementation = Callable[..., Any]
@@ -74,16 +76,16 @@ class LinkPlan:
     functions: tuple[HostFunction, ...]
     memory: MemoryImport | None
 
-    def host_imports(self, plugin: str, session: Any) -> list[HostImport]:
+    def host_imports(self, plugin: str, session: Any, services: Any = None) -> list[HostImport]:
         """Engine imports bound to one session (one instance)."""
-        return [_bind(function, plugin, session) for function in self.functions]
+        return [_bind(function, plugin, session, services) for function in self.functions]
 
 
-def _bind(function: HostFunction, plugin: str, session: Any) -> HostImport:
+def _bind(function: HostFunction, plugin: str, session: Any, services: Any) -> HostImport:
     implementation = function.implementation
 
     def call(memory: GuestMemory, *args: Any) -> Any:
-        return implementation(HostCall(memory, plugin, session), *args)
+        return implementation(HostCall(memory, plugin, session, services), *args)
 
     return HostImport(function.module, function.name, function.signature, call)
 

@@ -16,9 +16,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 from loguru import logger
 
-from wasm_plugins.engine import CallBudget, Engine, EngineModule, get_engine
+from wasm_plugins.engine import CallBudget, Engine, EngineModule, WasiSettings, get_engine
 from wasm_plugins.errors import (
     CommunicationError,
     ConfigurationError,
@@ -121,6 +122,8 @@ class Sandbox:
     :param codec: ``json`` (default) or ``raw``.
     :param functions: plugin functions the module must export (checked at load).
     :param name: the plugin's name, used in errors and logs.
+    :param services: handed to host functions (``HostCall.services``): the host's clock, stores...
+    :param wasi: WASI preview1 settings, used when the ``wasi`` capability is granted.
     :raises PluginError: a typed error when anything about the module or the settings is wrong.
     """
 
@@ -135,12 +138,17 @@ class Sandbox:
         codec: str = "json",
         functions: Sequence[str] | None = None,
         name: str | None = None,
+        services: Any = None,
+        wasi: WasiSettings | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.name = name or "sandbox"
         self.limits = limits or Limits()
         self.capabilities = frozenset(capabilities)
         self.codec: Codec = get_codec(codec)
+        self.services = services
+        self._wasi_settings = wasi
+        self._wasi: WasiSettings | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
         self._states: list[_ThreadState] = []
@@ -169,6 +177,8 @@ class Sandbox:
             self._state()
         except PluginError as error:
             raise self._annotate(error, None, None) from error.__cause__
+        except Exception as exc:
+            raise self._annotate(_host_failure(exc), None, None) from exc
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -188,6 +198,45 @@ class Sandbox:
                         f"{self.engine.name})"
                     ),
                 )
+
+    def _wasi_for_module(self) -> WasiSettings | None:
+        """The WASI settings to link, checked against what the engine can confine."""
+        if not any(item.module == WASI_MODULE for item in self._module.imports):
+            return None
+        settings = self._wasi_settings or WasiSettings()
+        features = self.engine.features
+        if not features.wasi:
+            raise self._wasi_unsupported("wasi", "WASI")
+        if not features.wasi_read_only_preopens and any(
+            directory.read_only for directory in settings.directories
+        ):
+            raise self._wasi_unsupported("wasi.preopens.read_only", "read-only directories")
+        if not features.wasi_captured_output and settings.output is not None:
+            raise self._wasi_unsupported("wasi.capture_output", "capturing the guest's output")
+        directories = []
+        for directory in settings.directories:
+            host_path = Path(directory.host_path)
+            if not host_path.is_dir():
+                raise ConfigurationError(
+                    field="wasi.preopens",
+                    message=(
+                        f"Invalid configuration: wasi.preopens - {host_path} is not a directory"
+                    ),
+                    suggestion="give the path of an existing directory",
+                )
+            directories.append(attrs.evolve(directory, host_path=str(host_path.resolve())))
+        return attrs.evolve(settings, directories=tuple(directories))
+
+    def _wasi_unsupported(self, field: str, what: str) -> ConfigurationError:
+        return ConfigurationError(
+            field=field,
+            message=(
+                f"Invalid configuration: {field} - the {self.engine.name} engine cannot enforce "
+                f"{what}"
+            ),
+            suggestion="use engine='wasmtime', which confines WASI with read-only directories "
+            "and captures output",
+        )
 
     def _limit_pages(self) -> int | None:
         return None if self.limits.memory is None else self.limits.memory // PAGE_SIZE
@@ -260,7 +309,10 @@ class Sandbox:
             )
         session = Session()
         instance = self._module.instantiate(
-            self._link.host_imports(self.name, session), self._budget(), self._link.memory
+            self._link.host_imports(self.name, session, self.services),
+            self._budget(),
+            self._link.memory,
+            self._wasi,
         )
         session.attach(instance)
         state = _ThreadState(session)
@@ -327,6 +379,10 @@ class Sandbox:
         except PluginError as error:
             failure = self._failed(error, state, function, len(data))
             raise failure from failure.__cause__
+        except Exception as exc:
+            # Only host code (a host function) can raise anything else; the guest stopped halfway.
+            failure = self._failed(_host_failure(exc), state, function, len(data))
+            raise failure from exc
 
     def _failed(
         self, error: PluginError, state: _ThreadState | None, function: str, size: int
@@ -385,6 +441,14 @@ class Sandbox:
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.name!r} on {self.engine.name} ({len(self.functions)} functions)>"
+
+
+def _host_failure(exc: Exception) -> ExecutionError:
+    return ExecutionError(
+        message=f"A host function failed: {type(exc).__name__}: {exc}",
+        trap="host_error",
+        suggestion="a bug in a host function offered to the plugin; see the cause",
+    )
 
 
 def _instance_is_suspect(error: PluginError) -> bool:

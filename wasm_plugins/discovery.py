@@ -1,0 +1,105 @@
+"""Finding policy and WASM plugins through the ``wasm_plugins`` entry-point group.
+
+Each entry point names an object (usually a module) that pluggy registers as a plugin; a WASM plugin
+is contributed by its implementation of ``wasm_plugins_register_plugins``. One distribution that
+fails to import, or whose hookimpls are misspelt, is reported with its name and reason; the others
+still load. ``WASM_PLUGINS_DISABLE`` (comma-separated) blocks entry points, pluggy plugins and WASM
+plugins by name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from importlib.metadata import EntryPoint, entry_points
+
+import attrs
+import pluggy
+from loguru import logger
+
+from wasm_plugins.hookspecs import PROJECT_NAME
+
+__all__ = [
+    "DISABLE_ENVIRONMENT_VARIABLE",
+    "ENTRY_POINT_GROUP",
+    "DiscoveryProblem",
+    "blocked_names",
+    "load_entry_points",
+]
+
+ENTRY_POINT_GROUP = PROJECT_NAME
+DISABLE_ENVIRONMENT_VARIABLE = "WASM_PLUGINS_DISABLE"
+
+
+@attrs.frozen
+class DiscoveryProblem:
+    """Why one contribution could not be used."""
+
+    source: str
+    """The entry point (``name = module``) or plugin that failed."""
+    distribution: str | None
+    """The installed distribution that provides it."""
+    stage: str
+    """``import``, ``hookimpl`` (a hook that does not exist), ``register`` or ``load``."""
+    reason: str
+
+    def __str__(self) -> str:
+        where = f" (from distribution {self.distribution})" if self.distribution else ""
+        return f"{self.source}{where}: {self.stage} failed: {self.reason}"
+
+
+def blocked_names(environment: dict[str, str] | None = None) -> frozenset[str]:
+    """Names blocked by ``WASM_PLUGINS_DISABLE``."""
+    value = (environment if environment is not None else os.environ).get(
+        DISABLE_ENVIRONMENT_VARIABLE, ""
+    )
+    return frozenset(name.strip() for name in value.split(",") if name.strip())
+
+
+def _distribution(entry_point: EntryPoint) -> str | None:
+    dist = getattr(entry_point, "dist", None)
+    return None if dist is None else f"{dist.name} {dist.version}"
+
+
+def load_entry_points(
+    manager: pluggy.PluginManager,
+    blocked: Iterable[str] = (),
+    group: str = ENTRY_POINT_GROUP,
+) -> tuple[dict[str, str | None], list[DiscoveryProblem]]:
+    """Register every entry point of ``group`` with ``manager``, isolating failures.
+
+    :returns: the registered plugin names with their distributions, and the problems found.
+    """
+    blocked = frozenset(blocked)
+    registered: dict[str, str | None] = {}
+    problems: list[DiscoveryProblem] = []
+    for entry_point in entry_points(group=group):
+        distribution = _distribution(entry_point)
+        source = f"{entry_point.name} = {entry_point.value}"
+        dist_name = entry_point.dist.name if entry_point.dist is not None else None
+        if entry_point.name in blocked or dist_name in blocked:
+            logger.bind(plugin=entry_point.name).info("blocked by {}", DISABLE_ENVIRONMENT_VARIABLE)
+            manager.set_blocked(entry_point.name)
+            continue
+        if manager.get_plugin(entry_point.name) is not None or manager.is_blocked(entry_point.name):
+            continue
+        try:
+            plugin = entry_point.load()
+        except Exception as exc:  # noqa: BLE001 - any import failure is that distribution's alone
+            problems.append(
+                DiscoveryProblem(source, distribution, "import", f"{type(exc).__name__}: {exc}")
+            )
+            continue
+        manager.register(plugin, name=entry_point.name)
+        try:
+            manager.check_pending()
+        except pluggy.PluginValidationError as exc:
+            manager.unregister(plugin)
+            problems.append(DiscoveryProblem(source, distribution, "hookimpl", str(exc)))
+            continue
+        registered[entry_point.name] = distribution
+    for problem in problems:
+        logger.bind(source=problem.source, distribution=problem.distribution).error(
+            "plugin discovery problem: {}", problem
+        )
+    return registered, problems

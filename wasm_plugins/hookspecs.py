@@ -1,0 +1,115 @@
+"""Every hook of wasm-plugins: the contract between a host and the plugins that extend it.
+
+Third parties implement these with ``@wasm_plugins.hookimpl`` in a module or object they expose
+through the ``wasm_plugins`` entry-point group. A hookimpl may accept any subset of a hook's
+arguments. Hooks marked *firstresult* stop at the first implementation that returns something other
+than ``None``; implementations run in pluggy's order (``tryfirst`` first, ``trylast`` last, otherwise
+the most recently registered first). The framework's own implementations in
+``wasm_plugins.builtin`` are all ``trylast``, so a third party's hookimpl wins by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from wasm_plugins.engine import Engine
+    from wasm_plugins.host import Attempt, PluginHost, PluginSource
+    from wasm_plugins.sandbox import HostFunction
+
+PROJECT_NAME = "wasm_plugins"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+__all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The host's life
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def wasm_plugins_host_configured(host: PluginHost) -> None:
+    """See the host once it is configured: every plugin registered, engines and host functions known.
+
+    Historic: a hookimpl registered later (for instance with ``host.register_policy``) is called
+    at once with the same host.
+
+    :param host: the configured :class:`~wasm_plugins.host.PluginHost`.
+    """
+
+
+@hookspec
+def wasm_plugins_host_closing(host: PluginHost) -> None:
+    """Release what you hold: the host is closing (``host.close()`` or leaving its ``with`` block).
+
+    Called once; an implementation that raises is logged and the others still run.
+
+    :param host: the host being closed.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Contributions: each hook receives a register callback
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def wasm_plugins_register_plugins(register: Callable[[PluginSource], None]) -> None:
+    """Contribute WASM plugins.
+
+    Call ``register`` once per plugin with its manifest: a path or importlib resource of a TOML
+    manifest (``files(__name__) / "plugin.toml"``), a :class:`~wasm_plugins.manifest.Manifest`, or
+    a dict. Resources named by a manifest resolve next to the manifest file.
+
+    :param register: the callback that adds one plugin to the host.
+    """
+
+
+@hookspec
+def wasm_plugins_register_engines(register: Callable[[str, Callable[[], Engine]], None]) -> None:
+    """Contribute WebAssembly engines.
+
+    Call ``register(name, factory)``; ``factory()`` returns an object that satisfies
+    :class:`~wasm_plugins.engine.Engine`, or raises ImportError when it cannot load here (the
+    ``doctor`` command then reports why). A manifest or the host selects it by ``name``.
+
+    :param register: the callback that offers one engine.
+    """
+
+
+@hookspec
+def wasm_plugins_register_host_functions(register: Callable[[HostFunction], None]) -> None:
+    """Contribute host functions that guests may import.
+
+    Call ``register`` with a :class:`~wasm_plugins.sandbox.HostFunction`. Give each one a
+    ``capability``: a module that imports it loads only when its manifest grants that capability.
+    The implementation receives a :class:`~wasm_plugins.sandbox.HostCall` (the guest's memory,
+    the plugin's name) and then the guest's arguments.
+
+    :param register: the callback that offers one host function.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Calls
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def wasm_plugins_attempt(attempt: Attempt) -> Any:
+    """Perform one attempt of a call and return its value.
+
+    firstresult: the first implementation that returns a value answers; the built-in one, which
+    runs the plugin's sandbox, is ``trylast``. To observe or change attempts (tracing, timing,
+    fault injection), implement it as a new-style wrapper (``@hookimpl(wrapper=True)``): ``yield``
+    gives the value, or raises the attempt's error.
+
+    :param attempt: the plugin, the function, the input, the attempt number, the limits in force.
+    :returns: the call's value; failures are raised as :class:`~wasm_plugins.errors.PluginError`.
+    """

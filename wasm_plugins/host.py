@@ -1,0 +1,509 @@
+"""PluginHost: the host application's one object: plugins found, checked, granted, and called.
+
+>>> with PluginHost.discover() as host:                      # doctest: +SKIP
+...     host.call("text-tools", "word_count", {"text": "one two"})
+{'words': 2, 'lines': 1, 'characters': 7, 'bytes': 7}
+
+Each host has its own pluggy PluginManager (several hosts in one process do not share hookimpls);
+the framework's behaviour is itself a set of ``trylast`` hookimpls (``wasm_plugins.builtin``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from importlib.abc import Traversable
+from pathlib import Path
+from typing import Any, Union
+
+import attrs
+import pluggy
+from loguru import logger
+
+from wasm_plugins import hookspecs
+from wasm_plugins.builtin import builtin_plugins
+from wasm_plugins.discovery import DiscoveryProblem, blocked_names, load_entry_points
+from wasm_plugins.engine import Engine, EngineRegistry
+from wasm_plugins.errors import (
+    ConfigurationError,
+    ContextualError,
+    ErrorContext,
+    ExecutionEnvironment,
+    ExecutionError,
+    PluginError,
+)
+from wasm_plugins.manifest import CAPABILITIES, ISOLATIONS, Manifest
+from wasm_plugins.sandbox import HostFunction, Limits, Sandbox
+from wasm_plugins.services import HostServices
+
+__all__ = ["Attempt", "Outcome", "PluginHost", "PluginInfo", "PluginSource"]
+
+PluginSource = Union[Manifest, Mapping[str, Any], str, os.PathLike[str], Traversable]  # noqa: UP007
+"""What ``register`` and :meth:`PluginHost.load` take: a manifest, a dict, or a TOML file."""
+
+
+@attrs.frozen
+class Attempt:
+    """One attempt of a call, as the attempt hook sees it."""
+
+    host: PluginHost
+    plugin: str
+    function: str
+    input: Any
+    number: int = 1
+    limits: Limits | None = None
+    """The limits in force for this attempt (``None``: the manifest's)."""
+
+    def sandbox(self) -> Sandbox:
+        """The sandbox for this plugin under this attempt's limits."""
+        return self.host._sandbox(self.plugin, self.limits)
+
+
+@attrs.frozen
+class Outcome:
+    """What :meth:`PluginHost.invoke` returns: the value and how it was obtained."""
+
+    value: Any
+    plugin: str
+    function: str
+    attempts: int
+    errors: tuple[PluginError, ...]
+    """Errors of the attempts that failed, in order."""
+    duration: float
+    """Seconds from the call to its answer."""
+    fallback: str | None = None
+    """The fallback strategy that answered, when the plugin itself did not."""
+    quality: float = 1.0
+    """1.0 for the plugin's own answer; a fallback's quality score otherwise."""
+
+
+@attrs.frozen
+class PluginInfo:
+    """A registered WASM plugin, as ``host.plugins`` lists it."""
+
+    manifest: Manifest
+    distribution: str | None
+    """The installed distribution that contributed it, when it came from an entry point."""
+
+    @property
+    def name(self) -> str:
+        """The plugin's name."""
+        return self.manifest.name
+
+
+class _Hooks:
+    """Typed calls of every hook the host calls (pluggy cannot type ``manager.hook.*``)."""
+
+    def __init__(self, manager: pluggy.PluginManager) -> None:
+        self._hook = manager.hook
+
+    def host_configured(self, host: PluginHost) -> None:
+        self._hook.wasm_plugins_host_configured.call_historic(kwargs={"host": host})
+
+    def host_closing(self, host: PluginHost, on_error: Callable[[str, Exception], None]) -> None:
+        self.each("wasm_plugins_host_closing", {"host": host}, on_error)
+
+    def attempt(self, attempt: Attempt) -> Any:
+        return self._hook.wasm_plugins_attempt(attempt=attempt)
+
+    def each(
+        self,
+        hook_name: str,
+        arguments: Mapping[str, Any],
+        on_error: Callable[[str, Exception], None],
+        only: str | None = None,
+    ) -> None:
+        """Call each implementation on its own, in pluggy's order, so that one that raises
+        spoils only itself (pluggy would stop the whole hook call)."""
+        for implementation in reversed(getattr(self._hook, hook_name).get_hookimpls()):
+            if only is not None and implementation.plugin_name != only:
+                continue
+            try:
+                implementation.function(
+                    **{name: arguments[name] for name in implementation.argnames}
+                )
+            except Exception as exc:  # noqa: BLE001 - one contribution's failure is its own
+                on_error(implementation.plugin_name, exc)
+
+
+class PluginHost:
+    """Finds plugins, checks their manifests, grants what they declare, and calls them.
+
+    :param engine: the default engine (``auto``, ``wasmer``, ``wasmtime`` or a registered name);
+        a manifest's ``engine`` wins for its plugin.
+    :param isolation: the default isolation (``auto`` or ``in-process``); a manifest's wins.
+    :param services: clock, random source, key-value store and configuration for host functions.
+    :param config: configuration values by plugin name, merged over each manifest's ``[config]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: str = "auto",
+        isolation: str = "auto",
+        services: HostServices | None = None,
+        config: Mapping[str, Mapping[str, Any]] | None = None,
+        blocked: Iterable[str] | None = None,
+    ) -> None:
+        if isolation not in ISOLATIONS:
+            raise ConfigurationError(
+                field="isolation",
+                message=f"Invalid configuration: isolation - {isolation!r} is not one of "
+                + ", ".join(ISOLATIONS),
+                suggestion="use isolation='auto' or 'in-process'",
+            )
+        self.engine_name = engine
+        self.isolation = isolation
+        self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.manager.add_hookspecs(hookspecs)
+        self.hooks = _Hooks(self.manager)
+        self.blocked = frozenset(blocked) if blocked is not None else blocked_names()
+        for name in self.blocked:
+            self.manager.set_blocked(name)
+        self.problems: list[DiscoveryProblem] = []
+        """Every contribution that could not be used, with its distribution and the reason."""
+        self._distributions: dict[str, str | None] = {}
+        self._config = {name: dict(values) for name, values in (config or {}).items()}
+        self.services = services or HostServices()
+        self.services.config = self._plugin_config
+        self._plugins: dict[str, PluginInfo] = {}
+        self._sandboxes: dict[tuple[str, Limits | None], Sandbox] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+        self._configured = False
+        self.engines = EngineRegistry()
+        self.host_functions: dict[tuple[str, str], HostFunction] = {}
+        for name, plugin in builtin_plugins().items():
+            if not self.manager.is_blocked(name):
+                self.manager.register(plugin, name=name)
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    @classmethod
+    def discover(cls, **options: Any) -> PluginHost:
+        """A host with every plugin installed through the ``wasm_plugins`` entry points.
+
+        A distribution that fails is listed in :attr:`problems` (and logged); the others load.
+        """
+        host = cls(**options)
+        registered, problems = load_entry_points(host.manager, host.blocked)
+        host._distributions.update(registered)
+        host.problems.extend(problems)
+        host.configure()
+        return host
+
+    def register_policy(self, plugin: object, name: str | None = None) -> None:
+        """Register a pluggy plugin (an object or module with hookimpls) with this host only.
+
+        :raises ConfigurationError: when it implements a hook that does not exist.
+        """
+        registered = self.manager.register(plugin, name=name)
+        try:
+            self.manager.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.manager.unregister(plugin)
+            raise ConfigurationError(
+                field="hookimpl",
+                message=f"Invalid configuration: hookimpl - {exc}",
+                suggestion="hook names start with wasm_plugins_; see docs/hooks.md",
+            ) from None
+        if registered is not None and self._configured:
+            self._collect(name or self.manager.get_name(plugin) or "")
+
+    def configure(self) -> None:
+        """Collect engines, host functions and plugins from every registered hookimpl.
+
+        Called by :meth:`discover`; call it yourself after registering plugins by hand.
+        """
+        self._collect(None)
+        if not self._configured:
+            self._configured = True
+            self.hooks.host_configured(self)
+
+    def _collect(self, only: str | None) -> None:
+        def failed(source: str, exc: Exception) -> None:
+            self._problem(source, "register", f"{type(exc).__name__}: {exc}")
+
+        self.hooks.each(
+            "wasm_plugins_register_engines", {"register": self._register_engine}, failed, only
+        )
+        self.hooks.each(
+            "wasm_plugins_register_host_functions",
+            {"register": self._register_host_function},
+            failed,
+            only,
+        )
+        for implementation in reversed(
+            self.manager.hook.wasm_plugins_register_plugins.get_hookimpls()
+        ):
+            source = implementation.plugin_name
+            if only is None or source == only:
+                self.hooks.each(
+                    "wasm_plugins_register_plugins",
+                    {"register": self._plugin_registrar(source)},
+                    failed,
+                    source,
+                )
+
+    def _problem(self, source: str, stage: str, reason: str) -> None:
+        problem = DiscoveryProblem(source, self._distributions.get(source), stage, reason)
+        self.problems.append(problem)
+        logger.bind(source=source).error("plugin problem: {}", problem)
+
+    def _register_engine(self, name: str, factory: Callable[[], Engine]) -> None:
+        if name not in self.engines.names():
+            self.engines.register(name, factory)
+
+    def _register_host_function(self, function: HostFunction) -> None:
+        key = (function.module, function.name)
+        if key not in self.host_functions:
+            self.host_functions[key] = function
+
+    def _plugin_registrar(self, source: str) -> Callable[[PluginSource], None]:
+        def register(item: PluginSource) -> None:
+            try:
+                manifest = _as_manifest(item)
+                self._add(manifest, self._distributions.get(source))
+            except PluginError as error:
+                self._problem(source, "load", error.message)
+
+        return register
+
+    def load(self, source: PluginSource) -> PluginInfo:
+        """Add one plugin from a manifest, a dict, or the path of a TOML manifest.
+
+        :raises ConfigurationError: for an invalid manifest or a duplicate name.
+        """
+        info = self._add(_as_manifest(source), None)
+        if not self._configured:
+            self.configure()
+        return info
+
+    def _add(self, manifest: Manifest, distribution: str | None) -> PluginInfo:
+        if manifest.name in self.blocked:
+            raise ConfigurationError(
+                field="name",
+                plugin=manifest.name,
+                message=f"Invalid configuration: name - plugin {manifest.name!r} is blocked",
+                suggestion="remove it from WASM_PLUGINS_DISABLE to use it",
+            )
+        with self._lock:
+            if manifest.name in self._plugins:
+                raise ConfigurationError(
+                    field="name",
+                    plugin=manifest.name,
+                    message=(
+                        f"Invalid configuration: name - a plugin named {manifest.name!r} "
+                        "is already registered"
+                    ),
+                    suggestion="give each plugin a unique name",
+                )
+            info = PluginInfo(manifest, distribution)
+            self._plugins[manifest.name] = info
+        return info
+
+    def _plugin_config(self, plugin: str) -> Mapping[str, Any]:
+        info = self._plugins.get(plugin)
+        base = dict(info.manifest.config) if info is not None else {}
+        base.update(self._config.get(plugin, {}))
+        return base
+
+    # -- plugins and sandboxes -------------------------------------------------------------------
+
+    @property
+    def plugins(self) -> Mapping[str, PluginInfo]:
+        """Registered plugins by name."""
+        return dict(self._plugins)
+
+    def _info(self, plugin: str) -> PluginInfo:
+        info = self._plugins.get(plugin)
+        if info is None:
+            close = difflib.get_close_matches(plugin, list(self._plugins), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "wasm-plugins list shows them"
+            raise ConfigurationError(
+                field="plugin",
+                plugin=plugin,
+                message=f"Invalid configuration: plugin - no plugin named {plugin!r}",
+                suggestion=hint,
+            )
+        return info
+
+    def engine_for(self, plugin: str) -> Engine:
+        """The engine a plugin runs on: its manifest's choice, else the host's."""
+        manifest = self._info(plugin).manifest
+        return self.engines.get(manifest.engine or self.engine_name)
+
+    def _check_capabilities(self, manifest: Manifest) -> None:
+        offered = {f.capability for f in self.host_functions.values() if f.capability}
+        known = offered | set(CAPABILITIES)
+        for capability in sorted(manifest.capabilities):
+            if capability not in known:
+                close = difflib.get_close_matches(capability, sorted(known), n=1)
+                raise ConfigurationError(
+                    field="capabilities",
+                    plugin=manifest.name,
+                    message=(
+                        f"Invalid configuration: capabilities - unknown capability {capability!r}"
+                    ),
+                    suggestion=(f"did you mean {close[0]!r}? " if close else "")
+                    + "known capabilities: "
+                    + ", ".join(sorted(known)),
+                )
+
+    def _sandbox(self, plugin: str, limits: Limits | None = None) -> Sandbox:
+        """The plugin's sandbox for these limits, made on first use and kept."""
+        key = (plugin, limits)
+        sandbox = self._sandboxes.get(key)
+        if sandbox is not None:
+            return sandbox
+        with self._lock:
+            sandbox = self._sandboxes.get(key)
+            if sandbox is not None:
+                return sandbox
+            if self._closed:
+                raise ConfigurationError(
+                    field="host",
+                    message="Invalid configuration: host - the host is closed",
+                    suggestion="create a new PluginHost",
+                )
+            manifest = self._info(plugin).manifest
+            self._check_capabilities(manifest)
+            isolation = manifest.isolation if manifest.isolation != "auto" else self.isolation
+            if isolation == "process":
+                raise ConfigurationError(
+                    field="isolation",
+                    plugin=plugin,
+                    message="Invalid configuration: isolation - process isolation is not available",
+                    suggestion="use isolation='in-process' or 'auto'",
+                )
+            sandbox = Sandbox(
+                manifest.module_source(),
+                engine=self.engine_for(plugin),
+                limits=limits or manifest.limits,
+                capabilities=manifest.capabilities,
+                host_functions=tuple(self.host_functions.values()),
+                codec=manifest.codec,
+                functions=tuple(manifest.functions) or None,
+                name=manifest.name,
+                services=self.services,
+            )
+            self._sandboxes[key] = sandbox
+            return sandbox
+
+    def sandbox(self, plugin: str) -> Sandbox:
+        """The plugin's sandbox under its manifest's limits (loading it if needed).
+
+        :raises PluginError: a typed error when the plugin cannot be loaded.
+        """
+        return self._sandbox(plugin)
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def invoke(self, plugin: str, function: str, input: Any = None) -> Outcome:
+        """Call a plugin function and return an :class:`Outcome` (the value and how it came).
+
+        :raises ContextualError: when the call failed; ``error`` is the typed error.
+        """
+        started = time.monotonic()
+        attempt = Attempt(host=self, plugin=plugin, function=function, input=input)
+        try:
+            self._info(plugin)
+            value = self.hooks.attempt(attempt)
+        except PluginError as error:
+            raise self._give_up(error, attempt, ()) from error
+        except Exception as exc:
+            failure = ExecutionError(
+                message=f"An attempt hook failed: {type(exc).__name__}: {exc}",
+                trap="host_error",
+                suggestion="a bug in a wasm_plugins_attempt hookimpl; see the cause",
+            )
+            failure.__cause__ = exc
+            raise self._give_up(failure, attempt, ()) from exc
+        return Outcome(
+            value=value,
+            plugin=plugin,
+            function=function,
+            attempts=attempt.number,
+            errors=(),
+            duration=time.monotonic() - started,
+        )
+
+    def call(self, plugin: str, function: str, input: Any = None) -> Any:
+        """Call a plugin function and return its value.
+
+        :raises ContextualError: when the call failed; ``error`` is the typed error.
+        """
+        return self.invoke(plugin, function, input).value
+
+    async def acall(self, plugin: str, function: str, input: Any = None) -> Any:
+        """:meth:`call` for asyncio: the call runs in a worker thread, not on the event loop."""
+        return await asyncio.to_thread(self.call, plugin, function, input)
+
+    def _give_up(
+        self, error: PluginError, attempt: Attempt, previous: tuple[PluginError, ...]
+    ) -> ContextualError:
+        engine_name = None
+        if attempt.plugin in self._plugins:
+            manifest = self._plugins[attempt.plugin].manifest
+            engine_name = manifest.engine or self.engine_name
+        base = error.context or ErrorContext()
+        context = attrs.evolve(
+            base,
+            plugin=attempt.plugin,
+            function=attempt.function,
+            environment=attrs.evolve(
+                base.environment,
+                engine=base.environment.engine or engine_name,
+                isolation=base.environment.isolation or "in-process",
+                attempt=attempt.number,
+            )
+            if isinstance(base.environment, ExecutionEnvironment)
+            else base.environment,
+            previous_errors=previous,
+        )
+        error.plugin = error.plugin or attempt.plugin
+        error.function = error.function or attempt.function
+        return ContextualError(error=error, context=context)
+
+    # -- closing --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Tell the hooks, drop every sandbox; later calls fail with a typed error."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            sandboxes = list(self._sandboxes.values())
+            self._sandboxes.clear()
+        self.hooks.host_closing(
+            self,
+            lambda source, exc: logger.bind(source=source).error("closing hook failed: {}", exc),
+        )
+        for sandbox in sandboxes:
+            sandbox.close()
+
+    def __enter__(self) -> PluginHost:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[PluginInfo]:
+        return iter(self.plugins.values())
+
+    def __repr__(self) -> str:
+        return f"<PluginHost {len(self._plugins)} plugins, engine={self.engine_name!r}>"
+
+
+def _as_manifest(source: PluginSource) -> Manifest:
+    if isinstance(source, Manifest):
+        return source
+    if isinstance(source, Mapping):
+        return Manifest.from_dict(source)
+    if isinstance(source, str | os.PathLike):
+        return Manifest.from_file(Path(source))
+    return Manifest.from_file(source)
