@@ -68,16 +68,31 @@ nox.options.error_on_missing_interpreters = True
 nox.options.reuse_venv = "yes"
 
 
+EXAMPLE_PLUGINS = ("./plugins/text-tools", "./plugins/hostile-pack")
+ZIG = "ziglang==0.17.1"
+BUILD_PYTHON = "3.11"
+"""The one test session that also installs the C toolchain, so the plugin build is checked."""
+
+
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """The test suite. On 3.10 both engines must run: a skipped wasmer test fails the session."""
-    session.install("-e", ".[test]")
-    required = "wasmer,wasmtime" if session.python == "3.10" else "wasmtime"
-    session.run(
-        "pytest",
-        *session.posargs,
-        env={"WASM_PLUGINS_REQUIRE_ENGINES": required, "HYPOTHESIS_PROFILE": "ci"},
-    )
+    session.install("-e", ".[test]", *EXAMPLE_PLUGINS)
+    environment = {
+        "WASM_PLUGINS_REQUIRE_ENGINES": "wasmer,wasmtime" if session.python == "3.10" else "wasmtime",
+        "HYPOTHESIS_PROFILE": "ci",
+    }
+    if session.python == BUILD_PYTHON:
+        session.install(ZIG)
+        environment["WASM_PLUGINS_CC"] = "python -m ziglang cc"
+    session.run("pytest", *session.posargs, env=environment)
+
+
+@nox.session(python=BUILD_PYTHON)
+def build_plugins(session: nox.Session) -> None:
+    """Compile the C plugins under plugins/ to wasm (the built .wasm files are committed)."""
+    session.install(ZIG, "wasmtime")
+    session.run("python", "plugins/build.py", *session.posargs)
 
 
 @nox.session(python=TYPING_PYTHON)
@@ -99,8 +114,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHONS[0])
 def demo(session: nox.Session) -> None:
-    """Install the project and run the demo host (on 3.10, where both engines install)."""
-    session.install(".")
+    """Install the project and its example plugins, and run the demo host (on 3.10, where both
+    engines install)."""
+    session.install(".", *EXAMPLE_PLUGINS)
     session.run("wasm-plugins", "demo", *session.posargs)
 
 

@@ -27,7 +27,7 @@ from loguru import logger
 from wasm_plugins import hookspecs
 from wasm_plugins.builtin import builtin_plugins
 from wasm_plugins.discovery import DiscoveryProblem, blocked_names, load_entry_points
-from wasm_plugins.engine import Engine, EngineRegistry
+from wasm_plugins.engine import Engine, EngineRegistry, WasiDirectory, WasiSettings
 from wasm_plugins.errors import (
     ConfigurationError,
     ContextualError,
@@ -382,6 +382,7 @@ class PluginHost:
                 )
             sandbox = Sandbox(
                 manifest.module_source(),
+                wasi=_wasi_settings(manifest) if "wasi" in manifest.capabilities else None,
                 engine=self.engine_for(plugin),
                 limits=limits or manifest.limits,
                 capabilities=manifest.capabilities,
@@ -497,6 +498,26 @@ class PluginHost:
 
     def __repr__(self) -> str:
         return f"<PluginHost {len(self._plugins)} plugins, engine={self.engine_name!r}>"
+
+
+def _wasi_settings(manifest: Manifest) -> WasiSettings:
+    """WASI for a plugin: its preopens (relative host paths from the working directory), the
+    environment variables on its allow-list that are set, and its output into the log."""
+    spec = manifest.wasi
+    log = logger.bind(plugin=manifest.name, source="guest")
+
+    def output(stream: str, data: bytes) -> None:
+        for line in data.decode("utf-8", "replace").splitlines():
+            log.info("{}: {}", stream, line)
+
+    return WasiSettings(
+        directories=tuple(
+            WasiDirectory(str(Path(p.host).resolve()), p.guest, p.read_only) for p in spec.preopens
+        ),
+        environment=tuple((name, os.environ[name]) for name in spec.env if name in os.environ),
+        arguments=(manifest.name, *spec.args),
+        output=output if spec.capture_output else None,
+    )
 
 
 def _as_manifest(source: PluginSource) -> Manifest:

@@ -64,6 +64,8 @@ class EngineFeatures:
     fuel: bool
     store_memory_limit: bool
     wasi: bool
+    wasi_confined_directories: bool
+    """Preopened directories cannot be escaped (``..``, absolute paths, symlinks)."""
     wasi_read_only_preopens: bool
     wasi_captured_output: bool
     thread_bound: bool

@@ -205,10 +205,8 @@ class WasmerInstance:
                 ),
             )
             namespaces.setdefault(memory_import.module, {})[memory_import.name] = imported_memory
-        wasi_environment = None
         if wasi is not None:
-            wasi_environment = _wasi_environment(wasi)
-            import_object = wasi_environment.generate_import_object(
+            import_object = _wasi_environment(wasi).generate_import_object(
                 store, wasmer.wasi.get_version(module, strict=False)
             )
         else:
@@ -229,8 +227,6 @@ class WasmerInstance:
             self.memory.bind(exported)
         elif imported_memory is not None:
             self.memory.bind(imported_memory)
-        if wasi_environment is not None and isinstance(exported, wasmer.Memory):
-            wasi_environment.memory = exported
 
     def _host_trampoline(self, function: Callable[..., Any]) -> Callable[..., Any]:
         memory = self.memory
@@ -402,6 +398,7 @@ class WasmerEngine:
         fuel=False,
         store_memory_limit=False,
         wasi=True,
+        wasi_confined_directories=False,
         wasi_read_only_preopens=False,
         wasi_captured_output=False,
         thread_bound=True,

@@ -501,6 +501,7 @@ class WasmtimeEngine:
         fuel=True,
         store_memory_limit=True,
         wasi=True,
+        wasi_confined_directories=True,
         wasi_read_only_preopens=True,
         wasi_captured_output=True,
         thread_bound=False,
