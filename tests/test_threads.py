@@ -80,3 +80,39 @@ class TestSandboxThreads:
         thread.start()
         thread.join()
         assert box == ["instance"]
+
+
+class TestRelease:
+    def test_instances_are_freed(self, engine: Engine) -> None:
+        """A closed sandbox's instances are freed: host functions do not keep them alive."""
+        import gc
+        import weakref
+
+        sandbox = Sandbox(ABI, engine=engine)
+        sandbox.call("upper", "x")
+        instance = weakref.ref(sandbox._state().session.instance)
+        sandbox.close()
+        del sandbox
+        gc.collect()
+        assert instance() is None
+
+    def test_closed_from_another_thread(self, engine: Engine) -> None:
+        """A sandbox used by a worker thread and closed by another releases without a panic,
+        and the worker's instance is freed once the worker ends."""
+        import gc
+        import weakref
+
+        sandbox = Sandbox(ABI, engine=engine)
+        refs: list[weakref.ref[object]] = []
+
+        def work(used: Sandbox) -> None:
+            used.call("upper", "worker")
+            refs.append(weakref.ref(used._state().session.instance))
+
+        thread = threading.Thread(target=work, args=(sandbox,))
+        thread.start()
+        thread.join()
+        sandbox.close()
+        del sandbox
+        gc.collect()
+        assert refs[0]() is None

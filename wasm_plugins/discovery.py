@@ -85,16 +85,17 @@ def load_entry_points(
             continue
         try:
             plugin = entry_point.load()
-        except Exception as exc:  # noqa: BLE001 - any import failure is that distribution's alone
+        except Exception as exc:
             problems.append(
                 DiscoveryProblem(source, distribution, "import", f"{type(exc).__name__}: {exc}")
             )
             continue
-        manager.register(plugin, name=entry_point.name)
         try:
+            manager.register(plugin, name=entry_point.name)
             manager.check_pending()
-        except pluggy.PluginValidationError as exc:
-            manager.unregister(plugin)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            if manager.is_registered(plugin):
+                manager.unregister(plugin)
             problems.append(DiscoveryProblem(source, distribution, "hookimpl", str(exc)))
             continue
         registered[entry_point.name] = distribution

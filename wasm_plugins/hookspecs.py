@@ -2,9 +2,9 @@
 
 Third parties implement these with ``@wasm_plugins.hookimpl`` in a module or object they expose
 through the ``wasm_plugins`` entry-point group. A hookimpl may accept any subset of a hook's
-arguments. Hooks marked *firstresult* stop at the first implementation that returns something other
-than ``None``; implementations run in pluggy's order (``tryfirst`` first, ``trylast`` last, otherwise
-the most recently registered first). The framework's own implementations in
+arguments. Hooks marked *firstresult* stop at the first implementation that returns something
+other than ``None``; implementations run in pluggy's order (``tryfirst`` first, ``trylast`` last,
+otherwise the most recently registered first). The framework's own implementations in
 ``wasm_plugins.builtin`` are all ``trylast``, so a third party's hookimpl wins by default.
 """
 
@@ -35,7 +35,7 @@ __all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
 
 @hookspec(historic=True)
 def wasm_plugins_host_configured(host: PluginHost) -> None:
-    """See the host once it is configured: every plugin registered, engines and host functions known.
+    """See the host once it is configured: plugins registered, engines and host functions known.
 
     Historic: a hookimpl registered later (for instance with ``host.register_policy``) is called
     at once with the same host.

@@ -101,8 +101,12 @@ class _Hooks:
     def __init__(self, manager: pluggy.PluginManager) -> None:
         self._hook = manager.hook
 
-    def host_configured(self, host: PluginHost) -> None:
-        self._hook.wasm_plugins_host_configured.call_historic(kwargs={"host": host})
+    def host_configured(
+        self, host: PluginHost, on_error: Callable[[str, Exception], None], only: str | None = None
+    ) -> None:
+        # Called implementation by implementation (and again for each plugin registered later),
+        # rather than through pluggy's historic call, so that one that raises spoils only itself.
+        self.each("wasm_plugins_host_configured", {"host": host}, on_error, only)
 
     def host_closing(self, host: PluginHost, on_error: Callable[[str, Exception], None]) -> None:
         self.each("wasm_plugins_host_closing", {"host": host}, on_error)
@@ -126,7 +130,7 @@ class _Hooks:
                 implementation.function(
                     **{name: arguments[name] for name in implementation.argnames}
                 )
-            except Exception as exc:  # noqa: BLE001 - one contribution's failure is its own
+            except Exception as exc:
                 on_error(implementation.plugin_name, exc)
 
 
@@ -201,18 +205,21 @@ class PluginHost:
 
         :raises ConfigurationError: when it implements a hook that does not exist.
         """
-        registered = self.manager.register(plugin, name=name)
         try:
+            registered = self.manager.register(plugin, name=name)
             self.manager.check_pending()
-        except pluggy.PluginValidationError as exc:
-            self.manager.unregister(plugin)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            if self.manager.is_registered(plugin):
+                self.manager.unregister(plugin)
             raise ConfigurationError(
                 field="hookimpl",
                 message=f"Invalid configuration: hookimpl - {exc}",
                 suggestion="hook names start with wasm_plugins_; see docs/hooks.md",
             ) from None
         if registered is not None and self._configured:
-            self._collect(name or self.manager.get_name(plugin) or "")
+            plugin_name = name or self.manager.get_name(plugin) or ""
+            self._collect(plugin_name)
+            self.hooks.host_configured(self, self._configured_failed, plugin_name)
 
     def configure(self) -> None:
         """Collect engines, host functions and plugins from every registered hookimpl.
@@ -222,7 +229,10 @@ class PluginHost:
         self._collect(None)
         if not self._configured:
             self._configured = True
-            self.hooks.host_configured(self)
+            self.hooks.host_configured(self, self._configured_failed)
+
+    def _configured_failed(self, source: str, exc: Exception) -> None:
+        self._problem(source, "configured", f"{type(exc).__name__}: {exc}")
 
     def _collect(self, only: str | None) -> None:
         def failed(source: str, exc: Exception) -> None:

@@ -30,9 +30,9 @@ else:  # pragma: no cover - exercised on 3.10 only
 __all__ = [
     "CAPABILITIES",
     "CODECS",
+    "ISOLATIONS",
     "NO_DEFAULT",
     "FunctionSpec",
-    "ISOLATIONS",
     "Manifest",
     "ModuleSpec",
     "PolicySpec",
@@ -45,6 +45,7 @@ CODECS = ("json", "raw")
 ISOLATIONS = ("auto", "in-process", "process")
 CAPABILITIES = ("log", "config", "kv", "clock", "random", "wasi")
 """The capabilities the framework itself defines; host apps may add more with host functions."""
+
 
 class _FieldError(ValueError):
     """A problem with one key of a table structured by hand (the key joins the field path)."""
@@ -95,7 +96,7 @@ def _plugin_name(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
         raise _FieldError(
             attribute.name,
             f"{value!r} is not a plugin name: use 1 to 64 lower-case letters, digits, '-', '_' "
-            "or '.', starting with a letter or digit"
+            "or '.', starting with a letter or digit",
         )
 
 
@@ -249,7 +250,9 @@ class Manifest:
         if not isinstance(data, Mapping):
             raise ConfigurationError(
                 field="manifest",
-                message=f"Invalid configuration: manifest - expected a table, got {type(data).__name__}",
+                message=(
+                    "Invalid configuration: manifest - expected a table, got " + type(data).__name__
+                ),
                 suggestion="a manifest is a TOML document or a dict",
             )
         try:
@@ -372,11 +375,11 @@ _TYPE_NAMES[list] = "a list"
 _SUGGESTIONS = {
     "name": "use a short lower-case name such as 'text-tools'",
     "module": "give [module] with exactly one of resource, path or wat",
-    "codec": "use codec = \"json\" or \"raw\"",
-    "isolation": "use isolation = \"auto\", \"in-process\" or \"process\"",
+    "codec": 'use codec = "json" or "raw"',
+    "isolation": 'use isolation = "auto", "in-process" or "process"',
     "abi": "use abi = 1",
-    "limits": "sizes take units (\"16 MiB\"), durations too (\"2 s\"); fuel is a whole number",
-    "capabilities": "list capability names, for example capabilities = [\"log\", \"kv\"]",
+    "limits": 'sizes take units ("16 MiB"), durations too ("2 s"); fuel is a whole number',
+    "capabilities": 'list capability names, for example capabilities = ["log", "kv"]',
     "functions": "one [functions.<name>] table per function, with description and idempotent",
     "wasi": "[wasi] takes preopens, env, args and capture_output",
     "policy": "see docs/manifest.md for the policy settings",

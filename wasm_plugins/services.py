@@ -86,9 +86,10 @@ def _no_config(_: str) -> Mapping[str, Any]:
 class HostServices:
     """The host's services, handed to every host function through ``HostCall.services``."""
 
-    wall_clock: Callable[[], float] = time.time
-    """Seconds since the Unix epoch (UTC)."""
-    monotonic: Callable[[], float] = time.monotonic
+    wall_clock_ns: Callable[[], int] = time.time_ns
+    """Nanoseconds since the Unix epoch (UTC)."""
+    monotonic_ns: Callable[[], int] = time.monotonic_ns
+    """Nanoseconds from an arbitrary origin, never going back."""
     random_bytes: Callable[[int], bytes] = os.urandom
     store: KeyValueStore = attrs.field(factory=MemoryKeyValueStore)
     config: Callable[[str], Mapping[str, Any]] = _no_config

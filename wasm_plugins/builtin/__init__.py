@@ -1,4 +1,4 @@
-"""The framework's own hookimpls: ordinary pluggy plugins, all ``trylast``, each blockable by name."""
+"""The framework's own hookimpls: ordinary pluggy plugins, all ``trylast``, blockable by name."""
 
 from __future__ import annotations
 

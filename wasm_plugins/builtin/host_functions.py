@@ -104,12 +104,12 @@ def kv_delete(call: HostCall, key_ptr: int, key_len: int) -> int:
 
 def clock_now(call: HostCall) -> int:
     """clock_now() -> nanoseconds since the Unix epoch, from the host's injected wall clock."""
-    return int(_services(call).wall_clock() * 1e9)
+    return int(_services(call).wall_clock_ns())
 
 
 def clock_monotonic(call: HostCall) -> int:
     """clock_monotonic() -> nanoseconds from an arbitrary origin, from the injected clock."""
-    return int(_services(call).monotonic() * 1e9)
+    return int(_services(call).monotonic_ns())
 
 
 def random_fill(call: HostCall, ptr: int, length: int) -> int:

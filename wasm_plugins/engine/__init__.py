@@ -56,14 +56,14 @@ AUTO_ORDER = ("wasmer", "wasmtime")
 # The built-in engines are shared by every registry (and so every host) of the process: an engine
 # is thread-safe, and each wasmtime engine owns a compiled-code cache and an epoch thread.
 @functools.cache
-def _wasmer() -> Engine:
+def _make_wasmer() -> Engine:
     from wasm_plugins.engine._wasmer import WasmerEngine
 
     return WasmerEngine()
 
 
 @functools.cache
-def _wasmtime() -> Engine:
+def _make_wasmtime() -> Engine:
     from wasm_plugins.engine._wasmtime import WasmtimeEngine
 
     return WasmtimeEngine()
@@ -168,7 +168,7 @@ def _install_hint(name: str) -> str:
 
 
 def _builtin_factories() -> dict[str, Callable[[], Engine]]:
-    return {"wasmer": _wasmer, "wasmtime": _wasmtime}
+    return {"wasmer": _make_wasmer, "wasmtime": _make_wasmtime}
 
 
 def default_registry() -> EngineRegistry:

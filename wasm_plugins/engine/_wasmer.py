@@ -8,10 +8,15 @@ A wasmer call holds the GIL and cannot be interrupted: timeouts and fuel are not
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import itertools
 import re
 import threading
+import traceback
+import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import attrs
 import wasmer
@@ -118,6 +123,141 @@ def _trap_from_message(message: str) -> ExecutionError:
     return trap_error(trap, tuple(frames), omitted, first)
 
 
+class _ThreadAffinity:
+    """Drops wasmer objects only in the thread that made them.
+
+    PyO3 panics when an ``unsendable`` object (every wasmer object) is used or released by another
+    thread, and a sandbox may well be closed or collected by a thread other than the one that
+    called it. Objects released elsewhere are handed to their thread, which drops them the next
+    time it enters the engine or when it ends; objects of a thread that has already ended are kept
+    for the life of the process (releasing them anywhere would panic).
+
+    Threads are told apart by a number given on first entry, never by ``threading.get_ident()``:
+    the system reuses the identity of an ended thread for a new one, and PyO3 is not fooled.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._graveyards: dict[int, list[object]] = {}
+        self._alive: set[int] = set()
+        self._kept: list[object] = []
+        self._local = threading.local()
+        self._numbers = itertools.count(1)
+
+    def _current(self) -> int | None:
+        number: int | None = getattr(self._local, "number", None)
+        return number
+
+    def enter(self) -> int:
+        """Mark the calling thread as owning wasmer objects; drop what was handed back to it.
+
+        :returns: the thread's number, to pass to :meth:`release` and :meth:`forget`.
+        """
+        number = self._current()
+        if number is None:
+            number = next(self._numbers)
+            self._local.number = number
+            self._local.modules = {}
+            self._local.sentinel = _ThreadEnd(self, number)
+            with self._lock:
+                self._alive.add(number)
+        if self._graveyards.get(number):
+            with self._lock:
+                released = self._graveyards.pop(number, None) or []
+            modules = self._local.modules
+            for item in released:
+                if isinstance(item, _Forget):
+                    modules.pop(item.token, None)
+            del released
+        return number
+
+    def new_token(self) -> int:
+        """A key for :meth:`thread_module` (never reused, unlike ``id()``)."""
+        return next(self._numbers)
+
+    def thread_module(self, token: int) -> Any:
+        """This thread's module for ``token``, or None."""
+        self.enter()
+        return self._local.modules.get(token)
+
+    def keep_thread_module(self, token: int, module: Any) -> None:
+        """Keep a module for this thread; it is dropped with the thread or on :meth:`forget`."""
+        self.enter()
+        self._local.modules[token] = module
+
+    def forget(self, owner: int, token: int) -> None:
+        """Drop thread ``owner``'s module for ``token``, in that thread."""
+        if owner == self._current():
+            self._local.modules.pop(token, None)
+            return
+        with self._lock:
+            if owner in self._alive:
+                self._graveyards.setdefault(owner, []).append(_Forget(token))
+
+    def release(self, owner: int, payload: object) -> None:
+        """Release ``payload`` (made by thread ``owner``) safely from whatever thread runs this."""
+        if owner == self._current():
+            return
+        with self._lock:
+            if owner in self._alive:
+                self._graveyards.setdefault(owner, []).append(payload)
+            else:
+                # One extra reference that is never given back: the objects must outlive even
+                # interpreter shutdown, which would otherwise release them in the wrong thread.
+                ctypes.pythonapi.Py_IncRef(ctypes.py_object(payload))
+                self._kept.append(payload)
+
+    def thread_ended(self, number: int) -> None:
+        with self._lock:
+            self._alive.discard(number)
+            released = self._graveyards.pop(number, None)
+        del released
+
+    @property
+    def kept(self) -> int:
+        """Objects held for good because their thread ended before they were released."""
+        return len(self._kept)
+
+
+@attrs.frozen
+class _Forget:
+    token: int
+
+
+class _ThreadEnd:
+    """Lives in a thread-local slot: CPython drops it in the thread itself when the thread ends."""
+
+    def __init__(self, affinity: _ThreadAffinity, number: int) -> None:
+        self._affinity = affinity
+        self._number = number
+
+    def __del__(self) -> None:
+        self._affinity.thread_ended(self._number)
+
+
+AFFINITY = _ThreadAffinity()
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _no_wasmer_objects_in_tracebacks(method: _Method) -> _Method:
+    """Clear the locals of the frames an exception leaves behind.
+
+    A traceback keeps every frame's locals alive, and an error may well be handled (and
+    released) by another thread: a wasmer object among those locals would then panic.
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except BaseException as exc:
+            traceback.clear_frames(exc.__traceback__)
+            raise
+
+    return cast(_Method, wrapper)
+
+
 class _Memory:
     """Bounds-checked access through a memoryview of the wasmer memory's buffer.
 
@@ -131,6 +271,14 @@ class _Memory:
 
     def bind(self, memory: wasmer.Memory) -> None:
         self._memory = memory
+
+    def detach(self) -> tuple[Any, memoryview]:
+        """Give up the wasmer objects (for release in their own thread)."""
+        held = (self._memory, self._view)
+        self._memory = None
+        self._view = memoryview(b"")
+        self._size = -1
+        return held
 
     def size(self) -> int:
         if self._memory is None:
@@ -171,12 +319,21 @@ class _Memory:
 class _Export:
     name: str
     signature: FuncSignature
-    func: Any
+    index: int
+    """Position in the instance's function list: the handle itself holds no wasmer object."""
+
+
+class _HostState:
+    """What host trampolines share with their instance; holds no wasmer object (no cycles)."""
+
+    def __init__(self) -> None:
+        self.exception: BaseException | None = None
 
 
 class WasmerInstance:
     """One wasmer instance, bound to the thread that made it."""
 
+    @_no_wasmer_objects_in_tracebacks
     def __init__(
         self,
         store: wasmer.Store,
@@ -185,7 +342,9 @@ class WasmerInstance:
         memory_import: MemoryImport | None,
         wasi: WasiSettings | None = None,
     ) -> None:
-        self._host_exception: BaseException | None = None
+        self._owner = AFFINITY.enter()
+        self._state = _HostState()
+        self._funcs: list[Any] = []
         self.memory = _Memory()
         namespaces: dict[str, dict[str, Any]] = {}
         for host_import in imports:
@@ -218,6 +377,8 @@ class WasmerInstance:
         except RuntimeError as exc:
             self._reraise_host_exception()
             raise _instantiation_error(str(exc)) from None
+        finally:
+            del import_object, namespaces
         self._exports = self._instance.exports
         try:
             exported = self._exports.memory
@@ -229,23 +390,48 @@ class WasmerInstance:
             self.memory.bind(imported_memory)
 
     def _host_trampoline(self, function: Callable[..., Any]) -> Callable[..., Any]:
-        memory = self.memory
+        # The instance holds the trampoline (inside wasmer, where the garbage collector cannot
+        # see): a strong reference back would make a cycle that is never collected.
+        memory_ref = weakref.ref(self.memory)
+        state = self._state
 
         def trampoline(*args: Any) -> Any:
+            memory = memory_ref()
             try:
+                if memory is None:
+                    raise CommunicationError(
+                        message="Host function called after its instance was released",
+                        channel="guest-memory",
+                        direction="guest-to-host",
+                    )
                 return function(memory, *args)
             except BaseException as exc:
-                self._host_exception = exc
+                state.exception = exc
                 raise
 
         return trampoline
 
     def _reraise_host_exception(self) -> None:
-        exception = self._host_exception
+        exception = self._state.exception
         if exception is not None:
-            self._host_exception = None
-            raise exception
+            self._state.exception = None
+            try:
+                raise exception
+            finally:
+                del exception
 
+    def __del__(self) -> None:
+        payload = (
+            getattr(self, "_instance", None),
+            getattr(self, "_exports", None),
+            self._funcs,
+            self.memory.detach(),
+        )
+        self._funcs = []
+        self._instance = self._exports = None
+        AFFINITY.release(self._owner, payload)
+
+    @_no_wasmer_objects_in_tracebacks
     def export_function(self, name: str) -> _Export:
         try:
             func = getattr(self._exports, name)
@@ -257,17 +443,18 @@ class WasmerInstance:
                 message=f"Invalid module: no exported function {name!r}",
                 suggestion=f"export a function named {name!r} from the module",
             )
-        return _Export(name, _signature(func.type), func)
+        self._funcs.append(func)
+        return _Export(name, _signature(func.type), len(self._funcs) - 1)
 
     def call(self, function: ExportFunction, *args: int) -> Any:
         function = cast(_Export, function)
-        self._host_exception = None
+        self._state.exception = None
         try:
             converted = [
                 _to_i32(a) if t == "i32" else a
                 for a, t in zip(args, function.signature.params, strict=False)
             ]
-            return function.func(*converted)
+            return self._funcs[function.index](*converted)
         except RuntimeError as exc:
             self._reraise_host_exception()
             raise _trap_from_message(str(exc)) from None
@@ -276,9 +463,9 @@ class WasmerInstance:
 
     def call_abi(self, function: ExportFunction, ptr: int, length: int) -> int:
         function = cast(_Export, function)
-        self._host_exception = None
+        self._state.exception = None
         try:
-            return int(function.func(_to_i32(ptr), _to_i32(length)))
+            return int(self._funcs[function.index](_to_i32(ptr), _to_i32(length)))
         except RuntimeError as exc:
             self._reraise_host_exception()
             raise _trap_from_message(str(exc)) from None
@@ -346,21 +533,28 @@ class WasmerModule:
     ) -> None:
         self.engine = engine
         self._serialized = serialized if serialized is not None else bytes(module.serialize())
-        self._per_thread = threading.local()
-        self._per_thread.module = module
+        self._token = AFFINITY.new_token()
+        self._owners = {AFFINITY.enter()}
+        AFFINITY.keep_thread_module(self._token, module)
         self.exports = tuple(_extern_info(e.name, None, e.type) for e in module.exports)
         self.imports = tuple(_extern_info(i.name, i.module, i.type) for i in module.imports)
 
     def _thread_module(self) -> wasmer.Module:
-        module: wasmer.Module | None = getattr(self._per_thread, "module", None)
+        module = AFFINITY.thread_module(self._token)
         if module is None:
             module = wasmer.Module.deserialize(self.engine.store(), self._serialized)
-            self._per_thread.module = module
+            AFFINITY.keep_thread_module(self._token, module)
+            self._owners.add(AFFINITY.enter())
         return module
+
+    def __del__(self) -> None:
+        for owner in getattr(self, "_owners", ()):
+            AFFINITY.forget(owner, self._token)
 
     def serialize(self) -> bytes:
         return self._serialized
 
+    @_no_wasmer_objects_in_tracebacks
     def instantiate(
         self,
         imports: Sequence[HostImport],
@@ -422,6 +616,7 @@ class WasmerEngine:
         except RuntimeError as exc:
             raise wat_error(str(exc)) from None
 
+    @_no_wasmer_objects_in_tracebacks
     def validate(self, wasm: bytes) -> None:
         if not wasm.startswith(b"\0asm"):
             # wasmer would read these bytes as WAT text.
@@ -434,6 +629,7 @@ class WasmerEngine:
             raise validation_error(str(exc)) from None
         raise validation_error("the module does not validate")
 
+    @_no_wasmer_objects_in_tracebacks
     def compile(self, wasm: bytes, *, fuel: bool = False) -> WasmerModule:
         if fuel:
             raise _unenforceable("fuel")
@@ -444,6 +640,7 @@ class WasmerEngine:
             raise validation_error(str(exc)) from None
         return WasmerModule(self, module)
 
+    @_no_wasmer_objects_in_tracebacks
     def deserialize(self, data: bytes, *, fuel: bool = False) -> WasmerModule:
         if fuel:
             raise _unenforceable("fuel")

@@ -9,10 +9,14 @@ wasmtime lacks that binding, the public API is used instead: slower, same behavi
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
+import os
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -264,9 +268,7 @@ class WasmtimeInstance:
             store.set_limits(memory_size=budget.memory_bytes)
         self._store = store
         linker = wasmtime.Linker(wasmtime_engine)
-        if wasi is not None:
-            store.set_wasi(_wasi_config(wasi))
-            linker.define_wasi()
+        self._captured = _link_wasi(store, linker, wasi) if wasi is not None else None
         for host_import in imports:
             linker.define_func(
                 host_import.module,
@@ -289,6 +291,9 @@ class WasmtimeInstance:
                     self._instance = linker.instantiate(store, module)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise self._instantiation_error(exc, time.monotonic() - started) from None
+        finally:
+            if self._captured is not None:
+                self._captured.drain()
         self._exports = self._instance.exports(store)
         memory = self._exports.get("memory")
         if isinstance(memory, wasmtime.Memory):
@@ -302,13 +307,23 @@ class WasmtimeInstance:
             self._trap_ref = ctypes.byref(self._trap)
 
     def _host_trampoline(self, function: Callable[..., Any]) -> Callable[..., Any]:
-        memory = self.memory
+        # wasmtime-py keeps host functions in a module-level table until their store is freed:
+        # a strong reference back to this instance (which owns the store) would never be freed.
+        instance_ref = weakref.ref(self)
 
         def trampoline(*args: Any) -> Any:
+            instance = instance_ref()
             try:
-                return function(memory, *args)
+                if instance is None:
+                    raise CommunicationError(
+                        message="Host function called after its instance was released",
+                        channel="guest-memory",
+                        direction="guest-to-host",
+                    )
+                return function(instance.memory, *args)
             except BaseException as exc:
-                self._host_exception = exc
+                if instance is not None:
+                    instance._host_exception = exc
                 raise
 
         return trampoline
@@ -340,7 +355,7 @@ class WasmtimeInstance:
         if not FAST_PATH:
             result: int = self.call(function, ptr, length)
             return result
-        if self._fuel is not None or self._timeout_ticks is not None:
+        if self._fuel is not None or self._timeout_ticks is not None or self._captured:
             return int(self._guarded(lambda: self._raw_call(function, ptr, length)))
         self._host_exception = None
         try:
@@ -358,15 +373,18 @@ class WasmtimeInstance:
         return int(values[0].i64)
 
     def _raise_from_raw(self, error: Any) -> None:
+        failure: Exception
         if self._trap:
-            trap = wasmtime.Trap._from_ptr(self._trap)
+            failure = wasmtime.Trap._from_ptr(self._trap)
             self._trap = _TrapPointer()
             self._trap_ref = ctypes.byref(self._trap)
-            self._reraise_host_exception()
-            raise trap
-        wasmtime_error = wasmtime.WasmtimeError._from_ptr(error)
+        else:
+            failure = wasmtime.WasmtimeError._from_ptr(error)
         self._reraise_host_exception()
-        raise wasmtime_error
+        try:
+            raise failure
+        finally:
+            del failure
 
     def _reraise_host_exception(self) -> None:
         exception: BaseException | None = self._host_exception
@@ -374,7 +392,10 @@ class WasmtimeInstance:
             self._host_exception = None
             if _wasmtime_func.LAST_EXCEPTION is exception:
                 _wasmtime_func.LAST_EXCEPTION = None
-            raise exception
+            try:
+                raise exception
+            finally:
+                del exception
 
     def _guarded(self, thunk: Callable[[], Any]) -> Any:
         self._host_exception = None
@@ -390,6 +411,8 @@ class WasmtimeInstance:
         finally:
             if self._fuel is not None:
                 self._last_fuel_used = self._fuel - self._store.get_fuel()
+            if self._captured is not None:
+                self._captured.drain()
 
     def _call_error(self, exc: Exception, elapsed: float, operation: str) -> PluginError:
         if not isinstance(exc, wasmtime.Trap):
@@ -452,7 +475,51 @@ class WasmtimeInstance:
         return self._last_fuel_used
 
 
-def _wasi_config(settings: WasiSettings) -> wasmtime.WasiConfig:
+class _CapturedOutput:
+    """A guest's stdout and stderr, written by wasmtime to unlinked temporary files and handed to
+    the output callback after every call.
+
+    Files rather than wasmtime's custom-output callbacks: those run on wasmtime's own worker
+    threads, which then call into Python, even while the interpreter shuts down.
+    """
+
+    def __init__(self, output: Callable[[str, bytes], None]) -> None:
+        self._output = output
+        self._streams = [
+            # Open for the instance's whole life, closed when it is collected.
+            (name, tempfile.NamedTemporaryFile(prefix=f"wasm-plugins-{name}-", delete=False))  # noqa: SIM115
+            for name in ("stdout", "stderr")
+        ]
+
+    def configure(self, config: wasmtime.WasiConfig) -> None:
+        config.stdout_file = self._streams[0][1].name
+        config.stderr_file = self._streams[1][1].name
+
+    def opened(self) -> None:
+        """wasmtime holds the files open now: their names are no longer needed."""
+        for _, handle in self._streams:
+            with contextlib.suppress(OSError):
+                os.unlink(handle.name)
+
+    def drain(self) -> None:
+        for name, handle in self._streams:
+            data = handle.read()
+            if data:
+                self._output(name, data)
+
+
+def _link_wasi(
+    store: wasmtime.Store, linker: wasmtime.Linker, settings: WasiSettings
+) -> _CapturedOutput | None:
+    captured = _CapturedOutput(settings.output) if settings.output is not None else None
+    store.set_wasi(_wasi_config(settings, captured))
+    linker.define_wasi()
+    if captured is not None:
+        captured.opened()
+    return captured
+
+
+def _wasi_config(settings: WasiSettings, captured: _CapturedOutput | None) -> wasmtime.WasiConfig:
     config = wasmtime.WasiConfig()
     config.argv = list(settings.arguments)
     config.env = [list(pair) for pair in settings.environment]
@@ -460,10 +527,8 @@ def _wasi_config(settings: WasiSettings) -> wasmtime.WasiConfig:
         config.preopen_dir(
             directory.host_path, directory.guest_path, fs_mutable=not directory.read_only
         )
-    output = settings.output
-    if output is not None:
-        config.stdout_custom(lambda data: output("stdout", bytes(data)))
-        config.stderr_custom(lambda data: output("stderr", bytes(data)))
+    if captured is not None:
+        captured.configure(config)
     return config
 
 

@@ -6,6 +6,7 @@ fails at load with a SecurityViolation naming the capability, before any of its 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -83,9 +84,12 @@ class LinkPlan:
 
 def _bind(function: HostFunction, plugin: str, session: Any, services: Any) -> HostImport:
     implementation = function.implementation
+    # The engine keeps this closure for as long as the instance lives, and the session keeps the
+    # instance: a strong reference to the session would be a cycle no collector can see.
+    session_ref = weakref.ref(session)
 
     def call(memory: GuestMemory, *args: Any) -> Any:
-        return implementation(HostCall(memory, plugin, session, services), *args)
+        return implementation(HostCall(memory, plugin, session_ref(), services), *args)
 
     return HostImport(function.module, function.name, function.signature, call)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,9 @@ class Sandbox:
         self._wasi: WasiSettings | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._states: list[_ThreadState] = []
+        # Weak: a thread's state lives in its thread-local slot, so that it is released with the
+        # thread (engines such as wasmer must release objects in the thread that made them).
+        self._states: weakref.WeakSet[_ThreadState] = weakref.WeakSet()
         self._closed = False
         try:
             self.engine: Engine = (
@@ -323,14 +326,13 @@ class Sandbox:
         state = _ThreadState(session)
         self._local.state = state
         with self._lock:
-            self._states.append(state)
+            self._states.add(state)
         return state
 
     def _discard(self, state: _ThreadState) -> None:
         self._local.state = None
         with self._lock:
-            if state in self._states:
-                self._states.remove(state)
+            self._states.discard(state)
 
     def close(self) -> None:
         """Drop every instance; later calls fail with an InstanceError."""
@@ -379,15 +381,21 @@ class Sandbox:
         state = None
         try:
             state = self._state()
-            session = state.session
-            return session.invoke(session.function(function), data, self.limits.max_output)
+            return state.session.invoke(
+                state.session.function(function), data, self.limits.max_output
+            )
         except PluginError as error:
             failure = self._failed(error, state, function, len(data))
-            raise failure from failure.__cause__
+            cause: BaseException | None = failure.__cause__
         except Exception as exc:
             # Only host code (a host function) can raise anything else; the guest stopped halfway.
             failure = self._failed(_host_failure(exc), state, function, len(data))
-            raise failure from exc
+            cause = exc
+        # Raised outside the handler, with the locals gone: a traceback keeps its frames' locals,
+        # and this frame's would keep the instance alive in a cycle (the error references the
+        # traceback that references the error) until some thread happens to collect garbage.
+        del state
+        raise failure from cause
 
     def _failed(
         self, error: PluginError, state: _ThreadState | None, function: str, size: int
