@@ -16,7 +16,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any, Union
 
@@ -36,7 +35,7 @@ from wasm_plugins.errors import (
     ExecutionError,
     PluginError,
 )
-from wasm_plugins.manifest import CAPABILITIES, ISOLATIONS, Manifest
+from wasm_plugins.manifest import CAPABILITIES, ISOLATIONS, Manifest, Traversable
 from wasm_plugins.sandbox import HostFunction, Limits, Sandbox
 from wasm_plugins.services import HostServices
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping
-from importlib.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,12 @@ from wasm_plugins.errors import ConfigurationError
 from wasm_plugins.sandbox import Limits
 
 if sys.version_info >= (3, 11):
+    from importlib.resources.abc import Traversable
+
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
+    from importlib.abc import Traversable
+
     import tomli as tomllib
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "Manifest",
     "ModuleSpec",
     "PolicySpec",
+    "Traversable",
     "WasiPreopen",
     "WasiSpec",
     "manifest_converter",
