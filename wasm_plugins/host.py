@@ -113,6 +113,35 @@ class _Hooks:
     def attempt(self, attempt: Attempt) -> Any:
         return self._hook.wasm_plugins_attempt(attempt=attempt)
 
+    def register_engines(
+        self,
+        register: Callable[[str, Callable[[], Engine]], None],
+        on_error: Callable[[str, Exception], None],
+        only: str | None = None,
+    ) -> None:
+        self.each("wasm_plugins_register_engines", {"register": register}, on_error, only)
+
+    def register_host_functions(
+        self,
+        register: Callable[[HostFunction], None],
+        on_error: Callable[[str, Exception], None],
+        only: str | None = None,
+    ) -> None:
+        self.each("wasm_plugins_register_host_functions", {"register": register}, on_error, only)
+
+    def register_plugins(
+        self,
+        register: Callable[[PluginSource], None],
+        on_error: Callable[[str, Exception], None],
+        only: str,
+    ) -> None:
+        self.each("wasm_plugins_register_plugins", {"register": register}, on_error, only)
+
+    def plugin_names(self, hook_name: str) -> list[str]:
+        """The plugins implementing a hook, in call order."""
+        caller = getattr(self._hook, hook_name)
+        return [implementation.plugin_name for implementation in reversed(caller.get_hookimpls())]
+
     def each(
         self,
         hook_name: str,
@@ -237,26 +266,12 @@ class PluginHost:
         def failed(source: str, exc: Exception) -> None:
             self._problem(source, "register", f"{type(exc).__name__}: {exc}")
 
-        self.hooks.each(
-            "wasm_plugins_register_engines", {"register": self._register_engine}, failed, only
-        )
-        self.hooks.each(
-            "wasm_plugins_register_host_functions",
-            {"register": self._register_host_function},
-            failed,
-            only,
-        )
-        for implementation in reversed(
-            self.manager.hook.wasm_plugins_register_plugins.get_hookimpls()
-        ):
-            source = implementation.plugin_name
+        self.hooks.register_engines(self._register_engine, failed, only)
+        self.hooks.register_host_functions(self._register_host_function, failed, only)
+        # Each plugin's register callback knows which distribution the plugins came from.
+        for source in self.hooks.plugin_names("wasm_plugins_register_plugins"):
             if only is None or source == only:
-                self.hooks.each(
-                    "wasm_plugins_register_plugins",
-                    {"register": self._plugin_registrar(source)},
-                    failed,
-                    source,
-                )
+                self.hooks.register_plugins(self._plugin_registrar(source), failed, source)
 
     def _problem(self, source: str, stage: str, reason: str) -> None:
         problem = DiscoveryProblem(source, self._distributions.get(source), stage, reason)
