@@ -17,7 +17,15 @@ import pluggy
 
 if TYPE_CHECKING:
     from wasm_plugins.engine import Engine
+    from wasm_plugins.errors import PluginError
     from wasm_plugins.host import Attempt, PluginHost, PluginSource
+    from wasm_plugins.policy import (
+        CallState,
+        Classification,
+        FallbackResult,
+        PolicyEvent,
+        RecoveryAction,
+    )
     from wasm_plugins.sandbox import HostFunction
 
 PROJECT_NAME = "wasm_plugins"
@@ -112,4 +120,60 @@ def wasm_plugins_attempt(attempt: Attempt) -> Any:
 
     :param attempt: the plugin, the function, the input, the attempt number, the limits in force.
     :returns: the call's value; failures are raised as :class:`~wasm_plugins.errors.PluginError`.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# The error policy: classify, recover, fall back, report
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def wasm_plugins_classify_error(error: PluginError, call: CallState) -> Classification | None:
+    """Override the severity or recovery potential of an error before the policy acts on it.
+
+    firstresult: the first :class:`~wasm_plugins.policy.Classification` returned is applied. An
+    implementation that raises or runs past the recovery timeout is reported and skipped.
+
+    :param error: the typed error of the attempt that just failed.
+    :param call: the call so far (plugin, function, input, attempt number, limits, errors).
+    """
+
+
+@hookspec(firstresult=True)
+def wasm_plugins_recovery_action(error: PluginError, call: CallState) -> RecoveryAction | None:
+    """Choose what to do about a failed attempt: retry (after a delay, under other limits, on a
+    fresh instance), answer with a value, or abort.
+
+    firstresult: the first action returned wins; ``None`` passes to the next implementation. An
+    implementation that raises or runs past the recovery timeout counts as no answer and is
+    reported. The pipeline still holds every retry to the attempt limit, the call's deadline, the
+    retry budget, the manifest's ceilings, and retries after a timeout to idempotent functions.
+
+    :param error: the typed error of the attempt that just failed (after classification).
+    :param call: the call so far (plugin, function, input, attempt number, limits, errors).
+    """
+
+
+@hookspec(firstresult=True)
+def wasm_plugins_fallback(error: PluginError, call: CallState) -> FallbackResult | None:
+    """Answer in the plugin's place once recovery is exhausted (or the breaker is open).
+
+    firstresult: the first :class:`~wasm_plugins.policy.FallbackResult` (value, strategy name,
+    quality in (0, 1]) answers the call; the caller's outcome records the strategy, the quality
+    and the original error. An implementation that raises is reported and skipped.
+
+    :param error: the error that made a fallback necessary.
+    :param call: the call (plugin, function, input, attempts made, errors).
+    """
+
+
+@hookspec
+def wasm_plugins_report(event: PolicyEvent) -> None:
+    """Receive every policy event: attempt succeeded or failed, retry scheduled, limits changed,
+    breaker changed state, fallback used, hook failed, call finished.
+
+    Every implementation sees every event; one that raises is logged and changes nothing.
+
+    :param event: a :class:`~wasm_plugins.policy.PolicyEvent` subclass instance.
     """

@@ -14,10 +14,9 @@ import asyncio
 import difflib
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import attrs
 import pluggy
@@ -25,17 +24,20 @@ from loguru import logger
 
 from wasm_plugins import hookspecs
 from wasm_plugins.builtin import builtin_plugins
+from wasm_plugins.builtin.fallbacks import ExternalFallback
+from wasm_plugins.builtin.reporters import AlertReporter, MetricsReporter
 from wasm_plugins.discovery import DiscoveryProblem, blocked_names, load_entry_points
 from wasm_plugins.engine import Engine, EngineRegistry, WasiDirectory, WasiSettings
-from wasm_plugins.errors import (
-    ConfigurationError,
-    ContextualError,
-    ErrorContext,
-    ExecutionEnvironment,
-    ExecutionError,
-    PluginError,
-)
+from wasm_plugins.errors import ConfigurationError, PluginError
 from wasm_plugins.manifest import CAPABILITIES, ISOLATIONS, Manifest, Traversable
+from wasm_plugins.policy import (
+    CallPipeline,
+    CircuitBreaker,
+    Clock,
+    RandomSource,
+    SystemClock,
+    system_random,
+)
 from wasm_plugins.sandbox import HostFunction, Limits, Sandbox
 from wasm_plugins.services import HostServices
 
@@ -78,6 +80,8 @@ class Outcome:
     """The fallback strategy that answered, when the plugin itself did not."""
     quality: float = 1.0
     """1.0 for the plugin's own answer; a fallback's quality score otherwise."""
+    error: PluginError | None = None
+    """The error a fallback answered for."""
 
 
 @attrs.frozen
@@ -170,6 +174,12 @@ class PluginHost:
     :param isolation: the default isolation (``auto`` or ``in-process``); a manifest's wins.
     :param services: clock, random source, key-value store and configuration for host functions.
     :param config: configuration values by plugin name, merged over each manifest's ``[config]``.
+    :param blocked: names of plugins not to use (default: ``WASM_PLUGINS_DISABLE``).
+    :param clock: the policy's monotonic clock and sleep (tests pass a fake one).
+    :param random: the policy's random source, for backoff jitter.
+    :param recovery_timeout: seconds a policy hook may take before its answer is ignored.
+    :param external_fallbacks: by plugin name, ``(function, input) -> value`` callables that the
+        ``external`` fallback strategy asks.
     """
 
     def __init__(
@@ -180,6 +190,10 @@ class PluginHost:
         services: HostServices | None = None,
         config: Mapping[str, Mapping[str, Any]] | None = None,
         blocked: Iterable[str] | None = None,
+        clock: Clock | None = None,
+        random: RandomSource | None = None,
+        recovery_timeout: float = 1.0,
+        external_fallbacks: Mapping[str, ExternalFallback] | None = None,
     ) -> None:
         if isolation not in ISOLATIONS:
             raise ConfigurationError(
@@ -209,9 +223,16 @@ class PluginHost:
         self._configured = False
         self.engines = EngineRegistry()
         self.host_functions: dict[tuple[str, str], HostFunction] = {}
-        for name, plugin in builtin_plugins().items():
+        self.clock: Clock = clock or SystemClock()
+        self.pipeline = CallPipeline(self, self.clock, random or system_random(), recovery_timeout)
+        builtins = builtin_plugins(self, external_fallbacks)
+        for name, plugin in builtins.items():
             if not self.manager.is_blocked(name):
                 self.manager.register(plugin, name=name)
+        self.metrics = cast(MetricsReporter, builtins["builtin-metrics"])
+        """Counters and latency histograms (``snapshot()``, ``prometheus_text()``)."""
+        self.alerts = cast(AlertReporter, builtins["builtin-alerts"])
+        """Alerts raised (``alerts.raised``): security violations, error-rate thresholds."""
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -429,33 +450,19 @@ class PluginHost:
     # -- calls ----------------------------------------------------------------------------------
 
     def invoke(self, plugin: str, function: str, input: Any = None) -> Outcome:
-        """Call a plugin function and return an :class:`Outcome` (the value and how it came).
+        """Call a plugin function through the error policy and return an :class:`Outcome`: the
+        value, whether a fallback gave it (strategy, quality, original error), the attempts
+        and their errors, and the time taken.
 
-        :raises ContextualError: when the call failed; ``error`` is the typed error.
+        :raises ContextualError: when the policy gave up; ``error`` is the typed error and
+            ``context.previous_errors`` the errors of the earlier attempts.
         """
-        started = time.monotonic()
-        attempt = Attempt(host=self, plugin=plugin, function=function, input=input)
-        try:
-            self._info(plugin)
-            value = self.hooks.attempt(attempt)
-        except PluginError as error:
-            raise self._give_up(error, attempt, ()) from error
-        except Exception as exc:
-            failure = ExecutionError(
-                message=f"An attempt hook failed: {type(exc).__name__}: {exc}",
-                trap="host_error",
-                suggestion="a bug in a wasm_plugins_attempt hookimpl; see the cause",
-            )
-            failure.__cause__ = exc
-            raise self._give_up(failure, attempt, ()) from exc
-        return Outcome(
-            value=value,
-            plugin=plugin,
-            function=function,
-            attempts=attempt.number,
-            errors=(),
-            duration=time.monotonic() - started,
-        )
+        return self.pipeline.invoke(plugin, function, input)
+
+    def breaker(self, plugin: str, function: str) -> CircuitBreaker:
+        """The circuit breaker of (plugin, function): its state, counters, manual open/close."""
+        self._info(plugin)
+        return self.pipeline.breaker(plugin, function)
 
     def call(self, plugin: str, function: str, input: Any = None) -> Any:
         """Call a plugin function and return its value.
@@ -468,31 +475,16 @@ class PluginHost:
         """:meth:`call` for asyncio: the call runs in a worker thread, not on the event loop."""
         return await asyncio.to_thread(self.call, plugin, function, input)
 
-    def _give_up(
-        self, error: PluginError, attempt: Attempt, previous: tuple[PluginError, ...]
-    ) -> ContextualError:
-        engine_name = None
-        if attempt.plugin in self._plugins:
-            manifest = self._plugins[attempt.plugin].manifest
-            engine_name = manifest.engine or self.engine_name
-        base = error.context or ErrorContext()
-        context = attrs.evolve(
-            base,
-            plugin=attempt.plugin,
-            function=attempt.function,
-            environment=attrs.evolve(
-                base.environment,
-                engine=base.environment.engine or engine_name,
-                isolation=base.environment.isolation or "in-process",
-                attempt=attempt.number,
-            )
-            if isinstance(base.environment, ExecutionEnvironment)
-            else base.environment,
-            previous_errors=previous,
-        )
-        error.plugin = error.plugin or attempt.plugin
-        error.function = error.function or attempt.function
-        return ContextualError(error=error, context=context)
+    def _discard_sandbox(self, plugin: str, limits: Limits | None, recompile: bool) -> None:
+        """Drop a plugin's sandbox so that the next attempt gets a fresh one."""
+        with self._lock:
+            dropped = [
+                self._sandboxes.pop(key)
+                for key in list(self._sandboxes)
+                if key[0] == plugin and (recompile or key[1] == limits)
+            ]
+        for sandbox in dropped:
+            sandbox.close()
 
     # -- closing --------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,10 @@ else:  # pragma: no cover - exercised on 3.10 only
 __all__ = [
     "CAPABILITIES",
     "CODECS",
+    "FALLBACK_STRATEGIES",
     "ISOLATIONS",
     "NO_DEFAULT",
+    "BreakerSpec",
     "FunctionSpec",
     "Manifest",
     "ModuleSpec",
@@ -57,30 +59,6 @@ class _FieldError(ValueError):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(message)
         self.key = key
-
-
-def _unit(name: str, parse: Any) -> Any:
-    """A converter for a size or duration field that names the field when the value is bad."""
-
-    def convert(value: Any) -> Any:
-        if value is None:
-            return None
-        try:
-            return parse(value)
-        except ValueError as exc:
-            raise _FieldError(name, str(exc)) from None
-
-    return convert
-
-
-def _max_memory(value: Any) -> int | None:
-    result: int | None = _unit("max_memory", parse_size)(value)
-    return result
-
-
-def _max_timeout(value: Any) -> float | None:
-    result: float | None = _unit("max_timeout", parse_duration)(value)
-    return result
 
 
 class _NoDefault:
@@ -189,19 +167,76 @@ class WasiSpec:
     """Send the guest's stdout and stderr to the log (where the engine allows)."""
 
 
+FALLBACK_STRATEGIES = ("cache", "simplified", "external", "default")
+"""The built-in fallback strategies, in their default order."""
+
+
+def _ratio(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not 0.0 < value <= 1.0:
+        raise _FieldError(attribute.name, f"must be in (0, 1], got {value}")
+
+
+@attrs.frozen
+class BreakerSpec:
+    """Circuit breaker thresholds (``[policy.breaker]``); see docs/error-handling.md."""
+
+    failure_threshold: int = attrs.field(default=5, validator=_at_least(1))
+    """Consecutive failures that open the breaker."""
+    failure_ratio: float | None = attrs.field(default=None, validator=_ratio)
+    """Also open when this share of the calls in ``window`` failed (None: consecutive only)."""
+    window: float = attrs.field(default=60.0, validator=_at_least(0, strictly=True))
+    """Seconds of calls the failure ratio looks at."""
+    min_calls: int = attrs.field(default=10, validator=_at_least(1))
+    """Calls the window must hold before the ratio counts."""
+    recovery_time: float = attrs.field(default=30.0, validator=_at_least(0, strictly=True))
+    """Seconds an open breaker waits before letting probes through."""
+    half_open_probes: int = attrs.field(default=1, validator=_at_least(1))
+    """Calls allowed at a time while half-open."""
+    success_threshold: int = attrs.field(default=1, validator=_at_least(1))
+    """Probe successes in a row that close the breaker."""
+
+
 @attrs.frozen
 class PolicySpec:
-    """Per-plugin error policy (retries, breaker, fallbacks); see docs/error-handling.md."""
+    """Per-plugin error policy (``[policy]``): retries, ceilings, fallbacks, breaker."""
 
     max_attempts: int = attrs.field(default=3, validator=_at_least(1))
-    breaker_failure_threshold: int = attrs.field(default=5, validator=_at_least(1))
-    breaker_recovery_time: float = attrs.field(default=30.0, validator=_at_least(0, strictly=True))
-    fallbacks: tuple[str, ...] = ()
-    """Fallback strategies to try, in order, by name."""
-    max_memory: int | None = attrs.field(default=None, converter=_max_memory)
+    """Attempts per call, the first included."""
+    deadline: float | None = attrs.field(default=None, validator=_at_least(0, strictly=True))
+    """Seconds a call may take, retries and waits included (None: no overall deadline)."""
+    backoff_base: float = attrs.field(default=0.05, validator=_at_least(0, strictly=True))
+    """Longest wait before the first retry; it doubles for each retry (full jitter)."""
+    backoff_cap: float = attrs.field(default=2.0, validator=_at_least(0, strictly=True))
+    """Longest wait before any retry."""
+    retry_budget_ratio: float = attrs.field(default=0.2, validator=_ratio)
+    """Retries earned per call (a token bucket per plugin)."""
+    retry_budget_maximum: float = attrs.field(default=10.0, validator=_at_least(1))
+    """Retries the bucket holds at most."""
+    max_memory: int | None = attrs.field(default=None, validator=_at_least(1))
     """The ceiling memory recovery may raise the memory limit to."""
-    max_timeout: float | None = attrs.field(default=None, converter=_max_timeout)
+    max_timeout: float | None = attrs.field(default=None, validator=_at_least(0, strictly=True))
     """The ceiling timeout recovery may extend the timeout to."""
+    max_fuel: int | None = attrs.field(default=None, validator=_at_least(1))
+    """The ceiling fuel recovery may raise fuel to."""
+    growth: float = attrs.field(default=2.0, validator=_at_least(1, strictly=True))
+    """Factor by which recovery raises a limit (memory, timeout, fuel) for the next attempt."""
+    fallbacks: tuple[str, ...] = attrs.field(default=FALLBACK_STRATEGIES)
+    """Built-in fallback strategies to try, in order: cache, simplified, external, default."""
+    cache_ttl: float = attrs.field(default=300.0, validator=_at_least(0, strictly=True))
+    """Seconds a cached result may answer for a failed call."""
+    cache_entries: int = attrs.field(default=1000, validator=_at_least(1))
+    """Results the cache keeps per plugin (least recently used go first)."""
+    breaker: BreakerSpec = attrs.field(factory=BreakerSpec)
+
+    @fallbacks.validator
+    def _known(self, _: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+        for name in value:
+            if name not in FALLBACK_STRATEGIES:
+                raise _FieldError(
+                    "fallbacks",
+                    f"unknown strategy {name!r}; built-in strategies: "
+                    + ", ".join(FALLBACK_STRATEGIES),
+                )
 
 
 @attrs.frozen
@@ -337,6 +372,15 @@ def _structure_limits(value: Any, _: Any) -> Limits:
     return Limits(**value)
 
 
+def _units(parse: Callable[[Any], Any], *, optional: bool) -> Callable[[Any, Any], Any]:
+    def structure(value: Any, _: Any) -> Any:
+        if value is None and optional:
+            return None
+        return parse(value)
+
+    return structure
+
+
 def manifest_converter() -> cattrs.Converter:
     """The strict converter: no type coercion, no extra keys."""
     converter = cattrs.Converter(forbid_extra_keys=True)
@@ -354,11 +398,33 @@ def manifest_converter() -> cattrs.Converter:
         lambda value, _: tuple(strings(item, None) for item in lists(value, None)),
     )
     converter.register_structure_hook_func(lambda kind: kind is Any, lambda value, _: value)
-    raw = override(struct_hook=lambda value, _: value)
+    # Sizes and durations are written with units ("16 MiB", "2 s") and parsed by field. Nested
+    # records first: a record's generated hook looks its fields' hooks up when it is made.
+    duration = override(struct_hook=_units(parse_duration, optional=False))
+    optional_duration = override(struct_hook=_units(parse_duration, optional=True))
+    optional_size = override(struct_hook=_units(parse_size, optional=True))
+    converter.register_structure_hook(
+        BreakerSpec,
+        make_dict_structure_fn(
+            BreakerSpec,
+            converter,
+            _cattrs_forbid_extra_keys=True,
+            window=duration,
+            recovery_time=duration,
+        ),
+    )
     converter.register_structure_hook(
         PolicySpec,
         make_dict_structure_fn(
-            PolicySpec, converter, _cattrs_forbid_extra_keys=True, max_memory=raw, max_timeout=raw
+            PolicySpec,
+            converter,
+            _cattrs_forbid_extra_keys=True,
+            deadline=optional_duration,
+            backoff_base=duration,
+            backoff_cap=duration,
+            max_timeout=optional_duration,
+            cache_ttl=duration,
+            max_memory=optional_size,
         ),
     )
     for record in (ModuleSpec, FunctionSpec, WasiPreopen, WasiSpec):

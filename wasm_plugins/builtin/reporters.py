@@ -1,0 +1,344 @@
+"""Built-in reporters: structured logs, metrics, alerts, and Sentry when it is set up.
+
+Each is an ordinary ``wasm_plugins_report`` hookimpl (``trylast``); a reporter that raises is
+logged and changes nothing, and the others still see the event.
+
+- logs: one loguru record per event, its fields bound (``event``, ``plugin``, ``function``,
+  ``kind``...), so a JSON sink (``logger.add(sink, serialize=True)``) writes structured logs;
+- metrics: counters and latency histograms, in memory always (``host.metrics.snapshot()``), in
+  Prometheus' text format when ``prometheus_client`` is installed;
+- alerts: the error rate of each plugin over a sliding window above a threshold, and every security
+  violation (``host.alerts.raised``);
+- Sentry: failed attempts of high or critical severity, when ``sentry-sdk`` is installed and
+  ``SENTRY_DSN`` is set.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from loguru import logger
+
+from wasm_plugins.errors import PluginError, SecurityViolation, Severity
+from wasm_plugins.hookspecs import hookimpl
+from wasm_plugins.policy import (
+    AttemptFailed,
+    AttemptSucceeded,
+    BreakerStateChanged,
+    CallFinished,
+    FallbackUsed,
+    HookFailed,
+    LimitsChanged,
+    PolicyEvent,
+    RetryScheduled,
+)
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "Alert",
+    "AlertReporter",
+    "LogReporter",
+    "MetricsReporter",
+    "SentryReporter",
+]
+
+LATENCY_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, float("inf"))
+"""Upper bounds, in seconds, of the latency histogram's buckets."""
+
+
+def _error_fields(error: PluginError | None) -> dict[str, Any]:
+    if error is None:
+        return {}
+    return {
+        "kind": error.kind,
+        "error": error.message,
+        "severity": error.severity.value,
+        "recovery_potential": error.recovery_potential.value,
+    }
+
+
+class LogReporter:
+    """One structured log record per event."""
+
+    @hookimpl(trylast=True)
+    def wasm_plugins_report(self, event: PolicyEvent) -> None:
+        """Log the event with its fields bound."""
+        fields: dict[str, Any] = {
+            "event": event.name,
+            "plugin": event.plugin,
+            "function": event.function,
+            "call_id": event.call_id,
+        }
+        level = "DEBUG"
+        message = event.name.replace("_", " ")
+        if isinstance(event, AttemptFailed):
+            fields.update(_error_fields(event.error), attempt=event.attempt)
+            level = "ERROR" if event.error.severity is Severity.CRITICAL else "WARNING"
+            message = f"attempt {event.attempt} failed: {event.error.message}"
+        elif isinstance(event, AttemptSucceeded):
+            fields.update(attempt=event.attempt, duration=event.duration)
+        elif isinstance(event, RetryScheduled):
+            fields.update(attempt=event.attempt, delay=event.delay, reason=event.reason)
+            level, message = "INFO", f"retry {event.attempt} in {event.delay:.3f} s: {event.reason}"
+        elif isinstance(event, LimitsChanged):
+            fields.update(reason=event.reason)
+            level, message = "INFO", f"limits changed: {event.reason}"
+        elif isinstance(event, BreakerStateChanged):
+            fields.update(before=event.before, after=event.after, reason=event.reason)
+            level = "WARNING"
+            message = f"circuit {event.before} -> {event.after}: {event.reason}"
+        elif isinstance(event, FallbackUsed):
+            fields.update(strategy=event.strategy, quality=event.quality)
+            fields.update(_error_fields(event.error))
+            level, message = "WARNING", f"fallback {event.strategy} answered"
+        elif isinstance(event, HookFailed):
+            fields.update(hook=event.hook, source=event.source, reason=event.reason)
+            level, message = "ERROR", f"{event.hook} of {event.source} failed: {event.reason}"
+        elif isinstance(event, CallFinished):
+            fields.update(outcome=event.outcome, attempts=event.attempts, duration=event.duration)
+            fields.update(_error_fields(event.error))
+            level = "ERROR" if event.outcome == "error" else "DEBUG"
+            message = f"call finished: {event.outcome} after {event.attempts} attempt(s)"
+        logger.bind(**fields).log(level, message)
+
+
+class MetricsReporter:
+    """Counters and latency histograms of one host."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+        self._latency: dict[tuple[str, str], list[int]] = {}
+        self._latency_sum: dict[tuple[str, str], float] = {}
+        self._prometheus = _PrometheusMetrics.create()
+
+    def _count(self, name: str, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self._counters[key] += 1
+        if self._prometheus is not None:
+            self._prometheus.count(name, labels)
+
+    def _observe(self, plugin: str, function: str, seconds: float) -> None:
+        key = (plugin, function)
+        with self._lock:
+            buckets = self._latency.setdefault(key, [0] * len(LATENCY_BUCKETS))
+            for index, bound in enumerate(LATENCY_BUCKETS):
+                if seconds <= bound:
+                    buckets[index] += 1
+                    break
+            self._latency_sum[key] = self._latency_sum.get(key, 0.0) + seconds
+        if self._prometheus is not None:
+            self._prometheus.observe(plugin, function, seconds)
+
+    @hookimpl(trylast=True)
+    def wasm_plugins_report(self, event: PolicyEvent) -> None:
+        """Count the event."""
+        plugin, function = event.plugin, event.function
+        if isinstance(event, AttemptSucceeded):
+            self._count("attempts", plugin=plugin, function=function, result="value")
+        elif isinstance(event, AttemptFailed):
+            self._count("attempts", plugin=plugin, function=function, result=event.error.kind)
+        elif isinstance(event, RetryScheduled):
+            self._count("retries", plugin=plugin, function=function)
+        elif isinstance(event, BreakerStateChanged):
+            self._count("breaker_transitions", plugin=plugin, function=function, to=event.after)
+        elif isinstance(event, FallbackUsed):
+            self._count("fallbacks", plugin=plugin, function=function, strategy=event.strategy)
+        elif isinstance(event, CallFinished):
+            self._count("calls", plugin=plugin, function=function, outcome=event.outcome)
+            self._observe(plugin, function, event.duration)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter (``{name: {"label=value,...": count}}``) and histogram, as plain data."""
+        with self._lock:
+            counters: dict[str, dict[str, int]] = {}
+            for (name, labels), count in sorted(self._counters.items()):
+                label_text = ",".join(f"{key}={value}" for key, value in labels)
+                counters.setdefault(name, {})[label_text] = count
+            histograms = {
+                f"{plugin}.{function}": {
+                    "buckets": dict(zip([str(b) for b in LATENCY_BUCKETS], counts, strict=True)),
+                    "count": sum(counts),
+                    "sum": self._latency_sum[(plugin, function)],
+                }
+                for (plugin, function), counts in sorted(self._latency.items())
+            }
+        return {"counters": counters, "latency_seconds": histograms}
+
+    def count(self, name: str, **labels: str) -> int:
+        """One counter's value (0 when never counted)."""
+        with self._lock:
+            return self._counters[(name, tuple(sorted(labels.items())))]
+
+    def prometheus_text(self) -> str | None:
+        """The metrics in Prometheus' exposition format, or None without prometheus_client."""
+        return None if self._prometheus is None else self._prometheus.text()
+
+
+class _PrometheusMetrics:
+    """The same counters in a private prometheus_client registry (one per host)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.registry = client.CollectorRegistry()
+        self._counters: dict[str, Any] = {}
+        self._histogram = client.Histogram(
+            "wasm_plugins_call_seconds",
+            "Duration of plugin calls, retries and fallbacks included",
+            ["plugin", "function"],
+            registry=self.registry,
+            buckets=LATENCY_BUCKETS,
+        )
+
+    @classmethod
+    def create(cls) -> _PrometheusMetrics | None:
+        try:
+            client = importlib.import_module("prometheus_client")
+        except ImportError:
+            return None
+        return cls(client)
+
+    def count(self, name: str, labels: dict[str, str]) -> None:
+        counter = self._counters.get(name)
+        if counter is None:
+            counter = self._client.Counter(
+                f"wasm_plugins_{name}",
+                f"wasm-plugins {name.replace('_', ' ')}",
+                sorted(labels),
+                registry=self.registry,
+            )
+            self._counters[name] = counter
+        counter.labels(**labels).inc()
+
+    def observe(self, plugin: str, function: str, seconds: float) -> None:
+        self._histogram.labels(plugin=plugin, function=function).observe(seconds)
+
+    def text(self) -> str:
+        generated: bytes = self._client.generate_latest(self.registry)
+        return generated.decode()
+
+
+@attrs.frozen
+class Alert:
+    """Something an operator should look at."""
+
+    time: float
+    plugin: str
+    function: str
+    reason: str
+    """``security_violation`` or ``error_rate``."""
+    message: str
+
+
+class AlertReporter:
+    """Alerts on every security violation, and when a plugin's error rate over the last
+    ``window`` seconds (at least ``min_calls`` calls) reaches ``threshold``. An error-rate alert
+    fires once, and again only after the rate has fallen below the threshold."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        window: float = 60.0,
+        threshold: float = 0.5,
+        min_calls: int = 10,
+        keep: int = 1000,
+    ) -> None:
+        self._clock = clock
+        self.window = window
+        self.threshold = threshold
+        self.min_calls = min_calls
+        self.raised: deque[Alert] = deque(maxlen=keep)
+        self._outcomes: dict[str, deque[tuple[float, bool]]] = {}
+        self._firing: set[str] = set()
+        self._lock = threading.Lock()
+
+    def _raise(self, alert: Alert) -> None:
+        self.raised.append(alert)
+        logger.bind(alert=alert.reason, plugin=alert.plugin, function=alert.function).critical(
+            alert.message
+        )
+
+    @hookimpl(trylast=True)
+    def wasm_plugins_report(self, event: PolicyEvent) -> None:
+        """Watch failed attempts and finished calls."""
+        if isinstance(event, AttemptFailed) and isinstance(event.error, SecurityViolation):
+            self._raise(
+                Alert(
+                    event.time,
+                    event.plugin,
+                    event.function,
+                    "security_violation",
+                    f"security violation in {event.plugin}.{event.function}: {event.error.message}",
+                )
+            )
+        if isinstance(event, CallFinished):
+            self._watch_rate(event)
+
+    def _watch_rate(self, event: CallFinished) -> None:
+        now = self._clock()
+        with self._lock:
+            outcomes = self._outcomes.setdefault(event.plugin, deque())
+            outcomes.append((now, event.outcome != "value"))
+            while outcomes and outcomes[0][0] <= now - self.window:
+                outcomes.popleft()
+            failures = sum(1 for _, failed in outcomes if failed)
+            rate = failures / len(outcomes)
+            enough = len(outcomes) >= self.min_calls
+            fire = enough and rate >= self.threshold and event.plugin not in self._firing
+            if fire:
+                self._firing.add(event.plugin)
+            elif rate < self.threshold:
+                self._firing.discard(event.plugin)
+        if fire:
+            self._raise(
+                Alert(
+                    now,
+                    event.plugin,
+                    event.function,
+                    "error_rate",
+                    f"{event.plugin}: {failures} of the last {len(outcomes)} calls failed "
+                    f"({rate:.0%}, threshold {self.threshold:.0%})",
+                )
+            )
+
+
+class SentryReporter:
+    """Failed attempts of high or critical severity, sent to Sentry when it is set up."""
+
+    def __init__(self, sentry: Any) -> None:
+        self._sentry = sentry
+
+    @classmethod
+    def create(cls) -> SentryReporter | None:
+        """A reporter when sentry-sdk is installed and SENTRY_DSN is set, else None."""
+        dsn = os.environ.get("SENTRY_DSN")
+        if not dsn:
+            return None
+        try:
+            sentry = importlib.import_module("sentry_sdk")
+        except ImportError:
+            return None
+        if not sentry.get_client().is_active():
+            sentry.init(dsn=dsn)
+        return cls(sentry)
+
+    @hookimpl(trylast=True)
+    def wasm_plugins_report(self, event: PolicyEvent) -> None:
+        """Send serious failures."""
+        if not isinstance(event, AttemptFailed):
+            return
+        if event.error.severity not in (Severity.HIGH, Severity.CRITICAL):
+            return
+        with self._sentry.new_scope() as scope:
+            scope.set_tag("plugin", event.plugin)
+            scope.set_tag("function", event.function)
+            scope.set_tag("kind", event.error.kind)
+            scope.set_context("error", event.error.to_dict())
+            self._sentry.capture_message(event.error.message, level="error")

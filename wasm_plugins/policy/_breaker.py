@@ -1,0 +1,248 @@
+"""The circuit breaker of one (plugin, function): closed, open, half-open.
+
+- Closed: calls pass. It opens after ``failure_threshold`` consecutive failures, or when the share
+  of failures among the calls of the last ``window`` seconds reaches ``failure_ratio`` (once at
+  least ``min_calls`` calls were seen).
+- Open: calls fail fast until ``recovery_time`` has passed, then the breaker is half-open.
+- Half-open: at most ``half_open_probes`` calls run at a time; ``success_threshold`` successes in
+  a row close it, any failure opens it again.
+
+Counters reset on every transition, and a call that started under an earlier state does not count
+under the new one. The lock is never held while a call runs: a call takes a :class:`Permit` and
+reports its result with it. Transitions are announced after the lock is released.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from enum import Enum
+
+import attrs
+
+from wasm_plugins._units import format_duration
+from wasm_plugins.errors import InstanceError
+from wasm_plugins.policy._clock import Clock
+
+__all__ = ["BreakerConfig", "BreakerState", "CircuitBreaker", "Permit", "Verdict"]
+
+
+class BreakerState(str, Enum):
+    """Where a breaker is."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class Verdict(str, Enum):
+    """How a call's result counts for the breaker."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    IGNORED = "ignored"
+    """Neither: an error the caller caused (bad input, configuration) says nothing of health."""
+
+
+@attrs.frozen
+class BreakerConfig:
+    """Thresholds of a breaker (the manifest's ``[policy.breaker]``)."""
+
+    failure_threshold: int = 5
+    failure_ratio: float | None = None
+    window: float = 60.0
+    min_calls: int = 10
+    recovery_time: float = 30.0
+    half_open_probes: int = 1
+    success_threshold: int = 1
+
+
+@attrs.frozen
+class Permit:
+    """Leave to run one call, to be handed back with its verdict."""
+
+    generation: int
+    probe: bool
+
+
+Transition = Callable[[BreakerState, BreakerState, str], None]
+
+
+class CircuitBreaker:
+    """A thread-safe circuit breaker on an injected monotonic clock."""
+
+    def __init__(
+        self,
+        name: str,
+        config: BreakerConfig,
+        clock: Clock,
+        on_transition: Transition | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self._clock = clock
+        self._on_transition = on_transition
+        self._lock = threading.Lock()
+        self._state = BreakerState.CLOSED
+        self._generation = 0
+        self._opened_at = 0.0
+        self._consecutive_failures = 0
+        self._consecutive_successes = 0
+        self._probes_in_flight = 0
+        self._window: deque[tuple[float, bool]] = deque()
+
+    # -- reading --------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> BreakerState:
+        """The state now (an open breaker whose recovery time passed reads as half-open)."""
+        with self._lock:
+            changes = self._advance()
+            state = self._state
+        self._announce(changes)
+        return state
+
+    def counters(self) -> dict[str, int]:
+        """The counters of the current state (they reset on every transition)."""
+        with self._lock:
+            return {
+                "consecutive_failures": self._consecutive_failures,
+                "consecutive_successes": self._consecutive_successes,
+                "probes_in_flight": self._probes_in_flight,
+                "window_calls": len(self._window),
+            }
+
+    # -- calls ----------------------------------------------------------------------------------
+
+    def acquire(self) -> Permit:
+        """Leave to make one call.
+
+        :raises InstanceError: (state ``circuit_open``) when the breaker is open, or half-open
+            with every probe slot taken.
+        """
+        with self._lock:
+            changes = self._advance()
+            state = self._state
+            if state is BreakerState.CLOSED:
+                permit = Permit(self._generation, probe=False)
+            elif (
+                state is BreakerState.HALF_OPEN
+                and self._probes_in_flight < self.config.half_open_probes
+            ):
+                self._probes_in_flight += 1
+                permit = Permit(self._generation, probe=True)
+            else:
+                reopens = self._opened_at + self.config.recovery_time
+                retry_in = max(0.0, reopens - self._clock.monotonic())
+                permit = None
+        self._announce(changes)
+        if permit is None:
+            raise self._rejection(state, retry_in)
+        return permit
+
+    def record(self, permit: Permit, verdict: Verdict) -> None:
+        """Count a call's result; results from before the last transition are not counted."""
+        with self._lock:
+            changes = self._advance()
+            if permit.generation == self._generation:
+                if permit.probe:
+                    self._probes_in_flight -= 1
+                changes += self._count(verdict)
+        self._announce(changes)
+
+    # -- manual control -------------------------------------------------------------------------
+
+    def force_open(self, reason: str = "opened by hand") -> None:
+        """Open now (for instance while a plugin is being replaced)."""
+        with self._lock:
+            changes = self._move(BreakerState.OPEN, reason)
+        self._announce(changes)
+
+    def force_close(self, reason: str = "closed by hand") -> None:
+        """Close now, forgetting every counter."""
+        with self._lock:
+            changes = self._move(BreakerState.CLOSED, reason)
+        self._announce(changes)
+
+    # -- the state machine (called with the lock held) -----------------------------------------
+
+    def _advance(self) -> list[tuple[BreakerState, BreakerState, str]]:
+        if (
+            self._state is BreakerState.OPEN
+            and self._clock.monotonic() >= self._opened_at + self.config.recovery_time
+        ):
+            return self._move(
+                BreakerState.HALF_OPEN,
+                f"{format_duration(self.config.recovery_time)} passed since it opened",
+            )
+        return []
+
+    def _count(self, verdict: Verdict) -> list[tuple[BreakerState, BreakerState, str]]:
+        if verdict is Verdict.IGNORED:
+            return []
+        failed = verdict is Verdict.FAILURE
+        config = self.config
+        if self._state is BreakerState.HALF_OPEN:
+            if failed:
+                return self._move(BreakerState.OPEN, "a probe failed")
+            self._consecutive_successes += 1
+            if self._consecutive_successes >= config.success_threshold:
+                return self._move(
+                    BreakerState.CLOSED, f"{self._consecutive_successes} probe(s) succeeded"
+                )
+            return []
+        if self._state is not BreakerState.CLOSED:
+            return []
+        now = self._clock.monotonic()
+        self._window.append((now, failed))
+        while self._window and self._window[0][0] <= now - config.window:
+            self._window.popleft()
+        if not failed:
+            self._consecutive_failures = 0
+            return []
+        self._consecutive_failures += 1
+        if self._consecutive_failures >= config.failure_threshold:
+            return self._move(
+                BreakerState.OPEN, f"{self._consecutive_failures} consecutive failures"
+            )
+        if config.failure_ratio is not None and len(self._window) >= config.min_calls:
+            failures = sum(1 for _, failure in self._window if failure)
+            if failures / len(self._window) >= config.failure_ratio:
+                return self._move(
+                    BreakerState.OPEN,
+                    f"{failures} of the last {len(self._window)} calls failed",
+                )
+        return []
+
+    def _move(
+        self, target: BreakerState, reason: str
+    ) -> list[tuple[BreakerState, BreakerState, str]]:
+        before = self._state
+        self._state = target
+        self._generation += 1
+        self._consecutive_failures = 0
+        self._consecutive_successes = 0
+        self._probes_in_flight = 0
+        self._window.clear()
+        if target is BreakerState.OPEN:
+            self._opened_at = self._clock.monotonic()
+        if before is target:
+            return []
+        return [(before, target, reason)]
+
+    def _announce(self, changes: list[tuple[BreakerState, BreakerState, str]]) -> None:
+        if self._on_transition is not None:
+            for before, after, reason in changes:
+                self._on_transition(before, after, reason)
+
+    def _rejection(self, state: BreakerState, retry_in: float) -> InstanceError:
+        if state is BreakerState.HALF_OPEN:
+            detail = "half-open and every probe slot is taken"
+        else:
+            detail = f"open; the next probe is allowed in {format_duration(max(retry_in, 1e-6))}"
+        return InstanceError(
+            state="circuit_open",
+            message=f"Instance unavailable: the circuit of {self.name} is {detail}",
+            suggestion="the plugin failed repeatedly; calls resume once a probe succeeds",
+        )

@@ -1,0 +1,566 @@
+"""The call pipeline: breaker, attempt, report, classify, recover, retry or fall back.
+
+Per call of (plugin, function):
+
+1. The circuit breaker may refuse at once (open); the fallbacks may still answer.
+2. One attempt runs through the attempt hook, under the limits in force.
+3. On a typed error: the classification hooks may change its severity and recovery potential; the
+   reporters see it; the breaker counts it; the recovery hooks are asked for an action (first
+   answer wins, in pluggy order; one that raises or is too slow counts as no answer).
+4. A retry happens only within the attempt limit, before the call's deadline, within the plugin's
+   retry budget, and, after a timeout, only for a function declared idempotent. Raised limits
+   never pass the manifest's ceilings.
+5. When recovery is exhausted, the fallback hooks answer in order, or nobody does.
+6. Otherwise the caller gets a ContextualError: the last error and the context of every attempt.
+
+Time, sleep and randomness come from the host (injected), so tests never sleep.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+from loguru import logger
+
+from wasm_plugins.errors import (
+    CommunicationError,
+    ConfigurationError,
+    ContextualError,
+    DeadlineExceeded,
+    ErrorContext,
+    ExecutionEnvironment,
+    ExecutionError,
+    InstanceError,
+    PluginError,
+    ResourceLimitExceeded,
+)
+from wasm_plugins.policy._actions import (
+    Abort,
+    Classification,
+    FallbackResult,
+    RecoveryAction,
+    Retry,
+    UseValue,
+)
+from wasm_plugins.policy._breaker import (
+    BreakerConfig,
+    BreakerState,
+    CircuitBreaker,
+    Permit,
+    Verdict,
+)
+from wasm_plugins.policy._clock import Clock, RandomSource
+from wasm_plugins.policy._events import (
+    AttemptFailed,
+    AttemptSucceeded,
+    BreakerStateChanged,
+    CallFinished,
+    FallbackUsed,
+    HookFailed,
+    LimitsChanged,
+    PolicyEvent,
+    RetryScheduled,
+)
+from wasm_plugins.policy._retry import Backoff, RetryBudget
+from wasm_plugins.sandbox import Limits
+
+if TYPE_CHECKING:
+    from wasm_plugins.host import Outcome, PluginHost
+    from wasm_plugins.manifest import Manifest
+
+__all__ = ["CallPipeline", "CallState", "caused_by_caller"]
+
+
+@attrs.define
+class CallState:
+    """One call as policy hooks see it; ``attempt`` and ``limits`` change as it goes."""
+
+    host: PluginHost
+    plugin: str
+    function: str
+    input: Any
+    call_id: str
+    manifest: Manifest
+    started: float
+    deadline: float | None
+    attempt: int = 0
+    limits: Limits = attrs.field(factory=Limits)
+    errors: list[PluginError] = attrs.field(factory=list)
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether the manifest declares the function safe to repeat after a timeout."""
+        spec = self.manifest.functions.get(self.function)
+        return spec is not None and spec.idempotent
+
+    def remaining(self, now: float) -> float | None:
+        """Seconds left before the call's deadline, or None without one."""
+        return None if self.deadline is None else self.deadline - now
+
+
+def caused_by_caller(error: PluginError) -> bool:
+    """Whether the caller, not the plugin's health, caused this error (the breaker ignores it)."""
+    if isinstance(error, ConfigurationError):
+        return True
+    if isinstance(error, ResourceLimitExceeded):
+        return error.resource == "input"
+    if isinstance(error, CommunicationError):
+        return error.channel == "input"
+    if isinstance(error, ExecutionError):
+        return error.trap == "guest_error"
+    return False
+
+
+class CallPipeline:
+    """Runs calls for one host: its breakers, retry budgets, and the policy hooks."""
+
+    def __init__(
+        self,
+        host: PluginHost,
+        clock: Clock,
+        random: RandomSource,
+        recovery_timeout: float = 1.0,
+    ) -> None:
+        self._host = host
+        self._clock = clock
+        self._random = random
+        self.recovery_timeout = recovery_timeout
+        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        self._budgets: dict[str, RetryBudget] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._attempt_started = 0.0
+
+    # -- per-plugin state ---------------------------------------------------------------------
+
+    def breaker(self, plugin: str, function: str) -> CircuitBreaker:
+        """The breaker of (plugin, function), made on first use from the manifest's settings."""
+        key = (plugin, function)
+        breaker = self._breakers.get(key)
+        if breaker is not None:
+            return breaker
+        with self._lock:
+            breaker = self._breakers.get(key)
+            if breaker is None:
+                spec = self._host._info(plugin).manifest.policy.breaker
+                breaker = CircuitBreaker(
+                    f"{plugin}.{function}",
+                    BreakerConfig(
+                        failure_threshold=spec.failure_threshold,
+                        failure_ratio=spec.failure_ratio,
+                        window=spec.window,
+                        min_calls=spec.min_calls,
+                        recovery_time=spec.recovery_time,
+                        half_open_probes=spec.half_open_probes,
+                        success_threshold=spec.success_threshold,
+                    ),
+                    self._clock,
+                    self._transition_reporter(plugin, function),
+                )
+                self._breakers[key] = breaker
+        return breaker
+
+    def breakers(self) -> dict[tuple[str, str], CircuitBreaker]:
+        """Every breaker made so far."""
+        with self._lock:
+            return dict(self._breakers)
+
+    def budget(self, plugin: str) -> RetryBudget:
+        """The plugin's retry budget."""
+        budget = self._budgets.get(plugin)
+        if budget is None:
+            with self._lock:
+                budget = self._budgets.get(plugin)
+                if budget is None:
+                    spec = self._host._info(plugin).manifest.policy
+                    budget = RetryBudget(spec.retry_budget_ratio, spec.retry_budget_maximum)
+                    self._budgets[plugin] = budget
+        return budget
+
+    def _transition_reporter(
+        self, plugin: str, function: str
+    ) -> Callable[[BreakerState, BreakerState, str], None]:
+        def report(before: BreakerState, after: BreakerState, reason: str) -> None:
+            self.report(
+                BreakerStateChanged(
+                    plugin, function, "", self._clock.monotonic(), before.value, after.value, reason
+                )
+            )
+
+        return report
+
+    # -- the call -----------------------------------------------------------------------------
+
+    def invoke(self, plugin: str, function: str, input: Any) -> Outcome:
+        """Run one call through the whole policy."""
+        call = self._start(plugin, function, input)
+        breaker = self.breaker(plugin, function)
+        budget = self.budget(plugin)
+        budget.deposit()
+        while True:
+            try:
+                permit = breaker.acquire()
+            except InstanceError as rejection:
+                # Refused before an attempt: the last plugin error, if any, tells more.
+                last = call.errors[-1] if call.errors else self._annotate(rejection, call)
+                break
+            call.attempt += 1
+            result = self._attempt(call)
+            if not isinstance(result, PluginError):
+                breaker.record(permit, Verdict.SUCCESS)
+                return self._succeeded(call, result)
+            last = self._failed(call, result, breaker, permit)
+            action = self._recovery(last, call)
+            if isinstance(action, UseValue):
+                return self._answer_with(
+                    FallbackResult(action.value, action.strategy, action.quality), last, call
+                )
+            if not self._retry(action, last, call, budget):
+                break
+        result = self._fallback(last, call)
+        if result is not None:
+            return self._answer_with(result, last, call)
+        now = self._clock.monotonic()
+        self.report(
+            CallFinished(
+                plugin, function, call.call_id, now, "error", call.attempt, now - call.started, last
+            )
+        )
+        raise self._contextual(last, plugin, function, call, call.errors[:-1])
+
+    def _start(self, plugin: str, function: str, input: Any) -> CallState:
+        started = self._clock.monotonic()
+        try:
+            manifest = self._host._info(plugin).manifest
+        except PluginError as error:
+            raise self._contextual(error, plugin, function, None, []) from None
+        deadline = manifest.policy.deadline
+        return CallState(
+            host=self._host,
+            plugin=plugin,
+            function=function,
+            input=input,
+            call_id=f"{plugin}#{next(self._ids)}",
+            manifest=manifest,
+            started=started,
+            deadline=started + deadline if deadline is not None else None,
+            limits=manifest.limits,
+        )
+
+    def _attempt(self, call: CallState) -> Any:
+        """Run one attempt: its value, or the typed error it ended with (returned, not raised)."""
+        from wasm_plugins.host import Attempt
+
+        limits = None if call.limits == call.manifest.limits else call.limits
+        self._attempt_started = started = self._clock.monotonic()
+        try:
+            value = self._host.hooks.attempt(
+                Attempt(self._host, call.plugin, call.function, call.input, call.attempt, limits)
+            )
+        except PluginError as error:
+            return error
+        except Exception as exc:
+            failure = ExecutionError(
+                message=f"An attempt hook failed: {type(exc).__name__}: {exc}",
+                trap="host_error",
+                suggestion="a bug in a wasm_plugins_attempt hookimpl; see the cause",
+            )
+            failure.__cause__ = exc
+            return failure
+        now = self._clock.monotonic()
+        self.report(
+            AttemptSucceeded(
+                call.plugin, call.function, call.call_id, now, call.attempt, now - started
+            )
+        )
+        return value
+
+    def _succeeded(self, call: CallState, value: Any) -> Outcome:
+        from wasm_plugins.host import Outcome
+
+        now = self._clock.monotonic()
+        self.report(
+            CallFinished(
+                call.plugin,
+                call.function,
+                call.call_id,
+                now,
+                "value",
+                call.attempt,
+                now - call.started,
+            )
+        )
+        return Outcome(
+            value=value,
+            plugin=call.plugin,
+            function=call.function,
+            attempts=call.attempt,
+            errors=tuple(call.errors),
+            duration=now - call.started,
+        )
+
+    def _failed(
+        self, call: CallState, failure: PluginError, breaker: CircuitBreaker, permit: Permit
+    ) -> PluginError:
+        now = self._clock.monotonic()
+        error = self._annotate(self._classify(failure, call), call)
+        call.errors.append(error)
+        breaker.record(permit, Verdict.IGNORED if caused_by_caller(error) else Verdict.FAILURE)
+        self.report(
+            AttemptFailed(
+                call.plugin,
+                call.function,
+                call.call_id,
+                now,
+                call.attempt,
+                now - self._attempt_started,
+                error,
+            )
+        )
+        return error
+
+    def _retry(
+        self,
+        action: RecoveryAction | None,
+        error: PluginError,
+        call: CallState,
+        budget: RetryBudget,
+    ) -> bool:
+        """Prepare the next attempt when the action asks for one and the rules allow it."""
+        admitted = self._admit(action, error, call, budget)
+        if admitted is None:
+            return False
+        delay, limits, reason = admitted
+        now = self._clock.monotonic()
+        self.report(
+            RetryScheduled(
+                call.plugin, call.function, call.call_id, now, call.attempt + 1, delay, reason
+            )
+        )
+        if limits != call.limits:
+            self.report(
+                LimitsChanged(
+                    call.plugin,
+                    call.function,
+                    call.call_id,
+                    now,
+                    call.attempt + 1,
+                    call.limits,
+                    limits,
+                    reason,
+                )
+            )
+            call.limits = limits
+        if isinstance(action, Retry) and (action.fresh_instance or action.recompile):
+            changed = None if call.limits == call.manifest.limits else call.limits
+            self._host._discard_sandbox(call.plugin, changed, recompile=action.recompile)
+        self._clock.sleep(delay)
+        return True
+
+    def _answer_with(self, result: FallbackResult, error: PluginError, call: CallState) -> Outcome:
+        from wasm_plugins.host import Outcome
+
+        now = self._clock.monotonic()
+        self.report(
+            FallbackUsed(
+                call.plugin,
+                call.function,
+                call.call_id,
+                now,
+                result.strategy,
+                result.quality,
+                error,
+            )
+        )
+        self.report(
+            CallFinished(
+                call.plugin,
+                call.function,
+                call.call_id,
+                now,
+                "fallback",
+                call.attempt,
+                now - call.started,
+                error,
+                result.strategy,
+            )
+        )
+        return Outcome(
+            value=result.value,
+            plugin=call.plugin,
+            function=call.function,
+            attempts=call.attempt,
+            errors=tuple(call.errors),
+            duration=now - call.started,
+            fallback=result.strategy,
+            quality=result.quality,
+            error=error,
+        )
+
+    # -- retries --------------------------------------------------------------------------------
+
+    def _admit(
+        self,
+        action: RecoveryAction | None,
+        error: PluginError,
+        call: CallState,
+        budget: RetryBudget,
+    ) -> tuple[float, Limits, str] | None:
+        """The delay, limits and reason of the next attempt, or None when there is none."""
+        if not isinstance(action, Retry):
+            return None
+        policy = call.manifest.policy
+        if call.attempt >= policy.max_attempts:
+            return None
+        if isinstance(error, DeadlineExceeded) and not call.idempotent:
+            return None
+        delay = action.delay
+        if delay is None:
+            backoff = Backoff(policy.backoff_base, policy.backoff_cap)
+            delay = backoff.delay(call.attempt, self._random)
+        delay = max(0.0, delay)
+        remaining = call.remaining(self._clock.monotonic())
+        if remaining is not None and delay >= remaining:
+            return None
+        limits = self._within_ceilings(action.limits or call.limits, call)
+        if not budget.withdraw():
+            return None
+        return delay, limits, action.reason or "retry"
+
+    @staticmethod
+    def _within_ceilings(limits: Limits, call: CallState) -> Limits:
+        """Limits a recovery asked for, held to the manifest's ceilings."""
+        policy = call.manifest.policy
+        base = call.manifest.limits
+        memory_ceiling = policy.max_memory if policy.max_memory is not None else base.memory
+        timeout_ceiling = policy.max_timeout if policy.max_timeout is not None else base.timeout
+        fuel_ceiling = policy.max_fuel if policy.max_fuel is not None else base.fuel
+        changes: dict[str, Any] = {}
+        if limits.memory is not None and memory_ceiling is not None:
+            changes["memory"] = min(limits.memory, max(memory_ceiling, base.memory or 0))
+        if limits.timeout is not None and timeout_ceiling is not None:
+            changes["timeout"] = min(limits.timeout, max(timeout_ceiling, base.timeout or 0))
+        if limits.fuel is not None and fuel_ceiling is not None:
+            changes["fuel"] = min(limits.fuel, max(fuel_ceiling, base.fuel or 0))
+        return limits.replace(**changes) if changes else limits
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def _each(self, hook_name: str) -> list[Any]:
+        caller = getattr(self._host.manager.hook, hook_name)
+        return [
+            impl
+            for impl in reversed(caller.get_hookimpls())
+            if not (impl.hookwrapper or impl.wrapper)
+        ]
+
+    def _first_answer(self, hook_name: str, call: CallState, **arguments: Any) -> Any:
+        """The first non-None answer, implementation by implementation; an implementation that
+        raises or runs past the recovery timeout is reported and skipped."""
+        arguments["call"] = call
+        for impl in self._each(hook_name):
+            started = self._clock.monotonic()
+            try:
+                answer = impl.function(**{name: arguments[name] for name in impl.argnames})
+            except Exception as exc:
+                self._hook_failed(call, hook_name, impl.plugin_name, f"{type(exc).__name__}: {exc}")
+                continue
+            elapsed = self._clock.monotonic() - started
+            if elapsed > self.recovery_timeout:
+                self._hook_failed(
+                    call,
+                    hook_name,
+                    impl.plugin_name,
+                    f"took {elapsed:.3f} s, more than the recovery timeout of "
+                    f"{self.recovery_timeout:.3f} s",
+                )
+                continue
+            if answer is not None:
+                return answer
+        return None
+
+    def _hook_failed(self, call: CallState, hook: str, source: str, reason: str) -> None:
+        self.report(
+            HookFailed(
+                call.plugin,
+                call.function,
+                call.call_id,
+                self._clock.monotonic(),
+                hook,
+                source,
+                reason,
+            )
+        )
+
+    def _classify(self, error: PluginError, call: CallState) -> PluginError:
+        answer = self._first_answer("wasm_plugins_classify_error", call, error=error)
+        if not isinstance(answer, Classification):
+            return error
+        changes: dict[str, Any] = {}
+        if answer.severity is not None:
+            changes["severity"] = answer.severity
+        if answer.recovery_potential is not None:
+            changes["recovery_potential"] = answer.recovery_potential
+        return error.with_(**changes) if changes else error
+
+    def _recovery(self, error: PluginError, call: CallState) -> RecoveryAction | None:
+        answer = self._first_answer("wasm_plugins_recovery_action", call, error=error)
+        if answer is not None and not isinstance(answer, RecoveryAction):
+            return Abort(reason=f"a recovery hook answered {type(answer).__name__}, not an action")
+        return answer
+
+    def _fallback(self, error: PluginError, call: CallState) -> FallbackResult | None:
+        answer = self._first_answer("wasm_plugins_fallback", call, error=error)
+        return answer if isinstance(answer, FallbackResult) else None
+
+    def report(self, event: PolicyEvent) -> None:
+        """Hand an event to every reporter; one that raises is logged and the others still run."""
+        for impl in self._each("wasm_plugins_report"):
+            try:
+                impl.function(**{name: event for name in impl.argnames})
+            except Exception as exc:
+                logger.bind(reporter=impl.plugin_name, event=event.name).error(
+                    "reporter failed: {}: {}", type(exc).__name__, exc
+                )
+
+    # -- errors ---------------------------------------------------------------------------------
+
+    def _annotate(self, error: PluginError, call: CallState) -> PluginError:
+        error.plugin = error.plugin or call.plugin
+        error.function = error.function or call.function
+        return error
+
+    def _contextual(
+        self,
+        error: PluginError,
+        plugin: str,
+        function: str,
+        call: CallState | None,
+        previous: list[PluginError],
+    ) -> ContextualError:
+        error.plugin = error.plugin or plugin
+        error.function = error.function or function
+        base = error.context or ErrorContext()
+        environment = base.environment
+        engine = environment.engine
+        if engine is None and call is not None:
+            engine = call.manifest.engine or self._host.engine_name
+        context = attrs.evolve(
+            base,
+            plugin=plugin,
+            function=function,
+            environment=attrs.evolve(
+                environment,
+                engine=engine,
+                isolation=environment.isolation or "in-process",
+                attempt=call.attempt if call is not None else 1,
+            )
+            if isinstance(environment, ExecutionEnvironment)
+            else environment,
+            previous_errors=tuple(previous),
+        )
+        return ContextualError(error=error, context=context)
