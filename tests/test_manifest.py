@@ -30,7 +30,15 @@ VALID: dict[str, Any] = {
         "env": ["LANG"],
         "capture_output": True,
     },
-    "policy": {"max_attempts": 3, "max_memory": "64 MiB", "fallbacks": ["cached"]},
+    "policy": {
+        "max_attempts": 3,
+        "deadline": "10 s",
+        "backoff_base": "50 ms",
+        "max_memory": "64 MiB",
+        "fallbacks": ["cache", "default"],
+        "cache_ttl": "5 min",
+        "breaker": {"failure_threshold": 5, "window": "1 min", "recovery_time": "30 s"},
+    },
 }
 
 not_string = st.one_of(st.integers(), st.booleans(), st.lists(st.integers(), max_size=2))
@@ -76,10 +84,18 @@ CASES: list[tuple[str, st.SearchStrategy[Any]]] = [
     ("wasi.capture_output", not_bool),
     ("wasi.env", st.one_of(st.text(max_size=5), st.integers())),
     ("policy.max_attempts", st.one_of(st.integers(max_value=0), not_int)),
-    ("policy.breaker_failure_threshold", st.integers(max_value=0)),
-    ("policy.breaker_recovery_time", st.one_of(st.floats(max_value=0), st.integers(max_value=0))),
+    ("policy.breaker.failure_threshold", st.integers(max_value=0)),
+    ("policy.breaker.recovery_time", bad_duration),
+    ("policy.breaker.window", bad_duration),
+    ("policy.breaker.failure_ratio", st.floats(min_value=1.01, max_value=1e6)),
+    ("policy.breaker.half_open_probes", st.integers(max_value=0)),
     ("policy.max_memory", bad_size),
     ("policy.max_timeout", bad_duration),
+    ("policy.deadline", bad_duration),
+    ("policy.backoff_base", bad_duration),
+    ("policy.growth", st.floats(max_value=1.0, allow_nan=False)),
+    ("policy.fallbacks", st.lists(st.sampled_from(["cached", "retry", "magic"]), min_size=1)),
+    ("policy.cache_entries", st.integers(max_value=0)),
 ]
 
 
@@ -101,6 +117,9 @@ class TestValidManifest:
         assert manifest.limits.memory == 16 * 2**20
         assert manifest.limits.timeout == 2.0
         assert manifest.policy.max_memory == 64 * 2**20
+        assert (manifest.policy.deadline, manifest.policy.backoff_base) == (10.0, 0.05)
+        assert manifest.policy.breaker.window == 60.0
+        assert manifest.policy.fallbacks == ("cache", "default")
         assert manifest.capabilities == frozenset({"log", "kv"})
         assert manifest.wasi.preopens[0].guest == "/data"
         assert manifest.functions["word_count"].idempotent is True
@@ -128,7 +147,9 @@ class TestInvalidManifest:
         assert caught.value.suggestion
 
     @given(
-        path=st.sampled_from(["", "limits", "functions.word_count", "wasi", "policy", "module"]),
+        path=st.sampled_from(
+            ["", "limits", "functions.word_count", "wasi", "policy", "policy.breaker", "module"]
+        ),
         key=st.text(min_size=1, max_size=10).filter(lambda k: k.isidentifier()),
     )
     def test_unknown_key_is_named(self, path: str, key: str) -> None:

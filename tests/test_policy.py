@@ -1,0 +1,821 @@
+"""The error policy: backoff, deadlines, budgets, recovery with raised limits, the circuit breaker,
+fallbacks, reporters and hook ordering, on real plugins with a fake clock (no test sleeps)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from tests.conftest import ROOT
+from wasm_plugins import (
+    ContextualError,
+    DeadlineExceeded,
+    ExecutionError,
+    HostFunction,
+    NetworkError,
+    PluginError,
+    PluginHost,
+    RecoveryPotential,
+    ResourceLimitExceeded,
+    SecurityViolation,
+    hookimpl,
+)
+from wasm_plugins.engine import Engine, FuncSignature
+from wasm_plugins.policy import (
+    Abort,
+    AttemptFailed,
+    AttemptSucceeded,
+    Backoff,
+    BreakerConfig,
+    BreakerState,
+    BreakerStateChanged,
+    CallFinished,
+    CircuitBreaker,
+    Classification,
+    FallbackUsed,
+    HookFailed,
+    LimitsChanged,
+    PolicyEvent,
+    Retry,
+    RetryBudget,
+    RetryScheduled,
+    UseValue,
+    Verdict,
+)
+from wasm_plugins.testing.clock import FakeClock, FixedRandom
+
+MiB = 2**20
+ALLOCATOR = """
+  (memory (export "memory") 1)
+  (func (export "wp_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "wp_free") (param i32 i32))
+  (func $pack (param $ptr i32) (param $len i32) (result i64)
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $ptr)) (i64.const 32))
+            (i64.extend_i32_u (local.get $len))))
+  (func $number (param $ptr i32) (param $len i32) (result i32)
+    (local $i i32) (local $n i32)
+    (block $done (loop $next
+      (br_if $done (i32.ge_u (local.get $i) (local.get $len)))
+      (local.set $n (i32.add (i32.mul (local.get $n) (i32.const 10))
+        (i32.sub (i32.load8_u (i32.add (local.get $ptr) (local.get $i))) (i32.const 48))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $next)))
+    (local.get $n))
+"""
+
+# `work` asks the host for its mood (a host function the test controls) and echoes its input;
+# `rough` is its cheaper stand-in; `grow` needs as many pages as its input says; `spin` loops
+# input * 1000 times.
+PLUGIN = f"""(module
+  (import "wasm_plugins" "mood" (func $mood (result i32)))
+  {ALLOCATOR}
+  (data (i32.const 512) "\\"rough\\"")
+  (func (export "work") (param $ptr i32) (param $len i32) (result i64)
+    (drop (call $mood))
+    (call $pack (local.get $ptr) (local.get $len)))
+  (func (export "trap") (param i32 i32) (result i64)
+    unreachable)
+  (func (export "rough") (param i32 i32) (result i64)
+    (call $pack (i32.const 512) (i32.const 7)))
+  (func (export "grow") (param $ptr i32) (param $len i32) (result i64)
+    (if (i32.eq (memory.grow (call $number (local.get $ptr) (local.get $len))) (i32.const -1))
+      (then unreachable))
+    (call $pack (local.get $ptr) (local.get $len)))
+  (func (export "spin") (param $ptr i32) (param $len i32) (result i64)
+    (local $left i32)
+    (local.set $left (i32.mul (call $number (local.get $ptr) (local.get $len)) (i32.const 1000)))
+    (block $done (loop $next
+      (br_if $done (i32.eqz (local.get $left)))
+      (local.set $left (i32.sub (local.get $left) (i32.const 1)))
+      (br $next)))
+    (call $pack (local.get $ptr) (local.get $len))))"""
+
+
+class Mood:
+    """The host function the plugin calls: each call takes the next planned outcome."""
+
+    def __init__(self) -> None:
+        self.plan: list[PluginError | None] = []
+        self.calls = 0
+
+    def __call__(self, call: Any) -> int:
+        self.calls += 1
+        outcome = self.plan.pop(0) if self.plan else None
+        if outcome is not None:
+            raise outcome
+        return 0
+
+    def function(self) -> HostFunction:
+        return HostFunction(
+            module="wasm_plugins",
+            name="mood",
+            signature=FuncSignature((), ("i32",)),
+            implementation=self,
+            capability="mood",
+        )
+
+
+class MoodProvider:
+    @hookimpl
+    def wasm_plugins_register_host_functions(
+        self, register: Callable[[HostFunction], None]
+    ) -> None:
+        register(self.mood.function())
+
+    def __init__(self, mood: Mood) -> None:
+        self.mood = mood
+
+
+class Recorder:
+    """A reporter that keeps every event."""
+
+    def __init__(self) -> None:
+        self.events: list[PolicyEvent] = []
+
+    @hookimpl
+    def wasm_plugins_report(self, event: PolicyEvent) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[PolicyEvent]) -> list[Any]:
+        return [event for event in self.events if isinstance(event, kind)]
+
+
+def manifest(engine: Engine, **policy: Any) -> dict[str, Any]:
+    functions = {
+        "work": {"idempotent": True, "simplified": "rough", "default": {"fallback": True}},
+        "grow": {"idempotent": True},
+        "spin": {"idempotent": policy.pop("spin_idempotent", True)},
+        "rough": {},
+    }
+    limits = policy.pop("limits", {})
+    policy.setdefault("fallbacks", [])  # only the tests about fallbacks want them
+    return {
+        "name": "subject",
+        "engine": engine.name,
+        "module": {"wat": PLUGIN},
+        "capabilities": ["mood"],
+        "functions": functions,
+        "limits": limits,
+        "policy": policy,
+    }
+
+
+class Subject:
+    """A host with the subject plugin, a fake clock, a recording reporter and a mood."""
+
+    def __init__(
+        self, engine: Engine, where: float = 1.0, external: Any = None, **policy: Any
+    ) -> None:
+        self.clock = FakeClock()
+        self.mood = Mood()
+        self.recorder = Recorder()
+        self.host = PluginHost(
+            clock=self.clock,
+            random=FixedRandom(where),
+            blocked=(),
+            external_fallbacks={"subject": external} if external else None,
+        )
+        self.host.register_policy(MoodProvider(self.mood), name="mood")
+        self.host.register_policy(self.recorder, name="recorder")
+        self.host.load(manifest(engine, **policy))
+
+    def call(self, function: str, value: Any = None) -> Any:
+        return self.host.invoke("subject", function, value)
+
+
+@pytest.fixture
+def subject(engine: Engine) -> Iterator[Callable[..., Subject]]:
+    made: list[Subject] = []
+
+    def make(**policy: Any) -> Subject:
+        made.append(Subject(engine, **policy))
+        return made[-1]
+
+    yield make
+    for item in made:
+        item.host.close()
+
+
+class TestBackoff:
+    def test_ceilings_double_up_to_the_cap(self) -> None:
+        """The longest wait doubles with each retry and stops at the cap."""
+        backoff = Backoff(base=0.1, cap=1.0)
+        assert [backoff.ceiling(n) for n in range(1, 7)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+
+    @given(retry=st.integers(1, 40), seed=st.integers(0, 2**32))
+    def test_full_jitter_bounds(self, retry: int, seed: int) -> None:
+        """A jittered delay is never negative and never above the retry's ceiling."""
+        backoff = Backoff(base=0.05, cap=2.0)
+        delay = backoff.delay(retry, FixedRandom(None, seed=seed))
+        assert 0.0 <= delay <= backoff.ceiling(retry)
+
+    def test_retries_wait_the_backoff(self, subject: Callable[..., Subject]) -> None:
+        """A recoverable failure is retried after the backoff: the fake clock records the waits,
+        and the events say the same."""
+        world = subject(max_attempts=4, backoff_base="100 ms", backoff_cap="1 s")
+        world.mood.plan = [NetworkError(operation="fetch"), NetworkError(operation="fetch")]
+        outcome = world.call("work", "x")
+        assert (outcome.value, outcome.attempts) == ("x", 3)
+        assert [e.kind for e in outcome.errors] == ["network", "network"]
+        assert world.clock.sleeps == [0.1, 0.2]
+        assert [e.delay for e in world.recorder.of(RetryScheduled)] == [0.1, 0.2]
+
+    def test_deadline_stops_retries(self, subject: Callable[..., Subject]) -> None:
+        """No retry starts that would end past the call's deadline."""
+        world = subject(max_attempts=10, deadline="1 s", backoff_base="400 ms", backoff_cap="10 s")
+        world.mood.plan = [NetworkError(operation="fetch")] * 10
+        with pytest.raises(ContextualError) as caught:
+            world.call("work", "x")
+        assert world.clock.sleeps == [0.4]
+        assert caught.value.context is not None
+        assert caught.value.context.environment.attempt == 2
+        assert [e.kind for e in caught.value.context.previous_errors] == ["network"]
+
+    def test_attempt_limit(self, subject: Callable[..., Subject]) -> None:
+        """A call makes at most max_attempts attempts."""
+        world = subject(max_attempts=3, backoff_base="1 ms")
+        world.mood.plan = [NetworkError(operation="fetch")] * 10
+        with pytest.raises(ContextualError):
+            world.call("work", "x")
+        assert world.mood.calls == 3
+
+    def test_retry_budget(self, subject: Callable[..., Subject]) -> None:
+        """Once the plugin's retry budget is spent, failures are no longer retried."""
+        world = subject(
+            max_attempts=5, backoff_base="1 ms", retry_budget_ratio=0.01, retry_budget_maximum=2
+        )
+        world.mood.plan = [NetworkError(operation="fetch")] * 20
+        with pytest.raises(ContextualError):
+            world.call("work", "x")
+        assert world.mood.calls == 3  # the first attempt and two retries: the budget held two
+        with pytest.raises(ContextualError):
+            world.call("work", "x")
+        assert world.mood.calls == 4  # no token left for a retry
+
+    def test_budget_refills(self) -> None:
+        """Each call earns a share of a retry, up to the maximum."""
+        budget = RetryBudget(ratio=0.5, maximum=2)
+        assert budget.withdraw() and budget.withdraw() and not budget.withdraw()
+        budget.deposit()
+        assert not budget.withdraw()
+        budget.deposit()
+        assert budget.withdraw()
+
+
+class TestRecovery:
+    def test_memory_is_raised_until_the_call_succeeds(
+        self, subject: Callable[..., Subject]
+    ) -> None:
+        """A plugin that needs 6 MiB under a 4 MiB limit succeeds on the retry at 8 MiB."""
+        world = subject(limits={"memory": "4 MiB"}, max_memory="16 MiB")
+        outcome = world.call("grow", 96)
+        assert (outcome.value, outcome.attempts) == (96, 2)
+        assert isinstance(outcome.errors[0], ResourceLimitExceeded)
+        (change,) = world.recorder.of(LimitsChanged)
+        assert (change.before.memory, change.after.memory) == (4 * MiB, 8 * MiB)
+
+    def test_memory_stops_at_the_ceiling(self, subject: Callable[..., Subject]) -> None:
+        """Raised limits never pass the manifest's ceiling, and recovery stops there."""
+        world = subject(limits={"memory": "4 MiB"}, max_memory="5 MiB", max_attempts=5)
+        with pytest.raises(ContextualError) as caught:
+            world.call("grow", 96)
+        assert isinstance(caught.value.error, ResourceLimitExceeded)
+        assert caught.value.error.limit == 5 * MiB
+        assert [c.after.memory for c in world.recorder.of(LimitsChanged)] == [5 * MiB]
+
+    def test_no_ceiling_no_raise(self, subject: Callable[..., Subject]) -> None:
+        """Without a ceiling in the manifest, a memory limit is never raised."""
+        world = subject(limits={"memory": "4 MiB"})
+        with pytest.raises(ContextualError):
+            world.call("grow", 96)
+        assert world.recorder.of(LimitsChanged) == []
+        assert len(world.recorder.of(AttemptFailed)) == 1
+
+    def test_security_violation_never_retried(self, engine: Engine) -> None:
+        """A capability violation is never retried, and raises a critical alert."""
+        clock = FakeClock()
+        with PluginHost.discover(clock=clock, random=FixedRandom()) as host:
+            outcome_error = None
+            with pytest.raises(ContextualError) as caught:
+                host.call("capability-thief", "steal")
+            outcome_error = caught.value.error
+        assert isinstance(outcome_error, SecurityViolation)
+        assert caught.value.context is not None
+        assert caught.value.context.environment.attempt == 1
+        assert clock.sleeps == []
+        assert [alert.reason for alert in host.alerts.raised] == ["security_violation"]
+
+    def test_timeout_extended_for_idempotent_functions(self, wasmtime_engine: Engine) -> None:
+        """A timed-out idempotent call is retried under a longer timeout and succeeds; a
+        non-idempotent one is never retried after a timeout."""
+        spin = calibrated_spin(wasmtime_engine)
+        quick = Subject(
+            wasmtime_engine,
+            limits={"timeout": spin.duration / 10},
+            max_timeout=spin.duration * 20,
+            growth=400,
+        )
+        outcome = quick.call("spin", spin.count)
+        assert (outcome.value, outcome.attempts) == (spin.count, 2)
+        assert isinstance(outcome.errors[0], DeadlineExceeded)
+        quick.host.close()
+        once = Subject(
+            wasmtime_engine,
+            limits={"timeout": spin.duration / 10},
+            max_timeout=spin.duration * 20,
+            growth=400,
+            spin_idempotent=False,
+        )
+        with pytest.raises(ContextualError) as caught:
+            once.call("spin", spin.count)
+        assert isinstance(caught.value.error, DeadlineExceeded)
+        assert caught.value.context is not None
+        assert caught.value.context.environment.attempt == 1
+        once.host.close()
+
+
+class Spin:
+    def __init__(self, count: int, duration: float) -> None:
+        self.count = count
+        self.duration = duration
+
+
+def calibrated_spin(engine: Engine) -> Spin:
+    """An input for `spin` that takes between 50 ms and 0.5 s here, measured, not assumed."""
+    host = PluginHost(blocked=())
+    host.register_policy(MoodProvider(Mood()))
+    host.load(manifest(engine))
+    count = 1000
+    while True:
+        started = time.perf_counter()
+        host.call("subject", "spin", count)
+        duration = time.perf_counter() - started
+        if duration >= 0.05:
+            host.close()
+            return Spin(count, duration)
+        count *= 4
+
+
+class TestBreaker:
+    def test_opens_fails_fast_and_closes_again(self, subject: Callable[..., Subject]) -> None:
+        """After the threshold the breaker opens and calls fail fast (a fallback may answer);
+        after the recovery time a probe closes it again."""
+        world = subject(
+            max_attempts=1,
+            fallbacks=["default"],
+            breaker={"failure_threshold": 3, "recovery_time": "30 s"},
+        )
+        world.mood.plan = [NetworkError(operation="fetch")] * 3
+        for _ in range(3):
+            assert world.call("work", "x").fallback == "default"
+        breaker = world.host.breaker("subject", "work")
+        assert breaker.state is BreakerState.OPEN
+        calls = world.mood.calls
+        outcome = world.call("work", "x")
+        assert outcome.fallback == "default"
+        assert outcome.error is not None and outcome.error.kind == "instance"
+        assert world.mood.calls == calls, "an open breaker does not call the plugin"
+        world.clock.advance(30)
+        assert world.call("work", "y").value == "y"
+        assert breaker.state is BreakerState.CLOSED
+        transitions = [(e.before, e.after) for e in world.recorder.of(BreakerStateChanged)]
+        assert transitions == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+
+    def test_caller_errors_do_not_trip(self, subject: Callable[..., Subject]) -> None:
+        """Errors the caller causes (unencodable input) never open the breaker."""
+        world = subject(max_attempts=1, breaker={"failure_threshold": 2})
+        for _ in range(5):
+            with pytest.raises(ContextualError):
+                world.call("work", {1, 2})
+        assert world.host.breaker("subject", "work").state is BreakerState.CLOSED
+
+    def test_runtime_errors_trip(self, subject: Callable[..., Subject]) -> None:
+        """Ordinary runtime errors (traps) do open the breaker."""
+        world = subject(max_attempts=1, breaker={"failure_threshold": 2})
+        for _ in range(2):
+            with pytest.raises(ContextualError):
+                world.call("trap")
+        assert world.host.breaker("subject", "trap").state is BreakerState.OPEN
+
+    def test_half_open_probe_cap_under_threads(self) -> None:
+        """Half-open, the breaker admits exactly its probe count, however many threads ask."""
+        clock = FakeClock()
+        breaker = CircuitBreaker(
+            "p.f", BreakerConfig(failure_threshold=1, half_open_probes=2, recovery_time=5), clock
+        )
+        breaker.record(breaker.acquire(), Verdict.FAILURE)
+        clock.advance(5)
+        barrier = threading.Barrier(8)
+        admitted: list[bool] = []
+        lock = threading.Lock()
+
+        def ask() -> None:
+            barrier.wait()
+            try:
+                breaker.acquire()
+            except PluginError:
+                result = False
+            else:
+                result = True
+            with lock:
+                admitted.append(result)
+
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(admitted) == [False] * 6 + [True] * 2
+
+    def test_failure_ratio(self) -> None:
+        """With a ratio set, the breaker opens on the share of failures in the window."""
+        clock = FakeClock()
+        breaker = CircuitBreaker(
+            "p.f",
+            BreakerConfig(failure_threshold=100, failure_ratio=0.5, min_calls=4, window=10),
+            clock,
+        )
+        for verdict in (Verdict.SUCCESS, Verdict.FAILURE, Verdict.SUCCESS):
+            breaker.record(breaker.acquire(), verdict)
+            clock.advance(1)
+        assert breaker.state is BreakerState.CLOSED
+        breaker.record(breaker.acquire(), Verdict.FAILURE)
+        assert breaker.state is BreakerState.OPEN
+
+    def test_manual_control(self) -> None:
+        """A breaker opens and closes by hand, with an event each time."""
+        seen: list[tuple[str, str]] = []
+        breaker = CircuitBreaker(
+            "p.f", BreakerConfig(), FakeClock(), lambda b, a, r: seen.append((b.value, a.value))
+        )
+        breaker.force_open()
+        with pytest.raises(PluginError):
+            breaker.acquire()
+        breaker.force_close()
+        breaker.acquire()
+        assert seen == [("closed", "open"), ("open", "closed")]
+
+
+class BreakerModel(RuleBasedStateMachine):
+    """The breaker against a reference model, over random calls, results and clock moves."""
+
+    config = BreakerConfig(
+        failure_threshold=3, recovery_time=10.0, half_open_probes=2, success_threshold=2
+    )
+
+    @initialize()
+    def start(self) -> None:
+        self.clock = FakeClock()
+        self.transitions: list[tuple[BreakerState, BreakerState]] = []
+        self.breaker = CircuitBreaker(
+            "p.f", self.config, self.clock, lambda b, a, _: self.transitions.append((b, a))
+        )
+        self.state = BreakerState.CLOSED
+        self.generation = 0
+        self.failures = 0
+        self.successes = 0
+        self.probes = 0
+        self.opened_at = 0.0
+        self.held: list[tuple[Any, Verdict, int]] = []
+
+    def _move(self, state: BreakerState) -> None:
+        if state is BreakerState.OPEN:
+            self.opened_at = self.clock.monotonic()
+        self.state, self.failures, self.successes, self.probes = state, 0, 0, 0
+        self.generation += 1
+
+    def _tick(self) -> None:
+        if (
+            self.state is BreakerState.OPEN
+            and self.clock.monotonic() >= self.opened_at + self.config.recovery_time
+        ):
+            self._move(BreakerState.HALF_OPEN)
+
+    @rule(seconds=st.sampled_from([0.5, 3.0, 10.0]))
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule(verdict=st.sampled_from(list(Verdict)), hold=st.booleans())
+    def call(self, verdict: Verdict, hold: bool) -> None:
+        self._tick()
+        admitted = self.state is BreakerState.CLOSED or (
+            self.state is BreakerState.HALF_OPEN and self.probes < self.config.half_open_probes
+        )
+        try:
+            permit = self.breaker.acquire()
+        except PluginError:
+            assert not admitted
+            return
+        assert admitted
+        if self.state is BreakerState.HALF_OPEN:
+            self.probes += 1
+        if hold:
+            self.held.append((permit, verdict, self.generation))
+        else:
+            self._record(permit, verdict, self.generation)
+
+    @rule()
+    def release_held(self) -> None:
+        if self.held:
+            self._record(*self.held.pop(0))
+
+    @rule()
+    def force_open(self) -> None:
+        self.breaker.force_open()
+        self._tick()
+        self._move(BreakerState.OPEN)
+
+    def _record(self, permit: Any, verdict: Verdict, generation: int) -> None:
+        self._tick()
+        self.breaker.record(permit, verdict)
+        if generation != self.generation:
+            return  # a call from before a transition does not count
+        if self.state is BreakerState.HALF_OPEN:
+            self.probes -= 1
+        if verdict is Verdict.IGNORED:
+            return
+        if self.state is BreakerState.HALF_OPEN:
+            if verdict is Verdict.FAILURE:
+                self._move(BreakerState.OPEN)
+            else:
+                self.successes += 1
+                if self.successes >= self.config.success_threshold:
+                    self._move(BreakerState.CLOSED)
+        elif self.state is BreakerState.CLOSED:
+            if verdict is Verdict.FAILURE:
+                self.failures += 1
+                if self.failures >= self.config.failure_threshold:
+                    self._move(BreakerState.OPEN)
+            else:
+                self.failures = 0
+
+    @invariant()
+    def same_state(self) -> None:
+        self._tick()
+        assert self.breaker.state is self.state
+
+    @invariant()
+    def legal_transitions(self) -> None:
+        legal = {
+            (BreakerState.CLOSED, BreakerState.OPEN),
+            (BreakerState.OPEN, BreakerState.HALF_OPEN),
+            (BreakerState.HALF_OPEN, BreakerState.OPEN),
+            (BreakerState.HALF_OPEN, BreakerState.CLOSED),
+        }
+        assert set(self.transitions) <= legal
+
+    @invariant()
+    def counters_match(self) -> None:
+        counters = self.breaker.counters()
+        assert counters["consecutive_failures"] == self.failures
+        assert counters["consecutive_successes"] == self.successes
+        assert counters["probes_in_flight"] == self.probes
+
+
+TestBreakerModel = BreakerModel.TestCase
+
+
+class TestFallbacks:
+    def test_cache(self, subject: Callable[..., Subject]) -> None:
+        """A failed call of an idempotent function is answered from its last result."""
+        world = subject(max_attempts=1, fallbacks=["cache"], cache_ttl="60 s")
+        assert world.call("work", {"q": 1}).value == {"q": 1}
+        world.mood.plan = [NetworkError(operation="fetch")]
+        world.clock.advance(30)
+        outcome = world.call("work", {"q": 1})
+        assert (outcome.value, outcome.fallback) == ({"q": 1}, "cache")
+        assert outcome.quality == pytest.approx(0.45)
+        assert isinstance(outcome.error, NetworkError)
+        world.mood.plan = [NetworkError(operation="fetch")]
+        world.clock.advance(31)
+        with pytest.raises(ContextualError):
+            world.call("work", {"q": 1})
+
+    def test_simplified(self, subject: Callable[..., Subject]) -> None:
+        """The cheaper export named in the manifest answers."""
+        world = subject(max_attempts=1, fallbacks=["simplified"])
+        world.mood.plan = [NetworkError(operation="fetch")]
+        outcome = world.call("work", "x")
+        assert (outcome.value, outcome.fallback, outcome.quality) == ("rough", "simplified", 0.6)
+
+    def test_external(self, engine: Engine) -> None:
+        """A callable the host application supplies answers."""
+        world = Subject(
+            engine,
+            external=lambda function, value: {"external": function, "input": value},
+            max_attempts=1,
+            fallbacks=["external"],
+        )
+        world.mood.plan = [NetworkError(operation="fetch")]
+        outcome = world.call("work", 7)
+        assert outcome.value == {"external": "work", "input": 7}
+        assert (outcome.fallback, outcome.quality) == ("external", 0.7)
+        world.host.close()
+
+    def test_default(self, subject: Callable[..., Subject]) -> None:
+        """The manifest's default value answers, and the event names the strategy."""
+        world = subject(max_attempts=1, fallbacks=["default"])
+        world.mood.plan = [NetworkError(operation="fetch")]
+        outcome = world.call("work", "x")
+        assert (outcome.value, outcome.fallback, outcome.quality) == (
+            {"fallback": True},
+            "default",
+            0.3,
+        )
+        (used,) = world.recorder.of(FallbackUsed)
+        assert (used.strategy, used.error.kind) == ("default", "network")
+
+    def test_order_follows_the_manifest(self, subject: Callable[..., Subject]) -> None:
+        """Strategies are tried in the manifest's order."""
+        world = subject(max_attempts=1, fallbacks=["default", "simplified"])
+        world.mood.plan = [NetworkError(operation="fetch")]
+        assert world.call("work", "x").fallback == "default"
+
+
+class TestReporters:
+    def test_one_event_per_attempt_and_transition(self, subject: Callable[..., Subject]) -> None:
+        """Every attempt gives exactly one attempt event, every call one CallFinished, every
+        breaker transition one event."""
+        world = subject(max_attempts=2, backoff_base="1 ms", breaker={"failure_threshold": 3})
+        world.mood.plan = [NetworkError(operation="fetch")] * 3
+        outcomes = []
+        for value in range(4):
+            try:
+                outcomes.append(world.call("work", value).attempts)
+            except ContextualError as failure:
+                assert failure.context is not None
+                outcomes.append(failure.context.environment.attempt)
+        attempts = world.recorder.of(AttemptSucceeded) + world.recorder.of(AttemptFailed)
+        assert len(attempts) == world.mood.calls
+        assert len(world.recorder.of(CallFinished)) == 4
+        assert len({(e.call_id, e.attempt) for e in attempts}) == len(attempts)
+        transitions = world.recorder.of(BreakerStateChanged)
+        assert [(e.before, e.after) for e in transitions] == [("closed", "open")]
+
+    def test_raising_reporter_changes_nothing(self, subject: Callable[..., Subject]) -> None:
+        """A reporter that raises changes no outcome, and the others still see every event."""
+        world = subject(max_attempts=2, backoff_base="1 ms")
+
+        class Broken:
+            @hookimpl(tryfirst=True)
+            def wasm_plugins_report(self, event: PolicyEvent) -> None:
+                raise RuntimeError("reporter bug")
+
+        world.host.register_policy(Broken())
+        world.mood.plan = [NetworkError(operation="fetch")]
+        assert world.call("work", "x").value == "x"
+        names = [event.name for event in world.recorder.events]
+        assert names == ["attempt_failed", "retry_scheduled", "attempt_succeeded", "call_finished"]
+
+    def test_metrics(self, subject: Callable[..., Subject]) -> None:
+        """The metrics reporter counts attempts, retries and calls, and times calls."""
+        world = subject(max_attempts=2, backoff_base="1 ms")
+        world.mood.plan = [NetworkError(operation="fetch")]
+        world.call("work", "x")
+        metrics = world.host.metrics
+        assert metrics.count("attempts", plugin="subject", function="work", result="network") == 1
+        assert metrics.count("attempts", plugin="subject", function="work", result="value") == 1
+        assert metrics.count("retries", plugin="subject", function="work") == 1
+        assert metrics.count("calls", plugin="subject", function="work", outcome="value") == 1
+        assert metrics.snapshot()["latency_seconds"]["subject.work"]["count"] == 1
+
+
+class TestOrdering:
+    def test_third_party_recovery_wins(self, subject: Callable[..., Subject]) -> None:
+        """A third party's recovery answer wins over the built-in one."""
+        world = subject(max_attempts=3)
+
+        class NeverRetry:
+            @hookimpl
+            def wasm_plugins_recovery_action(self, error: PluginError) -> Abort:
+                return Abort(reason="this host never retries")
+
+        world.host.register_policy(NeverRetry())
+        world.mood.plan = [NetworkError(operation="fetch")]
+        with pytest.raises(ContextualError):
+            world.call("work", "x")
+        assert world.mood.calls == 1
+
+    def test_tryfirst_and_trylast(self, subject: Callable[..., Subject]) -> None:
+        """tryfirst answers before plain implementations, trylast after them."""
+        world = subject(max_attempts=3)
+
+        class Last:
+            @hookimpl(trylast=True)
+            def wasm_plugins_recovery_action(self) -> Abort:
+                return Abort(reason="last")
+
+        class Plain:
+            @hookimpl
+            def wasm_plugins_recovery_action(self) -> Retry:
+                return Retry(delay=0.0, reason="plain")
+
+        class First:
+            @hookimpl(tryfirst=True)
+            def wasm_plugins_recovery_action(self, call: Any) -> UseValue | None:
+                return UseValue(value="first", quality=0.9) if call.attempt >= 2 else None
+
+        for policy in (First(), Last(), Plain()):
+            world.host.register_policy(policy)
+        world.mood.plan = [NetworkError(operation="fetch")] * 5
+        outcome = world.call("work", "x")
+        assert (outcome.value, outcome.attempts, outcome.fallback) == ("first", 2, "recovery")
+        assert [e.reason for e in world.recorder.of(RetryScheduled)] == ["plain"]
+
+    def test_builtin_blocked_by_name(self, engine: Engine) -> None:
+        """With builtin-recovery blocked, nothing is retried."""
+        world = Subject(engine, max_attempts=3)
+        world.host.close()
+        clock = FakeClock()
+        host = PluginHost(clock=clock, random=FixedRandom(), blocked={"builtin-recovery"})
+        mood = Mood()
+        host.register_policy(MoodProvider(mood))
+        host.load(manifest(engine, max_attempts=3))
+        mood.plan = [NetworkError(operation="fetch")]
+        with pytest.raises(ContextualError):
+            host.call("subject", "work", "x")
+        assert mood.calls == 1
+        host.close()
+
+    def test_third_party_recovery_from_entry_point(
+        self, engine: Engine, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A recovery hook installed through an entry point wins over the built-in one."""
+        import importlib
+
+        from tests.test_host import make_distribution
+
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.delenv("WASM_PLUGINS_DISABLE", raising=False)
+        make_distribution(
+            tmp_path,
+            "thirdparty-patient",
+            """
+from wasm_plugins import hookimpl
+from wasm_plugins.policy import UseValue
+
+@hookimpl
+def wasm_plugins_recovery_action(error, call):
+    if call.plugin == "memory-bomb":
+        return UseValue(value="defused", quality=0.5, strategy="thirdparty")
+""",
+        )
+        importlib.invalidate_caches()
+        with PluginHost.discover(clock=FakeClock()) as host:
+            outcome = host.invoke("memory-bomb", "explode")
+        assert (outcome.value, outcome.fallback) == ("defused", "thirdparty")
+
+    def test_classification_changes_the_policy(self, subject: Callable[..., Subject]) -> None:
+        """A classifier that calls a trap recoverable makes the built-in recovery retry it."""
+        world = subject(max_attempts=2, backoff_base="1 ms")
+
+        class Lenient:
+            @hookimpl
+            def wasm_plugins_classify_error(self, error: PluginError) -> Classification | None:
+                if isinstance(error, ExecutionError):
+                    return Classification(recovery_potential=RecoveryPotential.RECOVERABLE)
+                return None
+
+        world.host.register_policy(Lenient())
+        with pytest.raises(ContextualError) as caught:
+            world.call("trap")
+        assert caught.value.error.recovery_potential is RecoveryPotential.RECOVERABLE
+        assert len(world.recorder.of(AttemptFailed)) == 2
+
+    def test_failing_and_slow_hooks_are_skipped(self, subject: Callable[..., Subject]) -> None:
+        """A recovery hook that raises, or takes longer than the recovery timeout, counts as no
+        answer and is reported; the built-in answer is used."""
+        world = subject(max_attempts=2, backoff_base="1 ms")
+        clock = world.clock
+
+        class Raising:
+            @hookimpl
+            def wasm_plugins_recovery_action(self) -> None:
+                raise ValueError("recovery bug")
+
+        class Slow:
+            @hookimpl
+            def wasm_plugins_recovery_action(self) -> Abort:
+                clock.advance(5.0)
+                return Abort(reason="too late to count")
+
+        world.host.register_policy(Raising())
+        world.host.register_policy(Slow())
+        world.mood.plan = [NetworkError(operation="fetch")]
+        assert world.call("work", "x").attempts == 2
+        reasons = [e.reason for e in world.recorder.of(HookFailed)]
+        assert len(reasons) == 2
+        assert any("recovery bug" in reason for reason in reasons)
+        assert any("recovery timeout" in reason for reason in reasons)
+
+
+def test_conformance_module_still_loads() -> None:
+    """The policy changes nothing for the conformance module (sanity)."""
+    assert (ROOT / "hostapi" / "conformance" / "abi.wat").exists()
