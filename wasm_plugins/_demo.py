@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 import attrs
 
+from wasm_plugins._demo_policy import run_policy_demo
 from wasm_plugins.engine import Engine, default_registry
 from wasm_plugins.errors import ContextualError, PluginError
 from wasm_plugins.host import PluginHost
@@ -265,6 +266,7 @@ def run_demo(
     """
     results: list[HostCallResult] = []
     hosted = _demo_host(out, discover or PluginHost.discover, results)
+    policy_rows = run_policy_demo(out)
     folder = find_hostapi(hostapi)
     if folder is None:
         out.write(
@@ -275,6 +277,9 @@ def run_demo(
         _demo_conformance(out, folder)
     if results:
         _summary(out, results)
+    out.write("\n== Policy outcomes\n")
+    for caption, outcome in policy_rows:
+        out.write(f"  {caption:<52} {outcome}\n")
     if not hosted and folder is None:
         return 2
     out.write("\nEvery failure above is a typed error; the host process kept running.\n")

@@ -88,6 +88,7 @@ class CallState:
     started: float
     deadline: float | None
     attempt: int = 0
+    attempt_started: float = 0.0
     limits: Limits = attrs.field(factory=Limits)
     errors: list[PluginError] = attrs.field(factory=list)
 
@@ -133,7 +134,6 @@ class CallPipeline:
         self._budgets: dict[str, RetryBudget] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._attempt_started = 0.0
 
     # -- per-plugin state ---------------------------------------------------------------------
 
@@ -256,7 +256,7 @@ class CallPipeline:
         from wasm_plugins.host import Attempt
 
         limits = None if call.limits == call.manifest.limits else call.limits
-        self._attempt_started = started = self._clock.monotonic()
+        call.attempt_started = started = self._clock.monotonic()
         try:
             value = self._host.hooks.attempt(
                 Attempt(self._host, call.plugin, call.function, call.input, call.attempt, limits)
@@ -309,7 +309,6 @@ class CallPipeline:
         now = self._clock.monotonic()
         error = self._annotate(self._classify(failure, call), call)
         call.errors.append(error)
-        breaker.record(permit, Verdict.IGNORED if caused_by_caller(error) else Verdict.FAILURE)
         self.report(
             AttemptFailed(
                 call.plugin,
@@ -317,10 +316,11 @@ class CallPipeline:
                 call.call_id,
                 now,
                 call.attempt,
-                now - self._attempt_started,
+                now - call.attempt_started,
                 error,
             )
         )
+        breaker.record(permit, Verdict.IGNORED if caused_by_caller(error) else Verdict.FAILURE)
         return error
 
     def _retry(
