@@ -98,6 +98,27 @@ class PluginInfo:
         return self.manifest.name
 
 
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's manager, counting changes to its plugins so that the policy can keep the lists
+    of implementations it calls until they change."""
+
+    generation = 0
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        result = super().register(plugin, name)
+        self.generation += 1
+        return result
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
+        result = super().unregister(plugin, name)
+        self.generation += 1
+        return result
+
+    def set_blocked(self, name: str) -> None:
+        super().set_blocked(name)
+        self.generation += 1
+
+
 class _Hooks:
     """Typed calls of every hook the host calls (pluggy cannot type ``manager.hook.*``)."""
 
@@ -204,7 +225,7 @@ class PluginHost:
             )
         self.engine_name = engine
         self.isolation = isolation
-        self.manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.manager = _PluginManager(hookspecs.PROJECT_NAME)
         self.manager.add_hookspecs(hookspecs)
         self.hooks = _Hooks(self.manager)
         self.blocked = frozenset(blocked) if blocked is not None else blocked_names()

@@ -17,15 +17,15 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from wasm_plugins.errors import PluginError
 from wasm_plugins.hookspecs import hookimpl
-from wasm_plugins.policy import CallState, FallbackResult
+from wasm_plugins.policy import AttemptSucceeded, CallState, FallbackResult, PolicyEvent
 
 if TYPE_CHECKING:
-    from wasm_plugins.host import Attempt, PluginHost
+    from wasm_plugins.host import PluginHost
 
 __all__ = ["CACHE_QUALITY", "QUALITY", "BuiltinFallbacks", "ResultCache", "input_key"]
 
@@ -107,15 +107,15 @@ class BuiltinFallbacks:
                     self._caches[plugin] = cache
         return cache
 
-    @hookimpl(wrapper=True)
-    def wasm_plugins_attempt(self, attempt: Attempt) -> Generator[None, Any, Any]:
+    @hookimpl(trylast=True)
+    def wasm_plugins_report(self, event: PolicyEvent) -> None:
         """Remember successful results of idempotent functions for the cache strategy."""
-        value = yield
-        manifest = self._host._info(attempt.plugin).manifest
-        spec = manifest.functions.get(attempt.function)
+        if not isinstance(event, AttemptSucceeded):
+            return
+        manifest = self._host._info(event.plugin).manifest
+        spec = manifest.functions.get(event.function)
         if spec is not None and spec.idempotent and "cache" in manifest.policy.fallbacks:
-            self.cache(attempt.plugin).put(input_key(attempt.function, attempt.input), value)
-        return value
+            self.cache(event.plugin).put(input_key(event.function, event.input), event.value)
 
     @hookimpl(trylast=True)
     def wasm_plugins_fallback(self, error: PluginError, call: CallState) -> FallbackResult | None:

@@ -15,6 +15,7 @@ logged and changes nothing, and the others still see the event.
 
 from __future__ import annotations
 
+import bisect
 import importlib
 import os
 import threading
@@ -68,7 +69,12 @@ class LogReporter:
 
     @hookimpl(trylast=True)
     def wasm_plugins_report(self, event: PolicyEvent) -> None:
-        """Log the event with its fields bound."""
+        """Log the event with its fields bound; plain successes are counted by the metrics,
+        not logged (a log line per call would cost more than the call)."""
+        if isinstance(event, AttemptSucceeded) or (
+            isinstance(event, CallFinished) and event.outcome == "value"
+        ):
+            return
         fields: dict[str, Any] = {
             "event": event.name,
             "plugin": event.plugin,
@@ -81,8 +87,6 @@ class LogReporter:
             fields.update(_error_fields(event.error), attempt=event.attempt)
             level = "ERROR" if event.error.severity is Severity.CRITICAL else "WARNING"
             message = f"attempt {event.attempt} failed: {event.error.message}"
-        elif isinstance(event, AttemptSucceeded):
-            fields.update(attempt=event.attempt, duration=event.duration)
         elif isinstance(event, RetryScheduled):
             fields.update(attempt=event.attempt, delay=event.delay, reason=event.reason)
             level, message = "INFO", f"retry {event.attempt} in {event.delay:.3f} s: {event.reason}"
@@ -113,26 +117,26 @@ class MetricsReporter:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
+        self._counters: Counter[tuple[str, str, str, str, str]] = Counter()
         self._latency: dict[tuple[str, str], list[int]] = {}
         self._latency_sum: dict[tuple[str, str], float] = {}
         self._prometheus = _PrometheusMetrics.create()
 
-    def _count(self, name: str, **labels: str) -> None:
-        key = (name, tuple(sorted(labels.items())))
+    def _count(self, name: str, plugin: str, function: str, label: str, value: str) -> None:
+        key = (name, plugin, function, label, value)
         with self._lock:
             self._counters[key] += 1
         if self._prometheus is not None:
-            self._prometheus.count(name, labels)
+            self._prometheus.count(name, {"plugin": plugin, "function": function, label: value})
 
     def _observe(self, plugin: str, function: str, seconds: float) -> None:
         key = (plugin, function)
+        index = bisect.bisect_left(LATENCY_BUCKETS, seconds)
         with self._lock:
-            buckets = self._latency.setdefault(key, [0] * len(LATENCY_BUCKETS))
-            for index, bound in enumerate(LATENCY_BUCKETS):
-                if seconds <= bound:
-                    buckets[index] += 1
-                    break
+            buckets = self._latency.get(key)
+            if buckets is None:
+                buckets = self._latency[key] = [0] * len(LATENCY_BUCKETS)
+            buckets[index] += 1
             self._latency_sum[key] = self._latency_sum.get(key, 0.0) + seconds
         if self._prometheus is not None:
             self._prometheus.observe(plugin, function, seconds)
@@ -142,25 +146,26 @@ class MetricsReporter:
         """Count the event."""
         plugin, function = event.plugin, event.function
         if isinstance(event, AttemptSucceeded):
-            self._count("attempts", plugin=plugin, function=function, result="value")
-        elif isinstance(event, AttemptFailed):
-            self._count("attempts", plugin=plugin, function=function, result=event.error.kind)
-        elif isinstance(event, RetryScheduled):
-            self._count("retries", plugin=plugin, function=function)
-        elif isinstance(event, BreakerStateChanged):
-            self._count("breaker_transitions", plugin=plugin, function=function, to=event.after)
-        elif isinstance(event, FallbackUsed):
-            self._count("fallbacks", plugin=plugin, function=function, strategy=event.strategy)
+            self._count("attempts", plugin, function, "result", "value")
         elif isinstance(event, CallFinished):
-            self._count("calls", plugin=plugin, function=function, outcome=event.outcome)
+            self._count("calls", plugin, function, "outcome", event.outcome)
             self._observe(plugin, function, event.duration)
+        elif isinstance(event, AttemptFailed):
+            self._count("attempts", plugin, function, "result", event.error.kind)
+        elif isinstance(event, RetryScheduled):
+            self._count("retries", plugin, function, "", "")
+        elif isinstance(event, BreakerStateChanged):
+            self._count("breaker_transitions", plugin, function, "to", event.after)
+        elif isinstance(event, FallbackUsed):
+            self._count("fallbacks", plugin, function, "strategy", event.strategy)
 
     def snapshot(self) -> dict[str, Any]:
         """Every counter (``{name: {"label=value,...": count}}``) and histogram, as plain data."""
         with self._lock:
             counters: dict[str, dict[str, int]] = {}
-            for (name, labels), count in sorted(self._counters.items()):
-                label_text = ",".join(f"{key}={value}" for key, value in labels)
+            for (name, plugin, function, label, value), count in sorted(self._counters.items()):
+                labels = {"function": function, "plugin": plugin, label: value}
+                label_text = ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k)
                 counters.setdefault(name, {})[label_text] = count
             histograms = {
                 f"{plugin}.{function}": {
@@ -172,10 +177,12 @@ class MetricsReporter:
             }
         return {"counters": counters, "latency_seconds": histograms}
 
-    def count(self, name: str, **labels: str) -> int:
-        """One counter's value (0 when never counted)."""
+    def count(self, name: str, plugin: str, function: str, **label: str) -> int:
+        """One counter's value (0 when never counted): ``count("calls", "p", "f",
+        outcome="value")``; ``retries`` takes no label."""
+        ((key, value),) = label.items() if label else (("", ""),)
         with self._lock:
-            return self._counters[(name, tuple(sorted(labels.items())))]
+            return self._counters[(name, plugin, function, key, value)]
 
     def prometheus_text(self) -> str | None:
         """The metrics in Prometheus' exposition format, or None without prometheus_client."""
@@ -206,6 +213,7 @@ class _PrometheusMetrics:
         return cls(client)
 
     def count(self, name: str, labels: dict[str, str]) -> None:
+        labels = {key: value for key, value in labels.items() if key}
         counter = self._counters.get(name)
         if counter is None:
             counter = self._client.Counter(
@@ -255,7 +263,8 @@ class AlertReporter:
         self.threshold = threshold
         self.min_calls = min_calls
         self.raised: deque[Alert] = deque(maxlen=keep)
-        self._outcomes: dict[str, deque[tuple[float, bool]]] = {}
+        self._outcomes: dict[str, deque[list[int]]] = {}
+        self._totals: dict[str, list[int]] = {}
         self._firing: set[str] = set()
         self._lock = threading.Lock()
 
@@ -282,16 +291,29 @@ class AlertReporter:
             self._watch_rate(event)
 
     def _watch_rate(self, event: CallFinished) -> None:
+        # Outcomes are counted in one-second buckets: the work per call does not grow with
+        # the traffic, and neither does the memory.
         now = self._clock()
+        second = int(now)
+        failed = event.outcome != "value"
         with self._lock:
-            outcomes = self._outcomes.setdefault(event.plugin, deque())
-            outcomes.append((now, event.outcome != "value"))
-            while outcomes and outcomes[0][0] <= now - self.window:
-                outcomes.popleft()
-            failures = sum(1 for _, failed in outcomes if failed)
-            rate = failures / len(outcomes)
-            enough = len(outcomes) >= self.min_calls
-            fire = enough and rate >= self.threshold and event.plugin not in self._firing
+            buckets = self._outcomes.setdefault(event.plugin, deque())
+            totals = self._totals.setdefault(event.plugin, [0, 0])
+            if buckets and buckets[-1][0] == second:
+                buckets[-1][1] += 1
+                buckets[-1][2] += int(failed)
+            else:
+                buckets.append([second, 1, int(failed)])
+            totals[0] += 1
+            totals[1] += int(failed)
+            while buckets and buckets[0][0] <= now - self.window:
+                _, old_calls, old_failures = buckets.popleft()
+                totals[0] -= old_calls
+                totals[1] -= old_failures
+            calls, failures = totals
+            rate = failures / calls
+            fire = calls >= self.min_calls and rate >= self.threshold
+            fire = fire and event.plugin not in self._firing
             if fire:
                 self._firing.add(event.plugin)
             elif rate < self.threshold:
@@ -303,7 +325,7 @@ class AlertReporter:
                     event.plugin,
                     event.function,
                     "error_rate",
-                    f"{event.plugin}: {failures} of the last {len(outcomes)} calls failed "
+                    f"{event.plugin}: {failures} of the last {calls} calls failed "
                     f"({rate:.0%}, threshold {self.threshold:.0%})",
                 )
             )

@@ -7,6 +7,7 @@ ends with exactly one :class:`CallFinished`; every breaker transition is one
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import attrs
@@ -42,6 +43,7 @@ class PolicyEvent:
         return _snake(type(self).__name__)
 
 
+@functools.cache
 def _snake(name: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
@@ -52,6 +54,10 @@ class AttemptSucceeded(PolicyEvent):
 
     attempt: int
     duration: float
+    input: Any = attrs.field(default=None, repr=False, eq=False)
+    """The call's input (the same object the caller passed: do not change it)."""
+    value: Any = attrs.field(default=None, repr=False, eq=False)
+    """The value the attempt returned (the caller gets this very object: do not change it)."""
 
 
 @attrs.frozen

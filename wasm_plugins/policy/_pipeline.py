@@ -134,6 +134,8 @@ class CallPipeline:
         self._budgets: dict[str, RetryBudget] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self._implementations: dict[str, tuple[int | None, list[Any]]] = {}
+        self._direct_attempt: tuple[int | None, bool] = (None, False)
 
     # -- per-plugin state ---------------------------------------------------------------------
 
@@ -258,9 +260,15 @@ class CallPipeline:
         limits = None if call.limits == call.manifest.limits else call.limits
         call.attempt_started = started = self._clock.monotonic()
         try:
-            value = self._host.hooks.attempt(
-                Attempt(self._host, call.plugin, call.function, call.input, call.attempt, limits)
-            )
+            if self._only_builtin_attempt():
+                # Nobody else implements or wraps the attempt hook: skip pluggy's dispatch.
+                value = self._host._sandbox(call.plugin, limits).call(call.function, call.input)
+            else:
+                value = self._host.hooks.attempt(
+                    Attempt(
+                        self._host, call.plugin, call.function, call.input, call.attempt, limits
+                    )
+                )
         except PluginError as error:
             return error
         except Exception as exc:
@@ -274,7 +282,14 @@ class CallPipeline:
         now = self._clock.monotonic()
         self.report(
             AttemptSucceeded(
-                call.plugin, call.function, call.call_id, now, call.attempt, now - started
+                call.plugin,
+                call.function,
+                call.call_id,
+                now,
+                call.attempt,
+                now - started,
+                call.input,
+                value,
             )
         )
         return value
@@ -451,12 +466,31 @@ class CallPipeline:
     # -- hooks ----------------------------------------------------------------------------------
 
     def _each(self, hook_name: str) -> list[Any]:
-        caller = getattr(self._host.manager.hook, hook_name)
-        return [
+        """The plain implementations of a hook in call order, cached until plugins change."""
+        manager = self._host.manager
+        generation = getattr(manager, "generation", None)
+        cached = self._implementations.get(hook_name)
+        if cached is not None and generation is not None and cached[0] == generation:
+            return cached[1]
+        caller = getattr(manager.hook, hook_name)
+        implementations = [
             impl
             for impl in reversed(caller.get_hookimpls())
             if not (impl.hookwrapper or impl.wrapper)
         ]
+        self._implementations[hook_name] = (generation, implementations)
+        return implementations
+
+    def _only_builtin_attempt(self) -> bool:
+        manager = self._host.manager
+        generation = getattr(manager, "generation", None)
+        if generation is None or self._direct_attempt[0] != generation:
+            implementations = manager.hook.wasm_plugins_attempt.get_hookimpls()
+            direct = (
+                len(implementations) == 1 and implementations[0].plugin_name == "builtin-attempt"
+            )
+            self._direct_attempt = (generation, direct)
+        return self._direct_attempt[1]
 
     def _first_answer(self, hook_name: str, call: CallState, **arguments: Any) -> Any:
         """The first non-None answer, implementation by implementation; an implementation that
@@ -521,7 +555,10 @@ class CallPipeline:
         """Hand an event to every reporter; one that raises is logged and the others still run."""
         for impl in self._each("wasm_plugins_report"):
             try:
-                impl.function(**{name: event for name in impl.argnames})
+                if impl.argnames:
+                    impl.function(event)
+                else:
+                    impl.function()
             except Exception as exc:
                 logger.bind(reporter=impl.plugin_name, event=event.name).error(
                     "reporter failed: {}: {}", type(exc).__name__, exc
