@@ -10,6 +10,7 @@ process boundaries and reach logs intact.
 from __future__ import annotations
 
 import enum
+import itertools
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -116,8 +117,14 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# Unique across processes (a random prefix per process) and cheap within one (a counter):
+# an id is made for every failed call, and uuid4 costs more than the rest of a fast fail.
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ID_COUNTER = itertools.count(1)
+
+
 def _new_execution_id() -> str:
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 @attrs.frozen
@@ -146,7 +153,7 @@ def _issues(value: Sequence[ValidationIssue]) -> tuple[ValidationIssue, ...]:
     return tuple(value)
 
 
-@attrs.define(auto_exc=True, kw_only=True)
+@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
 class PluginError(Exception):
     """Base of every error the framework raises about a plugin.
 
@@ -211,7 +218,7 @@ class PluginError(Exception):
         return error_from_dict(data)
 
 
-@attrs.define(auto_exc=True, kw_only=True)
+@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
 class CompilationError(PluginError):
     """WAT text or source does not compile."""
 
@@ -229,7 +236,7 @@ class CompilationError(PluginError):
         return f"Compilation failed{where}: {first.message}"
 
 
-@attrs.define(auto_exc=True, kw_only=True)
+@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
 class ModuleError(PluginError):
     """The bytes are not a valid module, or an export the ABI needs is missing."""
 
@@ -250,7 +257,7 @@ class ModuleError(PluginError):
         return f"Invalid module{where}: {first.message}"
 
 
-@attrs.define(auto_exc=True, kw_only=True)
+@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
 class ExecutionError(PluginError):
     """The guest trapped (unreachable, divide by zero, out of bounds, stack exhausted) or reported
     an error through the ``error`` host import (``trap == "guest_error"``)."""
@@ -267,7 +274,7 @@ class ExecutionError(PluginError):
         return f"Guest trapped: {self.trap.replace('_', ' ')}"
 
 
-@attrs.define(auto_exc=True, kw_only=True)
+@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
 class ResourceLimitExceeded(PluginError):
     """A limit was reached: memory, fuel, input or output size, concurrency."""
 
@@ -300,7 +307,7 @@ class ResourceLimitExceeded(PluginError):
         return f"Resource limit exceeded: {self.resource}{figures}"
 
 
-@attrs.define(auto_exc=True, kw_only=True)
+@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
 class SecurityViolation(PluginError):
     """A capability was denied, at link time or at run time."""
 
@@ -318,7 +325,7 @@ class SecurityViolation(PluginError):
         return f"Security violation: {what}{on}"
 
 
-@attrs.define(auto_exc=True, kw_only=True)
+@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
 class HostIOError(PluginError):
     """A host function's file work failed."""
 
@@ -335,7 +342,7 @@ class HostIOError(PluginError):
         return f"I/O error: {self.operation}{on} failed" + (f" ({self.code})" if self.code else "")
 
 
-@attrs.define(auto_exc=True, kw_only=True)
+@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
 class NetworkError(PluginError):
     """A host function's network work failed."""
 
@@ -354,7 +361,7 @@ class NetworkError(PluginError):
         )
 
 
-@attrs.define(auto_exc=True, kw_only=True)
+@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
 class ConfigurationError(PluginError):
     """A manifest or host setting is invalid, or an engine cannot enforce what was asked."""
 
@@ -373,7 +380,7 @@ class ConfigurationError(PluginError):
         return f"Invalid configuration: {self.field}" if self.field else "Invalid configuration"
 
 
-@attrs.define(auto_exc=True, kw_only=True)
+@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
 class InstanceError(PluginError):
     """Instantiation failed (a trap in the start function, a missing import) or a worker died."""
 
@@ -391,7 +398,7 @@ class InstanceError(PluginError):
         return "Instance failed" + (f" while {self.state}" if self.state else "")
 
 
-@attrs.define(auto_exc=True, kw_only=True)
+@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
 class CommunicationError(PluginError):
     """Data between host and guest (or host and worker) was unusable: bad output, bad pointers."""
 
@@ -406,7 +413,7 @@ class CommunicationError(PluginError):
         return f"Communication failed on {self.channel} ({self.direction})"
 
 
-@attrs.define(auto_exc=True, kw_only=True)
+@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
 class DeadlineExceeded(PluginError):
     """A wall-clock deadline passed before the guest finished."""
 
@@ -428,7 +435,7 @@ class DeadlineExceeded(PluginError):
         return text
 
 
-@attrs.define(auto_exc=True, kw_only=True)
+@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
 class ContextualError(PluginError):
     """What reaches the host application when the error policy gives up: the error and its context.
 

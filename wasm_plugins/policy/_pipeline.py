@@ -581,23 +581,31 @@ class CallPipeline:
     ) -> ContextualError:
         error.plugin = error.plugin or plugin
         error.function = error.function or function
-        base = error.context or ErrorContext()
-        environment = base.environment
-        engine = environment.engine
-        if engine is None and call is not None:
-            engine = call.manifest.engine or self._host.engine_name
-        context = attrs.evolve(
-            base,
-            plugin=plugin,
-            function=function,
-            environment=attrs.evolve(
-                environment,
-                engine=engine,
-                isolation=environment.isolation or "in-process",
-                attempt=call.attempt if call is not None else 1,
+        attempt = call.attempt if call is not None else 1
+        base = error.context
+        if base is None:
+            engine = None
+            if call is not None:
+                engine = call.manifest.engine or self._host.engine_name
+            context = ErrorContext(
+                plugin=plugin,
+                function=function,
+                environment=ExecutionEnvironment(
+                    engine=engine, isolation="in-process", attempt=attempt
+                ),
+                previous_errors=tuple(previous),
             )
-            if isinstance(environment, ExecutionEnvironment)
-            else environment,
-            previous_errors=tuple(previous),
-        )
+        else:
+            environment = base.environment
+            context = attrs.evolve(
+                base,
+                plugin=plugin,
+                function=function,
+                environment=attrs.evolve(
+                    environment,
+                    isolation=environment.isolation or "in-process",
+                    attempt=attempt,
+                ),
+                previous_errors=tuple(previous),
+            )
         return ContextualError(error=error, context=context)
