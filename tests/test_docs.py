@@ -1,13 +1,15 @@
 """The user documentation under docs/ against the code it describes.
 
 Hooks and manifest fields are found by introspection, so a hook or a field added without
-documentation fails here; the examples of the getting-started guide are run; relative links are
-followed.
+documentation fails here; the examples of the getting-started guide and of the error-handling guide
+are run; every Python block of the documentation must at least parse; relative links are followed.
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -26,6 +28,7 @@ DOCS = ROOT / "docs"
 HOOKS_DOC = DOCS / "hooks.md"
 MANIFEST_DOC = DOCS / "manifest.md"
 GETTING_STARTED = DOCS / "getting-started.md"
+ERROR_HANDLING = DOCS / "error-handling.md"
 NO_TEST = "<!-- no-test -->"
 HOOK_PREFIX = "wasm_plugins_"
 
@@ -278,22 +281,142 @@ class TestGettingStartedExamples:
     @pytest.mark.parametrize("code", _RUNNABLE)
     def test_example_runs(self, code: str) -> None:
         """The block runs without error in a fresh interpreter, working directory the root."""
-        environment = {
-            name: value for name, value in os.environ.items() if not name.startswith("WASM_PLUGINS")
-        }
-        environment["PYTHONPATH"] = os.pathsep.join(
-            filter(None, (str(ROOT), environment.get("PYTHONPATH")))
-        )
         result = subprocess.run(
             [sys.executable, "-c", code],
             cwd=ROOT,
-            env=environment,
+            env=example_environment(),
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
         )
         assert result.returncode == 0, f"the example failed:\n{code}\n{result.stderr}"
+
+
+def example_environment() -> dict[str, str]:
+    """The environment examples run in: this one without WASM_PLUGINS_* variables (and without
+    SENTRY_DSN, so the set of built-in reporters is the same everywhere), the root on the path."""
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("WASM_PLUGINS") and name != "SENTRY_DSN"
+    }
+    environment["PYTHONPATH"] = os.pathsep.join(
+        filter(None, (str(ROOT), environment.get("PYTHONPATH")))
+    )
+    return environment
+
+
+# Runs the blocks of one page in order in one namespace; writes {line: None or traceback} after
+# each block, so that a crash or a timeout still tells which blocks ran.
+_PAGE_RUNNER = """
+import json, sys, traceback
+blocks_file, report_file, page = sys.argv[1:4]
+with open(blocks_file, encoding="utf-8") as source:
+    blocks = json.load(source)
+namespace = {"__name__": "__main__"}
+results = {}
+failed = None
+for line, code in blocks:
+    if failed is not None:
+        results[line] = f"not run: the block at line {failed} failed first"
+    else:
+        try:
+            exec(compile(code, f"{page}:{line}", "exec"), namespace)
+        except BaseException:
+            failed = line
+            results[line] = traceback.format_exc()
+        else:
+            results[line] = None
+    with open(report_file, "w", encoding="utf-8") as report:
+        json.dump(results, report)
+"""
+
+
+def run_page(path: Path, directory: Path) -> tuple[dict[str, str | None], str]:
+    """Run every Python block of a page cumulatively in one fresh interpreter from the root:
+    ({line: None when the block ran, else why not}, the interpreter's output)."""
+    blocks = [(line, code) for line, code, _ in code_blocks(path, "python")]
+    blocks_file = directory / "blocks.json"
+    report_file = directory / "report.json"
+    blocks_file.write_text(json.dumps(blocks), encoding="utf-8")
+    page = path.relative_to(ROOT).as_posix()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _PAGE_RUNNER, str(blocks_file), str(report_file), page],
+            cwd=ROOT,
+            env=example_environment(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        output = f"exit status {result.returncode}\n{result.stdout}\n{result.stderr}"
+    except subprocess.TimeoutExpired as expired:
+        output = f"timed out after {expired.timeout} s\n{expired.stdout}\n{expired.stderr}"
+    results: dict[str, str | None] = {}
+    if report_file.exists():
+        results = json.loads(report_file.read_text(encoding="utf-8"))
+    return results, output
+
+
+@pytest.fixture(scope="module")
+def page_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str | None], str]:
+    """docs/error-handling.md, run once for all the tests that look at its blocks."""
+    return run_page(ERROR_HANDLING, tmp_path_factory.mktemp("error-handling"))
+
+
+_ERROR_HANDLING_BLOCKS = [
+    pytest.param(line, code, id=f"line-{line}")
+    for line, code, _ in code_blocks(ERROR_HANDLING, "python")
+]
+
+
+class TestErrorHandlingExamples:
+    """The Python examples of docs/error-handling.md run as they are from the repository root.
+
+    The examples of that page build on each other (the first defines the ``FakeClock`` and the
+    event recorder the others use), so they run cumulatively: every block of the page, in order,
+    in one fresh interpreter for the page, sharing one namespace, as if pasted one after another
+    into one Python session. Each block is still its own test: it fails with its traceback (the
+    file name reads ``docs/error-handling.md:<line of the fence>``), and every block after a failed
+    one fails as not run. Every Python block of the page runs (none may be marked no-test), and
+    each asserts what it shows, so a change in behaviour fails here.
+    """
+
+    def test_every_block_runs_and_asserts(self) -> None:
+        """The page has many Python blocks, none marked no-test, each with an assert."""
+        blocks = code_blocks(ERROR_HANDLING, "python")
+        assert len(blocks) >= 15
+        skipped = [line for line, _, no_test in blocks if no_test]
+        assert not skipped, f"blocks marked {NO_TEST} at lines {skipped}: every block must run"
+        silent = [line for line, code, _ in blocks if not re.search(r"^\s*assert\b", code, re.M)]
+        assert not silent, f"blocks without an assert at lines {silent}"
+
+    @pytest.mark.parametrize(("line", "code"), _ERROR_HANDLING_BLOCKS)
+    def test_example_runs(
+        self, line: int, code: str, page_run: tuple[dict[str, str | None], str]
+    ) -> None:
+        """The block ran without error after the blocks above it."""
+        results, output = page_run
+        assert str(line) in results, f"the block at line {line} did not run:\n{code}\n{output}"
+        problem = results[str(line)]
+        assert problem is None, f"the block at line {line} failed:\n{code}\n{problem}\n{output}"
+
+
+class TestPythonBlocksParse:
+    """Every Python block of README.md and docs/*.md, run or not, is valid Python."""
+
+    @pytest.mark.parametrize("document", documented_files(), ids=lambda path: path.name)
+    def test_blocks_parse(self, document: Path) -> None:
+        """Each ``python`` block parses (examples marked no-test included)."""
+        broken = []
+        for line, code, _ in code_blocks(document, "python"):
+            try:
+                ast.parse(code)
+            except SyntaxError as error:
+                broken.append(f"line {line}: {error}")
+        assert not broken, f"{document.name} has Python blocks that do not parse: {broken}"
 
 
 class TestRelativeLinks:
