@@ -819,3 +819,93 @@ def wasm_plugins_recovery_action(error, call):
 def test_conformance_module_still_loads() -> None:
     """The policy changes nothing for the conformance module (sanity)."""
     assert (ROOT / "hostapi" / "conformance" / "abi.wat").exists()
+
+
+class TestPipelineEdges:
+    def test_invalid_use_value_is_a_failed_hook(self, subject: Callable[..., Subject]) -> None:
+        """A recovery hook that builds an invalid answer is skipped and reported."""
+        world = subject(max_attempts=2, backoff_base="1 ms")
+
+        class Sloppy:
+            @hookimpl
+            def wasm_plugins_recovery_action(self) -> UseValue:
+                return UseValue(value=1, quality=0.0)
+
+        world.host.register_policy(Sloppy())
+        world.mood.plan = [NetworkError(operation="fetch")]
+        assert world.call("work", "x").value == "x"
+        (failed,) = world.recorder.of(HookFailed)
+        assert "quality" in failed.reason
+
+    def test_wrong_answer_type_passes_to_the_next(self, subject: Callable[..., Subject]) -> None:
+        """A fallback hook answering something else than a FallbackResult is reported, and the
+        next implementation (the manifest's default) still answers."""
+        world = subject(max_attempts=1, fallbacks=["default"])
+
+        class Confused:
+            @hookimpl
+            def wasm_plugins_fallback(self) -> int:
+                return 42
+
+        world.host.register_policy(Confused())
+        world.mood.plan = [NetworkError(operation="fetch")]
+        assert world.call("work", "x").fallback == "default"
+        (failed,) = world.recorder.of(HookFailed)
+        assert "int" in failed.reason
+
+    def test_each_error_knows_its_attempt(self, subject: Callable[..., Subject]) -> None:
+        """The context of each attempt's error names that attempt."""
+        world = subject(max_attempts=3, backoff_base="1 ms")
+        world.mood.plan = [NetworkError(operation="fetch")] * 3
+        with pytest.raises(ContextualError) as caught:
+            world.call("work", "x")
+        previous = caught.value.context.previous_errors  # type: ignore[union-attr]
+        assert [e.context.environment.attempt for e in previous] == [1, 2]  # type: ignore[union-attr]
+        assert caught.value.error.context.environment.attempt == 3  # type: ignore[union-attr]
+
+    def test_no_retry_once_the_breaker_opened(self, subject: Callable[..., Subject]) -> None:
+        """When a failure opens the breaker, no retry is scheduled, waited for or paid for."""
+        world = subject(max_attempts=5, backoff_base="50 ms", breaker={"failure_threshold": 2})
+        world.mood.plan = [NetworkError(operation="fetch")] * 5
+        budget = world.host.pipeline.budget("subject")
+        before = budget.tokens
+        with pytest.raises(ContextualError):
+            world.call("work", "x")
+        assert world.clock.sleeps == [0.05]
+        assert len(world.recorder.of(RetryScheduled)) == 1
+        assert budget.tokens == pytest.approx(min(budget.maximum, before + 0.2) - 1)
+
+    def test_interrupted_probe_releases_its_slot(self, subject: Callable[..., Subject]) -> None:
+        """A half-open probe ended by KeyboardInterrupt does not keep the breaker stuck."""
+        world = subject(max_attempts=1, breaker={"failure_threshold": 1, "recovery_time": "5 s"})
+        world.mood.plan = [NetworkError(operation="fetch")]
+        with pytest.raises(ContextualError):
+            world.call("work", "x")
+        world.clock.advance(5)
+
+        class Interrupting:
+            @hookimpl(tryfirst=True)
+            def wasm_plugins_attempt(self) -> None:
+                raise KeyboardInterrupt
+
+        interrupting = Interrupting()
+        world.host.register_policy(interrupting)
+        with pytest.raises(KeyboardInterrupt):
+            world.call("work", "x")
+        world.host.manager.unregister(interrupting)
+        assert world.call("work", "y").value == "y"
+
+    def test_a_recovery_cannot_remove_a_limit(self, subject: Callable[..., Subject]) -> None:
+        """A retry asking for no memory limit keeps the manifest's limit."""
+        world = subject(limits={"memory": "4 MiB"}, max_memory="4 MiB", max_attempts=2)
+
+        class Unlimited:
+            @hookimpl
+            def wasm_plugins_recovery_action(self, call: Any) -> Retry:
+                return Retry(delay=0.0, limits=call.limits.replace(memory=None))
+
+        world.host.register_policy(Unlimited())
+        with pytest.raises(ContextualError) as caught:
+            world.call("grow", 96)
+        assert isinstance(caught.value.error, ResourceLimitExceeded)
+        assert caught.value.error.limit == 4 * MiB

@@ -43,8 +43,13 @@ class UseValue(RecoveryAction):
     """Answer the call with this value instead of retrying (a fallback decided by recovery)."""
 
     value: Any = None
-    quality: float = 0.5
+    quality: float = attrs.field(default=0.5)
     strategy: str = "recovery"
+
+    @quality.validator
+    def _quality(self, _: attrs.Attribute[float], value: float) -> None:
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"a value's quality is in (0, 1], got {value}")
 
 
 @attrs.frozen

@@ -39,7 +39,6 @@ from wasm_plugins.errors import (
     ResourceLimitExceeded,
 )
 from wasm_plugins.policy._actions import (
-    Abort,
     Classification,
     FallbackResult,
     RecoveryAction,
@@ -211,7 +210,13 @@ class CallPipeline:
                 last = call.errors[-1] if call.errors else self._annotate(rejection, call)
                 break
             call.attempt += 1
-            result = self._attempt(call)
+            try:
+                result = self._attempt(call)
+            except BaseException:
+                # KeyboardInterrupt and the like: the call ends, but its permit (perhaps a
+                # half-open probe slot) must not stay taken.
+                breaker.record(permit, Verdict.IGNORED)
+                raise
             if not isinstance(result, PluginError):
                 breaker.record(permit, Verdict.SUCCESS)
                 return self._succeeded(call, result)
@@ -221,7 +226,7 @@ class CallPipeline:
                 return self._answer_with(
                     FallbackResult(action.value, action.strategy, action.quality), last, call
                 )
-            if not self._retry(action, last, call, budget):
+            if breaker.state is BreakerState.OPEN or not self._retry(action, last, call, budget):
                 break
         result = self._fallback(last, call)
         if result is not None:
@@ -322,7 +327,16 @@ class CallPipeline:
         self, call: CallState, failure: PluginError, breaker: CircuitBreaker, permit: Permit
     ) -> PluginError:
         now = self._clock.monotonic()
+        if any(earlier is failure for earlier in call.errors):
+            # The same exception object raised again (a host function that keeps one): each
+            # attempt's error must keep its own context.
+            failure = failure.with_()
         error = self._annotate(self._classify(failure, call), call)
+        if error.context is not None and error.context.environment.attempt != call.attempt:
+            error.context = attrs.evolve(
+                error.context,
+                environment=attrs.evolve(error.context.environment, attempt=call.attempt),
+            )
         call.errors.append(error)
         self.report(
             AttemptFailed(
@@ -455,6 +469,12 @@ class CallPipeline:
         timeout_ceiling = policy.max_timeout if policy.max_timeout is not None else base.timeout
         fuel_ceiling = policy.max_fuel if policy.max_fuel is not None else base.fuel
         changes: dict[str, Any] = {}
+        # A recovery may raise a limit, never remove one the manifest sets.
+        for name in ("memory", "timeout", "fuel", "max_input", "max_output"):
+            if getattr(limits, name) is None and getattr(base, name) is not None:
+                changes[name] = getattr(call.limits, name)
+        limits = limits.replace(**changes) if changes else limits
+        changes = {}
         if limits.memory is not None and memory_ceiling is not None:
             changes["memory"] = min(limits.memory, max(memory_ceiling, base.memory or 0))
         if limits.timeout is not None and timeout_ceiling is not None:
@@ -492,9 +512,12 @@ class CallPipeline:
             self._direct_attempt = (generation, direct)
         return self._direct_attempt[1]
 
-    def _first_answer(self, hook_name: str, call: CallState, **arguments: Any) -> Any:
-        """The first non-None answer, implementation by implementation; an implementation that
-        raises or runs past the recovery timeout is reported and skipped."""
+    def _first_answer(
+        self, hook_name: str, expected: type, call: CallState, **arguments: Any
+    ) -> Any:
+        """The first answer of the ``expected`` type, implementation by implementation; an
+        implementation that raises, runs past the recovery timeout, or answers something else
+        than ``expected`` or None is reported and skipped."""
         arguments["call"] = call
         for impl in self._each(hook_name):
             started = self._clock.monotonic()
@@ -513,8 +536,17 @@ class CallPipeline:
                     f"{self.recovery_timeout:.3f} s",
                 )
                 continue
-            if answer is not None:
-                return answer
+            if answer is None:
+                continue
+            if not isinstance(answer, expected):
+                self._hook_failed(
+                    call,
+                    hook_name,
+                    impl.plugin_name,
+                    f"answered {type(answer).__name__}, not {expected.__name__} or None",
+                )
+                continue
+            return answer
         return None
 
     def _hook_failed(self, call: CallState, hook: str, source: str, reason: str) -> None:
@@ -531,8 +563,10 @@ class CallPipeline:
         )
 
     def _classify(self, error: PluginError, call: CallState) -> PluginError:
-        answer = self._first_answer("wasm_plugins_classify_error", call, error=error)
-        if not isinstance(answer, Classification):
+        answer = self._first_answer(
+            "wasm_plugins_classify_error", Classification, call, error=error
+        )
+        if answer is None:
             return error
         changes: dict[str, Any] = {}
         if answer.severity is not None:
@@ -542,14 +576,16 @@ class CallPipeline:
         return error.with_(**changes) if changes else error
 
     def _recovery(self, error: PluginError, call: CallState) -> RecoveryAction | None:
-        answer = self._first_answer("wasm_plugins_recovery_action", call, error=error)
-        if answer is not None and not isinstance(answer, RecoveryAction):
-            return Abort(reason=f"a recovery hook answered {type(answer).__name__}, not an action")
+        answer: RecoveryAction | None = self._first_answer(
+            "wasm_plugins_recovery_action", RecoveryAction, call, error=error
+        )
         return answer
 
     def _fallback(self, error: PluginError, call: CallState) -> FallbackResult | None:
-        answer = self._first_answer("wasm_plugins_fallback", call, error=error)
-        return answer if isinstance(answer, FallbackResult) else None
+        answer: FallbackResult | None = self._first_answer(
+            "wasm_plugins_fallback", FallbackResult, call, error=error
+        )
+        return answer
 
     def report(self, event: PolicyEvent) -> None:
         """Hand an event to every reporter; one that raises is logged and the others still run."""
