@@ -150,7 +150,7 @@ class TestInvalidManifest:
         path=st.sampled_from(
             ["", "limits", "functions.word_count", "wasi", "policy", "policy.breaker", "module"]
         ),
-        key=st.text(min_size=1, max_size=10).filter(lambda k: k.isidentifier()),
+        key=st.from_regex(r"[a-z_][a-z0-9_]{0,9}", fullmatch=True),
     )
     def test_unknown_key_is_named(self, path: str, key: str) -> None:
         """An unknown key at any level is refused, naming the key with its path."""
