@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, ROOT
 from wasm_plugins import (
     ConfigurationError,
     ContextualError,
@@ -280,19 +280,35 @@ class TestCalls:
             )
             assert host.sandbox("echo").engine.name == engine.name
 
-    def test_process_isolation_not_yet(self) -> None:
-        """Process isolation, until it exists, is refused with a typed error, not ignored."""
+    def test_isolation_per_plugin(self, engine: Engine) -> None:
+        """A manifest's isolation wins over the host's: a worker process, or this process."""
+        with PluginHost(isolation="in-process", blocked=()) as host:
+            echo = {"path": str(EXAMPLES / "echo.wat")}
+            host.load(
+                {"name": "apart", "engine": engine.name, "isolation": "process", "module": echo}
+            )
+            host.load({"name": "here", "engine": engine.name, "module": echo})
+            assert host.call("apart", "echo", [1]) == [1]
+            assert host.call("here", "echo", [2]) == [2]
+            assert host.sandbox("apart").isolation == "process"
+            assert not hasattr(host.sandbox("here"), "pool")
+
+    def test_auto_uses_a_worker_for_a_timeout_on_wasmer(self, wasmer_engine: Engine) -> None:
+        """On wasmer, a timeout is enforced by running the plugin in a worker process."""
         with PluginHost(blocked=()) as host:
             host.load(
                 {
-                    "name": "echo",
-                    "isolation": "process",
-                    "module": {"path": str(EXAMPLES / "echo.wat")},
+                    "name": "loop",
+                    "engine": "wasmer",
+                    "module": {"path": str(ROOT / "hostapi" / "conformance" / "abi.wat")},
+                    "limits": {"timeout": "200 ms"},
+                    "policy": {"fallbacks": []},
                 }
             )
             with pytest.raises(ContextualError) as caught:
-                host.call("echo", "echo", 1)
-            assert caught.value.error_kind == "configuration"
+                host.call("loop", "loop_forever")
+            assert caught.value.error_kind == "timeout"
+            assert host.call("loop", "upper", "ok") == "OK"
 
 
 class TestManifestFiles:

@@ -29,6 +29,7 @@ from wasm_plugins.builtin.reporters import AlertReporter, MetricsReporter
 from wasm_plugins.discovery import DiscoveryProblem, blocked_names, load_entry_points
 from wasm_plugins.engine import Engine, EngineRegistry, WasiDirectory, WasiSettings
 from wasm_plugins.errors import ConfigurationError, PluginError
+from wasm_plugins.isolation import ProcessSandbox, WorkerPool, choose_isolation
 from wasm_plugins.manifest import CAPABILITIES, ISOLATIONS, Manifest, Traversable
 from wasm_plugins.policy import (
     CallPipeline,
@@ -192,7 +193,9 @@ class PluginHost:
 
     :param engine: the default engine (``auto``, ``wasmer``, ``wasmtime`` or a registered name);
         a manifest's ``engine`` wins for its plugin.
-    :param isolation: the default isolation (``auto`` or ``in-process``); a manifest's wins.
+    :param isolation: the default isolation: ``auto`` (a worker process when the engine cannot
+        enforce a limit in-process, such as a timeout on wasmer), ``in-process`` or ``process``;
+        a manifest's wins.
     :param services: clock, random source, key-value store and configuration for host functions.
     :param config: configuration values by plugin name, merged over each manifest's ``[config]``.
     :param blocked: names of plugins not to use (default: ``WASM_PLUGINS_DISABLE``).
@@ -221,7 +224,7 @@ class PluginHost:
                 field="isolation",
                 message=f"Invalid configuration: isolation - {isolation!r} is not one of "
                 + ", ".join(ISOLATIONS),
-                suggestion="use isolation='auto' or 'in-process'",
+                suggestion="use isolation='auto', 'in-process' or 'process'",
             )
         self.engine_name = engine
         self.isolation = isolation
@@ -242,6 +245,7 @@ class PluginHost:
         self._lock = threading.RLock()
         self._closed = False
         self._configured = False
+        self._pool: WorkerPool | None = None
         self.engines = EngineRegistry()
         self.host_functions: dict[tuple[str, str], HostFunction] = {}
         self.clock: Clock = clock or SystemClock()
@@ -438,28 +442,35 @@ class PluginHost:
                 )
             manifest = self._info(plugin).manifest
             self._check_capabilities(manifest)
-            isolation = manifest.isolation if manifest.isolation != "auto" else self.isolation
-            if isolation == "process":
-                raise ConfigurationError(
-                    field="isolation",
-                    plugin=plugin,
-                    message="Invalid configuration: isolation - process isolation is not available",
-                    suggestion="use isolation='in-process' or 'auto'",
+            requested = manifest.isolation if manifest.isolation != "auto" else self.isolation
+            engine = self.engine_for(plugin)
+            effective = limits or manifest.limits
+            settings: dict[str, Any] = {
+                "wasi": _wasi_settings(manifest) if "wasi" in manifest.capabilities else None,
+                "engine": engine,
+                "limits": effective,
+                "capabilities": manifest.capabilities,
+                "host_functions": tuple(self.host_functions.values()),
+                "codec": manifest.codec,
+                "functions": tuple(manifest.functions) or None,
+                "name": manifest.name,
+                "services": self.services,
+            }
+            made: Sandbox
+            if choose_isolation(engine, effective, requested) == "process":
+                made = ProcessSandbox(
+                    manifest.module_source(), pool=self._worker_pool(), **settings
                 )
-            sandbox = Sandbox(
-                manifest.module_source(),
-                wasi=_wasi_settings(manifest) if "wasi" in manifest.capabilities else None,
-                engine=self.engine_for(plugin),
-                limits=limits or manifest.limits,
-                capabilities=manifest.capabilities,
-                host_functions=tuple(self.host_functions.values()),
-                codec=manifest.codec,
-                functions=tuple(manifest.functions) or None,
-                name=manifest.name,
-                services=self.services,
-            )
-            self._sandboxes[key] = sandbox
-            return sandbox
+            else:
+                made = Sandbox(manifest.module_source(), **settings)
+            self._sandboxes[key] = made
+            return made
+
+    def _worker_pool(self) -> WorkerPool:
+        """The host's pool of worker processes, started on first need."""
+        if self._pool is None:
+            self._pool = WorkerPool(name=f"host-{id(self):x}")
+        return self._pool
 
     def sandbox(self, plugin: str) -> Sandbox:
         """The plugin's sandbox under its manifest's limits (loading it if needed).
@@ -523,6 +534,8 @@ class PluginHost:
         )
         for sandbox in sandboxes:
             sandbox.close()
+        if self._pool is not None:
+            self._pool.close()
 
     def __enter__(self) -> PluginHost:
         return self

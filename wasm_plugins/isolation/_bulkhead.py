@@ -1,0 +1,107 @@
+"""The bulkhead: at most N calls of one plugin in flight, a bounded queue, a queue wait timeout.
+
+A plugin that hangs or floods holds at most its own slots; callers beyond its queue are refused at
+once with ``ResourceLimitExceeded(resource="concurrency")`` rather than piling up threads in the
+host. Waiters are served first come, first served.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from wasm_plugins.errors import ConfigurationError, ResourceLimitExceeded
+
+__all__ = ["Bulkhead"]
+
+
+class Bulkhead:
+    """A counting gate with a bounded FIFO queue.
+
+    :param limit: calls allowed in flight at once.
+    :param queue: callers allowed to wait for a slot; more are refused at once.
+    :param plugin: named in errors.
+    """
+
+    def __init__(self, limit: int, queue: int, *, plugin: str | None = None) -> None:
+        for field, value, minimum in (("concurrency", limit, 1), ("queue_size", queue, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigurationError(
+                    field=field,
+                    plugin=plugin,
+                    message=(
+                        f"Invalid configuration: {field} - {value!r} is not a whole number of at "
+                        f"least {minimum}"
+                    ),
+                    suggestion=f"give {field} as a whole number >= {minimum}",
+                )
+        self.limit = limit
+        self.queue = queue
+        self.plugin = plugin
+        self._condition = threading.Condition(threading.Lock())
+        self._in_flight = 0
+        self._waiting: collections.deque[object] = collections.deque()
+
+    @property
+    def in_flight(self) -> int:
+        """Calls holding a slot now."""
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for a slot now."""
+        return len(self._waiting)
+
+    def acquire(self, deadline: float | None) -> None:
+        """Take a slot, waiting in the queue until ``deadline`` (``time.monotonic()``) at most.
+
+        :raises ResourceLimitExceeded: at once when the queue is full, or when the wait timed out.
+        """
+        with self._condition:
+            if self._in_flight < self.limit and not self._waiting:
+                self._in_flight += 1
+                return
+            if len(self._waiting) >= self.queue:
+                raise self._refused(
+                    f"{self._in_flight} calls in flight and the queue of {self.queue} is full"
+                )
+            token = object()
+            self._waiting.append(token)
+            try:
+                while not (self._waiting[0] is token and self._in_flight < self.limit):
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise self._refused(
+                            f"waited in the queue until the queue timeout, with "
+                            f"{self._in_flight} calls in flight"
+                        )
+                    self._condition.wait(remaining)
+                self._in_flight += 1
+            finally:
+                self._waiting.remove(token)
+                # The next waiter may be at the head now (a slot may also still be free).
+                self._condition.notify_all()
+
+    def release(self) -> None:
+        """Give a slot back."""
+        with self._condition:
+            self._in_flight -= 1
+            self._condition.notify_all()
+
+    def _refused(self, why: str) -> ResourceLimitExceeded:
+        return ResourceLimitExceeded(
+            resource="concurrency",
+            used=self._in_flight,
+            limit=self.limit,
+            unit="calls",
+            plugin=self.plugin,
+            message=(
+                f"Resource limit exceeded: concurrency - at most {self.limit} calls of this plugin "
+                f"run at once; {why}"
+            ),
+            suggestion=(
+                "retry later, or raise the plugin's concurrency or queue size; a plugin that is "
+                "slow or hanging holds its slots until its timeout"
+            ),
+        )

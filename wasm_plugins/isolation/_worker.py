@@ -1,0 +1,420 @@
+"""The worker process: runs compiled plugin modules for the host, one request at a time.
+
+Started by :class:`~wasm_plugins.isolation.WorkerPool` as ``python -m wasm_plugins.isolation._worker
+--fd N --parent PID [...]``, never forked from the host. At start it arranges to die with the host
+(``PR_SET_PDEATHSIG`` on Linux, and end-of-file on its socket everywhere), applies its resource
+limits, ignores SIGINT (the host decides when workers end), and answers ``READY``.
+
+Then it serves frames (see :mod:`wasm_plugins.isolation._protocol`): ``LOAD`` a serialized module
+with its limits and imports, ``INSTANTIATE`` it, ``CALL`` a plugin function, ``UNLOAD``. Each loaded
+module has at most one instance here (a worker serves one call at a time), made on first use and
+dropped after a failure that leaves it suspect, exactly as the in-process sandbox does. Host
+functions are stubs that forward the call to the host and serve its reads and writes of guest memory
+until the host answers; the ABI's own ``error`` import is handled here.
+
+The worker trusts the host (its only peer); the host trusts nothing the worker says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import os
+import resource
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from wasm_plugins.engine import (
+    CallBudget,
+    EngineModule,
+    FuncSignature,
+    MemoryImport,
+    WasiDirectory,
+    WasiSettings,
+    get_engine,
+)
+from wasm_plugins.errors import (
+    ConfigurationError,
+    DeadlineExceeded,
+    InstanceError,
+    PluginError,
+    ResourceLimitExceeded,
+)
+from wasm_plugins.isolation import _protocol as wire
+from wasm_plugins.sandbox._abi import Session, abi_host_functions
+from wasm_plugins.sandbox._binary import PAGE_SIZE
+from wasm_plugins.sandbox._host_functions import HostCall, HostFunction, LinkPlan
+from wasm_plugins.sandbox._sandbox import _host_failure, _instance_is_suspect
+
+__all__ = ["main"]
+
+_PR_SET_PDEATHSIG = 1
+_MASK = 0xFFFFFFFF
+EXIT_OUT_OF_MEMORY = 3
+"""Exit status of a worker whose Python heap ran out (its data limit was reached)."""
+
+
+class _HostAbort(Exception):
+    """The host function failed in the host: unwind the guest, then report what is left to know."""
+
+    def __init__(self, check_memory: bool, discard: bool) -> None:
+        super().__init__("host function failed")
+        self.check_memory = check_memory
+        self.discard = discard
+
+
+class _Loaded:
+    """A module loaded in this worker, its limits and link plan, and its instance (if any)."""
+
+    def __init__(self, header: dict[str, Any], module: EngineModule, stub: _Stubs) -> None:
+        self.key: str = header["key"]
+        self.plugin: str = header["plugin"]
+        self.module = module
+        budget = header["budget"]
+        self.budget = CallBudget(
+            fuel=budget["fuel"], timeout=budget["timeout"], memory_bytes=budget["memory"]
+        )
+        self.memory_limit: int | None = header["memory_limit"]
+        self.max_output: int = header["max_output"]
+        self.probe: str | None = header["probe"]
+        memory = header["memory_import"]
+        self.memory_import = MemoryImport(*memory) if memory is not None else None
+        local = {(f.module, f.name): f for f in abi_host_functions()}
+        functions = []
+        for index, (module_name, name, params, results, is_local) in enumerate(header["imports"]):
+            signature = FuncSignature(tuple(params), tuple(results))
+            if is_local:
+                functions.append(local[(module_name, name)])
+            else:
+                functions.append(HostFunction(module_name, name, signature, stub(index)))
+        self.link = LinkPlan(functions=tuple(functions), memory=self.memory_import)
+        self.wasi = _wasi(header["wasi"], stub.output) if header["wasi"] is not None else None
+        self.session: Session | None = None
+
+
+def _wasi(spec: dict[str, Any], output: Callable[[str, bytes], None]) -> WasiSettings:
+    return WasiSettings(
+        directories=tuple(WasiDirectory(*item) for item in spec["directories"]),
+        environment=tuple((name, value) for name, value in spec["environment"]),
+        arguments=tuple(spec["arguments"]),
+        output=output if spec["capture"] else None,
+    )
+
+
+class _Stubs:
+    """Makes the forwarding host functions of one worker."""
+
+    def __init__(self, channel: wire.Channel) -> None:
+        self._channel = channel
+
+    def __call__(self, index: int) -> Callable[..., Any]:
+        channel = self._channel
+
+        def forward(call: HostCall, *args: Any) -> Any:
+            channel.send(wire.HOST_CALL, wire.dumps({"i": index, "a": list(args)}))
+            memory = call.memory
+            while True:
+                kind, header, payload = channel.receive()
+                request = wire.loads(header)
+                if kind == wire.HOST_RESULT:
+                    return request.get("v")
+                if kind == wire.HOST_ERROR:
+                    raise _HostAbort(bool(request.get("m")), bool(request.get("d")))
+                try:
+                    if kind == wire.MEMORY_READ:
+                        data = memory.read(request["p"], request["n"])
+                        channel.send(wire.MEMORY_DATA, b"", data)
+                    elif kind == wire.MEMORY_WRITE:
+                        memory.write(request["p"], payload)
+                        channel.send(wire.MEMORY_DONE)
+                    elif kind == wire.MEMORY_SIZE:
+                        channel.send(wire.MEMORY_DONE, wire.dumps({"size": memory.size()}))
+                    else:
+                        raise wire.ProtocolViolation(f"unexpected frame {kind} in a host call")
+                except PluginError as error:
+                    channel.send(wire.MEMORY_ERROR, wire.dumps({"error": _to_wire(error)}))
+
+        return forward
+
+    def output(self, stream: str, data: bytes) -> None:
+        """WASI output, handed to the host in frames of at most one chunk."""
+        for start in range(0, len(data), wire.CHUNK):
+            self._channel.send(
+                wire.OUTPUT, wire.dumps({"s": stream}), data[start : start + wire.CHUNK]
+            )
+
+
+def _to_wire(error: PluginError | None) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    error.context = None
+    return error.to_dict()
+
+
+_SHORT = 8 * 1024
+
+
+def _shortened(data: dict[str, Any]) -> dict[str, Any]:
+    """An error dict cut down to fit a frame header: long texts cut, details as cut text."""
+    short: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, str):
+            short[key] = value[:_SHORT]
+        elif key == "details" and value is not None:
+            short[key] = {"truncated": True, "text": repr(value)[:_SHORT]}
+        elif isinstance(value, list):
+            short[key] = value[:32]
+        else:
+            short[key] = value
+    return short
+
+
+class Worker:
+    """Serves one host over one channel until end-of-file."""
+
+    def __init__(self, channel: wire.Channel) -> None:
+        self.channel = channel
+        self.modules: dict[str, _Loaded] = {}
+        self._stubs = _Stubs(channel)
+        self._headers: dict[bytes, dict[str, Any]] = {}
+
+    def serve(self) -> None:
+        self.channel.send(wire.READY, wire.dumps({"pid": os.getpid()}))
+        while True:
+            try:
+                kind, header, payload = self.channel.receive()
+            except wire.ChannelClosed:
+                return
+            if kind == wire.CALL:
+                request = self._headers.get(header)
+                if request is None:
+                    request = wire.loads(header)
+                    if len(self._headers) < 4096:
+                        self._headers[header] = request
+                self._call(request, payload)
+            elif kind == wire.INSTANTIATE:
+                self._call(wire.loads(header), None)
+            elif kind == wire.LOAD:
+                self._load(wire.loads(header), payload)
+            elif kind == wire.UNLOAD:
+                self.modules.pop(wire.loads(header)["key"], None)
+                gc.collect()
+            else:
+                raise wire.ProtocolViolation(f"unexpected frame {kind}")
+
+    def _load(self, header: dict[str, Any], payload: bytes) -> None:
+        try:
+            engine = get_engine(header["engine"])
+            if engine.version != header["version"]:
+                raise ConfigurationError(
+                    field="engine",
+                    message=(
+                        f"Invalid configuration: engine - the worker has {engine.name} "
+                        f"{engine.version}, the host compiled with {header['version']}"
+                    ),
+                    suggestion="run workers with the same Python environment as the host",
+                )
+            module = engine.deserialize(payload, fuel=header["fuel"])
+        except PluginError as error:
+            self._send_error(error, None, discarded=False)
+            return
+        self.modules[header["key"]] = _Loaded(header, module, self._stubs)
+        self.channel.send(wire.LOADED)
+
+    def _session(self, loaded: _Loaded) -> Session:
+        session = loaded.session
+        if session is not None:
+            return session
+        session = Session()
+        instance = loaded.module.instantiate(
+            loaded.link.host_imports(loaded.plugin, session),
+            loaded.budget,
+            loaded.memory_import,
+            loaded.wasi,
+        )
+        session.attach(instance)
+        loaded.session = session
+        self.channel.send(wire.INSTANTIATED)
+        return session
+
+    def _call(self, request: dict[str, Any], data: bytes | None) -> None:
+        loaded = self.modules.get(request["key"])
+        if loaded is None:
+            error = InstanceError(
+                state="loading", message="Instance failed: the module is not loaded in the worker"
+            )
+            self._send_error(error, None, discarded=False)
+            return
+        failure: PluginError | _HostAbort
+        try:
+            if data is None:
+                if loaded.session is not None:
+                    self.channel.send(wire.INSTANTIATED)
+                else:
+                    self._session(loaded)
+                return
+            output = self._invoke(loaded, request["f"], data)
+        except (_HostAbort, PluginError) as exc:
+            failure = exc
+        except MemoryError:
+            self._out_of_memory()
+        except Exception as exc:
+            failure = _host_failure(exc)
+            failure.__cause__ = exc
+        else:
+            self.channel.send(wire.RESULT, b"", output)
+            return
+        # Handled outside the except clause: while it runs, the exception's traceback keeps the
+        # frames of the call alive, and with them the instance (and its memory) to be dropped.
+        if isinstance(failure, _HostAbort):
+            discarded = self._host_aborted(loaded, failure)
+        else:
+            discarded = self._failed(loaded, failure)
+        if discarded:
+            del failure
+            gc.collect()
+
+    def _invoke(self, loaded: _Loaded, function: str, data: bytes) -> bytes:
+        session = self._session(loaded)
+        return session.invoke(session.function(function), data, loaded.max_output)
+
+    def _failed(self, loaded: _Loaded, error: PluginError) -> bool:
+        """As the in-process sandbox: explain by a refused grow, drop a suspect instance.
+
+        :returns: whether the instance was dropped.
+        """
+        session = loaded.session
+        cause = error.__cause__ if isinstance(error.__cause__, PluginError) else None
+        used = None
+        if not (
+            isinstance(error, DeadlineExceeded)
+            or (isinstance(error, ResourceLimitExceeded) and error.resource != "memory")
+        ):
+            used = self._refused_grow(loaded, session)
+        if used is not None:
+            cause = error
+            error = ResourceLimitExceeded(
+                resource="memory",
+                used=used,
+                limit=loaded.memory_limit,
+                suggestion="raise limits.memory, or give the plugin smaller inputs",
+            )
+        discarded = session is not None and _instance_is_suspect(error)
+        if discarded:
+            loaded.session = None
+        self._send_error(error, cause, discarded=discarded)
+        return discarded
+
+    def _host_aborted(self, loaded: _Loaded, abort: _HostAbort) -> bool:
+        session = loaded.session
+        used = self._refused_grow(loaded, session) if abort.check_memory else None
+        discarded = session is not None and (abort.discard or used is not None)
+        if discarded:
+            loaded.session = None
+        self.channel.send(wire.HOST_ABORTED, wire.dumps({"used": used, "discarded": discarded}))
+        return discarded
+
+    def _refused_grow(self, loaded: _Loaded, session: Session | None) -> int | None:
+        """The memory size a refused ``memory.grow`` asked for, if one was refused."""
+        if loaded.probe is None or session is None:
+            return None
+        instance = session.instance
+        try:
+            requested = instance.read_global(loaded.probe)
+            if not requested:
+                return None
+            instance.write_global(loaded.probe, 0)
+        except PluginError:
+            return None
+        return instance.memory.size() + (requested & _MASK) * PAGE_SIZE
+
+    def _send_error(
+        self, error: PluginError, cause: PluginError | None, *, discarded: bool
+    ) -> None:
+        error_dict, cause_dict = _to_wire(error), _to_wire(cause)
+        header = wire.dumps({"error": error_dict, "cause": cause_dict, "discarded": discarded})
+        if len(header) > wire.MAX_HEADER:
+            error_dict = _shortened(error_dict) if error_dict is not None else None
+            cause_dict = _shortened(cause_dict) if cause_dict is not None else None
+            header = wire.dumps({"error": error_dict, "cause": cause_dict, "discarded": discarded})
+        self.channel.send(wire.ERROR, header)
+
+    def _out_of_memory(self) -> NoReturn:
+        """The Python heap is exhausted: say so if possible, and end (state may be broken)."""
+        self.modules.clear()
+        gc.collect()
+        error = InstanceError(
+            state="out_of_memory",
+            message="Instance failed: the worker process ran out of memory (its data limit)",
+            suggestion="raise the pool's memory_limit, or lower the plugins' memory limits",
+        )
+        try:
+            self.channel.send(
+                wire.ERROR,
+                wire.dumps(
+                    {"error": _to_wire(error), "cause": None, "discarded": True, "retire": True}
+                ),
+            )
+        finally:
+            os._exit(EXIT_OUT_OF_MEMORY)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Be killed when the host ends, even while stuck in guest code that never reads the socket.
+
+    The signal is tied to the host *thread* that started this process, which is why the pool
+    starts workers from one long-lived thread.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        # The host ended before the signal was armed.
+        os._exit(0)
+
+
+def _limit(which: int, value: int | None) -> None:
+    if value is None:
+        return
+    _, hard = resource.getrlimit(which)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(which, (value, value))
+
+
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="wasm_plugins.isolation._worker")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--memory-limit", type=int, default=None)
+    parser.add_argument("--address-space-limit", type=int, default=None)
+    parser.add_argument("--spin", type=float, default=0.0)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a worker; returns its exit status."""
+    options = _arguments(argv)
+    _die_with_parent(options.parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _limit(resource.RLIMIT_DATA, options.memory_limit)
+    _limit(resource.RLIMIT_AS, options.address_space_limit)
+    channel = wire.Channel(socket.socket(fileno=options.fd), spin=options.spin)
+    try:
+        Worker(channel).serve()
+    except wire.ChannelClosed:
+        return 0
+    except MemoryError:
+        return EXIT_OUT_OF_MEMORY
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
