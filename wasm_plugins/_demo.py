@@ -163,7 +163,7 @@ def _endless_loop(
     out: TextIO, discover: Callable[..., PluginHost], engines: list[str]
 ) -> list[HostCallResult]:
     """endless-loop under its manifest's 200 ms timeout, on a host for each available engine:
-    stopped where the engine enforces a timeout, refused with a ConfigurationError elsewhere."""
+    stopped in-process on wasmtime, and in a worker process (killed at the deadline) on wasmer."""
     results = []
     for name in engines:
         try:
