@@ -239,6 +239,13 @@ class WorkerProcess:
                     "call runs on a fresh worker"
                 ),
             )
+        if code == wire.EXIT_OUT_OF_MEMORY:
+            return InstanceError(
+                state="out_of_memory",
+                exit_code=code,
+                message="Instance failed: the worker process ran out of memory (its data limit)",
+                suggestion="raise the pool's memory_limit, or lower the plugins' memory limits",
+            )
         return InstanceError(
             state="running",
             exit_code=code,

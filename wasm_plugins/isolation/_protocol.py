@@ -297,3 +297,7 @@ def _poll_timeout(deadline: float | None) -> int | None:
     if deadline is None:
         return None
     return max(0, math.ceil((deadline - time.monotonic()) * 1000))
+
+
+EXIT_OUT_OF_MEMORY = 3
+"""The status a worker exits with when the Python heap hit its data limit."""

@@ -54,7 +54,7 @@ __all__ = ["main"]
 
 _PR_SET_PDEATHSIG = 1
 _MASK = 0xFFFFFFFF
-EXIT_OUT_OF_MEMORY = 3
+EXIT_OUT_OF_MEMORY = wire.EXIT_OUT_OF_MEMORY
 """Exit status of a worker whose Python heap ran out (its data limit was reached)."""
 
 
