@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,20 @@ def wasmtime_engine() -> Engine:
 def wasmer_engine() -> Engine:
     """The wasmer engine."""
     return _engine("wasmer")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_module_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Hosts cache compiled modules on disk by default: during the tests, in a directory of
+    their own rather than the user's cache (unless WASM_PLUGINS_CACHE_DIR says where)."""
+    if os.environ.get("WASM_PLUGINS_CACHE_DIR"):
+        yield
+        return
+    os.environ["WASM_PLUGINS_CACHE_DIR"] = str(tmp_path_factory.mktemp("module-cache"))
+    try:
+        yield
+    finally:
+        os.environ.pop("WASM_PLUGINS_CACHE_DIR", None)
 
 
 _skipped_required: list[str] = []

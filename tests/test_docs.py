@@ -295,11 +295,14 @@ class TestGettingStartedExamples:
 
 def example_environment() -> dict[str, str]:
     """The environment examples run in: this one without WASM_PLUGINS_* variables (and without
-    SENTRY_DSN, so the set of built-in reporters is the same everywhere), the root on the path."""
+    SENTRY_DSN, so the set of built-in reporters is the same everywhere), the root on the path.
+    WASM_PLUGINS_CACHE_DIR is kept: it changes where compiled modules are cached, not what an
+    example does, and keeps the tests out of the user's cache."""
     environment = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith("WASM_PLUGINS") and name != "SENTRY_DSN"
+        if (not name.startswith("WASM_PLUGINS") or name == "WASM_PLUGINS_CACHE_DIR")
+        and name != "SENTRY_DSN"
     }
     environment["PYTHONPATH"] = os.pathsep.join(
         filter(None, (str(ROOT), environment.get("PYTHONPATH")))

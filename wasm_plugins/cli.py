@@ -1,8 +1,10 @@
-"""The ``wasm-plugins`` command line: ``list``, ``inspect``, ``call``, ``doctor`` and ``demo``.
+"""The ``wasm-plugins`` command line: ``list``, ``inspect``, ``call``, ``fuzz``, ``doctor`` and
+``demo``.
 
 Exit codes: 0 success, 1 a typed plugin error (printed as ``[kind] message`` and a suggestion on
 stderr, or as one JSON object on stdout with ``--json``), 2 a usage error (bad arguments, a size or
-duration with an unknown unit, ``--input`` that is not JSON or cannot be read), 130 interrupted.
+duration with an unknown unit, ``--input`` that is not JSON or cannot be read, ``fuzz`` without
+Hypothesis installed), 3 ``fuzz`` found an invariant that does not hold, 130 interrupted.
 
 ``call --json`` prints a failure as the *underlying* error's ``to_dict()``: ``host.call`` raises a
 :class:`~wasm_plugins.errors.ContextualError` that wraps the typed error, and the CLI unwraps it, so
@@ -754,6 +756,91 @@ def _call(arguments: argparse.Namespace, out: TextIO) -> int:
         base.close()
 
 
+# -- fuzz ---------------------------------------------------------------------------------------
+
+FUZZ_NEEDS = (
+    "wasm-plugins fuzz needs Hypothesis, which is not installed here: "
+    "pip install 'wasm-plugins[testing]'"
+)
+
+
+def _fault_kinds(text: str) -> tuple[str, ...]:
+    """``--faults``: comma-separated fault names, ``all``, ``none`` or ``default``."""
+    from wasm_plugins.testing.faults import DEFAULT_FAULT_KINDS, FAULT_LABELS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if names == ["none"]:
+        return ()
+    if names == ["all"]:
+        return FAULT_LABELS
+    if names == ["default"]:
+        return DEFAULT_FAULT_KINDS
+    unknown = [name for name in names if name not in FAULT_LABELS]
+    if unknown or not names:
+        close = difflib.get_close_matches(unknown[0], FAULT_LABELS, n=1) if unknown else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise argparse.ArgumentTypeError(
+            f"unknown fault {unknown[0] if unknown else text!r}{hint}; choose from "
+            f"{', '.join(FAULT_LABELS)}, or all, none, default"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"the rate is a share of attempts, 0 to 1; got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed is not negative, got {text!r}")
+    return value
+
+
+def _fuzz(arguments: argparse.Namespace, out: TextIO) -> int:
+    try:
+        from wasm_plugins.testing.fuzz import run_fuzz
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("hypothesis"):
+            raise
+        raise UsageError(FUZZ_NEEDS) from None
+    example = None
+    if arguments.input is not None:
+        example = _read_input(arguments.input, raw=False)
+    return run_fuzz(
+        arguments.target,
+        arguments.function,
+        examples=arguments.examples,
+        seed=arguments.seed,
+        kinds=arguments.faults,
+        rate=arguments.rate,
+        example_input=example,
+        has_example=arguments.input is not None,
+        steps=arguments.steps,
+        out=out,
+        err=sys.stderr,
+    )
+
+
 # -- doctor -------------------------------------------------------------------------------------
 
 
@@ -875,11 +962,13 @@ class _Exit(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     from wasm_plugins import __version__
+    from wasm_plugins.testing.faults import DEFAULT_FAULT_KINDS
 
     parser = _Parser(
         prog=PROG,
         description="Run untrusted WebAssembly plugins under enforced limits, with typed errors.",
-        epilog="Exit status: 0 success, 1 a plugin error, 2 a usage error.",
+        epilog="Exit status: 0 success, 1 a plugin error, 2 a usage error, 3 fuzz found a "
+        "broken invariant.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -914,6 +1003,50 @@ def _parser() -> argparse.ArgumentParser:
         help="raw codec: send the input text's bytes, print text or hex",
     )
 
+    fuzz = commands.add_parser(
+        "fuzz",
+        help="generated inputs and injected faults against a plugin, checking the error policy",
+        description=(
+            "Run random sequences of calls (generated inputs, faults injected into their "
+            "attempts, outages, clock moves) against a plugin on fresh hosts, and check the "
+            "invariants of the error policy after each step. Typed errors are fine outcomes. "
+            "Exit status: 0 every invariant held, 3 one broke (the shortest sequence that breaks "
+            "it is printed as Python), 1 a plugin error, 2 a usage error. Needs Hypothesis "
+            "(pip install 'wasm-plugins[testing]')."
+        ),
+    )
+    fuzz.add_argument("target", metavar="TARGET", help="plugin name, or a .toml/.wasm/.wat path")
+    fuzz.add_argument("function", metavar="FUNCTION")
+    fuzz.add_argument(
+        "--examples",
+        metavar="N",
+        type=_count,
+        default=100,
+        help="examples, each on a fresh host (100)",
+    )
+    fuzz.add_argument(
+        "--seed", metavar="S", type=_seed, default=None, help="repeat a run (default: random)"
+    )
+    fuzz.add_argument(
+        "--faults",
+        metavar="KINDS",
+        type=_fault_kinds,
+        default=DEFAULT_FAULT_KINDS,
+        help="comma-separated: error kinds (network, timeout, runtime...), latency, value, "
+        "exception; all; none (default: " + ", ".join(DEFAULT_FAULT_KINDS) + ")",
+    )
+    fuzz.add_argument(
+        "--rate", metavar="R", type=_rate, default=0.3, help="share of attempts with a fault (0.3)"
+    )
+    fuzz.add_argument(
+        "--input",
+        metavar="JSON|@FILE",
+        help="an example input: half the inputs are shaped like it (default: any JSON)",
+    )
+    fuzz.add_argument(
+        "--steps", metavar="N", type=_count, default=50, help="steps per example at most (50)"
+    )
+
     commands.add_parser("doctor", help="Python, packages, engines available and why not")
     demo = commands.add_parser("demo", help="a host at work: good calls and typed failures")
     demo.add_argument("--hostapi", type=Path, default=None, help="path of the hostapi/ folder")
@@ -928,6 +1061,8 @@ def _run(arguments: argparse.Namespace, out: TextIO) -> int:
         return _inspect(arguments.target, arguments.json, out)
     if command == "call":
         return _call(arguments, out)
+    if command == "fuzz":
+        return _fuzz(arguments, out)
     if command == "doctor":
         return _doctor(out)
     return run_demo(out, arguments.hostapi)

@@ -26,6 +26,7 @@ from wasm_plugins import hookspecs
 from wasm_plugins.builtin import builtin_plugins
 from wasm_plugins.builtin.fallbacks import ExternalFallback
 from wasm_plugins.builtin.reporters import AlertReporter, MetricsReporter
+from wasm_plugins.cache import ModuleCache
 from wasm_plugins.discovery import DiscoveryProblem, blocked_names, load_entry_points
 from wasm_plugins.engine import Engine, EngineRegistry, WasiDirectory, WasiSettings
 from wasm_plugins.errors import ConfigurationError, PluginError
@@ -99,6 +100,14 @@ class PluginInfo:
         return self.manifest.name
 
 
+_UNWRAPPABLE_HOOKS = (
+    "wasm_plugins_classify_error",
+    "wasm_plugins_recovery_action",
+    "wasm_plugins_fallback",
+    "wasm_plugins_report",
+)
+
+
 class _PluginManager(pluggy.PluginManager):
     """pluggy's manager, counting changes to its plugins so that the policy can keep the lists
     of implementations it calls until they change."""
@@ -108,7 +117,24 @@ class _PluginManager(pluggy.PluginManager):
     def register(self, plugin: object, name: str | None = None) -> str | None:
         result = super().register(plugin, name)
         self.generation += 1
+        if result is not None:
+            self._refuse_policy_wrappers(plugin)
         return result
+
+    def _refuse_policy_wrappers(self, plugin: object) -> None:
+        """The policy calls its hooks implementation by implementation, so a wrapper on them
+        would never run: refuse it loudly instead of ignoring it."""
+        for hook_name in _UNWRAPPABLE_HOOKS:
+            for implementation in getattr(self.hook, hook_name).get_hookimpls():
+                if implementation.plugin is plugin and (
+                    implementation.wrapper or implementation.hookwrapper
+                ):
+                    self.unregister(plugin)
+                    raise pluggy.PluginValidationError(
+                        plugin,
+                        f"{hook_name} of {implementation.plugin_name} is a wrapper; wrappers "
+                        "are supported on wasm_plugins_attempt only",
+                    )
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
         result = super().unregister(plugin, name)
@@ -204,6 +230,10 @@ class PluginHost:
     :param recovery_timeout: seconds a policy hook may take before its answer is ignored.
     :param external_fallbacks: by plugin name, ``(function, input) -> value`` callables that the
         ``external`` fallback strategy asks.
+    :param module_cache: where compiled modules are kept between runs: ``True`` (the default)
+        for the user's cache directory (see :mod:`wasm_plugins.cache`; ``WASM_PLUGINS_CACHE=off``
+        turns it off), a directory, a :class:`~wasm_plugins.cache.ModuleCache`, or ``False`` /
+        ``None`` for none.
     """
 
     def __init__(
@@ -218,6 +248,7 @@ class PluginHost:
         random: RandomSource | None = None,
         recovery_timeout: float = 1.0,
         external_fallbacks: Mapping[str, ExternalFallback] | None = None,
+        module_cache: ModuleCache | str | os.PathLike[str] | bool | None = True,
     ) -> None:
         if isolation not in ISOLATIONS:
             raise ConfigurationError(
@@ -242,6 +273,10 @@ class PluginHost:
         self.services.config = self._plugin_config
         self._plugins: dict[str, PluginInfo] = {}
         self._sandboxes: dict[tuple[str, Limits | None], Sandbox] = {}
+        self.module_cache: ModuleCache | None = _module_cache(module_cache)
+        """The compiled-module cache every sandbox of this host uses (``None``: none)."""
+        self._recompile: set[str] = set()
+        """Plugins whose next sandbox compiles again, replacing the cached code."""
         self._lock = threading.RLock()
         self._closed = False
         self._configured = False
@@ -250,7 +285,12 @@ class PluginHost:
         self.host_functions: dict[tuple[str, str], HostFunction] = {}
         self.clock: Clock = clock or SystemClock()
         self.pipeline = CallPipeline(self, self.clock, random or system_random(), recovery_timeout)
+        self._plain_invoke = type(self).invoke is PluginHost.invoke
+        """``call`` may ask the pipeline for the value alone (no subclass changes ``invoke``)."""
         builtins = builtin_plugins(self, external_fallbacks)
+        self._builtin_plugins = builtins
+        """The framework's own plugin objects: the policy tells these reporters of a plain
+        success directly, instead of through events, when no other reporter is registered."""
         for name, plugin in builtins.items():
             if not self.manager.is_blocked(name):
                 self.manager.register(plugin, name=name)
@@ -455,6 +495,8 @@ class PluginHost:
                 "functions": tuple(manifest.functions) or None,
                 "name": manifest.name,
                 "services": self.services,
+                "cache": self.module_cache,
+                "refresh_cache": plugin in self._recompile,
             }
             made: Sandbox
             if choose_isolation(engine, effective, requested) == "process":
@@ -463,6 +505,7 @@ class PluginHost:
                 )
             else:
                 made = Sandbox(manifest.module_source(), **settings)
+            self._recompile.discard(plugin)
             self._sandboxes[key] = made
             return made
 
@@ -471,6 +514,15 @@ class PluginHost:
         if self._pool is None:
             self._pool = WorkerPool(name=f"host-{id(self):x}")
         return self._pool
+
+    def sandboxes(self) -> dict[tuple[str, Limits | None], Sandbox]:
+        """The sandboxes the host holds, by (plugin, limits other than the manifest's or None)."""
+        with self._lock:
+            return dict(self._sandboxes)
+
+    def worker_pids(self) -> list[int]:
+        """The process ids of the host's worker processes (none until a plugin needs one)."""
+        return [] if self._pool is None else self._pool.pids()
 
     def sandbox(self, plugin: str) -> Sandbox:
         """The plugin's sandbox under its manifest's limits (loading it if needed).
@@ -501,6 +553,8 @@ class PluginHost:
 
         :raises ContextualError: when the call failed; ``error`` is the typed error.
         """
+        if self._plain_invoke:
+            return self.pipeline.call(plugin, function, input)
         return self.invoke(plugin, function, input).value
 
     async def acall(self, plugin: str, function: str, input: Any = None) -> Any:
@@ -508,8 +562,12 @@ class PluginHost:
         return await asyncio.to_thread(self.call, plugin, function, input)
 
     def _discard_sandbox(self, plugin: str, limits: Limits | None, recompile: bool) -> None:
-        """Drop a plugin's sandbox so that the next attempt gets a fresh one."""
+        """Drop a plugin's sandbox so that the next attempt gets a fresh one; with
+        ``recompile``, every sandbox of the plugin, and the next one compiles the module again
+        (bypassing the compiled-module cache, whose entry it replaces)."""
         with self._lock:
+            if recompile:
+                self._recompile.add(plugin)
             dropped = [
                 self._sandboxes.pop(key)
                 for key in list(self._sandboxes)
@@ -548,6 +606,19 @@ class PluginHost:
 
     def __repr__(self) -> str:
         return f"<PluginHost {len(self._plugins)} plugins, engine={self.engine_name!r}>"
+
+
+def _module_cache(
+    setting: ModuleCache | str | os.PathLike[str] | bool | None,
+) -> ModuleCache | None:
+    if setting is None or setting is False:
+        return None
+    if setting is True:
+        cache = ModuleCache.from_environment()
+        return cache if cache.enabled else None
+    if isinstance(setting, ModuleCache):
+        return setting if setting.enabled else None
+    return ModuleCache(setting)
 
 
 def _wasi_settings(manifest: Manifest) -> WasiSettings:

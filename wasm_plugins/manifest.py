@@ -7,6 +7,7 @@ Unknown keys are refused at every level, so a misspelt setting cannot be silentl
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from collections.abc import Callable, Mapping
@@ -381,6 +382,7 @@ def _units(parse: Callable[[Any], Any], *, optional: bool) -> Callable[[Any, Any
     return structure
 
 
+@functools.cache
 def manifest_converter() -> cattrs.Converter:
     """The strict converter: no type coercion, no extra keys."""
     converter = cattrs.Converter(forbid_extra_keys=True)

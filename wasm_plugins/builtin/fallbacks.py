@@ -26,6 +26,8 @@ from wasm_plugins.policy import AttemptSucceeded, CallState, FallbackResult, Pol
 
 if TYPE_CHECKING:
     from wasm_plugins.host import PluginHost
+    from wasm_plugins.manifest import Manifest
+    from wasm_plugins.policy._pipeline import RefusalHandler, ValueHandler
 
 __all__ = ["CACHE_QUALITY", "QUALITY", "BuiltinFallbacks", "ResultCache", "input_key"]
 
@@ -107,14 +109,45 @@ class BuiltinFallbacks:
                     self._caches[plugin] = cache
         return cache
 
+    def _caches_results(self, function: str, manifest: Manifest) -> bool:
+        spec = manifest.functions.get(function)
+        return spec is not None and spec.idempotent and "cache" in manifest.policy.fallbacks
+
+    def fast_handlers(
+        self, plugin: str, function: str, manifest: Manifest
+    ) -> tuple[ValueHandler | None, RefusalHandler | None]:
+        """The policy's common cases told directly (see ``CallPipeline``): a first attempt's
+        value is remembered when the cache strategy applies; a refusal is nothing to keep."""
+        if not self._caches_results(function, manifest):
+            return None, None
+
+        def succeeded(duration: float, input: Any, value: Any) -> None:
+            self.cache(plugin).put(input_key(function, input), value)
+
+        return succeeded, None
+
+    def answers_nothing(self, plugin: str, function: str, manifest: Manifest) -> bool:
+        """Whether none of the manifest's strategies can answer for this function, whatever
+        the input (the policy then skips asking)."""
+        spec = manifest.functions.get(function)
+        for strategy in manifest.policy.fallbacks:
+            if strategy == "cache" and spec is not None and spec.idempotent:
+                return False
+            if strategy == "simplified" and spec is not None and spec.simplified is not None:
+                return False
+            if strategy == "external" and plugin in self._services:
+                return False
+            if strategy == "default" and spec is not None and spec.has_default:
+                return False
+        return True
+
     @hookimpl(trylast=True)
     def wasm_plugins_report(self, event: PolicyEvent) -> None:
         """Remember successful results of idempotent functions for the cache strategy."""
         if not isinstance(event, AttemptSucceeded):
             return
         manifest = self._host._info(event.plugin).manifest
-        spec = manifest.functions.get(event.function)
-        if spec is not None and spec.idempotent and "cache" in manifest.policy.fallbacks:
+        if self._caches_results(event.function, manifest):
             self.cache(event.plugin).put(input_key(event.function, event.input), event.value)
 
     @hookimpl(trylast=True)
@@ -127,6 +160,10 @@ class BuiltinFallbacks:
         return None
 
     def _cache(self, call: CallState) -> FallbackResult | None:
+        spec = call.manifest.functions.get(call.function)
+        if spec is None or not spec.idempotent:
+            # Only results of idempotent functions are kept: nothing to look for.
+            return None
         found = self.cache(call.plugin).get(input_key(call.function, call.input))
         if found is None:
             return None

@@ -19,9 +19,10 @@ import bisect
 import importlib
 import os
 import threading
-from collections import Counter, deque
+import time
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from loguru import logger
@@ -40,6 +41,10 @@ from wasm_plugins.policy import (
     RetryScheduled,
 )
 
+if TYPE_CHECKING:
+    from wasm_plugins.manifest import Manifest
+    from wasm_plugins.policy._pipeline import RefusalHandler, ValueHandler
+
 __all__ = [
     "LATENCY_BUCKETS",
     "Alert",
@@ -51,6 +56,38 @@ __all__ = [
 
 LATENCY_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, float("inf"))
 """Upper bounds, in seconds, of the latency histogram's buckets."""
+
+
+_LOGURU_CORE: Any = getattr(logger, "_core", None)
+"""loguru's state behind the logger (one per process, never replaced)."""
+
+
+def _dropped(level: str) -> bool:
+    """Whether loguru would drop a record of this module at ``level`` before formatting it: no
+    sink, a level below every sink's, or logging disabled for this module (the library's default).
+
+    Read from loguru's own state, which it updates on ``add``, ``remove``, ``enable`` and
+    ``disable``; anything unexpected there counts as "not dropped", and the record is made.
+    """
+    try:
+        core = _LOGURU_CORE
+        if not core.handlers:
+            return True
+        if core.levels_lookup[level][2] < core.min_level:
+            return True
+        return core.enabled.get(__name__) is False
+    except Exception:
+        return False
+
+
+def _direct(clock: Callable[[], float]) -> Callable[[], float]:
+    """``time.monotonic`` itself for the system clock's reading (one call less)."""
+    from wasm_plugins.policy import SystemClock
+
+    owner = getattr(clock, "__self__", None)
+    if type(owner) is SystemClock and getattr(clock, "__name__", None) == "monotonic":
+        return time.monotonic
+    return clock
 
 
 def _error_fields(error: PluginError | None) -> dict[str, Any]:
@@ -66,6 +103,22 @@ def _error_fields(error: PluginError | None) -> dict[str, Any]:
 
 class LogReporter:
     """One structured log record per event."""
+
+    def fast_handlers(
+        self, plugin: str, function: str, manifest: Manifest
+    ) -> tuple[ValueHandler | None, RefusalHandler | None]:
+        """What this reporter does with the policy's common cases, told directly (see
+        ``CallPipeline``): nothing for a success, the ``call_finished`` record for a refusal."""
+
+        def refused(number: int, at: float, duration: float, error: PluginError) -> None:
+            if _dropped("ERROR"):
+                return
+            call_id = f"{plugin}#{number}"
+            self.wasm_plugins_report(
+                CallFinished(plugin, function, call_id, at, "error", 0, duration, error)
+            )
+
+        return None, refused
 
     @hookimpl(trylast=True)
     def wasm_plugins_report(self, event: PolicyEvent) -> None:
@@ -117,29 +170,98 @@ class MetricsReporter:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counters: Counter[tuple[str, str, str, str, str]] = Counter()
+        # Each counter and each latency sum is a one-item list, so that the policy's direct
+        # handlers can keep it and add to it without looking it up (see fast_handlers); a
+        # counter still at zero, or a histogram with no observation, was never counted and is
+        # not shown.
+        self._counters: dict[tuple[str, str, str, str, str], list[int]] = {}
         self._latency: dict[tuple[str, str], list[int]] = {}
-        self._latency_sum: dict[tuple[str, str], float] = {}
+        self._latency_sum: dict[tuple[str, str], list[float]] = {}
         self._prometheus = _PrometheusMetrics.create()
+
+    def _counter(self, key: tuple[str, str, str, str, str]) -> list[int]:
+        # Called with the lock held.
+        cell = self._counters.get(key)
+        if cell is None:
+            cell = self._counters[key] = [0]
+        return cell
+
+    def _histogram(self, key: tuple[str, str]) -> tuple[list[int], list[float]]:
+        # Called with the lock held.
+        buckets = self._latency.get(key)
+        if buckets is None:
+            buckets = self._latency[key] = [0] * len(LATENCY_BUCKETS)
+            self._latency_sum[key] = [0.0]
+        return buckets, self._latency_sum[key]
 
     def _count(self, name: str, plugin: str, function: str, label: str, value: str) -> None:
         key = (name, plugin, function, label, value)
         with self._lock:
-            self._counters[key] += 1
+            self._counter(key)[0] += 1
         if self._prometheus is not None:
             self._prometheus.count(name, {"plugin": plugin, "function": function, label: value})
 
     def _observe(self, plugin: str, function: str, seconds: float) -> None:
-        key = (plugin, function)
         index = bisect.bisect_left(LATENCY_BUCKETS, seconds)
         with self._lock:
-            buckets = self._latency.get(key)
-            if buckets is None:
-                buckets = self._latency[key] = [0] * len(LATENCY_BUCKETS)
+            buckets, total = self._histogram((plugin, function))
             buckets[index] += 1
-            self._latency_sum[key] = self._latency_sum.get(key, 0.0) + seconds
+            total[0] += seconds
         if self._prometheus is not None:
             self._prometheus.observe(plugin, function, seconds)
+
+    def fast_handlers(
+        self, plugin: str, function: str, manifest: Manifest
+    ) -> tuple[ValueHandler | None, RefusalHandler | None]:
+        """The counts of the policy's common cases, told directly (see ``CallPipeline``): a
+        first attempt's value (an attempt and a call counted, the latency observed), a refusal
+        (a call counted as an error, the latency observed)."""
+        if self._prometheus is not None:
+
+            def counted(duration: float, input: Any, value: Any) -> None:
+                self._count("attempts", plugin, function, "result", "value")
+                self._count("calls", plugin, function, "outcome", "value")
+                self._observe(plugin, function, duration)
+
+            def refused_counted(
+                number: int, at: float, duration: float, error: PluginError
+            ) -> None:
+                self._count("calls", plugin, function, "outcome", "error")
+                self._observe(plugin, function, duration)
+
+            return counted, refused_counted
+
+        lock = self._lock
+        with lock:
+            attempts = self._counter(("attempts", plugin, function, "result", "value"))
+            values = self._counter(("calls", plugin, function, "outcome", "value"))
+            errors = self._counter(("calls", plugin, function, "outcome", "error"))
+            buckets, total = self._histogram((plugin, function))
+        where = bisect.bisect_left
+        bounds = LATENCY_BUCKETS
+
+        def succeeded(duration: float, input: Any, value: Any) -> None:
+            index = where(bounds, duration)
+            lock.acquire()
+            try:
+                attempts[0] += 1
+                values[0] += 1
+                buckets[index] += 1
+                total[0] += duration
+            finally:
+                lock.release()
+
+        def refused(number: int, at: float, duration: float, error: PluginError) -> None:
+            index = where(bounds, duration)
+            lock.acquire()
+            try:
+                errors[0] += 1
+                buckets[index] += 1
+                total[0] += duration
+            finally:
+                lock.release()
+
+        return succeeded, refused
 
     @hookimpl(trylast=True)
     def wasm_plugins_report(self, event: PolicyEvent) -> None:
@@ -163,7 +285,9 @@ class MetricsReporter:
         """Every counter (``{name: {"label=value,...": count}}``) and histogram, as plain data."""
         with self._lock:
             counters: dict[str, dict[str, int]] = {}
-            for (name, plugin, function, label, value), count in sorted(self._counters.items()):
+            for (name, plugin, function, label, value), (count,) in sorted(self._counters.items()):
+                if not count:
+                    continue
                 labels = {"function": function, "plugin": plugin, label: value}
                 label_text = ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k)
                 counters.setdefault(name, {})[label_text] = count
@@ -171,9 +295,10 @@ class MetricsReporter:
                 f"{plugin}.{function}": {
                     "buckets": dict(zip([str(b) for b in LATENCY_BUCKETS], counts, strict=True)),
                     "count": sum(counts),
-                    "sum": self._latency_sum[(plugin, function)],
+                    "sum": self._latency_sum[(plugin, function)][0],
                 }
                 for (plugin, function), counts in sorted(self._latency.items())
+                if any(counts)
             }
         return {"counters": counters, "latency_seconds": histograms}
 
@@ -182,7 +307,8 @@ class MetricsReporter:
         outcome="value")``; ``retries`` takes no label."""
         ((key, value),) = label.items() if label else (("", ""),)
         with self._lock:
-            return self._counters[(name, plugin, function, key, value)]
+            cell = self._counters.get((name, plugin, function, key, value))
+            return 0 if cell is None else cell[0]
 
     def prometheus_text(self) -> str | None:
         """The metrics in Prometheus' exposition format, or None without prometheus_client."""
@@ -274,6 +400,47 @@ class AlertReporter:
             alert.message
         )
 
+    def fast_handlers(
+        self, plugin: str, function: str, manifest: Manifest
+    ) -> tuple[ValueHandler | None, RefusalHandler | None]:
+        """The policy's common cases told directly (see ``CallPipeline``): a call that
+        succeeded, a call refused (a failure for the error rate)."""
+
+        with self._lock:
+            state = self._state(plugin)
+        buckets, totals = state
+        tally = self._tally
+        clock = _direct(self._clock)
+        lock = self._lock
+        firing = self._firing
+
+        def succeeded(duration: float, input: Any, value: Any) -> None:
+            # The common case: a success in this second while no call failed in the window and
+            # no old bucket is due to leave it. The rate is then 0 and stays below any positive
+            # threshold: count it. Anything else goes through _tally.
+            now = clock()
+            lock.acquire()
+            try:
+                if (
+                    not totals[1]
+                    and buckets
+                    and (last := buckets[-1])[0] == int(now)
+                    and buckets[0][0] > now - self.window
+                    and self.threshold > 0
+                    and plugin not in firing
+                ):
+                    last[1] += 1
+                    totals[0] += 1
+                    return
+            finally:
+                lock.release()
+            tally(plugin, function, state, 0, now)
+
+        def refused(number: int, at: float, duration: float, error: PluginError) -> None:
+            tally(plugin, function, state, 1, clock())
+
+        return succeeded, refused
+
     @hookimpl(trylast=True)
     def wasm_plugins_report(self, event: PolicyEvent) -> None:
         """Watch failed attempts and finished calls."""
@@ -288,45 +455,69 @@ class AlertReporter:
                 )
             )
         if isinstance(event, CallFinished):
-            self._watch_rate(event)
+            with self._lock:
+                state = self._state(event.plugin)
+            self._tally(event.plugin, event.function, state, int(event.outcome != "value"))
 
-    def _watch_rate(self, event: CallFinished) -> None:
+    def _state(self, plugin: str) -> tuple[deque[list[int]], list[int]]:
+        # Called with the lock held; a plugin's state, once made, is kept for good.
+        buckets = self._outcomes.get(plugin)
+        if buckets is None:
+            buckets = self._outcomes[plugin] = deque()
+            self._totals[plugin] = [0, 0]
+        return buckets, self._totals[plugin]
+
+    def _tally(
+        self,
+        plugin: str,
+        function: str,
+        state: tuple[deque[list[int]], list[int]],
+        failure: int,
+        now: float | None = None,
+    ) -> None:
         # Outcomes are counted in one-second buckets: the work per call does not grow with
         # the traffic, and neither does the memory.
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         second = int(now)
-        failed = event.outcome != "value"
-        with self._lock:
-            buckets = self._outcomes.setdefault(event.plugin, deque())
-            totals = self._totals.setdefault(event.plugin, [0, 0])
-            if buckets and buckets[-1][0] == second:
-                buckets[-1][1] += 1
-                buckets[-1][2] += int(failed)
+        buckets, totals = state
+        lock = self._lock
+        lock.acquire()
+        try:
+            if buckets and (last := buckets[-1])[0] == second:
+                last[1] += 1
+                last[2] += failure
             else:
-                buckets.append([second, 1, int(failed)])
+                buckets.append([second, 1, failure])
             totals[0] += 1
-            totals[1] += int(failed)
-            while buckets and buckets[0][0] <= now - self.window:
+            totals[1] += failure
+            horizon = now - self.window
+            while buckets and buckets[0][0] <= horizon:
                 _, old_calls, old_failures = buckets.popleft()
                 totals[0] -= old_calls
                 totals[1] -= old_failures
             calls, failures = totals
             rate = failures / calls
-            fire = calls >= self.min_calls and rate >= self.threshold
-            fire = fire and event.plugin not in self._firing
-            if fire:
-                self._firing.add(event.plugin)
-            elif rate < self.threshold:
-                self._firing.discard(event.plugin)
+            threshold = self.threshold
+            if rate < threshold:
+                fire = False
+                if plugin in self._firing:
+                    self._firing.discard(plugin)
+            else:
+                fire = calls >= self.min_calls and plugin not in self._firing
+                if fire:
+                    self._firing.add(plugin)
+        finally:
+            lock.release()
         if fire:
             self._raise(
                 Alert(
                     now,
-                    event.plugin,
-                    event.function,
+                    plugin,
+                    function,
                     "error_rate",
-                    f"{event.plugin}: {failures} of the last {calls} calls failed "
-                    f"({rate:.0%}, threshold {self.threshold:.0%})",
+                    f"{plugin}: {failures} of the last {calls} calls failed "
+                    f"({rate:.0%}, threshold {threshold:.0%})",
                 )
             )
 
@@ -350,6 +541,12 @@ class SentryReporter:
         if not sentry.get_client().is_active():
             sentry.init(dsn=dsn)
         return cls(sentry)
+
+    def fast_handlers(
+        self, plugin: str, function: str, manifest: Manifest
+    ) -> tuple[ValueHandler | None, RefusalHandler | None]:
+        """Successes and refusals are no failed attempts: nothing to send."""
+        return None, None
 
     @hookimpl(trylast=True)
     def wasm_plugins_report(self, event: PolicyEvent) -> None:

@@ -73,6 +73,9 @@ _FRAME = re.compile(
 )
 
 
+_I32_SIGN = 1 << 31
+
+
 def _to_i32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value >= (1 << 31) else value
@@ -314,6 +317,15 @@ class _Memory:
         self._check(ptr, len(data), "host-to-guest")
         self._view[ptr : ptr + len(data)] = data
 
+    def read_unchecked(self, ptr: int, length: int) -> bytes:
+        """Copy a range already checked against :meth:`size` since the guest last ran (so the
+        view is current)."""
+        return self._view[ptr : ptr + length].tobytes()
+
+    def write_unchecked(self, ptr: int, data: bytes) -> None:
+        """Copy into a range already checked against :meth:`size` since the guest last ran."""
+        self._view[ptr : ptr + len(data)] = data
+
 
 @attrs.define
 class _Export:
@@ -462,10 +474,14 @@ class WasmerInstance:
             raise ExecutionError(message=f"Guest call failed: {exc}", trap="engine_error") from None
 
     def call_abi(self, function: ExportFunction, ptr: int, length: int) -> int:
-        function = cast(_Export, function)
         self._state.exception = None
         try:
-            return int(self._funcs[function.index](_to_i32(ptr), _to_i32(length)))
+            # (no typing.cast here: it is a call, and this is the hot path)
+            result: int = self._funcs[function.index](  # type: ignore[attr-defined]
+                ptr if 0 <= ptr < _I32_SIGN else _to_i32(ptr),
+                length if 0 <= length < _I32_SIGN else _to_i32(length),
+            )
+            return result
         except RuntimeError as exc:
             self._reraise_host_exception()
             raise _trap_from_message(str(exc)) from None

@@ -39,7 +39,8 @@ class Bulkhead:
         self.limit = limit
         self.queue = queue
         self.plugin = plugin
-        self._condition = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
         self._in_flight = 0
         self._waiting: collections.deque[object] = collections.deque()
 
@@ -58,7 +59,7 @@ class Bulkhead:
 
         :raises ResourceLimitExceeded: at once when the queue is full, or when the wait timed out.
         """
-        with self._condition:
+        with self._lock:
             if self._in_flight < self.limit and not self._waiting:
                 self._in_flight += 1
                 return
@@ -85,9 +86,11 @@ class Bulkhead:
 
     def release(self) -> None:
         """Give a slot back."""
-        with self._condition:
+        with self._lock:
             self._in_flight -= 1
-            self._condition.notify_all()
+            # Whoever waits for a slot is in the queue (and stays there until it takes one).
+            if self._waiting:
+                self._condition.notify_all()
 
     def _refused(self, why: str) -> ResourceLimitExceeded:
         return ResourceLimitExceeded(

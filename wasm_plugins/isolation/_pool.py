@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_MEMORY_LIMIT",
     "DEFAULT_POOL_SIZE",
     "DEFAULT_SPIN",
+    "WorkerGone",
     "WorkerPool",
     "WorkerProcess",
     "close_all_pools",
@@ -131,6 +132,10 @@ class RemoteSession:
         self.guest_error: bytes | None = None
 
 
+class WorkerGone(Exception):
+    """A worker just checked out had ended while idle (see ``WorkerProcess.replace_if_gone``)."""
+
+
 class WorkerProcess:
     """The host's side of one worker: its process, its channel, and what it holds.
 
@@ -149,6 +154,11 @@ class WorkerProcess:
         """Keys of the modules with a live instance in the worker, and their host-side session."""
         self.unloads: list[str] = []
         """Modules to unload before the next use (written under the pool's lock)."""
+        self.replace_if_gone = False
+        """Set by a caller that just checked the worker out: a channel found closed before its
+        first request went through means the worker ended while idle, which raises
+        :class:`WorkerGone` (the caller replaces it) instead of the typed error of a worker that
+        died during a request."""
 
     # -- the channel, with failures turned into typed errors -----------------------------------
 
@@ -159,20 +169,32 @@ class WorkerProcess:
 
         :raises wire.ChannelTimeout: when the worker stopped reading until the deadline.
         :raises PluginError: InstanceError or CommunicationError when the worker is gone.
+        :raises WorkerGone: when it was gone before the first request (see ``replace_if_gone``).
         """
         try:
             self.channel.send(kind, header, payload, deadline)
         except wire.ChannelClosed:
-            raise self.lost() from None
+            raise self._gone() from None
+        # The worker's end took the frame: it was alive when the request went out.
+        self.replace_if_gone = False
 
     def receive(self, deadline: float | None, max_payload: int) -> wire.Frame:
         """Receive a frame; same errors as :meth:`send`, plus a violation of the protocol."""
         try:
             return self.channel.receive(deadline, max_payload)
         except wire.ChannelClosed:
-            raise self.lost() from None
+            raise self._gone() from None
         except wire.ProtocolViolation as exc:
             raise self.violation(str(exc)) from None
+
+    def _gone(self) -> Exception:
+        if self.replace_if_gone:
+            # A Unix socket refuses a send at once when the other end is closed, and a process'
+            # sockets are closed by the time it ends: nothing had reached this worker yet.
+            self.replace_if_gone = False
+            self.broken = True
+            return WorkerGone(self.pid)
+        return self.lost()
 
     def ensure_ready(self, timeout: float) -> None:
         """Wait for a new worker's ``READY``."""
@@ -361,7 +383,10 @@ class WorkerPool:
         self.spin = spin
         default = [sys.executable, "-m", WORKER_MODULE]
         self._command = list(command) if command is not None else default
-        self._condition = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
+        self._waiters = 0
+        """Callers waiting in checkout (notified only when there are some)."""
         self._closed = False
         self._workers: list[WorkerProcess] = []
         self._idle: list[WorkerProcess] = []
@@ -422,14 +447,20 @@ class WorkerPool:
         """
         if self._missing:
             self._refill()
-        with self._condition:
+        with self._lock:
             while True:
                 if self._closed:
                     raise _closed_error()
-                if self._idle:
-                    worker = self._best(key)
-                    self._idle.remove(worker)
-                    unloads, worker.unloads = worker.unloads, []
+                idle = self._idle
+                if idle:
+                    worker = idle.pop() if len(idle) == 1 else self._best(key)
+                    if worker in idle:
+                        idle.remove(worker)
+                    unloads: Sequence[str] = worker.unloads
+                    if unloads:
+                        worker.unloads = []
+                    else:
+                        unloads = ()  # not the list itself: forget() may add to it meanwhile
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -444,7 +475,11 @@ class WorkerPool:
                         ),
                         suggestion="use a larger pool, or lower the concurrency of other plugins",
                     )
-                self._condition.wait(remaining)
+                self._waiters += 1
+                try:
+                    self._condition.wait(remaining)
+                finally:
+                    self._waiters -= 1
         for key_to_drop in unloads:
             self._unload(worker, key_to_drop)
         return worker
@@ -494,7 +529,7 @@ class WorkerPool:
                 except PluginError:
                     # Out of processes or memory for now: the next checkout tries again.
                     replacement = None
-        with self._condition:
+        with self._lock:
             if self._closed:
                 closing = [w for w in (worker, replacement) if w is not None]
             else:
@@ -508,9 +543,11 @@ class WorkerPool:
                         self._missing += 1
                 else:
                     self._idle.append(worker)
-                self._condition.notify()
-        for item in closing:
-            item.dispose()
+                if self._waiters:
+                    self._condition.notify()
+        if closing:
+            for item in closing:
+                item.dispose()
 
     def forget(self, key: str) -> None:
         """Unload a module from every worker: idle ones now, busy ones before their next use."""
@@ -567,7 +604,9 @@ class WorkerPool:
         """In a forked child: give up this pool without touching its processes."""
         self._closed = True
         # Fresh locks: a thread of the parent may have held the old ones at the fork.
-        self._condition = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
+        self._waiters = 0
         self._finalizer.detach()
         self._processes = _Processes()
         for worker in self._workers:

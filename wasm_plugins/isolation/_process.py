@@ -20,7 +20,7 @@ import operator
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NoReturn, TypeGuard
+from typing import TYPE_CHECKING, Any, NoReturn, TypeGuard
 
 from loguru import logger
 
@@ -41,12 +41,16 @@ from wasm_plugins.isolation._bulkhead import Bulkhead
 from wasm_plugins.isolation._pool import (
     DEFAULT_POOL_SIZE,
     RemoteSession,
+    WorkerGone,
     WorkerPool,
     WorkerProcess,
 )
 from wasm_plugins.sandbox import HostCall, HostFunction, Limits, ModuleSource, Sandbox
 from wasm_plugins.sandbox._abi import Session, _guest_error
 from wasm_plugins.sandbox._sandbox import _host_failure, _instance_is_suspect, _ThreadState
+
+if TYPE_CHECKING:
+    from wasm_plugins.cache import ModuleCache
 
 __all__ = ["DEFAULT_QUEUE_TIMEOUT", "TIMEOUT_GRACE", "ProcessSandbox", "RemoteMemory"]
 
@@ -148,13 +152,20 @@ class _Deadline:
     timeout, so a worker that stops reading cannot block the host for ever.
     """
 
-    def __init__(self, limit: float | None, grace: float, io_timeout: float) -> None:
+    def __init__(
+        self,
+        limit: float | None,
+        grace: float,
+        io_timeout: float,
+        operation: str,
+        started: float | None = None,
+    ) -> None:
         self.limit = limit
         self._wait = None if limit is None else limit + grace
         self._io_timeout = io_timeout
-        self.operation = "call"
-        self.started = time.monotonic()
-        self.at: float | None = None
+        self.operation = operation
+        self.started = started = time.monotonic() if started is None else started
+        self.at: float | None = None if self._wait is None else started + self._wait
 
     def restart(self, operation: str) -> None:
         self.operation = operation
@@ -222,6 +233,7 @@ class ProcessSandbox(Sandbox):
     """
 
     isolation = "process"
+    _keeps_serialized = True
 
     def __init__(
         self,
@@ -236,6 +248,8 @@ class ProcessSandbox(Sandbox):
         name: str | None = None,
         services: Any = None,
         wasi: WasiSettings | None = None,
+        cache: ModuleCache | None = None,
+        refresh_cache: bool = False,
         pool: WorkerPool | None = None,
         concurrency: int | None = None,
         queue_size: int | None = None,
@@ -265,6 +279,8 @@ class ProcessSandbox(Sandbox):
                 name=name,
                 services=services,
                 wasi=wasi,
+                cache=cache,
+                refresh_cache=refresh_cache,
             )
         except BaseException:
             if self._owns_pool:
@@ -355,7 +371,9 @@ class ProcessSandbox(Sandbox):
                 "capture": wasi.output is not None,
             },
         }
-        return _Remote(header, self._module.serialize(), forwarded)
+        # The compiled code as the cache read or wrote it, else as the engine gives it.
+        serialized = self._serialized if self._serialized is not None else self._module.serialize()
+        return _Remote(header, serialized, forwarded)
 
     # -- calls ---------------------------------------------------------------------------------
 
@@ -379,7 +397,7 @@ class ProcessSandbox(Sandbox):
         try:
             if self._closed:
                 raise _closed_sandbox()
-            return self._run(function, bytes(data))
+            return self._run(function, data if type(data) is bytes else bytes(data))
         except PluginError as error:
             failure = self._annotate(error, function, len(data))
             cause = error.__cause__
@@ -390,26 +408,34 @@ class ProcessSandbox(Sandbox):
         self._bulkhead.acquire(deadline)
         try:
             worker = self.pool.checkout(self._key, deadline)
-            if worker.process.poll() is not None:
-                # It died while idle (the system killed it?): replace it rather than fail a call.
-                worker.broken = True
-                self.pool.checkin(worker)
-                worker = self.pool.checkout(self._key, deadline)
+            worker.replace_if_gone = True
             try:
-                return self._exchange(worker, function, data)
-            except PluginError:
-                if self.pool.closed and worker.broken:
-                    raise _closed_sandbox("the worker pool was closed during the call") from None
-                raise
-            except BaseException:
-                # Stopped halfway (KeyboardInterrupt in the wait, a bug): the channel may hold
-                # an answer that is not for the next call.
-                worker.kill()
-                raise
-            finally:
-                self.pool.checkin(worker)
+                return self._on(worker, function, data)
+            except WorkerGone:
+                # It died while idle (the system killed it?): replace it rather than fail a
+                # call; the replacement's failures are the call's.
+                pass
+            return self._on(self.pool.checkout(self._key, deadline), function, data)
         finally:
             self._bulkhead.release()
+
+    def _on(self, worker: WorkerProcess, function: str | None, data: bytes) -> bytes:
+        """One request on a worker checked out for it, checked in after."""
+        try:
+            return self._exchange(worker, function, data)
+        except WorkerGone:
+            raise
+        except PluginError:
+            if self.pool.closed and worker.broken:
+                raise _closed_sandbox("the worker pool was closed during the call") from None
+            raise
+        except BaseException:
+            # Stopped halfway (KeyboardInterrupt in the wait, a bug): the channel may hold
+            # an answer that is not for the next call.
+            worker.kill()
+            raise
+        finally:
+            self.pool.checkin(worker)
 
     def _call_header(self, function: str) -> bytes:
         header = self._call_headers.get(function)
@@ -443,30 +469,69 @@ class ProcessSandbox(Sandbox):
         """One request to a checked-out worker, served until its answer."""
         remote = self._remote
         assert remote is not None
-        worker.ensure_ready(self.pool.start_timeout)
+        if not worker.ready:
+            worker.ensure_ready(self.pool.start_timeout)
         if self._key not in worker.modules:
             self._load_into(worker, remote)
         session = worker.sessions.get(self._key)
+        io_timeout = self.pool.start_timeout
+        max_payload = max(self.limits.max_output, wire.CHUNK)
+        if session is not None and function is not None and self.limits.timeout is None:
+            # A call on a live instance without a timeout: most get their answer in the first
+            # frame, and need no deadline at all.
+            started = time.monotonic()
+            try:
+                worker.send(wire.CALL, self._call_header(function), data, started + io_timeout)
+                frame = worker.receive(None, max_payload)
+            except wire.ChannelTimeout:
+                worker.kill()
+                raise self._deadline("call", started).expired() from None
+            if frame[0] == wire.RESULT:
+                return self._result(worker, frame[2])
+            return self._serve(worker, function, session, self._deadline("call", started), frame)
         instantiating = session is None
-        if session is None:
-            session = RemoteSession()
-        grace = TIMEOUT_GRACE if self.engine.features.timeout else 0.0
-        clock = _Deadline(self.limits.timeout, grace, self.pool.start_timeout)
-        clock.restart("instantiation" if instantiating else "call")
-        max_output = self.limits.max_output
-        max_payload = max(max_output, wire.CHUNK)
-        pending: PluginError | None = None
+        clock = self._deadline("instantiation" if instantiating else "call", None)
         try:
             if function is None:
                 worker.send(wire.INSTANTIATE, remote.instantiate_header, b"", clock.io())
             else:
                 worker.send(wire.CALL, self._call_header(function), data, clock.io())
+        except wire.ChannelTimeout:
+            worker.kill()
+            raise clock.expired() from None
+        return self._serve(worker, function, session, clock, None)
+
+    def _deadline(self, operation: str, started: float | None) -> _Deadline:
+        grace = TIMEOUT_GRACE if self.engine.features.timeout else 0.0
+        return _Deadline(self.limits.timeout, grace, self.pool.start_timeout, operation, started)
+
+    def _result(self, worker: WorkerProcess, payload: bytes) -> bytes:
+        if len(payload) > self.limits.max_output:
+            raise worker.violation(f"a result of {len(payload)} bytes, over the limit")
+        return payload
+
+    def _serve(
+        self,
+        worker: WorkerProcess,
+        function: str | None,
+        live: RemoteSession | None,
+        clock: _Deadline,
+        frame: wire.Frame | None,
+    ) -> bytes:
+        """Serve a worker's frames until the answer to the request it was sent (``frame``: the
+        first one, already received)."""
+        instantiating = live is None
+        session = RemoteSession() if live is None else live
+        max_payload = max(self.limits.max_output, wire.CHUNK)
+        pending: PluginError | None = None
+        try:
             while True:
-                kind, header, payload = worker.receive(clock.at, max_payload)
+                if frame is None:
+                    frame = worker.receive(clock.at, max_payload)
+                kind, header, payload = frame
+                frame = None
                 if kind == wire.RESULT and not instantiating and function is not None:
-                    if len(payload) > max_output:
-                        raise worker.violation(f"a result of {len(payload)} bytes, over the limit")
-                    return payload
+                    return self._result(worker, payload)
                 if kind == wire.INSTANTIATED and (instantiating or function is None):
                     if instantiating:
                         worker.sessions[self._key] = session

@@ -178,15 +178,24 @@ class Channel:
         :raises ChannelClosed: when the other end is gone.
         :raises ChannelTimeout: when the other end stopped reading until ``deadline``.
         """
-        prefix = PREFIX.pack(kind, len(header), len(payload))
         if len(payload) <= CHUNK:
-            self._send_all(prefix + header + payload, deadline)
+            frame = PREFIX.pack(kind, len(header), len(payload)) + header + payload
+            # Most frames fit the socket's buffer: one write, no view.
+            try:
+                sent = self._sock.send(frame, _SEND_FLAGS)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise ChannelClosed(f"send failed: {exc}") from None
+            if sent != len(frame):
+                self._send_all(memoryview(frame)[sent:], deadline)
         else:
-            self._send_all(prefix + header, deadline)
-            self._send_all(payload, deadline)
+            self._send_all(
+                memoryview(PREFIX.pack(kind, len(header), len(payload)) + header), deadline
+            )
+            self._send_all(memoryview(payload), deadline)
 
-    def _send_all(self, data: bytes, deadline: float | None) -> None:
-        view = memoryview(data)
+    def _send_all(self, view: memoryview, deadline: float | None) -> None:
         sock = self._sock
         while view:
             try:
@@ -219,6 +228,20 @@ class Channel:
         :raises ChannelClosed: at end-of-file.
         :raises ProtocolViolation: for a frame over the limits.
         """
+        if not self._buffer:
+            # Nothing buffered: wait and read, and take the frame straight from what was read
+            # when it is exactly one whole frame (the usual case: one request, one answer).
+            received = self._read(deadline)
+            if received >= PREFIX.size:
+                kind, header_size, payload_size = PREFIX.unpack_from(self._chunk)
+                _check_prefix(kind, header_size, payload_size, max_payload)
+                start = PREFIX.size + header_size
+                if start + payload_size == received:
+                    view = self._view
+                    header = view[PREFIX.size : start].tobytes() if header_size else b""
+                    payload = view[start:received].tobytes() if payload_size else b""
+                    return kind, header, payload
+            self._buffer += self._view[:received]
         while True:
             frame = self._take(max_payload)
             if frame is not None:
@@ -230,16 +253,7 @@ class Channel:
         if len(buffer) < PREFIX.size:
             return None
         kind, header_size, payload_size = PREFIX.unpack_from(buffer)
-        if header_size > MAX_HEADER:
-            raise ProtocolViolation(
-                f"a frame of kind {kind} announces a header of {header_size} bytes "
-                f"(at most {MAX_HEADER})"
-            )
-        if payload_size > max_payload:
-            raise ProtocolViolation(
-                f"a frame of kind {KIND_NAMES.get(kind, kind)} announces a payload of "
-                f"{payload_size} bytes where at most {max_payload} are expected"
-            )
+        _check_prefix(kind, header_size, payload_size, max_payload)
         start = PREFIX.size + header_size
         end = start + payload_size
         if len(buffer) < end:
@@ -251,45 +265,61 @@ class Channel:
         return kind, header, payload
 
     def _fill(self, deadline: float | None) -> None:
-        sock = self._sock
+        self._buffer += self._view[: self._read(deadline)]
+
+    def _read(self, deadline: float | None) -> int:
+        """Wait for something to read, and read it into the chunk: how many bytes (0 when the
+        socket had nothing after all).
+
+        :raises ChannelClosed: at end-of-file.
+        """
+        ready = False
         if self.spin > 0:
+            # Spin on a zero-timeout poll (cheaper than failing reads, and as quick to notice
+            # data or end-of-file), yielding the processor after the first microseconds.
+            poll = self._poll.poll
             now = time.monotonic()
             until = now + self.spin
             if deadline is not None:
                 until = min(until, deadline)
             polite = now + min(self.spin, POLITE_AFTER)
             while True:
-                try:
-                    received = sock.recv_into(self._chunk, CHUNK, _RECEIVE_FLAGS)
-                except BlockingIOError:
-                    now = time.monotonic()
-                    if now >= until:
-                        break
-                    if now >= polite:
-                        # When both ends share a core, a plain spin would starve the other end.
-                        _yield_processor()
-                    continue
-                except OSError as exc:
-                    raise ChannelClosed(f"receive failed: {exc}") from None
-                self._got(received)
-                return
-        while True:
+                if poll(0):
+                    ready = True
+                    break
+                now = time.monotonic()
+                if now >= until:
+                    break
+                if now >= polite:
+                    # When both ends share a core, a plain spin would starve the other end.
+                    _yield_processor()
+        while not ready:
             if deadline is not None and time.monotonic() >= deadline:
                 raise ChannelTimeout("no frame before the deadline")
             if self._poll.poll(_poll_timeout(deadline)):
                 break
         try:
-            received = sock.recv_into(self._chunk, CHUNK, _RECEIVE_FLAGS)
+            received = self._sock.recv_into(self._chunk, CHUNK, _RECEIVE_FLAGS)
         except BlockingIOError:
-            return
+            return 0
         except OSError as exc:
             raise ChannelClosed(f"receive failed: {exc}") from None
-        self._got(received)
-
-    def _got(self, received: int) -> None:
         if received == 0:
             raise ChannelClosed("end of file")
-        self._buffer += self._view[:received]
+        return received
+
+
+def _check_prefix(kind: int, header_size: int, payload_size: int, max_payload: int) -> None:
+    if header_size > MAX_HEADER:
+        raise ProtocolViolation(
+            f"a frame of kind {kind} announces a header of {header_size} bytes "
+            f"(at most {MAX_HEADER})"
+        )
+    if payload_size > max_payload:
+        raise ProtocolViolation(
+            f"a frame of kind {KIND_NAMES.get(kind, kind)} announces a payload of "
+            f"{payload_size} bytes where at most {max_payload} are expected"
+        )
 
 
 def _poll_timeout(deadline: float | None) -> int | None:

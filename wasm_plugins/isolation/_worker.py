@@ -279,8 +279,12 @@ class Worker:
             gc.collect()
 
     def _invoke(self, loaded: _Loaded, function: str, data: bytes) -> bytes:
-        session = self._session(loaded)
-        return session.invoke(session.function(function), data, loaded.max_output)
+        session = loaded.session or self._session(loaded)
+        return session.invoke(
+            session._functions.get(function) or session.function(function),
+            data,
+            loaded.max_output,
+        )
 
     def _failed(self, loaded: _Loaded, error: PluginError) -> bool:
         """As the in-process sandbox: explain by a refused grow, drop a suspect instance.

@@ -15,6 +15,7 @@ reports its result with it. Transitions are announced after the lock is released
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
@@ -22,8 +23,8 @@ from enum import Enum
 import attrs
 
 from wasm_plugins._units import format_duration
-from wasm_plugins.errors import InstanceError
-from wasm_plugins.policy._clock import Clock
+from wasm_plugins.errors import InstanceError, circuit_open_error
+from wasm_plugins.policy._clock import Clock, SystemClock
 
 __all__ = ["BreakerConfig", "BreakerState", "CircuitBreaker", "Permit", "Verdict"]
 
@@ -82,6 +83,9 @@ class CircuitBreaker:
         self.name = name
         self.config = config
         self._clock = clock
+        self._monotonic: Callable[[], float] = (
+            time.monotonic if type(clock) is SystemClock else clock.monotonic
+        )
         self._on_transition = on_transition
         self._lock = threading.Lock()
         self._state = BreakerState.CLOSED
@@ -91,6 +95,8 @@ class CircuitBreaker:
         self._consecutive_successes = 0
         self._probes_in_flight = 0
         self._window: deque[tuple[float, bool]] = deque()
+        self._permit = Permit(0, probe=False)
+        """The permit of every call while closed (permits are values: one per generation)."""
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -121,35 +127,99 @@ class CircuitBreaker:
         :raises InstanceError: (state ``circuit_open``) when the breaker is open, or half-open
             with every probe slot taken.
         """
+        permit = self.try_acquire()
+        if isinstance(permit, InstanceError):
+            raise permit
+        return permit
+
+    def try_acquire(self) -> Permit | InstanceError:
+        """:meth:`acquire`, with the refusal returned instead of raised (raising costs more than
+        the rest of a refusal)."""
+        # Closed: the permit of the current generation, read without the lock. The state, the
+        # generation and the permit are each written under the lock in _move; a permit read
+        # here is handed out only if the breaker was closed in that same generation, which is
+        # what taking the lock an instant earlier would have given.
+        permit = self._permit
+        state = self._state
+        if state is BreakerState.CLOSED and permit.generation == self._generation:
+            return permit
+        if state is BreakerState.OPEN:
+            # Open and not yet due for a probe: refused without the lock, as the locked path
+            # below would have refused an instant earlier.
+            reopens = self._opened_at + self.config.recovery_time
+            now = self._monotonic()
+            if now < reopens and self._state is BreakerState.OPEN:
+                return self._rejection(state, reopens - now)
+        granted: Permit | None
         with self._lock:
             changes = self._advance()
             state = self._state
             if state is BreakerState.CLOSED:
-                permit = Permit(self._generation, probe=False)
+                granted = self._permit
             elif (
                 state is BreakerState.HALF_OPEN
                 and self._probes_in_flight < self.config.half_open_probes
             ):
                 self._probes_in_flight += 1
-                permit = Permit(self._generation, probe=True)
+                granted = Permit(self._generation, probe=True)
             else:
                 reopens = self._opened_at + self.config.recovery_time
                 retry_in = max(0.0, reopens - self._clock.monotonic())
-                permit = None
-        self._announce(changes)
-        if permit is None:
-            raise self._rejection(state, retry_in)
-        return permit
+                granted = None
+        if changes:
+            self._announce(changes)
+        if granted is None:
+            return self._rejection(state, retry_in)
+        return granted
+
+    def record_success(self, permit: Permit) -> None:
+        """``record(permit, Verdict.SUCCESS)``."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._state is BreakerState.CLOSED and permit.generation == self._generation:
+                # What _count does for a success while closed, the common case.
+                now = self._monotonic()
+                window = self._window
+                window.append((now, False))
+                horizon = now - self.config.window
+                while window and window[0][0] <= horizon:
+                    window.popleft()
+                self._consecutive_failures = 0
+                return
+        finally:
+            lock.release()
+        self.record(permit, Verdict.SUCCESS)
 
     def record(self, permit: Permit, verdict: Verdict) -> None:
         """Count a call's result; results from before the last transition are not counted."""
-        with self._lock:
-            changes = self._advance()
+        lock = self._lock
+        lock.acquire()
+        try:
+            if (
+                verdict is Verdict.SUCCESS
+                and self._state is BreakerState.CLOSED
+                and permit.generation == self._generation
+            ):
+                # What _count does for a success while closed, the common case.
+                now = self._monotonic()
+                window = self._window
+                window.append((now, False))
+                horizon = now - self.config.window
+                while window and window[0][0] <= horizon:
+                    window.popleft()
+                self._consecutive_failures = 0
+                return
+            changes = self._advance() if self._state is BreakerState.OPEN else []
             if permit.generation == self._generation:
                 if permit.probe:
                     self._probes_in_flight -= 1
-                changes += self._count(verdict)
-        self._announce(changes)
+                if verdict is not Verdict.IGNORED:
+                    changes += self._count(verdict)
+        finally:
+            lock.release()
+        if changes:
+            self._announce(changes)
 
     # -- manual control -------------------------------------------------------------------------
 
@@ -225,6 +295,7 @@ class CircuitBreaker:
         self._consecutive_successes = 0
         self._probes_in_flight = 0
         self._window.clear()
+        self._permit = Permit(self._generation, probe=False)
         if target is BreakerState.OPEN:
             self._opened_at = self._clock.monotonic()
         if before is target:
@@ -241,8 +312,7 @@ class CircuitBreaker:
             detail = "half-open and every probe slot is taken"
         else:
             detail = f"open; the next probe is allowed in {format_duration(max(retry_in, 1e-6))}"
-        return InstanceError(
-            state="circuit_open",
-            message=f"Instance unavailable: the circuit of {self.name} is {detail}",
-            suggestion="the plugin failed repeatedly; calls resume once a probe succeeds",
+        return circuit_open_error(
+            f"Instance unavailable: the circuit of {self.name} is {detail}",
+            "the plugin failed repeatedly; calls resume once a probe succeeds",
         )

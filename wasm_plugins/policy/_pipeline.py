@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 from loguru import logger
@@ -37,6 +38,7 @@ from wasm_plugins.errors import (
     InstanceError,
     PluginError,
     ResourceLimitExceeded,
+    contextual_error,
 )
 from wasm_plugins.policy._actions import (
     Classification,
@@ -52,7 +54,7 @@ from wasm_plugins.policy._breaker import (
     Permit,
     Verdict,
 )
-from wasm_plugins.policy._clock import Clock, RandomSource
+from wasm_plugins.policy._clock import Clock, RandomSource, SystemClock
 from wasm_plugins.policy._events import (
     AttemptFailed,
     AttemptSucceeded,
@@ -68,7 +70,7 @@ from wasm_plugins.policy._retry import Backoff, RetryBudget
 from wasm_plugins.sandbox import Limits
 
 if TYPE_CHECKING:
-    from wasm_plugins.host import Outcome, PluginHost
+    from wasm_plugins.host import Outcome, PluginHost, PluginInfo
     from wasm_plugins.manifest import Manifest
 
 __all__ = ["CallPipeline", "CallState", "caused_by_caller"]
@@ -102,6 +104,87 @@ class CallState:
         return None if self.deadline is None else self.deadline - now
 
 
+_QUICK_HOOK = 1e-3
+"""Seconds under which a fallback hook that has nothing to say always answers. The refusal's
+straight path skips asking the built-in fallbacks when none of their strategies applies, which is
+what asking them gives unless the recovery timeout is so short that even that answer counts as
+too slow (a ``hook_failed`` event): with such a timeout, refusals take the general path."""
+
+_MAX_ROUTES = 4096
+"""Routes kept per plugin; past that its table starts again (function names come from callers)."""
+
+ValueHandler = Callable[[float, Any, Any], None]
+"""A built-in reporter told of a call whose first attempt returned: ``(duration, input, value)``,
+what it would do with that attempt's ``attempt_succeeded`` and the ``call_finished`` events."""
+RefusalHandler = Callable[[int, float, float, PluginError], None]
+"""A built-in reporter told of a call the breaker refused before any attempt, no fallback
+answering: ``(call number, time, duration, error)``, what it would do with its ``call_finished``
+event."""
+_H = TypeVar("_H")
+_Handlers = tuple[tuple[str, _H], ...]
+
+
+class _Route:
+    """What every call of one (plugin, function) needs, looked up once."""
+
+    __slots__ = (
+        "breaker",
+        "budget",
+        "direct",
+        "environment",
+        "fast_value",
+        "generation",
+        "info",
+        "manifest",
+        "on_refusal",
+        "on_value",
+    )
+
+    def __init__(
+        self,
+        *,
+        generation: int | None,
+        info: PluginInfo,
+        manifest: Manifest,
+        breaker: CircuitBreaker,
+        budget: RetryBudget,
+        direct: bool,
+        on_value: _Handlers[ValueHandler] | None,
+        on_refusal: _Handlers[RefusalHandler] | None,
+    ) -> None:
+        self.generation = generation
+        self.info = info
+        self.manifest = manifest
+        self.breaker = breaker
+        self.budget = budget
+        self.direct = direct
+        """Only the built-in attempt implements the attempt hook: the sandbox is called as is."""
+        self.on_value = on_value
+        """The built-in reporters' handlers of a first attempt's value (None: send events)."""
+        self.fast_value = on_value if direct else None
+        """Those handlers, when the attempt can also be made straight through."""
+        self.on_refusal = on_refusal
+        """Their handlers of a refusal no fallback answers (None: the general path)."""
+        self.environment: ExecutionEnvironment | None = None
+        """The environment of a refusal's context (the same for every refusal)."""
+
+
+def _attempt_hook_failure(exc: Exception) -> ExecutionError:
+    failure = ExecutionError(
+        message=f"An attempt hook failed: {type(exc).__name__}: {exc}",
+        trap="host_error",
+        suggestion="a bug in a wasm_plugins_attempt hookimpl; see the cause",
+    )
+    failure.__cause__ = exc
+    return failure
+
+
+def _reporter_failed(source: str, event: str, exc: Exception) -> None:
+    logger.bind(reporter=source, event=event).error(
+        "reporter failed: {}: {}", type(exc).__name__, exc
+    )
+
+
 def caused_by_caller(error: PluginError) -> bool:
     """Whether the caller, not the plugin's health, caused this error (the breaker ignores it)."""
     if isinstance(error, ConfigurationError):
@@ -127,6 +210,10 @@ class CallPipeline:
     ) -> None:
         self._host = host
         self._clock = clock
+        self._monotonic: Callable[[], float] = (
+            time.monotonic if type(clock) is SystemClock else clock.monotonic
+        )
+        """The clock's reading, straight from ``time`` for the system clock."""
         self._random = random
         self.recovery_timeout = recovery_timeout
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
@@ -135,6 +222,12 @@ class CallPipeline:
         self._ids = itertools.count(1)
         self._implementations: dict[str, tuple[int | None, list[Any]]] = {}
         self._direct_attempt: tuple[int | None, bool] = (None, False)
+        self._routes: dict[str, dict[str, _Route]] = {}
+        """By plugin, then function (two lookups cost less than making a key)."""
+        # wasm_plugins.host imports this module: its Outcome is looked up once, here.
+        from wasm_plugins.host import Outcome
+
+        self._outcome = Outcome
 
     # -- per-plugin state ---------------------------------------------------------------------
 
@@ -198,18 +291,68 @@ class CallPipeline:
 
     def invoke(self, plugin: str, function: str, input: Any) -> Outcome:
         """Run one call through the whole policy."""
-        call = self._start(plugin, function, input)
-        breaker = self.breaker(plugin, function)
-        budget = self.budget(plugin)
-        budget.deposit()
-        while True:
+        outcome: Outcome = self.call(plugin, function, input, True)
+        return outcome
+
+    def call(self, plugin: str, function: str, input: Any, want_outcome: bool = False) -> Any:
+        """:meth:`invoke`, returning only the value unless ``want_outcome`` (no
+        :class:`Outcome` is made for a value alone)."""
+        # The common cases run straight through: the breaker closed, the built-in attempt, the
+        # built-in reporters told directly instead of through events; or a refusal that no
+        # fallback can answer. Everything else (a failure, a hook or a reporter of a third
+        # party) goes through the general loop, which is the policy as documented; both give
+        # the same results, events and counts.
+        route = self._route(plugin, function)
+        monotonic = self._monotonic
+        started = monotonic()
+        number = next(self._ids)
+        budget = route.budget
+        if budget._tokens != budget.maximum:  # full: depositing changes nothing
+            budget.deposit()
+        breaker = route.breaker
+        permit = breaker.try_acquire()
+        if isinstance(permit, InstanceError):
+            if route.on_refusal is not None and self.recovery_timeout >= _QUICK_HOOK:
+                raise self._refused(route, plugin, function, permit, started, number)
+            call = self._new_call(route, plugin, function, input, started, number)
+            outcome = self._give_up(call, self._annotate(permit, call))
+            return outcome if want_outcome else outcome.value
+        result: Any
+        on_value = route.fast_value
+        if on_value is not None:
             try:
-                permit = breaker.acquire()
-            except InstanceError as rejection:
-                # Refused before an attempt: the last plugin error, if any, tells more.
-                last = call.errors[-1] if call.errors else self._annotate(rejection, call)
-                break
-            call.attempt += 1
+                value = self._host._sandbox(plugin, None).call(function, input)
+            except PluginError as error:
+                result = error
+            except Exception as exc:
+                result = _attempt_hook_failure(exc)
+            except BaseException:
+                breaker.record(permit, Verdict.IGNORED)
+                raise
+            else:
+                duration = monotonic() - started
+                breaker.record_success(permit)
+                for source, handler in on_value:
+                    try:
+                        handler(duration, input, value)
+                    except Exception as exc:
+                        _reporter_failed(source, "call_finished", exc)
+                if not want_outcome:
+                    return value
+                return self._outcome(
+                    value=value,
+                    plugin=plugin,
+                    function=function,
+                    attempts=1,
+                    errors=(),
+                    duration=duration,
+                )
+            call = self._new_call(route, plugin, function, input, started, number)
+            call.attempt = 1
+            call.attempt_started = started
+        else:
+            call = self._new_call(route, plugin, function, input, started, number)
+            call.attempt = 1
             try:
                 result = self._attempt(call)
             except BaseException:
@@ -217,10 +360,38 @@ class CallPipeline:
                 # half-open probe slot) must not stay taken.
                 breaker.record(permit, Verdict.IGNORED)
                 raise
+        outcome = self._loop(call, breaker, budget, permit, result)
+        return outcome if want_outcome else outcome.value
+
+    def _loop(
+        self,
+        call: CallState,
+        breaker: CircuitBreaker,
+        budget: RetryBudget,
+        permit: Permit | None,
+        result: Any,
+    ) -> Outcome:
+        """The policy from the result of an attempt made under ``permit`` (with no permit: from
+        asking the breaker for the next attempt)."""
+        while True:
+            if permit is None:
+                granted = breaker.try_acquire()
+                if isinstance(granted, InstanceError):
+                    # Refused before an attempt: the last plugin error, if any, tells more.
+                    last = call.errors[-1] if call.errors else self._annotate(granted, call)
+                    break
+                permit = granted
+                call.attempt += 1
+                try:
+                    result = self._attempt(call)
+                except BaseException:
+                    breaker.record(permit, Verdict.IGNORED)
+                    raise
             if not isinstance(result, PluginError):
                 breaker.record(permit, Verdict.SUCCESS)
                 return self._succeeded(call, result)
             last = self._failed(call, result, breaker, permit)
+            permit = None
             action = self._recovery(last, call)
             if isinstance(action, UseValue):
                 return self._answer_with(
@@ -228,35 +399,152 @@ class CallPipeline:
                 )
             if breaker.state is BreakerState.OPEN or not self._retry(action, last, call, budget):
                 break
+        return self._give_up(call, last)
+
+    def _give_up(self, call: CallState, last: PluginError) -> Outcome:
+        """No more attempts: a fallback answers, or the caller gets a ContextualError."""
         result = self._fallback(last, call)
         if result is not None:
             return self._answer_with(result, last, call)
         now = self._clock.monotonic()
         self.report(
             CallFinished(
-                plugin, function, call.call_id, now, "error", call.attempt, now - call.started, last
+                call.plugin,
+                call.function,
+                call.call_id,
+                now,
+                "error",
+                call.attempt,
+                now - call.started,
+                last,
             )
         )
-        raise self._contextual(last, plugin, function, call, call.errors[:-1])
+        raise self._contextual(last, call.plugin, call.function, call, call.errors[:-1])
 
-    def _start(self, plugin: str, function: str, input: Any) -> CallState:
-        started = self._clock.monotonic()
-        try:
-            manifest = self._host._info(plugin).manifest
-        except PluginError as error:
-            raise self._contextual(error, plugin, function, None, []) from None
+    def _refused(
+        self,
+        route: _Route,
+        plugin: str,
+        function: str,
+        rejection: InstanceError,
+        started: float,
+        number: int,
+    ) -> ContextualError:
+        """The breaker refused the first attempt and no fallback can answer: what the general
+        path does then (the ``call_finished`` event, the ContextualError), without the call
+        state and the event object that nobody else would see."""
+        rejection.plugin = rejection.plugin or plugin
+        rejection.function = rejection.function or function
+        now = self._monotonic()
+        assert route.on_refusal is not None
+        for source, handler in route.on_refusal:
+            try:
+                handler(number, now, now - started, rejection)
+            except Exception as exc:
+                _reporter_failed(source, "call_finished", exc)
+        engine = route.manifest.engine or self._host.engine_name
+        environment = route.environment
+        if environment is None or environment.engine != engine:
+            environment = ExecutionEnvironment(engine=engine, isolation="in-process", attempt=0)
+            route.environment = environment
+        return contextual_error(
+            rejection, ErrorContext(plugin=plugin, function=function, environment=environment)
+        )
+
+    def _new_call(
+        self,
+        route: _Route,
+        plugin: str,
+        function: str,
+        input: Any,
+        started: float,
+        number: int,
+    ) -> CallState:
+        manifest = route.manifest
         deadline = manifest.policy.deadline
         return CallState(
             host=self._host,
             plugin=plugin,
             function=function,
             input=input,
-            call_id=f"{plugin}#{next(self._ids)}",
+            call_id=f"{plugin}#{number}",
             manifest=manifest,
             started=started,
             deadline=started + deadline if deadline is not None else None,
             limits=manifest.limits,
         )
+
+    def _route(self, plugin: str, function: str) -> _Route:
+        """What calls of (plugin, function) need, kept until the host's hooks change."""
+        host = self._host
+        routes = self._routes.get(plugin)
+        route = routes.get(function) if routes is not None else None
+        generation = getattr(host.manager, "generation", None)
+        # A plugin's registration never changes once made: only the hooks can.
+        if route is not None and route.generation == generation:
+            return route
+        try:
+            info = host._info(plugin)
+        except PluginError as error:
+            raise self._contextual(error, plugin, function, None, []) from None
+        manifest = info.manifest
+        breaker = self.breaker(plugin, function)
+        budget = self.budget(plugin)
+        on_value, on_refusal = self._fast_reporters(plugin, function, manifest)
+        if on_refusal is not None and not self._fallbacks_silent(plugin, function, manifest):
+            on_refusal = None
+        route = _Route(
+            generation=generation,
+            info=info,
+            manifest=manifest,
+            breaker=breaker,
+            budget=budget,
+            direct=self._only_builtin_attempt(),
+            on_value=on_value,
+            on_refusal=on_refusal,
+        )
+        if generation is not None:
+            routes = self._routes.setdefault(plugin, {})
+            if len(routes) >= _MAX_ROUTES:
+                routes.clear()
+            routes[function] = route
+        return route
+
+    def _builtin_objects(self) -> set[int]:
+        """The host's own built-in plugin objects (by identity)."""
+        builtins: dict[str, object] = getattr(self._host, "_builtin_plugins", {})
+        return {id(plugin) for plugin in builtins.values()}
+
+    def _fast_reporters(
+        self, plugin: str, function: str, manifest: Manifest
+    ) -> tuple[_Handlers[ValueHandler] | None, _Handlers[RefusalHandler] | None]:
+        """The built-in reporters' direct handlers for this route, in reporting order, or None
+        when some reporter is not one of the host's built-in ones (then everybody gets events,
+        in order)."""
+        builtin = self._builtin_objects()
+        on_value: list[tuple[str, ValueHandler]] = []
+        on_refusal: list[tuple[str, RefusalHandler]] = []
+        for impl in self._each("wasm_plugins_report"):
+            handlers = getattr(impl.plugin, "fast_handlers", None)
+            if id(impl.plugin) not in builtin or handlers is None:
+                return None, None
+            value, refusal = handlers(plugin, function, manifest)
+            if value is not None:
+                on_value.append((impl.plugin_name, value))
+            if refusal is not None:
+                on_refusal.append((impl.plugin_name, refusal))
+        return tuple(on_value), tuple(on_refusal)
+
+    def _fallbacks_silent(self, plugin: str, function: str, manifest: Manifest) -> bool:
+        """Whether no fallback can answer for (plugin, function), whatever the input."""
+        builtin = self._builtin_objects()
+        for impl in self._each("wasm_plugins_fallback"):
+            silent = getattr(impl.plugin, "answers_nothing", None)
+            if id(impl.plugin) not in builtin or silent is None:
+                return False
+            if not silent(plugin, function, manifest):
+                return False
+        return True
 
     def _attempt(self, call: CallState) -> Any:
         """Run one attempt: its value, or the typed error it ended with (returned, not raised)."""
@@ -277,13 +565,7 @@ class CallPipeline:
         except PluginError as error:
             return error
         except Exception as exc:
-            failure = ExecutionError(
-                message=f"An attempt hook failed: {type(exc).__name__}: {exc}",
-                trap="host_error",
-                suggestion="a bug in a wasm_plugins_attempt hookimpl; see the cause",
-            )
-            failure.__cause__ = exc
-            return failure
+            return _attempt_hook_failure(exc)
         now = self._clock.monotonic()
         self.report(
             AttemptSucceeded(
@@ -596,9 +878,7 @@ class CallPipeline:
                 else:
                     impl.function()
             except Exception as exc:
-                logger.bind(reporter=impl.plugin_name, event=event.name).error(
-                    "reporter failed: {}: {}", type(exc).__name__, exc
-                )
+                _reporter_failed(impl.plugin_name, event.name, exc)
 
     # -- errors ---------------------------------------------------------------------------------
 

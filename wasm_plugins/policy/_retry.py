@@ -52,6 +52,10 @@ class RetryBudget:
 
     def deposit(self) -> None:
         """A call was made."""
+        if self._tokens == self.maximum:
+            # Full (no retries lately): nothing to add. Read without the lock: a concurrent
+            # withdrawal then simply counts as made after this deposit.
+            return
         with self._lock:
             self._tokens = min(self.maximum, self._tokens + self.ratio)
 

@@ -136,7 +136,15 @@ def _missing(name: str, suggestion: str, plugin: str) -> ModuleError:
 
 
 class Session:
-    """The ABI state of one instance: its input buffer, its function handles, a reported error."""
+    """The ABI state of one instance: its input buffer, its function handles, a reported error.
+
+    The guest's memory can only grow (and, on some engines, move) while guest code runs, so the
+    session reads its size once after every call, checks the output's range against it, and
+    copies through the memory's unchecked accessors when the memory offers them (the built-in
+    engines do). The input buffer was checked to lie inside the memory when ``wp_alloc`` gave
+    it, and memory never shrinks, so writing the input needs no check, only a size read since
+    the guest last ran (it keeps the engine's view of the memory current).
+    """
 
     def __init__(self) -> None:
         self.guest_error: bytes | None = None
@@ -144,12 +152,21 @@ class Session:
         self._functions: dict[str, ExportFunction] = {}
         self._buffer = 0
         self._capacity = 0
+        self._current = False
+        """Whether the memory's size was read since the guest last ran."""
 
     def attach(self, instance: EngineInstance) -> None:
         """Bind the session to its instance (after instantiation, which needs the host imports)."""
         self._instance = instance
         self._alloc = instance.export_function(ALLOC_EXPORT)
         self._free = instance.export_function(FREE_EXPORT)
+        memory = instance.memory
+        self._memory = memory
+        self._call_abi = instance.call_abi
+        self._size = memory.size
+        self._read = getattr(memory, "read_unchecked", None) or memory.read
+        self._write_unchecked = getattr(memory, "write_unchecked", None)
+        self._current = False
 
     @property
     def instance(self) -> EngineInstance:
@@ -183,12 +200,14 @@ class Session:
         if size <= self._capacity:
             return self._buffer
         instance = self.instance
+        self._current = False
         if self._capacity:
             instance.call(self._free, self._buffer, self._capacity)
             self._buffer = self._capacity = 0
         capacity = max(MIN_INPUT_BUFFER, 1 << (size - 1).bit_length())
         pointer = u32(int(instance.call(self._alloc, capacity)))
-        if pointer == 0 or pointer + capacity > instance.memory.size():
+        memory_size = instance.memory.size()
+        if pointer == 0 or pointer + capacity > memory_size:
             raise CommunicationError(
                 message=(
                     f"wp_alloc({capacity}) returned {pointer}, which is not a buffer inside "
@@ -199,16 +218,21 @@ class Session:
                 suggestion="wp_alloc must return a non-zero pointer to `size` free bytes",
             )
         self._buffer, self._capacity = pointer, capacity
+        self._current = True
         return pointer
 
     def invoke(self, function: ExportFunction, data: bytes, max_output: int) -> bytes:
         """One call: write the input, call once, check the result's place, copy it out."""
-        instance = self.instance
-        pointer = self._input_buffer(len(data))
-        if data:
-            instance.memory.write(pointer, data)
+        length = len(data)
+        pointer = self._buffer if length <= self._capacity else self._input_buffer(length)
+        if length:
+            if self._current and self._write_unchecked is not None:
+                self._write_unchecked(pointer, data)
+            else:
+                self._memory.write(pointer, data)
         self.guest_error = None
-        packed = instance.call_abi(function, pointer, len(data))
+        self._current = False
+        packed = self._call_abi(function, pointer, length)
         if self.guest_error is not None:
             raise guest_reported_error(self.guest_error)
         out_ptr = (packed >> 32) & _MASK
@@ -220,7 +244,8 @@ class Session:
                 limit=max_output,
                 suggestion="raise limits.max_output, or make the plugin return less",
             )
-        size = instance.memory.size()
+        size = self._size()
+        self._current = True
         if out_ptr + out_len > size:
             raise CommunicationError(
                 message=(
@@ -231,7 +256,7 @@ class Session:
                 direction="guest-to-host",
                 suggestion="return (out_ptr << 32) | out_len of a buffer inside linear memory",
             )
-        return instance.memory.read(out_ptr, out_len)
+        return self._read(out_ptr, out_len)
 
 
 def guest_reported_error(payload: bytes) -> ExecutionError:

@@ -19,6 +19,7 @@ import attrs
 __all__ = [
     "GROW_PROBE_EXPORT",
     "PAGE_SIZE",
+    "REWRITER_VERSION",
     "MemoryInfo",
     "PreparedModule",
     "WasmBinaryError",
@@ -28,6 +29,10 @@ __all__ = [
 
 PAGE_SIZE = 65536
 GROW_PROBE_EXPORT = "__wasm_plugins_grow_failed"
+REWRITER_VERSION = 1
+"""Changes whenever the rewrite's output for the same input could change: the compiled-module
+cache keys on it (the bytes it hashes are the rewrite's output, but an entry must not outlive a
+rewriter that would now refuse or rewrite differently what it was made from)."""
 
 _MAGIC = b"\x00asm"
 _VERSION = b"\x01\x00\x00\x00"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import json.encoder
 from typing import Any, Protocol
 
 from wasm_plugins.errors import CommunicationError, ConfigurationError
@@ -32,8 +33,39 @@ class JsonCodec:
         # passes options, which costs more than the guest call itself.
         self._encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         self._decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+        self._scan: Any = getattr(self._decoder, "scan_once")  # noqa: B009 - not in the stubs
+        # JSONEncoder.encode makes a new C encoder on every call (with a new dict of the objects
+        # being encoded, to detect cycles): this one is made once, without that dict, so that
+        # threads can share it. Any failure is encoded again by the full encoder, which raises
+        # exactly what it always raised (a cycle is then reported as a cycle, not as the
+        # recursion error it causes here).
+        make: Any = getattr(json.encoder, "c_make_encoder", None)
+        self._fast_encode: Any = (
+            None
+            if make is None
+            else make(
+                None,
+                self._encoder.default,
+                json.encoder.encode_basestring,
+                None,
+                ":",
+                ",",
+                False,
+                False,
+                False,
+            )
+        )
 
     def encode(self, value: Any) -> bytes:
+        fast = self._fast_encode
+        if fast is not None:
+            try:
+                chunks = fast(value, 0)
+            except Exception:
+                pass
+            else:
+                text = chunks[0] if len(chunks) == 1 else "".join(chunks)
+                return text.encode("utf-8", "surrogatepass")
         try:
             text = self._encoder.encode(value)
         except (TypeError, ValueError, RecursionError) as exc:
@@ -47,7 +79,20 @@ class JsonCodec:
 
     def decode(self, data: bytes) -> Any:
         try:
-            return self._decoder.decode(data.decode("utf-8"))
+            text = data.decode("utf-8")
+            # The scanner straight away when the text starts with a value: what
+            # JSONDecoder.decode does, less two regular-expression matches. Anything else
+            # (leading or trailing whitespace, extra data, an error) goes through the full
+            # decoder, which gives the same value or raises the same error as ever.
+            if text and text[0] not in _WHITESPACE:
+                try:
+                    value, end = self._scan(text, 0)
+                except StopIteration:
+                    pass
+                else:
+                    if end == len(text):
+                        return value
+            return self._decoder.decode(text)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             preview = data[:80].decode("utf-8", "replace")
             raise CommunicationError(
@@ -56,6 +101,9 @@ class JsonCodec:
                 direction="guest-to-host",
                 suggestion="the plugin must return UTF-8 JSON, or be declared with codec 'raw'",
             ) from None
+
+
+_WHITESPACE = frozenset(" \t\n\r")
 
 
 def _refuse_constant(name: str) -> Any:

@@ -15,7 +15,7 @@ import uuid
 import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from loguru import logger
@@ -50,6 +50,9 @@ from wasm_plugins.sandbox._binary import (
 from wasm_plugins.sandbox._codec import Codec, get_codec
 from wasm_plugins.sandbox._host_functions import HostFunction, LinkPlan, link_imports
 from wasm_plugins.sandbox._limits import Limits
+
+if TYPE_CHECKING:
+    from wasm_plugins.cache import ModuleCache
 
 __all__ = ["ModuleSource", "Sandbox", "load_module_bytes"]
 
@@ -125,8 +128,14 @@ class Sandbox:
     :param name: the plugin's name, used in errors and logs.
     :param services: handed to host functions (``HostCall.services``): the host's clock, stores...
     :param wasi: WASI preview1 settings, used when the ``wasi`` capability is granted.
+    :param cache: a :class:`~wasm_plugins.cache.ModuleCache` to load the compiled module from
+        and store it in (``None``: compile every time). A host passes its own.
+    :param refresh_cache: compile even when the cache has the module, and replace its entry.
     :raises PluginError: a typed error when anything about the module or the settings is wrong.
     """
+
+    _keeps_serialized = False
+    """Whether to keep the compiled code in serialized form (to ship it to worker processes)."""
 
     def __init__(
         self,
@@ -141,8 +150,15 @@ class Sandbox:
         name: str | None = None,
         services: Any = None,
         wasi: WasiSettings | None = None,
+        cache: ModuleCache | None = None,
+        refresh_cache: bool = False,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
+        self._cache = cache
+        self._refresh_cache = refresh_cache
+        self._serialized: bytes | None = None
+        self.compiled_from_cache = False
+        """Whether the compiled module was loaded from the cache rather than compiled."""
         self.name = name or "sandbox"
         self.limits = limits or Limits()
         self.capabilities = frozenset(capabilities)
@@ -156,6 +172,7 @@ class Sandbox:
         # thread (engines such as wasmer must release objects in the thread that made them).
         self._states: weakref.WeakSet[_ThreadState] = weakref.WeakSet()
         self._closed = False
+        self._own_call_bytes = type(self).call_bytes is Sandbox.call_bytes
         try:
             self.engine: Engine = (
                 engine if not isinstance(engine, str | None) else get_engine(engine)
@@ -271,10 +288,22 @@ class Sandbox:
                 suggestion="rebuild the module; its binary layout could not be read",
             ) from None
 
+    def _compile_prepared(self, fuel: bool) -> EngineModule:
+        """Compile the prepared module, through the cache when there is one."""
+        if self._cache is None:
+            return self.engine.compile(self._prepared.wasm, fuel=fuel)
+        compiled = self._cache.compile(
+            self.engine, self._prepared.wasm, fuel=fuel, refresh=self._refresh_cache
+        )
+        if self._keeps_serialized:
+            self._serialized = compiled.serialized
+        self.compiled_from_cache = compiled.hit
+        return compiled.module
+
     def _compile(self, original: bytes) -> EngineModule:
         fuel = self.limits.fuel is not None
         try:
-            return self.engine.compile(self._prepared.wasm, fuel=fuel)
+            return self._compile_prepared(fuel)
         except ModuleError:
             if self._prepared.grow_probe is None:
                 raise
@@ -286,7 +315,7 @@ class Sandbox:
         self._prepared = prepare_module(
             original, memory_limit_bytes=self.limits.memory, instrument_grow=False
         )
-        return self.engine.compile(self._prepared.wasm, fuel=fuel)
+        return self._compile_prepared(fuel)
 
     @property
     def module(self) -> EngineModule:
@@ -334,6 +363,12 @@ class Sandbox:
         with self._lock:
             self._states.discard(state)
 
+    @property
+    def instances(self) -> int:
+        """Live instances (one per thread that called, until that thread ends or a trap)."""
+        with self._lock:
+            return len(self._states)
+
     def close(self) -> None:
         """Drop every instance; later calls fail with an InstanceError."""
         with self._lock:
@@ -354,35 +389,59 @@ class Sandbox:
 
         :raises PluginError: a typed error for every failure; the sandbox stays usable.
         """
+        codec = self.codec
         try:
-            data = self.codec.encode(input)
+            data = codec.encode(input)
         except PluginError as error:
             raise self._annotate(error, function, None) from None
+        if self._own_call_bytes:
+            # call_bytes, inline (one frame less per call): a subclass that replaces
+            # call_bytes (ProcessSandbox) goes through its own.
+            limits = self.limits
+            if len(data) > limits.max_input:
+                raise self._input_too_large(function, len(data))
+            state = None
+            try:
+                state = getattr(self._local, "state", None) or self._state()
+                session = state.session
+                output = session.invoke(
+                    session._functions.get(function) or session.function(function),
+                    data,
+                    limits.max_output,
+                )
+            except PluginError as error:
+                failure = self._failed(error, state, function, len(data))
+                cause: BaseException | None = failure.__cause__
+            except Exception as exc:
+                failure = self._failed(_host_failure(exc), state, function, len(data))
+                cause = exc
+            else:
+                try:
+                    return codec.decode(output)
+                except PluginError as error:
+                    raise self._annotate(error, function, len(data)) from None
+            # As in call_bytes: raised with this frame's locals gone.
+            del state
+            raise failure from cause
         output = self.call_bytes(function, data)
         try:
-            return self.codec.decode(output)
+            return codec.decode(output)
         except PluginError as error:
             raise self._annotate(error, function, len(data)) from None
 
     def call_bytes(self, function: str, data: bytes) -> bytes:
         """Call a plugin function with encoded input; return the guest's output bytes."""
-        limit = self.limits.max_input
-        if len(data) > limit:
-            raise self._annotate(
-                ResourceLimitExceeded(
-                    resource="input",
-                    used=len(data),
-                    limit=limit,
-                    suggestion="raise limits.max_input, or send a smaller input",
-                ),
-                function,
-                len(data),
-            )
+        limits = self.limits
+        if len(data) > limits.max_input:
+            raise self._input_too_large(function, len(data))
         state = None
         try:
-            state = self._state()
-            return state.session.invoke(
-                state.session.function(function), data, self.limits.max_output
+            state = getattr(self._local, "state", None) or self._state()
+            session = state.session
+            return session.invoke(
+                session._functions.get(function) or session.function(function),
+                data,
+                limits.max_output,
             )
         except PluginError as error:
             failure = self._failed(error, state, function, len(data))
@@ -396,6 +455,19 @@ class Sandbox:
         # traceback that references the error) until some thread happens to collect garbage.
         del state
         raise failure from cause
+
+    def _input_too_large(self, function: str, size: int) -> PluginError:
+        limit = self.limits.max_input
+        return self._annotate(
+            ResourceLimitExceeded(
+                resource="input",
+                used=size,
+                limit=limit,
+                suggestion="raise limits.max_input, or send a smaller input",
+            ),
+            function,
+            size,
+        )
 
     def _failed(
         self, error: PluginError, state: _ThreadState | None, function: str, size: int

@@ -1,1 +1,14 @@
-"""Testing toolkit: Hypothesis strategies for errors, contexts and inputs (needs ``hypothesis``)."""
+"""The testing toolkit (docs/testing.md): for host-app, policy and plugin authors.
+
+- :mod:`~wasm_plugins.testing.clock`: a fake clock and a fixed random source;
+- :mod:`~wasm_plugins.testing.faults`: the fault injector, a pluggy plugin around the attempt hook;
+- :mod:`~wasm_plugins.testing.pytest_plugin`: fixtures ``plugin_host``, ``fault_injector``,
+  ``fake_clock`` and the ``wasm_faults`` marker (loaded by pytest through its entry point);
+- :mod:`~wasm_plugins.testing.modules`: small valid modules in WAT, and mutations of module bytes;
+- :mod:`~wasm_plugins.testing.harness`: steps against a host, and the invariants they keep;
+- :mod:`~wasm_plugins.testing.strategies`, :mod:`~wasm_plugins.testing.stateful` and
+  :mod:`~wasm_plugins.testing.fuzz` (``wasm-plugins fuzz``): Hypothesis strategies and stateful
+  fault fuzzing; these need Hypothesis (``pip install 'wasm-plugins[testing]'``).
+
+Nothing is imported here, so that importing one module never needs what another does.
+"""

@@ -1,0 +1,490 @@
+"""Every benchmark in one run, printed as one table, with the ratios against DESIGN section 12.
+
+    python benchmarks/run.py [--rounds 9] [--calls 5000] [--markdown]
+
+What is measured (all on the same tiny JSON echo, ``{"text": "hello", "n": 1}``, per engine):
+
+- raw export call: the engine's public API calling the ``echo`` export with a pointer and a
+  length (no copy, no encoding), then the same call through the adapter's ABI fast path;
+- minimal ABI call: what a careful hand-written host does for one call, with nothing else: JSON
+  encode, copy in, call, copy out, JSON decode; on the engine's public API, and on wasmtime
+  also through wasmtime-py's own ctypes layer with the function's types looked up once (the
+  strictest baseline: the policy target is checked against the fastest minimal call);
+- ``Sandbox.call``; ``PluginHost.call`` (the full policy: breaker, attempt, reporters); a
+  circuit-open fast fail (``PluginHost.invoke`` refused by an open breaker, no fallback, raising
+  a ContextualError that is caught);
+- a call through a worker process: ``ProcessSandbox.call`` against ``Sandbox.call``, and
+  ``PluginHost.call`` of a plugin isolated in a worker against the in-process one;
+- compiling a real plugin (``text_tools.wasm``, C, 20 KiB) against loading it from the
+  compiled-module cache (read, digest check, deserialize);
+- the same JSON echo through the Extism Python SDK (``pip install extism``), with an equivalent
+  plugin for Extism's ABI (``benchmarks/extism_echo.wat``), when it is installed.
+
+Benchmarks are timed in interleaved rounds (round 1 of every benchmark, then round 2...), each
+after a warm-up, and each figure is the median of its rounds: a machine that gets busier during
+the run slows every benchmark alike, and the ratios, which are what the targets are about, stay
+comparable. Ratios are computed from figures of this same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from wasm_plugins import ContextualError, PluginHost  # noqa: E402
+from wasm_plugins.cache import ModuleCache  # noqa: E402
+from wasm_plugins.engine import Engine, default_registry  # noqa: E402
+from wasm_plugins.isolation import ProcessSandbox, WorkerPool  # noqa: E402
+from wasm_plugins.sandbox import Sandbox  # noqa: E402
+from wasm_plugins.sandbox._binary import prepare_module  # noqa: E402
+
+ECHO = ROOT / "hostapi" / "examples" / "echo.wat"
+EXTISM_ECHO = ROOT / "benchmarks" / "extism_echo.wat"
+REAL_PLUGIN = (
+    ROOT / "plugins" / "text-tools" / "src" / "wasm_plugins_text_tools" / "text_tools.wasm"
+)
+PAYLOAD = {"text": "hello", "n": 1}
+ENGINES = ("wasmer", "wasmtime")
+
+Action = Callable[[], Any]
+
+
+@dataclass
+class Benchmark:
+    """One row and column of the table: an action timed per call."""
+
+    row: str
+    column: str
+    action: Action
+    calls: int
+    samples: list[float] = field(default_factory=list)
+
+    def warm_up(self) -> None:
+        for _ in range(max(1, self.calls // 5)):
+            self.action()
+
+    def round(self) -> None:
+        action = self.action
+        started = time.perf_counter()
+        for _ in range(self.calls):
+            action()
+        self.samples.append((time.perf_counter() - started) / self.calls)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+# -- hand-written minimal calls -------------------------------------------------------------------
+
+
+def minimal_wasmer(wat: str) -> Action:
+    """The echo through wasmer's public API, nothing else."""
+    import wasmer
+    import wasmer_compiler_cranelift
+
+    store = wasmer.Store(wasmer.engine.Universal(wasmer_compiler_cranelift.Compiler))
+    instance = wasmer.Instance(wasmer.Module(store, wat))
+    echo = instance.exports.echo
+    view = memoryview(instance.exports.memory.buffer).cast("B")
+    buffer = instance.exports.wp_alloc(256)
+
+    def call() -> Any:
+        data = json.dumps(PAYLOAD).encode()
+        view[buffer : buffer + len(data)] = data
+        packed = echo(buffer, len(data))
+        pointer, length = packed >> 32, packed & 0xFFFFFFFF
+        return json.loads(view[pointer : pointer + length].tobytes())
+
+    return call
+
+
+def _wasmtime_instance(wat: str) -> tuple[Any, Any, Any, int]:
+    import wasmtime
+
+    engine = wasmtime.Engine()
+    store = wasmtime.Store(engine)
+    instance = wasmtime.Instance(store, wasmtime.Module(engine, wat), [])
+    exports = instance.exports(store)
+    return store, exports["echo"], exports["memory"], exports["wp_alloc"](store, 256)
+
+
+def minimal_wasmtime_public(wat: str) -> Action:
+    """The echo through wasmtime-py's public API, nothing else."""
+    store, echo, memory, buffer = _wasmtime_instance(wat)
+
+    def call() -> Any:
+        data = json.dumps(PAYLOAD).encode()
+        memory.write(store, data, buffer)
+        packed = echo(store, buffer, len(data))
+        pointer, length = packed >> 32, packed & 0xFFFFFFFF
+        return json.loads(memory.read(store, pointer, pointer + length))
+
+    return call
+
+
+def minimal_wasmtime_ctypes(wat: str) -> Action:
+    """The echo through wasmtime-py's own ctypes layer, the function's type checked once: what
+    a hand-written host that knows wasmtime-py's internals does."""
+    from wasmtime import _bindings as ffi
+
+    store, echo, memory, buffer = _wasmtime_instance(wat)
+    context = store._context()
+    function = ctypes.byref(echo._func)
+    values = (ffi.wasmtime_val_raw_t * 2)()
+    trap = ctypes.POINTER(ffi.wasm_trap_t)()
+    trap_reference = ctypes.byref(trap)
+    base = ctypes.cast(
+        ffi.wasmtime_memory_data(context, ctypes.byref(memory._memory)), ctypes.c_void_p
+    ).value
+    assert base is not None
+    call_unchecked = ffi.wasmtime_func_call_unchecked
+
+    def call() -> Any:
+        assert store  # the store must outlive its context
+        data = json.dumps(PAYLOAD).encode()
+        ctypes.memmove(base + buffer, data, len(data))
+        values[0].i32 = buffer
+        values[1].i32 = len(data)
+        if call_unchecked(context, function, values, 2, trap_reference) or trap:
+            raise RuntimeError("the echo trapped")
+        packed = values[0].i64
+        pointer, length = packed >> 32, packed & 0xFFFFFFFF
+        return json.loads(ctypes.string_at(base + pointer, length))
+
+    return call
+
+
+def raw_export(engine: Engine, sandbox: Sandbox) -> Action:
+    """The engine's public API calling ``echo(ptr, len)`` on the sandbox's own instance."""
+    instance: Any = sandbox._state().session.instance
+    if engine.name == "wasmtime":
+        func = instance._exports["echo"]
+        store = instance._store
+        return lambda: func(store, 1024, 22)
+    func = instance._instance.exports.echo
+    return lambda: func(1024, 22)
+
+
+# -- the benchmarks -------------------------------------------------------------------------------
+
+
+class Suite:
+    def __init__(self, calls: int, rounds: int, cache_directory: Path) -> None:
+        self.calls = calls
+        self.rounds = rounds
+        self.cache_directory = cache_directory
+        self.benchmarks: list[Benchmark] = []
+        self.notes: list[str] = []
+        self._closers: list[Callable[[], None]] = []
+
+    def add(self, row: str, column: str, action: Action, calls: int | None = None) -> None:
+        self.benchmarks.append(Benchmark(row, column, action, calls or self.calls))
+
+    def engine(self, engine: Engine) -> None:
+        name = engine.name
+        wat = ECHO.read_text()
+        sandbox = Sandbox(ECHO, engine=engine, name="echo")
+        assert sandbox.call("echo", PAYLOAD) == PAYLOAD
+        session = sandbox._state().session
+        export = session.function("echo")
+        instance = session.instance
+        self.add("raw export call, engine's public API", name, raw_export(engine, sandbox))
+        self.add(
+            "raw export call, adapter fast path",
+            name,
+            lambda: instance.call_abi(export, 1024, 22),
+        )
+        if name == "wasmer":
+            self.add("minimal ABI call, engine's public API", name, minimal_wasmer(wat))
+        else:
+            public = minimal_wasmtime_public(wat)
+            self.add(
+                "minimal ABI call, engine's public API", name, public, max(200, self.calls // 20)
+            )
+            self.add("minimal ABI call, ctypes, types cached", name, minimal_wasmtime_ctypes(wat))
+        self.add("Sandbox.call", name, lambda: sandbox.call("echo", PAYLOAD))
+
+        host = PluginHost(engine=name, blocked=(), module_cache=False)
+        host.load({"name": "echo", "module": {"path": str(ECHO)}, "policy": {"fallbacks": []}})
+        assert host.call("echo", "echo", PAYLOAD) == PAYLOAD
+        self.add("PluginHost.call (full policy)", name, lambda: host.call("echo", "echo", PAYLOAD))
+        refusing = PluginHost(engine=name, blocked=(), module_cache=False)
+        refusing.load({"name": "echo", "module": {"path": str(ECHO)}, "policy": {"fallbacks": []}})
+        refusing.breaker("echo", "echo").force_open("benchmark")
+
+        def fast_fail() -> None:
+            try:  # noqa: SIM105 - contextlib.suppress would be timed too
+                refusing.invoke("echo", "echo", PAYLOAD)
+            except ContextualError:
+                pass
+
+        self.add("circuit-open fast fail", name, fast_fail)
+
+        pool = WorkerPool(1, name=f"bench-{name}")
+        remote = ProcessSandbox(ECHO, engine=engine, pool=pool, name="echo")
+        assert remote.call("echo", PAYLOAD) == PAYLOAD
+        self.add(
+            "worker-process call, ProcessSandbox.call",
+            name,
+            lambda: remote.call("echo", PAYLOAD),
+        )
+        isolated = PluginHost(engine=name, blocked=(), module_cache=False, isolation="process")
+        isolated.load({"name": "echo", "module": {"path": str(ECHO)}, "policy": {"fallbacks": []}})
+        assert isolated.call("echo", "echo", PAYLOAD) == PAYLOAD
+        self.add(
+            "worker-process call, PluginHost.call",
+            name,
+            lambda: isolated.call("echo", "echo", PAYLOAD),
+        )
+
+        wasm = prepare_module(REAL_PLUGIN.read_bytes(), memory_limit_bytes=64 * 2**20).wasm
+        cache = ModuleCache(self.cache_directory / name)
+        cache.compile(engine, wasm)
+        assert cache.compile(engine, wasm).hit
+        loads = max(10, self.calls // 200)
+        self.add("compile a real plugin (20 KiB)", name, lambda: engine.compile(wasm), loads)
+        self.add(
+            "load it from the compiled-module cache",
+            name,
+            lambda: cache.compile(engine, wasm),
+            loads,
+        )
+        self._closers += [sandbox.close, host.close, refusing.close, remote.close, pool.close]
+        self._closers.append(isolated.close)
+
+    def extism(self) -> None:
+        try:
+            import extism
+            import wasmtime
+        except ImportError:
+            self.notes.append("extism: not installed (pip install extism), not measured")
+            return
+        plugin = extism.Plugin(bytes(wasmtime.wat2wasm(EXTISM_ECHO.read_text())), wasi=False)
+
+        def call() -> Any:
+            return plugin.call(
+                "echo", json.dumps(PAYLOAD), parse=lambda out: json.loads(bytes(out))
+            )
+
+        assert call() == PAYLOAD
+        self.add("Extism SDK call (same JSON echo)", "extism", call)
+
+    def run(self) -> None:
+        for benchmark in self.benchmarks:
+            benchmark.warm_up()
+        for _ in range(self.rounds):
+            for benchmark in self.benchmarks:
+                benchmark.round()
+
+    def close(self) -> None:
+        for close in self._closers:
+            close()
+
+    def figure(self, row: str, column: str) -> float | None:
+        for benchmark in self.benchmarks:
+            if benchmark.row == row and benchmark.column == column:
+                return benchmark.median
+        return None
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def _versions() -> str:
+    parts = [f"{platform.python_implementation()} {platform.python_version()}"]
+    for package in ("wasmer", "wasmtime", "extism"):
+        with contextlib.suppress(PackageNotFoundError):
+            parts.append(f"{package} {version(package)}")
+    with contextlib.suppress(ImportError):
+        import extism
+
+        parts.append(f"Extism runtime {extism.extism_version()}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    cpus = os.cpu_count()
+    parts.append(f"{platform.system()} {platform.machine()}, {cpus} CPUs, load {load:.2f}")
+    return ", ".join(parts)
+
+
+ROWS = (
+    "raw export call, engine's public API",
+    "raw export call, adapter fast path",
+    "minimal ABI call, engine's public API",
+    "minimal ABI call, ctypes, types cached",
+    "Sandbox.call",
+    "PluginHost.call (full policy)",
+    "circuit-open fast fail",
+    "worker-process call, ProcessSandbox.call",
+    "worker-process call, PluginHost.call",
+    "Extism SDK call (same JSON echo)",
+    "compile a real plugin (20 KiB)",
+    "load it from the compiled-module cache",
+)
+IN_MILLISECONDS = {"compile a real plugin (20 KiB)", "load it from the compiled-module cache"}
+
+
+def _cell(value: float | None, row: str) -> str:
+    if value is None:
+        return ""
+    if row in IN_MILLISECONDS:
+        return f"{value * 1e3:.3f} ms"
+    return f"{value * 1e6:.2f} µs"
+
+
+def table(suite: Suite, columns: list[str]) -> list[str]:
+    measured = {benchmark.row for benchmark in suite.benchmarks}
+    rows = [row for row in ROWS if row in measured]
+    width = max(len(row) for row in rows)
+    lines = [
+        "| " + "measurement".ljust(width) + " | " + " | ".join(f"{c:>11}" for c in columns) + " |",
+        "|" + "-" * (width + 2) + "|" + "|".join("-" * 12 + ":" for _ in columns) + "|",
+    ]
+    for row in rows:
+        cells = [f"{_cell(suite.figure(row, column), row):>11}" for column in columns]
+        lines.append("| " + row.ljust(width) + " | " + " | ".join(cells) + " |")
+    return lines
+
+
+@dataclass
+class Target:
+    name: str
+    numerator: str
+    denominator: str | tuple[str, ...]
+    limit: float
+    denominator_column: str | None = None
+    """Where the denominator comes from when it is not the engine's own column."""
+
+
+TARGETS = (
+    Target(
+        "policy call ≤ 1.5 x minimal ABI call (the fastest one)",
+        "PluginHost.call (full policy)",
+        ("minimal ABI call, ctypes, types cached", "minimal ABI call, engine's public API"),
+        1.5,
+    ),
+    Target(
+        "policy call ≤ 0.5 x Extism SDK call",
+        "PluginHost.call (full policy)",
+        "Extism SDK call (same JSON echo)",
+        0.5,
+        "extism",
+    ),
+    Target(
+        "circuit-open fast fail ≤ 1/3 x policy call",
+        "circuit-open fast fail",
+        "PluginHost.call (full policy)",
+        1 / 3,
+    ),
+    Target(
+        "cached load ≤ 1/10 x compile",
+        "load it from the compiled-module cache",
+        "compile a real plugin (20 KiB)",
+        0.1,
+    ),
+    Target(
+        "worker-process call ≤ 4 x in-process (Sandbox.call)",
+        "worker-process call, ProcessSandbox.call",
+        "Sandbox.call",
+        4.0,
+    ),
+    Target(
+        "worker-process call ≤ 4 x in-process (PluginHost.call)",
+        "worker-process call, PluginHost.call",
+        "PluginHost.call (full policy)",
+        4.0,
+    ),
+)
+
+
+def targets(suite: Suite, engines: list[str]) -> tuple[list[str], bool]:
+    width = max(len(target.name) for target in TARGETS)
+    lines = [
+        "| "
+        + "target (DESIGN section 12)".ljust(width)
+        + " | "
+        + " | ".join(f"{e:>14}" for e in engines)
+        + " |",
+        "|" + "-" * (width + 2) + "|" + "|".join("-" * 15 + ":" for _ in engines) + "|",
+    ]
+    everything = True
+    for target in TARGETS:
+        cells = []
+        for engine in engines:
+            numerator = suite.figure(target.numerator, engine)
+            names = (
+                target.denominator
+                if isinstance(target.denominator, tuple)
+                else (target.denominator,)
+            )
+            column = target.denominator_column or engine
+            denominator = next(
+                (f for f in (suite.figure(n, column) for n in names) if f is not None), None
+            )
+            if numerator is None or denominator is None:
+                cells.append(f"{'n/a':>14}")
+                continue
+            ratio = numerator / denominator
+            passed = ratio <= target.limit
+            everything &= passed
+            cells.append(f"{ratio:>7.2f}x {'pass' if passed else 'FAIL':>5}")
+        lines.append("| " + target.name.ljust(width) + " | " + " | ".join(cells) + " |")
+    return lines, everything
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9, help="timed rounds per benchmark")
+    parser.add_argument("--calls", type=int, default=5000, help="calls per round")
+    parser.add_argument("--engines", default=",".join(ENGINES), help="engines to measure")
+    arguments = parser.parse_args()
+    availability = default_registry().availability()
+    engines = []
+    with tempfile.TemporaryDirectory(prefix="wasm-plugins-bench-") as directory:
+        suite = Suite(arguments.calls, arguments.rounds, Path(directory))
+        for name in arguments.engines.split(","):
+            reason = availability.get(name, "unknown engine")
+            if reason is not None:
+                suite.notes.append(f"{name}: not available ({reason}), not measured")
+                continue
+            engines.append(name)
+            suite.engine(default_registry().get(name))
+        suite.extism()
+        try:
+            suite.run()
+        finally:
+            suite.close()
+    columns = engines + (
+        ["extism"] if suite.figure("Extism SDK call (same JSON echo)", "extism") is not None else []
+    )
+    print(f"wasm-plugins benchmarks: {_versions()}")
+    print(f"median of {arguments.rounds} interleaved rounds, after a warm-up; per call")
+    print()
+    print("\n".join(table(suite, columns)))
+    print()
+    lines, everything = targets(suite, engines)
+    print("\n".join(lines))
+    for note in suite.notes:
+        print(f"\nnote: {note}")
+    print()
+    print("every target met" if everything else "some targets are not met (FAIL above)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""The compiled-module cache: hits, misses, and every bad entry compiled again, never trusted.
+
+Each test points the cache at its own temporary directory; the engine fixture runs each test on
+every engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import EXAMPLES, ROOT
+from wasm_plugins import PluginHost
+from wasm_plugins.cache import (
+    CACHE_DIR_VARIABLE,
+    CACHE_SWITCH_VARIABLE,
+    ModuleCache,
+    default_directory,
+)
+from wasm_plugins.engine import Engine
+from wasm_plugins.errors import CompilationError
+from wasm_plugins.hookspecs import hookimpl
+from wasm_plugins.isolation import ProcessSandbox, WorkerPool
+from wasm_plugins.policy import Retry
+from wasm_plugins.sandbox import Sandbox
+
+ECHO = EXAMPLES / "echo.wat"
+PAYLOAD = {"text": "hello", "n": [1, 2]}
+
+
+def echo_wasm(engine: Engine) -> bytes:
+    return engine.wat_to_wasm(ECHO.read_text())
+
+
+def only_entry(cache: ModuleCache) -> Path:
+    (entry,) = [p for p in cache.entries.iterdir() if not p.name.startswith(".")]
+    return entry
+
+
+class OtherVersion:
+    """The same engine under another version number (an upgrade, as the cache sees it)."""
+
+    def __init__(self, engine: Engine, version: str) -> None:
+        self._engine = engine
+        self.name = engine.name
+        self.version = version
+        self.features = engine.features
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+class TestHitsAndMisses:
+    def test_miss_then_hit(self, engine: Engine, tmp_path: Path) -> None:
+        """The first load compiles and writes an entry; the second loads the entry."""
+        cache = ModuleCache(tmp_path)
+        first = Sandbox(ECHO, engine=engine, cache=cache)
+        assert not first.compiled_from_cache
+        assert (cache.stats.misses, cache.stats.writes, cache.stats.hits) == (1, 1, 0)
+        second = Sandbox(ECHO, engine=engine, cache=cache)
+        assert second.compiled_from_cache
+        assert cache.stats.hits == 1
+        assert second.call("echo", PAYLOAD) == PAYLOAD
+
+    def test_a_new_cache_object_finds_the_entry(self, engine: Engine, tmp_path: Path) -> None:
+        """Entries outlive the cache object (and the process): only the directory matters."""
+        Sandbox(ECHO, engine=engine, cache=ModuleCache(tmp_path))
+        again = ModuleCache(tmp_path)
+        sandbox = Sandbox(ECHO, engine=engine, cache=again)
+        assert sandbox.compiled_from_cache and again.stats.hits == 1
+
+    def test_key_covers_what_the_code_depends_on(self, engine: Engine) -> None:
+        """Other bytes, another fuel setting, another engine version: another key."""
+        wasm = echo_wasm(engine)
+        key = ModuleCache.key(engine, wasm, fuel=False)
+        assert key == ModuleCache.key(engine, bytes(wasm), fuel=False)
+        assert key != ModuleCache.key(engine, wasm, fuel=True)
+        assert key != ModuleCache.key(engine, wasm + b"\0", fuel=False)
+        assert key != ModuleCache.key(OtherVersion(engine, "0.0.0"), wasm, fuel=False)
+
+    def test_memory_limit_is_part_of_the_compiled_bytes(
+        self, engine: Engine, tmp_path: Path
+    ) -> None:
+        """The sandbox's rewrite clamps the memory maximum to the limit, so another limit is
+        another module, compiled and cached on its own."""
+        cache = ModuleCache(tmp_path)
+        Sandbox(ECHO, engine=engine, cache=cache, limits=None)
+        other = Sandbox(ECHO, engine=engine, cache=cache, limits=_limits(memory="1 MiB"))
+        assert not other.compiled_from_cache
+        assert cache.stats.misses == 2
+
+    def test_refresh_compiles_and_replaces(self, engine: Engine, tmp_path: Path) -> None:
+        """refresh_cache compiles although an entry exists, and writes the entry again."""
+        cache = ModuleCache(tmp_path)
+        Sandbox(ECHO, engine=engine, cache=cache)
+        entry = only_entry(cache)
+        before = entry.stat().st_ino
+        again = Sandbox(ECHO, engine=engine, cache=cache, refresh_cache=True)
+        assert not again.compiled_from_cache
+        assert cache.stats.writes == 2 and cache.stats.hits == 0
+        assert only_entry(cache).stat().st_ino != before  # a new file renamed into place
+
+
+class TestBadEntries:
+    """Every bad entry is compiled again and replaced; the sandbox works all the same."""
+
+    def _cached(self, engine: Engine, tmp_path: Path) -> tuple[ModuleCache, Path]:
+        cache = ModuleCache(tmp_path)
+        Sandbox(ECHO, engine=engine, cache=cache)
+        return cache, only_entry(cache)
+
+    def _reload(self, engine: Engine, cache: ModuleCache) -> Sandbox:
+        sandbox = Sandbox(ECHO, engine=engine, cache=cache)
+        assert not sandbox.compiled_from_cache
+        assert sandbox.call("echo", PAYLOAD) == PAYLOAD
+        return sandbox
+
+    def _replaced(self, engine: Engine, cache: ModuleCache) -> None:
+        """The entry written in place of the bad one is good: the next load hits."""
+        assert Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+
+    def test_corrupt_payload(self, engine: Engine, tmp_path: Path) -> None:
+        """A flipped byte in the compiled code fails the digest: never deserialized."""
+        cache, entry = self._cached(engine, tmp_path)
+        data = bytearray(entry.read_bytes())
+        data[-100] ^= 0xFF
+        entry.write_bytes(bytes(data))
+        self._reload(engine, cache)
+        assert cache.stats.rejected == 1
+        self._replaced(engine, cache)
+
+    def test_truncated_entry(self, engine: Engine, tmp_path: Path) -> None:
+        """An entry cut short (a crash while writing, a full disk) is not used."""
+        cache, entry = self._cached(engine, tmp_path)
+        data = entry.read_bytes()
+        for size in (len(data) - 1, len(data) // 2, 20, 3, 0):
+            entry.write_bytes(data[:size])
+            self._reload(engine, cache)
+        assert cache.stats.rejected == 5
+        self._replaced(engine, cache)
+
+    def test_tampered_payload_with_a_matching_size(self, engine: Engine, tmp_path: Path) -> None:
+        """Code replaced by other bytes of the same size fails the digest."""
+        cache, entry = self._cached(engine, tmp_path)
+        data = entry.read_bytes()
+        header_end = len(data) - json.loads(_header(data))["payload_size"]
+        entry.write_bytes(data[:header_end] + bytes(len(data) - header_end))
+        self._reload(engine, cache)
+        assert cache.stats.rejected == 1
+
+    def test_garbage_with_a_valid_digest(self, engine: Engine, tmp_path: Path) -> None:
+        """An entry whose digest matches but which the engine refuses is compiled again."""
+        cache, entry = self._cached(engine, tmp_path)
+        _rewrite_payload(entry, b"not compiled code at all" * 10)
+        self._reload(engine, cache)
+        assert cache.stats.rejected == 1
+        self._replaced(engine, cache)
+
+    def test_foreign_entry(self, engine: Engine, tmp_path: Path) -> None:
+        """An entry of another module put under this module's name is refused by its header."""
+        cache = ModuleCache(tmp_path)
+        Sandbox(ECHO, engine=engine, cache=cache)
+        echo_entry = only_entry(cache)
+        other = Sandbox(EXAMPLES.parent / "conformance" / "abi.wat", engine=engine, cache=cache)
+        other_key = ModuleCache.key(engine, other._prepared.wasm, fuel=False)
+        cache.path(other_key).write_bytes(echo_entry.read_bytes())
+        reloaded = Sandbox(EXAMPLES.parent / "conformance" / "abi.wat", engine=engine, cache=cache)
+        assert not reloaded.compiled_from_cache
+        assert reloaded.call("upper", "abc") == "ABC"
+        assert cache.stats.rejected == 1
+
+    def test_engine_version_change(self, engine: Engine, tmp_path: Path) -> None:
+        """After an engine upgrade the old entry is not used: the key changes, the module is
+        compiled again; an entry left under the new key by the old version is refused."""
+        cache = ModuleCache(tmp_path)
+        Sandbox(ECHO, engine=engine, cache=cache)
+        old_entry = only_entry(cache)
+        upgraded = OtherVersion(engine, engine.version + "+upgrade")
+        sandbox = Sandbox(ECHO, engine=upgraded, cache=cache)
+        assert not sandbox.compiled_from_cache
+        assert cache.stats.misses == 2
+        new_key = ModuleCache.key(upgraded, sandbox._prepared.wasm, fuel=False)
+        cache.path(new_key).write_bytes(old_entry.read_bytes())  # stale: made by the old one
+        stale = Sandbox(ECHO, engine=upgraded, cache=cache)
+        assert not stale.compiled_from_cache
+        assert cache.stats.rejected == 1
+        assert Sandbox(ECHO, engine=upgraded, cache=cache).compiled_from_cache
+
+    def test_fuel_setting_is_checked(self, wasmtime_engine: Engine, tmp_path: Path) -> None:
+        """Code compiled with fuel metering is never loaded for a module without it."""
+        cache = ModuleCache(tmp_path)
+        Sandbox(ECHO, engine=wasmtime_engine, cache=cache, limits=_limits(fuel=10_000))
+        metered = only_entry(cache)
+        plain = Sandbox(ECHO, engine=wasmtime_engine, cache=cache)
+        plain_key = ModuleCache.key(wasmtime_engine, plain._prepared.wasm, fuel=False)
+        cache.path(plain_key).write_bytes(metered.read_bytes())
+        again = Sandbox(ECHO, engine=wasmtime_engine, cache=cache)
+        assert not again.compiled_from_cache and cache.stats.rejected == 1
+
+
+class TestDirectory:
+    def test_private_directory(self, engine: Engine, tmp_path: Path) -> None:
+        """The directory is made with mode 0700, and an open one is made private."""
+        made = ModuleCache(tmp_path / "new" / "cache")
+        Sandbox(ECHO, engine=engine, cache=made)
+        assert stat.S_IMODE(made.directory.stat().st_mode) == 0o700
+        assert stat.S_IMODE(made.entries.stat().st_mode) == 0o700
+        opened = tmp_path / "open"
+        opened.mkdir(mode=0o777)
+        os.chmod(opened, 0o777)
+        Sandbox(ECHO, engine=engine, cache=ModuleCache(opened))
+        assert stat.S_IMODE(opened.stat().st_mode) == 0o700
+
+    def test_entries_are_private_files(self, engine: Engine, tmp_path: Path) -> None:
+        cache = ModuleCache(tmp_path)
+        Sandbox(ECHO, engine=engine, cache=cache)
+        assert stat.S_IMODE(only_entry(cache).stat().st_mode) & 0o077 == 0
+        assert not [p for p in cache.entries.iterdir() if p.name.startswith(".tmp-")]
+
+    def test_unusable_directory_compiles_anyway(self, engine: Engine, tmp_path: Path) -> None:
+        """A cache path that is a file: the cache is skipped, the sandbox loads."""
+        blocker = tmp_path / "file"
+        blocker.write_text("not a directory")
+        cache = ModuleCache(blocker)
+        sandbox = Sandbox(ECHO, engine=engine, cache=cache)
+        assert sandbox.call("echo", PAYLOAD) == PAYLOAD
+        assert cache.stats.writes == 0
+
+    def test_directory_removed_while_in_use(self, engine: Engine, tmp_path: Path) -> None:
+        """A cache directory removed under a running host (a user clearing ~/.cache) costs one
+        entry: the module is compiled anyway, and the directory is made again."""
+        import shutil
+
+        cache = ModuleCache(tmp_path / "cache")
+        Sandbox(ECHO, engine=engine, cache=cache)
+        shutil.rmtree(tmp_path / "cache")
+        assert Sandbox(ECHO, engine=engine, cache=cache).call("echo", PAYLOAD) == PAYLOAD
+        assert cache.stats.errors == 1
+        Sandbox(ECHO, engine=engine, cache=cache)
+        assert Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+        assert stat.S_IMODE(cache.directory.stat().st_mode) == 0o700
+
+    def test_disabled_cache(self, engine: Engine, tmp_path: Path) -> None:
+        """A disabled cache compiles every time and writes nothing."""
+        cache = ModuleCache(tmp_path / "never", enabled=False)
+        for _ in range(2):
+            assert not Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+        assert not (tmp_path / "never").exists()
+        assert cache.stats.hits == cache.stats.writes == 0
+
+    def test_clear(self, engine: Engine, tmp_path: Path) -> None:
+        cache = ModuleCache(tmp_path)
+        Sandbox(ECHO, engine=engine, cache=cache)
+        assert cache.clear() == 1
+        assert not Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+
+
+class TestLocation:
+    def test_override_and_switch(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.setenv(CACHE_DIR_VARIABLE, str(tmp_path / "here"))
+        assert default_directory() == tmp_path / "here"
+        assert ModuleCache.from_environment().enabled
+        for off in ("off", "0", "false", "NO"):
+            monkeypatch.setenv(CACHE_SWITCH_VARIABLE, off)
+            assert not ModuleCache.from_environment().enabled
+            assert PluginHost(blocked=()).module_cache is None
+
+    @pytest.mark.skipif(sys.platform != "linux", reason="the Linux locations")
+    def test_linux_locations(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.delenv(CACHE_DIR_VARIABLE, raising=False)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+        assert default_directory() == tmp_path / "wasm-plugins"
+        monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")
+        assert default_directory() == Path.home() / ".cache" / "wasm-plugins"
+        monkeypatch.delenv("XDG_CACHE_HOME")
+        assert default_directory() == Path.home() / ".cache" / "wasm-plugins"
+
+
+class TestConcurrentWriters:
+    def test_threads(self, engine: Engine, tmp_path: Path) -> None:
+        """Threads that compile and write the same entry at once, each with its own cache
+        object, never leave a bad entry nor a temporary file, and readers meanwhile see a
+        good entry or none."""
+        wasm = echo_wasm(engine)
+        start = threading.Barrier(6)
+        failures: list[BaseException] = []
+        caches = [ModuleCache(tmp_path) for _ in range(6)]
+
+        def write(cache: ModuleCache) -> None:
+            try:
+                start.wait()
+                for _ in range(5):
+                    cache.compile(engine, wasm, refresh=True)
+                    found = cache.compile(engine, wasm)
+                    assert found.module.exports
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=write, args=(cache,)) for cache in caches]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not failures
+        assert sum(cache.stats.rejected for cache in caches) == 0
+        assert not [p for p in caches[0].entries.iterdir() if p.name.startswith(".tmp-")]
+        assert ModuleCache(tmp_path).compile(engine, wasm).hit
+
+    def test_processes(self, engine: Engine, tmp_path: Path) -> None:
+        """Processes that fill the same cache at once all succeed and leave one good entry."""
+        script = (
+            "import sys\n"
+            "from wasm_plugins.cache import ModuleCache\n"
+            "from wasm_plugins.engine import get_engine\n"
+            "engine = get_engine(sys.argv[1])\n"
+            "wasm = engine.wat_to_wasm(open(sys.argv[3]).read())\n"
+            "cache = ModuleCache(sys.argv[2])\n"
+            "for _ in range(5):\n"
+            "    cache.compile(engine, wasm, refresh=True)\n"
+            "    assert cache.compile(engine, wasm).module.exports\n"
+            "assert cache.stats.rejected == 0, cache.stats\n"
+        )
+        environment = dict(os.environ, PYTHONPATH=str(ROOT))
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, engine.name, str(tmp_path), str(ECHO)],
+                env=environment,
+            )
+            for _ in range(4)
+        ]
+        assert [process.wait(timeout=120) for process in processes] == [0] * 4
+        cache = ModuleCache(tmp_path)
+        assert len([p for p in cache.entries.iterdir()]) == 1
+        assert cache.compile(engine, echo_wasm(engine)).hit
+
+
+class TestHost:
+    def _host(self, engine: Engine, cache: Any) -> PluginHost:
+        host = PluginHost(engine=engine.name, blocked=(), module_cache=cache)
+        host.load({"name": "echo", "module": {"path": str(ECHO)}})
+        return host
+
+    def test_host_uses_its_cache(self, engine: Engine, tmp_path: Path) -> None:
+        with self._host(engine, tmp_path) as host:
+            assert host.call("echo", "echo", PAYLOAD) == PAYLOAD
+            assert host.module_cache is not None and host.module_cache.directory == tmp_path
+            assert host.module_cache.stats.writes == 1
+        with self._host(engine, ModuleCache(tmp_path)) as host:
+            assert host.call("echo", "echo", PAYLOAD) == PAYLOAD
+            assert host.sandbox("echo").compiled_from_cache
+
+    def test_host_without_cache(self, engine: Engine, tmp_path: Path) -> None:
+        for setting in (False, None, ModuleCache(tmp_path, enabled=False)):
+            with self._host(engine, setting) as host:
+                assert host.module_cache is None
+                assert host.call("echo", "echo", PAYLOAD) == PAYLOAD
+        assert not any(tmp_path.iterdir())
+
+    def test_retry_recompile_bypasses_the_entry(self, engine: Engine, tmp_path: Path) -> None:
+        """Retry(recompile=True): the next sandbox compiles, ignoring and replacing the entry."""
+        cache = ModuleCache(tmp_path)
+        Sandbox(ECHO, engine=engine, cache=cache)  # an entry exists before the host starts
+
+        class CompileOnce:
+            failed = False
+
+            @hookimpl(wrapper=True, tryfirst=True)
+            def wasm_plugins_attempt(self, attempt: Any) -> Any:
+                if not self.failed:
+                    self.failed = True
+                    yield
+                    raise CompilationError(message="compiled code was bad")
+                return (yield)
+
+            @hookimpl(tryfirst=True)
+            def wasm_plugins_recovery_action(self, error: Any, call: Any) -> Any:
+                return Retry(recompile=True, delay=0.0, reason="test")
+
+        with self._host(engine, cache) as host:
+            host.register_policy(CompileOnce())
+            outcome = host.invoke("echo", "echo", PAYLOAD)
+            assert (outcome.value, outcome.attempts) == (PAYLOAD, 2)
+            assert not host.sandbox("echo").compiled_from_cache
+        assert cache.stats.hits == 1  # the first attempt's sandbox
+        assert cache.stats.writes == 2  # the entry replaced by the second
+        with self._host(engine, cache) as host:
+            assert host.call("echo", "echo", PAYLOAD) == PAYLOAD
+            assert host.sandbox("echo").compiled_from_cache
+
+
+class TestProcessSandbox:
+    def test_ships_the_cached_code(self, engine: Engine, tmp_path: Path) -> None:
+        """A worker gets the cached entry's code as is: loaded, not compiled, not re-serialized."""
+        cache = ModuleCache(tmp_path)
+        Sandbox(ECHO, engine=engine, cache=cache)
+        payload = _payload(only_entry(cache).read_bytes())
+        with WorkerPool(1, name="cache-test") as pool:
+            remote = ProcessSandbox(ECHO, engine=engine, cache=cache, pool=pool)
+            assert remote.compiled_from_cache
+            assert remote._serialized == payload
+            assert remote.call("echo", PAYLOAD) == PAYLOAD
+            remote.close()
+
+
+def _limits(**changes: Any) -> Any:
+    from wasm_plugins.sandbox import Limits
+
+    return Limits(**changes)
+
+
+def _header(data: bytes) -> bytes:
+    length = int.from_bytes(data[8:12], "big")
+    return data[12 : 12 + length]
+
+
+def _payload(data: bytes) -> bytes:
+    return data[12 + int.from_bytes(data[8:12], "big") :]
+
+
+def _rewrite_payload(entry: Path, payload: bytes) -> None:
+    """Replace an entry's payload and fix its header to match (a well-formed lie)."""
+    import hashlib
+
+    data = entry.read_bytes()
+    header = json.loads(_header(data))
+    header["payload_size"] = len(payload)
+    header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+    encoded = json.dumps(header, sort_keys=True).encode()
+    entry.write_bytes(data[:8] + len(encoded).to_bytes(4, "big") + encoded + payload)
