@@ -156,7 +156,12 @@ for name in names:
         "wasm_plugins.testing.clock", "wasm_plugins.testing.faults",
         "wasm_plugins.testing.harness", "wasm_plugins.testing.modules",
     ):
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError as missing:
+            # The wasmer adapter on a Python where wasmer does not install.
+            if missing.name != "wasmer":
+                raise
 loaded = sorted(n for n in ("hypothesis", "pytest", "_pytest") if n in sys.modules)
 print("LOADED", loaded, len(names))
 """
