@@ -172,7 +172,6 @@ class Sandbox:
         # thread (engines such as wasmer must release objects in the thread that made them).
         self._states: weakref.WeakSet[_ThreadState] = weakref.WeakSet()
         self._closed = False
-        self._own_call_bytes = type(self).call_bytes is Sandbox.call_bytes
         try:
             self.engine: Engine = (
                 engine if not isinstance(engine, str | None) else get_engine(engine)
@@ -394,35 +393,6 @@ class Sandbox:
             data = codec.encode(input)
         except PluginError as error:
             raise self._annotate(error, function, None) from None
-        if self._own_call_bytes:
-            # call_bytes, inline (one frame less per call): a subclass that replaces
-            # call_bytes (ProcessSandbox) goes through its own.
-            limits = self.limits
-            if len(data) > limits.max_input:
-                raise self._input_too_large(function, len(data))
-            state = None
-            try:
-                state = getattr(self._local, "state", None) or self._state()
-                session = state.session
-                output = session.invoke(
-                    session._functions.get(function) or session.function(function),
-                    data,
-                    limits.max_output,
-                )
-            except PluginError as error:
-                failure = self._failed(error, state, function, len(data))
-                cause: BaseException | None = failure.__cause__
-            except Exception as exc:
-                failure = self._failed(_host_failure(exc), state, function, len(data))
-                cause = exc
-            else:
-                try:
-                    return codec.decode(output)
-                except PluginError as error:
-                    raise self._annotate(error, function, len(data)) from None
-            # As in call_bytes: raised with this frame's locals gone.
-            del state
-            raise failure from cause
         output = self.call_bytes(function, data)
         try:
             return codec.decode(output)
