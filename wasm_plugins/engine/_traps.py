@@ -7,8 +7,10 @@ Both engines print WAT and validation errors in the same shapes (they share the 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from wasm_plugins.errors import (
+    CommunicationError,
     CompilationError,
     Diagnostic,
     ExecutionError,
@@ -97,3 +99,27 @@ def trap_error(
         details={"engine_message": truncate(engine_message, 500)},
         suggestion=TRAP_SUGGESTIONS.get(trap),
     )
+
+
+def check_range(
+    bound: bool, size: Callable[[], int], ptr: int, length: int, direction: str
+) -> None:
+    """Refuse a guest-memory access outside the memory (or before there is one).
+
+    :raises CommunicationError: on channel ``guest-memory``.
+    """
+    if not bound:
+        raise CommunicationError(
+            message="Guest memory is not available while the module is being instantiated",
+            channel="guest-memory",
+            direction=direction,
+        )
+    total = size()
+    if ptr < 0 or length < 0 or ptr + length > total:
+        raise CommunicationError(
+            message=(
+                f"Guest memory range [{ptr}, {ptr + length}) is outside memory of {total} bytes"
+            ),
+            channel="guest-memory",
+            direction=direction,
+        )

@@ -32,7 +32,14 @@ from wasm_plugins.engine._protocol import (
     MemoryImport,
     WasiSettings,
 )
-from wasm_plugins.engine._traps import MAX_FRAMES, trap_error, truncate, validation_error, wat_error
+from wasm_plugins.engine._traps import (
+    MAX_FRAMES,
+    check_range,
+    trap_error,
+    truncate,
+    validation_error,
+    wat_error,
+)
 from wasm_plugins.errors import (
     CommunicationError,
     ConfigurationError,
@@ -293,21 +300,7 @@ class _Memory:
         return size
 
     def _check(self, ptr: int, length: int, direction: str) -> None:
-        if self._memory is None:
-            raise CommunicationError(
-                message="Guest memory is not available while the module is being instantiated",
-                channel="guest-memory",
-                direction=direction,
-            )
-        size = self.size()
-        if ptr < 0 or length < 0 or ptr + length > size:
-            raise CommunicationError(
-                message=(
-                    f"Guest memory range [{ptr}, {ptr + length}) is outside memory of {size} bytes"
-                ),
-                channel="guest-memory",
-                direction=direction,
-            )
+        check_range(self._memory is not None, self.size, ptr, length, direction)
 
     def read(self, ptr: int, length: int) -> bytes:
         self._check(ptr, length, "guest-to-host")
