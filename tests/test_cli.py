@@ -597,6 +597,15 @@ def _environment() -> dict[str, str]:
     return environment
 
 
+HELP_LOADS = """
+import sys
+from wasm_plugins.cli import main
+status = main(sys.argv[1:])
+heavy = ("wasm_plugins._demo", "wasm_plugins.testing", "hypothesis", "pytest", "_pytest")
+print("STATUS", status, "LOADED", sorted(n for n in sys.modules if n.startswith(heavy)))
+"""
+
+
 class TestScript:
     def test_console_script(self) -> None:
         """The installed wasm-plugins script runs call and reports a typed failure by exit code."""
@@ -620,6 +629,21 @@ class TestScript:
         )
         assert done.returncode == 1
         assert "Traceback" not in done.stderr
+
+    @pytest.mark.parametrize("argv", [["--help"], ["call", "--help"], ["list"]])
+    def test_commands_import_only_what_they_use(self, argv: list[str]) -> None:
+        """--help, and the commands but demo and fuzz, import neither the demo nor the testing
+        toolkit (nor Hypothesis or pytest): those load when their command runs."""
+        done = subprocess.run(
+            [sys.executable, "-c", HELP_LOADS, *argv],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            cwd=ROOT,
+            env=_environment(),
+        )
+        assert "STATUS 0 LOADED []" in done.stdout, done.stdout + done.stderr
 
     @pytest.mark.parametrize(
         ("argv", "status", "expected"),

@@ -167,7 +167,30 @@ print("LOADED", loaded, len(names))
 """
 
 
+FUZZ_WITHOUT_THE_COMMAND_LINE = """
+import io, sys
+from wasm_plugins.testing.fuzz import run_fuzz
+out = io.StringIO()
+status = run_fuzz(sys.argv[1], "echo", examples=2, steps=3, seed=1, out=out, err=io.StringIO())
+cli = "wasm_plugins.cli" in sys.modules
+print("STATUS", status, "CLI", cli, "TABLE", "OUTCOME" in out.getvalue())
+"""
+
+
 class TestOptionalDependencies:
+    def test_fuzzing_a_file_does_not_load_the_command_line(self) -> None:
+        """run_fuzz on a module file (target resolution, a host per example, the summary table)
+        works without importing wasm_plugins.cli: the toolkit sits below the command line."""
+        result = subprocess.run(
+            [sys.executable, "-c", FUZZ_WITHOUT_THE_COMMAND_LINE, ECHO],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert "STATUS 0 CLI False TABLE True" in result.stdout, result.stdout + result.stderr
+
     def test_only_the_testing_package_imports_hypothesis_or_pytest(self) -> None:
         """Importing every module outside wasm_plugins.testing, the CLI and the fault injector
         imports neither Hypothesis nor pytest."""

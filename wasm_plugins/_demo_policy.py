@@ -26,7 +26,7 @@ from wasm_plugins.policy import (
     RetryScheduled,
 )
 from wasm_plugins.sandbox import HostCall, HostFunction
-from wasm_plugins.testing.clock import FakeClock, FixedRandom
+from wasm_plugins.testing import FakeClock, FixedRandom
 
 __all__ = ["run_policy_demo"]
 

@@ -1,6 +1,7 @@
 """The testing toolkit (docs/testing.md): for host-app, policy and plugin authors.
 
-- :mod:`~wasm_plugins.testing.clock`: a fake clock and a fixed random source;
+- :class:`FakeClock` and :class:`FixedRandom`: a fake clock and a fixed random source for the
+  policy (importable from here, or from :mod:`~wasm_plugins.testing.clock`);
 - :mod:`~wasm_plugins.testing.faults`: the fault injector, a pluggy plugin around the attempt hook;
 - :mod:`~wasm_plugins.testing.pytest_plugin`: fixtures ``plugin_host``, ``fault_injector``,
   ``fake_clock`` and the ``wasm_faults`` marker (loaded by pytest through its entry point);
@@ -10,5 +11,9 @@
   :mod:`~wasm_plugins.testing.fuzz` (``wasm-plugins fuzz``): Hypothesis strategies and stateful
   fault fuzzing; these need Hypothesis (``pip install 'wasm-plugins[testing]'``).
 
-Nothing is imported here, so that importing one module never needs what another does.
+No module of the toolkit is imported here, so that importing one never needs what another does.
 """
+
+from wasm_plugins.policy._clock import FakeClock, FixedRandom
+
+__all__ = ["FakeClock", "FixedRandom"]

@@ -1,46 +1,6 @@
-"""A fake clock for the policy: time moves only when told to, and sleeping just moves it."""
+"""A fake clock and a fixed random source for the policy (also importable from
+:mod:`wasm_plugins.testing`)."""
 
-from __future__ import annotations
-
-import random
-import threading
+from wasm_plugins.testing import FakeClock, FixedRandom
 
 __all__ = ["FakeClock", "FixedRandom"]
-
-
-class FakeClock:
-    """A monotonic clock that starts at ``start`` and advances on :meth:`sleep` and
-    :meth:`advance`; every requested sleep is recorded in :attr:`sleeps`. Thread-safe."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        with self._lock:
-            return self._now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self._now += max(0.0, seconds)
-
-    def advance(self, seconds: float) -> None:
-        """Move time forward without recording a sleep."""
-        with self._lock:
-            self._now += seconds
-
-
-class FixedRandom:
-    """A random source for jitter that always returns the same point of the range: ``where`` 1.0
-    gives the upper bound, 0.0 the lower; ``seed`` instead draws from a seeded generator."""
-
-    def __init__(self, where: float | None = 1.0, seed: int | None = None) -> None:
-        self._where = where
-        self._random = random.Random(seed)
-
-    def uniform(self, low: float, high: float) -> float:
-        if self._where is None:
-            return self._random.uniform(low, high)
-        return low + (high - low) * self._where

@@ -9,7 +9,7 @@ circuit breaker, perhaps retried, and reaches the caller inside a ``ContextualEr
 policy gives up.
 
 >>> from wasm_plugins import PluginHost
->>> from wasm_plugins.testing.clock import FakeClock
+>>> from wasm_plugins.testing import FakeClock
 >>> injector = FaultInjector([Fault.error("network")], rate=0.5, seed=1)
 >>> host = PluginHost(clock=FakeClock())                                 # doctest: +SKIP
 >>> host.register_policy(injector)                                       # doctest: +SKIP

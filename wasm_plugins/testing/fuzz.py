@@ -24,9 +24,11 @@ from hypothesis import strategies as st
 from hypothesis.reporting import with_reporter
 from hypothesis.stateful import run_state_machine_as_test
 
+from wasm_plugins._tables import table
 from wasm_plugins.host import PluginHost
 from wasm_plugins.manifest import Manifest
-from wasm_plugins.testing.clock import FakeClock
+from wasm_plugins.targets import resolve_target, scratch_host
+from wasm_plugins.testing import FakeClock
 from wasm_plugins.testing.harness import (
     Call,
     HostFactory,
@@ -49,14 +51,8 @@ def target_host(target: str, *, seed: int = 0) -> HostFactory:
     host discovers every installed plugin, with their policy plugins), or the path of a
     manifest or module (a host with that plugin alone, and the installed engines and host
     functions). The host's jitter comes from a ``random.Random(seed)``."""
-    from wasm_plugins.cli import resolve_target
-
     with PluginHost.discover() as base:
         resolved = resolve_target(base, target)
-        registry = base.engines
-        host_functions = dict(base.host_functions)
-        engine, isolation = base.engine_name, base.isolation
-    manifest: Manifest = resolved.manifest
 
     if resolved.installed:
 
@@ -66,16 +62,7 @@ def target_host(target: str, *, seed: int = 0) -> HostFactory:
         return installed
 
     def from_file(clock: FakeClock) -> PluginHost:
-        from wasm_plugins.cli import _engine_factory
-
-        host = PluginHost(
-            engine=engine, isolation=isolation, clock=clock, random=random.Random(seed)
-        )
-        for name in registry.names():
-            host.engines.register(name, _engine_factory(registry, name))
-        host.host_functions.update(host_functions)
-        host.load(manifest)
-        return host
+        return scratch_host(base, resolved.manifest, clock=clock, random=random.Random(seed))
 
     return from_file
 
@@ -253,8 +240,6 @@ def fuzz(
 def _summary(
     report: FuzzReport, title: str, seed: int, kinds: Sequence[str], rate: float, out: TextIO
 ) -> None:
-    from wasm_plugins.cli import _table
-
     out.write(
         f"{title}: {report.examples} runs on fresh hosts, {report.calls} calls, "
         f"{report.attempts} attempts (seed {seed})\n\n"
@@ -264,7 +249,7 @@ def _summary(
         (label, str(count), f"{100 * count / total:.1f}%")
         for label, count in sorted(report.outcomes.items(), key=lambda item: (-item[1], item[0]))
     ]
-    for line in _table(("OUTCOME", "CALLS", "SHARE"), rows or [("(no calls)", "0", "-")]):
+    for line in table(("OUTCOME", "CALLS", "SHARE"), rows or [("(no calls)", "0", "-")]):
         out.write(line + "\n")
     faults = ", ".join(kinds) if kinds else "none"
     heading = f"Faults injected ({rate:g} of attempts, and outages), from: {faults}"
@@ -273,7 +258,7 @@ def _summary(
         (label, str(count))
         for label, count in sorted(report.faults.items(), key=lambda item: (-item[1], item[0]))
     ]
-    for line in _table(("FAULT", "ATTEMPTS"), fault_rows or [("(none injected)", "0")], "  "):
+    for line in table(("FAULT", "ATTEMPTS"), fault_rows or [("(none injected)", "0")], "  "):
         out.write(line + "\n")
 
 

@@ -55,7 +55,7 @@ from wasm_plugins.policy import (
     PolicyEvent,
     RetryScheduled,
 )
-from wasm_plugins.testing.clock import FakeClock
+from wasm_plugins.testing import FakeClock
 from wasm_plugins.testing.faults import Fault, FaultInjector, Injection, RunawayCall
 
 __all__ = [

@@ -31,7 +31,7 @@ import pytest
 
 if TYPE_CHECKING:
     from wasm_plugins.host import PluginHost
-    from wasm_plugins.testing.clock import FakeClock
+    from wasm_plugins.testing import FakeClock
     from wasm_plugins.testing.faults import FaultInjector
 
 __all__ = ["fake_clock", "fault_injector", "plugin_host"]
@@ -71,7 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def fake_clock() -> FakeClock:
     """A fake monotonic clock: ``sleep`` and ``advance`` move it, ``sleeps`` records waits."""
-    from wasm_plugins.testing.clock import FakeClock
+    from wasm_plugins.testing import FakeClock
 
     return FakeClock()
 
@@ -108,7 +108,7 @@ def plugin_host(
     """An isolated host on the fake clock, with the fault injector registered; closed after the
     test. Load plugins with ``plugin_host.load(...)``."""
     from wasm_plugins.host import PluginHost
-    from wasm_plugins.testing.clock import FixedRandom
+    from wasm_plugins.testing import FixedRandom
 
     marker = request.node.get_closest_marker("wasm_host")
     options: dict[str, Any] = dict(marker.kwargs) if marker is not None else {}

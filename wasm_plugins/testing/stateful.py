@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from wasm_plugins.host import PluginHost
-from wasm_plugins.testing.clock import FakeClock
+from wasm_plugins.testing import FakeClock
 from wasm_plugins.testing.faults import FAULT_LABELS
 from wasm_plugins.testing.harness import (
     Advance,

@@ -1,0 +1,121 @@
+"""Values on the command line: sizes, durations and counts with their checks, ``--input``, and the
+usage error a bad one is."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from wasm_plugins._units import parse_duration, parse_size
+
+__all__ = ["UsageError", "count", "duration", "fuel", "rate", "read_input", "seed", "size"]
+
+
+class UsageError(Exception):
+    """A bad command line: printed argparse-style (with the usage when known), exit status 2."""
+
+    def __init__(self, message: str, usage: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.usage = usage
+
+
+def size(text: str) -> int:
+    """``--memory``: a positive size with a unit (``16 MiB``)."""
+    try:
+        value = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a size must be positive, got {text!r}")
+    return value
+
+
+def duration(text: str) -> float:
+    """``--timeout``: a duration with a unit (``200 ms``)."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def fuel(text: str) -> int:
+    """``--fuel``: a positive whole number of units."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of fuel units, got {text!r}"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"fuel must be positive, got {text!r}")
+    return value
+
+
+def rate(text: str) -> float:
+    """A share of attempts, from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"the rate is a share of attempts, 0 to 1; got {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """A positive whole number."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def seed(text: str) -> int:
+    """A whole number, not negative."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed is not negative, got {text!r}")
+    return value
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def read_input(spec: str | None, raw: bool) -> Any:
+    """``--input``: JSON text, or ``@path`` (``@-``: standard input) to read it from a file.
+
+    :raises UsageError: when the file cannot be read or the text is not JSON.
+    """
+    if spec is None:
+        return b"" if raw else None
+    if spec.startswith("@"):
+        where = spec[1:]
+        try:
+            data = sys.stdin.buffer.read() if where == "-" else Path(where).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--input: cannot read {where!r}: {exc.strerror or exc}") from None
+    else:
+        data = spec.encode("utf-8", "surrogateescape")
+    if raw:
+        return data
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--input is not UTF-8 text: {exc}") from None
+    except ValueError as exc:
+        shown = spec if len(spec) <= 60 else spec[:57] + "..."
+        raise UsageError(
+            f"--input {shown!r} is not valid JSON ({exc}); quote strings, for example "
+            "--input '\"text\"', or use --raw to send the text as bytes"
+        ) from None

@@ -1,0 +1,92 @@
+"""``wasm-plugins list``: the installed plugins, their engine and functions, and discovery
+problems."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import attrs
+
+from wasm_plugins._tables import table
+from wasm_plugins.cli._format import dump, emit, engine_label, underlying
+from wasm_plugins.errors import PluginError
+from wasm_plugins.host import PluginHost
+
+__all__ = ["list_options", "list_plugins"]
+
+
+def list_options(parser: argparse.ArgumentParser) -> None:
+    """``--json``."""
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _plugin_summary(host: PluginHost, name: str) -> dict[str, Any]:
+    info = host.plugins[name]
+    manifest = info.manifest
+    engine, how = engine_label(host, manifest)
+    entry: dict[str, Any] = {
+        "name": name,
+        "version": manifest.version,
+        "description": manifest.description,
+        "distribution": info.distribution,
+        "engine": engine,
+        "engine_choice": how,
+        "capabilities": sorted(manifest.capabilities),
+        "functions": list(manifest.functions),
+        "functions_from": "manifest",
+        "error": None,
+    }
+    if not manifest.functions:
+        entry["functions_from"] = "exports"
+        try:
+            entry["functions"] = list(host.sandbox(name).functions)
+        except PluginError as error:
+            inner = underlying(error)
+            entry["functions"] = []
+            entry["error"] = {"kind": inner.kind, "message": inner.message}
+    return entry
+
+
+def list_plugins(as_json: bool, out: TextIO, discover: Callable[[], PluginHost]) -> int:
+    """Print the plugins of the host ``discover`` makes, as a table or one JSON document."""
+    with discover() as host:
+        plugins = [_plugin_summary(host, name) for name in sorted(host.plugins)]
+        problems = [attrs.asdict(problem) for problem in host.problems]
+    if as_json:
+        dump({"plugins": plugins, "problems": problems}, out)
+        return 0
+    if not plugins:
+        out.write(
+            "No plugins installed. Plugins come in Python distributions with a 'wasm_plugins' "
+            "entry point;\nfrom a source checkout: pip install -e plugins/text-tools "
+            "-e plugins/hostile-pack\n"
+        )
+    else:
+        rows = []
+        for entry in plugins:
+            functions = ", ".join(entry["functions"]) or "-"
+            if entry["error"] is not None:
+                functions = f"(does not load: {entry['error']['kind']})"
+            rows.append(
+                (
+                    entry["name"],
+                    entry["version"],
+                    entry["engine"],
+                    ", ".join(entry["capabilities"]) or "-",
+                    functions,
+                )
+            )
+        emit(out, table(("NAME", "VERSION", "ENGINE", "CAPABILITIES", "FUNCTIONS"), rows))
+    count = len(plugins)
+    out.write(
+        f"\n{count} plugin{'s' if count != 1 else ''}, "
+        f"{len(problems)} discovery problem{'s' if len(problems) != 1 else ''}"
+        + (":" if problems else ".")
+        + "\n"
+    )
+    for problem in problems:
+        where = problem["distribution"] or problem["source"]
+        out.write(f"  {where}: {problem['stage']} failed: {problem['reason']}\n")
+    return 0

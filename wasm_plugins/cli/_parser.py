@@ -1,0 +1,102 @@
+"""The command line's parser: the commands and their one-line help; each command's module adds its
+own options, when that command is parsed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from wasm_plugins import __version__
+from wasm_plugins.cli._arguments import UsageError
+from wasm_plugins.cli._call import call_options
+from wasm_plugins.cli._demo import demo_options
+from wasm_plugins.cli._fuzz import FUZZ_DESCRIPTION, fuzz_options
+from wasm_plugins.cli._inspect import inspect_options
+from wasm_plugins.cli._list import list_options
+
+__all__ = ["PROG", "Exit", "Parser", "build_parser"]
+
+PROG = "wasm-plugins"
+
+
+class Exit(Exception):
+    """The parser is done (``--help``, ``--version``): ``main`` returns ``status``."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class Parser(argparse.ArgumentParser):
+    """An argparse parser that raises instead of exiting, so ``main`` returns its status.
+
+    :param add_arguments: adds the parser's options the first time it parses: a command's options
+        (and what they import) cost nothing unless that command runs.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._add_arguments = add_arguments
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._add_arguments is not None:
+            add, self._add_arguments = self._add_arguments, None
+            add(self)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: error: {message}", self.format_usage())
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            sys.stderr.write(message)
+        raise Exit(status)
+
+
+def build_parser() -> Parser:
+    """The ``wasm-plugins`` parser, its commands and their one-line help."""
+    parser = Parser(
+        prog=PROG,
+        description="Run untrusted WebAssembly plugins under enforced limits, with typed errors.",
+        epilog="Exit status: 0 success, 1 a plugin error, 2 a usage error, 3 fuzz found a "
+        "broken invariant.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "list",
+        help="the installed plugins, their engine and functions",
+        add_arguments=list_options,
+    )
+    commands.add_parser(
+        "inspect",
+        help="a plugin's manifest, exports, imports (and capabilities) and limits",
+        add_arguments=inspect_options,
+    )
+    commands.add_parser(
+        "call",
+        help="call a plugin function and print its result",
+        add_arguments=call_options,
+    )
+    commands.add_parser(
+        "fuzz",
+        help="generated inputs and injected faults against a plugin, checking the error policy",
+        description=FUZZ_DESCRIPTION,
+        add_arguments=fuzz_options,
+    )
+    commands.add_parser("doctor", help="Python, packages, engines available and why not")
+    commands.add_parser(
+        "demo",
+        help="a host at work: good calls and typed failures",
+        add_arguments=demo_options,
+    )
+    return parser
