@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from wasm_plugins import __version__
@@ -45,9 +45,9 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self._add_arguments = add_arguments
 
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[Any, list[str]]:
+        # The one entry of a parse, for a command's parser too (argparse's subparsers action
+        # calls it), hence the place to add the options first.
         if self._add_arguments is not None:
             add, self._add_arguments = self._add_arguments, None
             add(self)
