@@ -19,6 +19,9 @@ from typing import Any, ClassVar
 import attrs
 
 from wasm_plugins._units import format_duration, format_size
+from wasm_plugins.errors._convert import error_from_dict, error_to_dict
+from wasm_plugins.errors._registry import error_classes as registered_classes
+from wasm_plugins.errors._registry import register
 
 __all__ = [
     "CommunicationError",
@@ -41,6 +44,8 @@ __all__ = [
     "SecurityViolation",
     "Severity",
     "ValidationIssue",
+    "circuit_open_error",
+    "contextual_error",
     "error_classes",
 ]
 
@@ -190,6 +195,10 @@ class PluginError(Exception):
     )
     context: ErrorContext | None = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register(cls)
+
     def __attrs_post_init__(self) -> None:
         if not self.message:
             self.message = self._describe()
@@ -218,16 +227,12 @@ class PluginError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """The error as plain JSON-compatible data, tagged by ``kind``."""
-        from wasm_plugins.serialization import error_to_dict
-
         return error_to_dict(self)
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> PluginError:
         """Rebuild an error from :meth:`to_dict` output; the class is chosen by ``kind``."""
-        from wasm_plugins.serialization import error_from_dict
-
-        return error_from_dict(data)
+        return error_from_dict(data, PluginError)
 
 
 @attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
@@ -480,83 +485,22 @@ class ContextualError(PluginError):
         return self.error.kind
 
 
-# -- the refusal of an open circuit, made without the generated __init__ -------------------------
-#
-# A circuit breaker refuses calls at the rate they come in, and each refusal is an InstanceError
-# inside a ContextualError. These two build exactly what ``InstanceError(state="circuit_open",
-# message=..., suggestion=...)`` and ``ContextualError(error=..., context=...)`` build (the same
-# fields, defaults and ``args``; tests/test_fast_paths.py compares them field by field), without the
-# generated __init__'s keyword handling, default factories and converters, which cost more
-# than the rest of the refusal.
-
-
 def circuit_open_error(message: str, suggestion: str) -> InstanceError:
-    """``InstanceError(state="circuit_open", message=message, suggestion=suggestion)``."""
-    error: InstanceError = BaseException.__new__(InstanceError)
-    severity = InstanceError.default_severity
-    recovery = InstanceError.default_recovery
-    error.message = message
-    error.plugin = None
-    error.function = None
-    error.suggestion = suggestion
-    error.severity = severity
-    error.recovery_potential = recovery
-    error.context = None
-    error.state = "circuit_open"
-    error.exit_signal = None
-    error.exit_code = None
-    error.args = (
-        message,
-        None,
-        None,
-        suggestion,
-        severity,
-        recovery,
-        None,
-        "circuit_open",
-        None,
-        None,
-    )
-    return error
+    """The refusal of an open circuit breaker."""
+    return InstanceError(state="circuit_open", message=message, suggestion=suggestion)
 
 
 def contextual_error(error: PluginError, context: ErrorContext) -> ContextualError:
-    """``ContextualError(error=error, context=context)``."""
-    wrapper: ContextualError = BaseException.__new__(ContextualError)
-    message = error.message
-    plugin = error.plugin
-    function = error.function
-    suggestion = error.suggestion
-    severity = error.severity
-    recovery = error.recovery_potential
-    wrapper.message = message
-    wrapper.plugin = plugin
-    wrapper.function = function
-    wrapper.suggestion = suggestion
-    wrapper.context = context
-    wrapper.error = error
-    wrapper.severity = severity
-    wrapper.recovery_potential = recovery
-    wrapper.args = (message, plugin, function, suggestion, context, error, severity, recovery)
-    return wrapper
+    """``error`` as the host application receives it once the error policy gives up."""
+    return ContextualError(error=error, context=context)
 
 
 def error_classes() -> tuple[type[PluginError], ...]:
-    """Every concrete error class, one per kind (``ContextualError`` included)."""
-    return (
-        CompilationError,
-        ModuleError,
-        ExecutionError,
-        ResourceLimitExceeded,
-        SecurityViolation,
-        HostIOError,
-        NetworkError,
-        ConfigurationError,
-        InstanceError,
-        CommunicationError,
-        DeadlineExceeded,
-        ContextualError,
-    )
+    """Every concrete error class, one per kind (``ContextualError`` included), in definition order.
+
+    A subclass of :class:`PluginError` that declares its own ``kind`` is added when it is defined.
+    """
+    return tuple(cls for cls in registered_classes() if issubclass(cls, PluginError))
 
 
 attrs.resolve_types(ErrorContext, globals(), locals())

@@ -1,0 +1,61 @@
+"""Errors: the taxonomy (one attrs exception per kind), their dict form, and the classes by kind.
+
+This package is the floor of ``wasm_plugins``: it imports nothing of the framework but ``_units``,
+so every other module can raise and convert errors.
+"""
+
+from wasm_plugins.errors._convert import error_from_dict, error_to_dict, make_converter
+from wasm_plugins.errors._taxonomy import (
+    CommunicationError,
+    CompilationError,
+    ConfigurationError,
+    ContextualError,
+    DeadlineExceeded,
+    Diagnostic,
+    ErrorContext,
+    ExecutionEnvironment,
+    ExecutionError,
+    GuestFrame,
+    HostIOError,
+    InstanceError,
+    ModuleError,
+    NetworkError,
+    PluginError,
+    RecoveryPotential,
+    ResourceLimitExceeded,
+    SecurityViolation,
+    Severity,
+    ValidationIssue,
+    circuit_open_error,
+    contextual_error,
+    error_classes,
+)
+
+__all__ = [
+    "CommunicationError",
+    "CompilationError",
+    "ConfigurationError",
+    "ContextualError",
+    "DeadlineExceeded",
+    "Diagnostic",
+    "ErrorContext",
+    "ExecutionEnvironment",
+    "ExecutionError",
+    "GuestFrame",
+    "HostIOError",
+    "InstanceError",
+    "ModuleError",
+    "NetworkError",
+    "PluginError",
+    "RecoveryPotential",
+    "ResourceLimitExceeded",
+    "SecurityViolation",
+    "Severity",
+    "ValidationIssue",
+    "circuit_open_error",
+    "contextual_error",
+    "error_classes",
+    "error_from_dict",
+    "error_to_dict",
+    "make_converter",
+]
