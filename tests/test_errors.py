@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
+from typing import ClassVar
 
 import attrs
 import pytest
 from hypothesis import given
 
+import wasm_plugins.errors
 from wasm_plugins.errors import (
     ConfigurationError,
     ContextualError,
     DeadlineExceeded,
     ErrorContext,
     ExecutionError,
+    HostIOError,
+    NetworkError,
     PluginError,
     RecoveryPotential,
     ResourceLimitExceeded,
     SecurityViolation,
     Severity,
+    _registry,
     error_classes,
 )
 from wasm_plugins.testing.strategies import errors
+
+ERRORS_PACKAGE = Path(wasm_plugins.errors.__file__).parent
 
 
 class TestTaxonomy:
@@ -102,6 +111,14 @@ class TestRoundTrip:
             attrs.asdict(again, recurse=False).keys() == attrs.asdict(error, recurse=False).keys()
         )
 
+    def test_dict_form_holds_plain_values(self) -> None:
+        """Enumerations become their plain string values, nested errors included."""
+        inner = HostIOError(operation="read")
+        context = ErrorContext(previous_errors=(inner,))
+        data = ContextualError(error=inner, context=context).to_dict()
+        for form in (data, data["error"], data["context"]["previous_errors"][0]):
+            assert (type(form["severity"]), type(form["recovery_potential"])) == (str, str)
+
     @pytest.mark.parametrize("cls", error_classes())
     def test_each_kind_round_trips(self, cls: type[PluginError]) -> None:
         """Each class, built with defaults, round-trips to itself."""
@@ -119,3 +136,89 @@ class TestRoundTrip:
         """A dict that is not an error's dict form is a ValueError that says why."""
         with pytest.raises(ValueError, match="not an error dict"):
             PluginError.from_dict(data)
+
+
+@pytest.fixture
+def own_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Classes a test defines are forgotten afterwards, so other tests see only the real kinds."""
+    monkeypatch.setattr(_registry, "_CLASSES", dict(_registry._CLASSES))
+
+
+class TestRegistry:
+    def test_every_error_class_is_registered(self) -> None:
+        """Each exported error class but the base is registered under its own kind."""
+        exported = {
+            obj
+            for obj in vars(wasm_plugins.errors).values()
+            if isinstance(obj, type) and issubclass(obj, PluginError) and obj is not PluginError
+        }
+        assert set(error_classes()) == exported
+        assert all(_registry.error_class(cls.kind) is cls for cls in exported)
+
+    @pytest.mark.usefixtures("own_registry")
+    def test_a_subclass_registers_itself(self) -> None:
+        """A subclass that declares a new kind is known by kind and round-trips through a dict."""
+
+        @attrs.define(auto_exc=True, kw_only=True)
+        class QuotaExhausted(PluginError):
+            kind: ClassVar[str] = "quota_exhausted"
+            quota: str = "requests"
+
+        assert error_classes()[-1] is QuotaExhausted
+        again = PluginError.from_dict(QuotaExhausted(quota="tokens").to_dict())
+        assert type(again) is QuotaExhausted
+        assert again.quota == "tokens"
+
+    @pytest.mark.usefixtures("own_registry")
+    def test_a_duplicate_kind_is_refused(self) -> None:
+        """A class that takes a kind another class holds is refused when it is defined."""
+        before = error_classes()
+        with pytest.raises(TypeError, match=r"'io'.*HostIOError"):
+
+            @attrs.define(auto_exc=True, kw_only=True)
+            class DiskError(PluginError):
+                kind: ClassVar[str] = "io"
+
+        assert error_classes() == before
+        assert _registry.error_class("io") is HostIOError
+
+    @pytest.mark.usefixtures("own_registry")
+    def test_an_inherited_kind_is_not_registered(self) -> None:
+        """A subclass without a kind of its own is not a kind, and has no dict form."""
+
+        @attrs.define(auto_exc=True, kw_only=True)
+        class SlowNetwork(NetworkError):
+            pass
+
+        assert SlowNetwork not in error_classes()
+        with pytest.raises(TypeError, match="no registered kind"):
+            SlowNetwork().to_dict()
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (functions and ``TYPE_CHECKING`` blocks too)."""
+    package = "wasm_plugins.errors"
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+class TestFloor:
+    def test_errors_import_nothing_above_units(self) -> None:
+        """The errors package imports no module of wasm_plugins but its own and ``_units``."""
+        allowed = ("wasm_plugins.errors", "wasm_plugins._units")
+        climbing = {
+            f"{path.name}: {module}"
+            for path in ERRORS_PACKAGE.glob("*.py")
+            for module in _imported_modules(path)
+            if module.startswith("wasm_plugins") and not module.startswith(allowed)
+        }
+        assert not climbing

@@ -5,27 +5,29 @@ so every other module can raise and convert errors.
 """
 
 from wasm_plugins.errors._convert import error_from_dict, error_to_dict, make_converter
+from wasm_plugins.errors._records import (
+    Diagnostic,
+    ExecutionEnvironment,
+    GuestFrame,
+    RecoveryPotential,
+    Severity,
+    ValidationIssue,
+)
 from wasm_plugins.errors._taxonomy import (
     CommunicationError,
     CompilationError,
     ConfigurationError,
     ContextualError,
     DeadlineExceeded,
-    Diagnostic,
     ErrorContext,
-    ExecutionEnvironment,
     ExecutionError,
-    GuestFrame,
     HostIOError,
     InstanceError,
     ModuleError,
     NetworkError,
     PluginError,
-    RecoveryPotential,
     ResourceLimitExceeded,
     SecurityViolation,
-    Severity,
-    ValidationIssue,
     circuit_open_error,
     contextual_error,
     error_classes,

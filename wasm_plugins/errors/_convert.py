@@ -7,7 +7,6 @@ error survives a process boundary intact.
 
 from __future__ import annotations
 
-import enum
 import functools
 from collections.abc import Callable
 from datetime import datetime
@@ -16,6 +15,7 @@ from typing import Any, TypeVar
 import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn
 
+from wasm_plugins.errors._records import RecoveryPotential, Severity
 from wasm_plugins.errors._registry import error_class, error_classes
 
 __all__ = ["error_from_dict", "error_to_dict", "make_converter"]
@@ -38,7 +38,9 @@ def make_converter() -> cattrs.Converter:
     converter = cattrs.Converter()
     converter.register_unstructure_hook(datetime, datetime.isoformat)
     converter.register_structure_hook(datetime, lambda value, _: datetime.fromisoformat(value))
-    converter.register_unstructure_hook(enum.Enum, lambda member: member.value)
+    # A ``str`` enumeration would otherwise pass through as the member itself.
+    for enumeration in (Severity, RecoveryPotential):
+        converter.register_unstructure_hook(enumeration, lambda member: member.value)
 
     # The tagged union is written out rather than built with cattrs' strategy: the strategy looks
     # member hooks up through the union hook below, which would recurse. Member hooks are made on
@@ -99,7 +101,7 @@ def error_to_dict(error: BaseException) -> dict[str, Any]:
 
     :raises TypeError: when the error's class is not registered under its kind.
     """
-    data: dict[str, Any] = _converter().unstructure(error, unstructure_as=type(error))
+    data: dict[str, Any] = _converter().unstructure(error, unstructure_as=BaseException)
     return data
 
 
