@@ -1,5 +1,7 @@
 """wasm-plugins: load untrusted WebAssembly plugins under enforced limits, with typed errors."""
 
+from importlib import metadata
+
 from loguru import logger
 
 from wasm_plugins.errors import (
@@ -58,7 +60,10 @@ __all__ = [
     "hookspec",
 ]
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("wasm-plugins")
+except metadata.PackageNotFoundError:  # a checkout on sys.path, never installed
+    __version__ = "0+unknown"
 
 # A library adds no log handlers; the host application opts in with logger.enable("wasm_plugins").
 logger.disable("wasm_plugins")
