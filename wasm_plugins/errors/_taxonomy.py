@@ -51,13 +51,23 @@ __all__ = [
 ]
 
 
-def _severity(value: Any) -> Severity:
-    # What ``Severity(value)`` gives, without the enum's lookup when it already is one.
-    return value if value.__class__ is Severity else Severity(value)
+def _kind_defaults(
+    cls: type[Any], fields: list[attrs.Attribute[Any]]
+) -> list[attrs.Attribute[Any]]:
+    """Give ``severity`` and ``recovery_potential`` the class's defaults as plain values.
 
-
-def _recovery(value: Any) -> RecoveryPotential:
-    return value if value.__class__ is RecoveryPotential else RecoveryPotential(value)
+    The generated ``__init__`` then assigns a constant instead of calling a default factory on
+    every error made: a refused call makes two errors, and a factory per field was a measurable
+    part of its cost.
+    """
+    defaults: dict[str, Any] = {
+        "severity": cls.default_severity,
+        "recovery_potential": cls.default_recovery,
+    }
+    return [
+        field.evolve(default=defaults[field.name]) if field.name in defaults else field
+        for field in fields
+    ]
 
 
 _UTC = timezone.utc
@@ -103,7 +113,16 @@ def _issues(value: Sequence[ValidationIssue]) -> tuple[ValidationIssue, ...]:
     return tuple(value)
 
 
-@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
+# Not ``auto_exc`` (attrs' default for exceptions): it hands every field to
+# ``BaseException.__init__`` for an ``args`` tuple that nothing reads, a quarter of the cost of
+# making an error. ``eq=False`` keeps what matters of it: errors compare and hash by identity.
+@attrs.define(
+    auto_exc=False,
+    eq=False,
+    kw_only=True,
+    on_setattr=attrs.setters.NO_OP,
+    field_transformer=_kind_defaults,
+)
 class PluginError(Exception):
     """Base of every error the framework raises about a plugin.
 
@@ -118,14 +137,8 @@ class PluginError(Exception):
     plugin: str | None = None
     function: str | None = None
     suggestion: str | None = None
-    severity: Severity = attrs.field(
-        default=attrs.Factory(lambda self: self.default_severity, takes_self=True),
-        converter=_severity,
-    )
-    recovery_potential: RecoveryPotential = attrs.field(
-        default=attrs.Factory(lambda self: self.default_recovery, takes_self=True),
-        converter=_recovery,
-    )
+    severity: Severity = Severity.MEDIUM
+    recovery_potential: RecoveryPotential = RecoveryPotential.NONE
     context: ErrorContext | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -158,6 +171,10 @@ class PluginError(Exception):
             text += f"\n  suggestion: {self.suggestion}"
         return text
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled through the dict form: the generated __init__ takes keywords only.
+        return (error_from_dict, (self.to_dict(), PluginError))
+
     def to_dict(self) -> dict[str, Any]:
         """The error as plain JSON-compatible data, tagged by ``kind``."""
         return error_to_dict(self)
@@ -168,7 +185,13 @@ class PluginError(Exception):
         return error_from_dict(data, PluginError)
 
 
-@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
+@attrs.define(
+    auto_exc=False,
+    eq=False,
+    kw_only=True,
+    on_setattr=attrs.setters.NO_OP,
+    field_transformer=_kind_defaults,
+)
 class CompilationError(PluginError):
     """WAT text or source does not compile."""
 
@@ -186,7 +209,13 @@ class CompilationError(PluginError):
         return f"Compilation failed{where}: {first.message}"
 
 
-@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
+@attrs.define(
+    auto_exc=False,
+    eq=False,
+    kw_only=True,
+    on_setattr=attrs.setters.NO_OP,
+    field_transformer=_kind_defaults,
+)
 class ModuleError(PluginError):
     """The bytes are not a valid module, or an export the ABI needs is missing."""
 
@@ -207,7 +236,13 @@ class ModuleError(PluginError):
         return f"Invalid module{where}: {first.message}"
 
 
-@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
+@attrs.define(
+    auto_exc=False,
+    eq=False,
+    kw_only=True,
+    on_setattr=attrs.setters.NO_OP,
+    field_transformer=_kind_defaults,
+)
 class ExecutionError(PluginError):
     """The guest trapped (unreachable, divide by zero, out of bounds, stack exhausted) or reported
     an error through the ``error`` host import (``trap == "guest_error"``)."""
@@ -224,7 +259,13 @@ class ExecutionError(PluginError):
         return f"Guest trapped: {self.trap.replace('_', ' ')}"
 
 
-@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
+@attrs.define(
+    auto_exc=False,
+    eq=False,
+    kw_only=True,
+    on_setattr=attrs.setters.NO_OP,
+    field_transformer=_kind_defaults,
+)
 class ResourceLimitExceeded(PluginError):
     """A limit was reached: memory, fuel, input or output size, concurrency."""
 
@@ -257,7 +298,13 @@ class ResourceLimitExceeded(PluginError):
         return f"Resource limit exceeded: {self.resource}{figures}"
 
 
-@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
+@attrs.define(
+    auto_exc=False,
+    eq=False,
+    kw_only=True,
+    on_setattr=attrs.setters.NO_OP,
+    field_transformer=_kind_defaults,
+)
 class SecurityViolation(PluginError):
     """A capability was denied, at link time or at run time."""
 
@@ -275,7 +322,13 @@ class SecurityViolation(PluginError):
         return f"Security violation: {what}{on}"
 
 
-@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
+@attrs.define(
+    auto_exc=False,
+    eq=False,
+    kw_only=True,
+    on_setattr=attrs.setters.NO_OP,
+    field_transformer=_kind_defaults,
+)
 class HostIOError(PluginError):
     """A host function's file work failed."""
 
@@ -292,7 +345,13 @@ class HostIOError(PluginError):
         return f"I/O error: {self.operation}{on} failed" + (f" ({self.code})" if self.code else "")
 
 
-@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
+@attrs.define(
+    auto_exc=False,
+    eq=False,
+    kw_only=True,
+    on_setattr=attrs.setters.NO_OP,
+    field_transformer=_kind_defaults,
+)
 class NetworkError(PluginError):
     """A host function's network work failed."""
 
@@ -311,7 +370,13 @@ class NetworkError(PluginError):
         )
 
 
-@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
+@attrs.define(
+    auto_exc=False,
+    eq=False,
+    kw_only=True,
+    on_setattr=attrs.setters.NO_OP,
+    field_transformer=_kind_defaults,
+)
 class ConfigurationError(PluginError):
     """A manifest or host setting is invalid, or an engine cannot enforce what was asked."""
 
@@ -330,7 +395,13 @@ class ConfigurationError(PluginError):
         return f"Invalid configuration: {self.field}" if self.field else "Invalid configuration"
 
 
-@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
+@attrs.define(
+    auto_exc=False,
+    eq=False,
+    kw_only=True,
+    on_setattr=attrs.setters.NO_OP,
+    field_transformer=_kind_defaults,
+)
 class InstanceError(PluginError):
     """Instantiation failed (a trap in the start function, a missing import) or a worker died."""
 
@@ -348,7 +419,13 @@ class InstanceError(PluginError):
         return "Instance failed" + (f" while {self.state}" if self.state else "")
 
 
-@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
+@attrs.define(
+    auto_exc=False,
+    eq=False,
+    kw_only=True,
+    on_setattr=attrs.setters.NO_OP,
+    field_transformer=_kind_defaults,
+)
 class CommunicationError(PluginError):
     """Data between host and guest (or host and worker) was unusable: bad output, bad pointers."""
 
@@ -363,7 +440,13 @@ class CommunicationError(PluginError):
         return f"Communication failed on {self.channel} ({self.direction})"
 
 
-@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
+@attrs.define(
+    auto_exc=False,
+    eq=False,
+    kw_only=True,
+    on_setattr=attrs.setters.NO_OP,
+    field_transformer=_kind_defaults,
+)
 class DeadlineExceeded(PluginError):
     """A wall-clock deadline passed before the guest finished."""
 
@@ -385,7 +468,7 @@ class DeadlineExceeded(PluginError):
         return text
 
 
-@attrs.define(auto_exc=True, kw_only=True, on_setattr=attrs.setters.NO_OP)
+@attrs.define(auto_exc=False, eq=False, kw_only=True, on_setattr=attrs.setters.NO_OP)
 class ContextualError(PluginError):
     """What reaches the host application when the error policy gives up: the error and its context.
 
@@ -397,12 +480,10 @@ class ContextualError(PluginError):
 
     error: PluginError
     severity: Severity = attrs.field(
-        default=attrs.Factory(lambda self: self.error.severity, takes_self=True),
-        converter=_severity,
+        default=attrs.Factory(lambda self: self.error.severity, takes_self=True)
     )
     recovery_potential: RecoveryPotential = attrs.field(
-        default=attrs.Factory(lambda self: self.error.recovery_potential, takes_self=True),
-        converter=_recovery,
+        default=attrs.Factory(lambda self: self.error.recovery_potential, takes_self=True)
     )
 
     def __attrs_post_init__(self) -> None:
