@@ -178,6 +178,23 @@ class TestRegistry:
         assert again.quota == "tokens"
 
     @pytest.mark.usefixtures("own_registry")
+    def test_a_subclass_sets_its_own_defaults(self) -> None:
+        """A new kind's ``default_severity`` and ``default_recovery`` are what it is made with."""
+
+        @attrs.define(eq=False, kw_only=True)
+        class QuotaExhausted(PluginError):
+            kind: ClassVar[str] = "quota_exhausted"
+            default_severity = Severity.LOW
+            default_recovery = RecoveryPotential.RECOVERABLE
+
+        error = QuotaExhausted()
+        assert (error.severity, error.recovery_potential) == (
+            Severity.LOW,
+            RecoveryPotential.RECOVERABLE,
+        )
+        assert QuotaExhausted(severity=Severity.HIGH).severity is Severity.HIGH
+
+    @pytest.mark.usefixtures("own_registry")
     def test_a_duplicate_kind_is_refused(self) -> None:
         """A class that takes a kind another class holds is refused when it is defined."""
         before = error_classes()

@@ -51,23 +51,21 @@ __all__ = [
 ]
 
 
-def _kind_defaults(
-    cls: type[Any], fields: list[attrs.Attribute[Any]]
-) -> list[attrs.Attribute[Any]]:
-    """Give ``severity`` and ``recovery_potential`` the class's defaults as plain values.
+def _declare_kind_defaults(cls: type[Any]) -> None:
+    """Make a class's own ``default_severity`` and ``default_recovery`` its fields' defaults.
 
-    The generated ``__init__`` then assigns a constant instead of calling a default factory on
-    every error made: a refused call makes two errors, and a factory per field was a measurable
-    part of its cost.
+    Called before attrs builds the class, so the generated ``__init__`` assigns a constant: a
+    default factory reading the class attribute would run on every error made, and a refused call
+    makes two errors.
     """
-    defaults: dict[str, Any] = {
-        "severity": cls.default_severity,
-        "recovery_potential": cls.default_recovery,
-    }
-    return [
-        field.evolve(default=defaults[field.name]) if field.name in defaults else field
-        for field in fields
-    ]
+    annotations = cls.__annotations__  # the class's own (Python 3.10 no longer inherits them)
+    for field, default, field_type in (
+        ("severity", "default_severity", Severity),
+        ("recovery_potential", "default_recovery", RecoveryPotential),
+    ):
+        if default in cls.__dict__ and field not in annotations:
+            annotations[field] = field_type
+            setattr(cls, field, cls.__dict__[default])
 
 
 _UTC = timezone.utc
@@ -121,7 +119,6 @@ def _issues(value: Sequence[ValidationIssue]) -> tuple[ValidationIssue, ...]:
     eq=False,
     kw_only=True,
     on_setattr=attrs.setters.NO_OP,
-    field_transformer=_kind_defaults,
 )
 class PluginError(Exception):
     """Base of every error the framework raises about a plugin.
@@ -143,6 +140,7 @@ class PluginError(Exception):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        _declare_kind_defaults(cls)
         register(cls)
 
     def __attrs_post_init__(self) -> None:
@@ -190,7 +188,6 @@ class PluginError(Exception):
     eq=False,
     kw_only=True,
     on_setattr=attrs.setters.NO_OP,
-    field_transformer=_kind_defaults,
 )
 class CompilationError(PluginError):
     """WAT text or source does not compile."""
@@ -214,7 +211,6 @@ class CompilationError(PluginError):
     eq=False,
     kw_only=True,
     on_setattr=attrs.setters.NO_OP,
-    field_transformer=_kind_defaults,
 )
 class ModuleError(PluginError):
     """The bytes are not a valid module, or an export the ABI needs is missing."""
@@ -241,7 +237,6 @@ class ModuleError(PluginError):
     eq=False,
     kw_only=True,
     on_setattr=attrs.setters.NO_OP,
-    field_transformer=_kind_defaults,
 )
 class ExecutionError(PluginError):
     """The guest trapped (unreachable, divide by zero, out of bounds, stack exhausted) or reported
@@ -264,7 +259,6 @@ class ExecutionError(PluginError):
     eq=False,
     kw_only=True,
     on_setattr=attrs.setters.NO_OP,
-    field_transformer=_kind_defaults,
 )
 class ResourceLimitExceeded(PluginError):
     """A limit was reached: memory, fuel, input or output size, concurrency."""
@@ -303,7 +297,6 @@ class ResourceLimitExceeded(PluginError):
     eq=False,
     kw_only=True,
     on_setattr=attrs.setters.NO_OP,
-    field_transformer=_kind_defaults,
 )
 class SecurityViolation(PluginError):
     """A capability was denied, at link time or at run time."""
@@ -327,7 +320,6 @@ class SecurityViolation(PluginError):
     eq=False,
     kw_only=True,
     on_setattr=attrs.setters.NO_OP,
-    field_transformer=_kind_defaults,
 )
 class HostIOError(PluginError):
     """A host function's file work failed."""
@@ -350,7 +342,6 @@ class HostIOError(PluginError):
     eq=False,
     kw_only=True,
     on_setattr=attrs.setters.NO_OP,
-    field_transformer=_kind_defaults,
 )
 class NetworkError(PluginError):
     """A host function's network work failed."""
@@ -375,7 +366,6 @@ class NetworkError(PluginError):
     eq=False,
     kw_only=True,
     on_setattr=attrs.setters.NO_OP,
-    field_transformer=_kind_defaults,
 )
 class ConfigurationError(PluginError):
     """A manifest or host setting is invalid, or an engine cannot enforce what was asked."""
@@ -400,7 +390,6 @@ class ConfigurationError(PluginError):
     eq=False,
     kw_only=True,
     on_setattr=attrs.setters.NO_OP,
-    field_transformer=_kind_defaults,
 )
 class InstanceError(PluginError):
     """Instantiation failed (a trap in the start function, a missing import) or a worker died."""
@@ -424,7 +413,6 @@ class InstanceError(PluginError):
     eq=False,
     kw_only=True,
     on_setattr=attrs.setters.NO_OP,
-    field_transformer=_kind_defaults,
 )
 class CommunicationError(PluginError):
     """Data between host and guest (or host and worker) was unusable: bad output, bad pointers."""
@@ -445,7 +433,6 @@ class CommunicationError(PluginError):
     eq=False,
     kw_only=True,
     on_setattr=attrs.setters.NO_OP,
-    field_transformer=_kind_defaults,
 )
 class DeadlineExceeded(PluginError):
     """A wall-clock deadline passed before the guest finished."""
