@@ -19,18 +19,13 @@ import pytest
 
 from tests.conftest import EXAMPLES, ROOT
 from wasm_plugins import PluginHost
-from wasm_plugins.cache import (
-    CACHE_DIR_VARIABLE,
-    CACHE_SWITCH_VARIABLE,
-    ModuleCache,
-    default_directory,
-)
 from wasm_plugins.engine import Engine
 from wasm_plugins.errors import CompilationError
 from wasm_plugins.hookspecs import hookimpl
 from wasm_plugins.isolation import ProcessSandbox, WorkerPool
 from wasm_plugins.policy import Retry
-from wasm_plugins.sandbox import Sandbox
+from wasm_plugins.sandbox import ModuleCache, Sandbox, default_directory
+from wasm_plugins.sandbox._cache import CACHE_DIR_VARIABLE, CACHE_SWITCH_VARIABLE
 
 ECHO = EXAMPLES / "echo.wat"
 PAYLOAD = {"text": "hello", "n": [1, 2]}
@@ -170,7 +165,7 @@ class TestBadEntries:
         Sandbox(ECHO, engine=engine, cache=cache)
         echo_entry = only_entry(cache)
         other = Sandbox(EXAMPLES.parent / "conformance" / "abi.wat", engine=engine, cache=cache)
-        other_key = ModuleCache.key(engine, other._prepared.wasm, fuel=False)
+        other_key = ModuleCache.key(engine, other.loaded.wasm, fuel=False)
         cache.path(other_key).write_bytes(echo_entry.read_bytes())
         reloaded = Sandbox(EXAMPLES.parent / "conformance" / "abi.wat", engine=engine, cache=cache)
         assert not reloaded.compiled_from_cache
@@ -187,7 +182,7 @@ class TestBadEntries:
         sandbox = Sandbox(ECHO, engine=upgraded, cache=cache)
         assert not sandbox.compiled_from_cache
         assert cache.stats.misses == 2
-        new_key = ModuleCache.key(upgraded, sandbox._prepared.wasm, fuel=False)
+        new_key = ModuleCache.key(upgraded, sandbox.loaded.wasm, fuel=False)
         cache.path(new_key).write_bytes(old_entry.read_bytes())  # stale: made by the old one
         stale = Sandbox(ECHO, engine=upgraded, cache=cache)
         assert not stale.compiled_from_cache
@@ -200,7 +195,7 @@ class TestBadEntries:
         Sandbox(ECHO, engine=wasmtime_engine, cache=cache, limits=_limits(fuel=10_000))
         metered = only_entry(cache)
         plain = Sandbox(ECHO, engine=wasmtime_engine, cache=cache)
-        plain_key = ModuleCache.key(wasmtime_engine, plain._prepared.wasm, fuel=False)
+        plain_key = ModuleCache.key(wasmtime_engine, plain.loaded.wasm, fuel=False)
         cache.path(plain_key).write_bytes(metered.read_bytes())
         again = Sandbox(ECHO, engine=wasmtime_engine, cache=cache)
         assert not again.compiled_from_cache and cache.stats.rejected == 1
@@ -318,7 +313,7 @@ class TestConcurrentWriters:
         """Processes that fill the same cache at once all succeed and leave one good entry."""
         script = (
             "import sys\n"
-            "from wasm_plugins.cache import ModuleCache\n"
+            "from wasm_plugins import ModuleCache\n"
             "from wasm_plugins.engine import get_engine\n"
             "engine = get_engine(sys.argv[1])\n"
             "wasm = engine.wat_to_wasm(open(sys.argv[3]).read())\n"
@@ -405,7 +400,7 @@ class TestProcessSandbox:
         with WorkerPool(1, name="cache-test") as pool:
             remote = ProcessSandbox(ECHO, engine=engine, cache=cache, pool=pool)
             assert remote.compiled_from_cache
-            assert remote._serialized == payload
+            assert remote.loaded.serialized == payload
             assert remote.call("echo", PAYLOAD) == PAYLOAD
             remote.close()
 

@@ -44,7 +44,15 @@ from wasm_plugins.isolation import (
     close_all_pools,
     limits_needing_worker,
 )
-from wasm_plugins.sandbox import HostCall, HostFunction, Limits, Sandbox, u32
+from wasm_plugins.sandbox import (
+    HostCall,
+    HostFunction,
+    Limits,
+    LoadedModule,
+    PluginSandbox,
+    Sandbox,
+    u32,
+)
 from wasm_plugins.services import HostServices
 
 ABI = CONFORMANCE / "abi.wat"
@@ -827,8 +835,9 @@ class TestChooseIsolation:
 
 class TestProcessSandbox:
     def test_same_public_api_as_sandbox(self, engine: Engine, pool: WorkerPool) -> None:
-        """A ProcessSandbox is a Sandbox with the same name, engine, limits, functions and module
-        exports as the in-process one; its errors say where it ran."""
+        """A ProcessSandbox offers the sandbox API (a PluginSandbox, not a Sandbox subclass) with
+        the same name, engine, limits, functions and module exports as the in-process one, from
+        a loaded module of its own; its errors say where it ran."""
         limits = Limits(timeout=5, memory="4 MiB")
         local = Sandbox(
             ABI,
@@ -840,7 +849,11 @@ class TestProcessSandbox:
         remote = ProcessSandbox(
             ABI, engine=engine, pool=pool, limits=limits, name="abi", functions=("echo", "upper")
         )
-        assert isinstance(remote, Sandbox)
+        assert not isinstance(remote, Sandbox)
+        assert isinstance(remote, PluginSandbox) and isinstance(local, PluginSandbox)
+        assert (remote.isolation, local.isolation) == ("process", "in-process")
+        assert isinstance(remote.loaded, LoadedModule) and remote.loaded is not local.loaded
+        assert remote.instances == 0
         assert (remote.name, remote.engine, remote.limits) == ("abi", engine, limits)
         assert remote.functions == local.functions == ("echo", "upper")
         assert remote.module.exports == local.module.exports

@@ -25,7 +25,7 @@ from wasm_plugins.errors import (
 from wasm_plugins.hookspecs import hookimpl, hookspec
 from wasm_plugins.host import Attempt, Outcome, PluginHost, PluginInfo
 from wasm_plugins.manifest import Manifest
-from wasm_plugins.sandbox import HostCall, HostFunction, Limits, Sandbox
+from wasm_plugins.sandbox import HostCall, HostFunction, Limits, ModuleCache, Sandbox
 from wasm_plugins.services import HostServices, KeyValueStore
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "KeyValueStore",
     "Limits",
     "Manifest",
+    "ModuleCache",
     "ModuleError",
     "NetworkError",
     "Outcome",

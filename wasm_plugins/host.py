@@ -26,7 +26,6 @@ from wasm_plugins import hookspecs
 from wasm_plugins.builtin import builtin_plugins
 from wasm_plugins.builtin.fallbacks import ExternalFallback
 from wasm_plugins.builtin.reporters import AlertReporter, MetricsReporter
-from wasm_plugins.cache import ModuleCache
 from wasm_plugins.discovery import DiscoveryProblem, blocked_names, load_entry_points
 from wasm_plugins.engine import Engine, EngineRegistry, WasiDirectory, WasiSettings
 from wasm_plugins.errors import ConfigurationError, PluginError
@@ -40,7 +39,7 @@ from wasm_plugins.policy import (
     SystemClock,
     system_random,
 )
-from wasm_plugins.sandbox import HostFunction, Limits, Sandbox
+from wasm_plugins.sandbox import HostFunction, Limits, ModuleCache, PluginSandbox, Sandbox
 from wasm_plugins.services import HostServices
 
 __all__ = ["Attempt", "Outcome", "PluginHost", "PluginInfo", "PluginSource"]
@@ -61,7 +60,7 @@ class Attempt:
     limits: Limits | None = None
     """The limits in force for this attempt (``None``: the manifest's)."""
 
-    def sandbox(self) -> Sandbox:
+    def sandbox(self) -> PluginSandbox:
         """The sandbox for this plugin under this attempt's limits."""
         return self.host._sandbox(self.plugin, self.limits)
 
@@ -272,7 +271,7 @@ class PluginHost:
         self.services = services or HostServices()
         self.services.config = self._plugin_config
         self._plugins: dict[str, PluginInfo] = {}
-        self._sandboxes: dict[tuple[str, Limits | None], Sandbox] = {}
+        self._sandboxes: dict[tuple[str, Limits | None], PluginSandbox] = {}
         self.module_cache: ModuleCache | None = _module_cache(module_cache)
         """The compiled-module cache every sandbox of this host uses (``None``: none)."""
         self._recompile: set[str] = set()
@@ -464,7 +463,7 @@ class PluginHost:
                     + ", ".join(sorted(known)),
                 )
 
-    def _sandbox(self, plugin: str, limits: Limits | None = None) -> Sandbox:
+    def _sandbox(self, plugin: str, limits: Limits | None = None) -> PluginSandbox:
         """The plugin's sandbox for these limits, made on first use and kept."""
         key = (plugin, limits)
         sandbox = self._sandboxes.get(key)
@@ -498,7 +497,7 @@ class PluginHost:
                 "cache": self.module_cache,
                 "refresh_cache": plugin in self._recompile,
             }
-            made: Sandbox
+            made: PluginSandbox
             if choose_isolation(engine, effective, requested) == "process":
                 made = ProcessSandbox(
                     manifest.module_source(), pool=self._worker_pool(), **settings
@@ -515,7 +514,7 @@ class PluginHost:
             self._pool = WorkerPool(name=f"host-{id(self):x}")
         return self._pool
 
-    def sandboxes(self) -> dict[tuple[str, Limits | None], Sandbox]:
+    def sandboxes(self) -> dict[tuple[str, Limits | None], PluginSandbox]:
         """The sandboxes the host holds, by (plugin, limits other than the manifest's or None)."""
         with self._lock:
             return dict(self._sandboxes)
@@ -524,7 +523,7 @@ class PluginHost:
         """The process ids of the host's worker processes (none until a plugin needs one)."""
         return [] if self._pool is None else self._pool.pids()
 
-    def sandbox(self, plugin: str) -> Sandbox:
+    def sandbox(self, plugin: str) -> PluginSandbox:
         """The plugin's sandbox under its manifest's limits (loading it if needed).
 
         :raises PluginError: a typed error when the plugin cannot be loaded.

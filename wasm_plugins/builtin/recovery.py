@@ -31,7 +31,7 @@ from wasm_plugins.errors import (
 )
 from wasm_plugins.hookspecs import hookimpl
 from wasm_plugins.policy import Abort, CallState, RecoveryAction, Retry
-from wasm_plugins.sandbox._binary import PAGE_SIZE
+from wasm_plugins.sandbox import PAGE_SIZE
 
 __all__ = ["raise_limit", "wasm_plugins_recovery_action"]
 

@@ -25,9 +25,7 @@ from wasm_plugins.engine import EngineModule
 from wasm_plugins.errors import ConfigurationError, PluginError
 from wasm_plugins.host import PluginHost
 from wasm_plugins.manifest import Manifest
-from wasm_plugins.sandbox import IMPORT_MODULE, load_module_bytes
-from wasm_plugins.sandbox._abi import plugin_functions
-from wasm_plugins.sandbox._sandbox import WASI_MODULE
+from wasm_plugins.sandbox import IMPORT_MODULE, WASI_MODULE, load_module_bytes, plugin_functions
 from wasm_plugins.targets import Target, resolve_target
 
 __all__ = ["inspect_options", "inspect_target"]

@@ -1,12 +1,14 @@
-"""Isolation: run a plugin in this process or in worker processes (DESIGN.md section 8).
+"""Isolation: run a plugin in this process or in worker processes.
 
 - :func:`choose_isolation` decides where a plugin runs: ``auto`` picks a worker process when the
   engine cannot enforce a configured limit in-process (a timeout on wasmer); fuel on an engine that
   cannot meter it is a ConfigurationError whatever the isolation.
-- :class:`ProcessSandbox` has the API of :class:`~wasm_plugins.sandbox.Sandbox` (it is one) and runs
-  the plugin in the workers of a :class:`WorkerPool`: deadlines enforced by killing the worker, a
-  dead worker reported as an InstanceError and replaced, host functions served by the host over the
-  channel, a per-plugin bulkhead.
+- :class:`ProcessSandbox` has the API of :class:`~wasm_plugins.sandbox.Sandbox` (both are a
+  :class:`~wasm_plugins.sandbox.PluginSandbox`) and runs the plugin in the workers of a
+  :class:`WorkerPool`: it wraps the host's :class:`~wasm_plugins.sandbox.LoadedModule` and a
+  :class:`WorkerClient`, which enforces deadlines by killing the worker, reports a dead worker as
+  an InstanceError (the pool replaces it), serves host functions in the host over the channel, and
+  holds a per-plugin bulkhead.
 
 Memory of a worker: the limit applied is ``RLIMIT_DATA`` (``WorkerPool(memory_limit=...)``, default
 2 GiB), not ``RLIMIT_AS``. Measured here (Linux 6.18, CPython 3.10, wasmer 1.1, wasmtime 50):
@@ -44,6 +46,7 @@ from wasm_plugins.isolation._choose import (
     choose_isolation,
     limits_needing_worker,
 )
+from wasm_plugins.isolation._client import TIMEOUT_GRACE, RemoteMemory, WorkerClient
 from wasm_plugins.isolation._pool import (
     DEFAULT_MEMORY_LIMIT,
     DEFAULT_POOL_SIZE,
@@ -52,12 +55,7 @@ from wasm_plugins.isolation._pool import (
     WorkerPool,
     close_all_pools,
 )
-from wasm_plugins.isolation._process import (
-    DEFAULT_QUEUE_TIMEOUT,
-    TIMEOUT_GRACE,
-    ProcessSandbox,
-    RemoteMemory,
-)
+from wasm_plugins.isolation._process import DEFAULT_QUEUE_TIMEOUT, ProcessSandbox
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT",
@@ -72,6 +70,7 @@ __all__ = [
     "ProcessSandbox",
     "RemoteMemory",
     "RemoteSession",
+    "WorkerClient",
     "WorkerPool",
     "choose_isolation",
     "close_all_pools",

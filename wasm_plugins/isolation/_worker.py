@@ -8,7 +8,8 @@ limits, ignores SIGINT (the host decides when workers end), and answers ``READY`
 Then it serves frames (see :mod:`wasm_plugins.isolation._protocol`): ``LOAD`` a serialized module
 with its limits and imports, ``INSTANTIATE`` it, ``CALL`` a plugin function, ``UNLOAD``. Each loaded
 module has at most one instance here (a worker serves one call at a time), made on first use and
-dropped after a failure that leaves it suspect, exactly as the in-process sandbox does. Host
+dropped after a failure that leaves it suspect, exactly as the in-process sandbox does (both use
+the same :class:`~wasm_plugins.sandbox.LoadedModule`). Host
 functions are stubs that forward the call to the host and serve its reads and writes of guest memory
 until the host answers; the ABI's own ``error`` import is handled here.
 
@@ -28,32 +29,21 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from wasm_plugins.engine import (
-    CallBudget,
-    EngineModule,
-    FuncSignature,
-    MemoryImport,
-    WasiDirectory,
-    WasiSettings,
-    get_engine,
-)
-from wasm_plugins.errors import (
-    ConfigurationError,
-    DeadlineExceeded,
-    InstanceError,
-    PluginError,
-    ResourceLimitExceeded,
-)
+from wasm_plugins.errors import InstanceError, PluginError
 from wasm_plugins.isolation import _protocol as wire
-from wasm_plugins.sandbox._abi import Session, abi_host_functions
-from wasm_plugins.sandbox._binary import PAGE_SIZE
-from wasm_plugins.sandbox._host_functions import HostCall, HostFunction, LinkPlan
-from wasm_plugins.sandbox._sandbox import _host_failure, _instance_is_suspect
+from wasm_plugins.isolation._transfer import rebuild
+from wasm_plugins.sandbox import (
+    HostCall,
+    LoadedModule,
+    Session,
+    error_report,
+    host_failure,
+    instance_is_suspect,
+)
 
 __all__ = ["main"]
 
 _PR_SET_PDEATHSIG = 1
-_MASK = 0xFFFFFFFF
 EXIT_OUT_OF_MEMORY = wire.EXIT_OUT_OF_MEMORY
 """Exit status of a worker whose Python heap ran out (its data limit was reached)."""
 
@@ -67,42 +57,14 @@ class _HostAbort(Exception):
         self.discard = discard
 
 
-class _Loaded:
-    """A module loaded in this worker, its limits and link plan, and its instance (if any)."""
+class _Hosted:
+    """A module loaded in this worker and its instance (if any): at most one, since a worker
+    serves one call at a time."""
 
-    def __init__(self, header: dict[str, Any], module: EngineModule, stub: _Stubs) -> None:
-        self.key: str = header["key"]
-        self.plugin: str = header["plugin"]
-        self.module = module
-        budget = header["budget"]
-        self.budget = CallBudget(
-            fuel=budget["fuel"], timeout=budget["timeout"], memory_bytes=budget["memory"]
-        )
-        self.memory_limit: int | None = header["memory_limit"]
-        self.max_output: int = header["max_output"]
-        self.probe: str | None = header["probe"]
-        memory = header["memory_import"]
-        self.memory_import = MemoryImport(*memory) if memory is not None else None
-        local = {(f.module, f.name): f for f in abi_host_functions()}
-        functions = []
-        for index, (module_name, name, params, results, is_local) in enumerate(header["imports"]):
-            signature = FuncSignature(tuple(params), tuple(results))
-            if is_local:
-                functions.append(local[(module_name, name)])
-            else:
-                functions.append(HostFunction(module_name, name, signature, stub(index)))
-        self.link = LinkPlan(functions=tuple(functions), memory=self.memory_import)
-        self.wasi = _wasi(header["wasi"], stub.output) if header["wasi"] is not None else None
+    def __init__(self, loaded: LoadedModule) -> None:
+        self.loaded = loaded
+        self.max_output = loaded.limits.max_output
         self.session: Session | None = None
-
-
-def _wasi(spec: dict[str, Any], output: Callable[[str, bytes], None]) -> WasiSettings:
-    return WasiSettings(
-        directories=tuple(WasiDirectory(*item) for item in spec["directories"]),
-        environment=tuple((name, value) for name, value in spec["environment"]),
-        arguments=tuple(spec["arguments"]),
-        output=output if spec["capture"] else None,
-    )
 
 
 class _Stubs:
@@ -136,7 +98,7 @@ class _Stubs:
                     else:
                         raise wire.ProtocolViolation(f"unexpected frame {kind} in a host call")
                 except PluginError as error:
-                    channel.send(wire.MEMORY_ERROR, wire.dumps({"error": _to_wire(error)}))
+                    channel.send(wire.MEMORY_ERROR, wire.dumps({"error": error_report(error)}))
 
         return forward
 
@@ -146,13 +108,6 @@ class _Stubs:
             self._channel.send(
                 wire.OUTPUT, wire.dumps({"s": stream}), data[start : start + wire.CHUNK]
             )
-
-
-def _to_wire(error: PluginError | None) -> dict[str, Any] | None:
-    if error is None:
-        return None
-    error.context = None
-    return error.to_dict()
 
 
 _SHORT = 8 * 1024
@@ -178,7 +133,7 @@ class Worker:
 
     def __init__(self, channel: wire.Channel) -> None:
         self.channel = channel
-        self.modules: dict[str, _Loaded] = {}
+        self.modules: dict[str, _Hosted] = {}
         self._stubs = _Stubs(channel)
         self._headers: dict[bytes, dict[str, Any]] = {}
 
@@ -208,42 +163,24 @@ class Worker:
 
     def _load(self, header: dict[str, Any], payload: bytes) -> None:
         try:
-            engine = get_engine(header["engine"])
-            if engine.version != header["version"]:
-                raise ConfigurationError(
-                    field="engine",
-                    message=(
-                        f"Invalid configuration: engine - the worker has {engine.name} "
-                        f"{engine.version}, the host compiled with {header['version']}"
-                    ),
-                    suggestion="run workers with the same Python environment as the host",
-                )
-            module = engine.deserialize(payload, fuel=header["fuel"])
+            loaded = rebuild(header, payload, self._stubs, self._stubs.output)
         except PluginError as error:
             self._send_error(error, None, discarded=False)
             return
-        self.modules[header["key"]] = _Loaded(header, module, self._stubs)
+        self.modules[header["key"]] = _Hosted(loaded)
         self.channel.send(wire.LOADED)
 
-    def _session(self, loaded: _Loaded) -> Session:
-        session = loaded.session
+    def _session(self, hosted: _Hosted) -> Session:
+        session = hosted.session
         if session is not None:
             return session
-        session = Session()
-        instance = loaded.module.instantiate(
-            loaded.link.host_imports(loaded.plugin, session),
-            loaded.budget,
-            loaded.memory_import,
-            loaded.wasi,
-        )
-        session.attach(instance)
-        loaded.session = session
+        session = hosted.session = hosted.loaded.instantiate()
         self.channel.send(wire.INSTANTIATED)
         return session
 
     def _call(self, request: dict[str, Any], data: bytes | None) -> None:
-        loaded = self.modules.get(request["key"])
-        if loaded is None:
+        hosted = self.modules.get(request["key"])
+        if hosted is None:
             error = InstanceError(
                 state="loading", message="Instance failed: the module is not loaded in the worker"
             )
@@ -252,98 +189,75 @@ class Worker:
         failure: PluginError | _HostAbort
         try:
             if data is None:
-                if loaded.session is not None:
+                if hosted.session is not None:
                     self.channel.send(wire.INSTANTIATED)
                 else:
-                    self._session(loaded)
+                    self._session(hosted)
                 return
-            output = self._invoke(loaded, request["f"], data)
+            output = self._invoke(hosted, request["f"], data)
         except (_HostAbort, PluginError) as exc:
             failure = exc
         except MemoryError:
             self._out_of_memory()
         except Exception as exc:
-            failure = _host_failure(exc)
-            failure.__cause__ = exc
+            failure = host_failure(exc)
         else:
             self.channel.send(wire.RESULT, b"", output)
             return
         # Handled outside the except clause: while it runs, the exception's traceback keeps the
         # frames of the call alive, and with them the instance (and its memory) to be dropped.
         if isinstance(failure, _HostAbort):
-            discarded = self._host_aborted(loaded, failure)
+            discarded = self._host_aborted(hosted, failure)
         else:
-            discarded = self._failed(loaded, failure)
+            discarded = self._failed(hosted, failure)
         if discarded:
             del failure
             gc.collect()
 
-    def _invoke(self, loaded: _Loaded, function: str, data: bytes) -> bytes:
-        session = loaded.session or self._session(loaded)
+    def _invoke(self, hosted: _Hosted, function: str, data: bytes) -> bytes:
+        session = hosted.session or self._session(hosted)
         return session.invoke(
             session._functions.get(function) or session.function(function),
             data,
-            loaded.max_output,
+            hosted.max_output,
         )
 
-    def _failed(self, loaded: _Loaded, error: PluginError) -> bool:
+    def _failed(self, hosted: _Hosted, error: PluginError) -> bool:
         """As the in-process sandbox: explain by a refused grow, drop a suspect instance.
 
         :returns: whether the instance was dropped.
         """
-        session = loaded.session
-        cause = error.__cause__ if isinstance(error.__cause__, PluginError) else None
-        used = None
-        if not (
-            isinstance(error, DeadlineExceeded)
-            or (isinstance(error, ResourceLimitExceeded) and error.resource != "memory")
-        ):
-            used = self._refused_grow(loaded, session)
-        if used is not None:
-            cause = error
-            error = ResourceLimitExceeded(
-                resource="memory",
-                used=used,
-                limit=loaded.memory_limit,
-                suggestion="raise limits.memory, or give the plugin smaller inputs",
-            )
-        discarded = session is not None and _instance_is_suspect(error)
+        session = hosted.session
+        explained = hosted.loaded.explain(error, session)
+        cause = explained.__cause__
+        discarded = session is not None and instance_is_suspect(explained)
         if discarded:
-            loaded.session = None
-        self._send_error(error, cause, discarded=discarded)
+            hosted.session = None
+        self._send_error(
+            explained, cause if isinstance(cause, PluginError) else None, discarded=discarded
+        )
         return discarded
 
-    def _host_aborted(self, loaded: _Loaded, abort: _HostAbort) -> bool:
-        session = loaded.session
-        used = self._refused_grow(loaded, session) if abort.check_memory else None
+    def _host_aborted(self, hosted: _Hosted, abort: _HostAbort) -> bool:
+        session = hosted.session
+        used = None
+        if abort.check_memory and session is not None:
+            used = hosted.loaded.refused_grow(session)
         discarded = session is not None and (abort.discard or used is not None)
         if discarded:
-            loaded.session = None
+            hosted.session = None
         self.channel.send(wire.HOST_ABORTED, wire.dumps({"used": used, "discarded": discarded}))
         return discarded
-
-    def _refused_grow(self, loaded: _Loaded, session: Session | None) -> int | None:
-        """The memory size a refused ``memory.grow`` asked for, if one was refused."""
-        if loaded.probe is None or session is None:
-            return None
-        instance = session.instance
-        try:
-            requested = instance.read_global(loaded.probe)
-            if not requested:
-                return None
-            instance.write_global(loaded.probe, 0)
-        except PluginError:
-            return None
-        return instance.memory.size() + (requested & _MASK) * PAGE_SIZE
 
     def _send_error(
         self, error: PluginError, cause: PluginError | None, *, discarded: bool
     ) -> None:
-        error_dict, cause_dict = _to_wire(error), _to_wire(cause)
+        error_dict = error_report(error)
+        cause_dict = None if cause is None else error_report(cause)
         header = wire.dumps({"error": error_dict, "cause": cause_dict, "discarded": discarded})
         if len(header) > wire.MAX_HEADER:
-            error_dict = _shortened(error_dict) if error_dict is not None else None
-            cause_dict = _shortened(cause_dict) if cause_dict is not None else None
+            error_dict = _shortened(error_dict)
+            cause_dict = None if cause_dict is None else _shortened(cause_dict)
             header = wire.dumps({"error": error_dict, "cause": cause_dict, "discarded": discarded})
         self.channel.send(wire.ERROR, header)
 
@@ -360,7 +274,7 @@ class Worker:
             self.channel.send(
                 wire.ERROR,
                 wire.dumps(
-                    {"error": _to_wire(error), "cause": None, "discarded": True, "retire": True}
+                    {"error": error_report(error), "cause": None, "discarded": True, "retire": True}
                 ),
             )
         finally:

@@ -1,21 +1,63 @@
 """The sandbox: one module under enforced limits and capabilities, speaking the guest ABI."""
 
-from wasm_plugins.sandbox._abi import ABI_VERSION, IMPORT_MODULE
+from wasm_plugins.sandbox._abi import (
+    ABI_VERSION,
+    IMPORT_MODULE,
+    Session,
+    abi_host_functions,
+    plugin_functions,
+)
+from wasm_plugins.sandbox._api import PluginSandbox
+from wasm_plugins.sandbox._binary import PAGE_SIZE
+from wasm_plugins.sandbox._cache import CacheStats, CompiledModule, ModuleCache, default_directory
 from wasm_plugins.sandbox._codec import Codec, get_codec
-from wasm_plugins.sandbox._host_functions import HostCall, HostFunction, u32
+from wasm_plugins.sandbox._failures import (
+    annotate,
+    closed_sandbox,
+    error_from_report,
+    error_report,
+    grow_may_explain,
+    host_failure,
+    input_too_large,
+    instance_is_suspect,
+    refused_grow,
+)
+from wasm_plugins.sandbox._host_functions import HostCall, HostFunction, LinkPlan, u32
 from wasm_plugins.sandbox._limits import Limits
-from wasm_plugins.sandbox._sandbox import ModuleSource, Sandbox, load_module_bytes
+from wasm_plugins.sandbox._loaded import WASI_MODULE, LoadedModule, ModuleSource, load_module_bytes
+from wasm_plugins.sandbox._sandbox import Sandbox
 
 __all__ = [
     "ABI_VERSION",
     "IMPORT_MODULE",
+    "PAGE_SIZE",
+    "WASI_MODULE",
+    "CacheStats",
     "Codec",
+    "CompiledModule",
     "HostCall",
     "HostFunction",
     "Limits",
+    "LinkPlan",
+    "LoadedModule",
+    "ModuleCache",
     "ModuleSource",
+    "PluginSandbox",
     "Sandbox",
+    "Session",
+    "abi_host_functions",
+    "annotate",
+    "closed_sandbox",
+    "default_directory",
+    "error_from_report",
+    "error_report",
     "get_codec",
+    "grow_may_explain",
+    "host_failure",
+    "input_too_large",
+    "instance_is_suspect",
     "load_module_bytes",
+    "plugin_functions",
+    "refused_grow",
     "u32",
 ]

@@ -1,0 +1,308 @@
+"""The loaded module: a module compiled, checked against the guest ABI and linked against its
+grants, ready to be instantiated by a sandbox in this process or by a worker process.
+
+Loading does all the checking once: the source is compiled (WAT) or read, validated by the engine,
+rewritten so that its memory cannot grow past the limit, compiled (through the compiled-module
+cache when there is one), checked against the guest ABI, and its imports linked against the
+granted capabilities. A worker process makes its loaded module from the compiled code the host
+sends, with the same limits and link plan, so both ends instantiate, probe for a refused
+``memory.grow`` and explain failures the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import attrs
+from loguru import logger
+
+from wasm_plugins.engine import CallBudget, Engine, EngineModule, WasiSettings
+from wasm_plugins.errors import (
+    ConfigurationError,
+    ModuleError,
+    PluginError,
+    ResourceLimitExceeded,
+    ValidationIssue,
+)
+from wasm_plugins.sandbox._abi import Session, abi_host_functions, check_module, plugin_functions
+from wasm_plugins.sandbox._binary import (
+    PAGE_SIZE,
+    PreparedModule,
+    WasmBinaryError,
+    prepare_module,
+    read_memories,
+)
+from wasm_plugins.sandbox._cache import ModuleCache
+from wasm_plugins.sandbox._failures import grow_may_explain, refused_grow
+from wasm_plugins.sandbox._host_functions import HostFunction, LinkPlan, link_imports
+from wasm_plugins.sandbox._limits import Limits
+
+__all__ = ["WASI_MODULE", "LoadedModule", "ModuleSource", "load_module_bytes"]
+
+ModuleSource = bytes | bytearray | memoryview | str | os.PathLike[str]
+"""Binary module bytes, WAT text, or the path of a ``.wasm`` or ``.wat`` file."""
+
+WASI_MODULE = "wasi_snapshot_preview1"
+"""The import module of WASI preview1, linked when the ``wasi`` capability is granted."""
+_MAGIC = b"\0asm"
+_MASK = 0xFFFFFFFF
+
+
+def load_module_bytes(source: ModuleSource, engine: Engine) -> bytes:
+    """Binary module bytes from any :data:`ModuleSource`; WAT is compiled.
+
+    :raises CompilationError: for WAT that does not compile.
+    :raises ModuleError: for bytes that are not a module.
+    :raises ConfigurationError: for a path that cannot be read.
+    """
+    if isinstance(source, os.PathLike):
+        path = Path(source)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(
+                field="module",
+                message=f"Invalid configuration: module - cannot read {path}: {exc.strerror}",
+                suggestion="give the path of an existing .wasm or .wat file",
+            ) from None
+        if raw.startswith(_MAGIC):
+            return raw
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _not_a_module(
+                0, "the file is neither a WebAssembly binary nor UTF-8 WAT text"
+            ) from None
+        return engine.wat_to_wasm(text)
+    if isinstance(source, str):
+        return engine.wat_to_wasm(source)
+    data = bytes(source)
+    if not data.startswith(_MAGIC):
+        raise _not_a_module(0, "magic header not detected: the bytes do not start with \\0asm")
+    return data
+
+
+def _not_a_module(offset: int, message: str) -> ModuleError:
+    return ModuleError(
+        validation_errors=(ValidationIssue(message=message, offset=offset),),
+        suggestion="pass a WebAssembly binary (.wasm) or WAT text",
+    )
+
+
+@attrs.frozen(eq=False)
+class LoadedModule:
+    """A compiled module with what instantiating it needs: its limits, link plan and WASI.
+
+    Made by :meth:`load` from a source, or directly from a compiled module (a worker process does
+    that with the code and the link plan the host sent).
+    """
+
+    engine: Engine
+    module: EngineModule
+    limits: Limits
+    link: LinkPlan
+    """How the module's imports are satisfied."""
+    plugin: str
+    """The plugin's name, used in errors and logs."""
+    functions: tuple[str, ...] = ()
+    """The plugin functions (the declared ones, else every export of the plugin-function type)."""
+    grow_probe: str | None = None
+    """The exported global where the rewrite leaves the page delta of a refused memory.grow."""
+    wasi: WasiSettings | None = None
+    """The WASI settings to link, checked against the engine (``None``: no WASI imports)."""
+    wasm: bytes | None = None
+    """The module as the engine compiled it (after the rewrite); ``None`` when deserialized."""
+    serialized: bytes | None = None
+    """The compiled code as the cache read or wrote it, when it was kept."""
+    compiled_from_cache: bool = False
+    """Whether the compiled module was loaded from the cache rather than compiled."""
+
+    @classmethod
+    def load(
+        cls,
+        source: ModuleSource,
+        *,
+        engine: Engine,
+        limits: Limits,
+        capabilities: Iterable[str] = (),
+        host_functions: Sequence[HostFunction] = (),
+        functions: Sequence[str] | None = None,
+        plugin: str = "sandbox",
+        wasi: WasiSettings | None = None,
+        cache: ModuleCache | None = None,
+        refresh_cache: bool = False,
+        keep_serialized: bool = False,
+    ) -> LoadedModule:
+        """Read, validate, rewrite, compile, check and link a module.
+
+        :param keep_serialized: keep the compiled code the cache read or wrote (to send it to
+            worker processes without serializing it again).
+        :raises PluginError: a typed error when anything about the module or the settings is
+            wrong.
+        """
+        wasm = load_module_bytes(source, engine)
+        engine.validate(wasm)
+        prepared = _prepare(wasm, limits.memory)
+        fuel = limits.fuel is not None
+        try:
+            compiled = _compile(engine, prepared.wasm, fuel, cache, refresh_cache)
+        except ModuleError:
+            if prepared.grow_probe is None:
+                raise
+            # The engine validated the original, so the grow instrumentation is at fault: the
+            # memory limit still holds without it, only the report of a refused grow is less
+            # precise.
+            logger.bind(plugin=plugin).warning(
+                "memory.grow instrumentation refused by the engine; continuing without it"
+            )
+            prepared = prepare_module(wasm, memory_limit_bytes=limits.memory, instrument_grow=False)
+            compiled = _compile(engine, prepared.wasm, fuel, cache, refresh_cache)
+        module, serialized, hit = compiled
+        check_module(module.exports, module.imports, functions, plugin=plugin)
+        granted = frozenset(capabilities)
+        link = link_imports(
+            module.imports,
+            (*abi_host_functions(), *host_functions),
+            granted,
+            plugin=plugin,
+            memory_limit_pages=None if limits.memory is None else limits.memory // PAGE_SIZE,
+            gated_modules={WASI_MODULE: "wasi"},
+        )
+        return cls(
+            engine=engine,
+            module=module,
+            limits=limits,
+            link=link,
+            plugin=plugin,
+            functions=tuple(functions) if functions else plugin_functions(module.exports),
+            grow_probe=prepared.grow_probe,
+            wasi=_wasi_for_module(engine, module, wasi),
+            wasm=prepared.wasm,
+            serialized=serialized if keep_serialized else None,
+            compiled_from_cache=hit,
+        )
+
+    def budget(self) -> CallBudget:
+        """What the engine enforces per call (a timeout only where the engine can)."""
+        limits = self.limits
+        timeout = limits.timeout if self.engine.features.timeout else None
+        return CallBudget(fuel=limits.fuel, timeout=timeout, memory_bytes=limits.memory)
+
+    def serialize(self) -> bytes:
+        """The compiled code: as the cache read or wrote it when kept, else from the engine."""
+        return self.serialized if self.serialized is not None else self.module.serialize()
+
+    def instantiate(self, services: object = None) -> Session:
+        """A new instance (its start function runs now) and the ABI session that calls it.
+
+        :param services: handed to host functions (``HostCall.services``).
+        """
+        session = Session()
+        instance = self.module.instantiate(
+            self.link.host_imports(self.plugin, session, services),
+            self.budget(),
+            self.link.memory,
+            self.wasi,
+        )
+        session.attach(instance)
+        return session
+
+    def refused_grow(self, session: Session) -> int | None:
+        """The memory size a refused ``memory.grow`` of this session's instance asked for, if
+        one was refused since the last look (the probe is reset)."""
+        probe = self.grow_probe
+        if probe is None:
+            return None
+        instance = session.instance
+        try:
+            requested = instance.read_global(probe)
+            if not requested:
+                return None
+            instance.write_global(probe, 0)
+        except PluginError:
+            return None
+        return instance.memory.size() + (requested & _MASK) * PAGE_SIZE
+
+    def explain(self, error: PluginError, session: Session | None) -> PluginError:
+        """``error``, or the refused ``memory.grow`` that explains it."""
+        if session is None or self.grow_probe is None or not grow_may_explain(error):
+            return error
+        used = self.refused_grow(session)
+        return error if used is None else refused_grow(used, self.limits.memory, error)
+
+
+def _prepare(wasm: bytes, limit: int | None) -> PreparedModule:
+    try:
+        for memory in read_memories(wasm):
+            if limit is not None and memory.initial_bytes > limit:
+                raise ResourceLimitExceeded(
+                    resource="memory",
+                    used=memory.initial_bytes,
+                    limit=limit,
+                    suggestion=(
+                        "the module's initial memory is larger than limits.memory: raise the "
+                        "limit or link the module with a smaller initial memory"
+                    ),
+                )
+        return prepare_module(wasm, memory_limit_bytes=limit)
+    except WasmBinaryError as exc:
+        raise ModuleError(
+            validation_errors=(ValidationIssue(message=exc.message, offset=exc.offset),),
+            suggestion="rebuild the module; its binary layout could not be read",
+        ) from None
+
+
+def _compile(
+    engine: Engine, wasm: bytes, fuel: bool, cache: ModuleCache | None, refresh: bool
+) -> tuple[EngineModule, bytes | None, bool]:
+    """The compiled module, its serialized form when the cache has it, and whether it was a hit."""
+    if cache is None:
+        return engine.compile(wasm, fuel=fuel), None, False
+    compiled = cache.compile(engine, wasm, fuel=fuel, refresh=refresh)
+    return compiled.module, compiled.serialized, compiled.hit
+
+
+def _wasi_for_module(
+    engine: Engine, module: EngineModule, settings: WasiSettings | None
+) -> WasiSettings | None:
+    """The WASI settings to link, checked against what the engine can confine."""
+    if not any(item.module == WASI_MODULE for item in module.imports):
+        return None
+    settings = settings or WasiSettings()
+    features = engine.features
+    if not features.wasi:
+        raise _wasi_unsupported(engine, "wasi", "WASI")
+    if settings.directories and not features.wasi_confined_directories:
+        # wasmer 1.1 lets a guest open absolute paths and follow symlinks out of a preopened
+        # directory (checked in tests/test_host_functions.py): no directory is safe there.
+        raise _wasi_unsupported(engine, "wasi.preopens", "confined directories")
+    if not features.wasi_read_only_preopens and any(
+        directory.read_only for directory in settings.directories
+    ):
+        raise _wasi_unsupported(engine, "wasi.preopens.read_only", "read-only directories")
+    if not features.wasi_captured_output and settings.output is not None:
+        raise _wasi_unsupported(engine, "wasi.capture_output", "capturing the guest's output")
+    directories = []
+    for directory in settings.directories:
+        host_path = Path(directory.host_path)
+        if not host_path.is_dir():
+            raise ConfigurationError(
+                field="wasi.preopens",
+                message=f"Invalid configuration: wasi.preopens - {host_path} is not a directory",
+                suggestion="give the path of an existing directory",
+            )
+        directories.append(attrs.evolve(directory, host_path=str(host_path.resolve())))
+    return attrs.evolve(settings, directories=tuple(directories))
+
+
+def _wasi_unsupported(engine: Engine, field: str, what: str) -> ConfigurationError:
+    return ConfigurationError(
+        field=field,
+        message=(
+            f"Invalid configuration: {field} - the {engine.name} engine cannot enforce {what}"
+        ),
+        suggestion="use engine='wasmtime', which confines WASI with read-only directories "
+        "and captures output",
+    )
