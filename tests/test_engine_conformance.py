@@ -84,7 +84,7 @@ class TestGoodCalls:
         module = engine.compile(engine.wat_to_wasm(ABI.read_text()))
         again = engine.deserialize(module.serialize())
         assert {e.name for e in again.exports} == {e.name for e in module.exports}
-        from wasm_plugins.sandbox._abi import Session, abi_host_functions
+        from wasm_plugins.sandbox import Session, abi_host_functions
 
         session = Session()
         imports = [

@@ -230,9 +230,9 @@ class PluginHost:
     :param external_fallbacks: by plugin name, ``(function, input) -> value`` callables that the
         ``external`` fallback strategy asks.
     :param module_cache: where compiled modules are kept between runs: ``True`` (the default)
-        for the user's cache directory (see :mod:`wasm_plugins.cache`; ``WASM_PLUGINS_CACHE=off``
-        turns it off), a directory, a :class:`~wasm_plugins.cache.ModuleCache`, or ``False`` /
-        ``None`` for none.
+        for the user's cache directory (see :class:`~wasm_plugins.ModuleCache`;
+        ``WASM_PLUGINS_CACHE=off`` turns it off), a directory, a
+        :class:`~wasm_plugins.ModuleCache`, or ``False`` / ``None`` for none.
     """
 
     def __init__(
