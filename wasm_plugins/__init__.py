@@ -23,13 +23,41 @@ from wasm_plugins.errors import (
     Severity,
 )
 from wasm_plugins.hookspecs import hookimpl, hookspec
-from wasm_plugins.host import Attempt, Outcome, PluginHost, PluginInfo
+from wasm_plugins.host import PluginHost, PluginInfo
 from wasm_plugins.manifest import Manifest
+from wasm_plugins.policy import (
+    Abort,
+    Attempt,
+    AttemptFailed,
+    AttemptSucceeded,
+    BreakerStateChanged,
+    CallFinished,
+    CallState,
+    Classification,
+    FallbackResult,
+    FallbackUsed,
+    HookFailed,
+    LimitsChanged,
+    Outcome,
+    PolicyEvent,
+    RecoveryAction,
+    Report,
+    Retry,
+    RetryScheduled,
+    UseValue,
+)
 from wasm_plugins.sandbox import HostCall, HostFunction, Limits, ModuleCache, Sandbox
 from wasm_plugins.services import HostServices, KeyValueStore
 
 __all__ = [
+    "Abort",
     "Attempt",
+    "AttemptFailed",
+    "AttemptSucceeded",
+    "BreakerStateChanged",
+    "CallFinished",
+    "CallState",
+    "Classification",
     "CommunicationError",
     "CompilationError",
     "ConfigurationError",
@@ -37,6 +65,9 @@ __all__ = [
     "DeadlineExceeded",
     "ErrorContext",
     "ExecutionError",
+    "FallbackResult",
+    "FallbackUsed",
+    "HookFailed",
     "HostCall",
     "HostFunction",
     "HostIOError",
@@ -44,6 +75,7 @@ __all__ = [
     "InstanceError",
     "KeyValueStore",
     "Limits",
+    "LimitsChanged",
     "Manifest",
     "ModuleCache",
     "ModuleError",
@@ -52,11 +84,17 @@ __all__ = [
     "PluginError",
     "PluginHost",
     "PluginInfo",
+    "PolicyEvent",
+    "RecoveryAction",
     "RecoveryPotential",
+    "Report",
     "ResourceLimitExceeded",
+    "Retry",
+    "RetryScheduled",
     "Sandbox",
     "SecurityViolation",
     "Severity",
+    "UseValue",
     "hookimpl",
     "hookspec",
 ]

@@ -18,13 +18,15 @@ import pluggy
 if TYPE_CHECKING:
     from wasm_plugins.engine import Engine
     from wasm_plugins.errors import PluginError
-    from wasm_plugins.host import Attempt, PluginHost, PluginSource
+    from wasm_plugins.host import PluginHost, PluginSource
     from wasm_plugins.policy import (
+        Attempt,
         CallState,
         Classification,
         FallbackResult,
         PolicyEvent,
         RecoveryAction,
+        Report,
     )
     from wasm_plugins.sandbox import HostFunction
 
@@ -169,11 +171,16 @@ def wasm_plugins_fallback(error: PluginError, call: CallState) -> FallbackResult
 
 
 @hookspec
-def wasm_plugins_report(event: PolicyEvent) -> None:
+def wasm_plugins_report(event: PolicyEvent, record: Report) -> None:
     """Receive every policy event: attempt succeeded or failed, retry scheduled, limits changed,
     breaker changed state, fallback used, hook failed, call finished.
 
-    Every implementation sees every event; one that raises is logged and changes nothing.
+    Every implementation sees every event; one that raises is logged and changes nothing. Take
+    ``event`` for the full event object, or only ``record`` for its light record (the name, the
+    call, and the fields of the common events): the built-in reporters take ``record``, and while
+    no implementation takes ``event`` a call that succeeds makes no event object at all.
 
     :param event: a :class:`~wasm_plugins.policy.PolicyEvent` subclass instance.
+    :param record: the same event as a :class:`~wasm_plugins.policy.Report`; its ``event``
+        property gives the full event.
     """

@@ -27,62 +27,29 @@ from wasm_plugins.builtin import builtin_plugins
 from wasm_plugins.builtin.fallbacks import ExternalFallback
 from wasm_plugins.builtin.reporters import AlertReporter, MetricsReporter
 from wasm_plugins.discovery import DiscoveryProblem, blocked_names, load_entry_points
-from wasm_plugins.engine import Engine, EngineRegistry, WasiDirectory, WasiSettings
+from wasm_plugins.engine import Engine, EngineRegistry
 from wasm_plugins.errors import ConfigurationError, PluginError
-from wasm_plugins.isolation import ProcessSandbox, WorkerPool, choose_isolation
-from wasm_plugins.manifest import CAPABILITIES, ISOLATIONS, Manifest, Traversable
+from wasm_plugins.manifest import ISOLATIONS, Manifest, Traversable
 from wasm_plugins.policy import (
+    Attempt,
     CallPipeline,
     CircuitBreaker,
     Clock,
+    HookDispatcher,
+    Outcome,
+    PluginManager,
     RandomSource,
     SystemClock,
     system_random,
 )
-from wasm_plugins.sandbox import HostFunction, Limits, ModuleCache, PluginSandbox, Sandbox
+from wasm_plugins.provider import Sandboxes, make_module_cache
+from wasm_plugins.sandbox import HostFunction, Limits, ModuleCache, PluginSandbox
 from wasm_plugins.services import HostServices
 
 __all__ = ["Attempt", "Outcome", "PluginHost", "PluginInfo", "PluginSource"]
 
 PluginSource = Union[Manifest, Mapping[str, Any], str, os.PathLike[str], Traversable]  # noqa: UP007
 """What ``register`` and :meth:`PluginHost.load` take: a manifest, a dict, or a TOML file."""
-
-
-@attrs.frozen
-class Attempt:
-    """One attempt of a call, as the attempt hook sees it."""
-
-    host: PluginHost
-    plugin: str
-    function: str
-    input: Any
-    number: int = 1
-    limits: Limits | None = None
-    """The limits in force for this attempt (``None``: the manifest's)."""
-
-    def sandbox(self) -> PluginSandbox:
-        """The sandbox for this plugin under this attempt's limits."""
-        return self.host._sandbox(self.plugin, self.limits)
-
-
-@attrs.frozen
-class Outcome:
-    """What :meth:`PluginHost.invoke` returns: the value and how it was obtained."""
-
-    value: Any
-    plugin: str
-    function: str
-    attempts: int
-    errors: tuple[PluginError, ...]
-    """Errors of the attempts that failed, in order."""
-    duration: float
-    """Seconds from the call to its answer."""
-    fallback: str | None = None
-    """The fallback strategy that answered, when the plugin itself did not."""
-    quality: float = 1.0
-    """1.0 for the plugin's own answer; a fallback's quality score otherwise."""
-    error: PluginError | None = None
-    """The error a fallback answered for."""
 
 
 @attrs.frozen
@@ -99,70 +66,24 @@ class PluginInfo:
         return self.manifest.name
 
 
-_UNWRAPPABLE_HOOKS = (
-    "wasm_plugins_classify_error",
-    "wasm_plugins_recovery_action",
-    "wasm_plugins_fallback",
-    "wasm_plugins_report",
-)
-
-
-class _PluginManager(pluggy.PluginManager):
-    """pluggy's manager, counting changes to its plugins so that the policy can keep the lists
-    of implementations it calls until they change."""
-
-    generation = 0
-
-    def register(self, plugin: object, name: str | None = None) -> str | None:
-        result = super().register(plugin, name)
-        self.generation += 1
-        if result is not None:
-            self._refuse_policy_wrappers(plugin)
-        return result
-
-    def _refuse_policy_wrappers(self, plugin: object) -> None:
-        """The policy calls its hooks implementation by implementation, so a wrapper on them
-        would never run: refuse it loudly instead of ignoring it."""
-        for hook_name in _UNWRAPPABLE_HOOKS:
-            for implementation in getattr(self.hook, hook_name).get_hookimpls():
-                if implementation.plugin is plugin and (
-                    implementation.wrapper or implementation.hookwrapper
-                ):
-                    self.unregister(plugin)
-                    raise pluggy.PluginValidationError(
-                        plugin,
-                        f"{hook_name} of {implementation.plugin_name} is a wrapper; wrappers "
-                        "are supported on wasm_plugins_attempt only",
-                    )
-
-    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
-        result = super().unregister(plugin, name)
-        self.generation += 1
-        return result
-
-    def set_blocked(self, name: str) -> None:
-        super().set_blocked(name)
-        self.generation += 1
-
-
 class _Hooks:
     """Typed calls of every hook the host calls (pluggy cannot type ``manager.hook.*``)."""
 
-    def __init__(self, manager: pluggy.PluginManager) -> None:
-        self._hook = manager.hook
+    def __init__(self, dispatcher: HookDispatcher) -> None:
+        self._dispatcher = dispatcher
 
     def host_configured(
         self, host: PluginHost, on_error: Callable[[str, Exception], None], only: str | None = None
     ) -> None:
         # Called implementation by implementation (and again for each plugin registered later),
         # rather than through pluggy's historic call, so that one that raises spoils only itself.
-        self.each("wasm_plugins_host_configured", {"host": host}, on_error, only)
+        self._dispatcher.each("wasm_plugins_host_configured", {"host": host}, on_error, only)
 
     def host_closing(self, host: PluginHost, on_error: Callable[[str, Exception], None]) -> None:
-        self.each("wasm_plugins_host_closing", {"host": host}, on_error)
+        self._dispatcher.each("wasm_plugins_host_closing", {"host": host}, on_error)
 
     def attempt(self, attempt: Attempt) -> Any:
-        return self._hook.wasm_plugins_attempt(attempt=attempt)
+        return self._dispatcher.first_result("wasm_plugins_attempt", attempt=attempt)
 
     def register_engines(
         self,
@@ -170,7 +91,9 @@ class _Hooks:
         on_error: Callable[[str, Exception], None],
         only: str | None = None,
     ) -> None:
-        self.each("wasm_plugins_register_engines", {"register": register}, on_error, only)
+        self._dispatcher.each(
+            "wasm_plugins_register_engines", {"register": register}, on_error, only
+        )
 
     def register_host_functions(
         self,
@@ -178,7 +101,9 @@ class _Hooks:
         on_error: Callable[[str, Exception], None],
         only: str | None = None,
     ) -> None:
-        self.each("wasm_plugins_register_host_functions", {"register": register}, on_error, only)
+        self._dispatcher.each(
+            "wasm_plugins_register_host_functions", {"register": register}, on_error, only
+        )
 
     def register_plugins(
         self,
@@ -186,31 +111,13 @@ class _Hooks:
         on_error: Callable[[str, Exception], None],
         only: str,
     ) -> None:
-        self.each("wasm_plugins_register_plugins", {"register": register}, on_error, only)
+        self._dispatcher.each(
+            "wasm_plugins_register_plugins", {"register": register}, on_error, only
+        )
 
     def plugin_names(self, hook_name: str) -> list[str]:
         """The plugins implementing a hook, in call order."""
-        caller = getattr(self._hook, hook_name)
-        return [implementation.plugin_name for implementation in reversed(caller.get_hookimpls())]
-
-    def each(
-        self,
-        hook_name: str,
-        arguments: Mapping[str, Any],
-        on_error: Callable[[str, Exception], None],
-        only: str | None = None,
-    ) -> None:
-        """Call each implementation on its own, in pluggy's order, so that one that raises
-        spoils only itself (pluggy would stop the whole hook call)."""
-        for implementation in reversed(getattr(self._hook, hook_name).get_hookimpls()):
-            if only is not None and implementation.plugin_name != only:
-                continue
-            try:
-                implementation.function(
-                    **{name: arguments[name] for name in implementation.argnames}
-                )
-            except Exception as exc:
-                on_error(implementation.plugin_name, exc)
+        return self._dispatcher.plugin_names(hook_name)
 
 
 class PluginHost:
@@ -258,9 +165,10 @@ class PluginHost:
             )
         self.engine_name = engine
         self.isolation = isolation
-        self.manager = _PluginManager(hookspecs.PROJECT_NAME)
+        self.manager = PluginManager(hookspecs.PROJECT_NAME)
         self.manager.add_hookspecs(hookspecs)
-        self.hooks = _Hooks(self.manager)
+        dispatcher = HookDispatcher(self.manager)
+        self.hooks = _Hooks(dispatcher)
         self.blocked = frozenset(blocked) if blocked is not None else blocked_names()
         for name in self.blocked:
             self.manager.set_blocked(name)
@@ -271,25 +179,39 @@ class PluginHost:
         self.services = services or HostServices()
         self.services.config = self._plugin_config
         self._plugins: dict[str, PluginInfo] = {}
-        self._sandboxes: dict[tuple[str, Limits | None], PluginSandbox] = {}
-        self.module_cache: ModuleCache | None = _module_cache(module_cache)
-        """The compiled-module cache every sandbox of this host uses (``None``: none)."""
-        self._recompile: set[str] = set()
-        """Plugins whose next sandbox compiles again, replacing the cached code."""
         self._lock = threading.RLock()
         self._closed = False
         self._configured = False
-        self._pool: WorkerPool | None = None
         self.engines = EngineRegistry()
         self.host_functions: dict[tuple[str, str], HostFunction] = {}
+        self._sandboxes = Sandboxes(
+            manifest=self._manifest,
+            engines=self.engines,
+            engine=engine,
+            isolation=isolation,
+            host_functions=self.host_functions,
+            services=self.services,
+            cache=make_module_cache(module_cache),
+            name=f"host-{id(self):x}",
+        )
+        self.module_cache: ModuleCache | None = self._sandboxes.cache
+        """The compiled-module cache every sandbox of this host uses (``None``: none)."""
         self.clock: Clock = clock or SystemClock()
-        self.pipeline = CallPipeline(self, self.clock, random or system_random(), recovery_timeout)
-        self._plain_invoke = type(self).invoke is PluginHost.invoke
-        """``call`` may ask the pipeline for the value alone (no subclass changes ``invoke``)."""
-        builtins = builtin_plugins(self, external_fallbacks)
-        self._builtin_plugins = builtins
-        """The framework's own plugin objects: the policy tells these reporters of a plain
-        success directly, instead of through events, when no other reporter is registered."""
+        self.pipeline = CallPipeline(
+            manifest=self._manifest,
+            provider=self._sandboxes,
+            hooks=dispatcher,
+            clock=self.clock,
+            random=random or system_random(),
+            default_engine=engine,
+            recovery_timeout=recovery_timeout,
+        )
+        builtins = builtin_plugins(
+            manifest=self._manifest,
+            provider=self._sandboxes,
+            clock=self.clock,
+            external_fallbacks=external_fallbacks,
+        )
         for name, plugin in builtins.items():
             if not self.manager.is_blocked(name):
                 self.manager.register(plugin, name=name)
@@ -441,94 +363,27 @@ class PluginHost:
             )
         return info
 
+    def _manifest(self, plugin: str) -> Manifest:
+        return self._info(plugin).manifest
+
     def engine_for(self, plugin: str) -> Engine:
         """The engine a plugin runs on: its manifest's choice, else the host's."""
-        manifest = self._info(plugin).manifest
-        return self.engines.get(manifest.engine or self.engine_name)
+        return self._sandboxes.engine_for(plugin)
 
-    def _check_capabilities(self, manifest: Manifest) -> None:
-        offered = {f.capability for f in self.host_functions.values() if f.capability}
-        known = offered | set(CAPABILITIES)
-        for capability in sorted(manifest.capabilities):
-            if capability not in known:
-                close = difflib.get_close_matches(capability, sorted(known), n=1)
-                raise ConfigurationError(
-                    field="capabilities",
-                    plugin=manifest.name,
-                    message=(
-                        f"Invalid configuration: capabilities - unknown capability {capability!r}"
-                    ),
-                    suggestion=(f"did you mean {close[0]!r}? " if close else "")
-                    + "known capabilities: "
-                    + ", ".join(sorted(known)),
-                )
-
-    def _sandbox(self, plugin: str, limits: Limits | None = None) -> PluginSandbox:
-        """The plugin's sandbox for these limits, made on first use and kept."""
-        key = (plugin, limits)
-        sandbox = self._sandboxes.get(key)
-        if sandbox is not None:
-            return sandbox
-        with self._lock:
-            sandbox = self._sandboxes.get(key)
-            if sandbox is not None:
-                return sandbox
-            if self._closed:
-                raise ConfigurationError(
-                    field="host",
-                    message="Invalid configuration: host - the host is closed",
-                    suggestion="create a new PluginHost",
-                )
-            manifest = self._info(plugin).manifest
-            self._check_capabilities(manifest)
-            requested = manifest.isolation if manifest.isolation != "auto" else self.isolation
-            engine = self.engine_for(plugin)
-            effective = limits or manifest.limits
-            settings: dict[str, Any] = {
-                "wasi": _wasi_settings(manifest) if "wasi" in manifest.capabilities else None,
-                "engine": engine,
-                "limits": effective,
-                "capabilities": manifest.capabilities,
-                "host_functions": tuple(self.host_functions.values()),
-                "codec": manifest.codec,
-                "functions": tuple(manifest.functions) or None,
-                "name": manifest.name,
-                "services": self.services,
-                "cache": self.module_cache,
-                "refresh_cache": plugin in self._recompile,
-            }
-            made: PluginSandbox
-            if choose_isolation(engine, effective, requested) == "process":
-                made = ProcessSandbox(
-                    manifest.module_source(), pool=self._worker_pool(), **settings
-                )
-            else:
-                made = Sandbox(manifest.module_source(), **settings)
-            self._recompile.discard(plugin)
-            self._sandboxes[key] = made
-            return made
-
-    def _worker_pool(self) -> WorkerPool:
-        """The host's pool of worker processes, started on first need."""
-        if self._pool is None:
-            self._pool = WorkerPool(name=f"host-{id(self):x}")
-        return self._pool
-
-    def sandboxes(self) -> dict[tuple[str, Limits | None], PluginSandbox]:
-        """The sandboxes the host holds, by (plugin, limits other than the manifest's or None)."""
-        with self._lock:
-            return dict(self._sandboxes)
+    def sandboxes(self) -> dict[tuple[str, Limits], PluginSandbox]:
+        """The sandboxes the host holds, by (plugin, limits in force)."""
+        return self._sandboxes.held()
 
     def worker_pids(self) -> list[int]:
         """The process ids of the host's worker processes (none until a plugin needs one)."""
-        return [] if self._pool is None else self._pool.pids()
+        return self._sandboxes.worker_pids()
 
     def sandbox(self, plugin: str) -> PluginSandbox:
         """The plugin's sandbox under its manifest's limits (loading it if needed).
 
         :raises PluginError: a typed error when the plugin cannot be loaded.
         """
-        return self._sandbox(plugin)
+        return self._sandboxes.sandbox(plugin)
 
     # -- calls ----------------------------------------------------------------------------------
 
@@ -548,32 +403,15 @@ class PluginHost:
         return self.pipeline.breaker(plugin, function)
 
     def call(self, plugin: str, function: str, input: Any = None) -> Any:
-        """Call a plugin function and return its value.
+        """Call a plugin function through the error policy and return its value.
 
         :raises ContextualError: when the call failed; ``error`` is the typed error.
         """
-        if self._plain_invoke:
-            return self.pipeline.call(plugin, function, input)
         return self.invoke(plugin, function, input).value
 
     async def acall(self, plugin: str, function: str, input: Any = None) -> Any:
         """:meth:`call` for asyncio: the call runs in a worker thread, not on the event loop."""
         return await asyncio.to_thread(self.call, plugin, function, input)
-
-    def _discard_sandbox(self, plugin: str, limits: Limits | None, recompile: bool) -> None:
-        """Drop a plugin's sandbox so that the next attempt gets a fresh one; with
-        ``recompile``, every sandbox of the plugin, and the next one compiles the module again
-        (bypassing the compiled-module cache, whose entry it replaces)."""
-        with self._lock:
-            if recompile:
-                self._recompile.add(plugin)
-            dropped = [
-                self._sandboxes.pop(key)
-                for key in list(self._sandboxes)
-                if key[0] == plugin and (recompile or key[1] == limits)
-            ]
-        for sandbox in dropped:
-            sandbox.close()
 
     # -- closing --------------------------------------------------------------------------------
 
@@ -583,16 +421,11 @@ class PluginHost:
             if self._closed:
                 return
             self._closed = True
-            sandboxes = list(self._sandboxes.values())
-            self._sandboxes.clear()
         self.hooks.host_closing(
             self,
             lambda source, exc: logger.bind(source=source).error("closing hook failed: {}", exc),
         )
-        for sandbox in sandboxes:
-            sandbox.close()
-        if self._pool is not None:
-            self._pool.close()
+        self._sandboxes.close()
 
     def __enter__(self) -> PluginHost:
         return self
@@ -605,39 +438,6 @@ class PluginHost:
 
     def __repr__(self) -> str:
         return f"<PluginHost {len(self._plugins)} plugins, engine={self.engine_name!r}>"
-
-
-def _module_cache(
-    setting: ModuleCache | str | os.PathLike[str] | bool | None,
-) -> ModuleCache | None:
-    if setting is None or setting is False:
-        return None
-    if setting is True:
-        cache = ModuleCache.from_environment()
-        return cache if cache.enabled else None
-    if isinstance(setting, ModuleCache):
-        return setting if setting.enabled else None
-    return ModuleCache(setting)
-
-
-def _wasi_settings(manifest: Manifest) -> WasiSettings:
-    """WASI for a plugin: its preopens (relative host paths from the working directory), the
-    environment variables on its allow-list that are set, and its output into the log."""
-    spec = manifest.wasi
-    log = logger.bind(plugin=manifest.name, source="guest")
-
-    def output(stream: str, data: bytes) -> None:
-        for line in data.decode("utf-8", "replace").splitlines():
-            log.info("{}: {}", stream, line)
-
-    return WasiSettings(
-        directories=tuple(
-            WasiDirectory(str(Path(p.host).resolve()), p.guest, p.read_only) for p in spec.preopens
-        ),
-        environment=tuple((name, os.environ[name]) for name in spec.env if name in os.environ),
-        arguments=(manifest.name, *spec.args),
-        output=output if spec.capture_output else None,
-    )
 
 
 def _as_manifest(source: PluginSource) -> Manifest:

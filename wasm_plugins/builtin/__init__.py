@@ -2,37 +2,46 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
 
-if TYPE_CHECKING:
-    from wasm_plugins.host import PluginHost
+from wasm_plugins.builtin import attempt, engines, host_functions, recovery
+from wasm_plugins.builtin.fallbacks import BuiltinFallbacks, ExternalFallback
+from wasm_plugins.builtin.reporters import (
+    AlertReporter,
+    LogReporter,
+    MetricsReporter,
+    SentryReporter,
+)
+from wasm_plugins.policy import Clock, ManifestLookup, SandboxProvider
 
 __all__ = ["builtin_plugins"]
 
 
-def builtin_plugins(host: PluginHost, external_fallbacks: Any = None) -> dict[str, object]:
+def builtin_plugins(
+    *,
+    manifest: ManifestLookup,
+    provider: SandboxProvider,
+    clock: Clock,
+    external_fallbacks: Mapping[str, ExternalFallback] | None = None,
+) -> dict[str, object]:
     """The built-in plugins of one host, by the name they are registered under (and blocked by).
 
     Stateful ones (the result cache, metrics, alerts) are made per host: hosts share nothing.
-    """
-    from wasm_plugins.builtin import attempt, engines, host_functions, recovery
-    from wasm_plugins.builtin.fallbacks import BuiltinFallbacks
-    from wasm_plugins.builtin.reporters import (
-        AlertReporter,
-        LogReporter,
-        MetricsReporter,
-        SentryReporter,
-    )
 
+    :param manifest: a plugin's manifest by name.
+    :param provider: the host's sandboxes (the ``simplified`` fallback calls another export).
+    :param clock: the policy's clock (cache ages, alert windows).
+    :param external_fallbacks: by plugin name, the host application's own answers.
+    """
     plugins: dict[str, object] = {
         "builtin-engines": engines,
         "builtin-host-functions": host_functions,
         "builtin-attempt": attempt,
         "builtin-recovery": recovery,
-        "builtin-fallbacks": BuiltinFallbacks(host, external_fallbacks),
+        "builtin-fallbacks": BuiltinFallbacks(manifest, provider, clock, external_fallbacks),
         "builtin-logs": LogReporter(),
         "builtin-metrics": MetricsReporter(),
-        "builtin-alerts": AlertReporter(host.clock.monotonic),
+        "builtin-alerts": AlertReporter(clock.monotonic),
     }
     sentry = SentryReporter.create()
     if sentry is not None:

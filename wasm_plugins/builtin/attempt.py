@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from wasm_plugins.hookspecs import hookimpl
-from wasm_plugins.host import Attempt
+from wasm_plugins.policy import Attempt
 
 __all__ = ["wasm_plugins_attempt"]
 
 
 @hookimpl(trylast=True)
 def wasm_plugins_attempt(attempt: Attempt) -> Any:
-    """Call the function in the sandbox the host keeps for the plugin and its current limits."""
+    """Call the function in the plugin's sandbox under the attempt's limits."""
     return attempt.sandbox().call(attempt.function, attempt.input)

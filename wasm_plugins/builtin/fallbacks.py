@@ -18,16 +18,19 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from wasm_plugins.errors import PluginError
 from wasm_plugins.hookspecs import hookimpl
-from wasm_plugins.policy import AttemptSucceeded, CallState, FallbackResult, PolicyEvent
-
-if TYPE_CHECKING:
-    from wasm_plugins.host import PluginHost
-    from wasm_plugins.manifest import Manifest
-    from wasm_plugins.policy._pipeline import RefusalHandler, ValueHandler
+from wasm_plugins.manifest import Manifest
+from wasm_plugins.policy import (
+    CallState,
+    Clock,
+    FallbackResult,
+    ManifestLookup,
+    Report,
+    SandboxProvider,
+)
 
 __all__ = ["CACHE_QUALITY", "QUALITY", "BuiltinFallbacks", "ResultCache", "input_key"]
 
@@ -85,12 +88,24 @@ class ResultCache:
 
 
 class BuiltinFallbacks:
-    """The built-in fallback strategies of one host (the cache is per host and per plugin)."""
+    """The built-in fallback strategies of one host (the cache is per host and per plugin).
+
+    :param manifest: a plugin's manifest by name.
+    :param provider: the sandboxes the ``simplified`` strategy calls its cheaper export in.
+    :param clock: the policy's clock (the age of cached results).
+    :param external: by plugin name, the host application's own answers.
+    """
 
     def __init__(
-        self, host: PluginHost, external: Mapping[str, ExternalFallback] | None = None
+        self,
+        manifest: ManifestLookup,
+        provider: SandboxProvider,
+        clock: Clock,
+        external: Mapping[str, ExternalFallback] | None = None,
     ) -> None:
-        self._host = host
+        self._manifest = manifest
+        self._provider = provider
+        self._clock = clock
         self._services = dict(external or {})
         self._caches: dict[str, ResultCache] = {}
         self._lock = threading.Lock()
@@ -102,53 +117,25 @@ class BuiltinFallbacks:
             with self._lock:
                 cache = self._caches.get(plugin)
                 if cache is None:
-                    policy = self._host._info(plugin).manifest.policy
+                    policy = self._manifest(plugin).policy
                     cache = ResultCache(
-                        policy.cache_entries, policy.cache_ttl, self._host.clock.monotonic
+                        policy.cache_entries, policy.cache_ttl, self._clock.monotonic
                     )
                     self._caches[plugin] = cache
         return cache
 
-    def _caches_results(self, function: str, manifest: Manifest) -> bool:
+    @staticmethod
+    def _caches_results(function: str, manifest: Manifest) -> bool:
         spec = manifest.functions.get(function)
         return spec is not None and spec.idempotent and "cache" in manifest.policy.fallbacks
 
-    def fast_handlers(
-        self, plugin: str, function: str, manifest: Manifest
-    ) -> tuple[ValueHandler | None, RefusalHandler | None]:
-        """The policy's common cases told directly (see ``CallPipeline``): a first attempt's
-        value is remembered when the cache strategy applies; a refusal is nothing to keep."""
-        if not self._caches_results(function, manifest):
-            return None, None
-
-        def succeeded(duration: float, input: Any, value: Any) -> None:
-            self.cache(plugin).put(input_key(function, input), value)
-
-        return succeeded, None
-
-    def answers_nothing(self, plugin: str, function: str, manifest: Manifest) -> bool:
-        """Whether none of the manifest's strategies can answer for this function, whatever
-        the input (the policy then skips asking)."""
-        spec = manifest.functions.get(function)
-        for strategy in manifest.policy.fallbacks:
-            if strategy == "cache" and spec is not None and spec.idempotent:
-                return False
-            if strategy == "simplified" and spec is not None and spec.simplified is not None:
-                return False
-            if strategy == "external" and plugin in self._services:
-                return False
-            if strategy == "default" and spec is not None and spec.has_default:
-                return False
-        return True
-
     @hookimpl(trylast=True)
-    def wasm_plugins_report(self, event: PolicyEvent) -> None:
+    def wasm_plugins_report(self, record: Report) -> None:
         """Remember successful results of idempotent functions for the cache strategy."""
-        if not isinstance(event, AttemptSucceeded):
+        if record.name != "attempt_succeeded":
             return
-        manifest = self._host._info(event.plugin).manifest
-        if self._caches_results(event.function, manifest):
-            self.cache(event.plugin).put(input_key(event.function, event.input), event.value)
+        if self._caches_results(record.function, self._manifest(record.plugin)):
+            self.cache(record.plugin).put(input_key(record.function, record.input), record.value)
 
     @hookimpl(trylast=True)
     def wasm_plugins_fallback(self, error: PluginError, call: CallState) -> FallbackResult | None:
@@ -176,7 +163,8 @@ class BuiltinFallbacks:
         if spec is None or spec.simplified is None:
             return None
         try:
-            value = self._host.sandbox(call.plugin).call(spec.simplified, call.input)
+            sandbox = self._provider.sandbox(call.plugin, call.manifest.limits)
+            value = sandbox.call(spec.simplified, call.input)
         except PluginError:
             return None
         return FallbackResult(value, "simplified", QUALITY["simplified"])

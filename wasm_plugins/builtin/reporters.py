@@ -1,7 +1,8 @@
 """Built-in reporters: structured logs, metrics, alerts, and Sentry when it is set up.
 
-Each is an ordinary ``wasm_plugins_report`` hookimpl (``trylast``); a reporter that raises is
-logged and changes nothing, and the others still see the event.
+Each is an ordinary ``wasm_plugins_report`` hookimpl (``trylast``) that reads the light record of
+each event (no event object is made for them); a reporter that raises is logged and changes
+nothing, and the others still see the event.
 
 - logs: one loguru record per event, its fields bound (``event``, ``plugin``, ``function``,
   ``kind``...), so a JSON sink (``logger.add(sink, serialize=True)``) writes structured logs;
@@ -19,10 +20,9 @@ import bisect
 import importlib
 import os
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 from loguru import logger
@@ -31,19 +31,14 @@ from wasm_plugins.errors import PluginError, SecurityViolation, Severity
 from wasm_plugins.hookspecs import hookimpl
 from wasm_plugins.policy import (
     AttemptFailed,
-    AttemptSucceeded,
     BreakerStateChanged,
     CallFinished,
     FallbackUsed,
     HookFailed,
     LimitsChanged,
-    PolicyEvent,
+    Report,
     RetryScheduled,
 )
-
-if TYPE_CHECKING:
-    from wasm_plugins.manifest import Manifest
-    from wasm_plugins.policy._pipeline import RefusalHandler, ValueHandler
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -80,16 +75,6 @@ def _dropped(level: str) -> bool:
         return False
 
 
-def _direct(clock: Callable[[], float]) -> Callable[[], float]:
-    """``time.monotonic`` itself for the system clock's reading (one call less)."""
-    from wasm_plugins.policy import SystemClock
-
-    owner = getattr(clock, "__self__", None)
-    if type(owner) is SystemClock and getattr(clock, "__name__", None) == "monotonic":
-        return time.monotonic
-    return clock
-
-
 def _error_fields(error: PluginError | None) -> dict[str, Any]:
     if error is None:
         return {}
@@ -104,30 +89,17 @@ def _error_fields(error: PluginError | None) -> dict[str, Any]:
 class LogReporter:
     """One structured log record per event."""
 
-    def fast_handlers(
-        self, plugin: str, function: str, manifest: Manifest
-    ) -> tuple[ValueHandler | None, RefusalHandler | None]:
-        """What this reporter does with the policy's common cases, told directly (see
-        ``CallPipeline``): nothing for a success, the ``call_finished`` record for a refusal."""
-
-        def refused(number: int, at: float, duration: float, error: PluginError) -> None:
-            if _dropped("ERROR"):
-                return
-            call_id = f"{plugin}#{number}"
-            self.wasm_plugins_report(
-                CallFinished(plugin, function, call_id, at, "error", 0, duration, error)
-            )
-
-        return None, refused
-
     @hookimpl(trylast=True)
-    def wasm_plugins_report(self, event: PolicyEvent) -> None:
+    def wasm_plugins_report(self, record: Report) -> None:
         """Log the event with its fields bound; plain successes are counted by the metrics,
         not logged (a log line per call would cost more than the call)."""
-        if isinstance(event, AttemptSucceeded) or (
-            isinstance(event, CallFinished) and event.outcome == "value"
+        if record.name == "attempt_succeeded" or (
+            record.name == "call_finished" and record.outcome == "value"
         ):
             return
+        if _dropped("ERROR"):  # the highest level used here: nothing would be written
+            return
+        event = record.event
         fields: dict[str, Any] = {
             "event": event.name,
             "plugin": event.plugin,
@@ -170,10 +142,8 @@ class MetricsReporter:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        # Each counter and each latency sum is a one-item list, so that the policy's direct
-        # handlers can keep it and add to it without looking it up (see fast_handlers); a
-        # counter still at zero, or a histogram with no observation, was never counted and is
-        # not shown.
+        # Each counter and each latency sum is a one-item list, added to in place; a counter
+        # still at zero, or a histogram with no observation, was never counted and is not shown.
         self._counters: dict[tuple[str, str, str, str, str], list[int]] = {}
         self._latency: dict[tuple[str, str], list[int]] = {}
         self._latency_sum: dict[tuple[str, str], list[float]] = {}
@@ -210,76 +180,25 @@ class MetricsReporter:
         if self._prometheus is not None:
             self._prometheus.observe(plugin, function, seconds)
 
-    def fast_handlers(
-        self, plugin: str, function: str, manifest: Manifest
-    ) -> tuple[ValueHandler | None, RefusalHandler | None]:
-        """The counts of the policy's common cases, told directly (see ``CallPipeline``): a
-        first attempt's value (an attempt and a call counted, the latency observed), a refusal
-        (a call counted as an error, the latency observed)."""
-        if self._prometheus is not None:
-
-            def counted(duration: float, input: Any, value: Any) -> None:
-                self._count("attempts", plugin, function, "result", "value")
-                self._count("calls", plugin, function, "outcome", "value")
-                self._observe(plugin, function, duration)
-
-            def refused_counted(
-                number: int, at: float, duration: float, error: PluginError
-            ) -> None:
-                self._count("calls", plugin, function, "outcome", "error")
-                self._observe(plugin, function, duration)
-
-            return counted, refused_counted
-
-        lock = self._lock
-        with lock:
-            attempts = self._counter(("attempts", plugin, function, "result", "value"))
-            values = self._counter(("calls", plugin, function, "outcome", "value"))
-            errors = self._counter(("calls", plugin, function, "outcome", "error"))
-            buckets, total = self._histogram((plugin, function))
-        where = bisect.bisect_left
-        bounds = LATENCY_BUCKETS
-
-        def succeeded(duration: float, input: Any, value: Any) -> None:
-            index = where(bounds, duration)
-            lock.acquire()
-            try:
-                attempts[0] += 1
-                values[0] += 1
-                buckets[index] += 1
-                total[0] += duration
-            finally:
-                lock.release()
-
-        def refused(number: int, at: float, duration: float, error: PluginError) -> None:
-            index = where(bounds, duration)
-            lock.acquire()
-            try:
-                errors[0] += 1
-                buckets[index] += 1
-                total[0] += duration
-            finally:
-                lock.release()
-
-        return succeeded, refused
-
     @hookimpl(trylast=True)
-    def wasm_plugins_report(self, event: PolicyEvent) -> None:
+    def wasm_plugins_report(self, record: Report) -> None:
         """Count the event."""
-        plugin, function = event.plugin, event.function
-        if isinstance(event, AttemptSucceeded):
+        name, plugin, function = record.name, record.plugin, record.function
+        if name == "attempt_succeeded":
             self._count("attempts", plugin, function, "result", "value")
-        elif isinstance(event, CallFinished):
-            self._count("calls", plugin, function, "outcome", event.outcome)
-            self._observe(plugin, function, event.duration)
-        elif isinstance(event, AttemptFailed):
-            self._count("attempts", plugin, function, "result", event.error.kind)
-        elif isinstance(event, RetryScheduled):
+        elif name == "call_finished":
+            self._count("calls", plugin, function, "outcome", record.outcome or "value")
+            self._observe(plugin, function, record.duration)
+        elif name == "attempt_failed" and record.error is not None:
+            self._count("attempts", plugin, function, "result", record.error.kind)
+        elif name == "retry_scheduled":
             self._count("retries", plugin, function, "", "")
-        elif isinstance(event, BreakerStateChanged):
+        elif name == "breaker_state_changed":
+            event = record.event
+            assert isinstance(event, BreakerStateChanged)
             self._count("breaker_transitions", plugin, function, "to", event.after)
-        elif isinstance(event, FallbackUsed):
-            self._count("fallbacks", plugin, function, "strategy", event.strategy)
+        elif name == "fallback_used" and record.strategy is not None:
+            self._count("fallbacks", plugin, function, "strategy", record.strategy)
 
     def snapshot(self) -> dict[str, Any]:
         """Every counter (``{name: {"label=value,...": count}}``) and histogram, as plain data."""
@@ -400,64 +319,25 @@ class AlertReporter:
             alert.message
         )
 
-    def fast_handlers(
-        self, plugin: str, function: str, manifest: Manifest
-    ) -> tuple[ValueHandler | None, RefusalHandler | None]:
-        """The policy's common cases told directly (see ``CallPipeline``): a call that
-        succeeded, a call refused (a failure for the error rate)."""
-
-        with self._lock:
-            state = self._state(plugin)
-        buckets, totals = state
-        tally = self._tally
-        clock = _direct(self._clock)
-        lock = self._lock
-        firing = self._firing
-
-        def succeeded(duration: float, input: Any, value: Any) -> None:
-            # The common case: a success in this second while no call failed in the window and
-            # no old bucket is due to leave it. The rate is then 0 and stays below any positive
-            # threshold: count it. Anything else goes through _tally.
-            now = clock()
-            lock.acquire()
-            try:
-                if (
-                    not totals[1]
-                    and buckets
-                    and (last := buckets[-1])[0] == int(now)
-                    and buckets[0][0] > now - self.window
-                    and self.threshold > 0
-                    and plugin not in firing
-                ):
-                    last[1] += 1
-                    totals[0] += 1
-                    return
-            finally:
-                lock.release()
-            tally(plugin, function, state, 0, now)
-
-        def refused(number: int, at: float, duration: float, error: PluginError) -> None:
-            tally(plugin, function, state, 1, clock())
-
-        return succeeded, refused
-
     @hookimpl(trylast=True)
-    def wasm_plugins_report(self, event: PolicyEvent) -> None:
+    def wasm_plugins_report(self, record: Report) -> None:
         """Watch failed attempts and finished calls."""
-        if isinstance(event, AttemptFailed) and isinstance(event.error, SecurityViolation):
+        name = record.name
+        if name == "call_finished":
+            with self._lock:
+                state = self._state(record.plugin)
+            self._tally(record.plugin, record.function, state, int(record.outcome != "value"))
+        elif name == "attempt_failed" and isinstance(record.error, SecurityViolation):
+            plugin, function = record.plugin, record.function
             self._raise(
                 Alert(
-                    event.time,
-                    event.plugin,
-                    event.function,
+                    record.time,
+                    plugin,
+                    function,
                     "security_violation",
-                    f"security violation in {event.plugin}.{event.function}: {event.error.message}",
+                    f"security violation in {plugin}.{function}: {record.error.message}",
                 )
             )
-        if isinstance(event, CallFinished):
-            with self._lock:
-                state = self._state(event.plugin)
-            self._tally(event.plugin, event.function, state, int(event.outcome != "value"))
 
     def _state(self, plugin: str) -> tuple[deque[list[int]], list[int]]:
         # Called with the lock held; a plugin's state, once made, is kept for good.
@@ -542,22 +422,17 @@ class SentryReporter:
             sentry.init(dsn=dsn)
         return cls(sentry)
 
-    def fast_handlers(
-        self, plugin: str, function: str, manifest: Manifest
-    ) -> tuple[ValueHandler | None, RefusalHandler | None]:
-        """Successes and refusals are no failed attempts: nothing to send."""
-        return None, None
-
     @hookimpl(trylast=True)
-    def wasm_plugins_report(self, event: PolicyEvent) -> None:
+    def wasm_plugins_report(self, record: Report) -> None:
         """Send serious failures."""
-        if not isinstance(event, AttemptFailed):
+        error = record.error
+        if record.name != "attempt_failed" or error is None:
             return
-        if event.error.severity not in (Severity.HIGH, Severity.CRITICAL):
+        if error.severity not in (Severity.HIGH, Severity.CRITICAL):
             return
         with self._sentry.new_scope() as scope:
-            scope.set_tag("plugin", event.plugin)
-            scope.set_tag("function", event.function)
-            scope.set_tag("kind", event.error.kind)
-            scope.set_context("error", event.error.to_dict())
-            self._sentry.capture_message(event.error.message, level="error")
+            scope.set_tag("plugin", record.plugin)
+            scope.set_tag("function", record.function)
+            scope.set_tag("kind", error.kind)
+            scope.set_context("error", error.to_dict())
+            self._sentry.capture_message(error.message, level="error")

@@ -1,4 +1,8 @@
-"""The error policy: circuit breakers, retries with backoff, recovery actions, fallbacks, events."""
+"""The error policy: circuit breakers, retries with backoff, recovery actions, fallbacks, events.
+
+``__all__`` lists what hook authors use. The pipeline, the dispatcher and the plugin manager are
+the host's wiring: importable from here, not part of that list.
+"""
 
 from wasm_plugins.policy._actions import (
     Abort,
@@ -8,14 +12,21 @@ from wasm_plugins.policy._actions import (
     Retry,
     UseValue,
 )
-from wasm_plugins.policy._breaker import (
-    BreakerConfig,
-    BreakerState,
-    CircuitBreaker,
-    Permit,
-    Verdict,
+from wasm_plugins.policy._breaker import BreakerConfig as BreakerConfig
+from wasm_plugins.policy._breaker import BreakerState, CircuitBreaker
+from wasm_plugins.policy._breaker import Permit as Permit
+from wasm_plugins.policy._breaker import Verdict as Verdict
+from wasm_plugins.policy._call import (
+    Attempt,
+    CallState,
+    ManifestLookup,
+    Outcome,
+    SandboxProvider,
 )
-from wasm_plugins.policy._clock import Clock, RandomSource, SystemClock, system_random
+from wasm_plugins.policy._clock import Clock, RandomSource, SystemClock
+from wasm_plugins.policy._clock import system_random as system_random
+from wasm_plugins.policy._dispatch import HookDispatcher as HookDispatcher
+from wasm_plugins.policy._dispatch import PluginManager as PluginManager
 from wasm_plugins.policy._events import (
     AttemptFailed,
     AttemptSucceeded,
@@ -25,21 +36,22 @@ from wasm_plugins.policy._events import (
     HookFailed,
     LimitsChanged,
     PolicyEvent,
+    Report,
     RetryScheduled,
 )
-from wasm_plugins.policy._pipeline import CallPipeline, CallState, caused_by_caller
+from wasm_plugins.policy._pipeline import CallPipeline as CallPipeline
+from wasm_plugins.policy._pipeline import caused_by_caller
 from wasm_plugins.policy._retry import Backoff, RetryBudget
 
 __all__ = [
     "Abort",
+    "Attempt",
     "AttemptFailed",
     "AttemptSucceeded",
     "Backoff",
-    "BreakerConfig",
     "BreakerState",
     "BreakerStateChanged",
     "CallFinished",
-    "CallPipeline",
     "CallState",
     "CircuitBreaker",
     "Classification",
@@ -48,16 +60,17 @@ __all__ = [
     "FallbackUsed",
     "HookFailed",
     "LimitsChanged",
-    "Permit",
+    "ManifestLookup",
+    "Outcome",
     "PolicyEvent",
     "RandomSource",
     "RecoveryAction",
+    "Report",
     "Retry",
     "RetryBudget",
     "RetryScheduled",
+    "SandboxProvider",
     "SystemClock",
     "UseValue",
-    "Verdict",
     "caused_by_caller",
-    "system_random",
 ]

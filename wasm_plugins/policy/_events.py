@@ -3,12 +3,16 @@
 Every attempt produces exactly one :class:`AttemptSucceeded` or :class:`AttemptFailed`; every call
 ends with exactly one :class:`CallFinished`; every breaker transition is one
 :class:`BreakerStateChanged`.
+
+Each is reported as a :class:`Report`, a light record that the built-in reporters read; the event
+object itself is made only for a reporter that asks for ``event``, so a host whose reporters are
+the built-in ones makes none on a call that succeeds.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, final
 
 import attrs
 
@@ -24,6 +28,7 @@ __all__ = [
     "HookFailed",
     "LimitsChanged",
     "PolicyEvent",
+    "Report",
     "RetryScheduled",
 ]
 
@@ -130,3 +135,110 @@ class CallFinished(PolicyEvent):
     error: PluginError | None = None
     strategy: str | None = None
     extra: dict[str, Any] = attrs.field(factory=dict)
+
+
+_HOT_FIELDS = ("attempt", "duration", "outcome", "error", "input", "value", "strategy")
+
+
+@final
+class Report:
+    """One thing that happened in a call, as a light record: its name, the call, and the fields
+    the common events carry. :attr:`event` makes the full :class:`PolicyEvent` on first use."""
+
+    __slots__ = (
+        "_event",
+        "_number",
+        "attempt",
+        "duration",
+        "error",
+        "function",
+        "input",
+        "name",
+        "outcome",
+        "plugin",
+        "strategy",
+        "time",
+        "value",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        plugin: str,
+        function: str,
+        number: int,
+        time: float,
+        attempt: int = 0,
+        duration: float = 0.0,
+        outcome: str | None = None,
+        error: PluginError | None = None,
+        input: Any = None,
+        value: Any = None,
+        strategy: str | None = None,
+    ) -> None:
+        self.name = name
+        """The event's name: ``attempt_succeeded``, ``call_finished``..."""
+        self.plugin = plugin
+        self.function = function
+        self._number = number
+        self.time = time
+        self.attempt = attempt
+        """The attempt's number (attempt events), or how many were made (``call_finished``)."""
+        self.duration = duration
+        self.outcome = outcome
+        """``value``, ``fallback`` or ``error`` (``call_finished``)."""
+        self.error = error
+        self.input = input
+        self.value = value
+        self.strategy = strategy
+        self._event: PolicyEvent | None = None
+
+    @classmethod
+    def of(cls, event: PolicyEvent) -> Report:
+        """The record of an event already made."""
+        report = cls(event.name, event.plugin, event.function, 0, event.time)
+        for name in _HOT_FIELDS:
+            if hasattr(event, name):
+                setattr(report, name, getattr(event, name))
+        if isinstance(event, CallFinished):
+            report.attempt = event.attempts
+        report._event = event
+        return report
+
+    @property
+    def call_id(self) -> str:
+        """The call's id, as events have it."""
+        if self._event is not None:
+            return self._event.call_id
+        return f"{self.plugin}#{self._number}"
+
+    @property
+    def event(self) -> PolicyEvent:
+        """The full event (made once, on first use)."""
+        event = self._event
+        if event is None:
+            if self.name == "attempt_succeeded":
+                event = AttemptSucceeded(
+                    self.plugin,
+                    self.function,
+                    self.call_id,
+                    self.time,
+                    self.attempt,
+                    self.duration,
+                    self.input,
+                    self.value,
+                )
+            else:
+                event = CallFinished(
+                    self.plugin,
+                    self.function,
+                    self.call_id,
+                    self.time,
+                    self.outcome or "value",
+                    self.attempt,
+                    self.duration,
+                    self.error,
+                    self.strategy,
+                )
+            self._event = event
+        return event

@@ -46,7 +46,7 @@ from wasm_plugins.errors import (
     ValidationIssue,
 )
 from wasm_plugins.hookspecs import hookimpl
-from wasm_plugins.host import Attempt
+from wasm_plugins.policy import Attempt
 
 __all__ = [
     "DEFAULT_FAULT_KINDS",
@@ -473,7 +473,7 @@ class FaultInjector:
             return fault
 
     def _record(self, attempt: Attempt, fault: Fault) -> None:
-        clock = self.clock or attempt.host.clock
+        clock = self.clock or attempt.clock
         injection = Injection(
             attempt.plugin, attempt.function, attempt.number, fault, clock.monotonic()
         )
@@ -481,7 +481,7 @@ class FaultInjector:
             self.injected.append(injection)
 
     def _delay(self, attempt: Attempt, seconds: float) -> None:
-        clock: Any = self.clock or attempt.host.clock
+        clock: Any = self.clock or attempt.clock
         advance = getattr(clock, "advance", None)
         if advance is not None:
             advance(seconds)

@@ -1,0 +1,180 @@
+"""The one place hooks are called: implementations cached per registration generation, every
+answer or the first one, an implementation that raises isolated from the others.
+
+pluggy's own call stops at the first implementation that raises; the policy and the host need
+each implementation on its own (a reporter that raises must not silence the next one), so they
+call hooks through :class:`HookDispatcher`, never through loops of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final, final
+
+import pluggy
+
+__all__ = ["HookDispatcher", "PluginManager"]
+
+_UNWRAPPABLE_HOOKS: Final = (
+    "wasm_plugins_classify_error",
+    "wasm_plugins_recovery_action",
+    "wasm_plugins_fallback",
+    "wasm_plugins_report",
+)
+
+OnError = Callable[[str, Exception], None]
+"""Told of an implementation that raised: ``(its plugin's name, the exception)``."""
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, counting changes to its plugins so that the dispatcher can keep the
+    lists of implementations it calls until they change."""
+
+    generation = 0
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        result = super().register(plugin, name)
+        self.generation += 1
+        if result is not None:
+            self._refuse_policy_wrappers(plugin)
+        return result
+
+    def _refuse_policy_wrappers(self, plugin: object) -> None:
+        """The dispatcher calls the policy's hooks implementation by implementation, so a
+        wrapper on them would never run: refuse it loudly instead of ignoring it."""
+        for hook_name in _UNWRAPPABLE_HOOKS:
+            for implementation in getattr(self.hook, hook_name).get_hookimpls():
+                if implementation.plugin is plugin and (
+                    implementation.wrapper or implementation.hookwrapper
+                ):
+                    self.unregister(plugin)
+                    raise pluggy.PluginValidationError(
+                        plugin,
+                        f"{hook_name} of {implementation.plugin_name} is a wrapper; wrappers "
+                        "are supported on wasm_plugins_attempt only",
+                    )
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
+        result = super().unregister(plugin, name)
+        self.generation += 1
+        return result
+
+    def set_blocked(self, name: str) -> None:
+        super().set_blocked(name)
+        self.generation += 1
+
+
+@final
+class _Plan:
+    """A hook's implementations as one generation of the manager has them."""
+
+    __slots__ = ("direct", "generation", "plain")
+
+    def __init__(self, generation: int, caller: pluggy.HookCaller) -> None:
+        implementations = list(reversed(caller.get_hookimpls()))
+        self.generation = generation
+        self.plain = tuple(
+            impl for impl in implementations if not (impl.wrapper or impl.hookwrapper)
+        )
+        """The implementations that are not wrappers, in call order."""
+        self.direct = (
+            self.plain[0].function if len(implementations) == 1 and len(self.plain) == 1 else None
+        )
+        """The only implementation, when nothing wraps it: called as is, without pluggy's
+        machinery, which gives the same answer."""
+
+
+@final
+class HookDispatcher:
+    """Calls the hooks of one plugin manager."""
+
+    def __init__(self, manager: PluginManager) -> None:
+        self.manager = manager
+        self._plans: dict[str, _Plan] = {}
+
+    def _plan(self, hook_name: str) -> _Plan:
+        plan = self._plans.get(hook_name)
+        generation = self.manager.generation
+        if plan is None or plan.generation != generation:
+            plan = _Plan(generation, getattr(self.manager.hook, hook_name))
+            self._plans[hook_name] = plan
+        return plan
+
+    def implementations(self, hook_name: str) -> tuple[pluggy.HookImpl, ...]:
+        """A hook's implementations that are not wrappers, in call order."""
+        return self._plan(hook_name).plain
+
+    def plugin_names(self, hook_name: str) -> list[str]:
+        """The plugins implementing a hook (wrappers included), in call order."""
+        caller = getattr(self.manager.hook, hook_name)
+        return [implementation.plugin_name for implementation in reversed(caller.get_hookimpls())]
+
+    def first_result(self, hook_name: str, **arguments: Any) -> Any:
+        """pluggy's call of a *firstresult* hook (wrappers included); an implementation that
+        raises ends the call with its exception."""
+        direct = self._plan(hook_name).direct
+        if direct is not None:
+            return direct(**arguments)
+        return getattr(self.manager.hook, hook_name)(**arguments)
+
+    def each(
+        self,
+        hook_name: str,
+        arguments: Mapping[str, Any],
+        on_error: OnError,
+        only: str | None = None,
+    ) -> None:
+        """Call every implementation (or only those of the plugin named ``only``) with the
+        arguments it names; one that raises is told to ``on_error`` and the next still runs."""
+        for impl in self._plan(hook_name).plain:
+            if only is not None and impl.plugin_name != only:
+                continue
+            try:
+                _call(impl, arguments)
+            except Exception as exc:
+                on_error(impl.plugin_name, exc)
+
+    def first_answer(
+        self,
+        hook_name: str,
+        arguments: Mapping[str, Any],
+        expected: type,
+        on_failure: Callable[[str, str], None],
+        clock: Callable[[], float],
+        timeout: float,
+    ) -> Any:
+        """The first answer of the ``expected`` type, implementation by implementation. One that
+        raises, runs past ``timeout`` seconds of ``clock``, or answers something else than
+        ``expected`` or None is told to ``on_failure`` (its plugin's name, why) and skipped."""
+        for impl in self._plan(hook_name).plain:
+            started = clock()
+            try:
+                answer = _call(impl, arguments)
+            except Exception as exc:
+                on_failure(impl.plugin_name, f"{type(exc).__name__}: {exc}")
+                continue
+            elapsed = clock() - started
+            if elapsed > timeout:
+                on_failure(
+                    impl.plugin_name,
+                    f"took {elapsed:.3f} s, more than the recovery timeout of {timeout:.3f} s",
+                )
+                continue
+            if answer is None:
+                continue
+            if not isinstance(answer, expected):
+                on_failure(
+                    impl.plugin_name,
+                    f"answered {type(answer).__name__}, not {expected.__name__} or None",
+                )
+                continue
+            return answer
+        return None
+
+
+def _call(impl: pluggy.HookImpl, arguments: Mapping[str, Any]) -> Any:
+    # A hookimpl names a subset of the hook's arguments, in its own order.
+    names = impl.argnames
+    if len(names) == 1:
+        return impl.function(arguments[names[0]])
+    return impl.function(*[arguments[name] for name in names])
