@@ -411,3 +411,17 @@ class TestWasmtimeDeadlines:
                 CONFORMANCE / "start_loop.wat", engine=wasmtime_engine, limits=Limits(fuel=1000)
             )
         assert caught.value.resource == "fuel"
+
+
+class TestEngineFastPath:
+    def test_wasmtime_calls_go_through_the_fast_path(self, wasmtime_engine: Engine) -> None:
+        """The installed wasmtime has the symbols the fast path needs, so the conformance tests
+        exercise it (a release without them would silently fall back to the public API)."""
+        from wasm_plugins.engine import _wasmtime
+
+        assert _wasmtime.FAST_PATH
+        sandbox = Sandbox(ABI, engine=wasmtime_engine)
+        instance: Any = sandbox._state().session.instance
+        assert instance._unguarded
+        assert sandbox.call("upper", "abc" * 50_000) == "ABC" * 50_000  # memory grows
+        assert sandbox.call("echo", {"after": "growth"}) == {"after": "growth"}

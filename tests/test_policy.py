@@ -3,26 +3,32 @@ fallbacks, reporters and hook ordering, on real plugins with a fake clock (no te
 
 from __future__ import annotations
 
+import ast
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from loguru import logger
 
 from tests.conftest import ROOT
 from wasm_plugins import (
+    Attempt,
     ContextualError,
     DeadlineExceeded,
     ExecutionError,
     HostFunction,
+    Limits,
     NetworkError,
     PluginError,
     PluginHost,
     RecoveryPotential,
+    Report,
     ResourceLimitExceeded,
     SecurityViolation,
     hookimpl,
@@ -49,6 +55,7 @@ from wasm_plugins.policy import (
     UseValue,
     Verdict,
 )
+from wasm_plugins.policy import _events as policy_events
 from wasm_plugins.testing.clock import FakeClock, FixedRandom
 
 MiB = 2**20
@@ -909,3 +916,281 @@ class TestPipelineEdges:
             world.call("grow", 96)
         assert isinstance(caught.value.error, ResourceLimitExceeded)
         assert caught.value.error.limit == 4 * MiB
+
+
+# -- reporters: light records, events only for those who take them ------------------------------
+
+ABI = ROOT / "hostapi" / "conformance" / "abi.wat"
+
+
+class EventReporter:
+    """A reporter that takes full events: its presence makes the policy build them."""
+
+    def __init__(self) -> None:
+        self.events: list[PolicyEvent] = []
+
+    @hookimpl
+    def wasm_plugins_report(self, event: PolicyEvent) -> None:
+        self.events.append(event)
+
+
+def abi_host(engine: Engine, with_events: bool) -> tuple[PluginHost, FakeClock]:
+    clock = FakeClock()
+    host = PluginHost(engine=engine.name, clock=clock, blocked=(), module_cache=False)
+    if with_events:
+        host.register_policy(EventReporter(), name="events")
+    host.load(
+        {
+            "name": "subject",
+            "module": {"path": str(ABI)},
+            "functions": {
+                "echo": {"idempotent": True},
+                "upper": {"default": "DEFAULT"},
+                "trap_unreachable": {},
+                "guest_error": {},
+            },
+            "policy": {
+                "fallbacks": ["cache", "default"],
+                "max_attempts": 2,
+                "breaker": {"failure_threshold": 3, "recovery_time": "10 s"},
+            },
+        }
+    )
+    return host, clock
+
+
+def normalized(value: Any) -> Any:
+    """Error dicts without what differs between any two errors or sandboxes (ids, times)."""
+    if isinstance(value, dict):
+        return {
+            key: normalized(item)
+            for key, item in value.items()
+            if key not in ("execution_id", "timestamp", "sandbox_id")
+        }
+    if isinstance(value, list | tuple):
+        return [normalized(item) for item in value]
+    return value
+
+
+def scenario(host: PluginHost, clock: FakeClock) -> list[Any]:
+    """Successes, failures, a caller's error, the breaker opening, refusals (answered by a
+    fallback and not), a probe, and the breaker closing again; what each call gave."""
+    seen: list[Any] = []
+
+    def call(function: str, value: Any) -> None:
+        try:
+            outcome = host.invoke("subject", function, value)
+        except ContextualError as error:
+            seen.append(("error", type(error.error).__name__, normalized(error.to_dict())))
+        else:
+            seen.append(
+                ("value", outcome.value, outcome.attempts, outcome.fallback, outcome.quality)
+            )
+        clock.advance(0.25)
+
+    for number in range(3):
+        call("echo", {"n": number})
+        assert host.call("subject", "echo", [number]) == [number]
+    call("upper", "abc")
+    call("guest_error", None)
+    for _ in range(3):
+        call("trap_unreachable", None)
+    host.breaker("subject", "echo").force_open("test")
+    host.breaker("subject", "upper").force_open("test")
+    for number in range(12):
+        call("echo", {"n": number % 4})  # refused; answered from the cache when it can
+        call("upper", "x")  # refused; answered by the default
+        call("guest_error", None)
+    for _ in range(12):
+        with pytest.raises(ContextualError) as refused:
+            host.call("subject", "trap_unreachable", None)
+        seen.append(normalized(refused.value.to_dict()))
+    clock.advance(11)
+    call("echo", {"probe": True})  # half-open: a probe, which closes the breaker
+    for number in range(3):
+        call("echo", {"n": number})
+    return seen
+
+
+def observed(host: PluginHost) -> dict[str, Any]:
+    fallbacks: Any = host.manager.get_plugin("builtin-fallbacks")
+    return {
+        "metrics": host.metrics.snapshot(),
+        "alerts": [attrs.asdict(alert) for alert in host.alerts.raised],
+        "breakers": {
+            key: (breaker.state, breaker.counters())
+            for key, breaker in host.pipeline.breakers().items()
+        },
+        "cache": sorted(fallbacks.cache("subject")._entries.items()),
+        "budget": host.pipeline.budget("subject").tokens,
+    }
+
+
+@pytest.fixture
+def records() -> Iterator[list[tuple[str, str, dict[str, Any]]]]:
+    seen: list[tuple[str, str, dict[str, Any]]] = []
+    logger.enable("wasm_plugins")
+    sink = logger.add(
+        lambda message: seen.append(
+            (message.record["level"].name, message.record["message"], message.record["extra"])
+        ),
+        level="DEBUG",
+    )
+    yield seen
+    logger.remove(sink)
+    logger.disable("wasm_plugins")
+
+
+class TestLightRecords:
+    def test_an_event_reporter_changes_nothing_else(self, engine: Engine) -> None:
+        """Whether full events are made (a reporter takes ``event``) or not, the calls give the
+        same results and errors, and the built-in reporters, the breakers, the result cache and
+        the retry budget end up the same."""
+        light, light_clock = abi_host(engine, with_events=False)
+        full, full_clock = abi_host(engine, with_events=True)
+        assert scenario(light, light_clock) == scenario(full, full_clock)
+        assert observed(light) == observed(full)
+        assert light.alerts.raised  # the refusals raised the error-rate alert
+
+    def test_log_records_do_not_depend_on_events(self, engine: Engine, records: list[Any]) -> None:
+        """The built-in log reporter writes the same records with or without full events."""
+        light, light_clock = abi_host(engine, with_events=False)
+        scenario(light, light_clock)
+        from_light = list(records)
+        records.clear()
+        full, full_clock = abi_host(engine, with_events=True)
+        scenario(full, full_clock)
+        assert from_light == records
+        assert any(
+            message == "call finished: error after 0 attempt(s)" for _, message, _ in records
+        )
+
+    def test_no_event_object_without_a_reporter_taking_one(
+        self, engine: Engine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A call that succeeds makes no event object while only the built-in reporters (which
+        read the light record) are registered; one that takes ``event`` gets them."""
+        made: list[str] = []
+
+        @attrs.frozen
+        class Counted(policy_events.AttemptSucceeded):
+            def __attrs_post_init__(self) -> None:
+                made.append(self.name)
+
+        monkeypatch.setattr(policy_events, "AttemptSucceeded", Counted)
+        host, _ = abi_host(engine, with_events=False)
+        assert host.call("subject", "echo", 1) == 1
+        assert made == []
+        host.register_policy(EventReporter(), name="late")
+        assert host.call("subject", "echo", 2) == 2
+        assert made == ["counted"]
+
+    def test_outcome_of_a_first_attempt(self, engine: Engine) -> None:
+        """``invoke`` of a call whose first attempt answers: the value, one attempt, no error."""
+        host, _ = abi_host(engine, with_events=False)
+        outcome = host.invoke("subject", "echo", {"a": 1})
+        assert attrs.asdict(outcome, recurse=False) == {
+            "value": {"a": 1},
+            "plugin": "subject",
+            "function": "echo",
+            "attempts": 1,
+            "errors": (),
+            "duration": 0.0,
+            "fallback": None,
+            "quality": 1.0,
+            "error": None,
+        }
+
+    def test_a_record_reporter_that_raises(self, engine: Engine, records: list[Any]) -> None:
+        """A reporter reading records that raises is logged; the call succeeds and the metrics
+        still count it."""
+
+        class Broken:
+            @hookimpl(tryfirst=True)
+            def wasm_plugins_report(self, record: Report) -> None:
+                raise RuntimeError("broken reporter")
+
+        host, _ = abi_host(engine, with_events=False)
+        host.register_policy(Broken(), name="broken")
+        assert host.call("subject", "echo", 2) == 2
+        assert any("reporter failed: RuntimeError" in message for _, message, _ in records)
+        assert host.metrics.count("calls", "subject", "echo", outcome="value") == 1
+
+    def test_new_reporter_gets_the_next_events(self, engine: Engine) -> None:
+        """A reporter registered after calls were made gets the events of the next calls."""
+        host, _ = abi_host(engine, with_events=False)
+        host.call("subject", "echo", 1)
+        late = EventReporter()
+        host.register_policy(late, name="late")
+        host.call("subject", "echo", 2)
+        assert [event.name for event in late.events] == ["attempt_succeeded", "call_finished"]
+
+    def test_counts_from_many_threads(self, engine: Engine) -> None:
+        """Threads calling at once lose no count."""
+        host, _ = abi_host(engine, with_events=False)
+        threads, calls = 6, 300
+        start = threading.Barrier(threads)
+        failures: list[BaseException] = []
+
+        def work(number: int) -> None:
+            try:
+                start.wait()
+                for index in range(calls):
+                    assert host.call("subject", "echo", [number, index]) == [number, index]
+            except BaseException as exc:
+                failures.append(exc)
+
+        workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert not failures
+        total = threads * calls
+        assert host.metrics.count("calls", "subject", "echo", outcome="value") == total
+        assert host.metrics.count("attempts", "subject", "echo", result="value") == total
+        histogram = host.metrics.snapshot()["latency_seconds"]["subject.echo"]
+        assert histogram["count"] == total
+        assert host.breaker("subject", "echo").counters()["window_calls"] == total
+        host.close()
+
+
+class TestAttemptLimits:
+    def test_the_attempt_carries_the_limits_in_force(self, subject: Callable[..., Subject]) -> None:
+        """An attempt carries the manifest's limits themselves (never a stand-in for them), and
+        the host keeps its sandbox under those limits."""
+        world = subject()
+        seen: list[Limits] = []
+
+        class Watch:
+            @hookimpl(wrapper=True)
+            def wasm_plugins_attempt(self, attempt: Attempt) -> Any:
+                seen.append(attempt.limits)
+                return (yield)
+
+        world.host.register_policy(Watch(), name="watch")
+        base = world.host.plugins["subject"].manifest.limits
+        world.call("work", 1)
+        assert len(seen) == 1 and seen[0] is base
+        assert set(world.host.sandboxes()) == {("subject", base)}
+
+
+class TestLayers:
+    LOWER = ("policy", "sandbox", "isolation", "engine", "builtin")
+
+    def test_no_lower_layer_imports_the_host(self) -> None:
+        """No module of the policy, the sandbox, isolation, the engines or the built-in hookimpls
+        imports ``wasm_plugins.host``, at module level, in a function or for type checking."""
+        package = ROOT / "wasm_plugins"
+        offenders = []
+        for folder in self.LOWER:
+            for path in sorted((package / folder).rglob("*.py")):
+                for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                    names: list[str] = []
+                    if isinstance(node, ast.Import):
+                        names = [alias.name for alias in node.names]
+                    elif isinstance(node, ast.ImportFrom) and node.module:
+                        names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                    if any(name == "wasm_plugins.host" for name in names):
+                        offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+        assert offenders == []

@@ -407,7 +407,7 @@ class PluginHost:
 
         :raises ContextualError: when the call failed; ``error`` is the typed error.
         """
-        return self.invoke(plugin, function, input).value
+        return self.pipeline.call(plugin, function, input)
 
     async def acall(self, plugin: str, function: str, input: Any = None) -> Any:
         """:meth:`call` for asyncio: the call runs in a worker thread, not on the event loop."""

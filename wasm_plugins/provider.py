@@ -62,6 +62,9 @@ class Sandboxes:
         self.cache = cache
         self._name = name
         self._held: dict[tuple[str, Limits], PluginSandbox] = {}
+        self._last: dict[str, tuple[Limits, PluginSandbox]] = {}
+        """By plugin, the sandbox last given and the very limits object asked for: most calls
+        ask again with the same object, found without hashing limits."""
         self._recompile: set[str] = set()
         """Plugins whose next sandbox compiles again, replacing the cached code."""
         self._lock = threading.RLock()
@@ -74,26 +77,27 @@ class Sandboxes:
 
     def sandbox(self, plugin: str, limits: Limits | None = None) -> PluginSandbox:
         """The plugin's sandbox under these limits (None: its manifest's), made on first use."""
+        last = self._last.get(plugin)
+        if last is not None and last[0] is limits:
+            return last[1]
         if limits is None:
             limits = self._manifest(plugin).limits
         key = (plugin, limits)
-        sandbox = self._held.get(key)
-        if sandbox is not None:
-            return sandbox
         with self._lock:
             sandbox = self._held.get(key)
-            if sandbox is not None:
-                return sandbox
-            if self._closed:
-                raise ConfigurationError(
-                    field="host",
-                    message="Invalid configuration: host - the host is closed",
-                    suggestion="create a new PluginHost",
-                )
-            made = self._make(self._manifest(plugin), limits)
-            self._recompile.discard(plugin)
-            self._held[key] = made
-            return made
+            if sandbox is None:
+                if self._closed:
+                    raise ConfigurationError(
+                        field="host",
+                        message="Invalid configuration: host - the host is closed",
+                        suggestion="create a new PluginHost",
+                    )
+                sandbox = self._make(self._manifest(plugin), limits)
+                self._recompile.discard(plugin)
+                self._held[key] = sandbox
+            # Set under the lock, so that a sandbox discarded meanwhile is never remembered.
+            self._last[plugin] = (limits, sandbox)
+            return sandbox
 
     def _make(self, manifest: Manifest, limits: Limits) -> PluginSandbox:
         self._check_capabilities(manifest)
@@ -146,6 +150,7 @@ class Sandboxes:
         with self._lock:
             if recompile:
                 self._recompile.add(plugin)
+            self._last.pop(plugin, None)
             dropped = [
                 self._held.pop(key)
                 for key in list(self._held)
@@ -169,6 +174,7 @@ class Sandboxes:
             self._closed = True
             sandboxes = list(self._held.values())
             self._held.clear()
+            self._last.clear()
         for sandbox in sandboxes:
             sandbox.close()
         if self._pool is not None:

@@ -96,6 +96,9 @@ class BuiltinFallbacks:
     :param external: by plugin name, the host application's own answers.
     """
 
+    hook_topics = frozenset(("attempt_succeeded",))
+    """As a reporter, only successful attempts matter (their results fill the cache)."""
+
     def __init__(
         self,
         manifest: ManifestLookup,

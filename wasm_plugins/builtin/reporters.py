@@ -87,7 +87,20 @@ def _error_fields(error: PluginError | None) -> dict[str, Any]:
 
 
 class LogReporter:
-    """One structured log record per event."""
+    """One structured log record per event, plain successes aside."""
+
+    hook_topics = frozenset(
+        {
+            "attempt_failed",
+            "retry_scheduled",
+            "limits_changed",
+            "breaker_state_changed",
+            "fallback_used",
+            "hook_failed",
+            "call_finished",
+        }
+    )
+    """Every event but ``attempt_succeeded`` (a log line per call would cost more than it)."""
 
     @hookimpl(trylast=True)
     def wasm_plugins_report(self, record: Report) -> None:
@@ -171,13 +184,18 @@ class MetricsReporter:
         if self._prometheus is not None:
             self._prometheus.count(name, {"plugin": plugin, "function": function, label: value})
 
-    def _observe(self, plugin: str, function: str, seconds: float) -> None:
+    def _finished(self, plugin: str, function: str, outcome: str, seconds: float) -> None:
+        """A call counted by outcome, its latency observed (under one taking of the lock)."""
         index = bisect.bisect_left(LATENCY_BUCKETS, seconds)
         with self._lock:
+            self._counter(("calls", plugin, function, "outcome", outcome))[0] += 1
             buckets, total = self._histogram((plugin, function))
             buckets[index] += 1
             total[0] += seconds
         if self._prometheus is not None:
+            self._prometheus.count(
+                "calls", {"plugin": plugin, "function": function, "outcome": outcome}
+            )
             self._prometheus.observe(plugin, function, seconds)
 
     @hookimpl(trylast=True)
@@ -187,8 +205,7 @@ class MetricsReporter:
         if name == "attempt_succeeded":
             self._count("attempts", plugin, function, "result", "value")
         elif name == "call_finished":
-            self._count("calls", plugin, function, "outcome", record.outcome or "value")
-            self._observe(plugin, function, record.duration)
+            self._finished(plugin, function, record.outcome or "value", record.duration)
         elif name == "attempt_failed" and record.error is not None:
             self._count("attempts", plugin, function, "result", record.error.kind)
         elif name == "retry_scheduled":
@@ -313,6 +330,9 @@ class AlertReporter:
         self._firing: set[str] = set()
         self._lock = threading.Lock()
 
+    hook_topics = frozenset(("attempt_failed", "call_finished"))
+    """The events this reporter reads (it is not told of the others)."""
+
     def _raise(self, alert: Alert) -> None:
         self.raised.append(alert)
         logger.bind(alert=alert.reason, plugin=alert.plugin, function=alert.function).critical(
@@ -324,9 +344,7 @@ class AlertReporter:
         """Watch failed attempts and finished calls."""
         name = record.name
         if name == "call_finished":
-            with self._lock:
-                state = self._state(record.plugin)
-            self._tally(record.plugin, record.function, state, int(record.outcome != "value"))
+            self._tally(record.plugin, record.function, int(record.outcome != "value"))
         elif name == "attempt_failed" and isinstance(record.error, SecurityViolation):
             plugin, function = record.plugin, record.function
             self._raise(
@@ -347,23 +365,15 @@ class AlertReporter:
             self._totals[plugin] = [0, 0]
         return buckets, self._totals[plugin]
 
-    def _tally(
-        self,
-        plugin: str,
-        function: str,
-        state: tuple[deque[list[int]], list[int]],
-        failure: int,
-        now: float | None = None,
-    ) -> None:
+    def _tally(self, plugin: str, function: str, failure: int) -> None:
         # Outcomes are counted in one-second buckets: the work per call does not grow with
         # the traffic, and neither does the memory.
-        if now is None:
-            now = self._clock()
+        now = self._clock()
         second = int(now)
-        buckets, totals = state
         lock = self._lock
         lock.acquire()
         try:
+            buckets, totals = self._state(plugin)
             if buckets and (last := buckets[-1])[0] == second:
                 last[1] += 1
                 last[2] += failure
@@ -404,6 +414,9 @@ class AlertReporter:
 
 class SentryReporter:
     """Failed attempts of high or critical severity, sent to Sentry when it is set up."""
+
+    hook_topics = frozenset(("attempt_failed",))
+    """The events this reporter reads (it is not told of the others)."""
 
     def __init__(self, sentry: Any) -> None:
         self._sentry = sentry

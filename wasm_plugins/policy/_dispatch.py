@@ -13,7 +13,11 @@ from typing import Any, Final, final
 
 import pluggy
 
-__all__ = ["HookDispatcher", "PluginManager"]
+__all__ = ["TOPICS_ATTRIBUTE", "HookDispatcher", "PluginManager"]
+
+TOPICS_ATTRIBUTE: Final = "hook_topics"
+"""A plugin object's optional collection of the topics it wants (for reporters: event names);
+it is not called for others. Without it, a plugin gets every topic."""
 
 _UNWRAPPABLE_HOOKS: Final = (
     "wasm_plugins_classify_error",
@@ -68,7 +72,7 @@ class PluginManager(pluggy.PluginManager):
 class _Plan:
     """A hook's implementations as one generation of the manager has them."""
 
-    __slots__ = ("direct", "generation", "plain")
+    __slots__ = ("argnames", "by_topic", "direct", "generation", "plain")
 
     def __init__(self, generation: int, caller: pluggy.HookCaller) -> None:
         implementations = list(reversed(caller.get_hookimpls()))
@@ -82,6 +86,20 @@ class _Plan:
         )
         """The only implementation, when nothing wraps it: called as is, without pluggy's
         machinery, which gives the same answer."""
+        self.argnames = frozenset(name for impl in self.plain for name in impl.argnames)
+        """Every argument some implementation takes."""
+        self.by_topic: dict[str, tuple[pluggy.HookImpl, ...]] = {}
+        """The implementations to call for each topic (see :meth:`HookDispatcher.each`)."""
+
+    def for_topic(self, topic: str) -> tuple[pluggy.HookImpl, ...]:
+        implementations = self.by_topic.get(topic)
+        if implementations is None:
+            implementations = self.by_topic[topic] = tuple(
+                impl
+                for impl in self.plain
+                if topic in getattr(impl.plugin, TOPICS_ATTRIBUTE, (topic,))
+            )
+        return implementations
 
 
 @final
@@ -104,6 +122,32 @@ class HookDispatcher:
         """A hook's implementations that are not wrappers, in call order."""
         return self._plan(hook_name).plain
 
+    def takes(self, hook_name: str, argument: str) -> bool:
+        """Whether some implementation of a hook takes this argument (one nobody takes need not
+        be made)."""
+        return argument in self._plan(hook_name).argnames
+
+    def topic(
+        self, hook_name: str, topic: str, argument: str
+    ) -> tuple[tuple[pluggy.HookImpl, ...], bool]:
+        """The implementations :meth:`each` calls for ``topic``, and whether one of them takes
+        ``argument``: what a caller needs to know before making that argument."""
+        implementations = self._plan(hook_name).for_topic(topic)
+        return implementations, any(argument in impl.argnames for impl in implementations)
+
+    @staticmethod
+    def call_each(
+        implementations: tuple[pluggy.HookImpl, ...],
+        arguments: Mapping[str, Any],
+        on_error: OnError,
+    ) -> None:
+        """:meth:`each` over implementations already chosen with :meth:`topic`."""
+        for impl in implementations:
+            try:
+                _call(impl, arguments)
+            except Exception as exc:
+                on_error(impl.plugin_name, exc)
+
     def plugin_names(self, hook_name: str) -> list[str]:
         """The plugins implementing a hook (wrappers included), in call order."""
         caller = getattr(self.manager.hook, hook_name)
@@ -123,10 +167,13 @@ class HookDispatcher:
         arguments: Mapping[str, Any],
         on_error: OnError,
         only: str | None = None,
+        topic: str | None = None,
     ) -> None:
-        """Call every implementation (or only those of the plugin named ``only``) with the
-        arguments it names; one that raises is told to ``on_error`` and the next still runs."""
-        for impl in self._plan(hook_name).plain:
+        """Call every implementation (or only those of the plugin named ``only``, or only those
+        whose plugin wants ``topic``) with the arguments it names; one that raises is told to
+        ``on_error`` and the next still runs."""
+        plan = self._plan(hook_name)
+        for impl in plan.plain if topic is None else plan.for_topic(topic):
             if only is not None and impl.plugin_name != only:
                 continue
             try:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from typing import Any, final
 
 import attrs
@@ -96,36 +96,6 @@ class _Route:
         self.manifest = manifest
         self.breaker = breaker
         self.budget = budget
-
-
-@final
-class _ReportArguments(Mapping[str, Any]):
-    """The report hook's arguments: the light record, and the full event made only when an
-    implementation names ``event``."""
-
-    __slots__ = ("record",)
-
-    def __init__(self, record: Report) -> None:
-        self.record = record
-
-    def __getitem__(self, name: str) -> Any:
-        if name == "record":
-            return self.record
-        if name == "event":
-            return self.record.event
-        raise KeyError(name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(("event", "record"))
-
-    def __len__(self) -> int:
-        return 2
-
-    def failed(self, source: str, exc: Exception) -> None:
-        """A reporter raised: logged, and the call goes on."""
-        logger.bind(reporter=source, event=self.record.name).error(
-            "reporter failed: {}: {}", type(exc).__name__, exc
-        )
 
 
 def _attempt_hook_failure(exc: Exception) -> ExecutionError:
@@ -270,6 +240,15 @@ class CallPipeline:
 
     def invoke(self, plugin: str, function: str, input: Any) -> Outcome:
         """Run one call through the whole policy: the :class:`Outcome`, or a ContextualError."""
+        outcome: Outcome = self._run(plugin, function, input, True)
+        return outcome
+
+    def call(self, plugin: str, function: str, input: Any) -> Any:
+        """:meth:`invoke`, returning the value alone (no :class:`Outcome` is made for it)."""
+        return self._run(plugin, function, input, False)
+
+    def _run(self, plugin: str, function: str, input: Any, want_outcome: bool) -> Any:
+        """The policy, from the breaker to the value (or the outcome when ``want_outcome``)."""
         route = self._route(plugin, function)
         started = self._monotonic()
         manifest = route.manifest
@@ -307,16 +286,18 @@ class CallPipeline:
                 raise
             if not isinstance(result, PluginError):
                 breaker.record_success(permit)
-                return self._succeeded(call, result)
+                return self._succeeded(call, result, want_outcome)
             last = self._failed(call, result, breaker, permit)
             action = self._recovery(last, call)
             if isinstance(action, UseValue):
-                return self._answer_with(
+                outcome = self._answer_with(
                     FallbackResult(action.value, action.strategy, action.quality), last, call
                 )
+                return outcome if want_outcome else outcome.value
             if breaker.state is BreakerState.OPEN or not self._retry(action, last, call, budget):
                 break
-        return self._give_up(call, last)
+        outcome = self._give_up(call, last)
+        return outcome if want_outcome else outcome.value
 
     def _attempt(self, call: CallState) -> Any:
         """Run one attempt: its value, or the typed error it ended with (returned, not raised)."""
@@ -356,7 +337,7 @@ class CallPipeline:
         )
         return value
 
-    def _succeeded(self, call: CallState, value: Any) -> Outcome:
+    def _succeeded(self, call: CallState, value: Any, want_outcome: bool) -> Any:
         now = self._monotonic()
         duration = now - call.started
         self._report(
@@ -371,6 +352,8 @@ class CallPipeline:
                 "value",
             )
         )
+        if not want_outcome:
+            return value
         return Outcome(
             value, call.plugin, call.function, call.attempt, tuple(call.errors), duration
         )
@@ -603,8 +586,21 @@ class CallPipeline:
         self._report(Report.of(event))
 
     def _report(self, record: Report) -> None:
-        arguments = _ReportArguments(record)
-        self._hooks.each("wasm_plugins_report", arguments, arguments.failed)
+        implementations, wants_event = self._hooks.topic(
+            "wasm_plugins_report", record.name, "event"
+        )
+        if not implementations:
+            return
+        arguments: dict[str, Any] = {"record": record}
+        if wants_event:
+            arguments["event"] = record.event
+
+        def failed(source: str, exc: Exception) -> None:
+            logger.bind(reporter=source, event=record.name).error(
+                "reporter failed: {}: {}", type(exc).__name__, exc
+            )
+
+        self._hooks.call_each(implementations, arguments, failed)
 
     # -- errors ---------------------------------------------------------------------------------
 
