@@ -88,18 +88,22 @@ class _Plan:
         machinery, which gives the same answer."""
         self.argnames = frozenset(name for impl in self.plain for name in impl.argnames)
         """Every argument some implementation takes."""
-        self.by_topic: dict[str, tuple[pluggy.HookImpl, ...]] = {}
-        """The implementations to call for each topic (see :meth:`HookDispatcher.each`)."""
+        self.by_topic: dict[tuple[str, str], tuple[tuple[pluggy.HookImpl, ...], bool]] = {}
+        """By (topic, argument): the implementations that want the topic, and whether one of
+        them takes the argument."""
 
-    def for_topic(self, topic: str) -> tuple[pluggy.HookImpl, ...]:
-        implementations = self.by_topic.get(topic)
-        if implementations is None:
-            implementations = self.by_topic[topic] = tuple(
+    def for_topic(self, topic: str, argument: str) -> tuple[tuple[pluggy.HookImpl, ...], bool]:
+        key = (topic, argument)
+        found = self.by_topic.get(key)
+        if found is None:
+            implementations = tuple(
                 impl
                 for impl in self.plain
                 if topic in getattr(impl.plugin, TOPICS_ATTRIBUTE, (topic,))
             )
-        return implementations
+            takes = any(argument in impl.argnames for impl in implementations)
+            found = self.by_topic[key] = (implementations, takes)
+        return found
 
 
 @final
@@ -132,8 +136,7 @@ class HookDispatcher:
     ) -> tuple[tuple[pluggy.HookImpl, ...], bool]:
         """The implementations :meth:`each` calls for ``topic``, and whether one of them takes
         ``argument``: what a caller needs to know before making that argument."""
-        implementations = self._plan(hook_name).for_topic(topic)
-        return implementations, any(argument in impl.argnames for impl in implementations)
+        return self._plan(hook_name).for_topic(topic, argument)
 
     @staticmethod
     def call_each(
@@ -173,7 +176,7 @@ class HookDispatcher:
         whose plugin wants ``topic``) with the arguments it names; one that raises is told to
         ``on_error`` and the next still runs."""
         plan = self._plan(hook_name)
-        for impl in plan.plain if topic is None else plan.for_topic(topic):
+        for impl in plan.plain if topic is None else plan.for_topic(topic, "")[0]:
             if only is not None and impl.plugin_name != only:
                 continue
             try:
