@@ -122,8 +122,8 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHONS[0])
 def bench(session: nox.Session) -> None:
-    """The benchmarks in one table, with the ratios against every target of DESIGN section 12,
-    measured in the same run (on 3.10, where both engines install; with the Extism Python SDK for
+    """The benchmarks in one table, with the ratios against every performance target
+    (docs/performance.md), measured in the same run (on 3.10, where both engines install; with the Extism Python SDK for
     the comparison). ``-- --rounds 15 --calls 10000`` for steadier figures."""
     session.install(".[bench]")
     session.run("python", "benchmarks/run.py", *session.posargs)

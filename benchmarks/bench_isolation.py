@@ -1,6 +1,6 @@
 """Per-call cost of an echo in a worker process against the same call in-process, on every engine.
 
-The design's target (DESIGN.md section 12): a call through a worker process costs at most four times
+The target (docs/performance.md): a call through a worker process costs at most four times
 the in-process call. Every figure is the median of several timed rounds after a warm-up, measured
 side by side in one run:
 

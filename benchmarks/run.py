@@ -1,4 +1,4 @@
-"""Every benchmark in one run, printed as one table, with the ratios against DESIGN section 12.
+"""Every benchmark in one run, printed as one table, with the ratios against the targets in docs/performance.md.
 
     python benchmarks/run.py [--rounds 9] [--calls 5000] [--markdown]
 
@@ -416,7 +416,7 @@ def targets(suite: Suite, engines: list[str]) -> tuple[list[str], bool]:
     width = max(len(target.name) for target in TARGETS)
     lines = [
         "| "
-        + "target (DESIGN section 12)".ljust(width)
+        + "target".ljust(width)
         + " | "
         + " | ".join(f"{e:>14}" for e in engines)
         + " |",

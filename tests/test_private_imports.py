@@ -14,8 +14,8 @@ import pytest
 import wasm_plugins
 
 PACKAGE_ROOT = Path(wasm_plugins.__file__).parent
-CHECKED = ("isolation", "sandbox", "cli", "targets.py", "builtin/recovery.py")
-"""The parts of the framework held to the rule here."""
+CHECKED = (".",)
+"""The parts of the framework held to the rule here: all of it."""
 
 
 def module_name(path: Path) -> str:
@@ -46,7 +46,8 @@ def private_reach_ins(source: str, importer: str) -> list[str]:
             if part.startswith("_") and not owned(".".join(parts[:index])):
                 found.append(f"line {node.lineno}: {node.module}")
         for alias in node.names:
-            if alias.name.startswith("_") and not owned(node.module):
+            dunder = alias.name.startswith("__") and alias.name.endswith("__")
+            if alias.name.startswith("_") and not dunder and not owned(node.module):
                 found.append(f"line {node.lineno}: {node.module}.{alias.name}")
     return found
 

@@ -1,9 +1,8 @@
 """wasm-plugins: load untrusted WebAssembly plugins under enforced limits, with typed errors."""
 
-from importlib import metadata
-
 from loguru import logger
 
+from wasm_plugins._version import __version__ as __version__
 from wasm_plugins.errors import (
     CommunicationError,
     CompilationError,
@@ -98,11 +97,6 @@ __all__ = [
     "hookimpl",
     "hookspec",
 ]
-
-try:
-    __version__ = metadata.version("wasm-plugins")
-except metadata.PackageNotFoundError:  # a checkout on sys.path, never installed
-    __version__ = "0+unknown"
 
 # A library adds no log handlers; the host application opts in with logger.enable("wasm_plugins").
 logger.disable("wasm_plugins")

@@ -18,7 +18,7 @@ import pluggy
 if TYPE_CHECKING:
     from wasm_plugins.engine import Engine
     from wasm_plugins.errors import PluginError
-    from wasm_plugins.host import PluginHost, PluginSource
+    from wasm_plugins.manifest import PluginSource
     from wasm_plugins.policy import (
         Attempt,
         CallState,
@@ -44,18 +44,19 @@ __all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
 
 
 @hookspec(historic=True)
-def wasm_plugins_host_configured(host: PluginHost) -> None:
+def wasm_plugins_host_configured(host: Any) -> None:
     """See the host once it is configured: plugins registered, engines and host functions known.
 
     Historic: a hookimpl registered later (for instance with ``host.register_policy``) is called
     at once with the same host.
 
-    :param host: the configured :class:`~wasm_plugins.host.PluginHost`.
+    :param host: the configured :class:`~wasm_plugins.PluginHost` (typed ``Any`` here: the
+        hook specifications sit below the host they describe).
     """
 
 
 @hookspec
-def wasm_plugins_host_closing(host: PluginHost) -> None:
+def wasm_plugins_host_closing(host: Any) -> None:
     """Release what you hold: the host is closing (``host.close()`` or leaving its ``with`` block).
 
     Called once; an implementation that raises is logged and the others still run.

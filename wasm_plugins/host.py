@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Union, cast
+from typing import Any, cast
 
 import attrs
 import pluggy
@@ -29,7 +29,7 @@ from wasm_plugins.builtin.reporters import AlertReporter, MetricsReporter
 from wasm_plugins.discovery import DiscoveryProblem, blocked_names, load_entry_points
 from wasm_plugins.engine import Engine, EngineRegistry
 from wasm_plugins.errors import ConfigurationError, PluginError
-from wasm_plugins.manifest import ISOLATIONS, Manifest, Traversable
+from wasm_plugins.manifest import ISOLATIONS, Manifest, PluginSource
 from wasm_plugins.policy import (
     Attempt,
     CallPipeline,
@@ -47,9 +47,6 @@ from wasm_plugins.sandbox import HostFunction, Limits, ModuleCache, PluginSandbo
 from wasm_plugins.services import HostServices
 
 __all__ = ["Attempt", "Outcome", "PluginHost", "PluginInfo", "PluginSource"]
-
-PluginSource = Union[Manifest, Mapping[str, Any], str, os.PathLike[str], Traversable]  # noqa: UP007
-"""What ``register`` and :meth:`PluginHost.load` take: a manifest, a dict, or a TOML file."""
 
 
 @attrs.frozen

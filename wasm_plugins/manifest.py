@@ -8,11 +8,12 @@ Unknown keys are refused at every level, so a misspelt setting cannot be silentl
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import attrs
 import cattrs
@@ -41,6 +42,7 @@ __all__ = [
     "FunctionSpec",
     "Manifest",
     "ModuleSpec",
+    "PluginSource",
     "PolicySpec",
     "Traversable",
     "WasiPreopen",
@@ -52,6 +54,10 @@ CODECS = ("json", "raw")
 ISOLATIONS = ("auto", "in-process", "process")
 CAPABILITIES = ("log", "config", "kv", "clock", "random", "wasi")
 """The capabilities the framework itself defines; host apps may add more with host functions."""
+
+
+PluginSource = Union["Manifest", Mapping[str, Any], str, os.PathLike[str], Traversable]
+"""What a plugin registration and ``PluginHost.load`` take: a manifest, a dict, or a TOML file."""
 
 
 class _FieldError(ValueError):

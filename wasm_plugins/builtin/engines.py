@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from wasm_plugins.engine import Engine
-from wasm_plugins.engine import _builtin_factories as builtin_factories
+from wasm_plugins.engine import Engine, builtin_factories
 from wasm_plugins.hookspecs import hookimpl
 
 __all__ = ["wasm_plugins_register_engines"]

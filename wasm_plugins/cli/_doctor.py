@@ -11,8 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TextIO
 
-import wasm_plugins
 from wasm_plugins._tables import fields, table
+from wasm_plugins._version import __version__
 from wasm_plugins.cli._format import emit
 from wasm_plugins.discovery import DISABLE_ENVIRONMENT_VARIABLE
 from wasm_plugins.engine import ENGINE_ENVIRONMENT_VARIABLE
@@ -38,8 +38,8 @@ def _package_version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         if name == "wasm-plugins":
-            where = Path(wasm_plugins.__file__).parent
-            return f"{wasm_plugins.__version__} (not installed: running from {where})"
+            where = Path(__file__).resolve().parent.parent
+            return f"{__version__} (not installed: running from {where})"
         return "not installed"
 
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from wasm_plugins import __version__
+from wasm_plugins._version import __version__
 from wasm_plugins.cli._arguments import UsageError
 from wasm_plugins.cli._call import call_options
 from wasm_plugins.cli._demo import demo_options

@@ -45,6 +45,7 @@ __all__ = [
     "MemoryImport",
     "WasiDirectory",
     "WasiSettings",
+    "builtin_factories",
     "default_registry",
     "get_engine",
 ]
@@ -57,14 +58,14 @@ AUTO_ORDER = ("wasmer", "wasmtime")
 # is thread-safe, and each wasmtime engine owns a compiled-code cache and an epoch thread.
 @functools.cache
 def _make_wasmer() -> Engine:
-    from wasm_plugins.engine._wasmer import WasmerEngine
+    from wasm_plugins.engine._wasmer import WasmerEngine  # noqa: PLC0415 optional: wasmer installs on 3.10 only
 
     return WasmerEngine()
 
 
 @functools.cache
 def _make_wasmtime() -> Engine:
-    from wasm_plugins.engine._wasmtime import WasmtimeEngine
+    from wasm_plugins.engine._wasmtime import WasmtimeEngine  # noqa: PLC0415 lazy: start-up without wasmtime
 
     return WasmtimeEngine()
 
@@ -167,14 +168,14 @@ def _install_hint(name: str) -> str:
     return f"install the package that provides the {name!r} engine"
 
 
-def _builtin_factories() -> dict[str, Callable[[], Engine]]:
+def builtin_factories() -> dict[str, Callable[[], Engine]]:
     return {"wasmer": _make_wasmer, "wasmtime": _make_wasmtime}
 
 
 def default_registry() -> EngineRegistry:
     """A registry with the built-in engines."""
     registry = EngineRegistry()
-    for name, factory in _builtin_factories().items():
+    for name, factory in builtin_factories().items():
         registry.register(name, factory)
     return registry
 

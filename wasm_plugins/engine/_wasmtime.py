@@ -21,6 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, cast
 
 import attrs
@@ -658,7 +659,6 @@ class WasmtimeEngine:
 
 
 def _wasmtime_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return version("wasmtime")

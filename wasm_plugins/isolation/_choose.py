@@ -1,4 +1,4 @@
-"""Which isolation a plugin runs under: in this process, or in a worker process (DESIGN.md 4, 8).
+"""Which isolation a plugin runs under: in this process, or in a worker process.
 
 A limit the engine cannot enforce in this process is enforced by a worker, never dropped: wasmer
 cannot interrupt a call, so a timeout on wasmer needs a worker (which the host kills at the

@@ -24,6 +24,8 @@ from wasm_plugins.policy._call import (
     SandboxProvider,
 )
 from wasm_plugins.policy._clock import Clock, RandomSource, SystemClock
+from wasm_plugins.policy._clock import FakeClock as FakeClock
+from wasm_plugins.policy._clock import FixedRandom as FixedRandom
 from wasm_plugins.policy._clock import system_random as system_random
 from wasm_plugins.policy._dispatch import HookDispatcher as HookDispatcher
 from wasm_plugins.policy._dispatch import PluginManager as PluginManager

@@ -14,6 +14,6 @@
 No module of the toolkit is imported here, so that importing one never needs what another does.
 """
 
-from wasm_plugins.policy._clock import FakeClock, FixedRandom
+from wasm_plugins.policy import FakeClock, FixedRandom
 
 __all__ = ["FakeClock", "FixedRandom"]

@@ -3,7 +3,7 @@
 :class:`HostHarness` drives one :class:`~wasm_plugins.host.PluginHost` made by a factory you give it
 (with a :class:`~wasm_plugins.testing.clock.FakeClock`, so the policy never sleeps), injects faults
 through a :class:`~wasm_plugins.testing.faults.FaultInjector`, records every policy event, and after
-every step checks the invariants of the error policy (DESIGN section 11):
+every step checks the invariants of the error policy (docs/testing.md):
 
 - **every call ends** in a value, a fallback's value or a ``ContextualError`` (and within
   ``max_attempts_per_call`` attempts);

@@ -19,6 +19,8 @@ from typing import Any
 
 import attrs
 
+from wasm_plugins.sandbox import get_codec
+
 __all__ = [
     "JSON_OPERATIONS",
     "MUTATIONS",
@@ -291,7 +293,6 @@ class GeneratedModule:
 
     def expected_value(self, name: str, value: Any) -> Any:
         """What function ``name`` returns through the JSON codec for the input ``value``."""
-        from wasm_plugins.sandbox import get_codec
 
         codec = get_codec("json")
         return codec.decode(self.expected(name, codec.encode(value)))

@@ -71,7 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def fake_clock() -> FakeClock:
     """A fake monotonic clock: ``sleep`` and ``advance`` move it, ``sleeps`` records waits."""
-    from wasm_plugins.testing import FakeClock
+    from wasm_plugins.testing import FakeClock  # noqa: PLC0415 lazy: loaded by every pytest run
 
     return FakeClock()
 
@@ -80,7 +80,7 @@ def fake_clock() -> FakeClock:
 def fault_injector(request: pytest.FixtureRequest, fake_clock: FakeClock) -> FaultInjector:
     """A fault injector (a pluggy plugin for ``host.register_policy``), on with the settings of
     the test's ``wasm_faults`` marker, off without one (``enable()`` turns it on)."""
-    from wasm_plugins.testing.faults import injector_from_options
+    from wasm_plugins.testing.faults import injector_from_options  # noqa: PLC0415 lazy: loaded by every pytest run
 
     marker = request.node.get_closest_marker("wasm_faults")
     options: dict[str, Any] = dict(marker.kwargs) if marker is not None else {}
@@ -107,8 +107,8 @@ def plugin_host(
 ) -> Iterator[PluginHost]:
     """An isolated host on the fake clock, with the fault injector registered; closed after the
     test. Load plugins with ``plugin_host.load(...)``."""
-    from wasm_plugins.host import PluginHost
-    from wasm_plugins.testing import FixedRandom
+    from wasm_plugins.host import PluginHost  # noqa: PLC0415 lazy: loaded by every pytest run
+    from wasm_plugins.testing import FixedRandom  # noqa: PLC0415 lazy: loaded by every pytest run
 
     marker = request.node.get_closest_marker("wasm_host")
     options: dict[str, Any] = dict(marker.kwargs) if marker is not None else {}

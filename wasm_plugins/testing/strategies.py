@@ -23,6 +23,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from wasm_plugins.engine import get_engine
 from wasm_plugins.errors import (
     CommunicationError,
     CompilationError,
@@ -327,7 +328,6 @@ def wat_modules(*, json_only: bool = False) -> st.SearchStrategy[str]:
 
 @functools.lru_cache(maxsize=256)
 def _compile(wat: str) -> bytes:
-    from wasm_plugins.engine import get_engine
 
     return get_engine("wasmtime").wat_to_wasm(wat)
 
