@@ -22,11 +22,11 @@ import attrs
 import wasmer
 import wasmer_compiler_cranelift
 
+from wasm_plugins.engine._module_types import ModuleTypes, pack, read_module_types, unpack
 from wasm_plugins.engine._protocol import (
     CallBudget,
     EngineFeatures,
     ExportFunction,
-    ExternInfo,
     FuncSignature,
     HostImport,
     MemoryImport,
@@ -86,29 +86,6 @@ _I32_SIGN = 1 << 31
 def _to_i32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value >= (1 << 31) else value
-
-
-def _signature(function_type: Any) -> FuncSignature:
-    return FuncSignature(
-        params=tuple(_TYPES.get(t, str(t)) for t in function_type.params),
-        results=tuple(_TYPES.get(t, str(t)) for t in function_type.results),
-    )
-
-
-def _extern_info(name: str, module: str | None, extern_type: Any) -> ExternInfo:
-    if isinstance(extern_type, wasmer.FunctionType):
-        return ExternInfo(name=name, module=module, kind="func", signature=_signature(extern_type))
-    if isinstance(extern_type, wasmer.MemoryType):
-        return ExternInfo(
-            name=name,
-            module=module,
-            kind="memory",
-            minimum=extern_type.minimum,
-            maximum=extern_type.maximum,
-        )
-    if isinstance(extern_type, wasmer.GlobalType):
-        return ExternInfo(name=name, module=module, kind="global")
-    return ExternInfo(name=name, module=module, kind="table")
 
 
 def _trap_from_message(message: str) -> ExecutionError:
@@ -343,11 +320,13 @@ class WasmerInstance:
         self,
         store: wasmer.Store,
         module: wasmer.Module,
+        types: ModuleTypes,
         imports: Sequence[HostImport],
         memory_import: MemoryImport | None,
         wasi: WasiSettings | None = None,
     ) -> None:
         self._owner = AFFINITY.enter()
+        self._types = types
         self._state = _HostState()
         self._funcs: list[Any] = []
         self.memory = _Memory()
@@ -442,14 +421,15 @@ class WasmerInstance:
             func = getattr(self._exports, name)
         except LookupError:
             func = None
-        if not isinstance(func, wasmer.Function):
+        signature = self._types.signature(name)
+        if not isinstance(func, wasmer.Function) or signature is None:
             raise ModuleError(
                 missing_export=name,
                 message=f"Invalid module: no exported function {name!r}",
                 suggestion=f"export a function named {name!r} from the module",
             )
         self._funcs.append(func)
-        return _Export(name, _signature(func.type), len(self._funcs) - 1)
+        return _Export(name, signature, len(self._funcs) - 1)
 
     def call(self, function: ExportFunction, *args: int) -> Any:
         function = cast(_Export, function)
@@ -538,15 +518,20 @@ class WasmerModule:
     """A module compiled by wasmer, kept serialized and loaded once per thread."""
 
     def __init__(
-        self, engine: WasmerEngine, module: wasmer.Module, serialized: bytes | None = None
+        self,
+        engine: WasmerEngine,
+        module: wasmer.Module,
+        types: ModuleTypes,
+        serialized: bytes | None = None,
     ) -> None:
         self.engine = engine
+        self._types = types
         self._serialized = serialized if serialized is not None else bytes(module.serialize())
         self._token = AFFINITY.new_token()
         self._owners = {AFFINITY.enter()}
         AFFINITY.keep_thread_module(self._token, module)
-        self.exports = tuple(_extern_info(e.name, None, e.type) for e in module.exports)
-        self.imports = tuple(_extern_info(i.name, i.module, i.type) for i in module.imports)
+        self.exports = types.exports
+        self.imports = types.imports
 
     def _thread_module(self) -> wasmer.Module:
         module = AFFINITY.thread_module(self._token)
@@ -561,7 +546,7 @@ class WasmerModule:
             AFFINITY.forget(owner, self._token)
 
     def serialize(self) -> bytes:
-        return self._serialized
+        return pack(self._types, self._serialized)
 
     @_no_wasmer_objects_in_tracebacks
     def instantiate(
@@ -574,7 +559,7 @@ class WasmerModule:
         if budget.timeout is not None or budget.fuel is not None:
             raise _unenforceable("timeout" if budget.timeout is not None else "fuel")
         return WasmerInstance(
-            self.engine.store(), self._thread_module(), imports, memory_import, wasi
+            self.engine.store(), self._thread_module(), self._types, imports, memory_import, wasi
         )
 
 
@@ -647,17 +632,18 @@ class WasmerEngine:
             module = wasmer.Module(self.store(), wasm)
         except RuntimeError as exc:
             raise validation_error(str(exc)) from None
-        return WasmerModule(self, module)
+        return WasmerModule(self, module, read_module_types(wasm))
 
     @_no_wasmer_objects_in_tracebacks
     def deserialize(self, data: bytes, *, fuel: bool = False) -> WasmerModule:
         if fuel:
             raise _unenforceable("fuel")
+        types, compiled = unpack(data)
         try:
-            module = wasmer.Module.deserialize(self.store(), data)
+            module = wasmer.Module.deserialize(self.store(), compiled)
         except RuntimeError as exc:
             raise ModuleError(
                 message=f"Invalid module: cannot load compiled code: {truncate(str(exc), 300)}",
                 suggestion="compile the module again from its source",
             ) from None
-        return WasmerModule(self, module, serialized=data)
+        return WasmerModule(self, module, types, serialized=compiled)

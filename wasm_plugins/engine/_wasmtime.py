@@ -27,11 +27,11 @@ from typing import Any, cast
 import attrs
 import wasmtime
 
+from wasm_plugins.engine._module_types import ModuleTypes, pack, read_module_types, unpack
 from wasm_plugins.engine._protocol import (
     CallBudget,
     EngineFeatures,
     ExportFunction,
-    ExternInfo,
     FuncSignature,
     HostImport,
     MemoryImport,
@@ -101,17 +101,6 @@ _TRAP_NAMES = {
 }
 
 
-def _value_type(value_type: Any) -> str:
-    return str(value_type)
-
-
-def _signature(func_type: wasmtime.FuncType) -> FuncSignature:
-    return FuncSignature(
-        params=tuple(_value_type(t) for t in func_type.params),
-        results=tuple(_value_type(t) for t in func_type.results),
-    )
-
-
 def _func_type(signature: FuncSignature) -> wasmtime.FuncType:
     types = {
         "i32": wasmtime.ValType.i32,
@@ -122,21 +111,6 @@ def _func_type(signature: FuncSignature) -> wasmtime.FuncType:
     return wasmtime.FuncType(
         [types[t]() for t in signature.params], [types[t]() for t in signature.results]
     )
-
-
-def _extern_info(name: str, module: str | None, extern_type: Any) -> ExternInfo:
-    if isinstance(extern_type, wasmtime.FuncType):
-        return ExternInfo(name=name, module=module, kind="func", signature=_signature(extern_type))
-    if isinstance(extern_type, wasmtime.MemoryType):
-        limits = extern_type.limits
-        return ExternInfo(
-            name=name, module=module, kind="memory", minimum=limits.min, maximum=limits.max
-        )
-    if isinstance(extern_type, wasmtime.GlobalType):
-        return ExternInfo(name=name, module=module, kind="global")
-    if isinstance(extern_type, wasmtime.TableType):
-        return ExternInfo(name=name, module=module, kind="table")
-    return ExternInfo(name=name, module=module, kind="tag")
 
 
 class _EpochTicker:
@@ -263,6 +237,7 @@ class WasmtimeInstance:
         self,
         engine: WasmtimeEngine,
         module: wasmtime.Module,
+        types: ModuleTypes,
         fuel: bool,
         imports: Sequence[HostImport],
         budget: CallBudget,
@@ -270,6 +245,7 @@ class WasmtimeInstance:
         wasi: WasiSettings | None = None,
     ) -> None:
         self._ticker = engine.ticker(fuel)
+        self._types = types
         self._budget = budget
         self._fuel = budget.fuel if fuel else None
         self._timeout_ticks = (
@@ -358,14 +334,16 @@ class WasmtimeInstance:
 
     def export_function(self, name: str) -> _Export:
         func = self._exports.get(name)
-        if not isinstance(func, wasmtime.Func):
+        # The type comes from the module's bytes: asking wasmtime aborts on v128.
+        signature = self._types.signature(name)
+        if not isinstance(func, wasmtime.Func) or signature is None:
             raise ModuleError(
                 missing_export=name,
                 message=f"Invalid module: no exported function {name!r}",
                 suggestion=f"export a function named {name!r} from the module",
             )
         reference = ctypes.byref(func._func) if FAST_PATH else None
-        return _Export(name, _signature(func.type(self._store)), func, reference)
+        return _Export(name, signature, func, reference)
 
     def call(self, function: ExportFunction, *args: int) -> Any:
         function = cast(_Export, function)
@@ -568,15 +546,18 @@ def _wasi_config(settings: WasiSettings, captured: _CapturedOutput | None) -> wa
 class WasmtimeModule:
     """A module compiled by wasmtime; usable from any thread."""
 
-    def __init__(self, engine: WasmtimeEngine, module: wasmtime.Module, fuel: bool) -> None:
+    def __init__(
+        self, engine: WasmtimeEngine, module: wasmtime.Module, types: ModuleTypes, fuel: bool
+    ) -> None:
         self.engine = engine
         self._module = module
+        self._types = types
         self._fuel = fuel
-        self.exports = tuple(_extern_info(e.name, None, e.type) for e in module.exports)
-        self.imports = tuple(_extern_info(i.name or "", i.module, i.type) for i in module.imports)
+        self.exports = types.exports
+        self.imports = types.imports
 
     def serialize(self) -> bytes:
-        return bytes(self._module.serialize())
+        return pack(self._types, bytes(self._module.serialize()))
 
     def instantiate(
         self,
@@ -586,7 +567,14 @@ class WasmtimeModule:
         wasi: WasiSettings | None = None,
     ) -> WasmtimeInstance:
         return WasmtimeInstance(
-            self.engine, self._module, self._fuel, imports, budget, memory_import, wasi
+            self.engine,
+            self._module,
+            self._types,
+            self._fuel,
+            imports,
+            budget,
+            memory_import,
+            wasi,
         )
 
 
@@ -645,17 +633,18 @@ class WasmtimeEngine:
             module = wasmtime.Module(self.wasmtime_engine(fuel), wasm)
         except wasmtime.WasmtimeError as exc:
             raise validation_error(str(exc)) from None
-        return WasmtimeModule(self, module, fuel)
+        return WasmtimeModule(self, module, read_module_types(wasm), fuel)
 
     def deserialize(self, data: bytes, *, fuel: bool = False) -> WasmtimeModule:
+        types, compiled = unpack(data)
         try:
-            module = wasmtime.Module.deserialize(self.wasmtime_engine(fuel), data)
+            module = wasmtime.Module.deserialize(self.wasmtime_engine(fuel), compiled)
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(
                 message=f"Invalid module: cannot load compiled code: {truncate(str(exc), 300)}",
                 suggestion="compile the module again from its source",
             ) from None
-        return WasmtimeModule(self, module, fuel)
+        return WasmtimeModule(self, module, types, fuel)
 
 
 def _wasmtime_version() -> str:
