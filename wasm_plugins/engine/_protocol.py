@@ -70,6 +70,8 @@ class EngineFeatures:
     wasi_captured_output: bool
     thread_bound: bool
     """Objects may only be used by the thread that made them."""
+    multi_memory: bool = False
+    """Modules with more than one linear memory run."""
 
 
 @attrs.frozen
@@ -173,8 +175,15 @@ class EngineInstance(Protocol):
         :raises ModuleError: when there is no exported function of that name.
         """
 
+    def arm(self) -> None:
+        """Start a new budget: the fuel and the deadline of :class:`CallBudget`, shared by every
+        guest entry (:meth:`call`, :meth:`call_abi`) until the next ``arm``.
+
+        Instantiation arms the first budget, which the start function uses.
+        """
+
     def call(self, function: ExportFunction, *args: int) -> Any:
-        """Call an export with integer arguments under the instance's budget.
+        """Call an export with integer arguments under the current budget (see :meth:`arm`).
 
         :raises ExecutionError: on a trap.
         :raises DeadlineExceeded: when the budget's timeout passed.
@@ -194,7 +203,7 @@ class EngineInstance(Protocol):
         """Set an exported mutable integer global."""
 
     def fuel_consumed(self) -> int | None:
-        """Fuel used by the last call, where the engine meters fuel."""
+        """Fuel used since the budget was last armed, where the engine meters fuel."""
 
 
 class EngineModule(Protocol):

@@ -477,6 +477,9 @@ class WasmerInstance:
         if isinstance(target, wasmer.Global):
             target.value = value
 
+    def arm(self) -> None:
+        """Nothing to arm: wasmer meters neither fuel nor time in-process."""
+
     def fuel_consumed(self) -> int | None:
         return None
 

@@ -273,7 +273,9 @@ class WasmtimeInstance:
             limits = wasmtime.Limits(memory_import.minimum, memory_import.maximum)
             imported_memory = wasmtime.Memory(store, wasmtime.MemoryType(limits))
             linker.define(store, memory_import.module, memory_import.name, imported_memory)
-        self._arm()
+        # Epoch interruption is on for every store: without a timeout, a deadline never reached.
+        store.set_epoch_deadline(_NO_DEADLINE)
+        self.arm()
         started = time.monotonic()
         try:
             if self._timeout_ticks is None:
@@ -325,12 +327,11 @@ class WasmtimeInstance:
 
         return trampoline
 
-    def _arm(self) -> None:
+    def arm(self) -> None:
         if self._fuel is not None:
             self._store.set_fuel(self._fuel)
-        self._store.set_epoch_deadline(
-            self._timeout_ticks if self._timeout_ticks is not None else _NO_DEADLINE
-        )
+        if self._timeout_ticks is not None:
+            self._store.set_epoch_deadline(self._timeout_ticks)
 
     def export_function(self, name: str) -> _Export:
         func = self._exports.get(name)
@@ -410,7 +411,6 @@ class WasmtimeInstance:
 
     def _guarded(self, thunk: Callable[[], Any]) -> Any:
         self._host_exception = None
-        self._arm()
         started = time.monotonic()
         try:
             if self._timeout_ticks is None:
@@ -591,6 +591,7 @@ class WasmtimeEngine:
         wasi_read_only_preopens=True,
         wasi_captured_output=True,
         thread_bound=False,
+        multi_memory=True,
     )
 
     def __init__(self) -> None:

@@ -192,7 +192,7 @@ class Worker:
                 if hosted.session is not None:
                     self.channel.send(wire.INSTANTIATED)
                 else:
-                    self._session(hosted)
+                    self._session(hosted).end_budget()
                 return
             output = self._invoke(hosted, request["f"], data)
         except (_HostAbort, PluginError) as exc:

@@ -154,6 +154,8 @@ class Session:
         self._capacity = 0
         self._current = False
         """Whether the memory's size was read since the guest last ran."""
+        self._budget_open = False
+        """Whether the budget armed at instantiation is still unclaimed by a call."""
 
     def attach(self, instance: EngineInstance) -> None:
         """Bind the session to its instance (after instantiation, which needs the host imports)."""
@@ -167,6 +169,13 @@ class Session:
         self._read = getattr(memory, "read_unchecked", None) or memory.read
         self._write_unchecked = getattr(memory, "write_unchecked", None)
         self._current = False
+        self._arm = instance.arm
+        self._budget_open = True
+
+    def end_budget(self) -> None:
+        """Close the budget armed at instantiation: the instance was made outside a call (at
+        load), so the next call arms its own rather than sharing the start function's."""
+        self._budget_open = False
 
     @property
     def instance(self) -> EngineInstance:
@@ -222,7 +231,16 @@ class Session:
         return pointer
 
     def invoke(self, function: ExportFunction, data: bytes, max_output: int) -> bytes:
-        """One call: write the input, call once, check the result's place, copy it out."""
+        """One call: write the input, call once, check the result's place, copy it out.
+
+        One budget (fuel, deadline) covers the whole call: ``wp_free`` and ``wp_alloc`` when the
+        input buffer grows, the function, and the start function when the instance was made for
+        this call.
+        """
+        if self._budget_open:
+            self._budget_open = False
+        else:
+            self._arm()
         length = len(data)
         pointer = self._buffer if length <= self._capacity else self._input_buffer(length)
         if length:

@@ -1,9 +1,11 @@
-"""WebAssembly binary rewriting: clamp linear-memory maxima and instrument ``memory.grow``.
+"""WebAssembly binary rewriting: clamp memory and table maxima and instrument ``memory.grow``.
 
-The sandbox runs this over a module (already validated by an engine) before
-compiling it, so that the memory limit is part of the module itself and holds
-on every engine, and so that a refused ``memory.grow`` on memory 0 leaves the
+The sandbox runs this over a module (already validated) before compiling it,
+so that the memory and table limits are part of the module itself and hold on
+every engine, and so that a refused ``memory.grow`` on memory 0 leaves the
 requested page delta in an exported global the host can read afterwards.
+A limit covers all of a module's memories (or tables) together: the maxima
+are clamped so that their sum stays within it.
 
 Only the standard library and ``attrs`` are used.  Every malformation this
 module notices is reported as :class:`WasmBinaryError`; it never lets an
@@ -12,6 +14,7 @@ module notices is reported as :class:`WasmBinaryError`; it never lets an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NoReturn
 
 import attrs
@@ -22,14 +25,16 @@ __all__ = [
     "REWRITER_VERSION",
     "MemoryInfo",
     "PreparedModule",
+    "TableInfo",
     "WasmBinaryError",
     "prepare_module",
     "read_memories",
+    "read_tables",
 ]
 
 PAGE_SIZE = 65536
 GROW_PROBE_EXPORT = "__wasm_plugins_grow_failed"
-REWRITER_VERSION = 1
+REWRITER_VERSION = 2
 """Changes whenever the rewrite's output for the same input could change: the compiled-module
 cache keys on it (the bytes it hashes are the rewrite's output, but an entry must not outlive a
 rewriter that would now refuse or rewrite differently what it was made from)."""
@@ -42,6 +47,7 @@ _SEC_CUSTOM = 0
 _SEC_TYPE = 1
 _SEC_IMPORT = 2
 _SEC_FUNCTION = 3
+_SEC_TABLE = 4
 _SEC_MEMORY = 5
 _SEC_GLOBAL = 6
 _SEC_EXPORT = 7
@@ -125,6 +131,15 @@ class MemoryInfo:
 
 
 @attrs.frozen
+class TableInfo:
+    """One table defined by the original module (imported tables are not counted)."""
+
+    index: int
+    initial_elements: int
+    maximum_elements: int | None
+
+
+@attrs.frozen
 class PreparedModule:
     """The rewritten module and what the rewrite found and did."""
 
@@ -132,6 +147,7 @@ class PreparedModule:
     memories: tuple[MemoryInfo, ...]
     grow_probe: str | None
     grow_sites: int
+    tables: tuple[TableInfo, ...] = ()
 
 
 # --------------------------------------------------------------------------
@@ -276,6 +292,7 @@ class _Imports:
     functions: int
     globals: int
     memories: tuple[_Limits, ...]
+    tables: int = 0
 
 
 def _split_sections(data: bytes) -> list[_Section]:
@@ -353,6 +370,7 @@ def _parse_imports(data: bytes, section: _Section | None) -> _Imports:
     reader = _Reader(data, section.body, section.end)
     functions = 0
     globals_ = 0
+    tables = 0
     memories: list[_Limits] = []
     for _ in range(reader.u32()):
         reader.name()
@@ -365,6 +383,7 @@ def _parse_imports(data: bytes, section: _Section | None) -> _Imports:
         elif kind == 1:
             _reader_valtype(reader)
             _read_limits(reader, memory=False)
+            tables += 1
         elif kind == 2:
             memories.append(_read_limits(reader, memory=True))
         elif kind == 3:
@@ -377,7 +396,7 @@ def _parse_imports(data: bytes, section: _Section | None) -> _Imports:
         else:
             reader.fail(f"unknown import kind {kind}", kind_offset)
     _expect_end(reader)
-    return _Imports(functions, globals_, tuple(memories))
+    return _Imports(functions, globals_, tuple(memories), tables)
 
 
 def _parse_memory_section(data: bytes, section: _Section | None) -> tuple[_Limits, ...]:
@@ -413,6 +432,34 @@ def _memory_infos(
     base = len(imported)
     infos += [_memory_info(base + i, lim, imported=False) for i, lim in enumerate(defined)]
     return tuple(infos)
+
+
+def _parse_table_section(data: bytes, section: _Section | None) -> tuple[_Limits, ...]:
+    if section is None:
+        return ()
+    reader = _Reader(data, section.body, section.end)
+    tables = []
+    for _ in range(reader.u32()):
+        _reader_valtype(reader)
+        tables.append(_read_limits(reader, memory=False))
+    _expect_end(reader)
+    return tuple(tables)
+
+
+def _table_infos(imports: _Imports, defined: tuple[_Limits, ...]) -> tuple[TableInfo, ...]:
+    base = imports.tables
+    return tuple(
+        TableInfo(index=base + i, initial_elements=lim.minimum, maximum_elements=lim.maximum)
+        for i, lim in enumerate(defined)
+    )
+
+
+def read_tables(wasm: bytes) -> tuple[TableInfo, ...]:
+    """Return the tables the module defines, as declared."""
+    data = bytes(wasm)
+    sections = _split_sections(data)
+    imports = _parse_imports(data, _find(sections, _SEC_IMPORT))
+    return _table_infos(imports, _parse_table_section(data, _find(sections, _SEC_TABLE)))
 
 
 def read_memories(wasm: bytes) -> tuple[MemoryInfo, ...]:
@@ -463,18 +510,53 @@ def _splice(data: bytes, section: _Section, edits: list[tuple[int, int, bytes]])
 
 
 def _clamp_section(
-    data: bytes, section: _Section | None, memories: tuple[_Limits, ...], limit_bytes: int
+    data: bytes,
+    section: _Section | None,
+    memories: tuple[_Limits, ...],
+    limit_bytes: int | tuple[int, ...],
+    clamp: Callable[[_Limits, int], bytes | None] = _clamped_limits,
 ) -> bytes | None:
     if section is None:
         return None
+    shares = (limit_bytes,) * len(memories) if isinstance(limit_bytes, int) else limit_bytes
     edits: list[tuple[int, int, bytes]] = []
-    for limits in memories:
-        replacement = _clamped_limits(limits, limit_bytes)
+    for limits, share in zip(memories, shares, strict=True):
+        replacement = clamp(limits, share)
         if replacement is not None:
             edits.append((limits.start, limits.end, replacement))
     if not edits:
         return None
     return _splice(data, section, edits)
+
+
+def _shares(sizes: list[tuple[int, int | None]], limit: int) -> tuple[int, ...]:
+    """Each entry's share of a limit that covers them all, given (initial, maximum) sizes.
+
+    Every entry keeps its initial size; what the limit leaves beyond the initial sizes goes to
+    the entries in order (memory 0, the one a plugin grows, comes first), each taking up to its
+    own maximum. When the initial sizes alone exceed the limit, every share is the limit and the
+    caller reports the excess from the initial sizes.
+    """
+    spare = limit - sum(initial for initial, _ in sizes)
+    if spare < 0:
+        return (limit,) * len(sizes)
+    shares = []
+    for initial, maximum in sizes:
+        growth = spare if maximum is None else min(spare, max(0, maximum - initial))
+        shares.append(initial + growth)
+        spare -= growth
+    return tuple(shares)
+
+
+def _clamped_table(limits: _Limits, limit_elements: int) -> bytes | None:
+    """Re-encoded table limits with the maximum clamped, or None to leave them as they are."""
+    if limits.minimum > limit_elements or limits.flags & ~_LIMITS_HAS_MAX:
+        # The first is reported by the caller; the second (64-bit tables) is refused earlier.
+        return None
+    new_max = limit_elements if limits.maximum is None else min(limits.maximum, limit_elements)
+    if limits.maximum == new_max:
+        return None
+    return bytes([_LIMITS_HAS_MAX]) + _encode_uleb(limits.minimum) + _encode_uleb(new_max)
 
 
 # --------------------------------------------------------------------------
@@ -937,35 +1019,55 @@ def _assemble(data: bytes, sections: list[_Section], payloads: dict[int, bytes])
 
 
 def prepare_module(
-    wasm: bytes, *, memory_limit_bytes: int | None, instrument_grow: bool = True
+    wasm: bytes,
+    *,
+    memory_limit_bytes: int | None,
+    instrument_grow: bool = True,
+    table_limit_elements: int | None = None,
 ) -> PreparedModule:
-    """Clamp every memory maximum to the limit and instrument ``memory.grow`` on memory 0.
+    """Clamp memory and table maxima to the limits and instrument ``memory.grow`` on memory 0.
 
-    A memory whose initial size already exceeds the limit is left untouched;
-    compare :attr:`MemoryInfo.initial_bytes` with the limit to report it.
+    Each limit covers the sum of the maxima of all memories (or all defined tables).
+    When the initial sizes already exceed a limit, the module is clamped per entry only;
+    compare :attr:`MemoryInfo.initial_bytes` (:attr:`TableInfo.initial_elements`) summed
+    with the limit to report it.
     With ``instrument_grow``, an existing export named :data:`GROW_PROBE_EXPORT`
     is an error even when there is no ``memory.grow`` to instrument, since the
     name is reserved for the probe.
     """
     if memory_limit_bytes is not None and memory_limit_bytes < 0:
         raise ValueError("memory_limit_bytes must not be negative")
+    if table_limit_elements is not None and table_limit_elements < 0:
+        raise ValueError("table_limit_elements must not be negative")
     data = bytes(wasm)
     sections = _split_sections(data)
     import_section = _find(sections, _SEC_IMPORT)
     memory_section = _find(sections, _SEC_MEMORY)
+    table_section = _find(sections, _SEC_TABLE)
     imports = _parse_imports(data, import_section)
     defined = _parse_memory_section(data, memory_section)
     memories = _memory_infos(imports.memories, defined)
+    defined_tables = _parse_table_section(data, table_section)
+    tables = _table_infos(imports, defined_tables)
 
     payloads: dict[int, bytes] = {}
     if memory_limit_bytes is not None:
-        for section, limits in (
-            (import_section, imports.memories),
-            (memory_section, defined),
+        shares = _shares([(m.initial_bytes, m.maximum_bytes) for m in memories], memory_limit_bytes)
+        imported = len(imports.memories)
+        for section, limits, section_shares in (
+            (import_section, imports.memories, shares[:imported]),
+            (memory_section, defined, shares[imported:]),
         ):
-            payload = _clamp_section(data, section, limits, memory_limit_bytes)
+            payload = _clamp_section(data, section, limits, section_shares)
             if payload is not None and section is not None:
                 payloads[section.id] = payload
+    if table_limit_elements is not None and table_section is not None:
+        table_shares = _shares(
+            [(t.initial_elements, t.maximum_elements) for t in tables], table_limit_elements
+        )
+        payload = _clamp_section(data, table_section, defined_tables, table_shares, _clamped_table)
+        if payload is not None:
+            payloads[_SEC_TABLE] = payload
 
     sites = 0
     if instrument_grow:
@@ -982,4 +1084,5 @@ def prepare_module(
         memories=memories,
         grow_probe=GROW_PROBE_EXPORT if sites else None,
         grow_sites=sites,
+        tables=tables,
     )

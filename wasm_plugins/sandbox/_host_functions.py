@@ -114,6 +114,7 @@ def link_imports(
     by_name = {(f.module, f.name): f for f in offered}
     gated = dict(gated_modules or {})
     functions: list[HostFunction] = []
+    linked: set[tuple[str, str]] = set()
     memory: MemoryImport | None = None
     for item in imports:
         module = item.module or ""
@@ -155,7 +156,10 @@ def link_imports(
                 suggestion="declare the import with the type given in hostapi/ABI.md",
                 plugin=plugin,
             )
-        functions.append(function)
+        # A module may import one host function under several entries: it is defined once.
+        if (module, item.name) not in linked:
+            linked.add((module, item.name))
+            functions.append(function)
     return LinkPlan(functions=tuple(functions), memory=memory)
 
 

@@ -1,4 +1,4 @@
-"""Limits on one plugin: memory, fuel, wall-clock timeout, input and output size."""
+"""Limits on one plugin: memory, tables, module size, fuel, wall-clock timeout, input and output."""
 
 from __future__ import annotations
 
@@ -8,11 +8,22 @@ import attrs
 
 from wasm_plugins._units import MiB, parse_duration, parse_size
 
-__all__ = ["DEFAULT_MAX_INPUT", "DEFAULT_MAX_OUTPUT", "DEFAULT_MEMORY", "Limits"]
+__all__ = [
+    "DEFAULT_MAX_INPUT",
+    "DEFAULT_MAX_OUTPUT",
+    "DEFAULT_MEMORY",
+    "DEFAULT_MODULE_SIZE",
+    "DEFAULT_TABLE",
+    "Limits",
+]
 
 DEFAULT_MEMORY = 64 * MiB
 DEFAULT_MAX_INPUT = 4 * MiB
 DEFAULT_MAX_OUTPUT = 4 * MiB
+DEFAULT_TABLE = 100_000
+"""Table elements: ten times what large compiled programs use, under 2 MB of engine memory."""
+DEFAULT_MODULE_SIZE = 32 * MiB
+"""Bytes of binary module: above the largest plugins seen, below a compile that takes minutes."""
 
 
 def _optional_size(value: Any) -> int | None:
@@ -23,12 +34,14 @@ def _optional_duration(value: Any) -> float | None:
     return None if value is None else parse_duration(value)
 
 
-def _optional_count(value: Any) -> int | None:
-    if value is None:
-        return None
+def _count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"expected a positive whole number, got {value!r}")
     return value
+
+
+def _optional_count(value: Any) -> int | None:
+    return None if value is None else _count(value)
 
 
 def _positive(_: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
@@ -40,14 +53,15 @@ def _positive(_: Any, attribute: attrs.Attribute[Any], value: int | None) -> Non
 class Limits:
     """What one plugin may use per call; sizes and durations accept units (``"16 MiB"``, ``"2 s"``).
 
-    ``None`` means no limit; ``memory`` defaults to 64 MiB and input and output to 4 MiB each,
-    because an untrusted plugin should never be unbounded by default.
+    ``None`` means no limit; ``memory`` defaults to 64 MiB, input and output to 4 MiB each,
+    ``table`` to 100 000 elements and ``module_size`` to 32 MiB, because an untrusted plugin
+    should never be unbounded by default.
     """
 
     memory: int | None = attrs.field(
         default=DEFAULT_MEMORY, converter=_optional_size, validator=_positive
     )
-    """Bytes of linear memory, per memory of the module."""
+    """Bytes of linear memory, all memories of the module together."""
     fuel: int | None = attrs.field(default=None, converter=_optional_count)
     """Units of work per call (wasmtime's fuel: roughly one per instruction)."""
     timeout: float | None = attrs.field(default=None, converter=_optional_duration)
@@ -60,6 +74,14 @@ class Limits:
         default=DEFAULT_MAX_OUTPUT, converter=parse_size, validator=_positive
     )
     """Bytes of encoded output per call."""
+    table: int | None = attrs.field(default=DEFAULT_TABLE, converter=_optional_count)
+    """Elements of all the tables the module defines, together."""
+    module_size: int | None = attrs.field(
+        default=DEFAULT_MODULE_SIZE, converter=_optional_size, validator=_positive
+    )
+    """Bytes of the binary module, checked before any engine reads it."""
+    memories: int = attrs.field(default=1, converter=_count)
+    """Linear memories a module may have; more than one needs an engine that runs them."""
 
     def replace(self, **changes: Any) -> Limits:
         """A copy with some limits changed."""

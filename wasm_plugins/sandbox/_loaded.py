@@ -1,8 +1,9 @@
 """The loaded module: a module compiled, checked against the guest ABI and linked against its
 grants, ready to be instantiated by a sandbox in this process or by a worker process.
 
-Loading does all the checking once: the source is compiled (WAT) or read, validated by the engine,
-rewritten so that its memory cannot grow past the limit, compiled (through the compiled-module
+Loading does all the checking once: the source is compiled (WAT) or read, its size and structure
+validated (the same for every engine), validated by the engine, rewritten so that its memories and
+tables cannot grow past the limits, compiled (through the compiled-module
 cache when there is one), checked against the guest ABI, and its imports linked against the
 granted capabilities. A worker process makes its loaded module from the compiled code the host
 sends, with the same limits and link plan, so both ends instantiate, probe for a refused
@@ -33,11 +34,13 @@ from wasm_plugins.sandbox._binary import (
     WasmBinaryError,
     prepare_module,
     read_memories,
+    read_tables,
 )
 from wasm_plugins.sandbox._cache import ModuleCache
 from wasm_plugins.sandbox._failures import grow_may_explain, refused_grow
 from wasm_plugins.sandbox._host_functions import HostFunction, LinkPlan, link_imports
 from wasm_plugins.sandbox._limits import Limits
+from wasm_plugins.sandbox._validate import check_module_bytes
 
 __all__ = ["WASI_MODULE", "LoadedModule", "ModuleSource", "load_module_bytes"]
 
@@ -143,8 +146,9 @@ class LoadedModule:
             wrong.
         """
         wasm = load_module_bytes(source, engine)
+        check_module_bytes(wasm, limits, engine)
         engine.validate(wasm)
-        prepared = _prepare(wasm, limits.memory)
+        prepared = _prepare(wasm, limits)
         fuel = limits.fuel is not None
         try:
             compiled = _compile(engine, prepared.wasm, fuel, cache, refresh_cache)
@@ -157,7 +161,12 @@ class LoadedModule:
             logger.bind(plugin=plugin).warning(
                 "memory.grow instrumentation refused by the engine; continuing without it"
             )
-            prepared = prepare_module(wasm, memory_limit_bytes=limits.memory, instrument_grow=False)
+            prepared = prepare_module(
+                wasm,
+                memory_limit_bytes=limits.memory,
+                instrument_grow=False,
+                table_limit_elements=limits.table,
+            )
             compiled = _compile(engine, prepared.wasm, fuel, cache, refresh_cache)
         module, serialized, hit = compiled
         check_module(module.exports, module.imports, functions, plugin=plugin)
@@ -233,20 +242,32 @@ class LoadedModule:
         return error if used is None else refused_grow(used, self.limits.memory, error)
 
 
-def _prepare(wasm: bytes, limit: int | None) -> PreparedModule:
+def _prepare(wasm: bytes, limits: Limits) -> PreparedModule:
     try:
-        for memory in read_memories(wasm):
-            if limit is not None and memory.initial_bytes > limit:
-                raise ResourceLimitExceeded(
-                    resource="memory",
-                    used=memory.initial_bytes,
-                    limit=limit,
-                    suggestion=(
-                        "the module's initial memory is larger than limits.memory: raise the "
-                        "limit or link the module with a smaller initial memory"
-                    ),
-                )
-        return prepare_module(wasm, memory_limit_bytes=limit)
+        limit = limits.memory
+        initial = sum(memory.initial_bytes for memory in read_memories(wasm))
+        if limit is not None and initial > limit:
+            raise ResourceLimitExceeded(
+                resource="memory",
+                used=initial,
+                limit=limit,
+                suggestion=(
+                    "the module's initial memory is larger than limits.memory: raise the "
+                    "limit or link the module with a smaller initial memory"
+                ),
+            )
+        tables = limits.table
+        elements = sum(table.initial_elements for table in read_tables(wasm))
+        if tables is not None and elements > tables:
+            raise ResourceLimitExceeded(
+                resource="table",
+                used=elements,
+                limit=tables,
+                unit="elements",
+                suggestion="the module's initial tables are larger than limits.table: raise "
+                "the limit or build the module with fewer table elements",
+            )
+        return prepare_module(wasm, memory_limit_bytes=limit, table_limit_elements=tables)
     except WasmBinaryError as exc:
         raise ModuleError(
             validation_errors=(ValidationIssue(message=exc.message, offset=exc.offset),),

@@ -114,7 +114,7 @@ class Sandbox:
             )
             """The compiled, checked and linked module."""
             self.functions = self.loaded.functions
-            self._state()
+            self._state().session.end_budget()
         except PluginError as error:
             raise self._annotate(error, None, None) from error.__cause__
         except Exception as exc:
