@@ -81,6 +81,18 @@ except (ImportError, AttributeError):  # pragma: no cover - depends on the wasmt
 
 __all__ = ["FAST_PATH", "WasmtimeEngine"]
 
+_PROPOSALS_OFF = (
+    "wasm_tail_call",
+    "wasm_threads",
+    "wasm_memory64",
+    "wasm_custom_page_sizes",
+    "wasm_exceptions",
+    "wasm_gc",
+    "wasm_function_references",
+    "wasm_relaxed_simd",
+    "wasm_stack_switching",
+    "wasm_wide_arithmetic",
+)
 _MASK32 = 0xFFFFFFFF
 _NO_DEADLINE = 2**62
 """Epoch ticks that never pass: epoch interruption is on for every store, deadlines or not."""
@@ -608,6 +620,9 @@ class WasmtimeEngine:
                 config = wasmtime.Config()
                 config.epoch_interruption = True
                 config.consume_fuel = fuel
+                # Only the proposals every engine runs: a module loads on all engines or none.
+                for proposal in _PROPOSALS_OFF:
+                    setattr(config, proposal, False)
                 engine = wasmtime.Engine(config)
                 self._engines[fuel] = engine
                 self._tickers[fuel] = _EpochTicker(engine)

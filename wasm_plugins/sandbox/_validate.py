@@ -154,11 +154,12 @@ class _Cursor:
         length = self.u32()
         if length > MAX_NAME:
             self.fail(f"name longer than {MAX_NAME} bytes", offset)
+        start = self.pos
         self.skip(length)
         try:
-            return self.data[self.pos - length : self.pos].decode("utf-8")
+            return self.data[start : self.pos].decode("utf-8")
         except UnicodeDecodeError:
-            self.fail("malformed UTF-8 encoding in a name", offset)
+            self.fail("malformed UTF-8 encoding in a name", start)
 
     def value_type(self) -> int:
         offset = self.pos
@@ -269,7 +270,6 @@ def validate_module(wasm: bytes) -> ModuleShape:
     cursor = _Cursor(data, 8, len(data))
     last = 0
     while cursor.pos < cursor.end:
-        start = cursor.pos
         section_id = cursor.byte()
         size = cursor.u32()
         if size > cursor.end - cursor.pos:
@@ -280,15 +280,16 @@ def validate_module(wasm: bytes) -> ModuleShape:
             section.name()
             continue
         rank = _ORDER.get(section_id)
+        # Reported at the payload, as the engines do.
         if rank is None:
             message = (
                 "exception handling (tag section) is not supported"
                 if section_id == 13
                 else f"malformed section id {section_id}"
             )
-            cursor.fail(message, start)
+            section.fail(message)
         if rank <= last:
-            cursor.fail(f"section {section_id} is duplicated or out of order", start)
+            section.fail(f"section {section_id} is duplicated or out of order")
         last = rank
         _SECTIONS[section_id](section, module)
         section.expect_end()
@@ -556,9 +557,12 @@ def _constant(section: _Cursor, module: _Module, expected: int) -> None:
         section.fail("constant expression required (extended constants are not supported)", offset)
     if produced != expected:
         section.fail("type mismatch in constant expression", offset)
-    end_offset = section.pos
     if section.byte() != 0x0B:
-        section.fail("constant expression required: one instruction, then `end`", end_offset)
+        section.fail(
+            "constant expression required: one instruction, then `end` (extended constants "
+            "are not supported)",
+            offset,
+        )
 
 
 _SECTIONS = {
