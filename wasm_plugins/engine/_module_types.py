@@ -137,8 +137,7 @@ def read_module_types(wasm: bytes) -> ModuleTypes:
         elif section_id == 2:
             imports = _imports(section, types, spaces)
         elif section_id == 3:
-            for _ in range(section.uleb()):
-                spaces["func"].append(_signature_at(section, types))
+            spaces["func"].extend(_function_types(section, types))
         elif section_id in (4, 5):
             for _ in range(section.uleb()):
                 if section_id == 4:
@@ -174,6 +173,17 @@ def _count(section: _Cursor) -> int:
     if count > section.end - section.pos:
         section.fail("count runs past the end of its section")
     return count
+
+
+def _function_types(section: _Cursor, types: list[FuncSignature]) -> list[FuncSignature]:
+    count = section.uleb()
+    start = section.pos
+    indices = section.data[start : section.end]
+    if len(indices) == count and (not count or max(indices) < len(types)):
+        # One byte per type index, the common case: no per-function decoding.
+        section.pos = section.end
+        return [types[index] for index in indices]
+    return [_signature_at(section, types) for _ in range(count)]
 
 
 def _signature_at(section: _Cursor, types: list[FuncSignature]) -> FuncSignature:

@@ -391,6 +391,15 @@ def _function_section(section: _Cursor, module: _Module) -> None:
     if count + len(module.functions) > MAX_FUNCTIONS:
         section.fail(f"too many functions (at most {MAX_FUNCTIONS})")
     bound = len(module.types)
+    start = section.pos
+    if section.end - start == count:
+        # Every index is a one-byte LEB128 (fewer than 128 types): checked in one pass.
+        indices = section.data[start : section.end]
+        if count and max(indices) >= bound:
+            section.fail(f"unknown type {max(indices)}", start + indices.index(max(indices)))
+        module.functions.extend(indices)
+        section.pos = section.end
+        return
     for _ in range(count):
         module.functions.append(section.index(bound, "type"))
 
@@ -485,23 +494,57 @@ def _code_section(section: _Cursor, module: _Module) -> None:
     defined = len(module.functions) - module.imported_functions
     if count != defined:
         section.fail("function and code section have inconsistent lengths")
+    # The hot loop of a large module (one pass per function body): one-byte LEB128s, by far
+    # the common case, are read inline; anything longer goes through the strict reader.
     data = section.data
+    end = section.end
+    pos = section.pos
+    value_types = _VALUE_TYPES
     for _ in range(count):
-        offset = section.pos
-        size = section.u32()
-        if size > MAX_FUNCTION_SIZE:
-            section.fail(f"function body larger than {MAX_FUNCTION_SIZE} bytes", offset)
-        body = _Cursor(data, section.pos, section.pos + size)
-        section.skip(size)
+        offset = pos
+        if pos < end and data[pos] < 0x80:
+            size = data[pos]
+            pos += 1
+        else:
+            size, pos = _slow_u32(data, pos, end)
+            if size > MAX_FUNCTION_SIZE:
+                raise WasmBinaryError(
+                    f"function body larger than {MAX_FUNCTION_SIZE} bytes", offset
+                )
+        body_end = pos + size
+        if body_end > end:
+            raise WasmBinaryError("function body runs past the end of its section", pos)
+        if size == 0 or data[body_end - 1] != 0x0B:
+            raise WasmBinaryError("function body must end with `end`", body_end)
+        groups = data[pos]
+        if groups < 0x80:
+            pos += 1
+        else:
+            groups, pos = _slow_u32(data, pos, body_end)
+        if groups > body_end - pos:
+            raise WasmBinaryError("local declarations run past the end of the body", pos)
         locals_ = 0
-        for _ in range(body.count(MAX_LOCALS, "local declarations")):
-            locals_ += body.u32()
-            if locals_ > MAX_LOCALS:
-                body.fail(f"too many locals (at most {MAX_LOCALS})")
-            body.value_type()
-        if body.pos >= body.end or data[body.end - 1] != 0x0B:
-            body.fail("function body must end with `end`", body.end)
+        for _ in range(groups):
+            if pos < body_end and data[pos] < 0x80:
+                locals_ += data[pos]
+                pos += 1
+            else:
+                declared, pos = _slow_u32(data, pos, body_end)
+                locals_ += declared
+            if pos >= body_end or data[pos] not in value_types:
+                raise WasmBinaryError("invalid value type of a local", pos)
+            pos += 1
+        if locals_ > MAX_LOCALS:
+            raise WasmBinaryError(f"too many locals (at most {MAX_LOCALS})", offset)
+        pos = body_end
+    section.pos = pos
     module.code_count = count
+
+
+def _slow_u32(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    cursor = _Cursor(data, pos, end)
+    value = cursor.u32()
+    return value, cursor.pos
 
 
 def _data_section(section: _Cursor, module: _Module) -> None:
