@@ -631,3 +631,55 @@ class TestGeneratedModules:
         outcomes = json.loads(done.stdout.strip().splitlines()[-1])
         untyped = [outcome for outcome in outcomes if outcome.startswith("UNTYPED")]
         assert not untyped
+
+
+# --------------------------------------------------------------------------------------------
+# Worker-process isolation
+
+
+WORKER_CHILD = """
+import json
+from wasm_plugins.errors import ModuleError
+from wasm_plugins.isolation import ProcessSandbox, WorkerPool
+from tests.test_module_containment import VALUE_TYPES, abi_module
+
+report = {{}}
+with WorkerPool(1, name="containment") as pool:
+    for value_type in VALUE_TYPES:
+        extra = f'(func (export "odd") (param {{value_type}}) (result {{value_type}}) local.get 0)'
+        sandbox = ProcessSandbox(abi_module(extra), engine={engine!r}, pool=pool)
+        try:
+            sandbox.call("odd", None)
+            odd = "answered"
+        except ModuleError:
+            odd = "module"
+        report[value_type] = [sandbox.call("echo", value_type), odd, list(sandbox.functions)]
+        sandbox.close()
+print(json.dumps(report))
+"""
+
+
+class TestInWorkers:
+    def test_every_value_type_in_a_worker(self, engine: Engine) -> None:
+        """A worker loads modules with every value type from the compiled code it is sent."""
+        report = run_child(WORKER_CHILD.format(engine=engine.name))
+        assert report == {
+            value_type: [value_type, "module", ["echo"]] for value_type in VALUE_TYPES
+        }
+
+    def test_alloc_and_function_share_the_fuel_in_a_worker(self, wasmtime_engine: Engine) -> None:
+        """In a worker too, one call's wp_alloc and function draw on one fuel budget."""
+        from wasm_plugins.isolation import ProcessSandbox, WorkerPool
+
+        with WorkerPool(1, name="containment-fuel") as pool:
+            sandbox = ProcessSandbox(
+                _burning_module(start=False),
+                engine=wasmtime_engine,
+                pool=pool,
+                codec="raw",
+                limits=Limits(fuel=500_000),
+            )
+            with pytest.raises(ResourceLimitExceeded) as caught:
+                sandbox.call("run", b"x")
+            assert caught.value.resource == "fuel"
+            sandbox.close()

@@ -63,9 +63,11 @@ class Limits:
     )
     """Bytes of linear memory, all memories of the module together."""
     fuel: int | None = attrs.field(default=None, converter=_optional_count)
-    """Units of work per call (wasmtime's fuel: roughly one per instruction)."""
+    """Units of work per call (wasmtime's fuel: roughly one per instruction), shared by every guest
+    entry of the call: the start function of an instance made for it, ``wp_alloc``, ``wp_free``
+    and the function."""
     timeout: float | None = attrs.field(default=None, converter=_optional_duration)
-    """Seconds of wall-clock time per call, instantiation included."""
+    """Seconds of wall-clock time per call, shared by every guest entry of the call like fuel."""
     max_input: int = attrs.field(
         default=DEFAULT_MAX_INPUT, converter=parse_size, validator=_positive
     )
