@@ -24,23 +24,15 @@ from wasm_plugins.errors import (
     ConfigurationError,
     ModuleError,
     PluginError,
-    ResourceLimitExceeded,
     ValidationIssue,
 )
 from wasm_plugins.sandbox._abi import Session, abi_host_functions, check_module, plugin_functions
-from wasm_plugins.sandbox._binary import (
-    PAGE_SIZE,
-    PreparedModule,
-    WasmBinaryError,
-    prepare_module,
-    read_memories,
-    read_tables,
-)
+from wasm_plugins.sandbox._binary import PAGE_SIZE
 from wasm_plugins.sandbox._cache import ModuleCache
 from wasm_plugins.sandbox._failures import grow_may_explain, refused_grow
 from wasm_plugins.sandbox._host_functions import HostFunction, LinkPlan, link_imports
 from wasm_plugins.sandbox._limits import Limits
-from wasm_plugins.sandbox._validate import check_module_bytes
+from wasm_plugins.sandbox._validate import check_module_bytes, prepare_within_limits
 
 __all__ = ["WASI_MODULE", "LoadedModule", "ModuleSource", "load_module_bytes"]
 
@@ -148,7 +140,7 @@ class LoadedModule:
         wasm = load_module_bytes(source, engine)
         check_module_bytes(wasm, limits, engine)
         engine.validate(wasm)
-        prepared = _prepare(wasm, limits)
+        prepared = prepare_within_limits(wasm, limits)
         fuel = limits.fuel is not None
         try:
             compiled = _compile(engine, prepared.wasm, fuel, cache, refresh_cache)
@@ -161,12 +153,7 @@ class LoadedModule:
             logger.bind(plugin=plugin).warning(
                 "memory.grow instrumentation refused by the engine; continuing without it"
             )
-            prepared = prepare_module(
-                wasm,
-                memory_limit_bytes=limits.memory,
-                instrument_grow=False,
-                table_limit_elements=limits.table,
-            )
+            prepared = prepare_within_limits(wasm, limits, instrument_grow=False)
             compiled = _compile(engine, prepared.wasm, fuel, cache, refresh_cache)
         module, serialized, hit = compiled
         check_module(module.exports, module.imports, functions, plugin=plugin)
@@ -240,39 +227,6 @@ class LoadedModule:
             return error
         used = self.refused_grow(session)
         return error if used is None else refused_grow(used, self.limits.memory, error)
-
-
-def _prepare(wasm: bytes, limits: Limits) -> PreparedModule:
-    try:
-        limit = limits.memory
-        initial = sum(memory.initial_bytes for memory in read_memories(wasm))
-        if limit is not None and initial > limit:
-            raise ResourceLimitExceeded(
-                resource="memory",
-                used=initial,
-                limit=limit,
-                suggestion=(
-                    "the module's initial memory is larger than limits.memory: raise the "
-                    "limit or link the module with a smaller initial memory"
-                ),
-            )
-        tables = limits.table
-        elements = sum(table.initial_elements for table in read_tables(wasm))
-        if tables is not None and elements > tables:
-            raise ResourceLimitExceeded(
-                resource="table",
-                used=elements,
-                limit=tables,
-                unit="elements",
-                suggestion="the module's initial tables are larger than limits.table: raise "
-                "the limit or build the module with fewer table elements",
-            )
-        return prepare_module(wasm, memory_limit_bytes=limit, table_limit_elements=tables)
-    except WasmBinaryError as exc:
-        raise ModuleError(
-            validation_errors=(ValidationIssue(message=exc.message, offset=exc.offset),),
-            suggestion="rebuild the module; its binary layout could not be read",
-        ) from None
 
 
 def _compile(

@@ -26,10 +26,16 @@ from wasm_plugins.errors import (
     ResourceLimitExceeded,
     ValidationIssue,
 )
-from wasm_plugins.sandbox._binary import WasmBinaryError
+from wasm_plugins.sandbox._binary import (
+    PreparedModule,
+    WasmBinaryError,
+    prepare_module,
+    read_memories,
+    read_tables,
+)
 from wasm_plugins.sandbox._limits import Limits
 
-__all__ = ["ModuleShape", "check_module_bytes", "validate_module"]
+__all__ = ["ModuleShape", "check_module_bytes", "prepare_within_limits", "validate_module"]
 
 _MAGIC = b"\0asm"
 _VERSION = b"\x01\x00\x00\x00"
@@ -254,6 +260,51 @@ def check_module_bytes(wasm: bytes, limits: Limits, engine: Engine) -> ModuleSha
             suggestion="use engine='wasmtime', which runs multi-memory modules",
         )
     return shape
+
+
+def prepare_within_limits(
+    wasm: bytes, limits: Limits, *, instrument_grow: bool = True
+) -> PreparedModule:
+    """The module rewritten so that its memories and tables cannot grow past the limits.
+
+    :raises ResourceLimitExceeded: when the initial memories or tables are already larger.
+    :raises ModuleError: when the binary layout cannot be read.
+    """
+    try:
+        memory = limits.memory
+        initial = sum(info.initial_bytes for info in read_memories(wasm))
+        if memory is not None and initial > memory:
+            raise ResourceLimitExceeded(
+                resource="memory",
+                used=initial,
+                limit=memory,
+                suggestion=(
+                    "the module's initial memory is larger than limits.memory: raise the "
+                    "limit or link the module with a smaller initial memory"
+                ),
+            )
+        table = limits.table
+        elements = sum(info.initial_elements for info in read_tables(wasm))
+        if table is not None and elements > table:
+            raise ResourceLimitExceeded(
+                resource="table",
+                used=elements,
+                limit=table,
+                unit="elements",
+                suggestion="the module's initial tables are larger than limits.table: raise the "
+                "limit or build the module with fewer table elements",
+            )
+        return prepare_module(
+            wasm,
+            memory_limit_bytes=memory,
+            instrument_grow=instrument_grow,
+            table_limit_elements=table,
+        )
+    except WasmBinaryError as exc:
+        raise ModuleError(
+            validation_errors=(ValidationIssue(message=exc.message, offset=exc.offset),),
+            suggestion="rebuild the module; its binary layout could not be read",
+        ) from None
 
 
 def validate_module(wasm: bytes) -> ModuleShape:
