@@ -75,6 +75,9 @@ CASES: list[tuple[str, st.SearchStrategy[Any]]] = [
     ("limits.max_output", bad_size),
     ("limits.fuel", st.one_of(st.integers(max_value=0), st.text(max_size=4), st.booleans())),
     ("limits.timeout", bad_duration),
+    ("limits.module_size", bad_size),
+    ("limits.table", st.one_of(st.integers(max_value=0), st.text(max_size=4), st.booleans())),
+    ("limits.memories", st.one_of(st.integers(max_value=0), st.text(max_size=4), st.booleans())),
     (
         "capabilities",
         st.one_of(st.text(max_size=5), st.integers(), st.dictionaries(st.text(), st.text())),

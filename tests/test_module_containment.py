@@ -683,3 +683,20 @@ class TestInWorkers:
                 sandbox.call("run", b"x")
             assert caught.value.resource == "fuel"
             sandbox.close()
+
+
+class TestManifestLimits:
+    def test_limits_from_a_manifest(self) -> None:
+        """A manifest sets the table, module-size and memory-count limits, with units."""
+        from wasm_plugins.manifest import Manifest
+
+        manifest = Manifest.from_dict(
+            {
+                "name": "limited",
+                "version": "1.0.0",
+                "module": {"wat": abi_module()},
+                "limits": {"table": 500, "module_size": "1 MiB", "memories": 2},
+            }
+        )
+        assert (manifest.limits.table, manifest.limits.module_size) == (500, 1 << 20)
+        assert manifest.limits.memories == 2
