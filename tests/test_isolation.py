@@ -448,7 +448,13 @@ class TestProcessSandboxUnderLoad:
         workers = set(pool.pids())
         assert workers and workers <= child_pids()
         fast = Limits(timeout="200 ms")
-        abi = ProcessSandbox(ABI, engine=engine, pool=pool, limits=fast, name="abi")
+        # Calls meant to end in their own value or error get a deadline that a busy machine
+        # cannot reach (a first trap on wasmer can take hundreds of milliseconds); the endless
+        # ones get a short one.
+        abi = ProcessSandbox(
+            ABI, engine=engine, pool=pool, limits=Limits(timeout="30 s"), name="abi"
+        )
+        looping = ProcessSandbox(ABI, engine=engine, pool=pool, limits=fast, name="abi-looping")
         bad = ProcessSandbox(HOSTILE / "bad-output.wat", engine=engine, pool=pool, name="bad")
         endless = ProcessSandbox(
             HOSTILE / "endless-loop.wat", engine=engine, pool=pool, limits=fast, name="endless"
@@ -468,7 +474,7 @@ class TestProcessSandboxUnderLoad:
             if i % 80 == 7:
                 plan.append((endless, "spin", "timeout"))
             elif i % 80 == 47:
-                plan.append((abi, "loop_forever", "timeout"))
+                plan.append((looping, "loop_forever", "timeout"))
             elif i % 3 == 0:
                 plan.append(hostile[i % len(hostile)])
             else:
@@ -493,7 +499,7 @@ class TestProcessSandboxUnderLoad:
             else:
                 assert what == "error", (index, value)
                 assert value.kind == expected_kind, (index, value)
-        for sandbox in (abi, bad, endless):
+        for sandbox in (abi, looping, bad, endless):
             sandbox.close()
         pool.close()
         assert child_pids() - before == set()
@@ -769,6 +775,11 @@ class TestErrorsAcrossTheChannel:
             for varying in ("duration", "message"):
                 expected.pop(varying, None)
                 got.pop(varying, None)
+            if kind is DeadlineExceeded:
+                # On a busy machine the host's kill at the deadline can come before the worker's
+                # own engine deadline fires: the same error, with a suggestion that says so.
+                suggestion = got.pop("suggestion")
+                assert suggestion == expected.pop("suggestion") or "killed" in suggestion
             assert got == expected
             assert remote.call("echo", 1) == 1
             remote.close()
