@@ -17,6 +17,7 @@ import attrs
 import pluggy
 from loguru import logger
 
+from wasm_plugins._escape import escape
 from wasm_plugins.hookspecs import PROJECT_NAME
 
 __all__ = [
@@ -44,8 +45,8 @@ class DiscoveryProblem:
     reason: str
 
     def __str__(self) -> str:
-        where = f" (from distribution {self.distribution})" if self.distribution else ""
-        return f"{self.source}{where}: {self.stage} failed: {self.reason}"
+        where = f" (from distribution {escape(self.distribution)})" if self.distribution else ""
+        return f"{escape(self.source)}{where}: {self.stage} failed: {escape(self.reason)}"
 
 
 def blocked_names(environment: dict[str, str] | None = None) -> frozenset[str]:
@@ -85,18 +86,31 @@ def load_entry_points(
             continue
         try:
             plugin = entry_point.load()
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            # Importing runs the distribution's code: SystemExit, GeneratorExit or an exception
+            # of its own making must not end the host's discovery of the others.
             problems.append(
-                DiscoveryProblem(source, distribution, "import", f"{type(exc).__name__}: {exc}")
+                DiscoveryProblem(
+                    source, distribution, "import", escape(f"{type(exc).__name__}: {exc}")
+                )
             )
             continue
         try:
             manager.register(plugin, name=entry_point.name)
             manager.check_pending()
-        except (pluggy.PluginValidationError, ValueError) as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             if manager.is_registered(plugin):
                 manager.unregister(plugin)
-            problems.append(DiscoveryProblem(source, distribution, "hookimpl", str(exc)))
+            reason = (
+                str(exc)
+                if isinstance(exc, pluggy.PluginValidationError | ValueError)
+                else f"{type(exc).__name__}: {exc}"
+            )
+            problems.append(DiscoveryProblem(source, distribution, "hookimpl", escape(reason)))
             continue
         registered[entry_point.name] = distribution
     for problem in problems:

@@ -18,7 +18,7 @@ import pluggy
 if TYPE_CHECKING:
     from wasm_plugins.engine import Engine
     from wasm_plugins.errors import PluginError
-    from wasm_plugins.manifest import PluginSource
+    from wasm_plugins.manifest import Manifest, PluginSource
     from wasm_plugins.policy import (
         Attempt,
         CallState,
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         Report,
     )
     from wasm_plugins.sandbox import HostFunction
+    from wasm_plugins.trust import Grant
 
 PROJECT_NAME = "wasm_plugins"
 
@@ -104,6 +105,27 @@ def wasm_plugins_register_host_functions(register: Callable[[HostFunction], None
     the plugin's name) and then the guest's arguments.
 
     :param register: the callback that offers one host function.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Trust
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def wasm_plugins_grant(manifest: Manifest, distribution: str | None, digest: str) -> Grant | None:
+    """Decide what a plugin gets, in place of the trust policy's entry for it.
+
+    firstresult: the first :class:`~wasm_plugins.trust.Grant` returned is the plugin's entry
+    (what it does not say, the policy's default says); ``None`` leaves the decision to the trust
+    policy. Called for every manifest the host does not take as written: those found through
+    entry points or given on the command line, and ``host.load(manifest, check=True)``. An
+    implementation that raises refuses the plugin (it is listed in ``host.problems``).
+
+    :param manifest: the plugin's manifest, as its author wrote it (a request).
+    :param distribution: the installed distribution that ships it (``name version``), if any.
+    :param digest: the hex SHA-256 digest of the plugin's module.
     """
 
 

@@ -8,11 +8,12 @@ Unknown keys are refused at every level, so a misspelt setting cannot be silentl
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Union
 
 import attrs
@@ -98,6 +99,8 @@ def _at_least(minimum: float, *, strictly: bool = False) -> Any:
     def check(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
         if value is None:
             return
+        if not math.isfinite(value):
+            raise _FieldError(attribute.name, f"must be a finite number, got {value}")
         if value < minimum or (strictly and value == minimum):
             relation = "greater than" if strictly else "at least"
             raise _FieldError(attribute.name, f"must be {relation} {minimum}, got {value}")
@@ -113,12 +116,24 @@ def _one_of(options: tuple[str, ...]) -> Any:
     return check
 
 
+def _inside_distribution(_: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is None:
+        return
+    posix, windows = PurePosixPath(value), PureWindowsPath(value)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or ".." in windows.parts:
+        raise _FieldError(
+            attribute.name,
+            f"{value!r} leaves the manifest's folder: a resource is a path inside it, "
+            "without '..' and not absolute",
+        )
+
+
 @attrs.frozen
 class ModuleSpec:
     """Where the module comes from: exactly one of the fields."""
 
-    resource: str | None = None
-    """A file next to the manifest (inside the distribution that ships it)."""
+    resource: str | None = attrs.field(default=None, validator=_inside_distribution)
+    """A file next to the manifest (inside the distribution that ships it, never outside)."""
     path: str | None = None
     """A file path; relative paths are resolved against the manifest's folder."""
     wat: str | None = None
@@ -246,6 +261,17 @@ class PolicySpec:
                 )
 
 
+def _simplified_elsewhere(_: Any, __: attrs.Attribute[Any], value: dict[str, Any]) -> None:
+    # The simplified fallback answers for a function whose breaker may be open: it must run
+    # other code than the function it stands in for.
+    for name, spec in value.items():
+        if isinstance(spec, FunctionSpec) and spec.simplified == name:
+            raise _FieldError(
+                f"functions.{name}.simplified",
+                "names the function itself; name a cheaper export of the plugin",
+            )
+
+
 @attrs.frozen
 class Manifest:
     """Everything the host needs to know about one plugin."""
@@ -258,11 +284,13 @@ class Manifest:
     codec: str = attrs.field(default="json", validator=_one_of(CODECS))
     engine: str | None = None
     isolation: str = attrs.field(default="auto", validator=_one_of(ISOLATIONS))
-    functions: dict[str, FunctionSpec] = attrs.field(factory=dict)
+    functions: dict[str, FunctionSpec] = attrs.field(factory=dict, validator=_simplified_elsewhere)
     limits: Limits = attrs.field(factory=Limits)
     capabilities: frozenset[str] = attrs.field(factory=frozenset)
     config: dict[str, Any] = attrs.field(factory=dict)
     wasi: WasiSpec = attrs.field(factory=WasiSpec)
+    http: tuple[str, ...] = ()
+    """Hosts the plugin asks to reach through the ``http`` capability (the trust policy decides)."""
     policy: PolicySpec = attrs.field(factory=PolicySpec)
     base: Path | Traversable | None = attrs.field(default=None, eq=False, repr=False)
     """The folder resources and relative paths resolve against (not read from TOML)."""
@@ -281,6 +309,8 @@ class Manifest:
             return Path(relative)
         target = self.base / relative
         if isinstance(target, Path):
+            if spec.resource is not None and isinstance(self.base, Path):
+                _confined(target, self.base, self.name)
             return target
         data = target.read_bytes()
         return data if data.startswith(b"\0asm") else data.decode("utf-8")
@@ -301,6 +331,7 @@ class Manifest:
                 ),
                 suggestion="a manifest is a TOML document or a dict",
             )
+        _check_plain(data)
         try:
             manifest = manifest_converter().structure(dict(data), cls)
         except cattrs.BaseValidationError as exc:
@@ -317,10 +348,11 @@ class Manifest:
         """
         try:
             data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
+            # ValueError: an integer too long to convert; RecursionError: nesting too deep.
             raise ConfigurationError(
                 field="manifest",
-                message=f"Invalid configuration: manifest - not valid TOML: {exc}",
+                message=f"Invalid configuration: manifest - not valid TOML: {_shorter(exc)}",
                 suggestion="fix the TOML syntax at the position shown",
             ) from None
         return cls.from_dict(data, base=base)
@@ -341,6 +373,67 @@ class Manifest:
             target.parent if isinstance(target, Path) else _traversable_parent(target)
         )
         return cls.from_toml(text, base=parent)
+
+
+MAX_DEPTH = 32
+"""Tables and lists nest at most this deep in a manifest."""
+MAX_INTEGER = 2**64
+"""Integers in a manifest lie strictly between minus and plus this."""
+
+
+def _check_plain(data: Mapping[str, Any]) -> None:
+    """Refuse what no valid manifest holds and what would fail later in untyped ways: nesting
+    deeper than :data:`MAX_DEPTH`, integers beyond 64 bits, NaN and infinities, keys that are
+    not strings. Iterative, so that no input can exhaust the stack."""
+    pending: list[tuple[Any, tuple[str, ...]]] = [(data, ())]
+    while pending:
+        value, path = pending.pop()
+        if len(path) > MAX_DEPTH:
+            raise _plain_error(path, f"nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise _plain_error(path, f"keys are strings, got {type(key).__name__}")
+                pending.append((item, (*path, key)))
+        elif isinstance(value, list | tuple):
+            pending.extend((item, (*path, str(index))) for index, item in enumerate(value))
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, int) and not -MAX_INTEGER < value < MAX_INTEGER:
+            raise _plain_error(path, "integer out of range (more than 64 bits)")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise _plain_error(path, f"{value} is not a finite number")
+
+
+def _plain_error(path: tuple[str, ...], problem: str) -> ConfigurationError:
+    where = ".".join(path[:MAX_DEPTH]) or "manifest"
+    if len(path) > MAX_DEPTH:
+        where += ".…"
+    return ConfigurationError(
+        field=where,
+        message=f"Invalid configuration: {where} - {problem}",
+        suggestion=_SUGGESTIONS.get(path[0] if path else "", "see docs/manifest.md"),
+    )
+
+
+def _shorter(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+def _confined(target: Path, base: Path, plugin: str) -> None:
+    """A resource reached through a symlink may not leave the manifest's folder either."""
+    folder = base.resolve()
+    resolved = target.resolve()
+    if resolved != folder and folder not in resolved.parents:
+        raise ConfigurationError(
+            field="module.resource",
+            plugin=plugin,
+            message=(
+                "Invalid configuration: module.resource - it resolves outside the manifest's folder"
+            ),
+            suggestion="ship the module inside the distribution, next to its manifest",
+        )
 
 
 def _traversable_parent(target: Traversable) -> Traversable | None:

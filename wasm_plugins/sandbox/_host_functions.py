@@ -102,12 +102,15 @@ def link_imports(
     plugin: str,
     memory_limit_pages: int | None,
     gated_modules: Mapping[str, str] | None = None,
+    gated_functions: Mapping[str, str] | None = None,
 ) -> LinkPlan:
     """Match every import of a module to a host function or a host-made memory.
 
     :param gated_modules: import modules served by a capability as a whole (``wasi`` for
         ``wasi_snapshot_preview1``); their functions are linked elsewhere, so here they are only
         checked against ``granted``.
+    :param gated_functions: functions of those modules (``module.name``) that need one more
+        capability (WASI's clocks need ``clock``, its random source ``random``).
     :raises SecurityViolation: when an import needs a capability that is not granted.
     :raises ModuleError: when an import is unknown or has the wrong type.
     """
@@ -123,6 +126,9 @@ def link_imports(
             capability = gated[module]
             if capability not in granted:
                 raise _denied(capability, where, plugin)
+            extra = (gated_functions or {}).get(where)
+            if extra is not None and extra not in granted:
+                raise _denied(extra, where, plugin)
             continue
         if item.kind == "memory" and module in MEMORY_IMPORT_MODULES:
             minimum = item.minimum or 0

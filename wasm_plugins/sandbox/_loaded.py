@@ -41,6 +41,16 @@ ModuleSource = bytes | bytearray | memoryview | str | os.PathLike[str]
 
 WASI_MODULE = "wasi_snapshot_preview1"
 """The import module of WASI preview1, linked when the ``wasi`` capability is granted."""
+WASI_GATED_FUNCTIONS = {
+    f"{WASI_MODULE}.{name}": capability
+    for names, capability in (
+        # poll_oneoff reads the clocks too (and can sleep): it is a clock.
+        (("clock_time_get", "clock_res_get", "poll_oneoff"), "clock"),
+        (("random_get",), "random"),
+    )
+    for name in names
+}
+"""WASI functions gated by the framework's own capabilities, besides ``wasi`` itself."""
 _MAGIC = b"\0asm"
 _MASK = 0xFFFFFFFF
 
@@ -165,6 +175,7 @@ class LoadedModule:
             plugin=plugin,
             memory_limit_pages=None if limits.memory is None else limits.memory // PAGE_SIZE,
             gated_modules={WASI_MODULE: "wasi"},
+            gated_functions=WASI_GATED_FUNCTIONS,
         )
         return cls(
             engine=engine,
