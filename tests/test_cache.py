@@ -203,16 +203,26 @@ class TestBadEntries:
 
 class TestDirectory:
     def test_private_directory(self, engine: Engine, tmp_path: Path) -> None:
-        """The directory is made with mode 0700, and an open one is made private."""
+        """The directories the cache makes have mode 0700."""
         made = ModuleCache(tmp_path / "new" / "cache")
         Sandbox(ECHO, engine=engine, cache=made)
         assert stat.S_IMODE(made.directory.stat().st_mode) == 0o700
         assert stat.S_IMODE(made.entries.stat().st_mode) == 0o700
-        opened = tmp_path / "open"
-        opened.mkdir(mode=0o777)
-        os.chmod(opened, 0o777)
-        Sandbox(ECHO, engine=engine, cache=ModuleCache(opened))
-        assert stat.S_IMODE(opened.stat().st_mode) == 0o700
+
+    @pytest.mark.parametrize("mode", [0o777, 0o1777, 0o775])
+    def test_a_shared_directory_is_not_used_nor_changed(
+        self, engine: Engine, tmp_path: Path, mode: int
+    ) -> None:
+        """An existing directory others may write to (a shared folder given by mistake) keeps
+        its mode, and the cache does not use it: the module is compiled all the same."""
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        os.chmod(shared, mode)
+        cache = ModuleCache(shared)
+        assert Sandbox(ECHO, engine=engine, cache=cache).call("echo", PAYLOAD) == PAYLOAD
+        assert stat.S_IMODE(shared.stat().st_mode) == mode
+        assert list(shared.iterdir()) == []
+        assert cache.stats.writes == 0
 
     def test_entries_are_private_files(self, engine: Engine, tmp_path: Path) -> None:
         cache = ModuleCache(tmp_path)
@@ -256,6 +266,110 @@ class TestDirectory:
         Sandbox(ECHO, engine=engine, cache=cache)
         assert cache.clear() == 1
         assert not Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+
+
+class TestPlantedFiles:
+    """Links and files someone else put in the cache are never followed, used or deleted."""
+
+    def test_a_planted_entries_link(self, engine: Engine, tmp_path: Path) -> None:
+        """compiled-v1 as a symlink to another folder: the cache is not used, the target's mode
+        and files stay as they are, and clear() deletes nothing there."""
+        target = tmp_path / "victim"
+        target.mkdir()
+        os.chmod(target, 0o755)
+        keep = target / ("a" * 64)
+        keep.write_text("precious")
+        cache = ModuleCache(tmp_path / "cache")
+        cache.directory.mkdir(mode=0o700)
+        cache.entries.symlink_to(target)
+        assert Sandbox(ECHO, engine=engine, cache=cache).call("echo", PAYLOAD) == PAYLOAD
+        assert cache.stats.writes == 0
+        assert cache.clear() == 0
+        assert keep.read_text() == "precious"
+        assert sorted(p.name for p in target.iterdir()) == [keep.name]
+        assert stat.S_IMODE(target.stat().st_mode) == 0o755
+
+    def test_a_planted_entry_link(self, engine: Engine, tmp_path: Path) -> None:
+        """An entry that is a symlink (to a valid entry elsewhere) is not read; writing the
+        entry replaces the link and leaves its target alone."""
+        source = ModuleCache(tmp_path / "elsewhere")
+        Sandbox(ECHO, engine=engine, cache=source)
+        elsewhere = only_entry(source)
+        before = elsewhere.read_bytes()
+        cache = ModuleCache(tmp_path / "cache")
+        cache.entries.mkdir(parents=True, mode=0o700)
+        os.chmod(cache.directory, 0o700)
+        (cache.entries / elsewhere.name).symlink_to(elsewhere)
+        sandbox = Sandbox(ECHO, engine=engine, cache=cache)
+        assert not sandbox.compiled_from_cache
+        assert cache.stats.rejected == 1
+        assert not (cache.entries / elsewhere.name).is_symlink()
+        assert elsewhere.read_bytes() == before
+
+    def test_clear_deletes_only_its_entries(self, engine: Engine, tmp_path: Path) -> None:
+        """Files that are not entries, and links, survive clear()."""
+        cache = ModuleCache(tmp_path / "cache")
+        Sandbox(ECHO, engine=engine, cache=cache)
+        notes = cache.entries / "notes.txt"
+        notes.write_text("mine")
+        outside = tmp_path / "outside.txt"
+        outside.write_text("not the cache's")
+        (cache.entries / ("b" * 64)).symlink_to(outside)
+        assert cache.clear() == 1
+        assert notes.exists() and outside.read_text() == "not the cache's"
+        assert (cache.entries / ("b" * 64)).is_symlink()
+
+
+class TestSizeBound:
+    """The cache keeps at most max_size bytes: old engine versions go first, then the least
+    recently used."""
+
+    @staticmethod
+    def variant(number: int) -> str:
+        """The echo module made different by one global (so that it has an entry of its own)."""
+        return ECHO.read_text().replace("(module", f"(module (global i32 (i32.const {number}))", 1)
+
+    def fill(self, engine: Engine, cache: ModuleCache, count: int) -> list[Path]:
+        """Entries for the first ``count`` variants; their paths, in order."""
+        paths = []
+        for number in range(count):
+            before = set(cache.entries.iterdir()) if cache.entries.exists() else set()
+            Sandbox(self.variant(number), engine=engine, cache=cache)
+            paths.extend(set(cache.entries.iterdir()) - before)
+        return paths
+
+    def test_least_recently_used_goes_first(self, engine: Engine, tmp_path: Path) -> None:
+        """Past the bound, the entry used longest ago is evicted; one just used is kept."""
+        cache = ModuleCache(tmp_path / "cache", max_size=None)
+        first, second, third = self.fill(engine, cache, 3)
+        for age, path in enumerate((first, second, third)):
+            os.utime(path, ns=(10**18 + age, 10**18 + age))
+        size = first.stat().st_size
+        bounded = ModuleCache(tmp_path / "cache", max_size=int(size * 3.5))
+        assert Sandbox(self.variant(0), engine=engine, cache=bounded).compiled_from_cache
+        Sandbox(self.variant(3), engine=engine, cache=bounded)
+        assert first.exists() and not second.exists()
+        assert bounded.stats.evicted >= 1
+        total = sum(p.stat().st_size for p in bounded.entries.iterdir())
+        assert total <= bounded.max_size
+
+    def test_old_engine_versions_go_first(self, engine: Engine, tmp_path: Path) -> None:
+        """An entry an older version of the engine made is evicted before any current one,
+        even a less recently used one."""
+        cache = ModuleCache(tmp_path / "cache", max_size=None)
+        (current,) = self.fill(engine, cache, 1)
+        Sandbox(ECHO, engine=OtherVersion(engine, "0.0.1-old"), cache=cache)  # type: ignore[arg-type]
+        old = [p for p in cache.entries.iterdir() if p != current][0]
+        os.utime(current, ns=(10**18, 10**18))
+        os.utime(old, ns=(2 * 10**18, 2 * 10**18))
+        bounded = ModuleCache(tmp_path / "cache", max_size=current.stat().st_size * 2 + 10)
+        Sandbox(ECHO, engine=engine, cache=bounded)
+        assert current.exists() and not old.exists()
+
+    def test_the_bound_from_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """WASM_PLUGINS_CACHE_MAX_SIZE sets the default cache's bound."""
+        monkeypatch.setenv("WASM_PLUGINS_CACHE_MAX_SIZE", "2 MiB")
+        assert ModuleCache.from_environment().max_size == 2 * 1024 * 1024
 
 
 class TestLocation:

@@ -240,4 +240,3 @@ class TestEscape:
     def test_escape_lines_keeps_newlines(self) -> None:
         """For a block of text, newlines stay and the rest is escaped."""
         assert escape_lines("a\x1b\nb") == "a\\x1b\nb"
-

@@ -7,14 +7,21 @@ and the rewriter's version, and the machine. Loading an entry is deserializing i
 next to compiling, and **unsafe** for data that is not the engine's own output (wasmtime maps it
 as executable code). So an entry is never trusted as found:
 
-- the cache directory is made private (mode 0700); one that belongs to another user, or that
-  others may write to and cannot be made private, is not used at all;
+- the directories the cache makes are private (mode 0700); an existing directory is used only if
+  it belongs to the user and others cannot write to it, and its mode is never changed (it may be
+  a shared folder someone gave by mistake); the entries' directory and the entries may not be
+  symlinks, and an entry owned by another user is never read;
 - every entry starts with a header that names its key, engine, version and fuel setting, and the
   SHA-256 digest and size of its payload; a header that does not match what is looked up (a
   foreign entry), a payload of another size (truncated) or digest (corrupt), or an entry the
   engine then refuses (stale) is compiled again and replaced;
-- an entry is written to a temporary file in the same directory and renamed into place, so
-  readers see a whole entry or none, and concurrent writers of the same entry do not mix.
+- an entry is written to a new temporary file (created exclusively, never through a link) in
+  the same directory and renamed into place, so readers see a whole entry or none, and
+  concurrent writers of the same entry do not mix;
+- ``clear()`` deletes only files named like its own entries, never what a link points to;
+- the cache is bounded (``max_size``, ``WASM_PLUGINS_CACHE_MAX_SIZE``, 512 MiB by default): past
+  the bound, entries made by another version of an engine go first, then the least recently
+  used.
 
 A digest is no signature: someone who can write to the directory can write a valid entry. That is
 why the directory must be private to the user running the host.
@@ -28,10 +35,12 @@ on Windows. ``WASM_PLUGINS_CACHE=off`` (or ``0``, ``false``, ``no``) turns the d
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import platform
+import re
 import stat
 import struct
 import sys
@@ -43,6 +52,7 @@ from typing import Any
 import attrs
 from loguru import logger
 
+from wasm_plugins._units import parse_size
 from wasm_plugins.engine import Engine, EngineModule
 from wasm_plugins.errors import PluginError
 from wasm_plugins.sandbox._binary import REWRITER_VERSION
@@ -50,7 +60,9 @@ from wasm_plugins.sandbox._binary import REWRITER_VERSION
 __all__ = [
     "CACHE_DIR_VARIABLE",
     "CACHE_FORMAT",
+    "CACHE_SIZE_VARIABLE",
     "CACHE_SWITCH_VARIABLE",
+    "DEFAULT_MAX_SIZE",
     "CacheStats",
     "CompiledModule",
     "ModuleCache",
@@ -61,6 +73,13 @@ CACHE_FORMAT = 1
 """The entry format; part of every key, so that a new format never reads an old entry."""
 CACHE_DIR_VARIABLE = "WASM_PLUGINS_CACHE_DIR"
 CACHE_SWITCH_VARIABLE = "WASM_PLUGINS_CACHE"
+CACHE_SIZE_VARIABLE = "WASM_PLUGINS_CACHE_MAX_SIZE"
+DEFAULT_MAX_SIZE = 512 * 1024 * 1024
+"""Bytes of entries the default cache keeps at most."""
+_ENTRY_NAME = re.compile(r"^[0-9a-f]{64}$")
+_TEMPORARY_PREFIX = ".tmp-"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
 _OFF = frozenset({"0", "off", "false", "no"})
 _MAGIC = b"WPMCACHE"
 _HEADER_LENGTH = struct.Struct(">I")
@@ -100,6 +119,8 @@ class CacheStats:
     """Entries written."""
     errors: int = 0
     """Entries that could not be read or written (the module was compiled all the same)."""
+    evicted: int = 0
+    """Entries removed to keep the cache within its size bound."""
 
 
 @attrs.frozen
@@ -117,21 +138,46 @@ class ModuleCache:
 
     :param directory: where the entries go (``None``: :func:`default_directory`).
     :param enabled: ``False`` makes a cache that compiles every time and touches no file.
+    :param max_size: bytes of entries to keep at most (``None``: no bound).
     """
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None, *, enabled: bool = True):
+    def __init__(
+        self,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        enabled: bool = True,
+        max_size: int | None = DEFAULT_MAX_SIZE,
+    ):
         self.directory = Path(directory) if directory is not None else default_directory()
         self.enabled = enabled
+        self.max_size = max_size
         self._lock = threading.Lock()
-        self._counts = {"hits": 0, "misses": 0, "rejected": 0, "writes": 0, "errors": 0}
+        self._counts = {
+            "hits": 0,
+            "misses": 0,
+            "rejected": 0,
+            "writes": 0,
+            "errors": 0,
+            "evicted": 0,
+        }
         self._ready: bool | None = None
 
     @classmethod
     def from_environment(cls) -> ModuleCache:
         """The default cache: in :func:`default_directory`, off when ``WASM_PLUGINS_CACHE`` says
-        ``off``, ``0``, ``false`` or ``no``."""
+        ``off``, ``0``, ``false`` or ``no``, bounded by ``WASM_PLUGINS_CACHE_MAX_SIZE`` (a size
+        such as ``1 GiB``) when set."""
         switch = os.environ.get(CACHE_SWITCH_VARIABLE, "").strip().lower()
-        return cls(enabled=switch not in _OFF)
+        bound = os.environ.get(CACHE_SIZE_VARIABLE, "").strip()
+        max_size = DEFAULT_MAX_SIZE
+        if bound:
+            try:
+                max_size = parse_size(bound)
+            except ValueError as exc:
+                logger.bind(variable=CACHE_SIZE_VARIABLE).warning(
+                    "ignored (using {} bytes): {}", DEFAULT_MAX_SIZE, exc
+                )
+        return cls(enabled=switch not in _OFF, max_size=max_size)
 
     @classmethod
     def disabled(cls) -> ModuleCache:
@@ -201,15 +247,39 @@ class ModuleCache:
         return CompiledModule(module, serialized)
 
     def clear(self) -> int:
-        """Remove every entry of this format; how many were removed."""
+        """Remove every entry of this format; how many were removed.
+
+        Only the cache's own files go: regular files named like an entry (or a temporary
+        entry), owned by the user, in an entries directory that is not a link.
+        """
         removed = 0
-        if not self.entries.is_dir():
-            return 0
-        for entry in self.entries.iterdir():
+        for path, _ in self._own_entries(temporary=True):
             with contextlib.suppress(OSError):
-                entry.unlink()
+                path.unlink()
                 removed += 1
         return removed
+
+    def _own_entries(self, *, temporary: bool = False) -> list[tuple[Path, os.stat_result]]:
+        """The cache's own entry files with their status (none when the directory is not the
+        cache's to use)."""
+        try:
+            if not _real_directory(self.entries):
+                return []
+            names = os.listdir(self.entries)
+        except OSError:
+            return []
+        found = []
+        for name in names:
+            if not (_ENTRY_NAME.match(name) or (temporary and name.startswith(_TEMPORARY_PREFIX))):
+                continue
+            path = self.entries / name
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode) and _owned_by_user(info):
+                found.append((path, info))
+        return found
 
     # -- the directory ------------------------------------------------------------------------
 
@@ -218,7 +288,9 @@ class ModuleCache:
         if self._ready is not None:
             return self._ready
         try:
-            ready = _private_directory(self.directory) and _private_directory(self.entries)
+            ready = _private_directory(self.directory) and _private_directory(
+                self.entries, follow=False
+            )
         except OSError as exc:
             logger.bind(cache=str(self.directory)).warning(
                 "compiled-module cache not used: {}", exc
@@ -243,14 +315,27 @@ class ModuleCache:
             return None
         path = self.path(key)
         try:
-            with open(path, "rb") as handle:
+            descriptor = os.open(path, os.O_RDONLY | _NOFOLLOW | _BINARY)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self._reject(path, "it is a symbolic link")
+                return None
+            self._count("errors")
+            logger.bind(cache=str(path)).warning("cannot read a cache entry: {}", exc)
+            return None
+        try:
+            with os.fdopen(descriptor, "rb") as handle:
                 info = os.fstat(handle.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    self._reject(path, "it is not a regular file")
+                    return None
                 if not _owned_by_user(info):
                     self._reject(path, "it belongs to another user")
                     return None
                 data = handle.read()
-        except FileNotFoundError:
-            return None
+                _mark_used(handle.fileno())
         except OSError as exc:
             self._count("errors")
             logger.bind(cache=str(path)).warning("cannot read a cache entry: {}", exc)
@@ -282,13 +367,16 @@ class ModuleCache:
             self._count("errors")
             logger.bind(cache=str(self.directory)).debug("module not serializable: {}", exc)
             return None
+        if self.max_size is not None and len(payload) > self.max_size:
+            return payload
         header = self._header(engine, key, fuel)
         header["payload_size"] = len(payload)
         header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
         encoded = json.dumps(header, sort_keys=True).encode()
         temporary = None
         try:
-            descriptor, temporary = tempfile.mkstemp(dir=self.entries, prefix=".tmp-")
+            # mkstemp creates the file exclusively (O_EXCL), mode 0600, never through a link.
+            descriptor, temporary = tempfile.mkstemp(dir=self.entries, prefix=_TEMPORARY_PREFIX)
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(_MAGIC)
                 handle.write(_HEADER_LENGTH.pack(len(encoded)))
@@ -303,11 +391,52 @@ class ModuleCache:
             logger.bind(cache=str(self.directory)).warning("cannot write a cache entry: {}", exc)
         else:
             self._count("writes")
+            self._evict(engine, keep=key)
         finally:
             if temporary is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(temporary)
         return payload
+
+    def _evict(self, engine: Engine, keep: str) -> None:
+        """Remove entries until the cache is within its bound: entries of another version of
+        this engine first, then the least recently used (an entry's modification time is
+        renewed each time it is loaded)."""
+        if self.max_size is None:
+            return
+        entries = self._own_entries()
+        total = sum(info.st_size for _, info in entries)
+        if total <= self.max_size:
+            return
+        ranked = sorted(
+            ((self._is_current(path, engine), info.st_mtime_ns, path, info.st_size))
+            for path, info in entries
+            if path.name != keep
+        )
+        for _, _, path, size in ranked:
+            if total <= self.max_size:
+                break
+            with contextlib.suppress(OSError):
+                path.unlink()
+                total -= size
+                self._count("evicted")
+
+    @staticmethod
+    def _is_current(path: Path, engine: Engine) -> bool:
+        """Whether an entry was made by this engine's version, or by another engine (which may
+        still be in use); an entry of an older version of this engine can never be used again."""
+        try:
+            with open(path, "rb") as handle:
+                start = handle.read(len(_MAGIC) + _HEADER_LENGTH.size)
+                if len(start) < len(_MAGIC) + _HEADER_LENGTH.size:
+                    return False
+                (length,) = _HEADER_LENGTH.unpack_from(start, len(_MAGIC))
+                header = json.loads(handle.read(min(length, _MAX_HEADER)))
+        except (OSError, ValueError):
+            return False
+        if not isinstance(header, dict) or header.get("engine") != engine.name:
+            return True
+        return header.get("engine_version") == engine.version
 
 
 def _unpack(data: bytes, expected: dict[str, Any]) -> tuple[bytes | None, str]:
@@ -341,11 +470,35 @@ def _owned_by_user(info: os.stat_result) -> bool:
     return getuid is None or info.st_uid == getuid()
 
 
-def _private_directory(path: Path) -> bool:
-    """Make ``path`` (mode 0700) or check it: owned by this user and not open to others."""
-    with contextlib.suppress(FileExistsError):
+def _mark_used(descriptor: int) -> None:
+    """Renew an entry's modification time: eviction removes the least recently used first."""
+    if os.utime in os.supports_fd:
+        with contextlib.suppress(OSError):
+            os.utime(descriptor)
+
+
+def _real_directory(path: Path) -> bool:
+    info = os.lstat(path)
+    return stat.S_ISDIR(info.st_mode) and not stat.S_ISLNK(info.st_mode)
+
+
+def _private_directory(path: Path, *, follow: bool = True) -> bool:
+    """Make ``path`` (mode 0700), or check an existing one: a directory (not a link, unless
+    ``follow``), owned by this user, that others cannot write to. An existing directory's mode
+    is never changed: it is not the cache's to change."""
+    try:
         path.mkdir(mode=0o700, parents=True)
-    info = path.stat()
+    except FileExistsError:
+        pass
+    else:
+        # mkdir applies the umask; a directory the cache made is its own to make private.
+        os.chmod(path, 0o700)
+    info = path.stat() if follow else os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        logger.bind(cache=str(path)).warning(
+            "compiled-module cache not used: {} is a symbolic link", path
+        )
+        return False
     if not stat.S_ISDIR(info.st_mode):
         raise NotADirectoryError(f"{path} is not a directory")
     if not hasattr(os, "getuid"):
@@ -355,6 +508,10 @@ def _private_directory(path: Path) -> bool:
             "compiled-module cache not used: {} belongs to another user", path
         )
         return False
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        os.chmod(path, 0o700)
+    if stat.S_IMODE(info.st_mode) & 0o022:
+        logger.bind(cache=str(path)).warning(
+            "compiled-module cache not used: others may write to {} (make it private: chmod 700)",
+            path,
+        )
+        return False
     return True
