@@ -359,7 +359,7 @@ class TestSizeBound:
         cache = ModuleCache(tmp_path / "cache", max_size=None)
         (current,) = self.fill(engine, cache, 1)
         Sandbox(ECHO, engine=OtherVersion(engine, "0.0.1-old"), cache=cache)  # type: ignore[arg-type]
-        old = [p for p in cache.entries.iterdir() if p != current][0]
+        (old,) = [p for p in cache.entries.iterdir() if p != current]
         os.utime(current, ns=(10**18, 10**18))
         os.utime(old, ns=(2 * 10**18, 2 * 10**18))
         bounded = ModuleCache(tmp_path / "cache", max_size=current.stat().st_size * 2 + 10)
