@@ -11,7 +11,14 @@ import pluggy
 import pytest
 
 from tests._distributions import install_distribution
-from wasm_plugins import ConfigurationError, Manifest, PluginHost, Sandbox, SecurityViolation
+from wasm_plugins import (
+    ConfigurationError,
+    ContextualError,
+    Manifest,
+    PluginHost,
+    Sandbox,
+    SecurityViolation,
+)
 from wasm_plugins._escape import escape, escape_lines
 from wasm_plugins.discovery import load_entry_points
 from wasm_plugins.engine import Engine
@@ -215,6 +222,50 @@ class TestWasiClockAndRandom:
             codec="raw",
         )
         assert sandbox.call("run", b"") == b""
+
+
+PRINTER = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 100) "{\\"forged\\": true}\\1b[2J\\n")
+  (func (export "wp_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "wp_free") (param i32 i32))
+  (func (export "run") (param i32 i32) (result i64)
+    (i32.store (i32.const 200) (i32.const 100))
+    (i32.store (i32.const 204) (i32.const 20))
+    (drop (call $w (i32.const 1) (i32.const 200) (i32.const 1) (i32.const 300)))
+    (drop (call $w (i32.const 2) (i32.const 200) (i32.const 1) (i32.const 300)))
+    (i64.const 0)))"""
+
+
+class TestOutputConfinement:
+    """A guest never writes to the host process's own stdout or stderr, on any engine."""
+
+    @pytest.mark.parametrize("capture", [True, False])
+    def test_no_guest_output_reaches_the_host(
+        self, engine: Engine, capture: bool, capfd: pytest.CaptureFixture[str]
+    ) -> None:
+        """Captured into the log where the engine can; refused at load where it cannot (wasmer
+        1.1 would hand the guest the host's own descriptors), whatever capture_output says."""
+        manifest = {
+            "name": "printer",
+            "module": {"wat": PRINTER},
+            "codec": "raw",
+            "engine": engine.name,
+            "capabilities": ["wasi"],
+            "wasi": {"capture_output": capture},
+        }
+        with PluginHost(module_cache=False) as host:
+            host.load(manifest)
+            if engine.features.wasi_captured_output:
+                assert host.call("printer", "run", b"") == b""
+            else:
+                with pytest.raises(ContextualError) as caught:
+                    host.call("printer", "run", b"")
+                assert caught.value.error.kind == "configuration"
+                assert "fd_write" in caught.value.error.message
+        out, err = capfd.readouterr()
+        assert "forged" not in out and "forged" not in err
 
 
 class TestEscape:

@@ -268,8 +268,22 @@ def _wasi_for_module(
         directory.read_only for directory in settings.directories
     ):
         raise _wasi_unsupported(engine, "wasi.preopens.read_only", "read-only directories")
-    if not features.wasi_captured_output and settings.output is not None:
-        raise _wasi_unsupported(engine, "wasi.capture_output", "capturing the guest's output")
+    if not features.wasi_captured_output:
+        # Such an engine hands the guest the host process's own stdin, stdout and stderr: a
+        # guest could forge the host's output or send terminal escapes. Whatever capture_output
+        # says, a module that can reach a file descriptor does not load.
+        reaching = sorted(
+            item.name
+            for item in module.imports
+            if item.module == WASI_MODULE and item.name.startswith(("fd_", "poll_", "sock_"))
+        )
+        if reaching:
+            raise _wasi_unsupported(
+                engine,
+                "wasi.capture_output",
+                "keeping the guest away from the host's own standard streams (the module "
+                f"imports {', '.join(reaching)})",
+            )
     directories = []
     for directory in settings.directories:
         host_path = Path(directory.host_path)
