@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from tests.conftest import ROOT
 from wasm_plugins import ContextualError, PluginError, PluginHost
 from wasm_plugins._units import GiB, MiB
 from wasm_plugins.engine import Engine
-from wasm_plugins.trust import TrustPolicy
 
 GREEDY_WAT = r"""(module
   (import "wasi_snapshot_preview1" "path_open"
@@ -79,8 +77,8 @@ GREEDY_WAT = r"""(module
   ;; Grows memory by 100 MiB: "G" when granted, "N" when refused.
   (func (export "grow") (param i32 i32) (result i64)
     (if (result i64) (i32.eq (memory.grow (i32.const 1600)) (i32.const -1))
-      (then (call $out (i32.const 130) (i32.const 1)))
-      (else (call $out (i32.const 129) (i32.const 1))))))
+      (then (call $out (i32.const 129) (i32.const 1)))
+      (else (call $out (i32.const 130) (i32.const 1))))))
 """
 
 REGISTER = """from importlib.resources import files
@@ -137,9 +135,10 @@ preopens = [{{ host = {str(self.root)!r}, guest = "/root", read_only = false }}]
 
     def untouched(self) -> None:
         """The secret is as it was, and nothing was planted anywhere."""
-        assert self.secret.read_text() == SECRET
         info = self.secret.stat()
         assert (info.st_atime_ns, info.st_mtime_ns) == (10**18, 10**18), "the secret was read"
+        assert self.secret.read_text() == SECRET
+        os.utime(self.secret, ns=(10**18, 10**18))
         assert sorted(p.name for p in self.root.iterdir()) == ["public", "secret.txt"]
         assert list(self.public.iterdir()) == []
 
@@ -152,8 +151,8 @@ preopens = [{{ host = {str(self.root)!r}, guest = "/root", read_only = false }}]
 @pytest.fixture
 def installed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wasmtime_engine: Engine
-) -> Iterator[Installed]:
-    yield Installed(tmp_path, monkeypatch)
+) -> Installed:
+    return Installed(tmp_path, monkeypatch)
 
 
 class TestDefaultPolicy:
@@ -252,7 +251,9 @@ preopens = [{{ host = "{installed.public}", guest = "/root", read_only = true }}
         finally:
             logger.remove(sink)
             logger.disable("wasm_plugins")
-        clamped = [r for r in records if "clamp" in r["message"]]
+        clamped = [
+            r for r in records if r["extra"].get("plugin") == "greedy" and "clamp" in r["message"]
+        ]
         assert len(clamped) == 1
         assert "kv" in clamped[0]["message"] and "limits.memory" in clamped[0]["message"]
         installed.untouched()

@@ -17,7 +17,7 @@ import attrs
 import pluggy
 from loguru import logger
 
-from wasm_plugins._escape import escape
+from wasm_plugins._escape import escape, escape_lines
 from wasm_plugins.hookspecs import PROJECT_NAME
 
 __all__ = [
@@ -46,7 +46,7 @@ class DiscoveryProblem:
 
     def __str__(self) -> str:
         where = f" (from distribution {escape(self.distribution)})" if self.distribution else ""
-        return f"{escape(self.source)}{where}: {self.stage} failed: {escape(self.reason)}"
+        return f"{escape(self.source)}{where}: {self.stage} failed: {escape_lines(self.reason)}"
 
 
 def blocked_names(environment: dict[str, str] | None = None) -> frozenset[str]:

@@ -23,12 +23,13 @@ import pluggy
 from loguru import logger
 
 from wasm_plugins import hookspecs
+from wasm_plugins._escape import escape
 from wasm_plugins.builtin import builtin_plugins
 from wasm_plugins.builtin.fallbacks import ExternalFallback
 from wasm_plugins.builtin.reporters import AlertReporter, MetricsReporter
 from wasm_plugins.discovery import DiscoveryProblem, blocked_names, load_entry_points
 from wasm_plugins.engine import Engine, EngineRegistry
-from wasm_plugins.errors import ConfigurationError, PluginError
+from wasm_plugins.errors import ConfigurationError, PluginError, SecurityViolation
 from wasm_plugins.manifest import ISOLATIONS, Manifest, PluginSource
 from wasm_plugins.policy import (
     Attempt,
@@ -45,6 +46,7 @@ from wasm_plugins.policy import (
 from wasm_plugins.provider import Sandboxes, make_module_cache
 from wasm_plugins.sandbox import HostFunction, Limits, ModuleCache, PluginSandbox
 from wasm_plugins.services import HostServices
+from wasm_plugins.trust import Grant, Review, TrustPolicy, module_digest
 
 __all__ = ["Attempt", "Outcome", "PluginHost", "PluginInfo", "PluginSource"]
 
@@ -54,13 +56,27 @@ class PluginInfo:
     """A registered WASM plugin, as ``host.plugins`` lists it."""
 
     manifest: Manifest
+    """The manifest the plugin runs with: what the trust policy granted, when it decided."""
     distribution: str | None
     """The installed distribution that contributed it, when it came from an entry point."""
+    review: Review | None = attrs.field(default=None, repr=False)
+    """The trust policy's decision (what was asked, what was granted), when it decided; ``None``
+    for a manifest the host's own code loaded as written."""
 
     @property
     def name(self) -> str:
         """The plugin's name."""
         return self.manifest.name
+
+    @property
+    def requested(self) -> Manifest:
+        """The manifest as its author wrote it."""
+        return self.review.requested if self.review is not None else self.manifest
+
+    @property
+    def revoked(self) -> frozenset[str]:
+        """Capabilities asked for but left out by a clamping policy (refused when called)."""
+        return self.requested.capabilities - self.manifest.capabilities
 
 
 class _Hooks:
@@ -70,14 +86,27 @@ class _Hooks:
         self._dispatcher = dispatcher
 
     def host_configured(
-        self, host: PluginHost, on_error: Callable[[str, Exception], None], only: str | None = None
+        self,
+        host: PluginHost,
+        on_error: Callable[[str, BaseException], None],
+        only: str | None = None,
     ) -> None:
         # Called implementation by implementation (and again for each plugin registered later),
         # rather than through pluggy's historic call, so that one that raises spoils only itself.
         self._dispatcher.each("wasm_plugins_host_configured", {"host": host}, on_error, only)
 
-    def host_closing(self, host: PluginHost, on_error: Callable[[str, Exception], None]) -> None:
+    def host_closing(
+        self, host: PluginHost, on_error: Callable[[str, BaseException], None]
+    ) -> None:
         self._dispatcher.each("wasm_plugins_host_closing", {"host": host}, on_error)
+
+    def grant(self, manifest: Manifest, distribution: str | None, digest: str) -> Grant | None:
+        answer: Grant | None = self._dispatcher.first_result(
+            "wasm_plugins_grant", manifest=manifest, distribution=distribution, digest=digest
+        )
+        if answer is not None and not isinstance(answer, Grant):
+            raise TypeError(f"wasm_plugins_grant returned {type(answer).__name__}, not a Grant")
+        return answer
 
     def attempt(self, attempt: Attempt) -> Any:
         return self._dispatcher.first_result("wasm_plugins_attempt", attempt=attempt)
@@ -85,7 +114,7 @@ class _Hooks:
     def register_engines(
         self,
         register: Callable[[str, Callable[[], Engine]], None],
-        on_error: Callable[[str, Exception], None],
+        on_error: Callable[[str, BaseException], None],
         only: str | None = None,
     ) -> None:
         self._dispatcher.each(
@@ -95,7 +124,7 @@ class _Hooks:
     def register_host_functions(
         self,
         register: Callable[[HostFunction], None],
-        on_error: Callable[[str, Exception], None],
+        on_error: Callable[[str, BaseException], None],
         only: str | None = None,
     ) -> None:
         self._dispatcher.each(
@@ -105,7 +134,7 @@ class _Hooks:
     def register_plugins(
         self,
         register: Callable[[PluginSource], None],
-        on_error: Callable[[str, Exception], None],
+        on_error: Callable[[str, BaseException], None],
         only: str,
     ) -> None:
         self._dispatcher.each(
@@ -133,6 +162,10 @@ class PluginHost:
     :param recovery_timeout: seconds a policy hook may take before its answer is ignored.
     :param external_fallbacks: by plugin name, ``(function, input) -> value`` callables that the
         ``external`` fallback strategy asks.
+    :param trust: the trust policy that decides what plugins found through entry points get (a
+        :class:`~wasm_plugins.trust.TrustPolicy` or the path of its TOML file); ``None``: the
+        file named by ``WASM_PLUGINS_TRUST``, else the default policy (``log`` only, memory,
+        input and output capped). See docs/security.md.
     :param module_cache: where compiled modules are kept between runs: ``True`` (the default)
         for the user's cache directory (see :class:`~wasm_plugins.ModuleCache`;
         ``WASM_PLUGINS_CACHE=off`` turns it off), a directory, a
@@ -152,6 +185,7 @@ class PluginHost:
         recovery_timeout: float = 1.0,
         external_fallbacks: Mapping[str, ExternalFallback] | None = None,
         module_cache: ModuleCache | str | os.PathLike[str] | bool | None = True,
+        trust: TrustPolicy | str | os.PathLike[str] | None = None,
     ) -> None:
         if isolation not in ISOLATIONS:
             raise ConfigurationError(
@@ -162,6 +196,8 @@ class PluginHost:
             )
         self.engine_name = engine
         self.isolation = isolation
+        self.trust: TrustPolicy = _trust_policy(trust)
+        """What plugins that are not the host's own decision get (see docs/security.md)."""
         self.manager = PluginManager(hookspecs.PROJECT_NAME)
         self.manager.add_hookspecs(hookspecs)
         dispatcher = HookDispatcher(self.manager)
@@ -176,6 +212,7 @@ class PluginHost:
         self.services = services or HostServices()
         self.services.config = self._plugin_config
         self._plugins: dict[str, PluginInfo] = {}
+        self._refused: dict[str, Review] = {}
         self._lock = threading.RLock()
         self._closed = False
         self._configured = False
@@ -187,6 +224,7 @@ class PluginHost:
             engine=engine,
             isolation=isolation,
             host_functions=self.host_functions,
+            revoked=self._revoked,
             services=self.services,
             cache=make_module_cache(module_cache),
             name=f"host-{id(self):x}",
@@ -263,11 +301,11 @@ class PluginHost:
             self._configured = True
             self.hooks.host_configured(self, self._configured_failed)
 
-    def _configured_failed(self, source: str, exc: Exception) -> None:
+    def _configured_failed(self, source: str, exc: BaseException) -> None:
         self._problem(source, "configured", f"{type(exc).__name__}: {exc}")
 
     def _collect(self, only: str | None) -> None:
-        def failed(source: str, exc: Exception) -> None:
+        def failed(source: str, exc: BaseException) -> None:
             self._problem(source, "register", f"{type(exc).__name__}: {exc}")
 
         self.hooks.register_engines(self._register_engine, failed, only)
@@ -292,26 +330,125 @@ class PluginHost:
             self.host_functions[key] = function
 
     def _plugin_registrar(self, source: str) -> Callable[[PluginSource], None]:
+        # Plugins of an entry point are requests; those of an object the host's own code
+        # registered (register_policy) are the host's decision.
+        from_entry_point = source in self._distributions
+        distribution = self._distributions.get(source)
+
         def register(item: PluginSource) -> None:
             try:
                 manifest = _as_manifest(item)
-                self._add(manifest, self._distributions.get(source))
+            except PluginError as error:
+                self._problem(source, "load", error.message)
+                return
+            try:
+                info = (
+                    self._granted(manifest, distribution)
+                    if from_entry_point
+                    else PluginInfo(manifest, distribution)
+                )
+            except PluginError as error:
+                detail = f"{error.message}\n{error.suggestion}" if error.suggestion else ""
+                self._problem(source, "trust", detail or error.message)
+                return
+            try:
+                self._add(info)
             except PluginError as error:
                 self._problem(source, "load", error.message)
 
         return register
 
-    def load(self, source: PluginSource) -> PluginInfo:
+    def load(self, source: PluginSource, *, check: bool = False) -> PluginInfo:
         """Add one plugin from a manifest, a dict, or the path of a TOML manifest.
 
+        The host's own code deciding, the manifest is granted as written; with ``check``, it is
+        a request and the trust policy decides, as for plugins found through entry points.
+
         :raises ConfigurationError: for an invalid manifest or a duplicate name.
+        :raises SecurityViolation: with ``check``, when the manifest asks for more than its grant.
         """
-        info = self._add(_as_manifest(source), None)
+        manifest = _as_manifest(source)
+        info = self._granted(manifest, None) if check else PluginInfo(manifest, None)
+        self._add(info)
         if not self._configured:
             self.configure()
         return info
 
-    def _add(self, manifest: Manifest, distribution: str | None) -> PluginInfo:
+    def admit(self, review: Review) -> PluginInfo:
+        """Add a plugin as a trust policy's review decided: with its granted manifest, and the
+        capabilities a clamping policy left out refused when called.
+
+        :raises SecurityViolation: when the review does not allow the plugin to run.
+        """
+        if not review.allowed:
+            raise review.refusal()
+        info = self._add(PluginInfo(review.granted, review.distribution, review))
+        if not self._configured:
+            self.configure()
+        return info
+
+    def review(
+        self, manifest: Manifest, distribution: str | None = None, *, extra: Grant | None = None
+    ) -> Review:
+        """What the trust policy (or a ``wasm_plugins_grant`` hookimpl) grants a manifest.
+
+        :param extra: capabilities, directories, variables and hosts granted on top of the
+            plugin's entry (what the command line's flags add).
+        :raises PluginError: when the module cannot be read to take its digest.
+        """
+        digest = module_digest(manifest)
+        try:
+            grant = self.hooks.grant(manifest, distribution, digest)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            raise SecurityViolation(
+                violation_type="grant_failed",
+                plugin=manifest.name,
+                message=(
+                    f"Security violation: plugin {escape(manifest.name)!r} - the grant hook "
+                    f"failed: {escape(f'{type(exc).__name__}: {exc}')}"
+                ),
+                suggestion="fix the wasm_plugins_grant hookimpl; without a grant it is refused",
+            ) from None
+        policy = self.trust
+        if extra is not None:
+            policy = policy.granting(
+                manifest.name,
+                capabilities=extra.capabilities or (),
+                preopens=extra.preopens or (),
+                env=extra.env or (),
+                http=extra.http or (),
+            )
+        return policy.review(manifest, distribution, digest, grant)
+
+    def _granted(self, manifest: Manifest, distribution: str | None) -> PluginInfo:
+        """The plugin as the trust policy lets it run, or the refusal."""
+        try:
+            review = self.review(manifest, distribution)
+        except ConfigurationError:
+            raise
+        except OSError as exc:
+            raise ConfigurationError(
+                field="module",
+                plugin=manifest.name,
+                message=f"Invalid configuration: module - cannot read it: {escape(exc)}",
+                suggestion="ship the module next to the manifest",
+            ) from None
+        if not review.allowed:
+            with self._lock:
+                self._refused[manifest.name] = review
+            raise review.refusal()
+        if review.excess:
+            logger.bind(plugin=manifest.name).warning(
+                "plugin {} runs clamped to its grant: {}",
+                escape(manifest.name),
+                "; ".join(escape(excess) for excess in review.excess),
+            )
+        return PluginInfo(review.granted, distribution, review)
+
+    def _add(self, info: PluginInfo) -> PluginInfo:
+        manifest = info.manifest
         if manifest.name in self.blocked:
             raise ConfigurationError(
                 field="name",
@@ -330,7 +467,6 @@ class PluginHost:
                     ),
                     suggestion="give each plugin a unique name",
                 )
-            info = PluginInfo(manifest, distribution)
             self._plugins[manifest.name] = info
         return info
 
@@ -346,6 +482,16 @@ class PluginHost:
     def plugins(self) -> Mapping[str, PluginInfo]:
         """Registered plugins by name."""
         return dict(self._plugins)
+
+    @property
+    def refused(self) -> Mapping[str, Review]:
+        """Plugins the trust policy refused, by name: what each asked for and was granted."""
+        with self._lock:
+            return dict(self._refused)
+
+    def _revoked(self, plugin: str) -> frozenset[str]:
+        info = self._plugins.get(plugin)
+        return frozenset() if info is None else info.revoked
 
     def _info(self, plugin: str) -> PluginInfo:
         info = self._plugins.get(plugin)
@@ -435,6 +581,14 @@ class PluginHost:
 
     def __repr__(self) -> str:
         return f"<PluginHost {len(self._plugins)} plugins, engine={self.engine_name!r}>"
+
+
+def _trust_policy(setting: TrustPolicy | str | os.PathLike[str] | None) -> TrustPolicy:
+    if setting is None:
+        return TrustPolicy.from_environment()
+    if isinstance(setting, TrustPolicy):
+        return setting
+    return TrustPolicy.from_file(setting)
 
 
 def _as_manifest(source: PluginSource) -> Manifest:

@@ -17,12 +17,14 @@ from typing import Any, final
 
 from loguru import logger
 
+from wasm_plugins._escape import escape
 from wasm_plugins.engine import Engine, EngineRegistry, WasiDirectory, WasiSettings
 from wasm_plugins.errors import ConfigurationError
 from wasm_plugins.isolation import ProcessSandbox, WorkerPool, choose_isolation
 from wasm_plugins.manifest import CAPABILITIES, Manifest
 from wasm_plugins.sandbox import HostFunction, Limits, ModuleCache, PluginSandbox, Sandbox
 from wasm_plugins.services import HostServices
+from wasm_plugins.trust import refusing_at_call
 
 __all__ = ["Sandboxes", "make_module_cache", "wasi_settings"]
 
@@ -36,6 +38,8 @@ class Sandboxes:
     :param engine: the default engine's name; a manifest's wins.
     :param isolation: the default isolation; a manifest's wins.
     :param host_functions: the host functions offered, by (module, name).
+    :param revoked: a plugin's capabilities that a clamping trust policy left out: their host
+        functions refuse when called.
     :param services: what host functions reach (clock, store, configuration).
     :param cache: the compiled-module cache (None: none).
     :param name: names the worker pool, started on first need.
@@ -49,6 +53,7 @@ class Sandboxes:
         engine: str,
         isolation: str,
         host_functions: Mapping[tuple[str, str], HostFunction],
+        revoked: Callable[[str], frozenset[str]],
         services: HostServices,
         cache: ModuleCache | None,
         name: str,
@@ -58,6 +63,7 @@ class Sandboxes:
         self._engine = engine
         self._isolation = isolation
         self._host_functions = host_functions
+        self._revoked = revoked
         self._services = services
         self.cache = cache
         self._name = name
@@ -108,7 +114,9 @@ class Sandboxes:
             "engine": engine,
             "limits": limits,
             "capabilities": manifest.capabilities,
-            "host_functions": tuple(self._host_functions.values()),
+            "host_functions": refusing_at_call(
+                self._host_functions.values(), self._revoked(manifest.name)
+            ),
             "codec": manifest.codec,
             "functions": tuple(manifest.functions) or None,
             "name": manifest.name,
@@ -203,7 +211,7 @@ def wasi_settings(manifest: Manifest) -> WasiSettings:
 
     def output(stream: str, data: bytes) -> None:
         for line in data.decode("utf-8", "replace").splitlines():
-            log.info("{}: {}", stream, line)
+            log.info("{}: {}", stream, escape(line))
 
     return WasiSettings(
         directories=tuple(

@@ -31,7 +31,7 @@ from wasm_plugins._escape import escape
 from wasm_plugins._units import MiB, format_duration, format_size
 from wasm_plugins.errors import ConfigurationError, SecurityViolation
 from wasm_plugins.manifest import Manifest, WasiPreopen
-from wasm_plugins.sandbox import Limits
+from wasm_plugins.sandbox import HostCall, HostFunction, Limits
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,6 +48,7 @@ __all__ = [
     "Review",
     "TrustPolicy",
     "module_digest",
+    "refusing_at_call",
 ]
 
 MODES = ("refuse", "clamp")
@@ -338,6 +339,39 @@ def module_digest(manifest: Manifest) -> str:
     else:
         data = bytes(source)
     return hashlib.sha256(data).hexdigest()
+
+
+def refusing_at_call(
+    functions: Iterable[HostFunction], revoked: frozenset[str]
+) -> tuple[HostFunction, ...]:
+    """The host functions with those of ``revoked`` capabilities replaced by functions that
+    refuse when called: a clamped plugin still loads, and learns at run time, through a
+    security violation, what its grant left out."""
+    return tuple(
+        _refusing(function)
+        if function.capability is not None and function.capability in revoked
+        else function
+        for function in functions
+    )
+
+
+def _refusing(function: HostFunction) -> HostFunction:
+    capability = function.capability
+
+    def refuse(call: HostCall, *_: Any) -> None:
+        raise SecurityViolation(
+            violation_type="capability_denied",
+            capability=capability,
+            resource=function.qualified_name,
+            plugin=call.plugin,
+            message=(
+                f"Security violation: capability {capability!r} denied - the trust policy runs "
+                f"this plugin with its grant only, which leaves out {function.qualified_name}"
+            ),
+            suggestion=f"grant {capability!r} to the plugin in the trust policy",
+        )
+
+    return attrs.evolve(function, capability=None, implementation=refuse)
 
 
 class TrustPolicy:

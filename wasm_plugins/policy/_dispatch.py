@@ -168,7 +168,7 @@ class HookDispatcher:
         self,
         hook_name: str,
         arguments: Mapping[str, Any],
-        on_error: OnError,
+        on_error: Callable[[str, BaseException], None],
         only: str | None = None,
         topic: str | None = None,
     ) -> None:
@@ -181,7 +181,11 @@ class HookDispatcher:
                 continue
             try:
                 _call(impl, arguments)
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                # A distribution's code (its register hooks) may raise SystemExit or worse: it
+                # spoils only itself.
                 on_error(impl.plugin_name, exc)
 
     def first_answer(

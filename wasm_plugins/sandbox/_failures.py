@@ -20,6 +20,7 @@ from wasm_plugins.errors import (
     InstanceError,
     PluginError,
     ResourceLimitExceeded,
+    SecurityViolation,
 )
 
 __all__ = [
@@ -48,8 +49,10 @@ def host_failure(exc: Exception) -> ExecutionError:
 
 def grow_may_explain(error: PluginError) -> bool:
     """Whether a refused ``memory.grow`` before ``error`` would be the better explanation: not
-    for a deadline, nor for another limit (input, output, fuel) that was hit on its own."""
-    if isinstance(error, DeadlineExceeded):
+    for a deadline, nor for another limit (input, output, fuel) that was hit on its own, nor for
+    a security violation (a guest could otherwise hide one, and the alert it raises, behind a
+    refused grow of its own making)."""
+    if isinstance(error, DeadlineExceeded | SecurityViolation):
         return False
     return not isinstance(error, ResourceLimitExceeded) or error.resource == "memory"
 
