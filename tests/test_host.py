@@ -23,6 +23,7 @@ from wasm_plugins import (
     hookimpl,
 )
 from wasm_plugins.engine import Engine
+from wasm_plugins.trust import Grant, TrustPolicy
 
 GREETER_WAT = """(module
   (import "wasm_plugins" "greet" (func $greet (param i32 i32) (result i32)))
@@ -111,20 +112,31 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
             del sys.modules[name]
 
 
+GREETING_GRANTED = TrustPolicy(
+    distributions={"thirdparty-greeter": Grant(capabilities=frozenset({"log", "greeting"}))}
+)
+
+
 class TestDiscovery:
     def test_example_distributions_are_found(self, site: Path) -> None:
-        """The installed example distributions are discovered through their entry points."""
+        """The installed example distributions are discovered through their entry points; the
+        one that asks for WASI is refused by the default trust policy and listed as a problem."""
         with PluginHost.discover() as host:
-            assert {"text-tools", "trapper", "memory-bomb", "wasi-escape"} <= set(host.plugins)
+            assert {"text-tools", "trapper", "memory-bomb"} <= set(host.plugins)
+            assert "wasi-escape" not in host.plugins
+            assert any("'wasi-escape'" in p.reason and p.stage == "trust" for p in host.problems)
             info = host.plugins["text-tools"]
             assert info.distribution is not None
             assert info.distribution.startswith("wasm-plugins-text-tools")
             assert host.call("text-tools", "word_count", {"text": "one two three"})["words"] == 3
 
     def test_third_party_host_function(self, site: Path) -> None:
-        """A third party adds a host function and a plugin that uses it, without our code."""
+        """A third party adds a host function and a plugin that uses it, without our code; the
+        host's trust policy grants the capability (the default policy does not)."""
         make_distribution(site, "thirdparty-greeter", GREETER.format(wat=GREETER_WAT))
         with PluginHost.discover() as host:
+            assert "greeter" not in host.plugins
+        with PluginHost.discover(trust=GREETING_GRANTED) as host:
             assert ("wasm_plugins", "greet") in host.host_functions
             assert host.call("greeter", "hello") == "hello from a third party"
             assert host.plugins["greeter"].distribution == "thirdparty-greeter 1.0"
@@ -136,7 +148,7 @@ class TestDiscovery:
         make_distribution(site, "thirdparty-misspelt", MISSPELT)
         make_distribution(site, "thirdparty-raising", RAISING)
         make_distribution(site, "thirdparty-greeter", GREETER.format(wat=GREETER_WAT))
-        with PluginHost.discover() as host:
+        with PluginHost.discover(trust=GREETING_GRANTED) as host:
             problems = {p.source.split(" = ")[0]: p for p in host.problems}
             assert problems["thirdparty-broken"].stage == "import"
             assert "broken on purpose" in problems["thirdparty-broken"].reason
