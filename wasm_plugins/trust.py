@@ -112,7 +112,8 @@ class GrantedDirectory:
 
     host: str
     """An absolute host path (relative paths in a policy file resolve against its folder)."""
-    guest: str
+    guest: str | None
+    """Where the guest sees it; ``None``: wherever the manifest asks (the CLI's ``--preopen``)."""
     read_only: bool = True
 
 
@@ -621,16 +622,16 @@ def _preopens(
     for preopen in requested:
         host = Path(preopen.host).resolve()
         shown = f"{preopen.guest} = {host} ({'read-only' if preopen.read_only else 'read-write'})"
-        matches = [g for g in granted if g.guest == preopen.guest]
+        matches = [g for g in granted if g.guest in (preopen.guest, None)]
         entry = next((g for g in matches if _inside(host, Path(g.host).resolve())), None)
         if entry is None:
-            offered = ", ".join(f"{g.guest} = {g.host}" for g in matches) or "none"
+            offered = ", ".join(f"{g.guest or preopen.guest} = {g.host}" for g in matches) or "none"
             excess.append(Excess("wasi.preopens", shown, offered))
             if matches:
                 kept.append(WasiPreopen(str(Path(matches[0].host).resolve()), preopen.guest, True))
             continue
         if not preopen.read_only and entry.read_only:
-            excess.append(Excess("wasi.preopens", shown, f"{entry.guest} read-only"))
+            excess.append(Excess("wasi.preopens", shown, f"{preopen.guest} read-only"))
             kept.append(WasiPreopen(str(host), preopen.guest, True))
             continue
         kept.append(WasiPreopen(str(host), preopen.guest, preopen.read_only))
