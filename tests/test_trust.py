@@ -251,3 +251,28 @@ class TestGranting:
         assert wider.apply(request).capabilities == {"log", "kv", "wasi"}
         assert not policy.review(request).allowed
         assert not wider.review(manifest(name="other", capabilities=["kv"])).allowed
+
+
+class TestReviewShown:
+    """What inspect prints: each setting requested next to granted."""
+
+    def test_rows_and_dict(self) -> None:
+        """The rows and the plain data show the request and the grant side by side."""
+        review = TrustPolicy().review(manifest(capabilities=["kv"], limits={"memory": "1 GiB"}))
+        rows = {what: (asked, got) for what, asked, got in review.rows()}
+        assert rows["capabilities"] == ("kv", "-")
+        assert rows["limits.memory"] == ("1 GiB", "64 MiB")
+        data = review.as_dict()
+        assert data["allowed"] is False and data["granted"]["limits"]["memory"] == "64 MiB"
+        assert data["entry"].startswith('[plugins."greedy"]')
+
+    @pytest.mark.parametrize(
+        ("flag", "read_only"), [("/srv/data", True), ("/srv/data:rw", False), ("/srv/d:ro", True)]
+    )
+    def test_preopen_flag(self, flag: str, read_only: bool) -> None:
+        """--preopen DIR is read-only, DIR:rw read-write, at whatever guest path is asked."""
+        from wasm_plugins.trust import parse_preopen_flag
+
+        granted = parse_preopen_flag(flag)
+        assert (granted.guest, granted.read_only) == (None, read_only)
+        assert granted.host.startswith("/srv/")

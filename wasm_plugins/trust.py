@@ -48,6 +48,7 @@ __all__ = [
     "Review",
     "TrustPolicy",
     "module_digest",
+    "parse_preopen_flag",
     "refusing_at_call",
 ]
 
@@ -275,6 +276,36 @@ class Review:
             lines.append(f'sha256 = "{self.digest}"')
         return "\n".join(lines)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The decision as plain data (for ``inspect --json``): what was asked, what is
+        granted, every excess, the mode, the pin and the entry that would grant the request."""
+        return {
+            "allowed": self.allowed,
+            "mode": self.mode,
+            "pinned": self.pinned,
+            "digest": self.digest,
+            "requested": _summary(self.requested),
+            "granted": _summary(self.granted),
+            "excess": [
+                {"field": e.field, "requested": e.requested, "granted": e.granted}
+                for e in self.excess
+            ],
+            "entry": self.entry(),
+        }
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(what, requested, granted) for each setting the policy decides, as text."""
+        requested, granted = _summary(self.requested), _summary(self.granted)
+        rows = []
+        for key in ("capabilities", "preopens", "env", "http"):
+            rows.append((key, _joined(requested[key]), _joined(granted[key])))
+        for name, value in requested["limits"].items():
+            rows.append((f"limits.{name}", value, granted["limits"][name]))
+        for name, value in requested["ceilings"].items():
+            rows.append((f"policy.{name}", value, granted["ceilings"][name]))
+        rows.append(("isolation", requested["isolation"], granted["isolation"]))
+        return rows
+
     def refusal(self) -> SecurityViolation:
         """The error that says why the plugin may not run and what would let it."""
         name = self.requested.name
@@ -309,6 +340,44 @@ class Review:
                 'mode = "clamp" to run it with its grant only:\n' + escape_entry(self.entry())
             ),
         )
+
+
+def _summary(manifest: Manifest) -> dict[str, Any]:
+    wasi = "wasi" in manifest.capabilities
+    return {
+        "capabilities": sorted(manifest.capabilities),
+        "preopens": [
+            f"{p.guest} = {p.host} ({'read-only' if p.read_only else 'read-write'})"
+            for p in manifest.wasi.preopens
+        ]
+        if wasi
+        else [],
+        "env": list(manifest.wasi.env) if wasi else [],
+        "http": list(manifest.http),
+        "limits": {
+            name: _show_limit(name, getattr(manifest.limits, name)) for name in _limit_names()
+        },
+        "ceilings": {
+            field: _show_limit(limit, getattr(manifest.policy, field))
+            if getattr(manifest.policy, field) is not None
+            else "the limit"
+            for limit, field in CEILINGS.items()
+        },
+        "isolation": manifest.isolation,
+    }
+
+
+def _joined(items: list[str]) -> str:
+    return ", ".join(items) if items else "-"
+
+
+def parse_preopen_flag(text: str) -> GrantedDirectory:
+    """``DIR`` (read-only) or ``DIR:rw`` (read-write), as the CLI's ``--preopen`` takes it: the
+    directory is granted wherever the manifest asks the guest to see it."""
+    folder, _, mode = text.rpartition(":") if text.endswith((":rw", ":ro")) else (text, "", "")
+    if not folder:
+        raise ValueError(f"expected DIR or DIR:rw, got {text!r}")
+    return GrantedDirectory(_resolved(folder, None), None, read_only=mode != "rw")
 
 
 def escape_entry(text: str) -> str:
