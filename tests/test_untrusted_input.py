@@ -291,3 +291,50 @@ class TestEscape:
     def test_escape_lines_keeps_newlines(self) -> None:
         """For a block of text, newlines stay and the rest is escaped."""
         assert escape_lines("a\x1b\nb") == "a\\x1b\nb"
+
+
+LOGGER = """(module
+  (import "wasm_plugins" "log" (func $log (param i32 i32 i32)))
+  (import "wasm_plugins" "error" (func $error (param i32 i32)))
+  (memory (export "memory") 1)
+  (func (export "wp_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "wp_free") (param i32 i32))
+  (func (export "say") (param $ptr i32) (param $len i32) (result i64)
+    (call $log (i32.const 2) (local.get $ptr) (local.get $len))
+    (i64.const 0))
+  (func (export "fail") (param $ptr i32) (param $len i32) (result i64)
+    (call $error (local.get $ptr) (local.get $len))
+    (i64.const 0)))"""
+
+
+class TestEscapedLogs:
+    """What a guest puts in the host's log is escaped: no forged lines, no terminal escapes."""
+
+    def test_guest_log_and_reported_errors(self, engine: Engine) -> None:
+        """The guest's log message and its reported error reach the log records escaped."""
+        from loguru import logger
+
+        records: list[str] = []
+        logger.enable("wasm_plugins")
+        sink = logger.add(lambda message: records.append(message.record["message"]))
+        try:
+            with PluginHost(module_cache=False) as host:
+                host.load(
+                    {
+                        "name": "talker",
+                        "module": {"wat": LOGGER},
+                        "engine": engine.name,
+                        "codec": "raw",
+                        "capabilities": ["log"],
+                        "policy": {"max_attempts": 1, "fallbacks": []},
+                    }
+                )
+                host.call("talker", "say", b"\x1b[2J\nINFO forged line")
+                with pytest.raises(ContextualError):
+                    host.call("talker", "fail", b'{"message": "\\u001b[31mred\\nforged"}')
+        finally:
+            logger.remove(sink)
+            logger.disable("wasm_plugins")
+        assert "\\x1b[2J\\nINFO forged line" in records
+        assert records and not any("\x1b" in r or "\n" in r for r in records)
+        assert any("\\x1b[31mred\\nforged" in r for r in records)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from loguru import logger
 
+from wasm_plugins._escape import escape
 from wasm_plugins._units import KiB
 from wasm_plugins.engine import FuncSignature
 from wasm_plugins.errors import CommunicationError
@@ -65,7 +66,8 @@ def log(call: HostCall, level: int, ptr: int, length: int) -> None:
     """log(level, ptr, len): a message into the host's log, with the plugin's name bound."""
     text = _read(call, ptr, length, MAX_LOG_MESSAGE, "log message").decode("utf-8", "replace")
     name = LOG_LEVELS[min(max(level, 0), len(LOG_LEVELS) - 1)]
-    logger.bind(plugin=call.plugin, source="guest").log(name, text)
+    # Escaped: a guest must not forge log lines (newlines) or reach a terminal (escapes).
+    logger.bind(plugin=call.plugin, source="guest").log(name, escape(text))
 
 
 def config_get(call: HostCall, key_ptr: int, key_len: int, out_ptr: int, out_cap: int) -> int:

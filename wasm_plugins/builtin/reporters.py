@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 from loguru import logger
 
+from wasm_plugins._escape import escape
 from wasm_plugins.errors import PluginError, SecurityViolation, Severity
 from wasm_plugins.hookspecs import hookimpl
 from wasm_plugins.policy import (
@@ -124,24 +125,26 @@ class LogReporter:
         if isinstance(event, AttemptFailed):
             fields.update(_error_fields(event.error), attempt=event.attempt)
             level = "ERROR" if event.error.severity is Severity.CRITICAL else "WARNING"
-            message = f"attempt {event.attempt} failed: {event.error.message}"
+            message = f"attempt {event.attempt} failed: {escape(event.error.message)}"
         elif isinstance(event, RetryScheduled):
             fields.update(attempt=event.attempt, delay=event.delay, reason=event.reason)
-            level, message = "INFO", f"retry {event.attempt} in {event.delay:.3f} s: {event.reason}"
+            level = "INFO"
+            message = f"retry {event.attempt} in {event.delay:.3f} s: {escape(event.reason)}"
         elif isinstance(event, LimitsChanged):
             fields.update(reason=event.reason)
-            level, message = "INFO", f"limits changed: {event.reason}"
+            level, message = "INFO", f"limits changed: {escape(event.reason)}"
         elif isinstance(event, BreakerStateChanged):
             fields.update(before=event.before, after=event.after, reason=event.reason)
             level = "WARNING"
-            message = f"circuit {event.before} -> {event.after}: {event.reason}"
+            message = f"circuit {event.before} -> {event.after}: {escape(event.reason)}"
         elif isinstance(event, FallbackUsed):
             fields.update(strategy=event.strategy, quality=event.quality)
             fields.update(_error_fields(event.error))
             level, message = "WARNING", f"fallback {event.strategy} answered"
         elif isinstance(event, HookFailed):
             fields.update(hook=event.hook, source=event.source, reason=event.reason)
-            level, message = "ERROR", f"{event.hook} of {event.source} failed: {event.reason}"
+            level = "ERROR"
+            message = f"{event.hook} of {event.source} failed: {escape(event.reason)}"
         elif isinstance(event, CallFinished):
             fields.update(outcome=event.outcome, attempts=event.attempts, duration=event.duration)
             fields.update(_error_fields(event.error))
@@ -336,7 +339,7 @@ class AlertReporter:
     def _raise(self, alert: Alert) -> None:
         self.raised.append(alert)
         logger.bind(alert=alert.reason, plugin=alert.plugin, function=alert.function).critical(
-            alert.message
+            escape(alert.message)
         )
 
     @hookimpl(trylast=True)
