@@ -65,6 +65,18 @@ def _no_engine_override(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WASM_PLUGINS_DISABLE", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _hostile_pack_trusted(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A trust policy (WASM_PLUGINS_TRUST) that grants wasi-escape the WASI directory it asks
+    for, so that every example plugin is listed (the default policy refuses it)."""
+    policy = tmp_path / "trust.toml"
+    policy.write_text(
+        '[plugins."wasi-escape"]\ncapabilities = ["log", "wasi"]\n'
+        f'preopens = [{{ host = "{Path("sandbox-dir").resolve()}", guest = "/data" }}]\n'
+    )
+    monkeypatch.setenv("WASM_PLUGINS_TRUST", str(policy))
+
+
 class TestList:
     def test_shows_example_plugins_with_functions(self, capsys: pytest.CaptureFixture[str]) -> None:
         """text-tools and every hostile plugin are listed with their version and functions."""
@@ -188,12 +200,13 @@ class TestInspect:
         ]
 
     def test_wasi_settings(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """A plugin granted wasi shows its preopens, and its WASI imports need 'wasi'."""
+        """A plugin granted wasi shows its preopens (as granted: resolved host paths), and its WASI
+        imports need 'wasi'."""
         _, out, _ = run(capsys, "inspect", "wasi-escape", "--json")
         data = json.loads(out)
         assert data["wasi"]["granted"] is True
         assert data["wasi"]["preopens"] == [
-            {"host": "sandbox-dir", "guest": "/data", "read_only": True}
+            {"host": str(Path("sandbox-dir").resolve()), "guest": "/data", "read_only": True}
         ]
         wasi_imports = [i for i in data["imports"] if i["module"] == "wasi_snapshot_preview1"]
         assert wasi_imports

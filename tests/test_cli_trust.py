@@ -43,7 +43,7 @@ class TestTrustOnTheCommandLine:
         status, out, err = run(capsys, "call", "greedy", "read_secret", "--raw")
         assert status == 1
         assert SECRET.strip() not in out + err
-        assert "asks for more than the trust policy grants" in err
+        assert "asks for more than the trust policy grants" in " ".join(err.split())
         assert '[plugins."greedy"]' in err
         installed.untouched()
 
@@ -120,7 +120,8 @@ limits = {{ memory = "1 GiB" }}
         assert {e["field"] for e in data["trust"]["excess"]} >= {"capabilities", "limits.memory"}
         status, out, _ = run(capsys, "inspect", "greedy")
         assert status == 0
-        assert "requested" in out and "granted" in out and "1 GiB" in out and "64 MiB" in out
+        assert "Trust (refused" in out and "REQUESTED" in out and "GRANTED" in out
+        assert "1 GiB" in out and "64 MiB" in out
 
     def test_trust_prints_the_entry(
         self, installed: Installed, capsys: pytest.CaptureFixture[str]
@@ -199,8 +200,8 @@ class TestEscapedOutput:
                 "plugin.toml": (
                     'name = "evil"\nversion = "1.0\\u001b[8m"\n'
                     'description = "\\u001b]0;title\\u0007"\n'
-                    '[module]\nwat = """' + EVIL_WAT + '"""\n'
-                    '[functions."red\\u001b[31m"]\n'
+                    "[module]\nwat = '''" + EVIL_WAT + "'''\n"
+                    '[functions.fail]\ndescription = "\\u001b[2J\\r"\n'
                 ),
             },
             entry_points={"evil": "evil_dist"},
@@ -208,4 +209,4 @@ class TestEscapedOutput:
         for argv in (["list"], ["list", "--json"], ["inspect", "evil"]):
             status, out, err = run(capsys, *argv)
             assert ESC not in out + err, argv
-        assert status == 0
+        assert status == 0, out + err

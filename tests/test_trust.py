@@ -256,13 +256,12 @@ class TestGranting:
 class TestReviewShown:
     """What inspect prints: each setting requested next to granted."""
 
-    def test_rows_and_dict(self) -> None:
-        """The rows and the plain data show the request and the grant side by side."""
+    def test_as_dict(self) -> None:
+        """The plain data shows the request and the grant side by side."""
         review = TrustPolicy().review(manifest(capabilities=["kv"], limits={"memory": "1 GiB"}))
-        rows = {what: (asked, got) for what, asked, got in review.rows()}
-        assert rows["capabilities"] == ("kv", "-")
-        assert rows["limits.memory"] == ("1 GiB", "64 MiB")
         data = review.as_dict()
+        assert (data["requested"]["capabilities"], data["granted"]["capabilities"]) == (["kv"], [])
+        assert data["requested"]["limits"]["memory"] == "1 GiB"
         assert data["allowed"] is False and data["granted"]["limits"]["memory"] == "64 MiB"
         assert data["entry"].startswith('[plugins."greedy"]')
 

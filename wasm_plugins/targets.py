@@ -19,6 +19,7 @@ from wasm_plugins.errors import ConfigurationError
 from wasm_plugins.host import PluginHost
 from wasm_plugins.manifest import Manifest
 from wasm_plugins.policy import Clock, RandomSource
+from wasm_plugins.trust import Grant, Review
 
 __all__ = [
     "MANIFEST_SUFFIX",
@@ -39,9 +40,13 @@ class Target:
     """What TARGET named: the manifest, and whether it is an installed plugin of the host."""
 
     manifest: Manifest
+    """The manifest it runs with (what the trust policy granted), or the request when refused."""
     installed: bool
     source: str
     """Where it came from, for people: a distribution or a file path."""
+    review: Review | None = None
+    """The trust policy's decision, when one was made (not for a bare module: the person running
+    it decides, with the command line's flags)."""
 
 
 def _unknown_plugin(host: PluginHost, name: str) -> ConfigurationError:
@@ -77,16 +82,37 @@ def _is_module_file(path: Path) -> bool:
     return head.startswith(b"\0asm") or head.lstrip().startswith((b"(module", b";;", b"(;"))
 
 
-def resolve_target(host: PluginHost, target: str, *, raw: bool = False) -> Target:
-    """The manifest TARGET stands for.
+def resolve_target(
+    host: PluginHost,
+    target: str,
+    *,
+    raw: bool = False,
+    extra: Grant | None = None,
+    refused: bool = False,
+) -> Target:
+    """The manifest TARGET stands for, as the host's trust policy grants it.
+
+    An installed plugin is as discovery granted it; a manifest file is a request the trust
+    policy decides (with ``extra`` granted on top); a bare module gets the capabilities of
+    ``extra`` and nothing else.
 
     :param raw: a bare module gets the raw codec instead of JSON.
+    :param refused: give a plugin the policy refuses as its request (to show it), instead of
+        raising the refusal.
     :raises ConfigurationError: for an unknown plugin (with a "did you mean"), a missing file or an
         invalid manifest.
+    :raises SecurityViolation: for a plugin that asks for more than its grant.
     """
     info = host.plugins.get(target)
     if info is not None:
-        return Target(info.manifest, True, info.distribution or "registered by the host")
+        return Target(
+            info.manifest, True, info.distribution or "registered by the host", info.review
+        )
+    denied = host.refused.get(target)
+    if denied is not None:
+        if not refused:
+            raise denied.refusal()
+        return Target(denied.requested, True, denied.distribution or "discovered", denied)
     path = Path(target)
     looks_like_path = (
         path.suffix.lower() in (*MODULE_SUFFIXES, MANIFEST_SUFFIX)
@@ -105,13 +131,19 @@ def resolve_target(host: PluginHost, target: str, *, raw: bool = False) -> Targe
             "or of a module (.wasm, .wat)",
         )
     if not _is_module_file(path):
-        return Target(Manifest.from_file(path), False, str(path))
+        review = host.review(Manifest.from_file(path), extra=extra)
+        if review.allowed:
+            return Target(review.granted, False, str(path), review)
+        if not refused:
+            raise review.refusal()
+        return Target(review.requested, False, str(path), review)
     manifest = Manifest.from_dict(
         {
             "name": _module_name(path),
             "module": {"path": str(path.resolve())},
             "description": f"The module {path.name}, not packaged as a plugin.",
             "codec": "raw" if raw else "json",
+            "capabilities": sorted(extra.capabilities or ()) if extra is not None else [],
         }
     )
     return Target(manifest, False, str(path))
@@ -139,17 +171,22 @@ def scratch_host(
     *,
     clock: Clock | None = None,
     random: RandomSource | None = None,
+    review: Review | None = None,
 ) -> PluginHost:
     """A host that runs ``manifest`` alone, with the engines, host functions, engine choice and
     isolation of ``base`` (and the policy's ``clock`` and ``random``, when given).
 
     Used for module and manifest files, and for installed plugins whose manifest the command line
     changes (``--engine``, ``--memory``...): a host cannot register a second plugin of one name.
-    ``base`` may be closed already: only its registries are read.
+    ``base`` may be closed already: only its registries are read. With the ``review`` that
+    granted it, capabilities a clamping policy left out are refused when called.
     """
     host = PluginHost(engine=base.engine_name, isolation=base.isolation, clock=clock, random=random)
     for name in base.engines.names():
         host.engines.register(name, engine_factory(base.engines, name))
     host.host_functions.update(base.host_functions)
-    host.load(manifest)
+    if review is not None:
+        host.admit(attrs.evolve(review, granted=manifest))
+    else:
+        host.load(manifest)
     return host

@@ -293,19 +293,6 @@ class Review:
             "entry": self.entry(),
         }
 
-    def rows(self) -> list[tuple[str, str, str]]:
-        """(what, requested, granted) for each setting the policy decides, as text."""
-        requested, granted = _summary(self.requested), _summary(self.granted)
-        rows = []
-        for key in ("capabilities", "preopens", "env", "http"):
-            rows.append((key, _joined(requested[key]), _joined(granted[key])))
-        for name, value in requested["limits"].items():
-            rows.append((f"limits.{name}", value, granted["limits"][name]))
-        for name, value in requested["ceilings"].items():
-            rows.append((f"policy.{name}", value, granted["ceilings"][name]))
-        rows.append(("isolation", requested["isolation"], granted["isolation"]))
-        return rows
-
     def refusal(self) -> SecurityViolation:
         """The error that says why the plugin may not run and what would let it."""
         name = self.requested.name
@@ -365,10 +352,6 @@ def _summary(manifest: Manifest) -> dict[str, Any]:
         },
         "isolation": manifest.isolation,
     }
-
-
-def _joined(items: list[str]) -> str:
-    return ", ".join(items) if items else "-"
 
 
 def parse_preopen_flag(text: str) -> GrantedDirectory:

@@ -1,5 +1,5 @@
-"""The ``wasm-plugins`` command line: ``list``, ``inspect``, ``call``, ``fuzz``, ``doctor`` and
-``demo``.
+"""The ``wasm-plugins`` command line: ``list``, ``inspect``, ``call``, ``trust``, ``fuzz``,
+``doctor`` and ``demo``.
 
 Exit codes: 0 success, 1 a typed plugin error (printed as ``[kind] message`` and a suggestion on
 stderr, or as one JSON object on stdout with ``--json``), 2 a usage error (bad arguments, a size or
@@ -11,7 +11,13 @@ Hypothesis installed), 3 ``fuzz`` found an invariant that does not hold, 130 int
 ``kind`` is the kind that happened (``timeout``, ``runtime``...) and the object round-trips through
 :meth:`~wasm_plugins.errors.PluginError.from_dict`.
 
-Each command is a module (``_list``, ``_inspect``, ``_call``, ``_fuzz``, ``_doctor``, ``_demo``);
+Plugins are granted what the trust policy says (``--trust FILE``, else ``WASM_PLUGINS_TRUST``,
+else the default policy), plus what ``--allow``, ``--preopen`` and ``--allow-http`` grant the
+plugin the command names. Every string a plugin controls is printed with its control characters
+shown.
+
+Each command is a module (``_list``, ``_inspect``, ``_call``, ``_trust``, ``_fuzz``, ``_doctor``,
+``_demo``);
 ``_parser`` holds the parser and ``_format`` what they print. A command imports what only it needs
 (the demo, the testing toolkit, Hypothesis) when it runs, so ``--help`` stays fast.
 """
@@ -21,27 +27,38 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Callable, Sequence
+from typing import TextIO, cast
 
-from wasm_plugins.cli._arguments import UsageError
+from wasm_plugins.cli._arguments import UsageError, trust_policy
 from wasm_plugins.cli._call import call_function
 from wasm_plugins.cli._demo import show_demo
 from wasm_plugins.cli._doctor import diagnose
-from wasm_plugins.cli._format import dump, report
+from wasm_plugins.cli._format import EscapingWriter, dump, report
 from wasm_plugins.cli._fuzz import fuzz_plugin
 from wasm_plugins.cli._inspect import inspect_target
 from wasm_plugins.cli._list import list_plugins
 from wasm_plugins.cli._parser import PROG, Exit, build_parser
+from wasm_plugins.cli._trust import print_entry
 from wasm_plugins.errors import PluginError
 from wasm_plugins.host import PluginHost
+from wasm_plugins.trust import TrustPolicy
 
 __all__ = ["main"]
 
 
-def _discover() -> PluginHost:
-    """The host every command works with: the installed plugins (tests replace this)."""
-    return PluginHost.discover()
+def _discover(trust: TrustPolicy | None = None) -> PluginHost:
+    """The host every command works with: the installed plugins, as the trust policy grants
+    them (tests replace this)."""
+    return PluginHost.discover(trust=trust)
+
+
+def _discoverer(arguments: argparse.Namespace) -> Callable[[], PluginHost]:
+    """Discovery under the policy the command line gives (``--trust`` and the flags)."""
+    policy = trust_policy(arguments)
+    if policy is None:
+        return lambda: _discover()  # noqa: PLW0108 - tests replace _discover after import
+    return lambda: _discover(policy)
 
 
 def _silence_stdout() -> None:
@@ -55,16 +72,19 @@ def _silence_stdout() -> None:
 
 def _run(arguments: argparse.Namespace, out: TextIO) -> int:
     command = arguments.command
+    discover = _discoverer(arguments)
     if command == "list":
-        return list_plugins(arguments.json, out, _discover)
+        return list_plugins(arguments.json, out, discover)
     if command == "inspect":
-        return inspect_target(arguments.target, arguments.json, out, _discover)
+        return inspect_target(arguments, out, discover)
     if command == "call":
-        return call_function(arguments, out, _discover)
+        return call_function(arguments, out, discover)
+    if command == "trust":
+        return print_entry(arguments, out, discover)
     if command == "fuzz":
         return fuzz_plugin(arguments, out)
     if command == "doctor":
-        return diagnose(out, _discover)
+        return diagnose(out, discover)
     return show_demo(out, arguments.hostapi)
 
 
@@ -76,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         arguments = build_parser().parse_args(argv)
         command = arguments.command
         as_json = bool(getattr(arguments, "json", False))
-        return _run(arguments, sys.stdout)
+        # Plugins' names, messages and output reach the terminal with control characters shown.
+        return _run(arguments, cast(TextIO, EscapingWriter(sys.stdout)))
     except Exit as stop:
         return stop.status
     except UsageError as problem:

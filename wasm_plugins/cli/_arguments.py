@@ -10,8 +10,21 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from wasm_plugins._units import parse_duration, parse_size
+from wasm_plugins.trust import Grant, GrantedDirectory, TrustPolicy, parse_preopen_flag
 
-__all__ = ["UsageError", "count", "duration", "fuel", "rate", "read_input", "seed", "size"]
+__all__ = [
+    "UsageError",
+    "count",
+    "duration",
+    "fuel",
+    "granted_by_flags",
+    "rate",
+    "read_input",
+    "seed",
+    "size",
+    "trust_options",
+    "trust_policy",
+]
 
 
 class UsageError(Exception):
@@ -119,3 +132,73 @@ def read_input(spec: str | None, raw: bool) -> Any:
             f"--input {shown!r} is not valid JSON ({exc}); quote strings, for example "
             "--input '\"text\"', or use --raw to send the text as bytes"
         ) from None
+
+
+def _preopen(text: str) -> GrantedDirectory:
+    try:
+        return parse_preopen_flag(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def trust_options(parser: argparse.ArgumentParser, *, flags: bool = True) -> None:
+    """``--trust FILE``; with ``flags``, what the command line grants the plugin it names:
+    ``--allow CAPABILITY``, ``--preopen DIR[:rw]``, ``--allow-http HOST``."""
+    parser.add_argument(
+        "--trust",
+        metavar="FILE",
+        help="the trust policy (default: $WASM_PLUGINS_TRUST, else only 'log' and capped limits)",
+    )
+    if not flags:
+        return
+    parser.add_argument(
+        "--allow",
+        metavar="CAPABILITY",
+        action="append",
+        default=[],
+        help="grant the plugin a capability (repeat for more), such as kv or wasi",
+    )
+    parser.add_argument(
+        "--preopen",
+        metavar="DIR[:rw]",
+        type=_preopen,
+        action="append",
+        default=[],
+        help="let the plugin open DIR where its manifest asks (read-only unless :rw)",
+    )
+    parser.add_argument(
+        "--allow-http",
+        metavar="HOST",
+        action="append",
+        default=[],
+        help="let the plugin's http capability reach HOST",
+    )
+
+
+def trust_policy(arguments: argparse.Namespace) -> TrustPolicy | None:
+    """The policy ``--trust`` names (``None``: the host reads ``WASM_PLUGINS_TRUST``), with what
+    the flags grant the plugin named by the command line's TARGET."""
+    path = getattr(arguments, "trust", None)
+    extra = granted_by_flags(arguments)
+    if path is None and extra is None:
+        return None
+    policy = TrustPolicy.from_file(path) if path is not None else TrustPolicy.from_environment()
+    target = getattr(arguments, "target", None)
+    if extra is None or target is None:
+        return policy
+    return policy.granting(
+        target,
+        capabilities=extra.capabilities or (),
+        preopens=extra.preopens or (),
+        http=extra.http or (),
+    )
+
+
+def granted_by_flags(arguments: argparse.Namespace) -> Grant | None:
+    """What ``--allow``, ``--preopen`` and ``--allow-http`` grant (``None``: none given)."""
+    allowed = getattr(arguments, "allow", [])
+    preopens = getattr(arguments, "preopen", [])
+    hosts = getattr(arguments, "allow_http", [])
+    if not (allowed or preopens or hosts):
+        return None
+    return Grant(capabilities=frozenset(allowed), preopens=tuple(preopens), http=frozenset(hosts))

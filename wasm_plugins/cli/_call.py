@@ -10,7 +10,14 @@ from typing import Any, TextIO
 
 import attrs
 
-from wasm_plugins.cli._arguments import duration, fuel, read_input, size
+from wasm_plugins.cli._arguments import (
+    duration,
+    fuel,
+    granted_by_flags,
+    read_input,
+    size,
+    trust_options,
+)
 from wasm_plugins.cli._format import dump, underlying
 from wasm_plugins.errors import ModuleError, PluginError
 from wasm_plugins.host import PluginHost
@@ -41,6 +48,7 @@ def call_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="raw codec: send the input text's bytes, print text or hex",
     )
+    trust_options(parser)
 
 
 def _overrides(manifest: Manifest, arguments: argparse.Namespace) -> Manifest:
@@ -104,12 +112,14 @@ def call_function(
     base = discover()
     host = base
     try:
-        target = resolve_target(base, arguments.target, raw=arguments.raw)
+        target = resolve_target(
+            base, arguments.target, raw=arguments.raw, extra=granted_by_flags(arguments)
+        )
         manifest = _overrides(target.manifest, arguments)
         raw = manifest.codec == "raw"
         value = read_input(arguments.input, raw)
         if not target.installed or manifest != target.manifest:
-            host = scratch_host(base, manifest)
+            host = scratch_host(base, manifest, review=target.review)
         try:
             result = host.call(manifest.name, arguments.function, value)
         except PluginError as error:

@@ -9,6 +9,7 @@ import textwrap
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from wasm_plugins._escape import escape, escape_lines
 from wasm_plugins._tables import WIDTH
 from wasm_plugins._units import format_duration, format_size
 from wasm_plugins.engine import ENGINE_ENVIRONMENT_VARIABLE, ExternInfo
@@ -18,6 +19,7 @@ from wasm_plugins.manifest import Manifest
 from wasm_plugins.sandbox import Limits
 
 __all__ = [
+    "EscapingWriter",
     "describe",
     "dump",
     "emit",
@@ -38,9 +40,38 @@ def emit(out: TextIO, lines: Iterable[str]) -> None:
 
 
 def dump(value: Any, out: TextIO, *, pretty: bool = False) -> None:
-    """One JSON document and a newline (indented when ``pretty``)."""
+    """One JSON document and a newline (indented when ``pretty``); every character that is not
+    printable (a plugin's text may hold terminal escapes) written as a JSON escape."""
     text = json.dumps(value, indent=2 if pretty else None, ensure_ascii=False, default=str)
+    if not text.isprintable():
+        text = "".join(
+            character if character.isprintable() or character == "\n" else _json_escape(character)
+            for character in text
+        )
     out.write(text + "\n")
+
+
+def _json_escape(character: str) -> str:
+    code = ord(character)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+class EscapingWriter:
+    """A text stream that shows the control characters of what is written (a plugin's names,
+    messages and output may hold terminal escapes), keeping newlines."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(escape_lines(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def paragraph(out: TextIO, text: str) -> None:
@@ -79,15 +110,18 @@ def describe(error: PluginError) -> str:
     inner = underlying(error)
     where = ".".join(part for part in (inner.plugin, inner.function) if part)
     text = f"error: [{inner.kind}] {inner.message}" + (f" ({where})" if where else "")
-    lines = textwrap.wrap(text, WIDTH, subsequent_indent="    ", break_on_hyphens=False)
+    lines = textwrap.wrap(escape(text), WIDTH, subsequent_indent="    ", break_on_hyphens=False)
     if inner.suggestion:
+        # A suggestion may end with lines to copy (a trust policy entry): those stay as they are.
+        first, *verbatim = inner.suggestion.split("\n")
         lines += textwrap.wrap(
-            f"suggestion: {inner.suggestion}",
+            f"suggestion: {escape(first)}",
             WIDTH,
             initial_indent="  ",
             subsequent_indent="    ",
             break_on_hyphens=False,
         )
+        lines += [f"    {escape(line)}" for line in verbatim]
     return "\n".join(lines)
 
 

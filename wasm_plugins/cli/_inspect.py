@@ -11,6 +11,7 @@ from typing import Any, TextIO
 import attrs
 
 from wasm_plugins._tables import WIDTH, fields, table
+from wasm_plugins.cli._arguments import granted_by_flags, trust_options
 from wasm_plugins.cli._format import (
     dump,
     emit,
@@ -32,9 +33,10 @@ __all__ = ["inspect_options", "inspect_target"]
 
 
 def inspect_options(parser: argparse.ArgumentParser) -> None:
-    """TARGET and ``--json``."""
+    """TARGET, ``--json`` and the trust options."""
     parser.add_argument("target", metavar="TARGET", help="plugin name, or a .toml/.wasm/.wat path")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    trust_options(parser)
 
 
 def _compile(host: PluginHost, manifest: Manifest) -> EngineModule:
@@ -118,6 +120,7 @@ def _inspect_data(host: PluginHost, target: Target) -> tuple[dict[str, Any], Plu
         "imports": [],
         "missing_capabilities": [],
         "module_error": None,
+        "trust": None if target.review is None else target.review.as_dict(),
     }
     try:
         module = _compile(host, manifest)
@@ -193,6 +196,26 @@ def _inspect_text(data: Mapping[str, Any], out: TextIO) -> None:
             ]
         ),
     )
+    trust = data["trust"]
+    if trust is not None:
+        verdict = (
+            "refused: it asks for more than its grant"
+            if not trust["allowed"]
+            else "clamped: it runs with its grant only"
+            if trust["excess"]
+            else "granted as asked"
+        )
+        if trust["pinned"] is False:
+            verdict = "refused: its module is not the one the policy pins"
+        out.write(f"\nTrust ({verdict})\n")
+        rows = [
+            (what, asked, granted)
+            for what, asked, granted in _trust_rows(trust)
+            if asked != granted or what in ("capabilities", "limits.memory")
+        ]
+        emit(out, table(("SETTING", "REQUESTED", "GRANTED"), rows, indent="  "))
+        if not trust["allowed"]:
+            out.write("\n  wasm-plugins trust NAME prints the policy entry that would grant it.\n")
     out.write("\nLimits\n")
     limits = data["limits"]
     values = {
@@ -246,12 +269,29 @@ def _inspect_text(data: Mapping[str, Any], out: TextIO) -> None:
         )
 
 
+def _trust_rows(trust: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    requested, granted = trust["requested"], trust["granted"]
+    rows = []
+    for key in ("capabilities", "preopens", "env", "http"):
+        rows.append((key, ", ".join(requested[key]) or "-", ", ".join(granted[key]) or "-"))
+    for name, value in requested["limits"].items():
+        rows.append((f"limits.{name}", value, granted["limits"][name]))
+    for name, value in requested["ceilings"].items():
+        rows.append((f"policy.{name}", value, granted["ceilings"][name]))
+    rows.append(("isolation", requested["isolation"], granted["isolation"]))
+    return rows
+
+
 def inspect_target(
-    target_name: str, as_json: bool, out: TextIO, discover: Callable[[], PluginHost]
+    arguments: argparse.Namespace, out: TextIO, discover: Callable[[], PluginHost]
 ) -> int:
-    """Print what TARGET is, needs and offers; exit status 1 when its module does not compile."""
+    """Print what TARGET is, needs and offers (and, when the trust policy decided, what it asks
+    for next to what it is granted); exit status 1 when its module does not compile."""
+    as_json = arguments.json
     with discover() as host:
-        target = resolve_target(host, target_name)
+        target = resolve_target(
+            host, arguments.target, extra=granted_by_flags(arguments), refused=True
+        )
         data, module_error = _inspect_data(host, target)
     if as_json:
         dump(data, out)

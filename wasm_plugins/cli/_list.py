@@ -4,12 +4,14 @@ problems."""
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections.abc import Callable
 from typing import Any, TextIO
 
 import attrs
 
-from wasm_plugins._tables import table
+from wasm_plugins._tables import WIDTH, table
+from wasm_plugins.cli._arguments import trust_options
 from wasm_plugins.cli._format import dump, emit, engine_label, underlying
 from wasm_plugins.errors import PluginError
 from wasm_plugins.host import PluginHost
@@ -18,8 +20,9 @@ __all__ = ["list_options", "list_plugins"]
 
 
 def list_options(parser: argparse.ArgumentParser) -> None:
-    """``--json``."""
+    """``--json`` and ``--trust``."""
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    trust_options(parser, flags=False)
 
 
 def _plugin_summary(host: PluginHost, name: str) -> dict[str, Any]:
@@ -88,5 +91,10 @@ def list_plugins(as_json: bool, out: TextIO, discover: Callable[[], PluginHost])
     )
     for problem in problems:
         where = problem["distribution"] or problem["source"]
-        out.write(f"  {where}: {problem['stage']} failed: {problem['reason']}\n")
+        # The first line says what failed; a refusal's entry to add is for `trust NAME`.
+        reason, *more = problem["reason"].split("\n")
+        if problem["stage"] == "trust" and more:
+            reason += " (wasm-plugins trust NAME prints the entry that would grant it)"
+        text = f"{where}: {problem['stage']} failed: {reason}"
+        emit(out, textwrap.wrap(text, WIDTH, initial_indent="  ", subsequent_indent="    "))
     return 0

@@ -15,6 +15,7 @@ from wasm_plugins.cli._demo import demo_options
 from wasm_plugins.cli._fuzz import FUZZ_DESCRIPTION, fuzz_options
 from wasm_plugins.cli._inspect import inspect_options
 from wasm_plugins.cli._list import list_options
+from wasm_plugins.cli._trust import trust_command_options
 
 __all__ = ["PROG", "Exit", "Parser", "build_parser"]
 
@@ -86,6 +87,11 @@ def build_parser() -> Parser:
         "call",
         help="call a plugin function and print its result",
         add_arguments=call_options,
+    )
+    commands.add_parser(
+        "trust",
+        help="the trust policy entry that grants what a plugin asks, to review and add",
+        add_arguments=trust_command_options,
     )
     commands.add_parser(
         "fuzz",
