@@ -7,6 +7,7 @@ lies), the ``kv`` capability and 1 GiB of memory. The host's policy decides what
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -270,4 +271,85 @@ class TestTrustedLoad:
         with PluginHost(module_cache=False) as host, pytest.raises(PluginError) as caught:
             host.load(manifest_path, check=True)
         assert caught.value.kind == "security_violation"
+        installed.untouched()
+
+
+GRANTOR = """from wasm_plugins import hookimpl
+from wasm_plugins.trust import Grant, GrantedDirectory
+
+REVIEWED = {DIGEST!r}
+
+
+@hookimpl
+def wasm_plugins_grant(manifest, distribution, digest):
+    if manifest.name != "greedy":
+        return None
+    if digest != REVIEWED:
+        raise RuntimeError("not a reviewed build")
+    return Grant(
+        capabilities=frozenset({{"log", "kv", "wasi"}}),
+        preopens=(GrantedDirectory({root!r}, "/root", read_only=False),),
+        limits={{"memory": 1 << 30}},
+        sha256=digest,
+    )
+"""
+
+
+class TestGrantHook:
+    """A third party decides through wasm_plugins_grant (here, an allow-list of digests)."""
+
+    def install_grantor(
+        self, installed: Installed, monkeypatch: pytest.MonkeyPatch, digest: str
+    ) -> None:
+        install_distribution(
+            installed.site,
+            monkeypatch,
+            name="grant-service",
+            package="grant_service",
+            files={"__init__.py": GRANTOR.format(DIGEST=digest, root=str(installed.root))},
+            entry_points={"grant-service": "grant_service"},
+        )
+
+    def test_the_hook_grants(self, installed: Installed, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The hook's Grant replaces the policy's entry: the reviewed module runs as asked."""
+        digest = hashlib.sha256(GREEDY_WAT.encode()).hexdigest()
+        self.install_grantor(installed, monkeypatch, digest)
+        with PluginHost.discover(module_cache=False) as host:
+            assert host.plugins["greedy"].review is not None
+            assert host.plugins["greedy"].review.digest == digest
+            assert host.call("greedy", "kv", b"") == b"value"
+
+    def test_a_failing_hook_refuses(
+        self, installed: Installed, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A hook that raises refuses the plugin, with the reason among the problems."""
+        self.install_grantor(installed, monkeypatch, "0" * 64)
+        with PluginHost.discover(module_cache=False) as host:
+            assert "greedy" not in host.plugins
+            (problem,) = [p for p in host.problems if p.stage == "trust" and "greedy" in p.reason]
+            assert "not a reviewed build" in problem.reason
+        installed.untouched()
+
+
+class TestPinning:
+    """A policy that pins a digest refuses any other module, clamp mode or not."""
+
+    @pytest.mark.parametrize("mode", ["refuse", "clamp"])
+    def test_another_module_is_refused(self, installed: Installed, mode: str) -> None:
+        """The installed module changed since it was pinned: refused, naming both digests."""
+        policy = installed.policy(
+            f"""
+[plugins.greedy]
+mode = "{mode}"
+capabilities = ["log", "kv", "wasi"]
+preopens = [{{ host = "{installed.root}", guest = "/root", read_only = false }}]
+limits = {{ memory = "1 GiB" }}
+sha256 = "{"ab" * 32}"
+"""
+        )
+        with PluginHost.discover(trust=policy, module_cache=False) as host:
+            assert "greedy" not in host.plugins
+            (problem,) = [p for p in host.problems if p.stage == "trust" and "greedy" in p.reason]
+            assert "ab" * 32 in problem.reason
+            assert hashlib.sha256(GREEDY_WAT.encode()).hexdigest() in problem.reason
         installed.untouched()
