@@ -220,13 +220,16 @@ limits = {{ memory = "1 GiB" }}
             assert host.call("greedy", "grow", b"") == b"G"
         assert (installed.root / "planted.txt").read_text() == "value"
 
-    def test_clamped_to_a_smaller_grant(self, installed: Installed) -> None:
+    @pytest.mark.parametrize("isolation", ["auto", "process"])
+    def test_clamped_to_a_smaller_grant(self, installed: Installed, isolation: str) -> None:
         """mode = "clamp": it runs with its grant only: a read-only public folder at /root,
-        no kv (refused when called), 64 MiB of memory. The difference is logged once."""
+        no kv (refused when called), 64 MiB of memory; in this process, or in a worker process
+        when the policy sets that isolation floor. The difference is logged once."""
         policy = installed.policy(
             f"""
 [plugins.greedy]
 mode = "clamp"
+isolation = "{isolation}"
 capabilities = ["log", "wasi"]
 preopens = [{{ host = "{installed.public}", guest = "/root", read_only = true }}]
 """
@@ -237,6 +240,7 @@ preopens = [{{ host = "{installed.public}", guest = "/root", read_only = true }}
         try:
             with PluginHost.discover(trust=policy, module_cache=False) as host:
                 granted = host.plugins["greedy"].manifest
+                assert granted.isolation == isolation
                 assert granted.capabilities == {"log", "wasi"}
                 assert granted.limits.memory == 64 * MiB
                 assert [(p.host, p.guest, p.read_only) for p in granted.wasi.preopens] == [
