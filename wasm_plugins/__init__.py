@@ -47,6 +47,7 @@ from wasm_plugins.policy import (
 )
 from wasm_plugins.sandbox import HostCall, HostFunction, Limits, ModuleCache, Sandbox
 from wasm_plugins.services import HostServices, KeyValueStore
+from wasm_plugins.trust import Grant, GrantedDirectory, TrustPolicy
 
 __all__ = [
     "Abort",
@@ -64,6 +65,8 @@ __all__ = [
     "DeadlineExceeded",
     "ErrorContext",
     "ExecutionError",
+    "Grant",
+    "GrantedDirectory",
     "FallbackResult",
     "FallbackUsed",
     "HookFailed",
@@ -93,6 +96,7 @@ __all__ = [
     "Sandbox",
     "SecurityViolation",
     "Severity",
+    "TrustPolicy",
     "UseValue",
     "hookimpl",
     "hookspec",
