@@ -244,6 +244,7 @@ class PluginHost:
         builtins = builtin_plugins(
             manifest=self._manifest,
             provider=self._sandboxes,
+            breakers=self.pipeline.breaker,
             clock=self.clock,
             external_fallbacks=external_fallbacks,
         )

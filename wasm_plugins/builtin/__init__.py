@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from wasm_plugins.builtin import attempt, engines, host_functions, recovery
-from wasm_plugins.builtin.fallbacks import BuiltinFallbacks, ExternalFallback
+from wasm_plugins.builtin.fallbacks import BreakerLookup, BuiltinFallbacks, ExternalFallback
 from wasm_plugins.builtin.reporters import (
     AlertReporter,
     LogReporter,
@@ -21,6 +21,7 @@ def builtin_plugins(
     *,
     manifest: ManifestLookup,
     provider: SandboxProvider,
+    breakers: BreakerLookup,
     clock: Clock,
     external_fallbacks: Mapping[str, ExternalFallback] | None = None,
 ) -> dict[str, object]:
@@ -30,6 +31,8 @@ def builtin_plugins(
 
     :param manifest: a plugin's manifest by name.
     :param provider: the host's sandboxes (the ``simplified`` fallback calls another export).
+    :param breakers: the circuit breaker of (plugin, function) (the ``simplified`` fallback's
+        export runs only while its own is closed).
     :param clock: the policy's clock (cache ages, alert windows).
     :param external_fallbacks: by plugin name, the host application's own answers.
     """
@@ -38,7 +41,9 @@ def builtin_plugins(
         "builtin-host-functions": host_functions,
         "builtin-attempt": attempt,
         "builtin-recovery": recovery,
-        "builtin-fallbacks": BuiltinFallbacks(manifest, provider, clock, external_fallbacks),
+        "builtin-fallbacks": BuiltinFallbacks(
+            manifest, provider, breakers, clock, external_fallbacks
+        ),
         "builtin-logs": LogReporter(),
         "builtin-metrics": MetricsReporter(),
         "builtin-alerts": AlertReporter(clock.monotonic),

@@ -24,12 +24,16 @@ from wasm_plugins.errors import PluginError
 from wasm_plugins.hookspecs import hookimpl
 from wasm_plugins.manifest import Manifest
 from wasm_plugins.policy import (
+    BreakerState,
     CallState,
+    CircuitBreaker,
     Clock,
     FallbackResult,
     ManifestLookup,
     Report,
     SandboxProvider,
+    Verdict,
+    caused_by_caller,
 )
 
 __all__ = ["CACHE_QUALITY", "QUALITY", "BuiltinFallbacks", "ResultCache", "input_key"]
@@ -40,6 +44,9 @@ CACHE_QUALITY = 0.9
 
 ExternalFallback = Callable[[str, Any], Any]
 """``(function, input) -> value``: a host application's own way to answer."""
+
+BreakerLookup = Callable[[str, str], CircuitBreaker]
+"""The circuit breaker of (plugin, function)."""
 
 
 def input_key(function: str, value: Any) -> str:
@@ -92,6 +99,8 @@ class BuiltinFallbacks:
 
     :param manifest: a plugin's manifest by name.
     :param provider: the sandboxes the ``simplified`` strategy calls its cheaper export in.
+    :param breakers: the circuit breakers: the cheaper export runs only while its own is closed,
+        and its outcome counts there.
     :param clock: the policy's clock (the age of cached results).
     :param external: by plugin name, the host application's own answers.
     """
@@ -103,11 +112,13 @@ class BuiltinFallbacks:
         self,
         manifest: ManifestLookup,
         provider: SandboxProvider,
+        breakers: BreakerLookup,
         clock: Clock,
         external: Mapping[str, ExternalFallback] | None = None,
     ) -> None:
         self._manifest = manifest
         self._provider = provider
+        self._breakers = breakers
         self._clock = clock
         self._services = dict(external or {})
         self._caches: dict[str, ResultCache] = {}
@@ -163,13 +174,27 @@ class BuiltinFallbacks:
 
     def _simplified(self, call: CallState) -> FallbackResult | None:
         spec = call.manifest.functions.get(call.function)
-        if spec is None or spec.simplified is None:
+        if spec is None or spec.simplified is None or spec.simplified == call.function:
+            return None
+        # Other code than the function it stands in for, under its own breaker: a stand-in
+        # that keeps failing is stopped like any function (no plugin code runs for a breaker
+        # that is not closed, and half-open probes are left to real calls).
+        breaker = self._breakers(call.plugin, spec.simplified)
+        if breaker.state is not BreakerState.CLOSED:
+            return None
+        permit = breaker.try_acquire()
+        if isinstance(permit, PluginError):
             return None
         try:
             sandbox = self._provider.sandbox(call.plugin, call.manifest.limits)
             value = sandbox.call(spec.simplified, call.input)
-        except PluginError:
+        except PluginError as error:
+            breaker.record(permit, Verdict.IGNORED if caused_by_caller(error) else Verdict.FAILURE)
             return None
+        except BaseException:
+            breaker.record(permit, Verdict.IGNORED)
+            raise
+        breaker.record(permit, Verdict.SUCCESS)
         return FallbackResult(value, "simplified", QUALITY["simplified"])
 
     def _external(self, call: CallState) -> FallbackResult | None:

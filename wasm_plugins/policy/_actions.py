@@ -73,7 +73,11 @@ class FallbackResult:
 
 @attrs.frozen
 class Classification:
-    """What a classification hook answers: new severity and/or recovery potential."""
+    """What a classification hook answers: new severity and/or recovery potential, and whether
+    the caller caused the error (the circuit breaker then ignores it)."""
 
     severity: Severity | None = None
     recovery_potential: RecoveryPotential | None = None
+    caused_by_caller: bool | None = None
+    """Say ``True`` only on the host's own evidence (the input checked by the host), never on
+    the guest's word: a plugin that blames its input for every failure must still be stopped."""

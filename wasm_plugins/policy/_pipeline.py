@@ -109,15 +109,16 @@ def _attempt_hook_failure(exc: Exception) -> ExecutionError:
 
 
 def caused_by_caller(error: PluginError) -> bool:
-    """Whether the caller, not the plugin's health, caused this error (the breaker ignores it)."""
+    """Whether the caller, not the plugin's health, caused this error (the breaker ignores it),
+    by the host's own evidence: a setting, an input too large for the limit or that cannot be
+    encoded. An error the guest reports is not such evidence (a plugin could fail every call
+    and blame the input): it counts, unless a classification hook says otherwise."""
     if isinstance(error, ConfigurationError):
         return True
     if isinstance(error, ResourceLimitExceeded):
         return error.resource == "input"
     if isinstance(error, CommunicationError):
         return error.channel == "input"
-    if isinstance(error, ExecutionError):
-        return error.trap == "guest_error"
     return False
 
 
@@ -366,7 +367,8 @@ class CallPipeline:
             # The same exception object raised again (a host function that keeps one): each
             # attempt's error must keep its own context.
             failure = failure.with_()
-        error = self._stamp(self._classify(failure, call), call.plugin, call.function, call.attempt)
+        classified, blamed = self._classify(failure, call)
+        error = self._stamp(classified, call.plugin, call.function, call.attempt)
         call.errors.append(error)
         self.report(
             AttemptFailed(
@@ -379,7 +381,8 @@ class CallPipeline:
                 error,
             )
         )
-        breaker.record(permit, Verdict.IGNORED if caused_by_caller(error) else Verdict.FAILURE)
+        by_caller = caused_by_caller(error) if blamed is None else blamed
+        breaker.record(permit, Verdict.IGNORED if by_caller else Verdict.FAILURE)
         return error
 
     def _retry(
@@ -558,16 +561,17 @@ class CallPipeline:
             self.recovery_timeout,
         )
 
-    def _classify(self, error: PluginError, call: CallState) -> PluginError:
+    def _classify(self, error: PluginError, call: CallState) -> tuple[PluginError, bool | None]:
+        """The error as classified, and whether a classifier says the caller caused it."""
         answer = self._first_answer("wasm_plugins_classify_error", Classification, error, call)
         if answer is None:
-            return error
+            return error, None
         changes: dict[str, Any] = {}
         if answer.severity is not None:
             changes["severity"] = answer.severity
         if answer.recovery_potential is not None:
             changes["recovery_potential"] = answer.recovery_potential
-        return error.with_(**changes) if changes else error
+        return (error.with_(**changes) if changes else error), answer.caused_by_caller
 
     def _recovery(self, error: PluginError, call: CallState) -> RecoveryAction | None:
         answer: RecoveryAction | None = self._first_answer(
