@@ -469,17 +469,16 @@ def _manifest_dicts(draw: st.DrawFn, module: GeneratedModule | None) -> dict[str
     listed = draw(st.lists(st.sampled_from(names), unique=True))
     functions: dict[str, Any] = {}
     for name in listed:
-        spec = draw(
-            _optional(
-                {
-                    "description": st.text(max_size=40),
-                    "idempotent": st.booleans(),
-                    "simplified": st.sampled_from(names),
-                    "default": json_values(4),
-                }
-            )
-        )
-        functions[name] = spec
+        fields: dict[str, st.SearchStrategy[Any]] = {
+            "description": st.text(max_size=40),
+            "idempotent": st.booleans(),
+            "default": json_values(4),
+        }
+        # The simplified stand-in is another export than the function itself.
+        others = [other for other in names if other != name]
+        if others:
+            fields["simplified"] = st.sampled_from(others)
+        functions[name] = draw(_optional(fields))
     manifest: dict[str, Any] = {
         "name": draw(plugin_names()),
         "module": {"wat": chosen.wat},
