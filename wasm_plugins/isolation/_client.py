@@ -34,7 +34,6 @@ from wasm_plugins.sandbox import (
     error_from_report,
     grow_may_explain,
     host_failure,
-    instance_is_suspect,
     refused_grow,
 )
 
@@ -428,7 +427,7 @@ class WorkerClient:
             return None
         worker.send(
             wire.HOST_ERROR,
-            wire.dumps({"m": grow_may_explain(failure), "d": instance_is_suspect(failure)}),
+            wire.dumps({"m": grow_may_explain(failure)}),
             b"",
             clock.io(),
         )

@@ -51,10 +51,9 @@ EXIT_OUT_OF_MEMORY = wire.EXIT_OUT_OF_MEMORY
 class _HostAbort(Exception):
     """The host function failed in the host: unwind the guest, then report what is left to know."""
 
-    def __init__(self, check_memory: bool, discard: bool) -> None:
+    def __init__(self, check_memory: bool) -> None:
         super().__init__("host function failed")
         self.check_memory = check_memory
-        self.discard = discard
 
 
 class _Hosted:
@@ -85,7 +84,7 @@ class _Stubs:
                 if kind == wire.HOST_RESULT:
                     return request.get("v")
                 if kind == wire.HOST_ERROR:
-                    raise _HostAbort(bool(request.get("m")), bool(request.get("d")))
+                    raise _HostAbort(bool(request.get("m")))
                 try:
                     if kind == wire.MEMORY_READ:
                         data = memory.read(request["p"], request["n"])
@@ -230,7 +229,7 @@ class Worker:
         session = hosted.session
         explained = hosted.loaded.explain(error, session)
         cause = explained.__cause__
-        discarded = session is not None and instance_is_suspect(explained)
+        discarded = session is not None and (session.in_call or instance_is_suspect(explained))
         if discarded:
             hosted.session = None
         self._send_error(
@@ -243,7 +242,8 @@ class Worker:
         used = None
         if abort.check_memory and session is not None:
             used = hosted.loaded.refused_grow(session)
-        discarded = session is not None and (abort.discard or used is not None)
+        # The host function's failure unwound the guest halfway: its state is torn.
+        discarded = session is not None
         if discarded:
             hosted.session = None
         self.channel.send(wire.HOST_ABORTED, wire.dumps({"used": used, "discarded": discarded}))

@@ -156,6 +156,9 @@ class Session:
         """Whether the memory's size was read since the guest last ran."""
         self._budget_open = False
         """Whether the budget armed at instantiation is still unclaimed by a call."""
+        self.in_call = False
+        """Whether a call started and has not returned: the guest is running (a host function
+        called back into the host) or an exception unwound it halfway, so its state is torn."""
 
     def attach(self, instance: EngineInstance) -> None:
         """Bind the session to its instance (after instantiation, which needs the host imports)."""
@@ -241,6 +244,7 @@ class Session:
             self._budget_open = False
         else:
             self._arm()
+        self.in_call = True
         length = len(data)
         pointer = self._buffer if length <= self._capacity else self._input_buffer(length)
         if length:
@@ -251,6 +255,7 @@ class Session:
         self.guest_error = None
         self._current = False
         packed = self._call_abi(function, pointer, length)
+        self.in_call = False
         if self.guest_error is not None:
             raise guest_reported_error(self.guest_error)
         out_ptr = (packed >> 32) & _MASK

@@ -36,8 +36,10 @@ __all__ = ["Sandbox"]
 class _ThreadState:
     """One thread's instance and ABI session."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, *, reentrant: bool = False) -> None:
         self.session = session
+        self.reentrant = reentrant
+        """Made for one call back from a call in progress; never kept."""
 
 
 class Sandbox:
@@ -201,6 +203,12 @@ class Sandbox:
         try:
             state = getattr(self._local, "state", None) or self._state()
             session = state.session
+            if session.in_call:
+                # Called back from one of this thread's own calls (through a host function):
+                # that call's input buffer and output are live, so this one gets an instance of
+                # its own, dropped afterwards.
+                state = _ThreadState(self.loaded.instantiate(self.services), reentrant=True)
+                session = state.session
             return session.invoke(
                 session._functions.get(function) or session.function(function),
                 data,
@@ -224,7 +232,7 @@ class Sandbox:
     ) -> PluginError:
         if state is not None:
             error = self.loaded.explain(error, state.session)
-            if instance_is_suspect(error):
+            if not state.reentrant and (state.session.in_call or instance_is_suspect(error)):
                 self._discard(state)
         return self._annotate(error, function, size)
 

@@ -1,0 +1,159 @@
+"""Containment at run time: a plugin cannot crash the host through its stack, cross results through
+reentrant calls, keep a poisoned instance, hang a forked child, starve its own timeout, or get
+blamed for the caller's bad input.
+
+Every finding that could kill or hang the process runs its child in a subprocess with a timeout,
+so a crash or a hang is a failed test, never a dead test run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+from wasm_plugins.engine import Engine
+from wasm_plugins.errors import (
+    CommunicationError,
+    ConfigurationError,
+    ExecutionError,
+    HostIOError,
+    PluginError,
+)
+from wasm_plugins.isolation import ProcessSandbox, WorkerPool
+from wasm_plugins.sandbox import HostCall, HostFunction, Limits, Sandbox
+from wasm_plugins.engine import FuncSignature
+
+_PRELUDE = """
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  (func (export "wp_alloc") (param $size i32) (result i32)
+    (local $ptr i32)
+    (local.set $ptr (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $size)))
+    (local.get $ptr))
+  (func (export "wp_free") (param i32 i32))
+  (func $packed (param $ptr i32) (param $len i32) (result i64)
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $ptr)) (i64.const 32))
+            (i64.extend_i32_u (local.get $len))))
+"""
+
+REENTRANT = f"""
+(module
+  (import "test" "reenter" (func $reenter))
+  {_PRELUDE}
+  ;; Calls the host, then returns its own input: the input must still be what the host wrote.
+  (func (export "outer") (param $ptr i32) (param $len i32) (result i64)
+    (call $reenter)
+    (call $packed (local.get $ptr) (local.get $len)))
+  (func (export "echo") (param $ptr i32) (param $len i32) (result i64)
+    (call $packed (local.get $ptr) (local.get $len)))
+)
+"""
+
+HALF_UPDATED = f"""
+(module
+  (import "test" "fail" (func $fail))
+  {_PRELUDE}
+  (global $steps (mut i32) (i32.const 0))
+  ;; Two steps that must go together; the host fails between them.
+  (func (export "step") (param $ptr i32) (param $len i32) (result i64)
+    (global.set $steps (i32.add (global.get $steps) (i32.const 1)))
+    (call $fail)
+    (global.set $steps (i32.add (global.get $steps) (i32.const 1)))
+    (call $packed (i32.const 0) (i32.const 0)))
+  ;; Writes the step count as one ASCII digit.
+  (func (export "steps") (param $ptr i32) (param $len i32) (result i64)
+    (i32.store8 (i32.const 16) (i32.add (i32.const 48) (global.get $steps)))
+    (call $packed (i32.const 16) (i32.const 1)))
+)
+"""
+
+NO_ARGS = FuncSignature((), ())
+
+
+def _reentrant_functions(target: list[Any]) -> tuple[HostFunction, ...]:
+    def reenter(call: HostCall) -> None:
+        target.append(target[0].call_bytes("echo", b"inner call's input, longer"))
+
+    return (HostFunction("test", "reenter", NO_ARGS, reenter),)
+
+
+class TestReentrancy:
+    def test_reentrant_call_does_not_cross_results(self, engine: Engine) -> None:
+        """A host function that calls the same plugin again on the same thread: the outer call
+        still returns its own input, and the inner call its own."""
+        box: list[Any] = []
+        sandbox = Sandbox(
+            REENTRANT, engine=engine, host_functions=_reentrant_functions(box), codec="raw"
+        )
+        box.append(sandbox)
+        assert sandbox.call_bytes("outer", b"outer input") == b"outer input"
+        assert box[1] == b"inner call's input, longer"
+        assert sandbox.call_bytes("outer", b"again") == b"again"
+
+    def test_reentrant_call_in_a_worker(self, engine: Engine) -> None:
+        """Through worker isolation: the host function runs in the host and calls the plugin
+        again while the worker waits for it."""
+        box: list[Any] = []
+        with WorkerPool(size=2) as pool:
+            sandbox = ProcessSandbox(
+                REENTRANT,
+                engine=engine,
+                host_functions=_reentrant_functions(box),
+                codec="raw",
+                pool=pool,
+            )
+            box.append(sandbox)
+            try:
+                outcome: bytes | PluginError = sandbox.call_bytes("outer", b"outer input")
+            except PluginError as error:
+                outcome = error
+            if isinstance(outcome, PluginError):
+                assert outcome.kind in ("instance", "resource_limit_exceeded")
+            else:
+                assert outcome == b"outer input"
+            assert sandbox.call_bytes("echo", b"after") == b"after"
+
+
+def _failing(error: Exception) -> tuple[HostFunction, ...]:
+    def fail(call: HostCall) -> None:
+        raise error
+
+    return (HostFunction("test", "fail", NO_ARGS, fail),)
+
+
+UNWINDING_ERRORS = [
+    pytest.param(HostIOError(operation="read", message="disk gone"), id="typed-io"),
+    pytest.param(CommunicationError(message="bad", channel="input"), id="typed-communication"),
+    pytest.param(ValueError("bug"), id="untyped"),
+]
+
+
+class TestUnwoundInstanceIsDiscarded:
+    @pytest.mark.parametrize("error", UNWINDING_ERRORS)
+    def test_host_failure_discards_the_instance(self, engine: Engine, error: Exception) -> None:
+        """A host function failing halfway through the guest: the next call sees a fresh
+        instance, never the half-updated one."""
+        sandbox = Sandbox(HALF_UPDATED, engine=engine, host_functions=_failing(error), codec="raw")
+        with pytest.raises(PluginError):
+            sandbox.call_bytes("step", b"")
+        assert sandbox.call_bytes("steps", b"") == b"0"
+
+    @pytest.mark.parametrize("error", UNWINDING_ERRORS)
+    def test_host_failure_discards_the_worker_instance(
+        self, engine: Engine, error: Exception
+    ) -> None:
+        """The same in a worker process."""
+        with WorkerPool(size=1) as pool:
+            sandbox = ProcessSandbox(
+                HALF_UPDATED, engine=engine, host_functions=_failing(error), codec="raw", pool=pool
+            )
+            with pytest.raises(PluginError):
+                sandbox.call_bytes("step", b"")
+            assert sandbox.call_bytes("steps", b"") == b"0"
