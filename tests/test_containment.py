@@ -157,3 +157,98 @@ class TestUnwoundInstanceIsDiscarded:
             with pytest.raises(PluginError):
                 sandbox.call_bytes("step", b"")
             assert sandbox.call_bytes("steps", b"") == b"0"
+
+
+ECHO = (ROOT / "hostapi" / "examples" / "echo.wat").read_text()
+LONE_SURROGATES = ["\ud800", "text \udfff end", {"key": "\udc80"}, ["\ud83d"]]
+
+
+class TestInputBlame:
+    @pytest.mark.parametrize("value", LONE_SURROGATES)
+    def test_lone_surrogate_is_a_caller_error(self, engine: Engine, value: Any) -> None:
+        """A string the JSON codec cannot write as UTF-8 is refused before the guest runs, as
+        the caller's error (channel ``input``)."""
+        sandbox = Sandbox(ECHO, engine=engine)
+        with pytest.raises(CommunicationError) as caught:
+            sandbox.call("echo", value)
+        assert caught.value.channel == "input"
+        assert "surrogate" in caught.value.message
+
+    def test_lone_surrogates_never_open_the_breaker(self, engine: Engine) -> None:
+        """Five calls with unencodable input, then a good one: the breaker stays closed."""
+        from wasm_plugins import PluginHost
+
+        host = PluginHost(blocked=())
+        host.load(
+            {
+                "name": "echo",
+                "engine": engine.name,
+                "module": {"wat": ECHO},
+                "functions": {"echo": {}},
+                "policy": {"fallbacks": []},
+            }
+        )
+        for _ in range(6):
+            with pytest.raises(PluginError) as caught:
+                host.call("echo", "echo", "\ud800")
+            assert getattr(caught.value, "error", caught.value).kind == "communication"
+        assert host.breaker("echo", "echo").state.value == "closed"
+        assert host.call("echo", "echo", "fine") == "fine"
+
+
+OUT_OF_RANGE = [
+    pytest.param({"timeout": 2**31 / 1000 + 1}, id="timeout-over-2^31-ms"),
+    pytest.param({"timeout": "30 days"}, id="timeout-in-days"),
+    pytest.param({"timeout": "99999999999999 s"}, id="timeout-huge-text"),
+    pytest.param({"memory": 2**64}, id="memory-2^64"),
+    pytest.param({"max_input": 2**64}, id="max_input-2^64"),
+    pytest.param({"max_output": 2**70}, id="max_output-2^70"),
+    pytest.param({"fuel": 2**64}, id="fuel-2^64"),
+]
+
+
+class TestRangeChecks:
+    @pytest.mark.parametrize("limits", OUT_OF_RANGE)
+    def test_api_limits_out_of_range(self, limits: dict[str, Any]) -> None:
+        """Limits made in code: a configuration error naming the field."""
+        (name,) = limits
+        with pytest.raises(ConfigurationError) as caught:
+            Limits(**limits)
+        assert caught.value.field == f"limits.{name}"
+
+    @pytest.mark.parametrize("limits", OUT_OF_RANGE)
+    def test_manifest_limits_out_of_range(self, limits: dict[str, Any]) -> None:
+        """Limits in a manifest: a configuration error naming the field."""
+        from wasm_plugins.manifest import Manifest
+
+        (name,) = limits
+        with pytest.raises(ConfigurationError) as caught:
+            Manifest.from_dict({"name": "p", "module": {"wat": ECHO}, "limits": limits})
+        assert caught.value.field == f"limits.{name}"
+
+    @pytest.mark.parametrize(
+        "option", [["--timeout", "30 days"], ["--memory", "20000000 GiB"], ["--fuel", str(2**64)]]
+    )
+    def test_cli_limits_out_of_range(self, option: list[str], tmp_path: Any) -> None:
+        """Limits on the command line: a usage error (exit status 2), no traceback."""
+        module = tmp_path / "echo.wat"
+        module.write_text(ECHO)
+        result = subprocess.run(
+            [sys.executable, "-m", "wasm_plugins.cli", "call", str(module), "echo", *option],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            input="{}",
+        )
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_worker_timeout_at_the_largest_allowed_value(self, engine: Engine) -> None:
+        """The largest timeout Limits accepts works through a worker process."""
+        from wasm_plugins._units import MAX_DURATION
+
+        with WorkerPool(size=1) as pool:
+            sandbox = ProcessSandbox(
+                ECHO, engine=engine, limits=Limits(timeout=MAX_DURATION), pool=pool
+            )
+            assert sandbox.call("echo", {"a": 1}) == {"a": 1}

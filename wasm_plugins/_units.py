@@ -9,6 +9,15 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 
+MAX_DURATION = (2**31 - 1) / 1000
+"""The longest duration accepted (about 24.8 days): operating-system waits (``poll``, socket
+timeouts) take milliseconds in a signed 32-bit number, and a longer limit means none at all."""
+MAX_SIZE = 2**48
+"""The largest size accepted (256 TiB): engines take sizes in 64-bit fields that a larger number
+would wrap round, and no plugin limit needs more."""
+MAX_COUNT = 2**63 - 1
+"""The largest count accepted (fuel units): engines keep counts in 64-bit fields."""
+
 _SIZE_UNITS = {
     "b": 1,
     "kb": 1000,
@@ -46,7 +55,7 @@ def parse_size(value: str | int) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"a size cannot be negative, got {value}")
-        return value
+        return _size_in_range(value, value)
     match = _QUANTITY.match(value)
     if match is None:
         raise ValueError(f"expected a size such as '16 MiB', got {value!r}")
@@ -54,7 +63,13 @@ def parse_size(value: str | int) -> int:
     if unit not in _SIZE_UNITS:
         known = ", ".join(sorted({"B", "KiB", "MiB", "GiB", "kB", "MB", "GB"}))
         raise ValueError(f"unknown size unit {match['unit']!r} in {value!r}; use one of {known}")
-    return int(float(match["number"]) * _SIZE_UNITS[unit])
+    return _size_in_range(int(float(match["number"]) * _SIZE_UNITS[unit]), value)
+
+
+def _size_in_range(size: int, value: str | int) -> int:
+    if size > MAX_SIZE:
+        raise ValueError(f"a size cannot exceed {MAX_SIZE} bytes (256 TiB), got {value!r}")
+    return size
 
 
 def parse_duration(value: str | float) -> float:
@@ -78,7 +93,23 @@ def parse_duration(value: str | float) -> float:
         seconds = float(match["number"]) * _DURATION_UNITS[unit]
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"a duration must be positive and finite, got {value!r}")
+    if seconds > MAX_DURATION:
+        raise ValueError(
+            f"a duration cannot exceed {MAX_DURATION:.0f} s (2**31 - 1 ms), got {value!r}"
+        )
     return seconds
+
+
+def parse_count(value: object) -> int:
+    """Check a positive whole count such as fuel units.
+
+    :raises ValueError: when the value is not a whole number from 1 to :data:`MAX_COUNT`.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"expected a positive whole number, got {value!r}")
+    if value > MAX_COUNT:
+        raise ValueError(f"a count cannot exceed {MAX_COUNT} (2**63 - 1), got {value!r}")
+    return value
 
 
 def format_size(size: int) -> str:

@@ -467,7 +467,9 @@ def _structure_limits(value: Any, _: Any) -> Limits:
     for key, item in value.items():
         try:
             Limits(**{key: item})
-        except (TypeError, ValueError) as exc:
+        except ConfigurationError as exc:
+            raise _FieldError(key, str(exc.__cause__ or exc.message)) from None
+        except TypeError as exc:
             raise _FieldError(key, str(exc)) from None
     return Limits(**value)
 

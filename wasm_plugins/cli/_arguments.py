@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from wasm_plugins._units import parse_duration, parse_size
+from wasm_plugins._units import parse_count, parse_duration, parse_size
 from wasm_plugins.trust import Grant, GrantedDirectory, TrustPolicy, parse_preopen_flag
 
 __all__ = [
@@ -58,14 +58,9 @@ def duration(text: str) -> float:
 def fuel(text: str) -> int:
     """``--fuel``: a positive whole number of units."""
     try:
-        value = int(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number of fuel units, got {text!r}"
-        ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"fuel must be positive, got {text!r}")
-    return value
+        return parse_count(int(text.strip()))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"fuel: {exc}") from None
 
 
 def rate(text: str) -> float:

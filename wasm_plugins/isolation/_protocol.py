@@ -323,10 +323,14 @@ def _check_prefix(kind: int, header_size: int, payload_size: int, max_payload: i
 
 
 def _poll_timeout(deadline: float | None) -> int | None:
-    """Milliseconds for ``poll`` until ``deadline`` (rounded up, so it never wakes early)."""
+    """Milliseconds for ``poll`` until ``deadline`` (rounded up, so it never wakes early), at most
+    what ``poll`` takes (a signed 32-bit count): a farther deadline is waited for in turns."""
     if deadline is None:
         return None
-    return max(0, math.ceil((deadline - time.monotonic()) * 1000))
+    return min(_MAX_POLL_MS, max(0, math.ceil((deadline - time.monotonic()) * 1000)))
+
+
+_MAX_POLL_MS = 2**31 - 1
 
 
 EXIT_OUT_OF_MEMORY = 3

@@ -65,7 +65,7 @@ class JsonCodec:
                 pass
             else:
                 text = chunks[0] if len(chunks) == 1 else "".join(chunks)
-                return text.encode("utf-8", "surrogatepass")
+                return _utf8(text)
         try:
             text = self._encoder.encode(value)
         except (TypeError, ValueError, RecursionError) as exc:
@@ -75,7 +75,7 @@ class JsonCodec:
                 direction="host-to-guest",
                 suggestion="pass JSON values (dict, list, str, int, float, bool, None)",
             ) from None
-        return text.encode("utf-8", "surrogatepass")
+        return _utf8(text)
 
     def decode(self, data: bytes) -> Any:
         try:
@@ -104,6 +104,23 @@ class JsonCodec:
 
 
 _WHITESPACE = frozenset(" \t\n\r")
+
+
+def _utf8(text: str) -> bytes:
+    """The text as UTF-8; a lone surrogate (which UTF-8 cannot hold) is the caller's error, found
+    before the guest runs rather than handed to it as invalid bytes."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CommunicationError(
+            message=(
+                f"Input is not valid Unicode: a lone surrogate {text[exc.start]!r} at "
+                f"character {exc.start} of the JSON text cannot be encoded as UTF-8"
+            ),
+            channel="input",
+            direction="host-to-guest",
+            suggestion="pass well-formed strings (decode bytes with errors='replace' if unsure)",
+        ) from None
 
 
 def _refuse_constant(name: str) -> Any:
