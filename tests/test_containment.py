@@ -252,3 +252,107 @@ class TestRangeChecks:
                 ECHO, engine=engine, limits=Limits(timeout=MAX_DURATION), pool=pool
             )
             assert sandbox.call("echo", {"a": 1}) == {"a": 1}
+
+
+SPIN = f"""
+(module
+  {_PRELUDE}
+  (func (export "echo") (param $ptr i32) (param $len i32) (result i64)
+    (call $packed (local.get $ptr) (local.get $len)))
+  (func (export "spin") (param i32 i32) (result i64)
+    (loop $forever (br $forever))
+    (i64.const 0))
+)
+"""
+
+_FORK_CHILD = """
+import multiprocessing, sys
+from wasm_plugins.errors import DeadlineExceeded, PluginError
+from wasm_plugins.sandbox import Limits, Sandbox
+from wasm_plugins.isolation import ProcessSandbox, WorkerPool
+
+engine, isolation, spin, echo = sys.argv[1:5]
+timed = engine == "wasmtime" or isolation == "process"
+limits = Limits(timeout=0.2) if timed else Limits()
+pool = WorkerPool(size=1) if isolation == "process" else None
+
+def make(source):
+    if pool is None:
+        return Sandbox(source, engine=engine, limits=limits)
+    return ProcessSandbox(source, engine=engine, limits=limits, pool=pool)
+
+def run(sandbox):
+    seen = [sandbox.call("echo", 1)]
+    if timed:
+        try:
+            sandbox.call("spin")
+        except DeadlineExceeded:
+            seen.append("deadline")
+    return seen
+
+parent = make(spin)
+print("parent", run(parent), flush=True)
+
+def child(queue):
+    seen = []
+    try:
+        seen += run(parent)
+        seen += run(make(echo + ";; compiled after the fork"))
+        queue.put(seen)
+    except PluginError as error:
+        queue.put(f"{error.kind}: {error.message} (after {seen})")
+
+context = multiprocessing.get_context("fork")
+queue = context.Queue()
+process = context.Process(target=child, args=(queue,))
+process.start()
+print("child", queue.get(timeout=60), flush=True)
+process.join(10)
+print("exit", process.exitcode, flush=True)
+"""
+
+
+def _run_child(script: str, *args: str, timeout: float = 120, **env: str) -> str:
+    """Run ``script`` in a fresh interpreter: a crash or a hang fails the test, never the run."""
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", script, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+            env={**os.environ, **env},
+        )
+    except subprocess.TimeoutExpired as expired:
+        hung = f"the child hung for {timeout} s; its output: {expired.stdout!r}"
+    else:
+        hung = ""
+    if hung:
+        pytest.fail(hung)
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr[-3000:])
+    return result.stdout
+
+
+class TestFork:
+    @pytest.mark.parametrize("isolation", ["in-process", "process"])
+    def test_forked_child_runs_plugins(self, engine: Engine, isolation: str) -> None:
+        """A host that ran plugins, forked with multiprocessing: in the child, its plugins run,
+        timeouts fire, and a module compiled after the fork loads (or a typed error says to
+        create the host after the fork); nothing hangs."""
+        output = _run_child(_FORK_CHILD, engine.name, isolation, SPIN, SPIN)
+        lines = dict(line.split(" ", 1) for line in output.strip().splitlines())
+        timed = engine.name == "wasmtime" or isolation == "process"
+        expected = [1, "deadline"] if timed else [1]
+        assert lines["parent"] == repr(expected)
+        child = lines["child"]
+        if engine.name == "wasmer" and isolation == "in-process":
+            # Wasmer's compiler threads stayed in the parent: the plugin loaded before the fork
+            # runs, the new one is refused with a typed error.
+            assert child.startswith("configuration: ") and "fork" in child
+            assert child.endswith(f"(after {expected})")
+        elif isolation == "process":
+            # The parent's workers are not the child's to use.
+            assert child.startswith("instance: ") and "fork" in child
+        else:
+            assert child == repr(expected * 2)
+        assert lines["exit"] == "0"

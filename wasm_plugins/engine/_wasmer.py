@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import itertools
+import os
 import re
 import threading
 import traceback
@@ -193,6 +194,10 @@ class _ThreadAffinity:
                 # interpreter shutdown, which would otherwise release them in the wrong thread.
                 ctypes.pythonapi.Py_IncRef(ctypes.py_object(payload))
                 self._kept.append(payload)
+
+    def after_fork_in_child(self) -> None:
+        """A thread of the parent may have held the lock at the fork."""
+        self._lock = threading.Lock()
 
     def thread_ended(self, number: int) -> None:
         with self._lock:
@@ -566,6 +571,45 @@ class WasmerModule:
         )
 
 
+class _CompilerThreads:
+    """Whether cranelift's compiler threads ran in this process, and whether a fork lost them.
+
+    Wasmer compiles on a process-wide thread pool that starts with the first compilation. A
+    forked child inherits the pool's bookkeeping but not its threads, so a compilation there
+    waits for ever; loading compiled code (from the module cache, or a module compiled before
+    the fork) needs no compiler and still works.
+    """
+
+    def __init__(self) -> None:
+        self.used = False
+        self.lost = False
+
+    def after_fork_in_child(self) -> None:
+        self.lost = self.used
+        AFFINITY.after_fork_in_child()
+
+
+_COMPILER = _CompilerThreads()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_COMPILER.after_fork_in_child)
+
+
+def _forked_compiler() -> ConfigurationError:
+    return ConfigurationError(
+        field="engine",
+        message=(
+            "Invalid configuration: engine - wasmer cannot compile in a process forked after it "
+            "compiled (its compiler threads stayed in the parent): modules compiled before the "
+            "fork, or loaded from the module cache, still run here"
+        ),
+        suggestion=(
+            "create the host after the fork in a process that has not compiled (multiprocessing "
+            "'spawn' or 'forkserver'), load every plugin before forking, or use "
+            "engine='wasmtime'"
+        ),
+    )
+
+
 def _unenforceable(limit: str) -> ConfigurationError:
     return ConfigurationError(
         field=f"limits.{limit}",
@@ -630,7 +674,10 @@ class WasmerEngine:
     def compile(self, wasm: bytes, *, fuel: bool = False) -> WasmerModule:
         if fuel:
             raise _unenforceable("fuel")
+        if _COMPILER.lost:
+            raise _forked_compiler()
         self.validate(wasm)
+        _COMPILER.used = True
         try:
             module = wasmer.Module(self.store(), wasm)
         except RuntimeError as exc:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import math
 import os
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any, cast
 import attrs
 import wasmtime
 
+from wasm_plugins.engine._epoch import EpochTicker
 from wasm_plugins.engine._module_types import ModuleTypes, pack, read_module_types, unpack
 from wasm_plugins.engine._protocol import (
     CallBudget,
@@ -75,8 +75,12 @@ try:
     _memory_data_size: Any = _library.dll["wasmtime_memory_data_size"]
     _memory_data_size.restype = ctypes.c_size_t
     _TWO = ctypes.c_size_t(2)
+    _INCREMENT_EPOCH: int | None = ctypes.cast(
+        _library.dll["wasmtime_engine_increment_epoch"], ctypes.c_void_p
+    ).value
     FAST_PATH = True
 except (ImportError, AttributeError):  # pragma: no cover - depends on the wasmtime release
+    _INCREMENT_EPOCH = None
     FAST_PATH = False
 
 __all__ = ["FAST_PATH", "WasmtimeEngine"]
@@ -123,48 +127,6 @@ def _func_type(signature: FuncSignature) -> wasmtime.FuncType:
     return wasmtime.FuncType(
         [types[t]() for t in signature.params], [types[t]() for t in signature.results]
     )
-
-
-class _EpochTicker:
-    """Advances an engine's epoch every ``TICK`` seconds while at least one timed call runs.
-
-    Epoch deadlines are counted in ticks from the moment they are set, so one ticker serves every
-    store of the engine; it sleeps on a condition when no timed call is in flight.
-    """
-
-    TICK = 0.002
-
-    def __init__(self, engine: wasmtime.Engine) -> None:
-        self._engine = engine
-        self._active = 0
-        self._condition = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def ticks_for(self, timeout: float) -> int:
-        # +1: the first tick may come at once, and a deadline must never be shorter than asked.
-        return max(1, math.ceil(timeout / self.TICK)) + 1
-
-    def __enter__(self) -> None:
-        with self._condition:
-            self._active += 1
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="wasm-plugins-epoch", daemon=True
-                )
-                self._thread.start()
-            self._condition.notify()
-
-    def __exit__(self, *exc_info: object) -> None:
-        with self._condition:
-            self._active -= 1
-
-    def _run(self) -> None:
-        while True:
-            with self._condition:
-                while self._active == 0:
-                    self._condition.wait()
-            time.sleep(self.TICK)
-            self._engine.increment_epoch()
 
 
 class _Memory:
@@ -247,7 +209,7 @@ class WasmtimeInstance:
 
     def __init__(
         self,
-        engine: WasmtimeEngine,
+        compiled: _Compiler,
         module: wasmtime.Module,
         types: ModuleTypes,
         fuel: bool,
@@ -256,7 +218,7 @@ class WasmtimeInstance:
         memory_import: MemoryImport | None,
         wasi: WasiSettings | None = None,
     ) -> None:
-        self._ticker = engine.ticker(fuel)
+        self._ticker = compiled.ticker
         self._types = types
         self._budget = budget
         self._fuel = budget.fuel if fuel else None
@@ -266,7 +228,7 @@ class WasmtimeInstance:
         self._host_exception: BaseException | None = None
         self._last_fuel_used: int | None = None
         self.memory = _Memory()
-        wasmtime_engine = engine.wasmtime_engine(fuel)
+        wasmtime_engine = compiled.engine
         store = wasmtime.Store(wasmtime_engine)
         if budget.memory_bytes is not None:
             store.set_limits(memory_size=budget.memory_bytes)
@@ -559,12 +521,18 @@ class WasmtimeModule:
     """A module compiled by wasmtime; usable from any thread."""
 
     def __init__(
-        self, engine: WasmtimeEngine, module: wasmtime.Module, types: ModuleTypes, fuel: bool
+        self,
+        engine: WasmtimeEngine,
+        module: wasmtime.Module,
+        types: ModuleTypes,
+        fuel: bool,
+        compiler: _Compiler,
     ) -> None:
         self.engine = engine
         self._module = module
         self._types = types
         self._fuel = fuel
+        self._compiler = compiler
         self.exports = types.exports
         self.imports = types.imports
 
@@ -579,7 +547,7 @@ class WasmtimeModule:
         wasi: WasiSettings | None = None,
     ) -> WasmtimeInstance:
         return WasmtimeInstance(
-            self.engine,
+            self._compiler,
             self._module,
             self._types,
             self._fuel,
@@ -608,29 +576,43 @@ class WasmtimeEngine:
 
     def __init__(self) -> None:
         self.version = _wasmtime_version()
-        self._engines: dict[bool, wasmtime.Engine] = {}
-        self._tickers: dict[bool, _EpochTicker] = {}
+        self._compilers: dict[bool, _Compiler] = {}
         self._lock = threading.Lock()
+        self._parallel = True
+        _ENGINES.add(self)
 
-    def wasmtime_engine(self, fuel: bool) -> wasmtime.Engine:
-        """The shared wasmtime engine for modules with or without fuel metering."""
+    def compiler(self, fuel: bool) -> _Compiler:
+        """The shared wasmtime engine (and its epoch ticker) for modules with or without fuel."""
         with self._lock:
-            engine = self._engines.get(fuel)
-            if engine is None:
+            compiler = self._compilers.get(fuel)
+            if compiler is None:
                 config = wasmtime.Config()
                 config.epoch_interruption = True
                 config.consume_fuel = fuel
                 # Only the proposals every engine runs: a module loads on all engines or none.
                 for proposal in _PROPOSALS_OFF:
                     setattr(config, proposal, False)
+                config.parallel_compilation = self._parallel
                 engine = wasmtime.Engine(config)
-                self._engines[fuel] = engine
-                self._tickers[fuel] = _EpochTicker(engine)
-            return engine
+                compiler = _Compiler(engine, EpochTicker(engine, _INCREMENT_EPOCH))
+                self._compilers[fuel] = compiler
+            return compiler
 
-    def ticker(self, fuel: bool) -> _EpochTicker:
-        self.wasmtime_engine(fuel)
-        return self._tickers[fuel]
+    def wasmtime_engine(self, fuel: bool) -> wasmtime.Engine:
+        """The shared wasmtime engine for modules with or without fuel metering."""
+        return self.compiler(fuel).engine
+
+    def ticker(self, fuel: bool) -> EpochTicker:
+        """The epoch ticker of :meth:`wasmtime_engine`."""
+        return self.compiler(fuel).ticker
+
+    def after_fork_in_child(self) -> None:
+        """The compiler threads of the parent's engines are gone (compiling on them would wait
+        for ever): modules from now on go to new engines that compile on the calling thread.
+        Modules compiled before the fork keep their engine, and run as before."""
+        self._lock = threading.Lock()
+        self._compilers = {}
+        self._parallel = False
 
     def wat_to_wasm(self, text: str) -> bytes:
         try:
@@ -646,21 +628,43 @@ class WasmtimeEngine:
 
     def compile(self, wasm: bytes, *, fuel: bool = False) -> WasmtimeModule:
         try:
-            module = wasmtime.Module(self.wasmtime_engine(fuel), wasm)
+            compiler = self.compiler(fuel)
+            module = wasmtime.Module(compiler.engine, wasm)
         except wasmtime.WasmtimeError as exc:
             raise validation_error(str(exc)) from None
-        return WasmtimeModule(self, module, read_module_types(wasm), fuel)
+        return WasmtimeModule(self, module, read_module_types(wasm), fuel, compiler)
 
     def deserialize(self, data: bytes, *, fuel: bool = False) -> WasmtimeModule:
         types, compiled = unpack(data)
         try:
-            module = wasmtime.Module.deserialize(self.wasmtime_engine(fuel), compiled)
+            compiler = self.compiler(fuel)
+            module = wasmtime.Module.deserialize(compiler.engine, compiled)
         except wasmtime.WasmtimeError as exc:
             raise ModuleError(
                 message=f"Invalid module: cannot load compiled code: {truncate(str(exc), 300)}",
                 suggestion="compile the module again from its source",
             ) from None
-        return WasmtimeModule(self, module, types, fuel)
+        return WasmtimeModule(self, module, types, fuel, compiler)
+
+
+@attrs.frozen
+class _Compiler:
+    """A wasmtime engine and the ticker that advances its epoch."""
+
+    engine: wasmtime.Engine
+    ticker: EpochTicker
+
+
+_ENGINES: weakref.WeakSet[WasmtimeEngine] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for engine in list(_ENGINES):
+        engine.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _wasmtime_version() -> str:

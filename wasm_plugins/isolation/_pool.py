@@ -388,6 +388,8 @@ class WorkerPool:
         self._waiters = 0
         """Callers waiting in checkout (notified only when there are some)."""
         self._closed = False
+        self._forked = False
+        """Closed because this process was forked from the one that owns the workers."""
         self._workers: list[WorkerProcess] = []
         self._idle: list[WorkerProcess] = []
         self._missing = 0
@@ -450,7 +452,7 @@ class WorkerPool:
         with self._lock:
             while True:
                 if self._closed:
-                    raise _closed_error()
+                    raise _closed_error(self._forked)
                 idle = self._idle
                 if idle:
                     worker = idle.pop() if len(idle) == 1 else self._best(key)
@@ -603,6 +605,7 @@ class WorkerPool:
     def _disown(self) -> None:
         """In a forked child: give up this pool without touching its processes."""
         self._closed = True
+        self._forked = True
         # Fresh locks: a thread of the parent may have held the old ones at the fork.
         self._lock = threading.Lock()
         self._condition = threading.Condition(self._lock)
@@ -625,7 +628,16 @@ class WorkerPool:
         return f"<WorkerPool {self.name} {state}>"
 
 
-def _closed_error() -> InstanceError:
+def _closed_error(forked: bool) -> InstanceError:
+    if forked:
+        return InstanceError(
+            state="forked",
+            message=(
+                "Instance failed: the worker pool belongs to the process this one was forked "
+                "from; its workers cannot be used after the fork"
+            ),
+            suggestion="create the host (or the WorkerPool and its sandboxes) after the fork",
+        )
     return InstanceError(
         state="closed",
         message="Instance failed: the worker pool is closed",
