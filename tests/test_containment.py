@@ -356,3 +356,93 @@ class TestFork:
         else:
             assert child == repr(expected * 2)
         assert lines["exit"] == "0"
+
+
+_GIL_HELD_CHILD = """
+import sys, threading
+from wasm_plugins.errors import DeadlineExceeded
+from wasm_plugins.sandbox import Limits, Sandbox
+
+COUNTER = 64
+sandbox = Sandbox(sys.argv[1], engine="wasmtime", limits=Limits(timeout=0.2))
+sandbox.call("echo", 0)
+memory = sandbox._local.state.session.instance.memory
+go = threading.Event()
+verdict = []
+
+def hold_the_gil():
+    # Python code only, under a switch interval longer than the test: this thread keeps the
+    # GIL until it ends. It watches the guest's counter; once the counter stops moving, the
+    # guest was interrupted while no other Python thread could run.
+    go.wait()
+    last, still = None, 0
+    for _ in range(50_000_000):
+        value = memory.read_unchecked(COUNTER, 4)
+        if value != last:
+            last, still = value, 0
+        elif value != bytes(4):
+            still += 1
+            if still == 200_000:
+                verdict.append("stopped while the GIL was held")
+                return
+    verdict.append("still running when the GIL holder gave up")
+
+holder = threading.Thread(target=hold_the_gil)
+holder.start()
+sys.setswitchinterval(1000.0)
+go.set()
+try:
+    sandbox.call("count")
+except DeadlineExceeded:
+    pass
+holder.join()
+print(verdict[0])
+"""
+
+COUNT = f"""
+(module
+  {_PRELUDE}
+  (func (export "echo") (param $ptr i32) (param $len i32) (result i64)
+    (call $packed (local.get $ptr) (local.get $len)))
+  ;; Counts at address 64 for ever.
+  (func (export "count") (param i32 i32) (result i64)
+    (loop $forever
+      (i32.store (i32.const 64) (i32.add (i32.load (i32.const 64)) (i32.const 1)))
+      (br $forever))
+    (i64.const 0))
+)
+"""
+
+
+class TestTimeoutWithoutTheGil:
+    def test_deadline_fires_while_a_python_thread_holds_the_gil(
+        self, wasmtime_engine: Engine
+    ) -> None:
+        """A Python thread that never lets go of the GIL does not hold back a wasmtime timeout:
+        the epoch advances outside the interpreter."""
+        assert _run_child(_GIL_HELD_CHILD, COUNT).strip() == "stopped while the GIL was held"
+
+    def test_deadline_fires_while_four_threads_spin(self, wasmtime_engine: Engine) -> None:
+        """The everyday case: four busy Python threads, a 200 ms timeout still ends the call
+        with a DeadlineExceeded (how soon is measured in benchmarks/bench_containment.py)."""
+        import threading
+
+        from wasm_plugins.errors import DeadlineExceeded
+
+        sandbox = Sandbox(COUNT, engine=wasmtime_engine, limits=Limits(timeout=0.2))
+        stop = threading.Event()
+
+        def spin() -> None:
+            while not stop.is_set():
+                pass
+
+        threads = [threading.Thread(target=spin) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            with pytest.raises(DeadlineExceeded):
+                sandbox.call("count")
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
