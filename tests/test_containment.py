@@ -11,23 +11,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT
-from wasm_plugins.engine import Engine
+from wasm_plugins.engine import Engine, FuncSignature
 from wasm_plugins.errors import (
     CommunicationError,
     ConfigurationError,
-    ExecutionError,
     HostIOError,
     PluginError,
 )
 from wasm_plugins.isolation import ProcessSandbox, WorkerPool
 from wasm_plugins.sandbox import HostCall, HostFunction, Limits, Sandbox
-from wasm_plugins.engine import FuncSignature
 
 _PRELUDE = """
   (memory (export "memory") 1)
@@ -235,6 +232,7 @@ class TestRangeChecks:
         module.write_text(ECHO)
         result = subprocess.run(
             [sys.executable, "-m", "wasm_plugins.cli", "call", str(module), "echo", *option],
+            check=False,
             capture_output=True,
             text=True,
             timeout=120,
@@ -317,6 +315,7 @@ def _run_child(script: str, *args: str, timeout: float = 120, **env: str) -> str
     try:
         result = subprocess.run(
             [sys.executable, "-c", script, *args],
+            check=False,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -376,7 +375,7 @@ def hold_the_gil():
     # guest was interrupted while no other Python thread could run.
     go.wait()
     last, still = None, 0
-    for _ in range(50_000_000):
+    for _ in range(10_000_000):
         value = memory.read_unchecked(COUNTER, 4)
         if value != last:
             last, still = value, 0
@@ -446,3 +445,76 @@ class TestTimeoutWithoutTheGil:
             stop.set()
             for thread in threads:
                 thread.join()
+
+
+RECURSE = f"""
+(module
+  {_PRELUDE}
+  (func $down (param $n i32) (result i32)
+    (i32.add (call $down (i32.add (local.get $n) (i32.const 1))) (i32.const 1)))
+  (func (export "recurse") (param i32 i32) (result i64)
+    (drop (call $down (i32.const 0)))
+    (i64.const 0))
+  (func (export "echo") (param $ptr i32) (param $len i32) (result i64)
+    (call $packed (local.get $ptr) (local.get $len)))
+)
+"""
+
+_SMALL_STACK_CHILD = """
+import sys, threading
+from wasm_plugins.errors import ExecutionError
+from wasm_plugins.sandbox import Sandbox
+from wasm_plugins.isolation import ProcessSandbox, WorkerPool
+
+engine, isolation, where, source = sys.argv[1:5]
+
+def make():
+    if isolation == "process":
+        return ProcessSandbox(source, engine=engine, pool=WorkerPool(size=1))
+    return Sandbox(source, engine=engine)
+
+def attempt(sandbox):
+    try:
+        sandbox.call("recurse")
+    except ExecutionError as error:
+        print(error.kind, error.trap, len(error.message) < 10_000, flush=True)
+    print("echo", sandbox.call("echo", "still here"), flush=True)
+
+if where == "thread":
+    # Made and called from a thread of 512 KiB, as threading.stack_size() allows.
+    threading.stack_size(512 * 1024)
+    thread = threading.Thread(target=lambda: attempt(make()))
+    thread.start()
+    thread.join()
+else:
+    attempt(make())
+"""
+
+
+def _small_main_stack() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_STACK, (512 * 1024, resource.getrlimit(resource.RLIMIT_STACK)[1]))
+
+
+class TestStackSafety:
+    @pytest.mark.parametrize("isolation", ["in-process", "process"])
+    @pytest.mark.parametrize("where", ["thread", "main"])
+    def test_guest_recursion_on_a_small_stack(
+        self, engine: Engine, isolation: str, where: str
+    ) -> None:
+        """Endless guest recursion, called from a thread of 512 KiB or under ``ulimit -s 512``:
+        a typed stack overflow with a short message, and the host goes on."""
+        if where == "thread" and isolation == "process":
+            pytest.skip("a worker's stack is its own main thread's (the 'main' case)")
+        result = subprocess.run(
+            [sys.executable, "-c", _SMALL_STACK_CHILD, engine.name, isolation, where, RECURSE],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            preexec_fn=_small_main_stack if where == "main" else None,
+        )
+        assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+        assert result.stdout.splitlines() == ["runtime stack_overflow True", "echo still here"]

@@ -39,6 +39,7 @@ from wasm_plugins.sandbox import (
     error_report,
     host_failure,
     instance_is_suspect,
+    on_roomy_stack,
 )
 
 __all__ = ["main"]
@@ -326,7 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _limit(resource.RLIMIT_AS, options.address_space_limit)
     channel = wire.Channel(socket.socket(fileno=options.fd), spin=options.spin)
     try:
-        Worker(channel).serve()
+        # Under a small ``ulimit -s`` the main thread's stack cannot hold guest code: the whole
+        # serving loop moves, once, to a thread that has enough.
+        on_roomy_stack(Worker(channel).serve)
     except wire.ChannelClosed:
         return 0
     except MemoryError:

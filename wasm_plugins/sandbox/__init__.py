@@ -26,6 +26,7 @@ from wasm_plugins.sandbox._host_functions import HostCall, HostFunction, LinkPla
 from wasm_plugins.sandbox._limits import Limits
 from wasm_plugins.sandbox._loaded import WASI_MODULE, LoadedModule, ModuleSource, load_module_bytes
 from wasm_plugins.sandbox._sandbox import Sandbox
+from wasm_plugins.sandbox._stack import on_roomy_stack
 
 __all__ = [
     "ABI_VERSION",
@@ -57,6 +58,7 @@ __all__ = [
     "input_too_large",
     "instance_is_suspect",
     "load_module_bytes",
+    "on_roomy_stack",
     "plugin_functions",
     "refused_grow",
     "u32",

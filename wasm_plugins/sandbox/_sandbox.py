@@ -2,8 +2,10 @@
 
 The module is loaded once (:class:`~wasm_plugins.sandbox.LoadedModule`: compiled, checked, linked).
 Each thread then gets its own instance (wasmer objects are bound to the thread that made them); an
-instance that trapped, timed out or ran out of fuel is dropped and the next call in that thread
-gets a fresh one.
+instance that trapped, timed out, ran out of fuel or was unwound by a failing host function is
+dropped and the next call in that thread gets a fresh one. A call back into the plugin from one of
+its own calls gets an instance of its own. A thread whose native stack is too small for guest code
+has its calls run on a thread that has enough (see ``_stack``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from wasm_plugins.sandbox._failures import (
 from wasm_plugins.sandbox._host_functions import HostFunction, LinkPlan
 from wasm_plugins.sandbox._limits import Limits
 from wasm_plugins.sandbox._loaded import LoadedModule, ModuleSource
+from wasm_plugins.sandbox._stack import on_roomy_stack, roomy
 
 __all__ = ["Sandbox"]
 
@@ -116,7 +119,8 @@ class Sandbox:
             )
             """The compiled, checked and linked module."""
             self.functions = self.loaded.functions
-            self._state().session.end_budget()
+            # The instance is made where its calls will run (see call_bytes).
+            on_roomy_stack(self._state).session.end_budget()
         except PluginError as error:
             raise self._annotate(error, None, None) from error.__cause__
         except Exception as exc:
@@ -199,9 +203,13 @@ class Sandbox:
         if len(data) > limits.max_input:
             error = input_too_large(len(data), limits.max_input)
             raise self._annotate(error, function, len(data))
-        state = None
+        state = getattr(self._local, "state", None)
+        if state is None and not roomy():
+            # This thread's stack is too small for guest code: its calls (and its instance)
+            # live on a thread that has enough.
+            return on_roomy_stack(self.call_bytes, function, data)
         try:
-            state = getattr(self._local, "state", None) or self._state()
+            state = state or self._state()
             session = state.session
             if session.in_call:
                 # Called back from one of this thread's own calls (through a host function):
