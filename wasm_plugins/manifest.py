@@ -20,7 +20,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, override
 
-from wasm_plugins._units import parse_duration, parse_size
+from wasm_plugins._units import MAX_COUNT, parse_duration, parse_size
 from wasm_plugins.errors import ConfigurationError
 from wasm_plugins.sandbox import Limits
 
@@ -104,6 +104,14 @@ def _at_least(minimum: float, *, strictly: bool = False) -> Any:
         if value < minimum or (strictly and value == minimum):
             relation = "greater than" if strictly else "at least"
             raise _FieldError(attribute.name, f"must be {relation} {minimum}, got {value}")
+
+    return check
+
+
+def _at_most(maximum: float) -> Any:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+        if value is not None and value > maximum:
+            raise _FieldError(attribute.name, f"must be at most {maximum}, got {value}")
 
     return check
 
@@ -238,7 +246,7 @@ class PolicySpec:
     """The ceiling memory recovery may raise the memory limit to."""
     max_timeout: float | None = attrs.field(default=None, validator=_at_least(0, strictly=True))
     """The ceiling timeout recovery may extend the timeout to."""
-    max_fuel: int | None = attrs.field(default=None, validator=_at_least(1))
+    max_fuel: int | None = attrs.field(default=None, validator=[_at_least(1), _at_most(MAX_COUNT)])
     """The ceiling fuel recovery may raise fuel to."""
     growth: float = attrs.field(default=2.0, validator=_at_least(1, strictly=True))
     """Factor by which recovery raises a limit (memory, timeout, fuel) for the next attempt."""
