@@ -9,21 +9,27 @@ so a crash or a hang is a failed test, never a dead test run.
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT
+from wasm_plugins import PluginHost
+from wasm_plugins._units import MAX_DURATION
 from wasm_plugins.engine import Engine, FuncSignature
 from wasm_plugins.errors import (
     CommunicationError,
     ConfigurationError,
+    DeadlineExceeded,
     HostIOError,
     PluginError,
 )
 from wasm_plugins.isolation import ProcessSandbox, WorkerPool
+from wasm_plugins.manifest import Manifest
 from wasm_plugins.sandbox import HostCall, HostFunction, Limits, Sandbox
 
 _PRELUDE = """
@@ -173,8 +179,6 @@ class TestInputBlame:
 
     def test_lone_surrogates_never_open_the_breaker(self, engine: Engine) -> None:
         """Five calls with unencodable input, then a good one: the breaker stays closed."""
-        from wasm_plugins import PluginHost
-
         host = PluginHost(blocked=())
         host.load(
             {
@@ -216,8 +220,6 @@ class TestRangeChecks:
     @pytest.mark.parametrize("limits", OUT_OF_RANGE)
     def test_manifest_limits_out_of_range(self, limits: dict[str, Any]) -> None:
         """Limits in a manifest: a configuration error naming the field."""
-        from wasm_plugins.manifest import Manifest
-
         (name,) = limits
         with pytest.raises(ConfigurationError) as caught:
             Manifest.from_dict({"name": "p", "module": {"wat": ECHO}, "limits": limits})
@@ -230,8 +232,6 @@ class TestRangeChecks:
     )
     def test_manifest_ceilings_out_of_range(self, policy: dict[str, Any]) -> None:
         """Recovery ceilings are range-checked like the limits they raise."""
-        from wasm_plugins.manifest import Manifest
-
         (name,) = policy
         with pytest.raises(ConfigurationError) as caught:
             Manifest.from_dict({"name": "p", "module": {"wat": ECHO}, "policy": policy})
@@ -257,8 +257,6 @@ class TestRangeChecks:
 
     def test_worker_timeout_at_the_largest_allowed_value(self, engine: Engine) -> None:
         """The largest timeout Limits accepts works through a worker process."""
-        from wasm_plugins._units import MAX_DURATION
-
         with WorkerPool(size=1) as pool:
             sandbox = ProcessSandbox(
                 ECHO, engine=engine, limits=Limits(timeout=MAX_DURATION), pool=pool
@@ -282,6 +280,7 @@ import multiprocessing, sys
 from wasm_plugins.errors import DeadlineExceeded, PluginError
 from wasm_plugins.sandbox import Limits, Sandbox
 from wasm_plugins.isolation import ProcessSandbox, WorkerPool
+from wasm_plugins.manifest import Manifest
 
 engine, isolation, spin, echo = sys.argv[1:5]
 timed = engine == "wasmtime" or isolation == "process"
@@ -438,10 +437,6 @@ class TestTimeoutWithoutTheGil:
     def test_deadline_fires_while_four_threads_spin(self, wasmtime_engine: Engine) -> None:
         """The everyday case: four busy Python threads, a 200 ms timeout still ends the call
         with a DeadlineExceeded (how soon is measured in benchmarks/bench_containment.py)."""
-        import threading
-
-        from wasm_plugins.errors import DeadlineExceeded
-
         sandbox = Sandbox(COUNT, engine=wasmtime_engine, limits=Limits(timeout=0.2))
         stop = threading.Event()
 
@@ -479,6 +474,7 @@ import sys, threading
 from wasm_plugins.errors import ExecutionError
 from wasm_plugins.sandbox import Sandbox
 from wasm_plugins.isolation import ProcessSandbox, WorkerPool
+from wasm_plugins.manifest import Manifest
 
 engine, isolation, where, source = sys.argv[1:5]
 
@@ -506,8 +502,6 @@ else:
 
 
 def _small_main_stack() -> None:
-    import resource
-
     resource.setrlimit(
         resource.RLIMIT_STACK, (512 * 1024, resource.getrlimit(resource.RLIMIT_STACK)[1])
     )
