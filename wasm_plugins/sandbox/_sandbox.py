@@ -214,7 +214,8 @@ class Sandbox:
             if session.in_call:
                 # Called back from one of this thread's own calls (through a host function):
                 # that call's input buffer and output are live, so this one gets an instance of
-                # its own, dropped afterwards.
+                # its own, dropped afterwards (and a failure to make it is not the outer's).
+                state = None
                 state = _ThreadState(self.loaded.instantiate(self.services), reentrant=True)
                 session = state.session
             return session.invoke(
