@@ -780,7 +780,7 @@ def _grant(data: Any, where: str, base: Path | None, source: str | None) -> Gran
             for name, value in table.items():
                 try:
                     caps[name] = _parse_limit(name, value)
-                except (TypeError, ValueError, OverflowError) as exc:
+                except (TypeError, ValueError, OverflowError, ConfigurationError) as exc:
                     raise _policy_error(f"{where}.{key}.{name}", str(exc), source) from None
             fields[key] = caps
     for key, options in (("isolation", ISOLATION_FLOORS), ("mode", MODES)):
