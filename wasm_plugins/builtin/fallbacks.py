@@ -105,8 +105,9 @@ class BuiltinFallbacks:
     :param external: by plugin name, the host application's own answers.
     """
 
-    hook_topics = frozenset(("attempt_succeeded",))
-    """As a reporter, only successful attempts matter (their results fill the cache)."""
+    hook_topics = frozenset(("call_finished.value",))
+    """As a reporter, only calls that end with their value matter (their results fill the
+    cache)."""
 
     def __init__(
         self,
@@ -122,6 +123,9 @@ class BuiltinFallbacks:
         self._clock = clock
         self._services = dict(external or {})
         self._caches: dict[str, ResultCache] = {}
+        self._caching: dict[str, dict[str, bool]] = {}
+        """By plugin, then function: whether its results are kept, read once per function (only
+        functions that answered are here: the plugin's exports, a bounded set)."""
         self._lock = threading.Lock()
 
     def cache(self, plugin: str) -> ResultCache:
@@ -146,9 +150,13 @@ class BuiltinFallbacks:
     @hookimpl(trylast=True)
     def wasm_plugins_report(self, record: Report) -> None:
         """Remember successful results of idempotent functions for the cache strategy."""
-        if record.name != "attempt_succeeded":
-            return
-        if self._caches_results(record.function, self._manifest(record.plugin)):
+        plugin, function = record.plugin, record.function
+        by_function = self._caching.get(plugin)
+        caching = by_function.get(function) if by_function is not None else None
+        if caching is None:
+            caching = self._caches_results(function, self._manifest(plugin))
+            self._caching.setdefault(plugin, {})[function] = caching
+        if caching:
             self.cache(record.plugin).put(input_key(record.function, record.input), record.value)
 
     @hookimpl(trylast=True)

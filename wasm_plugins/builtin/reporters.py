@@ -22,7 +22,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, final
 
 import attrs
 from loguru import logger
@@ -98,19 +98,15 @@ class LogReporter:
             "breaker_state_changed",
             "fallback_used",
             "hook_failed",
-            "call_finished",
+            "call_finished.error",
+            "call_finished.fallback",
         }
     )
-    """Every event but ``attempt_succeeded`` (a log line per call would cost more than it)."""
+    """Every event but plain successes (a log line per call would cost more than the call)."""
 
     @hookimpl(trylast=True)
     def wasm_plugins_report(self, record: Report) -> None:
-        """Log the event with its fields bound; plain successes are counted by the metrics,
-        not logged (a log line per call would cost more than the call)."""
-        if record.name == "attempt_succeeded" or (
-            record.name == "call_finished" and record.outcome == "value"
-        ):
-            return
+        """Log the event with its fields bound."""
         if _dropped("ERROR"):  # the highest level used here: nothing would be written
             return
         event = record.event
@@ -153,8 +149,37 @@ class LogReporter:
         logger.bind(**fields).log(level, message)
 
 
+@final
+class _RouteCounts:
+    """The cells a plain success of one (plugin, function) adds to, looked up once."""
+
+    __slots__ = ("attempts", "buckets", "calls", "total")
+
+    def __init__(
+        self, attempts: list[int], calls: list[int], buckets: list[int], total: list[float]
+    ) -> None:
+        self.attempts = attempts
+        self.calls = calls
+        self.buckets = buckets
+        self.total = total
+
+
 class MetricsReporter:
     """Counters and latency histograms of one host."""
+
+    hook_topics = frozenset(
+        {
+            "attempt_failed",
+            "retry_scheduled",
+            "limits_changed",
+            "breaker_state_changed",
+            "fallback_used",
+            "hook_failed",
+            "call_finished",
+        }
+    )
+    """Every event but ``attempt_succeeded``: a successful attempt is the last of a call that
+    ends with its value, and is counted with that call's end."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -163,6 +188,9 @@ class MetricsReporter:
         self._counters: dict[tuple[str, str, str, str, str], list[int]] = {}
         self._latency: dict[tuple[str, str], list[int]] = {}
         self._latency_sum: dict[tuple[str, str], list[float]] = {}
+        self._successes: dict[str, dict[str, _RouteCounts]] = {}
+        """By plugin, then function: the cells of a plain success (only functions that answered
+        are here: the plugin's exports, a bounded set)."""
         self._prometheus = _PrometheusMetrics.create()
 
     def _counter(self, key: tuple[str, str, str, str, str]) -> list[int]:
@@ -201,14 +229,52 @@ class MetricsReporter:
             )
             self._prometheus.observe(plugin, function, seconds)
 
+    def _route_counts(self, plugin: str, function: str) -> _RouteCounts:
+        with self._lock:
+            counts = self._successes.get(plugin, {}).get(function)
+            if counts is None:
+                buckets, total = self._histogram((plugin, function))
+                counts = _RouteCounts(
+                    self._counter(("attempts", plugin, function, "result", "value")),
+                    self._counter(("calls", plugin, function, "outcome", "value")),
+                    buckets,
+                    total,
+                )
+                self._successes.setdefault(plugin, {})[function] = counts
+        return counts
+
+    def _succeeded(self, plugin: str, function: str, seconds: float) -> None:
+        """A call that ended with its last attempt's value: that attempt and the call counted,
+        its latency observed."""
+        by_function = self._successes.get(plugin)
+        counts = by_function.get(function) if by_function is not None else None
+        if counts is None:
+            counts = self._route_counts(plugin, function)
+        index = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        lock = self._lock
+        lock.acquire()
+        try:
+            counts.attempts[0] += 1
+            counts.calls[0] += 1
+            counts.buckets[index] += 1
+            counts.total[0] += seconds
+        finally:
+            lock.release()
+        if self._prometheus is not None:
+            labels = {"plugin": plugin, "function": function}
+            self._prometheus.count("attempts", {**labels, "result": "value"})
+            self._prometheus.count("calls", {**labels, "outcome": "value"})
+            self._prometheus.observe(plugin, function, seconds)
+
     @hookimpl(trylast=True)
     def wasm_plugins_report(self, record: Report) -> None:
         """Count the event."""
         name, plugin, function = record.name, record.plugin, record.function
-        if name == "attempt_succeeded":
-            self._count("attempts", plugin, function, "result", "value")
-        elif name == "call_finished":
-            self._finished(plugin, function, record.outcome or "value", record.duration)
+        if name == "call_finished":
+            if record.outcome == "value":
+                self._succeeded(plugin, function, record.duration)
+            else:
+                self._finished(plugin, function, record.outcome or "error", record.duration)
         elif name == "attempt_failed" and record.error is not None:
             self._count("attempts", plugin, function, "result", record.error.kind)
         elif name == "retry_scheduled":
@@ -376,7 +442,25 @@ class AlertReporter:
         lock = self._lock
         lock.acquire()
         try:
-            buckets, totals = self._state(plugin)
+            state = self._outcomes.get(plugin)
+            buckets, totals = (
+                self._state(plugin) if state is None else (state, self._totals[plugin])
+            )
+            if (
+                not failure
+                and not totals[1]
+                and buckets
+                and (last := buckets[-1])[0] == second
+                and buckets[0][0] > now - self.window
+                and self.threshold > 0
+                and plugin not in self._firing
+            ):
+                # The common case: a success in the current second, no failure in the window
+                # and no bucket due to leave it. The rate stays 0, below the threshold, and no
+                # alert can be firing.
+                last[1] += 1
+                totals[0] += 1
+                return
             if buckets and (last := buckets[-1])[0] == second:
                 last[1] += 1
                 last[2] += failure

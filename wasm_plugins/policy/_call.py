@@ -5,13 +5,14 @@ provider)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, final
 
 import attrs
 
 from wasm_plugins.errors import PluginError
 from wasm_plugins.manifest import Manifest
 from wasm_plugins.policy._clock import Clock
+from wasm_plugins.policy._events import Report
 from wasm_plugins.sandbox import Limits, PluginSandbox
 
 __all__ = ["Attempt", "CallState", "ManifestLookup", "Outcome", "SandboxProvider"]
@@ -32,47 +33,91 @@ class SandboxProvider(Protocol):
         again."""
 
 
-@attrs.frozen
+@final
 class Attempt:
-    """One attempt of a call, as the attempt hook sees it."""
+    """One attempt of a call, as the attempt hook sees it (read it, do not change it)."""
 
-    plugin: str
-    function: str
-    input: Any
-    number: int
-    limits: Limits
-    """The limits in force for this attempt (the manifest's, or those a recovery raised)."""
-    provider: SandboxProvider = attrs.field(repr=False)
-    """Where :meth:`sandbox` comes from."""
-    clock: Clock = attrs.field(repr=False)
-    """The policy's clock (a fake one in tests)."""
+    __slots__ = ("clock", "function", "input", "limits", "number", "plugin", "provider")
+
+    def __init__(
+        self,
+        plugin: str,
+        function: str,
+        input: Any,
+        number: int,
+        limits: Limits,
+        provider: SandboxProvider,
+        clock: Clock,
+    ) -> None:
+        self.plugin = plugin
+        self.function = function
+        self.input = input
+        self.number = number
+        self.limits = limits
+        """The limits in force for this attempt (the manifest's, or those a recovery raised)."""
+        self.provider = provider
+        """Where :meth:`sandbox` comes from."""
+        self.clock = clock
+        """The policy's clock (a fake one in tests)."""
+
+    def __repr__(self) -> str:
+        return (
+            f"Attempt(plugin={self.plugin!r}, function={self.function!r}, "
+            f"number={self.number}, limits={self.limits!r})"
+        )
 
     def sandbox(self) -> PluginSandbox:
         """The sandbox for this plugin under this attempt's limits."""
         return self.provider.sandbox(self.plugin, self.limits)
 
 
-@attrs.define
-class CallState:
-    """One call as policy hooks see it; ``attempt`` and ``limits`` change as it goes."""
+@final
+class CallState(Report):
+    """One call as policy hooks see it; ``attempt`` and ``limits`` change as it goes.
 
-    plugin: str
-    function: str
-    input: Any
-    number: int
-    """The call's number in its host (``call_id`` is made from it)."""
-    manifest: Manifest
-    started: float
-    deadline: float | None
-    limits: Limits
-    attempt: int = 0
-    attempt_started: float = 0.0
-    errors: list[PluginError] = attrs.field(factory=list)
+    It is also the record reporters read of the call's own events (its successful attempt, its
+    end): one object per call, whatever the reporters.
+    """
 
-    @property
-    def call_id(self) -> str:
-        """``plugin#number``: the call's name in events and logs."""
-        return f"{self.plugin}#{self.number}"
+    __slots__ = ("attempt_started", "deadline", "errors", "limits", "manifest", "started")
+
+    def __init__(
+        self,
+        plugin: str,
+        function: str,
+        input: Any,
+        number: int,
+        manifest: Manifest,
+        started: float,
+        deadline: float | None,
+        limits: Limits,
+    ) -> None:
+        # The record's fields set here, not through Report.__init__: one call less per call.
+        self.name = "call_started"
+        self.plugin = plugin
+        self.function = function
+        self.input = input
+        self.number = number
+        self.time = started
+        self.attempt = 0
+        self.duration = 0.0
+        self.outcome: str | None = None
+        self.error: PluginError | None = None
+        self.value: Any = None
+        self.strategy: str | None = None
+        self._event = None
+        self.manifest = manifest
+        self.started = started
+        self.deadline = deadline
+        self.limits = limits
+        self.attempt_started = 0.0
+        self.errors: list[PluginError] = []
+
+    def __repr__(self) -> str:
+        return (
+            f"CallState(plugin={self.plugin!r}, function={self.function!r}, "
+            f"number={self.number}, attempt={self.attempt}, errors={self.errors!r})"
+        )
 
     @property
     def idempotent(self) -> bool:
@@ -83,6 +128,14 @@ class CallState:
     def remaining(self, now: float) -> float | None:
         """Seconds left before the call's deadline, or None without one."""
         return None if self.deadline is None else self.deadline - now
+
+    def report_as(self, name: str, time: float, duration: float) -> CallState:
+        """This state as the record of the call's event ``name`` at ``time``."""
+        self.name = name
+        self.time = time
+        self.duration = duration
+        self._event = None
+        return self
 
 
 @attrs.frozen

@@ -17,7 +17,9 @@ __all__ = ["TOPICS_ATTRIBUTE", "HookDispatcher", "PluginManager"]
 
 TOPICS_ATTRIBUTE: Final = "hook_topics"
 """A plugin object's optional collection of the topics it wants (for reporters: event names);
-it is not called for others. Without it, a plugin gets every topic."""
+it is not called for others. Without it, a plugin gets every topic. A topic may be refined after a
+dot (``call_finished.value``): a plugin that names the topic (``call_finished``) gets every
+refinement of it, one that names a refinement gets that one only."""
 
 _UNWRAPPABLE_HOOKS: Final = (
     "wasm_plugins_classify_error",
@@ -96,10 +98,11 @@ class _Plan:
         key = (topic, argument)
         found = self.by_topic.get(key)
         if found is None:
+            general = topic.partition(".")[0]
             implementations = tuple(
                 impl
                 for impl in self.plain
-                if topic in getattr(impl.plugin, TOPICS_ATTRIBUTE, (topic,))
+                if _wants(getattr(impl.plugin, TOPICS_ATTRIBUTE, None), topic, general)
             )
             takes = any(argument in impl.argnames for impl in implementations)
             found = self.by_topic[key] = (implementations, takes)
@@ -136,20 +139,27 @@ class HookDispatcher:
     ) -> tuple[tuple[pluggy.HookImpl, ...], bool]:
         """The implementations :meth:`each` calls for ``topic``, and whether one of them takes
         ``argument``: what a caller needs to know before making that argument."""
-        return self._plan(hook_name).for_topic(topic, argument)
+        plan = self._plans.get(hook_name)
+        if plan is None or plan.generation != self.manager.generation:
+            plan = self._plan(hook_name)
+        found = plan.by_topic.get((topic, argument))
+        return found if found is not None else plan.for_topic(topic, argument)
 
     @staticmethod
     def call_each(
-        implementations: tuple[pluggy.HookImpl, ...],
-        arguments: Mapping[str, Any],
-        on_error: OnError,
-    ) -> None:
-        """:meth:`each` over implementations already chosen with :meth:`topic`."""
+        implementations: tuple[pluggy.HookImpl, ...], arguments: Mapping[str, Any]
+    ) -> list[tuple[str, Exception]] | None:
+        """:meth:`each` over implementations already chosen with :meth:`topic`: those that
+        raised (their plugin's name, the exception), or None when none did."""
+        failures: list[tuple[str, Exception]] | None = None
         for impl in implementations:
             try:
                 _call(impl, arguments)
             except Exception as exc:
-                on_error(impl.plugin_name, exc)
+                if failures is None:
+                    failures = []
+                failures.append((impl.plugin_name, exc))
+        return failures
 
     def plugin_names(self, hook_name: str) -> list[str]:
         """The plugins implementing a hook (wrappers included), in call order."""
@@ -159,7 +169,10 @@ class HookDispatcher:
     def first_result(self, hook_name: str, **arguments: Any) -> Any:
         """pluggy's call of a *firstresult* hook (wrappers included); an implementation that
         raises ends the call with its exception."""
-        direct = self._plan(hook_name).direct
+        plan = self._plans.get(hook_name)
+        if plan is None or plan.generation != self.manager.generation:
+            plan = self._plan(hook_name)
+        direct = plan.direct
         if direct is not None:
             return direct(**arguments)
         return getattr(self.manager.hook, hook_name)(**arguments)
@@ -224,6 +237,10 @@ class HookDispatcher:
                 continue
             return answer
         return None
+
+
+def _wants(topics: Any, topic: str, general: str) -> bool:
+    return topics is None or topic in topics or general in topics
 
 
 def _call(impl: pluggy.HookImpl, arguments: Mapping[str, Any]) -> Any:

@@ -12,7 +12,7 @@ the built-in ones makes none on a call that succeeds.
 from __future__ import annotations
 
 import functools
-from typing import Any, final
+from typing import Any
 
 import attrs
 
@@ -140,20 +140,24 @@ class CallFinished(PolicyEvent):
 _HOT_FIELDS = ("attempt", "duration", "outcome", "error", "input", "value", "strategy")
 
 
-@final
 class Report:
     """One thing that happened in a call, as a light record: its name, the call, and the fields
-    the common events carry. :attr:`event` makes the full :class:`PolicyEvent` on first use."""
+    the common events carry. :attr:`event` makes the full :class:`PolicyEvent` on first use.
+
+    The policy reports a call's own events (its successful attempt, its end) through the call's
+    state, which is a record too: read a record during the report, and keep :attr:`event`, not
+    the record, when something must outlive it.
+    """
 
     __slots__ = (
         "_event",
-        "_number",
         "attempt",
         "duration",
         "error",
         "function",
         "input",
         "name",
+        "number",
         "outcome",
         "plugin",
         "strategy",
@@ -180,7 +184,8 @@ class Report:
         """The event's name: ``attempt_succeeded``, ``call_finished``..."""
         self.plugin = plugin
         self.function = function
-        self._number = number
+        self.number = number
+        """The call's number in its host (``call_id`` is made from it)."""
         self.time = time
         self.attempt = attempt
         """The attempt's number (attempt events), or how many were made (``call_finished``)."""
@@ -210,11 +215,11 @@ class Report:
         """The call's id, as events have it."""
         if self._event is not None:
             return self._event.call_id
-        return f"{self.plugin}#{self._number}"
+        return f"{self.plugin}#{self.number}"
 
     @property
     def event(self) -> PolicyEvent:
-        """The full event (made once, on first use)."""
+        """The full event (made once per report, on first use)."""
         event = self._event
         if event is None:
             if self.name == "attempt_succeeded":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, final
 
@@ -63,7 +62,7 @@ from wasm_plugins.policy._call import (
     Outcome,
     SandboxProvider,
 )
-from wasm_plugins.policy._clock import Clock, RandomSource, SystemClock
+from wasm_plugins.policy._clock import Clock, RandomSource
 from wasm_plugins.policy._dispatch import HookDispatcher
 from wasm_plugins.policy._events import (
     AttemptFailed,
@@ -149,10 +148,7 @@ class CallPipeline:
         self._provider = provider
         self._hooks = hooks
         self._clock = clock
-        self._monotonic: Callable[[], float] = (
-            time.monotonic if type(clock) is SystemClock else clock.monotonic
-        )
-        """The clock's reading, straight from ``time`` for the system clock."""
+        self._monotonic: Callable[[], float] = clock.monotonic
         self._random = random
         self._default_engine = default_engine
         self.recovery_timeout = recovery_timeout
@@ -222,10 +218,7 @@ class CallPipeline:
         return report
 
     def _route(self, plugin: str, function: str) -> _Route:
-        routes = self._routes.get(plugin)
-        route = routes.get(function) if routes is not None else None
-        if route is not None:
-            return route
+        """Made on the first call of (plugin, function); later calls find it in ``_routes``."""
         try:
             manifest = self._manifest(plugin)
         except PluginError as error:
@@ -241,16 +234,16 @@ class CallPipeline:
 
     def invoke(self, plugin: str, function: str, input: Any) -> Outcome:
         """Run one call through the whole policy: the :class:`Outcome`, or a ContextualError."""
-        outcome: Outcome = self._run(plugin, function, input, True)
+        outcome: Outcome = self.call(plugin, function, input, True)
         return outcome
 
-    def call(self, plugin: str, function: str, input: Any) -> Any:
-        """:meth:`invoke`, returning the value alone (no :class:`Outcome` is made for it)."""
-        return self._run(plugin, function, input, False)
-
-    def _run(self, plugin: str, function: str, input: Any, want_outcome: bool) -> Any:
-        """The policy, from the breaker to the value (or the outcome when ``want_outcome``)."""
-        route = self._route(plugin, function)
+    def call(self, plugin: str, function: str, input: Any, want_outcome: bool = False) -> Any:
+        """:meth:`invoke`, returning the value alone unless ``want_outcome`` (no
+        :class:`Outcome` is made for a value alone)."""
+        routes = self._routes.get(plugin)
+        route = routes.get(function) if routes is not None else None
+        if route is None:
+            route = self._route(plugin, function)
         started = self._monotonic()
         manifest = route.manifest
         deadline = manifest.policy.deadline
@@ -320,39 +313,19 @@ class CallPipeline:
             return error
         except Exception as exc:
             return _attempt_hook_failure(exc)
-        now = self._monotonic()
-        self._report(
-            Report(
-                "attempt_succeeded",
-                call.plugin,
-                call.function,
-                call.number,
-                now,
-                call.attempt,
-                now - started,
-                None,
-                None,
-                call.input,
-                value,
-            )
-        )
+        call.value = value
+        if self._hooks.topic("wasm_plugins_report", "attempt_succeeded", "")[0]:
+            now = self._monotonic()
+            self._report(call.report_as("attempt_succeeded", now, now - started))
         return value
 
     def _succeeded(self, call: CallState, value: Any, want_outcome: bool) -> Any:
         now = self._monotonic()
         duration = now - call.started
-        self._report(
-            Report(
-                "call_finished",
-                call.plugin,
-                call.function,
-                call.number,
-                now,
-                call.attempt,
-                duration,
-                "value",
-            )
-        )
+        call.outcome = "value"
+        # Its own topic, so that a reporter with nothing to do for a plain success (the log) is
+        # not called for one.
+        self._report(call.report_as("call_finished", now, duration), "call_finished.value")
         if not want_outcome:
             return value
         return Outcome(
@@ -428,18 +401,11 @@ class CallPipeline:
         if result is not None:
             return self._answer_with(result, last, call)
         now = self._monotonic()
+        call.outcome = "error"
+        call.error = last
+        call.value = None
         self._report(
-            Report(
-                "call_finished",
-                call.plugin,
-                call.function,
-                call.number,
-                now,
-                call.attempt,
-                now - call.started,
-                "error",
-                last,
-            )
+            call.report_as("call_finished", now, now - call.started), "call_finished.error"
         )
         raise self._contextual(last, call.plugin, call.function, call)
 
@@ -467,7 +433,8 @@ class CallPipeline:
                 now - call.started,
                 error,
                 result.strategy,
-            )
+            ),
+            "call_finished.fallback",
         )
         return Outcome(
             value=result.value,
@@ -585,26 +552,24 @@ class CallPipeline:
         )
         return answer
 
-    def report(self, event: PolicyEvent) -> None:
-        """Hand an event to every reporter; one that raises is logged and the others still run."""
-        self._report(Report.of(event))
+    def report(self, event: PolicyEvent, topic: str | None = None) -> None:
+        """Hand an event to every reporter that wants its topic (by default its name); one that
+        raises is logged and the others still run."""
+        self._report(Report.of(event), topic)
 
-    def _report(self, record: Report) -> None:
+    def _report(self, record: Report, topic: str | None = None) -> None:
         implementations, wants_event = self._hooks.topic(
-            "wasm_plugins_report", record.name, "event"
+            "wasm_plugins_report", topic or record.name, "event"
         )
         if not implementations:
             return
-        arguments: dict[str, Any] = {"record": record}
-        if wants_event:
-            arguments["event"] = record.event
-
-        def failed(source: str, exc: Exception) -> None:
-            logger.bind(reporter=source, event=record.name).error(
-                "reporter failed: {}: {}", type(exc).__name__, exc
-            )
-
-        self._hooks.call_each(implementations, arguments, failed)
+        arguments = {"record": record, "event": record.event} if wants_event else {"record": record}
+        failures = self._hooks.call_each(implementations, arguments)
+        if failures is not None:
+            for source, exc in failures:
+                logger.bind(reporter=source, event=record.name).error(
+                    "reporter failed: {}: {}", type(exc).__name__, exc
+                )
 
     # -- errors ---------------------------------------------------------------------------------
 
