@@ -13,4 +13,6 @@ __all__ = ["wasm_plugins_attempt"]
 @hookimpl(trylast=True)
 def wasm_plugins_attempt(attempt: Attempt) -> Any:
     """Call the function in the plugin's sandbox under the attempt's limits."""
-    return attempt.sandbox().call(attempt.function, attempt.input)
+    return attempt.provider.sandbox(attempt.plugin, attempt.limits).call(
+        attempt.function, attempt.input
+    )

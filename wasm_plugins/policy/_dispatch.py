@@ -153,8 +153,13 @@ class HookDispatcher:
         raised (their plugin's name, the exception), or None when none did."""
         failures: list[tuple[str, Exception]] | None = None
         for impl in implementations:
+            names = impl.argnames
             try:
-                _call(impl, arguments)
+                # _call's work, written out: this loop runs for every event.
+                if len(names) == 1:
+                    impl.function(arguments[names[0]])
+                else:
+                    impl.function(*[arguments[name] for name in names])
             except Exception as exc:
                 if failures is None:
                     failures = []
