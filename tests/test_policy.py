@@ -683,6 +683,29 @@ class TestReporters:
         names = [event.name for event in world.recorder.events]
         assert names == ["attempt_failed", "retry_scheduled", "attempt_succeeded", "call_finished"]
 
+    def test_topics_refine_the_end_of_a_call(self, subject: Callable[..., Subject]) -> None:
+        """A reporter naming ``call_finished`` sees every end of a call; one naming a refinement
+        (``call_finished.error``) only those, so a plain success does not call it."""
+        world = subject(max_attempts=1)
+        seen: dict[str, list[str | None]] = {"every end": [], "failures": []}
+
+        class Reporter:
+            def __init__(self, key: str, topics: frozenset[str]) -> None:
+                self.key = key
+                self.hook_topics = topics
+
+            @hookimpl
+            def wasm_plugins_report(self, record: Report) -> None:
+                seen[self.key].append(record.outcome)
+
+        world.host.register_policy(Reporter("every end", frozenset({"call_finished"})))
+        world.host.register_policy(Reporter("failures", frozenset({"call_finished.error"})))
+        world.call("work", "x")
+        world.mood.plan = [NetworkError(operation="fetch")]
+        with pytest.raises(ContextualError):
+            world.call("work", "y")
+        assert seen == {"every end": ["value", "error"], "failures": ["error"]}
+
     def test_metrics(self, subject: Callable[..., Subject]) -> None:
         """The metrics reporter counts attempts, retries and calls, and times calls."""
         world = subject(max_attempts=2, backoff_base="1 ms")
