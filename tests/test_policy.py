@@ -719,6 +719,30 @@ class TestReporters:
         assert metrics.snapshot()["latency_seconds"]["subject.work"]["count"] == 1
 
 
+class TestCorrelation:
+    def test_one_call_id_through_outcome_events_logs_and_error(
+        self, subject: Callable[..., Subject], records: list[Any]
+    ) -> None:
+        """A call's id is on its Outcome, its events, its log records and, when it fails, in
+        the ContextualError's dict form."""
+        world = subject(max_attempts=2, backoff_base="1 ms")
+        world.mood.plan = [NetworkError(operation="fetch")]
+        outcome = world.call("work", "x")
+        assert outcome.call_id.startswith("subject#")
+        assert {event.call_id for event in world.recorder.events} == {outcome.call_id}
+        logged = {extra.get("call_id") for _, _, extra in records if "event" in extra}
+        assert logged == {outcome.call_id}
+
+        world.recorder.events.clear()
+        world.mood.plan = [NetworkError(operation="fetch")] * 2
+        with pytest.raises(ContextualError) as failure:
+            world.call("work", "y")
+        (call_id,) = {event.call_id for event in world.recorder.events}
+        assert call_id != outcome.call_id
+        assert failure.value.to_dict()["context"]["call_id"] == call_id
+        assert any(extra.get("call_id") == call_id for _, _, extra in records)
+
+
 class TestOrdering:
     def test_third_party_recovery_wins(self, subject: Callable[..., Subject]) -> None:
         """A third party's recovery answer wins over the built-in one."""

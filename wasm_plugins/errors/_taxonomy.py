@@ -97,6 +97,9 @@ class ErrorContext:
     environment: ExecutionEnvironment = attrs.field(factory=ExecutionEnvironment)
     guest_stack: tuple[GuestFrame, ...] = ()
     previous_errors: tuple[PluginError, ...] = ()
+    call_id: str | None = None
+    """The id of the policy call the error ended (``plugin#number``), as its events, log
+    records and :class:`Outcome` carry it."""
 
 
 def _frames(value: Sequence[GuestFrame]) -> tuple[GuestFrame, ...]:

@@ -156,3 +156,5 @@ class Outcome:
     """1.0 for the plugin's own answer; a fallback's quality score otherwise."""
     error: PluginError | None = None
     """The error a fallback answered for."""
+    call_id: str = ""
+    """The call's id (``plugin#number``), as its events and log records carry it."""

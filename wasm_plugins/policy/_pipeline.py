@@ -329,7 +329,13 @@ class CallPipeline:
         if not want_outcome:
             return value
         return Outcome(
-            value, call.plugin, call.function, call.attempt, tuple(call.errors), duration
+            value,
+            call.plugin,
+            call.function,
+            call.attempt,
+            tuple(call.errors),
+            duration,
+            call_id=call.call_id,
         )
 
     def _failed(
@@ -446,6 +452,7 @@ class CallPipeline:
             fallback=result.strategy,
             quality=result.quality,
             error=error,
+            call_id=call.call_id,
         )
 
     # -- retries --------------------------------------------------------------------------------
@@ -606,6 +613,7 @@ class CallPipeline:
                     engine=engine, isolation="in-process", attempt=attempt
                 ),
                 previous_errors=previous,
+                call_id=call.call_id if call is not None else None,
             )
         else:
             environment = base.environment
@@ -619,5 +627,6 @@ class CallPipeline:
                     attempt=attempt,
                 ),
                 previous_errors=previous,
+                call_id=call.call_id if call is not None else base.call_id,
             )
         return ContextualError(error=error, context=context)
