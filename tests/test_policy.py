@@ -1148,6 +1148,7 @@ class TestLightRecords:
             "fallback": None,
             "quality": 1.0,
             "error": None,
+            "call_id": "subject#1",
         }
 
     def test_a_record_reporter_that_raises(self, engine: Engine, records: list[Any]) -> None:
