@@ -47,6 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.modules import synthetic_module  # noqa: E402
 from wasm_plugins import ContextualError, PluginHost  # noqa: E402
 from wasm_plugins.engine import Engine, default_registry  # noqa: E402
 from wasm_plugins.isolation import ProcessSandbox, WorkerPool  # noqa: E402
@@ -59,6 +60,7 @@ REAL_PLUGIN = (
 )
 PAYLOAD = {"text": "hello", "n": 1}
 ENGINES = ("wasmer", "wasmtime")
+SIZES = {"20 KiB": 20 * 1024, "1 MB": 1 << 20, "20 MB": 20 << 20}
 
 Action = Callable[[], Any]
 
@@ -180,6 +182,34 @@ def raw_export(engine: Engine, sandbox: Sandbox) -> Action:
     return lambda: func(1024, 22)
 
 
+def raw_loaders(
+    engine: Engine, wasm: bytes, directory: Path
+) -> tuple[Action, Action, Action | None]:
+    """The engine's own compile, deserialize (from bytes) and deserialize from a file."""
+    if engine.name == "wasmtime":
+        import wasmtime
+
+        raw = wasmtime.Engine()
+        serialized = wasmtime.Module(raw, wasm).serialize()
+        path = directory / f"raw-{len(wasm)}.cwasm"
+        path.write_bytes(serialized)
+        return (
+            lambda: wasmtime.Module(raw, wasm),
+            lambda: wasmtime.Module.deserialize(raw, serialized),
+            lambda: wasmtime.Module.deserialize_file(raw, str(path)),
+        )
+    import wasmer
+    import wasmer_compiler_cranelift
+
+    store = wasmer.Store(wasmer.engine.Universal(wasmer_compiler_cranelift.Compiler))
+    serialized = wasmer.Module(store, wasm).serialize()
+    return (
+        lambda: wasmer.Module(store, wasm),
+        lambda: wasmer.Module.deserialize(store, serialized),
+        None,
+    )
+
+
 # -- the benchmarks -------------------------------------------------------------------------------
 
 
@@ -269,6 +299,89 @@ class Suite:
         self._closers += [sandbox.close, host.close, refusing.close, remote.close, pool.close]
         self._closers.append(isolated.close)
 
+    def loads(self, engine: Engine, sizes: list[str]) -> None:
+        """Loading modules of each size: the engine's raw compile and deserialize against a
+        ``LoadedModule.load`` (what a ``Sandbox`` does) with no cache, a cache miss, a warm
+        cache."""
+        name = engine.name
+        for size in sizes:
+            path = self.module_file(size)
+            wasm = path.read_bytes()
+            limits = Limits(memory="16 MiB")
+            cold_loads = 3 if size == "20 KiB" else 1
+            compile_raw, deserialize_raw, deserialize_file = raw_loaders(
+                engine, wasm, self.cache_directory
+            )
+            if size != "20 MB":  # minutes under load; no target at this size
+                self.add(f"raw compile, {size}", name, compile_raw, cold_loads)
+            self.add(f"raw deserialize, {size}", name, deserialize_raw, 5)
+            if deserialize_file is not None:
+                self.add(f"raw deserialize from a file, {size}", name, deserialize_file, 5)
+            if size != "20 MB":
+                self.add(
+                    f"cold load, no cache, {size}",
+                    name,
+                    lambda path=path: LoadedModule.load(path, engine=engine, limits=limits),
+                    cold_loads,
+                )
+            cache = ModuleCache(self.cache_directory / f"{name}-{size}")
+            LoadedModule.load(path, engine=engine, limits=limits, cache=cache)
+            assert LoadedModule.load(
+                path, engine=engine, limits=limits, cache=cache
+            ).compiled_from_cache
+            self.add(
+                f"warm-cache load, {size}",
+                name,
+                lambda path=path, cache=cache: LoadedModule.load(
+                    path, engine=engine, limits=limits, cache=cache
+                ),
+                5,
+            )
+
+    def module_file(self, size: str) -> Path:
+        if size == "20 KiB":
+            return REAL_PLUGIN
+        path = self.cache_directory / f"module-{size.replace(' ', '')}.wasm"
+        if not path.exists():
+            total = SIZES[size]
+            # Large plugins are language runtimes: some MB of code and a large data snapshot.
+            path.write_bytes(synthetic_module(total, code=min(total, 2 << 20)))
+        return path
+
+    def extism_loads(self, sizes: list[str]) -> None:
+        try:
+            import extism
+        except ImportError:
+            return
+        for size in sizes:
+            # Extism would have to provide the 20 KiB plugin's import: a synthetic module of
+            # the same size stands in for it.
+            wasm = (
+                synthetic_module(SIZES[size])
+                if size == "20 KiB"
+                else self.module_file(size).read_bytes()
+            )
+            config = self.cache_directory / "extism-cache.toml"
+            config.write_text(
+                f'[cache]\ndirectory = "{self.cache_directory / "extism-cache"}"\n'
+            )
+
+            def uncached(wasm: bytes = wasm) -> None:
+                os.environ.pop("EXTISM_CACHE_CONFIG", None)
+                extism.Plugin(wasm, wasi=False)
+
+            def cached(wasm: bytes = wasm, config: Path = config) -> None:
+                os.environ["EXTISM_CACHE_CONFIG"] = str(config)
+                try:
+                    extism.Plugin(wasm, wasi=False)
+                finally:
+                    os.environ.pop("EXTISM_CACHE_CONFIG", None)
+
+            cached()
+            if size != "20 MB":
+                self.add(f"cold load, no cache, {size}", "extism", uncached, 3 if size == "20 KiB" else 1)
+            self.add(f"warm-cache load, {size}", "extism", cached, 5)
+
     def extism(self) -> None:
         try:
             import extism
@@ -339,10 +452,23 @@ ROWS = (
 IN_MILLISECONDS = {"compile a real plugin (20 KiB)", "load it from the compiled-module cache"}
 
 
+LOAD_ROWS = (
+    "raw compile",
+    "raw deserialize",
+    "raw deserialize from a file",
+    "cold load, no cache",
+    "warm-cache load",
+)
+
+
+def _is_load(row: str) -> bool:
+    return row.split(",")[0] in LOAD_ROWS
+
+
 def _cell(value: float | None, row: str) -> str:
     if value is None:
         return ""
-    if row in IN_MILLISECONDS:
+    if row in IN_MILLISECONDS or _is_load(row):
         return f"{value * 1e3:.3f} ms"
     return f"{value * 1e6:.2f} µs"
 
@@ -350,6 +476,9 @@ def _cell(value: float | None, row: str) -> str:
 def table(suite: Suite, columns: list[str]) -> list[str]:
     measured = {benchmark.row for benchmark in suite.benchmarks}
     rows = [row for row in ROWS if row in measured]
+    rows += [
+        f"{row}, {size}" for size in SIZES for row in LOAD_ROWS if f"{row}, {size}" in measured
+    ]
     width = max(len(row) for row in rows)
     lines = [
         "| " + "measurement".ljust(width) + " | " + " | ".join(f"{c:>11}" for c in columns) + " |",
@@ -412,8 +541,39 @@ TARGETS = (
 )
 
 
+def load_targets() -> tuple[Target, ...]:
+    made = []
+    for size in SIZES:
+        made.append(
+            Target(
+                f"warm-cache load ≤ 2 x raw deserialize, {size}",
+                f"warm-cache load, {size}",
+                f"raw deserialize, {size}",
+                2.0,
+            )
+        )
+        made.append(
+            Target(
+                f"warm-cache load ≤ 2 x raw deserialize from a file, {size}",
+                f"warm-cache load, {size}",
+                f"raw deserialize from a file, {size}",
+                2.0,
+            )
+        )
+        made.append(
+            Target(
+                f"cold load (memory rewrite) ≤ 1.3 x raw compile, {size}",
+                f"cold load, no cache, {size}",
+                f"raw compile, {size}",
+                1.3,
+            )
+        )
+    return tuple(made)
+
+
 def targets(suite: Suite, engines: list[str]) -> tuple[list[str], bool]:
-    width = max(len(target.name) for target in TARGETS)
+    every = TARGETS + load_targets()
+    width = max(len(target.name) for target in every)
     lines = [
         "| "
         + "target".ljust(width)
@@ -423,7 +583,7 @@ def targets(suite: Suite, engines: list[str]) -> tuple[list[str], bool]:
         "|" + "-" * (width + 2) + "|" + "|".join("-" * 15 + ":" for _ in engines) + "|",
     ]
     everything = True
-    for target in TARGETS:
+    for target in every:
         cells = []
         for engine in engines:
             numerator = suite.figure(target.numerator, engine)
@@ -443,7 +603,8 @@ def targets(suite: Suite, engines: list[str]) -> tuple[list[str], bool]:
             passed = ratio <= target.limit
             everything &= passed
             cells.append(f"{ratio:>7.2f}x {'pass' if passed else 'FAIL':>5}")
-        lines.append("| " + target.name.ljust(width) + " | " + " | ".join(cells) + " |")
+        if any("n/a" not in cell for cell in cells):
+            lines.append("| " + target.name.ljust(width) + " | " + " | ".join(cells) + " |")
     return lines, everything
 
 
@@ -452,7 +613,13 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=9, help="timed rounds per benchmark")
     parser.add_argument("--calls", type=int, default=5000, help="calls per round")
     parser.add_argument("--engines", default=",".join(ENGINES), help="engines to measure")
+    parser.add_argument(
+        "--parts", default="calls,loads", help="what to measure: calls, loads (comma-separated)"
+    )
+    parser.add_argument("--sizes", default=",".join(SIZES), help="module sizes for the loads")
     arguments = parser.parse_args()
+    parts = arguments.parts.split(",")
+    sizes = [size.strip() for size in arguments.sizes.split(",")]
     availability = default_registry().availability()
     engines = []
     with tempfile.TemporaryDirectory(prefix="wasm-plugins-bench-") as directory:
@@ -463,15 +630,20 @@ def main() -> int:
                 suite.notes.append(f"{name}: not available ({reason}), not measured")
                 continue
             engines.append(name)
-            suite.engine(default_registry().get(name))
-        suite.extism()
+            engine = default_registry().get(name)
+            if "calls" in parts:
+                suite.engine(engine)
+            if "loads" in parts:
+                suite.loads(engine, sizes)
+        if "calls" in parts:
+            suite.extism()
+        if "loads" in parts:
+            suite.extism_loads(sizes)
         try:
             suite.run()
         finally:
             suite.close()
-    columns = engines + (
-        ["extism"] if suite.figure("Extism SDK call (same JSON echo)", "extism") is not None else []
-    )
+    columns = engines + (["extism"] if any(b.column == "extism" for b in suite.benchmarks) else [])
     print(f"wasm-plugins benchmarks: {_versions()}")
     print(f"median of {arguments.rounds} interleaved rounds, after a warm-up; per call")
     print()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import pickle
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -667,8 +666,9 @@ class TestPrepareModuleGrowInstrumentation:
         assert getattr(exports, GROW_PROBE_EXPORT).value == 6
         assert exports.size() == 2
 
-    def test_large_module_is_fast(self) -> None:
-        """Preparing a module of about 1 MB takes well under a second."""
+    def test_large_module(self) -> None:
+        """A module of about 1 MB with a grow in every body: every site is instrumented (its
+        speed is measured in benchmarks/run.py, not asserted here)."""
         body = " ".join(
             [
                 "(local.set 1 (i64.add (local.get 1) (i64.const 1234567890123)))",
@@ -684,11 +684,8 @@ class TestPrepareModuleGrowInstrumentation:
         )
         wasm = _wasm(f"(module (memory 1) {funcs})")
         assert len(wasm) > 1_000_000
-        start = time.perf_counter()
         prepared = prepare_module(wasm, memory_limit_bytes=8 * PAGE_SIZE)
-        elapsed = time.perf_counter() - start
         assert prepared.grow_sites == 3000 * 8
-        assert elapsed < 1.0
         assert _validates(prepared.wasm)
 
 

@@ -104,6 +104,39 @@ class TestHitsAndMisses:
         assert only_entry(cache).stat().st_ino != before  # a new file renamed into place
 
 
+class TestWarmLoad:
+    """A module seen before is deserialized as it was prepared: no rewrite, no validation."""
+
+    def test_warm_load_neither_rewrites_nor_validates(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        cache = ModuleCache(tmp_path)
+        cold = Sandbox(ECHO, engine=engine, cache=cache)
+        assert cold.loaded.grow_probe is not None  # echo.wat grows its memory
+
+        def forbidden(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("a warm load must not do this")
+
+        monkeypatch.setattr(engine, "validate", forbidden)
+        monkeypatch.setattr(engine, "compile", forbidden)
+        monkeypatch.setattr("wasm_plugins.sandbox._loaded.check_module_bytes", forbidden)
+        monkeypatch.setattr("wasm_plugins.sandbox._loaded.prepare_within_limits", forbidden)
+        warm = Sandbox(ECHO, engine=engine, cache=cache)
+        assert warm.compiled_from_cache
+        assert warm.loaded.grow_probe == cold.loaded.grow_probe
+        assert warm.call("echo", PAYLOAD) == PAYLOAD
+
+    def test_cold_load_validates_only_on_failure(
+        self, engine: Engine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The engine validates while it compiles: a good module is not validated twice."""
+        calls: list[bytes] = []
+        validate = engine.validate
+        monkeypatch.setattr(engine, "validate", lambda wasm: calls.append(wasm) or validate(wasm))
+        assert Sandbox(ECHO, engine=engine).call("echo", PAYLOAD) == PAYLOAD
+        assert calls == []
+
+
 class TestBadEntries:
     """Every bad entry is compiled again and replaced; the sandbox works all the same."""
 
@@ -123,7 +156,32 @@ class TestBadEntries:
         assert Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
 
     def test_corrupt_payload(self, engine: Engine, tmp_path: Path) -> None:
-        """A flipped byte in the compiled code fails the digest: never deserialized."""
+        """A flipped byte in the sampled parts of the compiled code fails the samples' digest:
+        never deserialized."""
+        cache, entry = self._cached(engine, tmp_path)
+        data = bytearray(entry.read_bytes())
+        for offset in (100, len(_payload(bytes(data))) - 100):
+            corrupt = bytearray(data)
+            corrupt[offset] ^= 0xFF
+            entry.write_bytes(bytes(corrupt))
+            self._reload(engine, cache)
+        assert cache.stats.rejected == 2
+        self._replaced(engine, cache)
+
+    def test_full_verification(self, engine: Engine, tmp_path: Path) -> None:
+        """With verify="full", a flipped byte anywhere in the payload fails the whole payload's
+        digest (the samples' too when they cover it)."""
+        _, entry = self._cached(engine, tmp_path)
+        data = bytearray(entry.read_bytes())
+        data[len(_payload(bytes(data))) // 2] ^= 0xFF
+        entry.write_bytes(bytes(data))
+        full = ModuleCache(tmp_path, verify="full")
+        self._reload(engine, full)
+        assert full.stats.rejected == 1
+        self._replaced(engine, full)
+
+    def test_corrupt_header(self, engine: Engine, tmp_path: Path) -> None:
+        """A flipped byte in the header makes it unreadable or names something else."""
         cache, entry = self._cached(engine, tmp_path)
         data = bytearray(entry.read_bytes())
         data[-100] ^= 0xFF
@@ -165,7 +223,7 @@ class TestBadEntries:
         Sandbox(ECHO, engine=engine, cache=cache)
         echo_entry = only_entry(cache)
         other = Sandbox(EXAMPLES.parent / "conformance" / "abi.wat", engine=engine, cache=cache)
-        other_key = ModuleCache.key(engine, other.loaded.wasm, fuel=False)
+        other_key = _key(other, engine, EXAMPLES.parent / "conformance" / "abi.wat")
         cache.path(other_key).write_bytes(echo_entry.read_bytes())
         reloaded = Sandbox(EXAMPLES.parent / "conformance" / "abi.wat", engine=engine, cache=cache)
         assert not reloaded.compiled_from_cache
@@ -182,7 +240,7 @@ class TestBadEntries:
         sandbox = Sandbox(ECHO, engine=upgraded, cache=cache)
         assert not sandbox.compiled_from_cache
         assert cache.stats.misses == 2
-        new_key = ModuleCache.key(upgraded, sandbox.loaded.wasm, fuel=False)
+        new_key = _key(sandbox, upgraded, ECHO)
         cache.path(new_key).write_bytes(old_entry.read_bytes())  # stale: made by the old one
         stale = Sandbox(ECHO, engine=upgraded, cache=cache)
         assert not stale.compiled_from_cache
@@ -195,7 +253,7 @@ class TestBadEntries:
         Sandbox(ECHO, engine=wasmtime_engine, cache=cache, limits=_limits(fuel=10_000))
         metered = only_entry(cache)
         plain = Sandbox(ECHO, engine=wasmtime_engine, cache=cache)
-        plain_key = ModuleCache.key(wasmtime_engine, plain.loaded.wasm, fuel=False)
+        plain_key = _key(plain, wasmtime_engine, ECHO)
         cache.path(plain_key).write_bytes(metered.read_bytes())
         again = Sandbox(ECHO, engine=wasmtime_engine, cache=cache)
         assert not again.compiled_from_cache and cache.stats.rejected == 1
@@ -525,22 +583,39 @@ def _limits(**changes: Any) -> Any:
     return Limits(**changes)
 
 
+def _header_length(data: bytes) -> int:
+    return int.from_bytes(data[-12:-8], "big")
+
+
 def _header(data: bytes) -> bytes:
-    length = int.from_bytes(data[8:12], "big")
-    return data[12 : 12 + length]
+    """The JSON header, which follows the payload (then its length and the magic)."""
+    return data[-12 - _header_length(data) : -12]
 
 
 def _payload(data: bytes) -> bytes:
-    return data[12 + int.from_bytes(data[8:12], "big") :]
+    return data[: -12 - _header_length(data)]
 
 
 def _rewrite_payload(entry: Path, payload: bytes) -> None:
     """Replace an entry's payload and fix its header to match (a well-formed lie)."""
     import hashlib
 
+    from wasm_plugins.sandbox._cache import _samples_digest
+
     data = entry.read_bytes()
     header = json.loads(_header(data))
     header["payload_size"] = len(payload)
     header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+    header["payload_samples"] = _samples_digest(payload, len(payload))
     encoded = json.dumps(header, sort_keys=True).encode()
-    entry.write_bytes(data[:8] + len(encoded).to_bytes(4, "big") + encoded + payload)
+    entry.write_bytes(payload + encoded + len(encoded).to_bytes(4, "big") + data[-8:])
+
+
+def _key(sandbox: Sandbox, engine: Engine, source: Path, **limits: Any) -> str:
+    """The key a sandbox looks up for ``source`` with these limits."""
+    from wasm_plugins.sandbox._loaded import _preparation
+
+    wasm = engine.wat_to_wasm(source.read_text())
+    fuel = sandbox.loaded.limits.fuel is not None
+    preparation = _preparation(sandbox.loaded.limits)
+    return ModuleCache.key(engine, wasm, fuel=fuel, preparation=preparation)

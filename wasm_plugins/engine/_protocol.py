@@ -272,3 +272,10 @@ class Engine(Protocol):
 
         :raises ModuleError: when the data is not usable.
         """
+
+    def deserialize_file(self, path: str, size: int, *, fuel: bool = False) -> EngineModule:
+        """Load a module from a file whose first ``size`` bytes are :meth:`EngineModule.serialize`
+        output (what follows is ignored).
+
+        :raises ModuleError: when the data is not usable.
+        """

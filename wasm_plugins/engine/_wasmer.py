@@ -676,7 +676,8 @@ class WasmerEngine:
             raise _unenforceable("fuel")
         if _COMPILER.lost:
             raise _forked_compiler()
-        self.validate(wasm)
+        if not wasm.startswith(b"\0asm"):
+            self.validate(wasm)  # wasmer would read these bytes as WAT text
         _COMPILER.used = True
         try:
             module = wasmer.Module(self.store(), wasm)
@@ -697,3 +698,8 @@ class WasmerEngine:
                 suggestion="compile the module again from its source",
             ) from None
         return WasmerModule(self, module, types, serialized=compiled)
+
+    def deserialize_file(self, path: str, size: int, *, fuel: bool = False) -> WasmerModule:
+        # wasmer 1.1's Python API loads compiled code from bytes only.
+        with open(path, "rb") as handle:
+            return self.deserialize(handle.read(size), fuel=fuel)

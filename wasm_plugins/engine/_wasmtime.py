@@ -646,6 +646,12 @@ class WasmtimeEngine:
             ) from None
         return WasmtimeModule(self, module, types, fuel, compiler)
 
+    def deserialize_file(self, path: str, size: int, *, fuel: bool = False) -> WasmtimeModule:
+        # The module's types come before the compiled code (see pack), so the file cannot be
+        # handed to wasmtime's Module.deserialize_file, which maps an ELF image at offset 0.
+        with open(path, "rb") as handle:
+            return self.deserialize(handle.read(size), fuel=fuel)
+
 
 @attrs.frozen
 class _Compiler:
@@ -668,7 +674,6 @@ if hasattr(os, "register_at_fork"):
 
 
 def _wasmtime_version() -> str:
-
     try:
         return version("wasmtime")
     except PackageNotFoundError:  # pragma: no cover - a vendored copy

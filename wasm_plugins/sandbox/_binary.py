@@ -36,7 +36,7 @@ PAGE_SIZE = 65536
 GROW_PROBE_EXPORT = "__wasm_plugins_grow_failed"
 REWRITER_VERSION = 2
 """Changes whenever the rewrite's output for the same input could change: the compiled-module
-cache keys on it (the bytes it hashes are the rewrite's output, but an entry must not outlive a
+cache keys on it (it hashes the module before the rewrite, so an entry must not outlive a
 rewriter that would now refuse or rewrite differently what it was made from)."""
 
 _MAGIC = b"\x00asm"
@@ -797,28 +797,62 @@ class _Body:
     sites: tuple[tuple[int, int], ...]
 
 
+# memory.grow on memory 0: the opcode, then the index 0 as a LEB128 (0x00, or padded 0x80...).
+_GROW_CANDIDATES = (bytes([_OP_MEMORY_GROW, 0x00]), bytes([_OP_MEMORY_GROW, 0x80]))
+
+
+def _grow_candidates(data: bytes, start: int, end: int) -> list[int]:
+    """Sorted offsets in [start, end) where a ``memory.grow 0`` may begin.
+
+    Found by a byte search, without decoding: a body with none of them cannot grow memory 0,
+    so only the few bodies that have one are decoded.
+    """
+    found: list[int] = []
+    for pattern in _GROW_CANDIDATES:
+        pos = data.find(pattern, start, end)
+        while pos >= 0:
+            found.append(pos)
+            pos = data.find(pattern, pos + 1, end)
+    found.sort()
+    return found
+
+
 def _scan_code_section(data: bytes, section: _Section) -> tuple[int, list[_Body]]:
+    """The number of bodies, and the bodies that hold a ``memory.grow 0`` with its sites."""
     reader = _Reader(data, section.body, section.end)
     count = reader.u32()
+    candidates = _grow_candidates(data, reader.pos, section.end)
     bodies: list[_Body] = []
+    if not candidates:
+        return count, bodies
+    next_candidate = candidates[0]
+    index = 0
+    end = section.end
+    pos = reader.pos
     for _ in range(count):
-        start = reader.pos
-        size = reader.u32()
-        body_start = reader.pos
-        reader.skip(size)
-        body_end = reader.pos
+        start = pos
+        size, pos = _read_uleb(data, pos, end, 32)
+        if size < 0:
+            raise WasmBinaryError(_LEB_ERRORS[size], start)
+        body_start = pos
+        pos += size
+        if pos > end:
+            raise WasmBinaryError("function body runs past the end of its section", body_start)
+        if next_candidate >= pos:
+            continue
         try:
-            code = _skip_locals(data, body_start, body_end)
-            # A body without a 0x40 byte cannot hold memory.grow; skip decoding it.
-            if data.find(_OP_MEMORY_GROW, code, body_end) < 0:
-                sites: list[tuple[int, int]] = []
-            else:
-                sites = _scan_expression(data, code, body_end)
+            code = _skip_locals(data, body_start, pos)
+            sites = _scan_expression(data, code, pos)
         except IndexError:
             raise WasmBinaryError(
                 "function body runs past the end of the module", body_start
             ) from None
-        bodies.append(_Body(start, code, body_end, tuple(sites)))
+        if sites:
+            bodies.append(_Body(start, code, pos, tuple(sites)))
+        while index < len(candidates) and candidates[index] < pos:
+            index += 1
+        next_candidate = candidates[index] if index < len(candidates) else end
+    reader.pos = pos
     _expect_end(reader)
     return count, bodies
 
@@ -917,25 +951,35 @@ def _wrapper_body(global_index: int) -> bytes:
 
 
 def _rewrite_code(
-    data: bytes, *, count: int, bodies: list[_Body], wrapper: int, global_index: int
+    data: bytes,
+    section: _Section,
+    *,
+    count: int,
+    bodies: list[_Body],
+    wrapper: int,
+    global_index: int,
 ) -> bytes:
+    """The code section's payload with each grow site calling the wrapper and the wrapper's
+    body added; the bodies without a site are copied in long runs, not one by one."""
     call = bytes([_OP_CALL]) + _encode_uleb(wrapper)
+    _, first = _vec_count(data, section)
     chunks: list[bytes] = [_encode_uleb(count + 1)]
+    pos = first
     for body in bodies:
-        if not body.sites:
-            chunks.append(data[body.start : body.end])
-            continue
+        chunks.append(data[pos : body.start])
         size_end = _skip_leb(data, body.start)
         parts: list[bytes] = []
-        pos = size_end
+        at = size_end
         for site_start, site_end in body.sites:
-            parts.append(data[pos:site_start])
+            parts.append(data[at:site_start])
             parts.append(call)
-            pos = site_end
-        parts.append(data[pos : body.end])
+            at = site_end
+        parts.append(data[at : body.end])
         content = b"".join(parts)
         chunks.append(_encode_uleb(len(content)))
         chunks.append(content)
+        pos = body.end
+    chunks.append(data[pos : section.end])
     chunks.append(_wrapper_body(global_index))
     return b"".join(chunks)
 
@@ -977,7 +1021,7 @@ def _instrument(
         ),
         _SEC_EXPORT: _appended(data, _find(sections, _SEC_EXPORT), export_entry),
         _SEC_CODE: _rewrite_code(
-            data, count=code_count, bodies=bodies, wrapper=wrapper, global_index=probe
+            data, code_section, count=code_count, bodies=bodies, wrapper=wrapper, global_index=probe
         ),
     }
     return payloads, sites

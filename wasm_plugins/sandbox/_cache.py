@@ -1,20 +1,26 @@
 """The compiled-module cache: an engine's compiled code on disk, so that a module is compiled once.
 
 An entry is the engine's serialized module (``EngineModule.serialize``), stored under a key that
-hashes everything the compiled code depends on: the bytes the engine compiled (the module after
-the sandbox's rewrite), the engine's name and version, whether fuel is metered, this file format
-and the rewriter's version, and the machine. Loading an entry is deserializing it, which is cheap
-next to compiling, and **unsafe** for data that is not the engine's own output (wasmtime maps it
-as executable code). So an entry is never trusted as found:
+hashes everything the compiled code depends on: the module as given (before the sandbox's
+rewrite), what the rewrite bakes in (the memory limit, whether ``memory.grow`` is instrumented,
+the rewriter's version), the engine's name and version, whether fuel is metered, this file format,
+and the machine. So a module seen before is loaded without reading it further than its digest: no
+rewrite, no validation (the entry was made from a validated module). Loading an entry is
+deserializing it, which is cheap next to compiling, and **unsafe** for data that is not the
+engine's own output (wasmtime maps it as executable code). So an entry is never trusted as found:
 
 - the directories the cache makes are private (mode 0700); an existing directory is used only if
   it belongs to the user and others cannot write to it, and its mode is never changed (it may be
   a shared folder someone gave by mistake); the entries' directory and the entries may not be
   symlinks, and an entry owned by another user is never read;
-- every entry starts with a header that names its key, engine, version and fuel setting, and the
-  SHA-256 digest and size of its payload; a header that does not match what is looked up (a
-  foreign entry), a payload of another size (truncated) or digest (corrupt), or an entry the
-  engine then refuses (stale) is compiled again and replaced;
+- every entry is the engine's payload followed by a header (the payload comes first so that an
+  engine can map the file as it is) that names its key, engine, version and fuel setting, the
+  payload's size, the SHA-256 digest of samples of the payload (its first and last 4 KiB and
+  4 KiB at every MiB) and of the whole payload; a header that does not match what is looked up (a
+  foreign entry), a payload of another size (truncated), other samples (corrupt, or another
+  entry's payload), or an entry the engine then refuses (stale) is compiled again and replaced.
+  The whole-payload digest is checked on every load with ``verify="full"`` (see
+  ``docs/performance.md`` for why sampling is the default);
 - an entry is written to a new temporary file (created exclusively, never through a link) in
   the same directory and renamed into place, so readers see a whole entry or none, and
   concurrent writers of the same entry do not mix;
@@ -37,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import hmac
 import json
 import os
 import platform
@@ -55,7 +62,6 @@ from loguru import logger
 from wasm_plugins._units import parse_size
 from wasm_plugins.engine import Engine, EngineModule
 from wasm_plugins.errors import PluginError
-from wasm_plugins.sandbox._binary import REWRITER_VERSION
 
 __all__ = [
     "CACHE_DIR_VARIABLE",
@@ -69,7 +75,7 @@ __all__ = [
     "default_directory",
 ]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 """The entry format; part of every key, so that a new format never reads an old entry."""
 CACHE_DIR_VARIABLE = "WASM_PLUGINS_CACHE_DIR"
 CACHE_SWITCH_VARIABLE = "WASM_PLUGINS_CACHE"
@@ -83,7 +89,10 @@ _BINARY = getattr(os, "O_BINARY", 0)
 _OFF = frozenset({"0", "off", "false", "no"})
 _MAGIC = b"WPMCACHE"
 _HEADER_LENGTH = struct.Struct(">I")
+_TRAILER = _HEADER_LENGTH.size + len(_MAGIC)
 _MAX_HEADER = 64 * 1024
+_SAMPLE = 4096
+_SAMPLE_STRIDE = 1 << 20
 _SUBDIRECTORY = f"compiled-v{CACHE_FORMAT}"
 
 
@@ -131,6 +140,8 @@ class CompiledModule:
     serialized: bytes | None = None
     hit: bool = False
     """Whether it was loaded from the cache."""
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+    """What the maker of the entry stored beside it (how the module was prepared)."""
 
 
 class ModuleCache:
@@ -139,6 +150,8 @@ class ModuleCache:
     :param directory: where the entries go (``None``: :func:`default_directory`).
     :param enabled: ``False`` makes a cache that compiles every time and touches no file.
     :param max_size: bytes of entries to keep at most (``None``: no bound).
+    :param verify: ``"sampled"`` checks an entry's size and samples of its payload before it is
+        deserialized; ``"full"`` also hashes the whole payload, on every load.
     """
 
     def __init__(
@@ -147,10 +160,14 @@ class ModuleCache:
         *,
         enabled: bool = True,
         max_size: int | None = DEFAULT_MAX_SIZE,
+        verify: str = "sampled",
     ):
+        if verify not in ("sampled", "full"):
+            raise ValueError(f"verify must be 'sampled' or 'full', not {verify!r}")
         self.directory = Path(directory) if directory is not None else default_directory()
         self.enabled = enabled
         self.max_size = max_size
+        self.verify = verify
         self._lock = threading.Lock()
         self._counts = {
             "hits": 0,
@@ -206,11 +223,19 @@ class ModuleCache:
     # -- keys ---------------------------------------------------------------------------------
 
     @staticmethod
-    def key(engine: Engine, wasm: bytes, *, fuel: bool) -> str:
-        """The key of the code ``engine`` compiles from ``wasm``: a hex SHA-256 digest."""
+    def key(
+        engine: Engine,
+        wasm: bytes,
+        *,
+        fuel: bool,
+        preparation: dict[str, Any] | None = None,
+    ) -> str:
+        """The key of the code ``engine`` compiles from ``wasm`` prepared as ``preparation``
+        says (what the sandbox's rewrite bakes in; ``None``: compiled as it is): a hex SHA-256
+        digest."""
         material = {
             "format": CACHE_FORMAT,
-            "rewriter": REWRITER_VERSION,
+            "preparation": preparation,
             "engine": engine.name,
             "engine_version": engine.version,
             "fuel": bool(fuel),
@@ -237,14 +262,47 @@ class ModuleCache:
         if not self.enabled:
             return CompiledModule(engine.compile(wasm, fuel=fuel))
         key = self.key(engine, wasm, fuel=fuel)
-        if not refresh:
-            found = self._load(engine, key, fuel)
-            if found is not None:
-                return found
-        self._count("misses")
+        found = self.lookup(engine, key, fuel=fuel, keep_payload=True, refresh=refresh)
+        if found is not None:
+            return found
         module = engine.compile(wasm, fuel=fuel)
-        serialized = self._store(engine, key, fuel, module)
+        serialized = self.store(engine, key, module, fuel=fuel)
         return CompiledModule(module, serialized)
+
+    def lookup(
+        self,
+        engine: Engine,
+        key: str,
+        *,
+        fuel: bool,
+        keep_payload: bool = False,
+        refresh: bool = False,
+    ) -> CompiledModule | None:
+        """The module of a good entry under ``key``, deserialized; ``None`` (a miss, counted)
+        when there is none or ``refresh`` asks to compile anyway. ``keep_payload`` reads the
+        payload into memory and returns it too (otherwise the engine may map the file without
+        Python reading it)."""
+        if not self.enabled:
+            return None
+        found = None if refresh else self._load(engine, key, fuel, keep_payload)
+        if found is None:
+            self._count("misses")
+        return found
+
+    def store(
+        self,
+        engine: Engine,
+        key: str,
+        module: EngineModule,
+        *,
+        fuel: bool,
+        metadata: dict[str, Any] | None = None,
+    ) -> bytes | None:
+        """Write the entry of ``key``: ``module`` serialized, with ``metadata`` (JSON) beside
+        it; the payload written, or ``None`` when nothing was."""
+        if not self.enabled:
+            return None
+        return self._store(engine, key, fuel, module, metadata or {})
 
     def clear(self) -> int:
         """Remove every entry of this format; how many were removed.
@@ -310,7 +368,9 @@ class ModuleCache:
             "fuel": bool(fuel),
         }
 
-    def _load(self, engine: Engine, key: str, fuel: bool) -> CompiledModule | None:
+    def _load(
+        self, engine: Engine, key: str, fuel: bool, keep_payload: bool
+    ) -> CompiledModule | None:
         if not self._usable_directory():
             return None
         path = self.path(key)
@@ -334,23 +394,41 @@ class ModuleCache:
                 if not _owned_by_user(info):
                     self._reject(path, "it belongs to another user")
                     return None
-                data = handle.read()
+                header, problem = _read_header(
+                    handle, info.st_size, self._header(engine, key, fuel)
+                )
+                if header is None:
+                    self._reject(path, problem)
+                    return None
+                size = int(header["payload_size"])
+                payload = None
+                if keep_payload or self.verify == "full":
+                    handle.seek(0)
+                    payload = handle.read(size)
+                problem = _check_payload(handle, size, header, payload)
+                if problem:
+                    self._reject(path, problem)
+                    return None
                 _mark_used(handle.fileno())
+        except FileNotFoundError:
+            return None
         except OSError as exc:
             self._count("errors")
             logger.bind(cache=str(path)).warning("cannot read a cache entry: {}", exc)
             return None
-        payload, problem = _unpack(data, self._header(engine, key, fuel))
-        if payload is None:
-            self._reject(path, problem)
-            return None
         try:
-            module = engine.deserialize(payload, fuel=fuel)
+            if payload is None:
+                module = engine.deserialize_file(str(path), size, fuel=fuel)
+            else:
+                module = engine.deserialize(payload, fuel=fuel)
         except PluginError as error:
             self._reject(path, f"the engine refused it: {error.message}")
             return None
         self._count("hits")
-        return CompiledModule(module, payload, hit=True)
+        metadata = header.get("metadata")
+        return CompiledModule(
+            module, payload, hit=True, metadata=metadata if isinstance(metadata, dict) else {}
+        )
 
     def _reject(self, path: Path, problem: str) -> None:
         self._count("rejected")
@@ -358,7 +436,14 @@ class ModuleCache:
             "compiled-module cache entry not used ({}); compiling again", problem
         )
 
-    def _store(self, engine: Engine, key: str, fuel: bool, module: EngineModule) -> bytes | None:
+    def _store(
+        self,
+        engine: Engine,
+        key: str,
+        fuel: bool,
+        module: EngineModule,
+        metadata: dict[str, Any],
+    ) -> bytes | None:
         if not self._usable_directory():
             return None
         try:
@@ -371,17 +456,19 @@ class ModuleCache:
             return payload
         header = self._header(engine, key, fuel)
         header["payload_size"] = len(payload)
+        header["payload_samples"] = _samples_digest(payload, len(payload))
         header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+        header["metadata"] = metadata
         encoded = json.dumps(header, sort_keys=True).encode()
         temporary = None
         try:
             # mkstemp creates the file exclusively (O_EXCL), mode 0600, never through a link.
             descriptor, temporary = tempfile.mkstemp(dir=self.entries, prefix=_TEMPORARY_PREFIX)
             with os.fdopen(descriptor, "wb") as handle:
-                handle.write(_MAGIC)
-                handle.write(_HEADER_LENGTH.pack(len(encoded)))
-                handle.write(encoded)
                 handle.write(payload)
+                handle.write(encoded)
+                handle.write(_HEADER_LENGTH.pack(len(encoded)))
+                handle.write(_MAGIC)
             os.replace(temporary, self.path(key))
             temporary = None
         except OSError as exc:
@@ -439,17 +526,23 @@ class ModuleCache:
         return header.get("engine_version") == engine.version
 
 
-def _unpack(data: bytes, expected: dict[str, Any]) -> tuple[bytes | None, str]:
-    """The payload of an entry, checked against its header and the header against what was
-    looked up; or None and what is wrong."""
-    start = len(_MAGIC) + _HEADER_LENGTH.size
-    if len(data) < start or not data.startswith(_MAGIC):
+def _read_header(
+    handle: Any, file_size: int, expected: dict[str, Any]
+) -> tuple[dict[str, Any] | None, str]:
+    """The header at the end of an entry, checked against what was looked up and against the
+    file's size; or None and what is wrong."""
+    if file_size < _TRAILER:
         return None, "not a cache entry"
-    (length,) = _HEADER_LENGTH.unpack_from(data, len(_MAGIC))
-    if length > _MAX_HEADER or start + length > len(data):
+    handle.seek(file_size - _TRAILER)
+    trailer = handle.read(_TRAILER)
+    if len(trailer) != _TRAILER or not trailer.endswith(_MAGIC):
+        return None, "not a cache entry"
+    (length,) = _HEADER_LENGTH.unpack_from(trailer)
+    if length > _MAX_HEADER or length > file_size - _TRAILER:
         return None, "truncated header"
+    handle.seek(file_size - _TRAILER - length)
     try:
-        header = json.loads(data[start : start + length])
+        header = json.loads(handle.read(length))
     except ValueError:
         return None, "unreadable header"
     if not isinstance(header, dict):
@@ -457,12 +550,46 @@ def _unpack(data: bytes, expected: dict[str, Any]) -> tuple[bytes | None, str]:
     for field, value in expected.items():
         if header.get(field) != value:
             return None, f"made for another {field} ({header.get(field)!r}, not {value!r})"
-    payload = data[start + length :]
-    if len(payload) != header.get("payload_size"):
-        return None, f"truncated payload ({len(payload)} of {header.get('payload_size')} bytes)"
-    if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
-        return None, "corrupt payload (digest mismatch)"
-    return payload, ""
+    payload_size = file_size - _TRAILER - length
+    if header.get("payload_size") != payload_size:
+        return None, f"truncated payload ({payload_size} of {header.get('payload_size')} bytes)"
+    return header, ""
+
+
+def _check_payload(handle: Any, size: int, header: dict[str, Any], payload: bytes | None) -> str:
+    """What is wrong with the payload (its samples, and all of it when it was read), or ``""``."""
+    if payload is not None:
+        if len(payload) != size:
+            return "truncated payload"
+        if not hmac.compare_digest(
+            hashlib.sha256(payload).hexdigest(), str(header.get("payload_sha256"))
+        ):
+            return "corrupt payload (digest mismatch)"
+    samples = _samples_digest(payload if payload is not None else handle, size)
+    if not hmac.compare_digest(samples, str(header.get("payload_samples"))):
+        return "corrupt payload (samples mismatch)"
+    return ""
+
+
+def _sample_offsets(size: int) -> list[int]:
+    offsets = list(range(0, size, _SAMPLE_STRIDE))
+    if size > _SAMPLE:
+        offsets.append(size - _SAMPLE)
+    return offsets
+
+
+def _samples_digest(source: Any, size: int) -> str:
+    """SHA-256 of the payload's size and of 4 KiB read at its start, end and every MiB, from
+    bytes or from an open file."""
+    digest = hashlib.sha256(str(size).encode())
+    for offset in _sample_offsets(size):
+        length = min(_SAMPLE, size - offset)
+        if isinstance(source, bytes):
+            digest.update(source[offset : offset + length])
+        else:
+            source.seek(offset)
+            digest.update(source.read(length))
+    return digest.hexdigest()
 
 
 def _owned_by_user(info: os.stat_result) -> bool:

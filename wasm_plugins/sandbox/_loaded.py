@@ -2,12 +2,13 @@
 grants, ready to be instantiated by a sandbox in this process or by a worker process.
 
 Loading does all the checking once: the source is compiled (WAT) or read, its size and structure
-validated (the same for every engine), validated by the engine, rewritten so that its memories and
-tables cannot grow past the limits, compiled (through the compiled-module
-cache when there is one), checked against the guest ABI, and its imports linked against the
-granted capabilities. A worker process makes its loaded module from the compiled code the host
-sends, with the same limits and link plan, so both ends instantiate, probe for a refused
-``memory.grow`` and explain failures the same way.
+validated (the same for every engine), rewritten so that its memories and tables cannot grow past
+the limits, compiled (the engine validates it as it compiles), checked against the guest ABI, and
+its imports linked against the granted capabilities. With a compiled-module cache, a module seen
+before with the same limits is deserialized from its entry instead: not checked, rewritten or
+validated again (its entry was made from a module that passed all three). A worker process makes
+its loaded module from the compiled code the host sends, with the same limits and link plan, so
+both ends instantiate, probe for a refused ``memory.grow`` and explain failures the same way.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from wasm_plugins.errors import (
     ValidationIssue,
 )
 from wasm_plugins.sandbox._abi import Session, abi_host_functions, check_module, plugin_functions
-from wasm_plugins.sandbox._binary import PAGE_SIZE
+from wasm_plugins.sandbox._binary import PAGE_SIZE, REWRITER_VERSION
 from wasm_plugins.sandbox._cache import ModuleCache
 from wasm_plugins.sandbox._failures import grow_may_explain, refused_grow
 from wasm_plugins.sandbox._host_functions import HostFunction, LinkPlan, link_imports
@@ -148,24 +149,28 @@ class LoadedModule:
             wrong.
         """
         wasm = load_module_bytes(source, engine)
-        check_module_bytes(wasm, limits, engine)
-        engine.validate(wasm)
-        prepared = prepare_within_limits(wasm, limits)
         fuel = limits.fuel is not None
-        try:
-            compiled = _compile(engine, prepared.wasm, fuel, cache, refresh_cache)
-        except ModuleError:
-            if prepared.grow_probe is None:
-                raise
-            # The engine validated the original, so the grow instrumentation is at fault: the
-            # memory limit still holds without it, only the report of a refused grow is less
-            # precise.
-            logger.bind(plugin=plugin).warning(
-                "memory.grow instrumentation refused by the engine; continuing without it"
+        key = None
+        found = None
+        if cache is not None and cache.enabled:
+            key = cache.key(engine, wasm, fuel=fuel, preparation=_preparation(limits))
+            found = cache.lookup(
+                engine, key, fuel=fuel, keep_payload=keep_serialized, refresh=refresh_cache
             )
-            prepared = prepare_within_limits(wasm, limits, instrument_grow=False)
-            compiled = _compile(engine, prepared.wasm, fuel, cache, refresh_cache)
-        module, serialized, hit = compiled
+        if found is not None:
+            module, serialized, hit = found.module, found.serialized, True
+            probe = found.metadata.get("grow_probe")
+            grow_probe = probe if isinstance(probe, str) else None
+            prepared_wasm = None
+        else:
+            prepared = _compile(engine, wasm, limits, fuel, plugin)
+            module, hit = prepared.module, False
+            grow_probe, prepared_wasm = prepared.grow_probe, prepared.wasm
+            serialized = None
+            if cache is not None and key is not None:
+                serialized = cache.store(
+                    engine, key, module, fuel=fuel, metadata={"grow_probe": grow_probe}
+                )
         check_module(module.exports, module.imports, functions, plugin=plugin)
         granted = frozenset(capabilities)
         link = link_imports(
@@ -184,9 +189,9 @@ class LoadedModule:
             link=link,
             plugin=plugin,
             functions=tuple(functions) if functions else plugin_functions(module.exports),
-            grow_probe=prepared.grow_probe,
+            grow_probe=grow_probe,
             wasi=_wasi_for_module(engine, module, wasi),
-            wasm=prepared.wasm,
+            wasm=prepared_wasm,
             serialized=serialized if keep_serialized else None,
             compiled_from_cache=hit,
         )
@@ -240,14 +245,51 @@ class LoadedModule:
         return error if used is None else refused_grow(used, self.limits.memory, error)
 
 
-def _compile(
-    engine: Engine, wasm: bytes, fuel: bool, cache: ModuleCache | None, refresh: bool
-) -> tuple[EngineModule, bytes | None, bool]:
-    """The compiled module, its serialized form when the cache has it, and whether it was a hit."""
-    if cache is None:
-        return engine.compile(wasm, fuel=fuel), None, False
-    compiled = cache.compile(engine, wasm, fuel=fuel, refresh=refresh)
-    return compiled.module, compiled.serialized, compiled.hit
+def _preparation(limits: Limits) -> dict[str, object]:
+    """What the checks and the rewrite depend on: part of the cache key, so that an entry is
+    only found for a module that passed them under the same limits."""
+    return {
+        "rewriter": REWRITER_VERSION,
+        "memory": limits.memory,
+        "memories": limits.memories,
+        "table": limits.table,
+        "module_size": limits.module_size,
+        "instrument_grow": True,
+    }
+
+
+@attrs.frozen
+class _Compiled:
+    module: EngineModule
+    grow_probe: str | None
+    wasm: bytes
+
+
+def _compile(engine: Engine, wasm: bytes, limits: Limits, fuel: bool, plugin: str) -> _Compiled:
+    """The module checked, rewritten and compiled. The engine validates while it compiles; the
+    original is validated on its own only when something fails, to tell a bad module (the
+    engine's diagnostics) from a rewrite the engine refuses."""
+    check_module_bytes(wasm, limits, engine)
+    try:
+        prepared = prepare_within_limits(wasm, limits)
+    except ModuleError:
+        engine.validate(wasm)
+        raise
+    try:
+        return _Compiled(
+            engine.compile(prepared.wasm, fuel=fuel), prepared.grow_probe, prepared.wasm
+        )
+    except ModuleError:
+        engine.validate(wasm)
+        if prepared.grow_probe is None:
+            raise
+    # The engine validates the original, so the grow instrumentation is at fault: the memory
+    # limit still holds without it, only the report of a refused grow is less precise.
+    logger.bind(plugin=plugin).warning(
+        "memory.grow instrumentation refused by the engine; continuing without it"
+    )
+    plain = prepare_within_limits(wasm, limits, instrument_grow=False)
+    return _Compiled(engine.compile(plain.wasm, fuel=fuel), None, plain.wasm)
 
 
 def _wasi_for_module(
