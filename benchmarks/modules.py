@@ -74,9 +74,7 @@ def synthetic_module(size: int, code: int | None = None) -> bytes:
     chunk = 1 << 20
     segments = [b"\x01" + _uleb(n) + bytes(range(256)) * (n // 256) for n in _chunks(data, chunk)]
     bodies = [_body(i) for i in range(count)] + [_GROW, b"\x02\x00\x0b"]
-    types = _vector(
-        [b"\x60\x02\x7f\x7f\x01\x7f", b"\x60\x01\x7f\x01\x7f", b"\x60\x02\x7f\x7f\x00"]
-    )
+    types = _vector([b"\x60\x02\x7f\x7f\x01\x7f", b"\x60\x01\x7f\x01\x7f", b"\x60\x02\x7f\x7f\x00"])
     functions = _vector([b"\x00"] * count + [b"\x01", b"\x02"])
     memory = _vector([b"\x00\x02"])
     exports = _vector(

@@ -49,11 +49,15 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.modules import synthetic_module  # noqa: E402
 from wasm_plugins import ContextualError, PluginHost  # noqa: E402
+from wasm_plugins.errors import DeadlineExceeded  # noqa: E402
 from wasm_plugins.engine import Engine, default_registry  # noqa: E402
 from wasm_plugins.isolation import ProcessSandbox, WorkerPool  # noqa: E402
 from wasm_plugins.sandbox import Limits, LoadedModule, ModuleCache, Sandbox  # noqa: E402
 
 ECHO = ROOT / "hostapi" / "examples" / "echo.wat"
+ENDLESS = (
+    ROOT / "plugins" / "hostile-pack" / "src" / "wasm_plugins_hostile_pack" / "endless-loop.wat"
+)
 EXTISM_ECHO = ROOT / "benchmarks" / "extism_echo.wat"
 REAL_PLUGIN = (
     ROOT / "plugins" / "text-tools" / "src" / "wasm_plugins_text_tools" / "text_tools.wasm"
@@ -338,6 +342,32 @@ class Suite:
                 5,
             )
 
+    def timeouts(self, engine: Engine) -> None:
+        """A successful call with a timeout against one without, and how late a timeout ends an
+        endless loop (engines that enforce timeouts in-process only)."""
+        if not engine.features.timeout:
+            return
+        name = engine.name
+        timed = Sandbox(ECHO, engine=engine, name="echo", limits=Limits(timeout=5.0))
+        plain = Sandbox(ECHO, engine=engine, name="echo")
+        if not any(b.row == "Sandbox.call" and b.column == name for b in self.benchmarks):
+            self.add("Sandbox.call", name, lambda: plain.call("echo", PAYLOAD))
+        self.add("Sandbox.call with a timeout", name, lambda: timed.call("echo", PAYLOAD))
+        for milliseconds in (10, 100):
+            endless = Sandbox(
+                ENDLESS, engine=engine, name="endless", limits=Limits(timeout=milliseconds / 1000)
+            )
+
+            def spin(endless: Sandbox = endless) -> None:
+                try:  # noqa: SIM105 - contextlib.suppress would be timed too
+                    endless.call("spin")
+                except DeadlineExceeded:
+                    pass
+
+            self.add(f"endless loop, timeout {milliseconds} ms", name, spin, 3)
+            self._closers.append(endless.close)
+        self._closers += [timed.close, plain.close]
+
     def module_file(self, size: str) -> Path:
         if size == "20 KiB":
             return REAL_PLUGIN
@@ -362,9 +392,7 @@ class Suite:
                 else self.module_file(size).read_bytes()
             )
             config = self.cache_directory / "extism-cache.toml"
-            config.write_text(
-                f'[cache]\ndirectory = "{self.cache_directory / "extism-cache"}"\n'
-            )
+            config.write_text(f'[cache]\ndirectory = "{self.cache_directory / "extism-cache"}"\n')
 
             def uncached(wasm: bytes = wasm) -> None:
                 os.environ.pop("EXTISM_CACHE_CONFIG", None)
@@ -379,7 +407,9 @@ class Suite:
 
             cached()
             if size != "20 MB":
-                self.add(f"cold load, no cache, {size}", "extism", uncached, 3 if size == "20 KiB" else 1)
+                self.add(
+                    f"cold load, no cache, {size}", "extism", uncached, 3 if size == "20 KiB" else 1
+                )
             self.add(f"warm-cache load, {size}", "extism", cached, 5)
 
     def extism(self) -> None:
@@ -441,6 +471,9 @@ ROWS = (
     "minimal ABI call, engine's public API",
     "minimal ABI call, ctypes, types cached",
     "Sandbox.call",
+    "Sandbox.call with a timeout",
+    "endless loop, timeout 10 ms",
+    "endless loop, timeout 100 ms",
     "PluginHost.call (full policy)",
     "circuit-open fast fail",
     "worker-process call, ProcessSandbox.call",
@@ -449,7 +482,12 @@ ROWS = (
     "compile a real plugin (20 KiB)",
     "load it from the compiled-module cache",
 )
-IN_MILLISECONDS = {"compile a real plugin (20 KiB)", "load it from the compiled-module cache"}
+IN_MILLISECONDS = {
+    "endless loop, timeout 10 ms",
+    "endless loop, timeout 100 ms",
+    "compile a real plugin (20 KiB)",
+    "load it from the compiled-module cache",
+}
 
 
 LOAD_ROWS = (
@@ -498,6 +536,8 @@ class Target:
     limit: float
     denominator_column: str | None = None
     """Where the denominator comes from when it is not the engine's own column."""
+    constant: float | None = None
+    """A fixed denominator (seconds) instead of a measured one."""
 
 
 TARGETS = (
@@ -525,6 +565,26 @@ TARGETS = (
         "load it from the compiled-module cache",
         "compile a real plugin (20 KiB)",
         0.1,
+    ),
+    Target(
+        "call with a timeout ≤ 1.2 x without",
+        "Sandbox.call with a timeout",
+        "Sandbox.call",
+        1.2,
+    ),
+    Target(
+        "10 ms timeout ends the call ≤ 1.3 x 10 ms",
+        "endless loop, timeout 10 ms",
+        "",
+        1.3,
+        constant=0.010,
+    ),
+    Target(
+        "100 ms timeout ends the call ≤ 1.05 x 100 ms",
+        "endless loop, timeout 100 ms",
+        "",
+        1.05,
+        constant=0.100,
     ),
     Target(
         "worker-process call ≤ 4 x in-process (Sandbox.call)",
@@ -593,7 +653,7 @@ def targets(suite: Suite, engines: list[str]) -> tuple[list[str], bool]:
                 else (target.denominator,)
             )
             column = target.denominator_column or engine
-            denominator = next(
+            denominator = target.constant or next(
                 (f for f in (suite.figure(n, column) for n in names) if f is not None), None
             )
             if numerator is None or denominator is None:
@@ -614,7 +674,9 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=5000, help="calls per round")
     parser.add_argument("--engines", default=",".join(ENGINES), help="engines to measure")
     parser.add_argument(
-        "--parts", default="calls,loads", help="what to measure: calls, loads (comma-separated)"
+        "--parts",
+        default="calls,loads,timeouts",
+        help="what to measure: calls, loads (comma-separated)",
     )
     parser.add_argument("--sizes", default=",".join(SIZES), help="module sizes for the loads")
     arguments = parser.parse_args()
@@ -635,6 +697,8 @@ def main() -> int:
                 suite.engine(engine)
             if "loads" in parts:
                 suite.loads(engine, sizes)
+            if "timeouts" in parts:
+                suite.timeouts(engine)
         if "calls" in parts:
             suite.extism()
         if "loads" in parts:

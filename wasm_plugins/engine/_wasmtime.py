@@ -222,9 +222,7 @@ class WasmtimeInstance:
         self._types = types
         self._budget = budget
         self._fuel = budget.fuel if fuel else None
-        self._timeout_ticks = (
-            self._ticker.ticks_for(budget.timeout) if budget.timeout is not None else None
-        )
+        self._timeout = budget.timeout
         self._host_exception: BaseException | None = None
         self._last_fuel_used: int | None = None
         self.memory = _Memory()
@@ -252,7 +250,7 @@ class WasmtimeInstance:
         self.arm()
         started = time.monotonic()
         try:
-            if self._timeout_ticks is None:
+            if self._timeout is None:
                 self._instance = linker.instantiate(store, module)
             else:
                 with self._ticker:
@@ -276,7 +274,10 @@ class WasmtimeInstance:
             self._trap = ctypes.c_void_p()
             self._trap_ref = ctypes.byref(self._trap)
             self._unguarded = not (
-                self._fuel is not None or self._timeout_ticks is not None or self._captured
+                self._fuel is not None or self._timeout is not None or self._captured
+            )
+            self._timeout_only = (
+                self._timeout is not None and self._fuel is None and self._captured is None
             )
 
     def _host_trampoline(self, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -304,8 +305,8 @@ class WasmtimeInstance:
     def arm(self) -> None:
         if self._fuel is not None:
             self._store.set_fuel(self._fuel)
-        if self._timeout_ticks is not None:
-            self._store.set_epoch_deadline(self._timeout_ticks)
+        if self._timeout is not None:
+            self._store.set_epoch_deadline(self._ticker.ticks_for(self._timeout))
 
     def export_function(self, name: str) -> _Export:
         func = self._exports.get(name)
@@ -329,6 +330,8 @@ class WasmtimeInstance:
             answer: int = self.call(function, ptr, length)
             return answer
         if not self._unguarded:
+            if self._timeout_only:
+                return self._timed_raw_call(cast(_Export, function), ptr, length)
             return int(self._guarded(lambda: self._raw_call(cast(_Export, function), ptr, length)))
         self._host_exception = None
         values = self._values
@@ -348,6 +351,17 @@ class WasmtimeInstance:
             raise self._call_error(exc, 0.0, "call") from None
         result: int = values[0]
         return result
+
+    def _timed_raw_call(self, function: _Export, ptr: int, length: int) -> int:
+        """The raw call under the armed deadline: what the guarded path does for a timeout
+        alone, without its closure."""
+        self._host_exception = None
+        started = time.monotonic()
+        try:
+            with self._ticker:
+                return self._raw_call(function, ptr, length)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            raise self._call_error(exc, time.monotonic() - started, "call") from None
 
     def _raw_call(self, function: _Export, ptr: int, length: int) -> int:
         values = self._values
@@ -387,7 +401,7 @@ class WasmtimeInstance:
         self._host_exception = None
         started = time.monotonic()
         try:
-            if self._timeout_ticks is None:
+            if self._timeout is None:
                 return thunk()
             with self._ticker:
                 return thunk()
