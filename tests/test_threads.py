@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -116,3 +117,56 @@ class TestRelease:
         del sandbox
         gc.collect()
         assert refs[0]() is None
+
+
+class TestMetricsFromThreads:
+    """The metrics reporter counts each thread's calls on its own and merges them on read."""
+
+    def _finished(self, plugin: str, outcome: str, duration: float) -> Any:
+        from wasm_plugins.policy import Report
+
+        return Report(
+            "call_finished", plugin, "f", 0, 0.0, outcome=outcome, duration=duration, attempt=1
+        )
+
+    def test_counts_merge_on_read(self) -> None:
+        """Counts from eight threads add up, in counters and in the latency histogram."""
+        from wasm_plugins.builtin.reporters import MetricsReporter
+
+        metrics = MetricsReporter()
+        start = threading.Barrier(8)
+
+        def work(index: int) -> None:
+            start.wait()
+            for _ in range(500):
+                metrics.wasm_plugins_report(self._finished("p", "value", 0.001 * index))
+
+        with ThreadPoolExecutor(max_workers=8) as threads:
+            list(threads.map(work, range(8)))
+        assert metrics.count("calls", "p", "f", outcome="value") == 4000
+        histogram = metrics.snapshot()["latency_seconds"]["p.f"]
+        assert histogram["count"] == 4000
+        assert histogram["sum"] == pytest.approx(500 * 0.001 * sum(range(8)))
+
+    def test_a_success_takes_no_shared_lock(self) -> None:
+        """Once a thread has counted, its next calls take no lock that other threads take."""
+        from wasm_plugins.builtin.reporters import MetricsReporter
+
+        metrics = MetricsReporter()
+        metrics.wasm_plugins_report(self._finished("p", "value", 0.001))
+        taken: list[int] = []
+        real = metrics._lock
+
+        class Counting:
+            def __enter__(self) -> None:
+                taken.append(1)
+                real.acquire()
+
+            def __exit__(self, *exc_info: object) -> None:
+                real.release()
+
+        metrics._lock = Counting()  # type: ignore[assignment]
+        for _ in range(100):
+            metrics.wasm_plugins_report(self._finished("p", "value", 0.001))
+        assert taken == []
+        assert metrics.count("calls", "p", "f", outcome="value") == 101
