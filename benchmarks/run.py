@@ -214,6 +214,39 @@ def raw_loaders(
     )
 
 
+def in_threads(action: Action, count: int) -> Action:
+    """An action that runs ``action`` in ``count`` threads at once, ``per_round`` times over
+    in all: timed per call, the figure is the inverse of the threads' joint throughput."""
+    import threading  # noqa: PLC0415 - only this benchmark needs it
+
+    batch = 50
+
+    def run_batch() -> None:
+        barrier = threading.Barrier(count)
+
+        def work() -> None:
+            barrier.wait()
+            for _ in range(batch // count):
+                action()
+
+        threads = [threading.Thread(target=work) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    state = {"left": 0}
+
+    def step() -> None:
+        # One call of the benchmark loop in every ``batch``: the threads run a batch at once.
+        if state["left"] == 0:
+            run_batch()
+            state["left"] = batch
+        state["left"] -= 1
+
+    return step
+
+
 # -- the benchmarks -------------------------------------------------------------------------------
 
 
@@ -368,6 +401,22 @@ class Suite:
             self._closers.append(endless.close)
         self._closers += [timed.close, plain.close]
 
+    def threads(self, engine: Engine) -> None:
+        """Calls per second from 1, 2 and 8 threads at once, bare Sandbox.call against
+        PluginHost.call; each figure is the time per call of all threads together."""
+        name = engine.name
+        sandbox = Sandbox(ECHO, engine=engine, name="echo")
+        host = PluginHost(engine=name, blocked=(), module_cache=False)
+        host.load({"name": "echo", "module": {"path": str(ECHO)}, "policy": {"fallbacks": []}})
+        actions = {
+            "Sandbox.call": lambda: sandbox.call("echo", PAYLOAD),
+            "PluginHost.call": lambda: host.call("echo", "echo", PAYLOAD),
+        }
+        for label, action in actions.items():
+            for count in (1, 2, 8):
+                self.add(f"{label}, {count} thread(s)", name, in_threads(action, count), self.calls)
+        self._closers += [sandbox.close, host.close]
+
     def module_file(self, size: str) -> Path:
         if size == "20 KiB":
             return REAL_PLUGIN
@@ -474,6 +523,12 @@ ROWS = (
     "Sandbox.call with a timeout",
     "endless loop, timeout 10 ms",
     "endless loop, timeout 100 ms",
+    "Sandbox.call, 1 thread(s)",
+    "Sandbox.call, 2 thread(s)",
+    "Sandbox.call, 8 thread(s)",
+    "PluginHost.call, 1 thread(s)",
+    "PluginHost.call, 2 thread(s)",
+    "PluginHost.call, 8 thread(s)",
     "PluginHost.call (full policy)",
     "circuit-open fast fail",
     "worker-process call, ProcessSandbox.call",
@@ -635,11 +690,7 @@ def targets(suite: Suite, engines: list[str]) -> tuple[list[str], bool]:
     every = TARGETS + load_targets()
     width = max(len(target.name) for target in every)
     lines = [
-        "| "
-        + "target".ljust(width)
-        + " | "
-        + " | ".join(f"{e:>14}" for e in engines)
-        + " |",
+        "| " + "target".ljust(width) + " | " + " | ".join(f"{e:>14}" for e in engines) + " |",
         "|" + "-" * (width + 2) + "|" + "|".join("-" * 15 + ":" for _ in engines) + "|",
     ]
     everything = True
@@ -666,6 +717,39 @@ def targets(suite: Suite, engines: list[str]) -> tuple[list[str], bool]:
         if any("n/a" not in cell for cell in cells):
             lines.append("| " + target.name.ljust(width) + " | " + " | ".join(cells) + " |")
     return lines, everything
+
+
+def thread_scaling(suite: Suite, engines: list[str]) -> list[str]:
+    """Throughput with N threads over one thread's, and PluginHost.call's scaling over the bare
+    Sandbox.call's (target: at least 0.9 at 2 threads; 8 threads no worse than 2)."""
+    lines = []
+    for engine in engines:
+        figures = {}
+        for label in ("Sandbox.call", "PluginHost.call"):
+            one = suite.figure(f"{label}, 1 thread(s)", engine)
+            for count in (2, 8):
+                many = suite.figure(f"{label}, {count} thread(s)", engine)
+                if one is not None and many is not None:
+                    figures[(label, count)] = one / many
+        if not figures:
+            continue
+        for (label, count), value in figures.items():
+            lines.append(f"{engine}: {label} with {count} threads: {value:.2f}x one thread")
+        if ("Sandbox.call", 2) in figures and ("PluginHost.call", 2) in figures:
+            ratio = figures[("PluginHost.call", 2)] / figures[("Sandbox.call", 2)]
+            verdict = "pass" if ratio >= 0.9 else "FAIL"
+            lines.append(
+                f"{engine}: PluginHost.call 2-thread scaling / Sandbox.call's: {ratio:.2f} "
+                f"(target ≥ 0.9) {verdict}"
+            )
+        if ("PluginHost.call", 8) in figures and ("PluginHost.call", 2) in figures:
+            ratio = figures[("PluginHost.call", 8)] / figures[("PluginHost.call", 2)]
+            verdict = "pass" if ratio >= 1.0 else "FAIL"
+            lines.append(
+                f"{engine}: PluginHost.call 8 threads / 2 threads: {ratio:.2f} (target ≥ 1.0) "
+                f"{verdict}"
+            )
+    return lines
 
 
 def main() -> int:
@@ -699,6 +783,8 @@ def main() -> int:
                 suite.loads(engine, sizes)
             if "timeouts" in parts:
                 suite.timeouts(engine)
+            if "threads" in parts:
+                suite.threads(engine)
         if "calls" in parts:
             suite.extism()
         if "loads" in parts:
@@ -715,6 +801,10 @@ def main() -> int:
     print()
     lines, everything = targets(suite, engines)
     print("\n".join(lines))
+    scaling = thread_scaling(suite, engines)
+    if scaling:
+        print()
+        print("\n".join(scaling))
     for note in suite.notes:
         print(f"\nnote: {note}")
     print()
