@@ -189,11 +189,13 @@ def raw_export(engine: Engine, sandbox: Sandbox) -> Action:
 def raw_loaders(
     engine: Engine, wasm: bytes, directory: Path
 ) -> tuple[Action, Action, Action | None]:
-    """The engine's own compile, deserialize (from bytes) and deserialize from a file."""
+    """The engine's own compile, deserialize (from bytes) and deserialize from a file, through
+    its public API, with the configuration the adapter gives it (on wasmtime, epoch
+    interruption, which timeouts need and which makes compiled code larger)."""
     if engine.name == "wasmtime":
         import wasmtime
 
-        raw = wasmtime.Engine()
+        raw = engine.wasmtime_engine(False)  # type: ignore[attr-defined]
         serialized = wasmtime.Module(raw, wasm).serialize()
         path = directory / f"raw-{len(wasm)}.cwasm"
         path.write_bytes(serialized)
