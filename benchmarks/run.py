@@ -761,8 +761,8 @@ def main() -> int:
     parser.add_argument("--engines", default=",".join(ENGINES), help="engines to measure")
     parser.add_argument(
         "--parts",
-        default="calls,loads,timeouts",
-        help="what to measure: calls, loads (comma-separated)",
+        default="calls,loads,timeouts,threads",
+        help="what to measure: calls, loads, timeouts, threads (comma-separated)",
     )
     parser.add_argument("--sizes", default=",".join(SIZES), help="module sizes for the loads")
     arguments = parser.parse_args()
