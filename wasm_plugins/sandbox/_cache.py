@@ -13,8 +13,8 @@ engine's own output (wasmtime maps it as executable code). So an entry is never 
   it belongs to the user and others cannot write to it, and its mode is never changed (it may be
   a shared folder someone gave by mistake); the entries' directory and the entries may not be
   symlinks, and an entry owned by another user is never read;
-- every entry is the engine's payload followed by a header (the payload comes first so that an
-  engine can map the file as it is) that names its key, engine, version and fuel setting, the
+- every entry is the engine's payload followed by a header (the payload comes first, so that
+  reading it is one read from offset 0) that names its key, engine, version and fuel setting, the
   payload's size, the SHA-256 digest of samples of the payload (its first and last 4 KiB and
   4 KiB at every MiB) and of the whole payload; a header that does not match what is looked up (a
   foreign entry), a payload of another size (truncated), other samples (corrupt, or another
