@@ -514,14 +514,12 @@ class ModuleCache:
         still be in use); an entry of an older version of this engine can never be used again."""
         try:
             with open(path, "rb") as handle:
-                start = handle.read(len(_MAGIC) + _HEADER_LENGTH.size)
-                if len(start) < len(_MAGIC) + _HEADER_LENGTH.size:
-                    return False
-                (length,) = _HEADER_LENGTH.unpack_from(start, len(_MAGIC))
-                header = json.loads(handle.read(min(length, _MAX_HEADER)))
+                header, _ = _read_header(handle, os.fstat(handle.fileno()).st_size, {})
         except (OSError, ValueError):
             return False
-        if not isinstance(header, dict) or header.get("engine") != engine.name:
+        if header is None:
+            return False
+        if header.get("engine") != engine.name:
             return True
         return header.get("engine_version") == engine.version
 
