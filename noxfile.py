@@ -3,7 +3,8 @@
 Run it directly and it sets itself up: ``python3 noxfile.py`` creates ``.nox/_bootstrap`` with nox
 in it (once), makes every installed pyenv Python from 3.10 on visible, and runs nox.
 
-    python3 noxfile.py             # the whole suite: lint, typing, tests on 3.10 to 3.13
+    python3 noxfile.py             # the whole suite: lint, typing, tests on 3.10 to 3.13, docs
+    python3 noxfile.py -s docs     # build the documentation site into site/
     python3 noxfile.py -s demo     # install the project and run the demo host
 """
 
@@ -63,7 +64,7 @@ PYTHONS = nox.project.python_versions(nox.project.load_toml(str(ROOT / "pyprojec
 TYPING_PYTHON = "3.10"
 """mypy runs where both engines install, so the wasmer adapter is checked too."""
 
-nox.options.sessions = ["lint", "typing", "tests"]
+nox.options.sessions = ["lint", "typing", "tests", "docs"]
 nox.options.error_on_missing_interpreters = True
 nox.options.reuse_venv = "yes"
 
@@ -109,6 +110,17 @@ def lint(session: nox.Session) -> None:
     session.run(sys.executable, "-m", "ruff", "check", "wasm_plugins", "tests", external=True)
     session.run(
         sys.executable, "-m", "ruff", "format", "--check", "wasm_plugins", "tests", external=True
+    )
+
+
+@nox.session(python=PYTHONS[0])
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into site/ with ``--strict`` (a broken link, reference or
+    docstring fails the build), then check that it is whole."""
+    session.install("-e", ".[docs,test]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"))
+    session.run(
+        "pytest", "tests/test_docs_site.py", env={"WASM_PLUGINS_SITE": str(ROOT / "site")}
     )
 
 

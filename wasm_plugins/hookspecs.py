@@ -34,7 +34,10 @@ if TYPE_CHECKING:
 PROJECT_NAME = "wasm_plugins"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+"""Marks a function as a hook specification of wasm-plugins (the specs below are the contract)."""
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+"""Marks a function as an implementation of a wasm-plugins hook: ``@hookimpl``, or with pluggy's
+options, as in ``@hookimpl(tryfirst=True)``."""
 
 __all__ = ["PROJECT_NAME", "hookimpl", "hookspec"]
 
