@@ -4,7 +4,6 @@ pytest examples run under pytest in a fresh project, and the index links to it."
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
@@ -60,10 +59,6 @@ class TestTestingPage:
         examples = [code for _, code, no_test in code_blocks(TESTING, "python") if no_test]
         for number, code in enumerate(examples):
             pytester.makepyfile(**{f"test_example_{number}": code})
-        (pytester.path / "hostapi" / "examples").mkdir(parents=True)
-        shutil.copy(
-            ROOT / "hostapi" / "examples" / "echo.wat", pytester.path / "hostapi" / "examples"
-        )
         monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
         paths = [str(ROOT)]
         if not installed_entry_point():

@@ -2,6 +2,8 @@
 
 - :class:`FakeClock` and :class:`FixedRandom`: a fake clock and a fixed random source for the
   policy (importable from here, or from :mod:`~wasm_plugins.testing.clock`);
+- :data:`ECHO` and :data:`FAILING` (from :mod:`~wasm_plugins.testing.plugins`): manifests of a
+  tiny plugin that echoes its input and of one that fails, with their modules inline;
 - :mod:`~wasm_plugins.testing.faults`: the fault injector, a pluggy plugin around the attempt hook;
 - :mod:`~wasm_plugins.testing.pytest_plugin`: fixtures ``plugin_host``, ``fault_injector``,
   ``fake_clock`` and the ``wasm_faults`` marker (loaded by pytest through its entry point);
@@ -11,9 +13,11 @@
   :mod:`~wasm_plugins.testing.fuzz` (``wasm-plugins fuzz``): Hypothesis strategies and stateful
   fault fuzzing; these need Hypothesis (``pip install 'wasm-plugins[testing]'``).
 
-No module of the toolkit is imported here, so that importing one never needs what another does.
+Only the standard-library-only parts are imported here, so that importing one module of the
+toolkit never needs what another does.
 """
 
 from wasm_plugins.policy import FakeClock, FixedRandom
+from wasm_plugins.testing.plugins import ECHO, FAILING
 
-__all__ = ["FakeClock", "FixedRandom"]
+__all__ = ["ECHO", "FAILING", "FakeClock", "FixedRandom"]
