@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -19,6 +20,7 @@ from wasm_plugins.cli._arguments import (
     trust_options,
 )
 from wasm_plugins.cli._format import dump, underlying
+from wasm_plugins.cli._guest_log import LOG_LEVELS, guest_log
 from wasm_plugins.errors import ModuleError, PluginError
 from wasm_plugins.host import PluginHost
 from wasm_plugins.manifest import Manifest
@@ -49,6 +51,13 @@ def call_options(parser: argparse.ArgumentParser) -> None:
         help="raw codec: send the input text's bytes, print text or hex",
     )
     trust_options(parser)
+    parser.add_argument(
+        "--log",
+        metavar="LEVEL",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="show the plugin's log lines (and WASI output) at LEVEL and above on stderr, escaped",
+    )
 
 
 def _overrides(manifest: Manifest, arguments: argparse.Namespace) -> Manifest:
@@ -121,7 +130,8 @@ def call_function(
         if not target.installed or manifest != target.manifest:
             host = scratch_host(base, manifest, review=target.review)
         try:
-            result = host.call(manifest.name, arguments.function, value)
+            with guest_log(arguments.log, sys.stderr):
+                result = host.call(manifest.name, arguments.function, value)
         except PluginError as error:
             _suggest_function(error, host, manifest.name, arguments.function)
             raise
