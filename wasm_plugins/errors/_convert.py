@@ -66,7 +66,10 @@ def make_converter() -> cattrs.Converter:
         kind = getattr(error, "kind", None)
         if not isinstance(kind, str) or error_class(kind) is not type(error):
             raise TypeError(f"{type(error).__name__} has no registered kind")
-        return {"kind": kind, **unstructure_member(type(error))(error)}
+        data = {"kind": kind, **unstructure_member(type(error))(error)}
+        for name in getattr(error, "derived_fields", ()):
+            data[name] = converter.unstructure(getattr(error, name))
+        return data
 
     def structure_error(data: Any, annotation: type[BaseException]) -> BaseException:
         if not isinstance(data, dict):
@@ -82,7 +85,8 @@ def make_converter() -> cattrs.Converter:
                 )
             )
             raise ValueError(f"unknown error kind {kind!r}; known kinds: {known}")
-        fields = {key: value for key, value in data.items() if key != "kind"}
+        derived = {"kind", *getattr(cls, "derived_fields", ())}
+        fields = {key: value for key, value in data.items() if key not in derived}
         error: BaseException = structure_member(cls)(fields, cls)
         return error
 

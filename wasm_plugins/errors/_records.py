@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -76,9 +78,16 @@ class ValidationIssue:
 
 @attrs.frozen
 class ExecutionEnvironment:
-    """Where a failing call ran."""
+    """Where a failing call ran: the framework's fixed fields, and ``extra`` for the host's own."""
 
     engine: str | None = None
     isolation: str | None = None
     input_size: int | None = None
     attempt: int = 1
+    extra: Mapping[str, Any] = attrs.field(factory=dict, converter=dict, hash=False)
+    """The host application's own fields (a request id, a tenant, a deployment...), JSON-compatible,
+    kept through the dict form. A copy is taken; :meth:`with_extra` makes a record with more."""
+
+    def with_extra(self, **fields: Any) -> ExecutionEnvironment:
+        """A copy with ``fields`` added to ``extra``."""
+        return attrs.evolve(self, extra={**self.extra, **fields})

@@ -132,6 +132,9 @@ class PluginError(Exception):
     kind: ClassVar[str] = "plugin"
     default_severity: ClassVar[Severity] = Severity.MEDIUM
     default_recovery: ClassVar[RecoveryPotential] = RecoveryPotential.NONE
+    derived_fields: ClassVar[tuple[str, ...]] = ()
+    """Properties computed from the fields, written to the dict form for its readers (a log
+    search, another language) and computed again, not read, by :meth:`from_dict`."""
 
     message: str = ""
     plugin: str | None = None
@@ -270,6 +273,8 @@ class ResourceLimitExceeded(PluginError):
     default_severity = Severity.HIGH
     default_recovery = RecoveryPotential.RECOVERABLE
 
+    derived_fields = ("percentage",)
+
     resource: str = "unknown"
     used: int | None = None
     limit: int | None = None
@@ -377,6 +382,8 @@ class ConfigurationError(PluginError):
     default_severity = Severity.MEDIUM
     default_recovery = RecoveryPotential.USER_ACTION
 
+    derived_fields = ("suggested_fix",)
+
     field: str | None = None
 
     @property
@@ -448,6 +455,9 @@ class DeadlineExceeded(PluginError):
     duration: float | None = None
     limit: float | None = None
     partial_result: Any = None
+    """Always ``None`` from the framework: under guest ABI 1 a function's result exists only once
+    it returns, and a deadline stops it before (in a worker too: the worker is killed). An engine
+    or host function that streams results may fill it."""
 
     def _describe(self) -> str:
         text = f"Timeout: {self.operation}"
@@ -462,11 +472,14 @@ class DeadlineExceeded(PluginError):
 class ContextualError(PluginError):
     """What reaches the host application when the error policy gives up: the error and its context.
 
-    ``error`` is the last error (its own class tells the kind); ``context.previous_errors`` holds
-    the errors of earlier attempts.
+    ``error`` is the last error (its own class tells the kind), and also the exception's
+    ``__cause__``; ``context.previous_errors`` holds the errors of earlier attempts. ``str()``
+    reads ``[kind] message (plugin.function, execution ID)`` with the inner error's kind and the
+    context's execution id, the one to look for in the logs.
     """
 
     kind: ClassVar[str] = "contextual"
+    derived_fields = ("error_kind",)
 
     error: PluginError
     severity: Severity = attrs.field(
@@ -482,11 +495,25 @@ class ContextualError(PluginError):
         self.plugin = self.plugin or self.error.plugin
         self.function = self.function or self.error.function
         self.suggestion = self.suggestion or self.error.suggestion
+        self.__cause__ = self.error
 
     @property
     def error_kind(self) -> str:
         """The kind of the underlying error."""
         return self.error.kind
+
+    def __str__(self) -> str:
+        where = ".".join(part for part in (self.plugin, self.function) if part)
+        execution = f"execution {self.context.execution_id}" if self.context is not None else ""
+        about = ", ".join(part for part in (where, execution) if part)
+        return f"[{self.error.kind}] {self.message}" + (f" ({about})" if about else "")
+
+    def describe(self) -> str:
+        """``str()`` (the inner kind, message, plugin, function and execution id) and the
+        suggestion, for people to read."""
+        if self.suggestion:
+            return f"{self}\n  suggestion: {self.suggestion}"
+        return str(self)
 
 
 def circuit_open_error(message: str, suggestion: str) -> InstanceError:

@@ -197,6 +197,7 @@ def error_contexts(
             isolation=st.none() | st.sampled_from(["in-process", "process"]),
             input_size=_optional_counts,
             attempt=st.integers(1, 20),
+            extra=st.dictionaries(_names, json_values(max_leaves=3), max_size=2),
         ),
         guest_stack=st.lists(_frames, max_size=3).map(tuple),
         previous_errors=previous if previous is not None else st.just(()),
