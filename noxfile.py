@@ -136,6 +136,9 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The benchmarks in one table, with the ratios against every performance target
     (docs/performance.md), measured in the same run (on 3.10, where both engines install; with the Extism Python SDK for
-    the comparison). ``-- --rounds 15 --calls 10000`` for steadier figures."""
+    the comparison). ``-- --rounds 15 --calls 10000`` for steadier figures. Then the plots of cost
+    against payload size and module size, as SVG under docs/benchmarks/."""
     session.install(".[bench]")
     session.run("python", "benchmarks/run.py", *session.posargs)
+    # The plots go where the documentation site shows them; commit them after a run.
+    session.run("python", "benchmarks/plots.py", "--out", str(ROOT / "docs" / "benchmarks"))
