@@ -8,25 +8,16 @@ from typing import TYPE_CHECKING, TextIO
 
 from loguru import logger
 
+from wasm_plugins._escape import escape
+
 if TYPE_CHECKING:
     from loguru import Message, Record
 
-__all__ = ["LOG_LEVELS", "escape", "guest_log"]
+__all__ = ["LOG_LEVELS", "guest_log"]
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
 _PACKAGE = "wasm_plugins"
 _LOGURU_DEFAULT_HANDLER = 0
-
-
-def escape(text: str) -> str:
-    """The text with every character that a terminal could act on shown as an escape instead
-    (``\\x1b``, ``\\n``, ``\\u202e``...), and backslashes doubled so that the escapes are
-    unambiguous: a plugin's words reach the user's terminal, never its commands."""
-    return "".join(char if char.isprintable() and char != "\\" else _escaped(char) for char in text)
-
-
-def _escaped(char: str) -> str:
-    return "\\\\" if char == "\\" else repr(char)[1:-1]
 
 
 def _from_guest(record: Record) -> bool:
@@ -48,7 +39,8 @@ def guest_log(level: str | None, stream: TextIO) -> Iterator[None]:
         stream.flush()
 
     # The command line owns this process's logging: loguru's default handler would print the
-    # framework's own records, and the guest's unescaped.
+    # framework's own records too. The sandbox escapes what a guest logs; escaping again here
+    # changes nothing in escaped text and covers records from anywhere else.
     with suppress(ValueError):
         logger.remove(_LOGURU_DEFAULT_HANDLER)
     handler = logger.add(write, level=level, filter=_from_guest, format="{message}")
