@@ -22,6 +22,7 @@ __all__ = [
     "FuncSignature",
     "GuestMemory",
     "HostImport",
+    "LinkedModule",
     "MemoryImport",
     "WasiDirectory",
     "WasiSettings",
@@ -150,6 +151,35 @@ class MemoryImport:
     maximum: int | None
 
 
+@attrs.frozen
+class LinkedModule:
+    """A module instantiated just before the main one, in the same store and under the same
+    budget, whose exports satisfy the main module's imports from ``namespace``.
+
+    Guest-to-guest calls between the two stay inside the engine (no trip through Python): an
+    ABI kernel written in WebAssembly is linked this way. Its own imports are among the host
+    imports given to :meth:`EngineModule.instantiate`.
+    """
+
+    module: EngineModule
+    namespace: str
+
+
+class LinkedInstance(Protocol):
+    """The instance of a :class:`LinkedModule`; its functions are called through the main
+    instance (they share its store and budget)."""
+
+    @property
+    def memory(self) -> GuestMemory:
+        """The linked instance's own linear memory."""
+
+    def export_function(self, name: str) -> ExportFunction:
+        """Look up an exported function of the linked instance.
+
+        :raises ModuleError: when there is no exported function of that name.
+        """
+
+
 class ExportFunction(Protocol):
     """A handle on an exported function of one instance, looked up once."""
 
@@ -196,6 +226,16 @@ class EngineInstance(Protocol):
         Same errors as :meth:`call`.
         """
 
+    def call_unit(self, function: ExportFunction) -> int:
+        """The fast path for a ``() -> i32`` export (the entry points of Extism's ABI).
+
+        Same errors as :meth:`call`.
+        """
+
+    @property
+    def linked(self) -> LinkedInstance | None:
+        """The instance of the :class:`LinkedModule` given at instantiation, if any."""
+
     def read_global(self, name: str) -> int | None:
         """The value of an exported integer global, or ``None`` when there is none."""
 
@@ -230,11 +270,14 @@ class EngineModule(Protocol):
         budget: CallBudget,
         memory_import: MemoryImport | None = None,
         wasi: WasiSettings | None = None,
+        linked: LinkedModule | None = None,
     ) -> EngineInstance:
         """Make an instance for the calling thread; the start function runs under ``budget``.
 
         ``wasi`` links WASI preview1 (only when the module imports it and the capability is
         granted; the sandbox checks what the engine can confine before it gets here).
+        ``linked`` is instantiated first, from the same engine, and serves the imports of its
+        namespace.
 
         :raises InstanceError: when the start function traps or linking fails.
         :raises DeadlineExceeded: when the start function runs past the timeout.

@@ -30,6 +30,7 @@ from wasm_plugins.engine._protocol import (
     ExportFunction,
     FuncSignature,
     HostImport,
+    LinkedModule,
     MemoryImport,
     WasiSettings,
 )
@@ -310,6 +311,46 @@ class _Export:
     """Position in the instance's function list: the handle itself holds no wasmer object."""
 
 
+class _Linked:
+    """The instance of a linked module; its functions join the main instance's function list."""
+
+    def __init__(self, instance: wasmer.Instance, functions: list[Any], types: ModuleTypes) -> None:
+        self._instance = instance
+        self._types = types
+        self._exports = instance.exports
+        self._functions = functions
+        self.memory = _Memory()
+        try:
+            exported = self._exports.memory
+        except LookupError:
+            exported = None
+        if isinstance(exported, wasmer.Memory):
+            self.memory.bind(exported)
+
+    def exported_functions(self, names: Sequence[str]) -> dict[str, Any]:
+        return {name: getattr(self._exports, name) for name in names}
+
+    def export_function(self, name: str) -> _Export:
+        try:
+            func = getattr(self._exports, name)
+        except LookupError:
+            func = None
+        signature = self._types.signature(name)
+        if not isinstance(func, wasmer.Function) or signature is None:
+            raise ModuleError(
+                missing_export=name,
+                message=f"Invalid module: no exported function {name!r}",
+                suggestion=f"export a function named {name!r} from the module",
+            )
+        self._functions.append(func)
+        return _Export(name, signature, len(self._functions) - 1)
+
+    def detach(self) -> tuple[Any, ...]:
+        held = (self._instance, self._exports, self.memory.detach())
+        self._instance = self._exports = None
+        return held
+
+
 class _HostState:
     """What host trampolines share with their instance; holds no wasmer object (no cycles)."""
 
@@ -329,9 +370,11 @@ class WasmerInstance:
         imports: Sequence[HostImport],
         memory_import: MemoryImport | None,
         wasi: WasiSettings | None = None,
+        linked: LinkedModule | None = None,
     ) -> None:
         self._owner = AFFINITY.enter()
         self._types = types
+        self.linked: _Linked | None = None
         self._state = _HostState()
         self._funcs: list[Any] = []
         self.memory = _Memory()
@@ -362,6 +405,18 @@ class WasmerInstance:
         for namespace, members in namespaces.items():
             import_object.register(namespace, members)
         try:
+            if linked is not None:
+                linked_module = cast(WasmerModule, linked.module)
+                self.linked = _Linked(
+                    wasmer.Instance(linked_module._thread_module(), import_object),
+                    self._funcs,
+                    linked_module._types,
+                )
+                names = [e.name for e in linked_module.exports if e.kind == "func"]
+                members = {**namespaces.get(linked.namespace, {})}
+                members.update(self.linked.exported_functions(names))
+                import_object.register(linked.namespace, members)
+                del members
             self._instance = wasmer.Instance(module, import_object)
         except RuntimeError as exc:
             self._reraise_host_exception()
@@ -415,6 +470,7 @@ class WasmerInstance:
             getattr(self, "_exports", None),
             self._funcs,
             self.memory.detach(),
+            self.linked.detach() if self.linked is not None else None,
         )
         self._funcs = []
         self._instance = self._exports = None
@@ -459,6 +515,15 @@ class WasmerInstance:
                 ptr if 0 <= ptr < _I32_SIGN else _to_i32(ptr),
                 length if 0 <= length < _I32_SIGN else _to_i32(length),
             )
+            return result
+        except RuntimeError as exc:
+            self._reraise_host_exception()
+            raise _trap_from_message(str(exc)) from None
+
+    def call_unit(self, function: ExportFunction) -> int:
+        self._state.exception = None
+        try:
+            result: int = self._funcs[function.index]()  # type: ignore[attr-defined]
             return result
         except RuntimeError as exc:
             self._reraise_host_exception()
@@ -563,11 +628,18 @@ class WasmerModule:
         budget: CallBudget,
         memory_import: MemoryImport | None = None,
         wasi: WasiSettings | None = None,
+        linked: LinkedModule | None = None,
     ) -> WasmerInstance:
         if budget.timeout is not None or budget.fuel is not None:
             raise _unenforceable("timeout" if budget.timeout is not None else "fuel")
         return WasmerInstance(
-            self.engine.store(), self._thread_module(), self._types, imports, memory_import, wasi
+            self.engine.store(),
+            self._thread_module(),
+            self._types,
+            imports,
+            memory_import,
+            wasi,
+            linked,
         )
 
 

@@ -34,6 +34,7 @@ from wasm_plugins.engine._protocol import (
     ExportFunction,
     FuncSignature,
     HostImport,
+    LinkedModule,
     MemoryImport,
     WasiSettings,
 )
@@ -204,6 +205,37 @@ class _Export:
     reference: Any
 
 
+def _export_function(exports: Any, types: ModuleTypes, name: str) -> _Export:
+    func = exports.get(name)
+    # The type comes from the module's bytes: asking wasmtime aborts on v128.
+    signature = types.signature(name)
+    if not isinstance(func, wasmtime.Func) or signature is None:
+        raise ModuleError(
+            missing_export=name,
+            message=f"Invalid module: no exported function {name!r}",
+            suggestion=f"export a function named {name!r} from the module",
+        )
+    reference = ctypes.byref(func._func) if FAST_PATH else None
+    return _Export(name, signature, func, reference)
+
+
+class _Linked:
+    """The instance of a linked module, in its main instance's store."""
+
+    def __init__(
+        self, store: wasmtime.Store, instance: wasmtime.Instance, types: ModuleTypes
+    ) -> None:
+        self._types = types
+        self._exports = instance.exports(store)
+        self.memory = _Memory()
+        memory = self._exports.get("memory")
+        if isinstance(memory, wasmtime.Memory):
+            self.memory.bind(store, memory)
+
+    def export_function(self, name: str) -> _Export:
+        return _export_function(self._exports, self._types, name)
+
+
 class WasmtimeInstance:
     """One wasmtime store and instance."""
 
@@ -217,9 +249,11 @@ class WasmtimeInstance:
         budget: CallBudget,
         memory_import: MemoryImport | None,
         wasi: WasiSettings | None = None,
+        linked: LinkedModule | None = None,
     ) -> None:
         self._ticker = compiled.ticker
         self._types = types
+        self.linked: _Linked | None = None
         self._budget = budget
         self._fuel = budget.fuel if fuel else None
         self._timeout = budget.timeout
@@ -251,10 +285,10 @@ class WasmtimeInstance:
         started = time.monotonic()
         try:
             if self._timeout is None:
-                self._instance = linker.instantiate(store, module)
+                self._instance = self._instantiate(linker, module, linked)
             else:
                 with self._ticker:
-                    self._instance = linker.instantiate(store, module)
+                    self._instance = self._instantiate(linker, module, linked)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise self._instantiation_error(exc, time.monotonic() - started) from None
         finally:
@@ -279,6 +313,16 @@ class WasmtimeInstance:
             self._timeout_only = (
                 self._timeout is not None and self._fuel is None and self._captured is None
             )
+
+    def _instantiate(
+        self, linker: wasmtime.Linker, module: wasmtime.Module, linked: LinkedModule | None
+    ) -> wasmtime.Instance:
+        if linked is not None:
+            companion_module = cast(WasmtimeModule, linked.module)
+            companion = linker.instantiate(self._store, companion_module._module)
+            linker.define_instance(self._store, linked.namespace, companion)
+            self.linked = _Linked(self._store, companion, companion_module._types)
+        return linker.instantiate(self._store, module)
 
     def _host_trampoline(self, function: Callable[..., Any]) -> Callable[..., Any]:
         # wasmtime-py keeps host functions in a module-level table until their store is freed:
@@ -309,17 +353,7 @@ class WasmtimeInstance:
             self._store.set_epoch_deadline(self._ticker.ticks_for(self._timeout))
 
     def export_function(self, name: str) -> _Export:
-        func = self._exports.get(name)
-        # The type comes from the module's bytes: asking wasmtime aborts on v128.
-        signature = self._types.signature(name)
-        if not isinstance(func, wasmtime.Func) or signature is None:
-            raise ModuleError(
-                missing_export=name,
-                message=f"Invalid module: no exported function {name!r}",
-                suggestion=f"export a function named {name!r} from the module",
-            )
-        reference = ctypes.byref(func._func) if FAST_PATH else None
-        return _Export(name, signature, func, reference)
+        return _export_function(self._exports, self._types, name)
 
     def call(self, function: ExportFunction, *args: int) -> Any:
         function = cast(_Export, function)
@@ -362,6 +396,15 @@ class WasmtimeInstance:
                 return self._raw_call(function, ptr, length)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise self._call_error(exc, time.monotonic() - started, "call") from None
+
+    def call_unit(self, function: ExportFunction) -> int:
+        if not FAST_PATH:
+            answer: int = self.call(function)
+            return answer
+        # The raw-value buffer holds two arguments; a function taking none ignores them, and
+        # its i32 result lands in the low half of word 0 (cleared with the arguments).
+        result = self.call_abi(function, 0, 0) & _MASK32
+        return result - ((result >> 31) << 32)
 
     def _raw_call(self, function: _Export, ptr: int, length: int) -> int:
         values = self._values
@@ -559,6 +602,7 @@ class WasmtimeModule:
         budget: CallBudget,
         memory_import: MemoryImport | None = None,
         wasi: WasiSettings | None = None,
+        linked: LinkedModule | None = None,
     ) -> WasmtimeInstance:
         return WasmtimeInstance(
             self._compiler,
@@ -569,6 +613,7 @@ class WasmtimeModule:
             budget,
             memory_import,
             wasi,
+            linked,
         )
 
 

@@ -33,6 +33,7 @@ from wasm_plugins.errors import InstanceError, PluginError
 from wasm_plugins.isolation import _protocol as wire
 from wasm_plugins.isolation._transfer import rebuild
 from wasm_plugins.sandbox import (
+    ExtismSession,
     HostCall,
     LoadedModule,
     Session,
@@ -64,7 +65,7 @@ class _Hosted:
     def __init__(self, loaded: LoadedModule) -> None:
         self.loaded = loaded
         self.max_output = loaded.limits.max_output
-        self.session: Session | None = None
+        self.session: Session | ExtismSession | None = None
 
 
 class _Stubs:
@@ -170,7 +171,7 @@ class Worker:
         self.modules[header["key"]] = _Hosted(loaded)
         self.channel.send(wire.LOADED)
 
-    def _session(self, hosted: _Hosted) -> Session:
+    def _session(self, hosted: _Hosted) -> Session | ExtismSession:
         session = hosted.session
         if session is not None:
             return session

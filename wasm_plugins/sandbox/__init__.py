@@ -11,6 +11,14 @@ from wasm_plugins.sandbox._api import PluginSandbox
 from wasm_plugins.sandbox._binary import PAGE_SIZE
 from wasm_plugins.sandbox._cache import CacheStats, CompiledModule, ModuleCache, default_directory
 from wasm_plugins.sandbox._codec import Codec, get_codec
+from wasm_plugins.sandbox._extism import (
+    EXTISM_MODULE,
+    EXTISM_USER_MODULE,
+    ExtismSession,
+    detect_abi,
+    extism_host_functions,
+    extism_plugin_functions,
+)
 from wasm_plugins.sandbox._failures import (
     annotate,
     closed_sandbox,
@@ -30,12 +38,15 @@ from wasm_plugins.sandbox._stack import on_roomy_stack
 
 __all__ = [
     "ABI_VERSION",
+    "EXTISM_MODULE",
+    "EXTISM_USER_MODULE",
     "IMPORT_MODULE",
     "PAGE_SIZE",
     "WASI_MODULE",
     "CacheStats",
     "Codec",
     "CompiledModule",
+    "ExtismSession",
     "HostCall",
     "HostFunction",
     "Limits",
@@ -50,8 +61,11 @@ __all__ = [
     "annotate",
     "closed_sandbox",
     "default_directory",
+    "detect_abi",
     "error_from_report",
     "error_report",
+    "extism_host_functions",
+    "extism_plugin_functions",
     "get_codec",
     "grow_may_explain",
     "host_failure",

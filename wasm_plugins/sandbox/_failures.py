@@ -77,7 +77,8 @@ def instance_is_suspect(error: PluginError) -> bool:
     if isinstance(error, ResourceLimitExceeded):
         return error.resource in ("memory", "fuel")
     if isinstance(error, CommunicationError):
-        return error.channel == "guest-memory"
+        # The Extism kernel stops a plugin that misuses it with a trap, halfway through its code.
+        return error.channel in ("guest-memory", "extism-kernel")
     return isinstance(error, DeadlineExceeded | InstanceError)
 
 

@@ -14,13 +14,14 @@ both ends instantiate, probe for a refused ``memory.grow`` and explain failures 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 from loguru import logger
 
-from wasm_plugins.engine import CallBudget, Engine, EngineModule, WasiSettings
+from wasm_plugins.engine import CallBudget, Engine, EngineModule, LinkedModule, WasiSettings
 from wasm_plugins.errors import (
     ConfigurationError,
     ModuleError,
@@ -30,6 +31,16 @@ from wasm_plugins.errors import (
 from wasm_plugins.sandbox._abi import Session, abi_host_functions, check_module, plugin_functions
 from wasm_plugins.sandbox._binary import PAGE_SIZE, REWRITER_VERSION
 from wasm_plugins.sandbox._cache import ModuleCache
+from wasm_plugins.sandbox._extism import (
+    ExtismSession,
+    check_extism_module,
+    detect_abi,
+    extism_host_functions,
+    extism_plugin_functions,
+    kernel_module,
+    kernel_plan,
+    normalize_abi,
+)
 from wasm_plugins.sandbox._failures import grow_may_explain, refused_grow
 from wasm_plugins.sandbox._host_functions import HostFunction, LinkPlan, link_imports
 from wasm_plugins.sandbox._limits import Limits
@@ -124,6 +135,16 @@ class LoadedModule:
     """The compiled code as the cache read or wrote it, when it was kept."""
     compiled_from_cache: bool = False
     """Whether the compiled module was loaded from the cache rather than compiled."""
+    abi: str = "wasm-plugins"
+    """The guest ABI the module speaks: ``wasm-plugins`` or ``extism``."""
+    kernel: LinkedModule | None = None
+    """The Extism kernel linked beside an Extism plugin."""
+    capabilities: frozenset[str] = frozenset()
+    """What the plugin was granted (an Extism plugin's HTTP requests check it again)."""
+    config: Mapping[str, Any] | None = None
+    """An Extism plugin's config values; ``None``: the host's (``services.config``)."""
+    http_hosts: tuple[str, ...] = ()
+    """The hosts an Extism plugin granted ``http`` may reach."""
 
     @classmethod
     def load(
@@ -140,14 +161,22 @@ class LoadedModule:
         cache: ModuleCache | None = None,
         refresh_cache: bool = False,
         keep_serialized: bool = False,
+        abi: str | int = "auto",
+        config: Mapping[str, Any] | None = None,
+        http_hosts: Sequence[str] = (),
     ) -> LoadedModule:
         """Read, validate, rewrite, compile, check and link a module.
 
         :param keep_serialized: keep the compiled code the cache read or wrote (to send it to
             worker processes without serializing it again).
+        :param abi: ``auto`` (detected from the imports), ``wasm-plugins`` (or ``1``) or
+            ``extism``.
+        :param config: an Extism plugin's config values (default: the host's, at instantiation).
+        :param http_hosts: the hosts an Extism plugin granted ``http`` may reach.
         :raises PluginError: a typed error when anything about the module or the settings is
             wrong.
         """
+        requested_abi = normalize_abi(abi)
         wasm = load_module_bytes(source, engine)
         fuel = limits.fuel is not None
         key = None
@@ -171,29 +200,54 @@ class LoadedModule:
                 serialized = cache.store(
                     engine, key, module, fuel=fuel, metadata={"grow_probe": grow_probe}
                 )
-        check_module(module.exports, module.imports, functions, plugin=plugin)
         granted = frozenset(capabilities)
-        link = link_imports(
-            module.imports,
-            (*abi_host_functions(), *host_functions),
-            granted,
-            plugin=plugin,
-            memory_limit_pages=None if limits.memory is None else limits.memory // PAGE_SIZE,
-            gated_modules={WASI_MODULE: "wasi"},
-            gated_functions=WASI_GATED_FUNCTIONS,
-        )
+        pages = None if limits.memory is None else limits.memory // PAGE_SIZE
+        resolved_abi = detect_abi(module.imports) if requested_abi == "auto" else requested_abi
+        kernel = None
+        if resolved_abi == "extism":
+            check_extism_module(module.exports, functions, plugin)
+            link = kernel_plan(
+                link_imports(
+                    module.imports,
+                    extism_host_functions(host_functions),
+                    granted,
+                    plugin=plugin,
+                    memory_limit_pages=pages,
+                    gated_modules={WASI_MODULE: "wasi"},
+                    gated_functions=WASI_GATED_FUNCTIONS,
+                )
+            )
+            kernel = kernel_module(engine, pages, fuel)
+            exported = extism_plugin_functions(module.exports)
+        else:
+            check_module(module.exports, module.imports, functions, plugin=plugin)
+            link = link_imports(
+                module.imports,
+                (*abi_host_functions(), *host_functions),
+                granted,
+                plugin=plugin,
+                memory_limit_pages=pages,
+                gated_modules={WASI_MODULE: "wasi"},
+                gated_functions=WASI_GATED_FUNCTIONS,
+            )
+            exported = plugin_functions(module.exports)
         return cls(
             engine=engine,
             module=module,
             limits=limits,
             link=link,
             plugin=plugin,
-            functions=tuple(functions) if functions else plugin_functions(module.exports),
+            functions=tuple(functions) if functions else exported,
             grow_probe=grow_probe,
             wasi=_wasi_for_module(engine, module, wasi),
             wasm=prepared_wasm,
             serialized=serialized if keep_serialized else None,
             compiled_from_cache=hit,
+            abi=resolved_abi,
+            kernel=kernel,
+            capabilities=granted,
+            config=config,
+            http_hosts=tuple(http_hosts),
         )
 
     def budget(self) -> CallBudget:
@@ -206,22 +260,40 @@ class LoadedModule:
         """The compiled code: as the cache read or wrote it when kept, else from the engine."""
         return self.serialized if self.serialized is not None else self.module.serialize()
 
-    def instantiate(self, services: object = None) -> Session:
+    def instantiate(self, services: object = None) -> Session | ExtismSession:
         """A new instance (its start function runs now) and the ABI session that calls it.
 
         :param services: handed to host functions (``HostCall.services``).
         """
-        session = Session()
+        session = self._new_session(services)
+        linked = {} if self.kernel is None else {"linked": self.kernel}
         instance = self.module.instantiate(
             self.link.host_imports(self.plugin, session, services),
             self.budget(),
             self.link.memory,
             self.wasi,
+            **linked,
         )
         session.attach(instance)
         return session
 
-    def refused_grow(self, session: Session) -> int | None:
+    def _new_session(self, services: object) -> Session | ExtismSession:
+        if self.kernel is None:
+            return Session()
+        config = self.config
+        if config is None:
+            lookup = getattr(services, "config", None)
+            config = lookup(self.plugin) if callable(lookup) else {}
+        return ExtismSession(
+            plugin=self.plugin,
+            config=config,
+            capabilities=self.capabilities,
+            http_hosts=self.http_hosts,
+            http_timeout=self.limits.timeout,
+            max_output=self.limits.max_output,
+        )
+
+    def refused_grow(self, session: Session | ExtismSession) -> int | None:
         """The memory size a refused ``memory.grow`` of this session's instance asked for, if
         one was refused since the last look (the probe is reset)."""
         probe = self.grow_probe
@@ -237,7 +309,7 @@ class LoadedModule:
             return None
         return instance.memory.size() + (requested & _MASK) * PAGE_SIZE
 
-    def explain(self, error: PluginError, session: Session | None) -> PluginError:
+    def explain(self, error: PluginError, session: Session | ExtismSession | None) -> PluginError:
         """``error``, or the refused ``memory.grow`` that explains it."""
         if session is None or self.grow_probe is None or not grow_may_explain(error):
             return error

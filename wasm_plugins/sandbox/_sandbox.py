@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import uuid
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from wasm_plugins.engine import Engine, EngineModule, WasiSettings, get_engine
@@ -21,6 +21,7 @@ from wasm_plugins.errors import ConfigurationError, PluginError
 from wasm_plugins.sandbox._abi import Session
 from wasm_plugins.sandbox._cache import ModuleCache
 from wasm_plugins.sandbox._codec import Codec, get_codec
+from wasm_plugins.sandbox._extism import ExtismSession
 from wasm_plugins.sandbox._failures import (
     annotate,
     closed_sandbox,
@@ -39,7 +40,7 @@ __all__ = ["Sandbox"]
 class _ThreadState:
     """One thread's instance and ABI session."""
 
-    def __init__(self, session: Session, *, reentrant: bool = False) -> None:
+    def __init__(self, session: Session | ExtismSession, *, reentrant: bool = False) -> None:
         self.session = session
         self.reentrant = reentrant
         """Made for one call back from a call in progress; never kept."""
@@ -65,6 +66,12 @@ class Sandbox:
     :param cache: a :class:`~wasm_plugins.sandbox.ModuleCache` to load the compiled module from
         and store it in (``None``: compile every time). A host passes its own.
     :param refresh_cache: compile even when the cache has the module, and replace its entry.
+    :param abi: the guest ABI: ``auto`` (detected from the imports), ``wasm-plugins`` (or ``1``)
+        or ``extism`` (unmodified Extism plugins).
+    :param config: an Extism plugin's config values (default: the host's configuration of the
+        plugin, from ``services``).
+    :param http_hosts: the hosts an Extism plugin granted ``http`` may reach (``host``,
+        ``host:port`` or ``*.domain``).
     :raises PluginError: a typed error when anything about the module or the settings is wrong.
     """
 
@@ -85,6 +92,9 @@ class Sandbox:
         wasi: WasiSettings | None = None,
         cache: ModuleCache | None = None,
         refresh_cache: bool = False,
+        abi: str | int = "auto",
+        config: Mapping[str, Any] | None = None,
+        http_hosts: Sequence[str] = (),
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.name = name or "sandbox"
@@ -116,9 +126,14 @@ class Sandbox:
                 wasi=wasi,
                 cache=cache,
                 refresh_cache=refresh_cache,
+                abi=abi,
+                config=config,
+                http_hosts=http_hosts,
             )
             """The compiled, checked and linked module."""
             self.functions = self.loaded.functions
+            self.abi = self.loaded.abi
+            """The guest ABI the module speaks: ``wasm-plugins`` or ``extism``."""
             # The instance is made where its calls will run (see call_bytes).
             on_roomy_stack(self._state).session.end_budget()
         except PluginError as error:
