@@ -394,6 +394,9 @@ class ExtismSession:
         """Why the kernel stopped the plugin, if it did; a failed allocation explains a trap."""
         _, _, _, _, _, fault, signed_at, _, failed = self._header()
         at = signed_at & _U64
+        if failed:
+            # PDKs use what alloc returns unchecked: the fault that follows is a consequence.
+            return _memory_exhausted(failed)
         if fault:
             return CommunicationError(
                 message=f"Extism plugin {FAULTS.get(fault, 'broke the kernel')} (offset {at})",
@@ -401,8 +404,6 @@ class ExtismSession:
                 direction="guest-to-host",
                 suggestion="a bug in the plugin: it used the Extism kernel outside what it owns",
             )
-        if failed:
-            return _memory_exhausted(failed)
         return None
 
     def _result(self, code: int, max_output: int) -> bytes:
