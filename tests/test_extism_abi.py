@@ -16,6 +16,7 @@ import pytest
 from loguru import logger
 
 from tests.conftest import ROOT
+from wasm_plugins import PluginHost, cli
 from wasm_plugins.engine import Engine, FuncSignature
 from wasm_plugins.errors import (
     CommunicationError,
@@ -25,6 +26,7 @@ from wasm_plugins.errors import (
     ResourceLimitExceeded,
     SecurityViolation,
 )
+from wasm_plugins.manifest import Manifest
 from wasm_plugins.sandbox import HostCall, HostFunction, Limits, Sandbox
 from wasm_plugins.services import HostServices
 
@@ -449,3 +451,58 @@ class TestSideBySide:
         with pytest.raises(ExecutionError) as our_error:
             ours.call_bytes("reject", b"")
         assert our_error.value.details["message"] == str(their_error.value)
+
+
+class TestCommandLine:
+    def test_call_detects_the_abi(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """`call FILE FUNCTION --raw --input TEXT` prints the output text and one newline."""
+        status = cli.main(["call", str(KITCHEN), "count_vowels", "--raw", "--input", "hello"])
+        assert (status, capsys.readouterr().out) == (0, '{"count": 2}\n')
+
+    def test_inspect_shows_the_abi_and_imports(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """inspect names the detected ABI, the entry points and what each import needs."""
+        assert cli.main(["inspect", str(HTTP), "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["abi"] == "extism"
+        assert [f["name"] for f in data["functions"]] == ["fetch", "status", "headers"]
+        imports = {item["name"]: item for item in data["imports"]}
+        assert imports["alloc"]["status"] == "ok"
+        assert imports["http_request"]["capability"] == "http"
+        assert data["missing_capabilities"] == ["http"]
+
+
+class TestManifest:
+    @pytest.mark.parametrize(
+        ("written", "meant"),
+        [(1, "wasm-plugins"), ("wasm-plugins", "wasm-plugins"), ("extism", "extism")],
+    )
+    def test_abi_field(self, written: Any, meant: str) -> None:
+        """abi = 1 (every existing manifest) still means wasm-plugins; a string names the ABI."""
+        manifest = Manifest.from_dict({"name": "p", "module": {"path": "p.wasm"}, "abi": written})
+        assert manifest.abi == meant
+
+    def test_default_is_auto(self) -> None:
+        """Without abi, the ABI is detected from the module's imports."""
+        assert Manifest.from_dict({"name": "p", "module": {"path": "p.wasm"}}).abi == "auto"
+
+    def test_unknown_abi(self) -> None:
+        """Another value is a configuration error on the abi field."""
+        with pytest.raises(ConfigurationError) as caught:
+            Manifest.from_dict({"name": "p", "module": {"path": "p.wasm"}, "abi": 2})
+        assert caught.value.field == "abi"
+
+    def test_host_runs_an_extism_manifest(self) -> None:
+        """A manifest with abi = "extism" and [config] runs through the host's policy."""
+        manifest = Manifest.from_dict(
+            {
+                "name": "kitchen",
+                "module": {"path": str(KITCHEN)},
+                "abi": "extism",
+                "codec": "raw",
+                "config": {"greeting": "from the manifest"},
+            }
+        )
+        with PluginHost(isolation="in-process", blocked=()) as host:
+            host.load(manifest)
+            assert host.call("kitchen", "config", b"") == b"from the manifest"
+            assert host.call("kitchen", "count_vowels", b"aei") == b'{"count": 3}'

@@ -53,7 +53,7 @@ __all__ = [
 
 CODECS = ("json", "raw")
 ISOLATIONS = ("auto", "in-process", "process")
-CAPABILITIES = ("log", "config", "kv", "clock", "random", "wasi")
+CAPABILITIES = ("log", "config", "kv", "clock", "random", "wasi", "http")
 """The capabilities the framework itself defines; host apps may add more with host functions."""
 
 
@@ -90,9 +90,20 @@ def _plugin_name(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
         )
 
 
-def _supported_abi(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
-    if value != 1:
-        raise _FieldError(attribute.name, f"ABI {value} is not supported; this host speaks ABI 1")
+GUEST_ABIS = ("auto", "wasm-plugins", "extism")
+"""``auto`` detects the ABI from the module's imports; ``abi = 1`` means ``wasm-plugins``."""
+
+
+def _abi_name(value: Any) -> Any:
+    return "wasm-plugins" if value in (1, "1") else value
+
+
+def _supported_abi(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if value not in GUEST_ABIS:
+        raise _FieldError(
+            attribute.name,
+            f'ABI {value!r} is not supported; use 1 (or "wasm-plugins"), "extism" or "auto"',
+        )
 
 
 def _at_least(minimum: float, *, strictly: bool = False) -> Any:
@@ -288,7 +299,7 @@ class Manifest:
     module: ModuleSpec
     version: str = "0.0.0"
     description: str = ""
-    abi: int = attrs.field(default=1, validator=_supported_abi)
+    abi: str = attrs.field(default="auto", converter=_abi_name, validator=_supported_abi)
     codec: str = attrs.field(default="json", validator=_one_of(CODECS))
     engine: str | None = None
     isolation: str = attrs.field(default="auto", validator=_one_of(ISOLATIONS))
@@ -545,7 +556,11 @@ def manifest_converter() -> cattrs.Converter:
     converter.register_structure_hook(
         Manifest,
         make_dict_structure_fn(
-            Manifest, converter, _cattrs_forbid_extra_keys=True, base=override(omit=True)
+            Manifest,
+            converter,
+            _cattrs_forbid_extra_keys=True,
+            base=override(omit=True),
+            abi=override(struct_hook=lambda value, _: _abi_name(value)),
         ),
     )
     return converter
@@ -558,7 +573,7 @@ _SUGGESTIONS = {
     "module": "give [module] with exactly one of resource, path or wat",
     "codec": 'use codec = "json" or "raw"',
     "isolation": 'use isolation = "auto", "in-process" or "process"',
-    "abi": "use abi = 1",
+    "abi": 'use abi = "auto" (detected from the imports), 1 or "extism"',
     "limits": 'sizes take units ("16 MiB"), durations too ("2 s"); fuel is a whole number',
     "capabilities": 'list capability names, for example capabilities = ["log", "kv"]',
     "functions": "one [functions.<name>] table per function, with description and idempotent",

@@ -126,7 +126,7 @@ class Sandboxes:
         }
         if choose_isolation(engine, limits, requested) == "process":
             return ProcessSandbox(manifest.module_source(), pool=self._worker_pool(), **settings)
-        return Sandbox(manifest.module_source(), **settings)
+        return Sandbox(manifest.module_source(), abi=manifest.abi, **settings)
 
     def _check_capabilities(self, manifest: Manifest) -> None:
         offered = {f.capability for f in self._host_functions.values() if f.capability}

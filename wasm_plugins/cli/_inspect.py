@@ -26,7 +26,17 @@ from wasm_plugins.engine import EngineModule
 from wasm_plugins.errors import ConfigurationError, PluginError
 from wasm_plugins.host import PluginHost
 from wasm_plugins.manifest import Manifest
-from wasm_plugins.sandbox import IMPORT_MODULE, WASI_MODULE, load_module_bytes, plugin_functions
+from wasm_plugins.sandbox import (
+    EXTISM_MODULE,
+    EXTISM_USER_MODULE,
+    IMPORT_MODULE,
+    WASI_MODULE,
+    detect_abi,
+    extism_host_functions,
+    extism_plugin_functions,
+    load_module_bytes,
+    plugin_functions,
+)
 from wasm_plugins.targets import Target, resolve_target
 
 __all__ = ["inspect_options", "inspect_target"]
@@ -66,6 +76,12 @@ def _import_row(
         capability = "wasi"
     elif (module == IMPORT_MODULE and name == "error") or kind == "memory":
         capability = None  # the ABI's own error import, or a memory the host creates
+    elif module in (EXTISM_MODULE, EXTISM_USER_MODULE):
+        extism = {
+            (f.module, f.name): f for f in extism_host_functions(host.host_functions.values())
+        }
+        offered = (module, name) in extism
+        capability = extism[(module, name)].capability if offered else None
     elif (module, name) in host.host_functions:
         capability = host.host_functions[(module, name)].capability
     else:
@@ -143,6 +159,8 @@ def _inspect_data(host: PluginHost, target: Target) -> tuple[dict[str, Any], Plu
     data["missing_capabilities"] = sorted(
         {row["capability"] for row in data["imports"] if row["status"].startswith("denied")}
     )
+    if manifest.abi == "auto":
+        data["abi"] = detect_abi(module.imports)
     if not manifest.functions:
         data["functions_from"] = "exports"
         data["functions"] = [
@@ -153,7 +171,11 @@ def _inspect_data(host: PluginHost, target: Target) -> tuple[dict[str, Any], Plu
                 "simplified": None,
                 "has_default": False,
             }
-            for name in plugin_functions(module.exports)
+            for name in (
+                extism_plugin_functions(module.exports)
+                if data["abi"] == "extism"
+                else plugin_functions(module.exports)
+            )
         ]
     return data, None
 
