@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import ROOT
 from wasm_plugins.errors import CompilationError, ConfigurationError
 from wasm_plugins.guest import LANGUAGES, build_plugin, default_requirement, kit_path, new_plugin
+from wasm_plugins.guest.__main__ import main as guest_main
 from wasm_plugins.sandbox import Sandbox
 
 
@@ -193,3 +194,20 @@ class TestFromAnEmptyFolder:
             if p.is_file() and "__pycache__" not in p.parts
         }
         assert expected <= names, sorted(expected - names)
+
+
+class TestModuleCommand:
+    def test_new_then_build(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """python -m wasm_plugins.guest new, then build, from an empty folder (WAT)."""
+        project = tmp_path / "demo"
+        assert guest_main(["new", "demo", "--lang", "wat", str(project)]) == 0
+        assert guest_main(["build", str(project)]) == 0
+        module = project / "src" / "wasm_plugins_demo" / "wasm_plugins_demo.wasm"
+        assert Sandbox(module, codec="raw").call_bytes("upper", b"abc") == b"ABC"
+        assert "built" in capsys.readouterr().out
+
+    def test_errors_are_short(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """A bad name exits 1 with the message and a hint, no traceback."""
+        assert guest_main(["new", "Bad", str(tmp_path / "x")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "hint: " in err and "Traceback" not in err

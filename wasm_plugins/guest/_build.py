@@ -1,5 +1,5 @@
-"""``wasm-plugins build``: compile a plugin distribution's source into the module its manifest
-names, with the toolchain of its language.
+"""Building (``python -m wasm_plugins.guest build``): compile a plugin distribution's source into
+the module its manifest names, with the toolchain of its language.
 
 The project says what to build in ``pyproject.toml``::
 
@@ -57,7 +57,7 @@ def _settings(directory: Path) -> dict[str, Any]:
         raise ConfigurationError(
             field="pyproject.toml",
             message=f"Invalid configuration: pyproject.toml - cannot read {project}: {exc}",
-            suggestion="run wasm-plugins build in a plugin project (made by wasm-plugins new)",
+            suggestion="build a plugin project (made by python -m wasm_plugins.guest new)",
         ) from None
     settings = data.get("tool", {}).get("wasm-plugins")
     if not isinstance(settings, dict) or not all(

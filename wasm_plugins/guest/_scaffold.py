@@ -1,4 +1,5 @@
-"""``wasm-plugins new``: a plugin distribution that builds and passes its own tests as created."""
+"""Scaffolding (``python -m wasm_plugins.guest new``): a plugin distribution that builds and
+passes its own tests as created."""
 
 from __future__ import annotations
 
