@@ -200,7 +200,7 @@ class TestModuleCommand:
     def test_new_then_build(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """python -m wasm_plugins.guest new, then build, from an empty folder (WAT)."""
         project = tmp_path / "demo"
-        assert guest_main(["new", "demo", "--lang", "wat", str(project)]) == 0
+        assert guest_main(["new", "demo", "--lang", "wat", "--directory", str(project)]) == 0
         assert guest_main(["build", str(project)]) == 0
         module = project / "src" / "wasm_plugins_demo" / "wasm_plugins_demo.wasm"
         assert Sandbox(module, codec="raw").call_bytes("upper", b"abc") == b"ABC"
@@ -208,6 +208,6 @@ class TestModuleCommand:
 
     def test_errors_are_short(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """A bad name exits 1 with the message and a hint, no traceback."""
-        assert guest_main(["new", "Bad", str(tmp_path / "x")]) == 1
+        assert guest_main(["new", "Bad", "--directory", str(tmp_path / "x")]) == 1
         err = capsys.readouterr().err
         assert err.startswith("error: ") and "hint: " in err and "Traceback" not in err

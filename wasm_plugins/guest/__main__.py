@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     new = commands.add_parser("new", help="scaffold a plugin distribution")
     new.add_argument("name")
     new.add_argument("--lang", choices=LANGUAGES, default="c")
-    new.add_argument("directory", nargs="?", type=Path)
+    new.add_argument("--directory", type=Path, help="where to write it (default: ./NAME)")
     new.add_argument("--requirement", help="how the plugin depends on wasm-plugins")
     build = commands.add_parser("build", help="build a plugin project's module")
     build.add_argument("directory", nargs="?", type=Path, default=Path())
