@@ -123,11 +123,13 @@ class TestKernel:
     def test_vars_have_a_quota(self, engine: Engine) -> None:
         """A var larger than the quota is a resource limit, and the plugin stays usable."""
         sandbox = _kitchen(engine)
-        sandbox.call_bytes("var_input", b"x" * 1000)
+        sandbox.call_bytes("var_input", struct.pack("<q", 41) + b"x" * 1000)
         with pytest.raises(ResourceLimitExceeded) as caught:
             sandbox.call_bytes("var_input", b"x" * (2 * 1024 * 1024))
         assert caught.value.resource == "vars"
         assert sandbox.call_bytes("count_vowels", b"e") == b'{"count": 1}'
+        # The refused value left the earlier one in place (the counter var holds both).
+        assert struct.unpack("<q", sandbox.call_bytes("counter", b"")) == (42,)
 
     def test_logs_reach_loguru_at_their_levels(self, engine: Engine) -> None:
         """Each log_* import is a loguru record at its level, bound to the plugin's name."""

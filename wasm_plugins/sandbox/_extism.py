@@ -486,12 +486,13 @@ def _var_length(call: HostCall, key: int, key_length: int) -> int:
 def _var_set(call: HostCall, key: int, key_length: int, value: int, value_length: int) -> None:
     session = _session(call)
     name = _read(session, key, key_length, MAX_KEY)
-    old = session.vars.pop(name, None)
-    if old is not None:
-        session.var_bytes -= len(name) + len(old)
+    old = session.vars.get(name)
+    kept = session.var_bytes - (len(name) + len(old) if old is not None else 0)
     if value_length < 0:
+        session.vars.pop(name, None)
+        session.var_bytes = kept
         return
-    used = session.var_bytes + len(name) + (value_length & _U64)
+    used = kept + len(name) + (value_length & _U64)
     if used > session.var_quota:
         raise ResourceLimitExceeded(
             resource="vars",
