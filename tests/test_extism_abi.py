@@ -508,3 +508,17 @@ class TestManifest:
             host.load(manifest)
             assert host.call("kitchen", "config", b"") == b"from the manifest"
             assert host.call("kitchen", "count_vowels", b"aei") == b'{"count": 3}'
+
+
+class TestIsolation:
+    def test_worker_isolation_is_refused_clearly(self) -> None:
+        """A worker process cannot run an Extism plugin yet: a configuration error says so."""
+        from wasm_plugins.isolation import ProcessSandbox, WorkerPool
+
+        pool = WorkerPool(1, name="extism-test")
+        try:
+            with pytest.raises(ConfigurationError) as caught:
+                ProcessSandbox(KITCHEN, pool=pool, codec="raw", engine="wasmtime")
+            assert caught.value.field == "isolation"
+        finally:
+            pool.close()

@@ -122,6 +122,15 @@ class ProcessSandbox:
                     keep_serialized=True,
                 )
                 """The compiled, checked and linked module (its code is what workers run)."""
+                if self.loaded.abi == "extism":
+                    raise ConfigurationError(
+                        field="isolation",
+                        message=(
+                            "Invalid configuration: isolation - Extism plugins run in-process only"
+                        ),
+                        suggestion="use isolation='in-process' (engine='wasmtime' enforces every "
+                        "limit in-process)",
+                    )
                 self.functions = self.loaded.functions
                 self._client = WorkerClient(
                     self.loaded, self.pool, self._bulkhead, queue_timeout, services
