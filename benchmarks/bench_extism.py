@@ -97,7 +97,7 @@ def main() -> int:
         print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
         for row in rows:
             print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
-    print(f"\nper call, median of {options.rounds} interleaved rounds; ratio < 1: faster than Extism")
+    print(f"\nper call, median of {options.rounds} interleaved rounds; below 1: faster than Extism")
     return 0
 
 
