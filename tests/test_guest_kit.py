@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from wasm_plugins import cli
 from wasm_plugins.errors import CompilationError, ConfigurationError
 from wasm_plugins.guest import LANGUAGES, build_plugin, default_requirement, kit_path, new_plugin
-from wasm_plugins.guest.__main__ import main as guest_main
 from wasm_plugins.sandbox import Sandbox
 
 
@@ -196,18 +196,22 @@ class TestFromAnEmptyFolder:
         assert expected <= names, sorted(expected - names)
 
 
-class TestModuleCommand:
+class TestCommandLine:
     def test_new_then_build(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        """python -m wasm_plugins.guest new, then build, from an empty folder (WAT)."""
+        """wasm-plugins new, then wasm-plugins build, from an empty folder (WAT: no toolchain)."""
         project = tmp_path / "demo"
-        assert guest_main(["new", "demo", "--lang", "wat", "--directory", str(project)]) == 0
-        assert guest_main(["build", str(project)]) == 0
+        assert cli.main(["new", "demo", "--lang", "wat", "--directory", str(project)]) == 0
+        assert cli.main(["build", str(project)]) == 0
         module = project / "src" / "wasm_plugins_demo" / "wasm_plugins_demo.wasm"
         assert Sandbox(module, codec="raw").call_bytes("upper", b"abc") == b"ABC"
         assert "built" in capsys.readouterr().out
 
-    def test_errors_are_short(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        """A bad name exits 1 with the message and a hint, no traceback."""
-        assert guest_main(["new", "Bad", "--directory", str(tmp_path / "x")]) == 1
+    def test_errors_are_typed(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """A bad name exits 1 with the configuration error and its suggestion, no traceback."""
+        assert cli.main(["new", "Bad", "--directory", str(tmp_path / "x")]) == 1
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and "hint: " in err and "Traceback" not in err
+        assert "[configuration]" in err and "suggestion" in err and "Traceback" not in err
+
+    def test_unknown_language_is_a_usage_error(self, tmp_path: Path) -> None:
+        """--lang is checked by the parser (exit 2)."""
+        assert cli.main(["new", "ok", "--lang", "cobol", "--directory", str(tmp_path)]) == 2

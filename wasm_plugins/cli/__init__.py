@@ -1,5 +1,5 @@
 """The ``wasm-plugins`` command line: ``list``, ``inspect``, ``call``, ``trust``, ``fuzz``,
-``doctor`` and ``demo``.
+``new``, ``build``, ``doctor`` and ``demo``.
 
 Exit codes: 0 success, 1 a typed plugin error (printed as ``[kind] message`` and a suggestion on
 stderr, or as one JSON object on stdout with ``--json``), 2 a usage error (bad arguments, a size or
@@ -16,10 +16,10 @@ else the default policy), plus what ``--allow``, ``--preopen`` and ``--allow-htt
 plugin the command names. Every string a plugin controls is printed with its control characters
 shown.
 
-Each command is a module (``_list``, ``_inspect``, ``_call``, ``_trust``, ``_fuzz``, ``_doctor``,
-``_demo``);
-``_parser`` holds the parser and ``_format`` what they print. A command imports what only it needs
-(the demo, the testing toolkit, Hypothesis) when it runs, so ``--help`` stays fast.
+Each command is a module (``_list``, ``_inspect``, ``_call``, ``_trust``, ``_fuzz``, ``_guest`` for
+``new`` and ``build``, ``_doctor``, ``_demo``); ``_parser`` holds the parser and ``_format`` what
+they print. A command imports what only it needs (the demo, the testing toolkit, Hypothesis) when
+it runs, so ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from wasm_plugins.cli._demo import show_demo
 from wasm_plugins.cli._doctor import diagnose
 from wasm_plugins.cli._format import EscapingWriter, dump, report
 from wasm_plugins.cli._fuzz import fuzz_plugin
+from wasm_plugins.cli._guest import build_project, new_project
 from wasm_plugins.cli._inspect import inspect_target
 from wasm_plugins.cli._list import list_plugins
 from wasm_plugins.cli._parser import PROG, Exit, build_parser
@@ -83,6 +84,10 @@ def _run(arguments: argparse.Namespace, out: TextIO) -> int:
         return print_entry(arguments, out, discover)
     if command == "fuzz":
         return fuzz_plugin(arguments, out)
+    if command == "new":
+        return new_project(arguments, out)
+    if command == "build":
+        return build_project(arguments, out)
     if command == "doctor":
         return diagnose(out, discover)
     return show_demo(out, arguments.hostapi)

@@ -13,6 +13,7 @@ from wasm_plugins.cli._arguments import UsageError
 from wasm_plugins.cli._call import call_options
 from wasm_plugins.cli._demo import demo_options
 from wasm_plugins.cli._fuzz import FUZZ_DESCRIPTION, fuzz_options
+from wasm_plugins.cli._guest import build_options, new_options
 from wasm_plugins.cli._inspect import inspect_options
 from wasm_plugins.cli._list import list_options
 from wasm_plugins.cli._trust import trust_command_options
@@ -98,6 +99,16 @@ def build_parser() -> Parser:
         help="generated inputs and injected faults against a plugin, checking the error policy",
         description=FUZZ_DESCRIPTION,
         add_arguments=fuzz_options,
+    )
+    commands.add_parser(
+        "new",
+        help="scaffold a plugin distribution (c, zig, assemblyscript or wat)",
+        add_arguments=new_options,
+    )
+    commands.add_parser(
+        "build",
+        help="build a plugin project's module with its language's toolchain",
+        add_arguments=build_options,
     )
     commands.add_parser("doctor", help="Python, packages, engines available and why not")
     commands.add_parser(

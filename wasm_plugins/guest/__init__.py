@@ -6,8 +6,8 @@
   and writer), all header-only and freestanding;
 - ``zig/wasm_plugins.zig``: the same for Zig; ``assemblyscript/wasm-plugins.ts``: for
   AssemblyScript;
-- ``templates/``: what :func:`new_plugin` writes, built by :func:`build_plugin` (both also run
-  as ``python -m wasm_plugins.guest new|build``).
+- ``templates/``: what :func:`new_plugin` writes (``wasm-plugins new``), built by
+  :func:`build_plugin` (``wasm-plugins build``).
 
 Unmodified Extism plugins need none of this: their PDKs target the ``extism`` ABI, which the
 sandbox runs as well (``docs/writing-a-plugin.md``).

@@ -1,5 +1,5 @@
-"""Building (``python -m wasm_plugins.guest build``): compile a plugin distribution's source into
-the module its manifest names, with the toolchain of its language.
+"""``wasm-plugins build``: compile a plugin distribution's source into the module its manifest
+names, with the toolchain of its language.
 
 The project says what to build in ``pyproject.toml``::
 
@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from wasm_plugins.engine import get_engine
 from wasm_plugins.errors import CompilationError, ConfigurationError, Diagnostic
 
 if sys.version_info >= (3, 11):
@@ -57,7 +58,7 @@ def _settings(directory: Path) -> dict[str, Any]:
         raise ConfigurationError(
             field="pyproject.toml",
             message=f"Invalid configuration: pyproject.toml - cannot read {project}: {exc}",
-            suggestion="build a plugin project (made by python -m wasm_plugins.guest new)",
+            suggestion="build a plugin project (one made by wasm-plugins new)",
         ) from None
     settings = data.get("tool", {}).get("wasm-plugins")
     if not isinstance(settings, dict) or not all(
@@ -142,8 +143,6 @@ def build_plugin(directory: Path, *, runner: Runner = subprocess.run) -> Path:
     elif language == "assemblyscript":
         _assemblyscript(directory, source, output, runner)
     elif language == "wat":
-        from wasm_plugins.engine import get_engine
-
         output.write_bytes(get_engine("auto").wat_to_wasm(source.read_text(encoding="utf-8")))
     else:
         raise ConfigurationError(

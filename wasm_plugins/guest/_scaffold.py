@@ -1,5 +1,4 @@
-"""Scaffolding (``python -m wasm_plugins.guest new``): a plugin distribution that builds and
-passes its own tests as created."""
+"""``wasm-plugins new``: a plugin distribution that builds and passes its own tests as created."""
 
 from __future__ import annotations
 

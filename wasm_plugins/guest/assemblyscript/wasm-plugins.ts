@@ -9,7 +9,7 @@
 //       return output(input(ptr, len).toUpperCase());
 //     }
 //
-// Build (what `python -m wasm_plugins.guest build` runs):
+// Build (what `wasm-plugins build` runs):
 // `asc assembly/index.ts --outFile plugin.wasm --runtime incremental --use abort= -O3`. `--use abort=` removes the `env.abort` import that
 // AssemblyScript adds by default (a failed assertion then traps, which the host reports as a
 // runtime error).

@@ -10,7 +10,7 @@
 //!     export fn shout(ptr: [*]const u8, len: u32) u64 { ... return wp.output(text); }
 //!
 //! Build with `python -m ziglang build-exe root.zig -target wasm32-freestanding -fno-entry
-//! -rdynamic -O ReleaseSmall` (what `python -m wasm_plugins.guest build` runs).
+//! -rdynamic -O ReleaseSmall` (what `wasm-plugins build` runs).
 
 const std = @import("std");
 
