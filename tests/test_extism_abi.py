@@ -240,6 +240,8 @@ class TestBadInput:
         assert caught.value.channel == "extism-kernel"
         assert BAD_INPUT[function] in caught.value.message
         assert caught.value.plugin == "kitchen"
+        # The plugin stopped halfway: its instance is replaced, and the next call works.
+        assert sandbox.instances == 0
         assert sandbox.call_bytes("count_vowels", b"aa") == b'{"count": 2}'
 
     def test_a_trap_stays_a_runtime_error(self, engine: Engine) -> None:

@@ -227,13 +227,15 @@ def kernel_plan(plan: LinkPlan) -> LinkPlan:
     )
 
 
-_kernels: dict[tuple[int, int | None, bool], EngineModule] = {}
+# Keyed by the engine object itself (not its id): the key keeps the engine alive, so an id can
+# never be reused by another engine while a module it compiled is cached.
+_kernels: dict[tuple[Engine, int | None, bool], EngineModule] = {}
 _kernels_lock = threading.Lock()
 
 
 def kernel_module(engine: Engine, maximum_pages: int | None, fuel: bool) -> LinkedModule:
     """The kernel compiled by ``engine`` (once per process and memory cap), ready to link."""
-    key = (id(engine), maximum_pages, fuel)
+    key = (engine, maximum_pages, fuel)
     with _kernels_lock:
         module = _kernels.get(key)
         if module is None:
