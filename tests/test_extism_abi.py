@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from loguru import logger
 
-from tests.conftest import ROOT
+from tests.conftest import ENGINE_NAMES, ROOT, required_engines
 from wasm_plugins import PluginHost, cli
 from wasm_plugins.engine import Engine, FuncSignature
 from wasm_plugins.errors import (
@@ -524,3 +526,54 @@ class TestIsolation:
             assert caught.value.field == "isolation"
         finally:
             pool.close()
+
+
+OPS = EXTISM / "ops.wat"
+_SMALL = st.integers(0, 300)
+_OFFSET = st.one_of(
+    st.integers(0, 400), st.integers(0, 2**32 + 16), st.integers(2**64 - 16, 2**64 - 1)
+)
+_INSTRUCTION = st.one_of(
+    st.tuples(st.just(0), st.one_of(_SMALL, st.integers(0, 2**33)), st.integers(0, 15)),
+    st.tuples(st.sampled_from([1, 7, 11]), st.integers(0, 15), st.just(0)),
+    st.tuples(st.sampled_from([2, 3, 4, 5, 6]), st.integers(0, 15), _SMALL),
+    st.tuples(st.sampled_from([8, 9, 10]), _OFFSET, _SMALL),
+)
+
+
+def _program(instructions: list[tuple[int, int, int]]) -> bytes:
+    return b"".join(struct.pack("<QQQ", *instruction) for instruction in instructions)
+
+
+def _outcome(sandbox: Sandbox, program: bytes) -> tuple[str, Any]:
+    try:
+        return ("value", sandbox.call_bytes("run", program))
+    except (CommunicationError, ResourceLimitExceeded, ExecutionError) as error:
+        return (error.kind, error.message)
+
+
+@pytest.fixture(scope="module")
+def fuzz_sandboxes() -> Iterator[tuple[Sandbox, ...]]:
+    """The ops plugin on every engine required here, under a 4 MiB memory limit."""
+    available = [name for name in ENGINE_NAMES if name in required_engines()]
+    limits = Limits(memory="4 MiB")
+    made = tuple(Sandbox(OPS, engine=name, codec="raw", limits=limits) for name in available)
+    yield made
+    for sandbox in made:
+        sandbox.close()
+
+
+class TestKernelFuzz:
+    @settings(max_examples=150, deadline=None)
+    @given(instructions=st.lists(_INSTRUCTION, max_size=40))
+    def test_any_sequence_of_kernel_calls(
+        self, fuzz_sandboxes: tuple[Sandbox, ...], instructions: list[tuple[int, int, int]]
+    ) -> None:
+        """Whatever a plugin asks of the kernel, the result is a value or a typed error, the
+        same on both engines, and the sandbox answers the next call."""
+        program = _program(instructions)
+        outcomes = []
+        for sandbox in fuzz_sandboxes:
+            outcomes.append(_outcome(sandbox, program))
+            assert sandbox.call_bytes("run", b"") == bytes(8)
+        assert all(outcome == outcomes[0] for outcome in outcomes)

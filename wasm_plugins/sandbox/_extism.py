@@ -15,6 +15,7 @@ plugin imports from ``extism:host/user`` are the host's functions of the same na
 
 from __future__ import annotations
 
+import atexit
 import json
 import struct
 import threading
@@ -231,6 +232,8 @@ def kernel_plan(plan: LinkPlan) -> LinkPlan:
 # never be reused by another engine while a module it compiled is cached.
 _kernels: dict[tuple[Engine, int | None, bool], EngineModule] = {}
 _kernels_lock = threading.Lock()
+# Released before the interpreter tears modules down: the engines' destructors need theirs.
+atexit.register(_kernels.clear)
 
 
 def kernel_module(engine: Engine, maximum_pages: int | None, fuel: bool) -> LinkedModule:

@@ -1,0 +1,78 @@
+;; An Extism plugin that runs its input as a program of kernel calls, for fuzzing the kernel.
+;; Each instruction is three u64 (op, a, b), read with input_load_u64. Blocks from alloc go into
+;; 16 slots (slot a % 16). Ops: 0 alloc(a) into slot b%16, 1 free(slot a), 2 store_u64(slot a + b),
+;; 3 load_u64(slot a + b), 4 store_u8(slot a + b), 5 load_u8(slot a + b), 6 output_set(slot a, b),
+;; 7 length(slot a), 8 store_u64(a, b) at a raw offset, 9 load_u64(a) raw, 10 output_set(a, b)
+;; raw, 11 error_set(slot a) and return 1. Without an output, the output is an 8-byte checksum
+;; of every load and length.
+(module
+  (import "extism:host/env" "input_length" (func $input_length (result i64)))
+  (import "extism:host/env" "input_load_u64" (func $input_load_u64 (param i64) (result i64)))
+  (import "extism:host/env" "alloc" (func $alloc (param i64) (result i64)))
+  (import "extism:host/env" "free" (func $free (param i64)))
+  (import "extism:host/env" "length" (func $length (param i64) (result i64)))
+  (import "extism:host/env" "load_u8" (func $load_u8 (param i64) (result i32)))
+  (import "extism:host/env" "load_u64" (func $load_u64 (param i64) (result i64)))
+  (import "extism:host/env" "store_u8" (func $store_u8 (param i64 i32)))
+  (import "extism:host/env" "store_u64" (func $store_u64 (param i64 i64)))
+  (import "extism:host/env" "output_set" (func $output_set (param i64 i64)))
+  (import "extism:host/env" "error_set" (func $error_set (param i64)))
+  (memory (export "memory") 1)
+
+  (func $slot (param $a i64) (result i32)
+    (i32.shl (i32.wrap_i64 (i64.and (local.get $a) (i64.const 15))) (i32.const 3)))
+
+  (func (export "run") (result i32)
+    (local $pc i64) (local $end i64) (local $op i64) (local $a i64) (local $b i64)
+    (local $sum i64) (local $output i32) (local $out i64)
+    (local.set $end (call $input_length))
+    (block $done
+      (loop $next
+        (br_if $done (i64.gt_u (i64.add (local.get $pc) (i64.const 24)) (local.get $end)))
+        (local.set $op (call $input_load_u64 (local.get $pc)))
+        (local.set $a (call $input_load_u64 (i64.add (local.get $pc) (i64.const 8))))
+        (local.set $b (call $input_load_u64 (i64.add (local.get $pc) (i64.const 16))))
+        (local.set $pc (i64.add (local.get $pc) (i64.const 24)))
+        (block $op_done
+          (br_if $op_done (i64.gt_u (local.get $op) (i64.const 11)))
+          (if (i64.eq (local.get $op) (i64.const 0))
+            (then (i64.store (call $slot (local.get $b)) (call $alloc (local.get $a)))))
+          (if (i64.eq (local.get $op) (i64.const 1))
+            (then (call $free (i64.load (call $slot (local.get $a))))))
+          (if (i64.eq (local.get $op) (i64.const 2))
+            (then (call $store_u64 (i64.add (i64.load (call $slot (local.get $a))) (local.get $b))
+                                   (i64.xor (local.get $a) (local.get $b)))))
+          (if (i64.eq (local.get $op) (i64.const 3))
+            (then (local.set $sum (i64.add (local.get $sum)
+              (call $load_u64 (i64.add (i64.load (call $slot (local.get $a))) (local.get $b)))))))
+          (if (i64.eq (local.get $op) (i64.const 4))
+            (then (call $store_u8 (i64.add (i64.load (call $slot (local.get $a))) (local.get $b))
+                                  (i32.wrap_i64 (local.get $a)))))
+          (if (i64.eq (local.get $op) (i64.const 5))
+            (then (local.set $sum (i64.add (local.get $sum) (i64.extend_i32_u
+              (call $load_u8 (i64.add (i64.load (call $slot (local.get $a))) (local.get $b))))))))
+          (if (i64.eq (local.get $op) (i64.const 6))
+            (then (call $output_set (i64.load (call $slot (local.get $a))) (local.get $b))
+                  (local.set $output (i32.const 1))))
+          (if (i64.eq (local.get $op) (i64.const 7))
+            (then (local.set $sum (i64.add (local.get $sum)
+              (call $length (i64.load (call $slot (local.get $a))))))))
+          (if (i64.eq (local.get $op) (i64.const 8))
+            (then (call $store_u64 (local.get $a) (local.get $b))))
+          (if (i64.eq (local.get $op) (i64.const 9))
+            (then (local.set $sum (i64.add (local.get $sum) (call $load_u64 (local.get $a))))))
+          (if (i64.eq (local.get $op) (i64.const 10))
+            (then (call $output_set (local.get $a) (local.get $b))
+                  (local.set $output (i32.const 1))))
+          (if (i64.eq (local.get $op) (i64.const 11))
+            (then (call $error_set (i64.load (call $slot (local.get $a))))
+                  (return (i32.const 1)))))
+        (br $next)))
+    (if (i32.eqz (local.get $output))
+      (then
+        (local.set $out (call $alloc (i64.const 8)))
+        (if (i64.eqz (local.get $out)) (then (return (i32.const 2))))
+        (call $store_u64 (local.get $out) (local.get $sum))
+        (call $output_set (local.get $out) (i64.const 8))))
+    (i32.const 0))
+)
