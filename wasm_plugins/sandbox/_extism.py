@@ -424,6 +424,9 @@ class ExtismSession:
             )
         if not output_length:
             return b""
+        if output + output_length <= self._capacity:
+            # The size was read just now with the header, so the unchecked copy is current.
+            return self._read(output, output_length)
         return self.kernel_memory.read(output, output_length)
 
     def _guest_error(
