@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("builtin", "discovery"),
     ("host",),
     ("targets", "_tables"),
-    ("testing", "_demo", "_demo_policy"),
+    ("testing", "_demo", "_demo_policy", "guest"),
     ("cli",),
     ("",),
 )

@@ -34,7 +34,8 @@ class TestKit:
             assert (kit / name).is_file(), name
 
     def test_abi_text_is_the_normative_one(self) -> None:
-        """The shipped ABI text and header are the ones in hostapi/, unchanged."""
+        """The shipped ABI text and header are the ones in hostapi/, unchanged (after editing
+        hostapi/ABI.md or hostapi/wasm_plugins.h, copy them into wasm_plugins/guest/)."""
         assert (kit_path() / "ABI.md").read_text() == (ROOT / "hostapi" / "ABI.md").read_text()
         header = (kit_path() / "c" / "wasm_plugins.h").read_text()
         assert header == (ROOT / "hostapi" / "wasm_plugins.h").read_text()
