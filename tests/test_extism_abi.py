@@ -23,6 +23,7 @@ from wasm_plugins.engine import Engine, FuncSignature
 from wasm_plugins.errors import (
     CommunicationError,
     ConfigurationError,
+    ContextualError,
     ExecutionError,
     ModuleError,
     ResourceLimitExceeded,
@@ -31,6 +32,7 @@ from wasm_plugins.errors import (
 from wasm_plugins.manifest import Manifest
 from wasm_plugins.sandbox import HostCall, HostFunction, Limits, Sandbox
 from wasm_plugins.services import HostServices
+from wasm_plugins.trust import Grant, TrustPolicy
 
 EXTISM = Path(__file__).parent / "extism"
 KITCHEN = EXTISM / "kitchen.wat"
@@ -123,15 +125,17 @@ class TestKernel:
         assert struct.unpack("<q", sandbox.call_bytes("counter", b""))[0] == 1
 
     def test_vars_have_a_quota(self, engine: Engine) -> None:
-        """A var larger than the quota is a resource limit, and the plugin stays usable."""
+        """A var larger than the quota is a resource limit, and the plugin stays usable: the
+        refusal unwound the plugin halfway, so the next call runs on a fresh instance, with no
+        vars."""
         sandbox = _kitchen(engine)
         sandbox.call_bytes("var_input", struct.pack("<q", 41) + b"x" * 1000)
+        assert struct.unpack("<q", sandbox.call_bytes("counter", b"")) == (42,)
         with pytest.raises(ResourceLimitExceeded) as caught:
             sandbox.call_bytes("var_input", b"x" * (2 * 1024 * 1024))
         assert caught.value.resource == "vars"
         assert sandbox.call_bytes("count_vowels", b"e") == b'{"count": 1}'
-        # The refused value left the earlier one in place (the counter var holds both).
-        assert struct.unpack("<q", sandbox.call_bytes("counter", b"")) == (42,)
+        assert struct.unpack("<q", sandbox.call_bytes("counter", b"")) == (1,)
 
     def test_logs_reach_loguru_at_their_levels(self, engine: Engine) -> None:
         """Each log_* import is a loguru record at its level, bound to the plugin's name."""
@@ -375,6 +379,33 @@ class TestHttp:
                 "http",
                 "host_not_allowed",
             )
+
+    def test_host_reaches_only_the_hosts_the_trust_policy_grants(self, server: str) -> None:
+        """Through a host, the plugin reaches the hosts its grant lets through; a host its
+        manifest asks for but the (clamping) policy leaves out is refused at the call."""
+        port = server.rsplit(":", 1)[1]
+        manifest = Manifest.from_dict(
+            {
+                "name": "fetcher",
+                "module": {"path": str(HTTP)},
+                "abi": "extism",
+                "codec": "raw",
+                "capabilities": ["http"],
+                "http": [server, f"localhost:{port}"],
+            }
+        )
+        policy = TrustPolicy(
+            plugins={"fetcher": Grant(capabilities=frozenset({"http"}), http=frozenset({server}))},
+            mode="clamp",
+        )
+        with PluginHost(isolation="in-process", blocked=(), trust=policy) as host:
+            host.load(manifest, check=True)
+            assert host.call("fetcher", "fetch", _request(f"http://{server}/a")) == b"hello from /a"
+            with pytest.raises(ContextualError) as caught:
+                host.call("fetcher", "fetch", _request(f"http://localhost:{port}/a"))
+            refusal = caught.value.error
+            assert isinstance(refusal, SecurityViolation)
+            assert (refusal.capability, refusal.violation_type) == ("http", "host_not_allowed")
 
     def test_malformed_request_is_a_communication_error(self, engine: Engine) -> None:
         """A request that is not JSON with a url is the plugin's fault, typed."""

@@ -126,7 +126,10 @@ class Sandboxes:
         }
         if choose_isolation(engine, limits, requested) == "process":
             return ProcessSandbox(manifest.module_source(), pool=self._worker_pool(), **settings)
-        return Sandbox(manifest.module_source(), abi=manifest.abi, **settings)
+        # The manifest is the granted one: its hosts are those the trust policy let through.
+        return Sandbox(
+            manifest.module_source(), abi=manifest.abi, http_hosts=manifest.http, **settings
+        )
 
     def _check_capabilities(self, manifest: Manifest) -> None:
         offered = {f.capability for f in self._host_functions.values() if f.capability}
