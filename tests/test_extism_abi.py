@@ -305,6 +305,36 @@ class TestUserFunctions:
         )
         assert struct.unpack("<q", sandbox.call_bytes("ask", b"")) == (42,)
 
+    def test_a_call_back_runs_on_its_own_instance(self, engine: Engine) -> None:
+        """A host function that calls back into the plugin gets an answer from another instance;
+        the outer call's kernel header and output are untouched."""
+        sandboxes: list[Sandbox] = []
+
+        def answer_via_a_call_back(call: HostCall) -> int:
+            if len(sandboxes) == 1:
+                sandboxes.append(sandboxes[0])
+                return int(struct.unpack("<q", sandboxes[0].call_bytes("ask", b""))[0]) + 1
+            return 42
+
+        function = HostFunction(
+            module="wasm_plugins",
+            name="answer",
+            signature=FuncSignature((), ("i64",)),
+            implementation=answer_via_a_call_back,
+            capability="answers",
+        )
+        sandboxes.append(
+            Sandbox(
+                _USER_WAT,
+                engine=engine,
+                codec="raw",
+                host_functions=[function],
+                capabilities=["answers"],
+            )
+        )
+        assert struct.unpack("<q", sandboxes[0].call_bytes("ask", b"")) == (43,)
+        assert struct.unpack("<q", sandboxes[0].call_bytes("ask", b"")) == (42,)
+
     def test_refused_without_the_capability(self, engine: Engine) -> None:
         """Deny by default: the capability is named at load."""
         with pytest.raises(SecurityViolation) as caught:
