@@ -179,11 +179,14 @@ class TestWordCount:
         assert (result["characters"], result["bytes"]) == (17, 21)
 
     def test_lone_surrogates_become_replacement_characters(self, text_tools: Sandbox) -> None:
-        """A lone surrogate, escaped or passed through raw by the host, counts as U+FFFD."""
+        """A lone surrogate escaped in raw JSON counts as U+FFFD in the guest; one in a Python
+        string cannot be encoded faithfully, so the host refuses it as the caller's error
+        before the guest runs."""
         escaped = rb'{"text":"a\ud800b\udc00"}'
         assert json.loads(text_tools.call_bytes("word_count", escaped))["bytes"] == 1 + 3 + 1 + 3
-        result = text_tools.call("word_count", {"text": "a\ud800b"})
-        assert (result["characters"], result["bytes"]) == (3, 5)
+        with pytest.raises(CommunicationError) as refused:
+            text_tools.call("word_count", {"text": "a\ud800b"})
+        assert refused.value.channel == "input"
 
     def test_extra_and_null_fields(self, text_tools: Sandbox) -> None:
         """Unknown fields of any shape are skipped; a repeated field keeps its last value."""

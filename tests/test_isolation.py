@@ -912,7 +912,7 @@ class TestProcessSandbox:
             try:
                 sandbox.call("echo", 1)
             except InstanceError as error:
-                status = 0 if error.state == "closed" else 2
+                status = 0 if error.state == "forked" else 2
             except BaseException:
                 status = 3
             finally:
