@@ -29,7 +29,9 @@ with PluginHost.discover() as host:
     print(wasm_plugins.__file__)
     print(sorted(host.plugins))
     print(host.call("text-tools", "word_count", {"text": "one two three"})["words"])
-    print(len(host.problems))
+    # The default trust policy refuses example plugins that ask for more than it grants; any
+    # other problem is an install that went wrong.
+    print(len([problem for problem in host.problems if problem.stage != "trust"]))
 '''
 
 
