@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from wasm_plugins.sandbox import get_codec
+from wasm_plugins.testing.plugins import bump_allocator_wat
 
 __all__ = [
     "JSON_OPERATIONS",
@@ -138,31 +139,10 @@ def _wat_string(data: bytes) -> str:
 
 
 _PRELUDE = """
-  (global $heap (mut i32) (i32.const {heap}))
   (global $out (mut i32) (i32.const 0))
   (global $capacity (mut i32) (i32.const 0))
 
-  ;; A bump allocator (the host asks for one input buffer per instance).
-  (func $alloc (export "wp_alloc") (param $size i32) (result i32)
-    (local $ptr i32) (local $end i32)
-    (local.set $ptr (i32.and (i32.add (global.get $heap) (i32.const 7)) (i32.const -8)))
-    (local.set $end (i32.add (local.get $ptr) (local.get $size)))
-    (if (i32.lt_u (local.get $end) (local.get $ptr)) (then (return (i32.const 0))))
-    (if (i32.gt_u (local.get $end) (i32.shl (memory.size) (i32.const 16)))
-      (then
-        (if (i32.eq
-              (memory.grow
-                (i32.shr_u
-                  (i32.add
-                    (i32.sub (local.get $end) (i32.shl (memory.size) (i32.const 16)))
-                    (i32.const 65535))
-                  (i32.const 16)))
-              (i32.const -1))
-          (then (return (i32.const 0))))))
-    (global.set $heap (local.get $end))
-    (local.get $ptr))
-
-  (func (export "wp_free") (param i32 i32))
+{allocator}
 
   (func $pack (param $ptr i32) (param $len i32) (result i64)
     (i64.or
@@ -236,7 +216,7 @@ class GeneratedModule:
         if self.constants:
             data = b"".join(text.encode() for text in self.constants)
             parts.append(f'  (data (i32.const {_CONSTANTS_AT}) "{_wat_string(data)}")')
-        parts.append(_PRELUDE.format(heap=_HEAP, scratch=_SCRATCH_END))
+        parts.append(_PRELUDE.format(scratch=_SCRATCH_END, allocator=bump_allocator_wat(_HEAP)))
         for function in self.functions:
             parts.append(
                 f'  (func (export "{function.name}") (param $ptr i32) (param $len i32) '

@@ -23,12 +23,18 @@ from typing import Any
 
 __all__ = ["ECHO", "ECHO_WAT", "FAILING", "FAILING_WAT"]
 
-_ALLOCATOR = """
-  (memory (export "memory") 1)
-  (global $heap (mut i32) (i32.const 1024))
+
+def bump_allocator_wat(heap: int) -> str:
+    """WAT for ``wp_alloc`` (as ``$alloc``) and ``wp_free``: a bump allocator whose heap starts at
+    ``heap``, for a module that declares its own memory."""
+    return _BUMP_ALLOCATOR.format(heap=heap)
+
+
+_BUMP_ALLOCATOR = """
+  (global $heap (mut i32) (i32.const {heap}))
   ;; A bump allocator: the host allocates one input buffer per instance, and a new one only
   ;; when an input is larger. Returns 0 when memory cannot grow.
-  (func (export "wp_alloc") (param $size i32) (result i32)
+  (func $alloc (export "wp_alloc") (param $size i32) (result i32)
     (local $ptr i32) (local $end i32)
     (local.set $ptr (i32.and (i32.add (global.get $heap) (i32.const 7)) (i32.const -8)))
     (local.set $end (i32.add (local.get $ptr) (local.get $size)))
@@ -48,6 +54,8 @@ _ALLOCATOR = """
     (local.get $ptr))
   (func (export "wp_free") (param $ptr i32) (param $size i32))
 """
+
+_ALLOCATOR = '  (memory (export "memory") 1)\n' + bump_allocator_wat(1024)
 
 ECHO_WAT = f"""(module
 {_ALLOCATOR}
