@@ -17,7 +17,7 @@ PACKAGE = "wasm_plugins"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_units", "_version", "_escape"),
+    ("_units", "_version", "_escape", "_correlation"),
     ("errors",),
     ("services",),
     ("engine",),
@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("provider",),
     ("policy",),
     ("hookspecs",),
-    ("builtin", "discovery"),
+    ("builtin", "discovery", "integrations"),
     ("host",),
     ("targets", "_tables"),
     ("testing", "_demo", "_demo_policy", "guest"),

@@ -2,6 +2,7 @@
 
 from loguru import logger
 
+from wasm_plugins._correlation import call_context, caller_fields
 from wasm_plugins._version import __version__ as __version__
 from wasm_plugins.errors import (
     CommunicationError,
@@ -98,6 +99,8 @@ __all__ = [
     "Severity",
     "TrustPolicy",
     "UseValue",
+    "call_context",
+    "caller_fields",
     "hookimpl",
     "hookspec",
 ]

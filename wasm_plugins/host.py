@@ -30,6 +30,7 @@ from wasm_plugins.builtin.reporters import AlertReporter, MetricsReporter
 from wasm_plugins.discovery import DiscoveryProblem, blocked_names, load_entry_points
 from wasm_plugins.engine import Engine, EngineRegistry
 from wasm_plugins.errors import ConfigurationError, PluginError, SecurityViolation
+from wasm_plugins.integrations import integration_plugins
 from wasm_plugins.manifest import ISOLATIONS, Manifest, PluginSource
 from wasm_plugins.policy import (
     Attempt,
@@ -252,6 +253,15 @@ class PluginHost:
             if not self.manager.is_blocked(name):
                 self.manager.register(plugin, name=name)
         self.metrics = cast(MetricsReporter, builtins["builtin-metrics"])
+        integrations = integration_plugins(
+            breaker_state=lambda plugin, function: (
+                self.pipeline.breaker(plugin, function).state.value
+            ),
+            metrics=self.metrics,
+        )
+        for name, plugin in integrations.items():
+            if not self.manager.is_blocked(name):
+                self.manager.register(plugin, name=name)
         """Counters and latency histograms (``snapshot()``, ``prometheus_text()``)."""
         self.alerts = cast(AlertReporter, builtins["builtin-alerts"])
         """Alerts raised (``alerts.raised``): security violations, error-rate thresholds."""

@@ -6,12 +6,7 @@ from collections.abc import Mapping
 
 from wasm_plugins.builtin import attempt, engines, host_functions, recovery
 from wasm_plugins.builtin.fallbacks import BreakerLookup, BuiltinFallbacks, ExternalFallback
-from wasm_plugins.builtin.reporters import (
-    AlertReporter,
-    LogReporter,
-    MetricsReporter,
-    SentryReporter,
-)
+from wasm_plugins.builtin.reporters import AlertReporter, LogReporter, MetricsReporter
 from wasm_plugins.policy import Clock, ManifestLookup, SandboxProvider
 
 __all__ = ["builtin_plugins"]
@@ -48,7 +43,4 @@ def builtin_plugins(
         "builtin-metrics": MetricsReporter(),
         "builtin-alerts": AlertReporter(clock.monotonic),
     }
-    sentry = SentryReporter.create()
-    if sentry is not None:
-        plugins["builtin-sentry"] = sentry
     return plugins

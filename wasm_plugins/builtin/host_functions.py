@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from loguru import logger
 
+from wasm_plugins._correlation import correlation_fields
 from wasm_plugins._escape import escape
 from wasm_plugins._units import KiB
 from wasm_plugins.engine import FuncSignature
@@ -67,7 +68,7 @@ def log(call: HostCall, level: int, ptr: int, length: int) -> None:
     text = _read(call, ptr, length, MAX_LOG_MESSAGE, "log message").decode("utf-8", "replace")
     name = LOG_LEVELS[min(max(level, 0), len(LOG_LEVELS) - 1)]
     # Escaped: a guest must not forge log lines (newlines) or reach a terminal (escapes).
-    logger.bind(plugin=call.plugin, source="guest").log(name, escape(text))
+    logger.bind(**correlation_fields(), plugin=call.plugin, source="guest").log(name, escape(text))
 
 
 def config_get(call: HostCall, key_ptr: int, key_len: int, out_ptr: int, out_cap: int) -> int:

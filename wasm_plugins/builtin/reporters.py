@@ -9,16 +9,15 @@ nothing, and the others still see the event.
 - metrics: counters and latency histograms, in memory always (``host.metrics.snapshot()``), in
   Prometheus' text format when ``prometheus_client`` is installed;
 - alerts: the error rate of each plugin over a sliding window above a threshold, and every security
-  violation (``host.alerts.raised``);
-- Sentry: failed attempts of high or critical severity, when ``sentry-sdk`` is installed and
-  ``SENTRY_DSN`` is set.
+  violation (``host.alerts.raised``).
+
+Spans, the process-wide Prometheus collector and Sentry are in :mod:`wasm_plugins.integrations`.
 """
 
 from __future__ import annotations
 
 import bisect
 import importlib
-import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -27,8 +26,9 @@ from typing import Any, final
 import attrs
 from loguru import logger
 
+from wasm_plugins._correlation import attempt_id, caller_fields
 from wasm_plugins._escape import escape
-from wasm_plugins.errors import PluginError, SecurityViolation, Severity
+from wasm_plugins.errors import PluginError, SecurityViolation, Severity, error_log_fields
 from wasm_plugins.hookspecs import hookimpl
 from wasm_plugins.policy import (
     AttemptFailed,
@@ -47,7 +47,6 @@ __all__ = [
     "AlertReporter",
     "LogReporter",
     "MetricsReporter",
-    "SentryReporter",
 ]
 
 LATENCY_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, float("inf"))
@@ -77,14 +76,7 @@ def _dropped(level: str) -> bool:
 
 
 def _error_fields(error: PluginError | None) -> dict[str, Any]:
-    if error is None:
-        return {}
-    return {
-        "kind": error.kind,
-        "error": error.message,
-        "severity": error.severity.value,
-        "recovery_potential": error.recovery_potential.value,
-    }
+    return {} if error is None else error_log_fields(error)
 
 
 class LogReporter:
@@ -115,11 +107,16 @@ class LogReporter:
             "plugin": event.plugin,
             "function": event.function,
             "call_id": event.call_id,
+            **caller_fields(),
         }
         level = "DEBUG"
         message = event.name.replace("_", " ")
         if isinstance(event, AttemptFailed):
-            fields.update(_error_fields(event.error), attempt=event.attempt)
+            fields.update(
+                _error_fields(event.error),
+                attempt=event.attempt,
+                attempt_id=attempt_id(event.call_id, event.attempt),
+            )
             level = "ERROR" if event.error.severity is Severity.CRITICAL else "WARNING"
             message = f"attempt {event.attempt} failed: {escape(event.error.message)}"
         elif isinstance(event, RetryScheduled):
@@ -497,42 +494,3 @@ class AlertReporter:
                     f"({rate:.0%}, threshold {threshold:.0%})",
                 )
             )
-
-
-class SentryReporter:
-    """Failed attempts of high or critical severity, sent to Sentry when it is set up."""
-
-    hook_topics = frozenset(("attempt_failed",))
-    """The events this reporter reads (it is not told of the others)."""
-
-    def __init__(self, sentry: Any) -> None:
-        self._sentry = sentry
-
-    @classmethod
-    def create(cls) -> SentryReporter | None:
-        """A reporter when sentry-sdk is installed and SENTRY_DSN is set, else None."""
-        dsn = os.environ.get("SENTRY_DSN")
-        if not dsn:
-            return None
-        try:
-            sentry = importlib.import_module("sentry_sdk")
-        except ImportError:
-            return None
-        if not sentry.get_client().is_active():
-            sentry.init(dsn=dsn)
-        return cls(sentry)
-
-    @hookimpl(trylast=True)
-    def wasm_plugins_report(self, record: Report) -> None:
-        """Send serious failures."""
-        error = record.error
-        if record.name != "attempt_failed" or error is None:
-            return
-        if error.severity not in (Severity.HIGH, Severity.CRITICAL):
-            return
-        with self._sentry.new_scope() as scope:
-            scope.set_tag("plugin", record.plugin)
-            scope.set_tag("function", record.function)
-            scope.set_tag("kind", error.kind)
-            scope.set_context("error", error.to_dict())
-            self._sentry.capture_message(error.message, level="error")

@@ -4,7 +4,12 @@ This package is the floor of ``wasm_plugins``: it imports nothing of the framewo
 so every other module can raise and convert errors.
 """
 
-from wasm_plugins.errors._convert import error_from_dict, error_to_dict, make_converter
+from wasm_plugins.errors._convert import (
+    error_from_dict,
+    error_log_fields,
+    error_to_dict,
+    make_converter,
+)
 from wasm_plugins.errors._records import (
     Diagnostic,
     ExecutionEnvironment,
@@ -58,6 +63,7 @@ __all__ = [
     "contextual_error",
     "error_classes",
     "error_from_dict",
+    "error_log_fields",
     "error_to_dict",
     "make_converter",
 ]

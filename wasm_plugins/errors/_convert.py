@@ -121,3 +121,40 @@ def error_from_dict(data: dict[str, Any], base: type[_Error]) -> _Error:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"not an error dict: {exc}") from exc
     return error
+
+
+_SHARED_FIELDS = frozenset(
+    {"kind", "message", "plugin", "function", "suggestion", "context", "severity"}
+)
+"""Fields every error has; a log record or a span names them once, outside the error's own."""
+
+
+def error_log_fields(error: BaseException) -> dict[str, Any]:
+    """The fields a log record or a span carries of an error, flat and JSON-compatible: its kind,
+    message, severity and recovery potential, its own fields (``used`` and ``limit``, ``trap``,
+    ``capability``...), and from its context the execution id, the call id, the engine, the
+    isolation, the attempt and the guest's stack (``"function @ 0xoffset"``, innermost first).
+    """
+    data = error_to_dict(error)
+    fields: dict[str, Any] = {
+        "kind": data["kind"],
+        "error": data["message"],
+        "severity": data["severity"],
+    }
+    for name, value in data.items():
+        if name not in _SHARED_FIELDS and value is not None:
+            fields[name] = value
+    context = getattr(error, "context", None)
+    if context is not None:
+        environment = context.environment
+        fields.update(
+            execution_id=context.execution_id,
+            engine=environment.engine,
+            isolation=environment.isolation,
+            attempt=environment.attempt,
+        )
+        if context.call_id is not None:
+            fields["call_id"] = context.call_id
+        if context.guest_stack:
+            fields["guest_stack"] = [str(frame) for frame in context.guest_stack]
+    return fields

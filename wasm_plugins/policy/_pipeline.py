@@ -28,6 +28,7 @@ from typing import Any, final
 import attrs
 from loguru import logger
 
+from wasm_plugins._correlation import ATTEMPT, caller_fields
 from wasm_plugins.errors import (
     CommunicationError,
     ConfigurationError,
@@ -267,7 +268,7 @@ class CallPipeline:
                 last = (
                     call.errors[-1]
                     if call.errors
-                    else self._stamp(permit, plugin, function, call.attempt)
+                    else self._stamp(permit, plugin, function, call.attempt, call.call_id)
                 )
                 break
             call.attempt += 1
@@ -296,6 +297,9 @@ class CallPipeline:
     def _attempt(self, call: CallState) -> Any:
         """Run one attempt: its value, or the typed error it ended with (returned, not raised)."""
         call.attempt_started = started = self._monotonic()
+        # Published for what the attempt reports on its way (guest log lines, spans, the host
+        # functions a worker process asks for), so they carry the call's id.
+        token = ATTEMPT.set(call)
         try:
             value = self._hooks.first_result(
                 "wasm_plugins_attempt",
@@ -313,6 +317,8 @@ class CallPipeline:
             return error
         except Exception as exc:
             return _attempt_hook_failure(exc)
+        finally:
+            ATTEMPT.reset(token)
         call.value = value
         if self._hooks.topic("wasm_plugins_report", "attempt_succeeded", "")[0]:
             now = self._monotonic()
@@ -347,7 +353,7 @@ class CallPipeline:
             # attempt's error must keep its own context.
             failure = failure.with_()
         classified, blamed = self._classify(failure, call)
-        error = self._stamp(classified, call.plugin, call.function, call.attempt)
+        error = self._stamp(classified, call.plugin, call.function, call.attempt, call.call_id)
         call.errors.append(error)
         self.report(
             AttemptFailed(
@@ -581,15 +587,25 @@ class CallPipeline:
     # -- errors ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _stamp(error: PluginError, plugin: str, function: str, attempt: int) -> PluginError:
-        """The one place an error learns its call: plugin, function, and the attempt its
-        context belongs to."""
+    def _stamp(
+        error: PluginError, plugin: str, function: str, attempt: int, call_id: str | None = None
+    ) -> PluginError:
+        """The one place an error learns its call: plugin, function, the call's id, the attempt
+        its context belongs to, and the caller's own fields (:func:`call_context`)."""
         error.plugin = error.plugin or plugin
         error.function = error.function or function
         context = error.context
-        if context is not None and context.environment.attempt != attempt:
+        if context is None:
+            return error
+        caller = caller_fields()
+        environment = context.environment
+        if environment.attempt != attempt or (caller and environment.extra != caller):
+            environment = attrs.evolve(
+                environment, attempt=attempt, extra={**environment.extra, **caller}
+            )
+        if environment is not context.environment or (call_id and context.call_id != call_id):
             error.context = attrs.evolve(
-                context, environment=attrs.evolve(context.environment, attempt=attempt)
+                context, environment=environment, call_id=call_id or context.call_id
             )
         return error
 
@@ -599,7 +615,8 @@ class CallPipeline:
         """What the caller gets when the policy gives up: the error, and the context of the
         whole call (its attempts' errors before the last)."""
         attempt = call.attempt if call is not None else 1
-        self._stamp(error, plugin, function, attempt)
+        self._stamp(error, plugin, function, attempt, call.call_id if call is not None else None)
+        caller = caller_fields()
         previous = tuple(call.errors[:-1]) if call is not None else ()
         base = error.context
         if base is None:
@@ -610,7 +627,7 @@ class CallPipeline:
                 plugin=plugin,
                 function=function,
                 environment=ExecutionEnvironment(
-                    engine=engine, isolation="in-process", attempt=attempt
+                    engine=engine, isolation="in-process", attempt=attempt, extra=caller
                 ),
                 previous_errors=previous,
                 call_id=call.call_id if call is not None else None,
@@ -625,6 +642,7 @@ class CallPipeline:
                     environment,
                     isolation=environment.isolation or "in-process",
                     attempt=attempt,
+                    extra={**environment.extra, **caller},
                 ),
                 previous_errors=previous,
                 call_id=call.call_id if call is not None else base.call_id,
