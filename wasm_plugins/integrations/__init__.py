@@ -13,14 +13,21 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from wasm_plugins.integrations.sentry import PLUGIN_NAME as SENTRY_PLUGIN_NAME
+from wasm_plugins.integrations._names import (
+    OTEL_PLUGIN_NAME,
+    PROMETHEUS_PLUGIN_NAME,
+    SENTRY_PLUGIN_NAME,
+)
 from wasm_plugins.integrations.sentry import SentryReporter
 from wasm_plugins.integrations.stdlib_logging import forward_to_logging
 
-__all__ = ["OTEL_PLUGIN_NAME", "SENTRY_PLUGIN_NAME", "forward_to_logging", "integration_plugins"]
-
-OTEL_PLUGIN_NAME = "builtin-otel"
-"""The name the OpenTelemetry plugin is registered (and blocked) under."""
+__all__ = [
+    "OTEL_PLUGIN_NAME",
+    "PROMETHEUS_PLUGIN_NAME",
+    "SENTRY_PLUGIN_NAME",
+    "forward_to_logging",
+    "integration_plugins",
+]
 
 
 def integration_plugins(
@@ -31,8 +38,9 @@ def integration_plugins(
     - Sentry: always (it reports only while the application's client is active);
     - OpenTelemetry: when the application imported ``opentelemetry`` and set a tracer provider
       (:func:`wasm_plugins.integrations.otel.instrument` adds it to a host made before that);
-    - Prometheus: no plugin; the host's ``metrics`` are read by the process's collector, which
-      this registers on ``prometheus_client.REGISTRY`` the first time.
+    - Prometheus: the host's ``metrics`` are read by the process's collector, which this
+      registers on ``prometheus_client.REGISTRY`` the first time; a plugin keeps the host's
+      counts there once it closes.
 
     :param breaker_state: the state's name of the breaker of (plugin, function).
     :param metrics: the host's metrics reporter (its ``snapshot()``).
@@ -49,4 +57,5 @@ def integration_plugins(
         from wasm_plugins.integrations import prometheus  # noqa: PLC0415 optional dependency
 
         prometheus.watch(metrics)
+        plugins[PROMETHEUS_PLUGIN_NAME] = prometheus.PrometheusRetirement(metrics)
     return plugins

@@ -26,7 +26,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from wasm_plugins._correlation import attempt_id, caller_fields, current_attempt
 from wasm_plugins.errors import PluginError
 from wasm_plugins.hookspecs import hookimpl
-from wasm_plugins.integrations import OTEL_PLUGIN_NAME
+from wasm_plugins.integrations._names import OTEL_PLUGIN_NAME
 from wasm_plugins.policy import Attempt, Report
 
 __all__ = ["PLUGIN_NAME", "OpenTelemetryPlugin", "instrument", "provider_is_set"]
@@ -85,22 +85,30 @@ class OpenTelemetryPlugin:
     """Spans (and metrics) of one host's calls.
 
     :param breaker_state: the state's name of the breaker of (plugin, function).
+    :param tracer_provider: where spans go (default: the application's global provider).
+    :param meter_provider: where metrics go (default: the global one, when it is set; without
+        one, no metrics are recorded).
     """
 
     hook_topics = frozenset({"call_finished", "retry_scheduled", "fallback_used"})
     """The events the reporter reads."""
 
-    def __init__(self, breaker_state: BreakerState) -> None:
+    def __init__(
+        self,
+        breaker_state: BreakerState,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
         self._breaker_state = breaker_state
-        self._tracer = trace.get_tracer(_SCOPE, _version())
+        self._tracer = trace.get_tracer(_SCOPE, _version(), tracer_provider)
         self._open: dict[str, Span] = {}
         """Call spans by call id, from the first attempt to the call's end."""
         self._lock = threading.Lock()
         self._calls: Any = None
         self._failures: Any = None
         self._duration: Any = None
-        if _meter_provider_is_set():
-            meter = metrics.get_meter(_SCOPE, _version())
+        if meter_provider is not None or _meter_provider_is_set():
+            meter = metrics.get_meter(_SCOPE, _version(), meter_provider)
             self._calls = meter.create_counter(
                 "wasm_plugins.calls", unit="{call}", description="Plugin calls by outcome"
             )
@@ -248,13 +256,22 @@ class OpenTelemetryPlugin:
             self._duration.record(record.duration, labels)
 
 
-def instrument(host: InstrumentedHost) -> None:
-    """Trace ``host``'s calls even though it was made before the tracer provider was set (a host
-    made after that is traced from the start). Calling it again changes nothing."""
+def instrument(
+    host: InstrumentedHost,
+    tracer_provider: trace.TracerProvider | None = None,
+    meter_provider: metrics.MeterProvider | None = None,
+) -> None:
+    """Trace ``host``'s calls: through other providers than the global ones, or on a host made
+    before the application set its provider (a host made after that is traced from the start).
+    A host already traced is left as it is."""
     manager = getattr(host, "manager", None)
     if manager is not None and manager.has_plugin(PLUGIN_NAME):
         return
     host.register_policy(
-        OpenTelemetryPlugin(lambda plugin, function: host.breaker(plugin, function).state.value),
+        OpenTelemetryPlugin(
+            lambda plugin, function: host.breaker(plugin, function).state.value,
+            tracer_provider,
+            meter_provider,
+        ),
         PLUGIN_NAME,
     )

@@ -23,7 +23,16 @@ from typing import Any, Protocol
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
-__all__ = ["COLLECTOR", "MetricsSource", "WasmPluginsCollector", "register", "watch"]
+from wasm_plugins.hookspecs import hookimpl
+
+__all__ = [
+    "COLLECTOR",
+    "MetricsSource",
+    "PrometheusRetirement",
+    "WasmPluginsCollector",
+    "register",
+    "watch",
+]
 
 _HELP = {
     "calls": "Plugin calls by outcome (value, fallback, error)",
@@ -45,6 +54,24 @@ def _labels(text: str) -> dict[str, str]:
     return dict(part.partition("=")[::2] for part in text.split(",") if part)
 
 
+def _merged(snapshots: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several snapshots summed into one of the same form."""
+    counters: dict[str, dict[str, float]] = {}
+    histograms: dict[str, dict[str, Any]] = {}
+    for snapshot in snapshots:
+        for name, series in snapshot.get("counters", {}).items():
+            totals = counters.setdefault(name, {})
+            for text, count in series.items():
+                totals[text] = totals.get(text, 0) + count
+        for route, histogram in snapshot.get("latency_seconds", {}).items():
+            into = histograms.setdefault(route, {"buckets": {}, "count": 0, "sum": 0.0})
+            for bound, count in histogram["buckets"].items():
+                into["buckets"][bound] = into["buckets"].get(bound, 0) + count
+            into["count"] += histogram["count"]
+            into["sum"] += histogram["sum"]
+    return {"counters": counters, "latency_seconds": histograms}
+
+
 def _le(bound: str) -> str:
     return "+Inf" if bound == "inf" else bound
 
@@ -54,6 +81,7 @@ class WasmPluginsCollector:
 
     def __init__(self) -> None:
         self._sources: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._retired: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
     def watch(self, source: MetricsSource) -> None:
@@ -61,10 +89,20 @@ class WasmPluginsCollector:
         with self._lock:
             self._sources.add(source)
 
+    def retire(self, source: MetricsSource) -> None:
+        """Keep ``source``'s final counts in the totals and stop reading it (a closed host):
+        a counter never goes down because a host went away."""
+        snapshot = source.snapshot()
+        with self._lock:
+            if source in self._sources:
+                self._sources.discard(source)
+                self._retired = [_merged([*self._retired, snapshot])]
+
     def _snapshots(self) -> list[dict[str, Any]]:
         with self._lock:
             sources = list(self._sources)
-        return [source.snapshot() for source in sources]
+            retired = list(self._retired)
+        return [*retired, *(source.snapshot() for source in sources)]
 
     def describe(self) -> list[Metric]:
         """The fixed series' names, for the registry's duplicate check (no samples)."""
@@ -80,20 +118,15 @@ class WasmPluginsCollector:
 
     def collect(self) -> Iterator[Metric]:
         """Every counter summed over the live hosts, then the latency histograms."""
-        counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-        histograms: dict[tuple[str, str], tuple[dict[str, int], float]] = {}
-        for snapshot in self._snapshots():
-            for name, series in snapshot.get("counters", {}).items():
-                totals = counters.setdefault(name, {})
-                for text, count in series.items():
-                    key = tuple(sorted(_labels(text).items()))
-                    totals[key] = totals.get(key, 0) + count
-            for route, histogram in snapshot.get("latency_seconds", {}).items():
-                plugin, _, function = route.rpartition(".")
-                buckets, total = histograms.get((plugin, function), ({}, 0.0))
-                for bound, count in histogram["buckets"].items():
-                    buckets[bound] = buckets.get(bound, 0) + count
-                histograms[(plugin, function)] = (buckets, total + histogram["sum"])
+        merged = _merged(self._snapshots())
+        counters = {
+            name: {tuple(sorted(_labels(text).items())): count for text, count in series.items()}
+            for name, series in merged["counters"].items()
+        }
+        histograms = {
+            route.rpartition(".")[::2]: (histogram["buckets"], histogram["sum"])
+            for route, histogram in merged["latency_seconds"].items()
+        }
         for name, series in sorted(counters.items()):
             label_names = sorted({label for key in series for label, _ in key})
             family = CounterMetricFamily(
@@ -143,3 +176,15 @@ def register(registry: CollectorRegistry | None = None) -> WasmPluginsCollector:
 def watch(source: MetricsSource, registry: CollectorRegistry | None = None) -> None:
     """Expose ``source`` (a host's ``metrics``) through the collector on ``registry``."""
     register(registry).watch(source)
+
+
+class PrometheusRetirement:
+    """Retires a host's metrics from the collector when the host closes (their counts stay)."""
+
+    def __init__(self, source: MetricsSource) -> None:
+        self._source = source
+
+    @hookimpl(trylast=True)
+    def wasm_plugins_host_closing(self) -> None:
+        """Keep the closing host's final counts."""
+        COLLECTOR.retire(self._source)

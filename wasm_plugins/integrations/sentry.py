@@ -23,11 +23,12 @@ from typing import Any
 from wasm_plugins._correlation import caller_fields
 from wasm_plugins.errors import Severity
 from wasm_plugins.hookspecs import hookimpl
+from wasm_plugins.integrations._names import SENTRY_PLUGIN_NAME
 from wasm_plugins.policy import Report
 
 __all__ = ["LEVELS", "PLUGIN_NAME", "SentryReporter"]
 
-PLUGIN_NAME = "builtin-sentry"
+PLUGIN_NAME = SENTRY_PLUGIN_NAME
 """The name the reporter is registered (and blocked) under."""
 
 LEVELS = {
