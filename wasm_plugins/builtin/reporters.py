@@ -6,8 +6,8 @@ nothing, and the others still see the event.
 
 - logs: one loguru record per event, its fields bound (``event``, ``plugin``, ``function``,
   ``kind``...), so a JSON sink (``logger.add(sink, serialize=True)``) writes structured logs;
-- metrics: counters and latency histograms, in memory always (``host.metrics.snapshot()``), in
-  Prometheus' text format when ``prometheus_client`` is installed;
+- metrics: counters and latency histograms in memory (``host.metrics.snapshot()``), which the
+  process-wide Prometheus collector reads when ``prometheus_client`` is installed;
 - alerts: the error rate of each plugin over a sliding window above a threshold, and every security
   violation (``host.alerts.raised``).
 
@@ -17,7 +17,6 @@ Spans, the process-wide Prometheus collector and Sentry are in :mod:`wasm_plugin
 from __future__ import annotations
 
 import bisect
-import importlib
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -188,7 +187,6 @@ class MetricsReporter:
         self._successes: dict[str, dict[str, _RouteCounts]] = {}
         """By plugin, then function: the cells of a plain success (only functions that answered
         are here: the plugin's exports, a bounded set)."""
-        self._prometheus = _PrometheusMetrics.create()
 
     def _counter(self, key: tuple[str, str, str, str, str]) -> list[int]:
         # Called with the lock held.
@@ -209,8 +207,6 @@ class MetricsReporter:
         key = (name, plugin, function, label, value)
         with self._lock:
             self._counter(key)[0] += 1
-        if self._prometheus is not None:
-            self._prometheus.count(name, {"plugin": plugin, "function": function, label: value})
 
     def _finished(self, plugin: str, function: str, outcome: str, seconds: float) -> None:
         """A call counted by outcome, its latency observed (under one taking of the lock)."""
@@ -220,11 +216,6 @@ class MetricsReporter:
             buckets, total = self._histogram((plugin, function))
             buckets[index] += 1
             total[0] += seconds
-        if self._prometheus is not None:
-            self._prometheus.count(
-                "calls", {"plugin": plugin, "function": function, "outcome": outcome}
-            )
-            self._prometheus.observe(plugin, function, seconds)
 
     def _route_counts(self, plugin: str, function: str) -> _RouteCounts:
         with self._lock:
@@ -257,11 +248,6 @@ class MetricsReporter:
             counts.total[0] += seconds
         finally:
             lock.release()
-        if self._prometheus is not None:
-            labels = {"plugin": plugin, "function": function}
-            self._prometheus.count("attempts", {**labels, "result": "value"})
-            self._prometheus.count("calls", {**labels, "outcome": "value"})
-            self._prometheus.observe(plugin, function, seconds)
 
     @hookimpl(trylast=True)
     def wasm_plugins_report(self, record: Report) -> None:
@@ -313,52 +299,13 @@ class MetricsReporter:
             return 0 if cell is None else cell[0]
 
     def prometheus_text(self) -> str | None:
-        """The metrics in Prometheus' exposition format, or None without prometheus_client."""
-        return None if self._prometheus is None else self._prometheus.text()
-
-
-class _PrometheusMetrics:
-    """The same counters in a private prometheus_client registry (one per host)."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self.registry = client.CollectorRegistry()
-        self._counters: dict[str, Any] = {}
-        self._histogram = client.Histogram(
-            "wasm_plugins_call_seconds",
-            "Duration of plugin calls, retries and fallbacks included",
-            ["plugin", "function"],
-            registry=self.registry,
-            buckets=LATENCY_BUCKETS,
-        )
-
-    @classmethod
-    def create(cls) -> _PrometheusMetrics | None:
+        """These metrics alone in Prometheus' exposition format, or None without
+        prometheus_client (the process's collector serves every host's together)."""
         try:
-            client = importlib.import_module("prometheus_client")
+            from wasm_plugins.integrations import prometheus  # noqa: PLC0415 optional dependency
         except ImportError:
             return None
-        return cls(client)
-
-    def count(self, name: str, labels: dict[str, str]) -> None:
-        labels = {key: value for key, value in labels.items() if key}
-        counter = self._counters.get(name)
-        if counter is None:
-            counter = self._client.Counter(
-                f"wasm_plugins_{name}",
-                f"wasm-plugins {name.replace('_', ' ')}",
-                sorted(labels),
-                registry=self.registry,
-            )
-            self._counters[name] = counter
-        counter.labels(**labels).inc()
-
-    def observe(self, plugin: str, function: str, seconds: float) -> None:
-        self._histogram.labels(plugin=plugin, function=function).observe(seconds)
-
-    def text(self) -> str:
-        generated: bytes = self._client.generate_latest(self.registry)
-        return generated.decode()
+        return prometheus.text(self)
 
 
 @attrs.frozen

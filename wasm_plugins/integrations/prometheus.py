@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from wasm_plugins.hookspecs import hookimpl
@@ -31,6 +31,7 @@ __all__ = [
     "PrometheusRetirement",
     "WasmPluginsCollector",
     "register",
+    "text",
     "watch",
 ]
 
@@ -171,6 +172,15 @@ def register(registry: CollectorRegistry | None = None) -> WasmPluginsCollector:
             target.register(COLLECTOR)
             _registries.add(target)
     return COLLECTOR
+
+
+def text(source: MetricsSource) -> str:
+    """``source``'s metrics alone, in Prometheus' text exposition format."""
+    collector = WasmPluginsCollector()
+    collector.watch(source)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry).decode()
 
 
 def watch(source: MetricsSource, registry: CollectorRegistry | None = None) -> None:
