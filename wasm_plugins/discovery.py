@@ -18,6 +18,7 @@ import pluggy
 from loguru import logger
 
 from wasm_plugins._escape import escape, escape_lines
+from wasm_plugins._suggest import did_you_mean
 from wasm_plugins.hookspecs import PROJECT_NAME
 
 __all__ = [
@@ -25,7 +26,9 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "DiscoveryProblem",
     "blocked_names",
+    "entry_point_names",
     "load_entry_points",
+    "unknown_hook_reason",
 ]
 
 ENTRY_POINT_GROUP = PROJECT_NAME
@@ -55,6 +58,36 @@ def blocked_names(environment: dict[str, str] | None = None) -> frozenset[str]:
         DISABLE_ENVIRONMENT_VARIABLE, ""
     )
     return frozenset(name.strip() for name in value.split(",") if name.strip())
+
+
+def entry_point_names(group: str = ENTRY_POINT_GROUP) -> set[str]:
+    """The names of the group's entry points and of the distributions that provide them (the
+    names ``WASM_PLUGINS_DISABLE`` may block)."""
+    names: set[str] = set()
+    for entry_point in entry_points(group=group):
+        names.add(entry_point.name)
+        if entry_point.dist is not None:
+            names.add(entry_point.dist.name)
+    return names
+
+
+def _unknown_hooks(manager: pluggy.PluginManager, name: str) -> list[str]:
+    unknown: dict[str, list[str]] = getattr(manager, "unknown_hooks", {})
+    return unknown.pop(name, [])
+
+
+def unknown_hook_reason(hook: str, manager: pluggy.PluginManager) -> str:
+    """Why a hookimpl was left out: the hook it names does not exist; the closest one that does."""
+    known = [
+        name
+        for name, caller in vars(manager.hook).items()
+        if isinstance(caller, pluggy.HookCaller) and caller.has_spec()
+    ]
+    return (
+        f"unknown hook {hook!r}: this hookimpl is left out, the others are used; "
+        + did_you_mean(hook, known)
+        + "hooks are listed in docs/hooks.md"
+    )
 
 
 def _distribution(entry_point: EntryPoint) -> str | None:
@@ -113,6 +146,10 @@ def load_entry_points(
             problems.append(DiscoveryProblem(source, distribution, "hookimpl", escape(reason)))
             continue
         registered[entry_point.name] = distribution
+        problems.extend(
+            DiscoveryProblem(source, distribution, "hookimpl", unknown_hook_reason(hook, manager))
+            for hook in _unknown_hooks(manager, entry_point.name)
+        )
     for problem in problems:
         logger.bind(source=problem.source, distribution=problem.distribution).error(
             "plugin discovery problem: {}", problem

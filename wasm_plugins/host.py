@@ -24,13 +24,21 @@ from loguru import logger
 
 from wasm_plugins import hookspecs
 from wasm_plugins._escape import escape
+from wasm_plugins._suggest import did_you_mean
 from wasm_plugins.builtin import builtin_plugins
 from wasm_plugins.builtin.fallbacks import ExternalFallback
 from wasm_plugins.builtin.reporters import AlertReporter, MetricsReporter
-from wasm_plugins.discovery import DiscoveryProblem, blocked_names, load_entry_points
+from wasm_plugins.discovery import (
+    DISABLE_ENVIRONMENT_VARIABLE,
+    DiscoveryProblem,
+    blocked_names,
+    entry_point_names,
+    load_entry_points,
+    unknown_hook_reason,
+)
 from wasm_plugins.engine import Engine, EngineRegistry
 from wasm_plugins.errors import ConfigurationError, PluginError, SecurityViolation
-from wasm_plugins.integrations import integration_plugins
+from wasm_plugins.integrations import OTEL_PLUGIN_NAME, integration_plugins
 from wasm_plugins.manifest import ISOLATIONS, Manifest, PluginSource
 from wasm_plugins.policy import (
     Attempt,
@@ -253,6 +261,9 @@ class PluginHost:
             if not self.manager.is_blocked(name):
                 self.manager.register(plugin, name=name)
         self.metrics = cast(MetricsReporter, builtins["builtin-metrics"])
+        """Counters and latency histograms (``snapshot()``, ``prometheus_text()``)."""
+        self.alerts = cast(AlertReporter, builtins["builtin-alerts"])
+        """Alerts raised (``alerts.raised``): security violations, error-rate thresholds."""
         integrations = integration_plugins(
             breaker_state=lambda plugin, function: (
                 self.pipeline.breaker(plugin, function).state.value
@@ -262,9 +273,10 @@ class PluginHost:
         for name, plugin in integrations.items():
             if not self.manager.is_blocked(name):
                 self.manager.register(plugin, name=name)
-        """Counters and latency histograms (``snapshot()``, ``prometheus_text()``)."""
-        self.alerts = cast(AlertReporter, builtins["builtin-alerts"])
-        """Alerts raised (``alerts.raised``): security violations, error-rate thresholds."""
+        self._own_names = frozenset(builtins) | frozenset(integrations) | {OTEL_PLUGIN_NAME}
+        """The framework's own plugin names (``blocked=`` may name them)."""
+        self._offered: set[str] = set()
+        """Every WASM plugin name offered to the host, blocked ones included."""
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -279,7 +291,44 @@ class PluginHost:
         host._distributions.update(registered)
         host.problems.extend(problems)
         host.configure()
+        host.check_names()
         return host
+
+    def check_names(self) -> list[DiscoveryProblem]:
+        """Report the names this host was given that name nothing (a misspelling does nothing
+        silently otherwise): in ``blocked=`` or ``WASM_PLUGINS_DISABLE``, a name that is no
+        plugin, entry point or distribution; in ``config=``, a plugin that is not loaded. Each
+        is added to :attr:`problems` (stage ``blocked`` or ``config``) with the closest known
+        name, and returned. :meth:`discover` calls it once everything is loaded."""
+        with self._lock:
+            plugins = set(self._plugins) | set(self._refused) | self._offered
+        pluggy_names = {name for name, _ in self.manager.list_name_plugin()}
+        known = plugins | pluggy_names | set(self._own_names) | entry_point_names()
+        found: list[DiscoveryProblem] = []
+        for name in sorted(self.blocked - known):
+            found.append(
+                DiscoveryProblem(
+                    name,
+                    None,
+                    "blocked",
+                    f"{name!r} (in blocked= or {DISABLE_ENVIRONMENT_VARIABLE}) names no plugin, "
+                    "entry point or distribution; " + did_you_mean(name, known).rstrip(),
+                )
+            )
+        for name in sorted(set(self._config) - plugins):
+            found.append(
+                DiscoveryProblem(
+                    name,
+                    None,
+                    "config",
+                    f"config= names plugin {name!r}, which is not loaded; "
+                    + did_you_mean(name, plugins).rstrip(),
+                )
+            )
+        for problem in found:
+            logger.bind(source=problem.source).warning("{}", problem)
+        self.problems.extend(found)
+        return found
 
     def register_policy(self, plugin: object, name: str | None = None) -> None:
         """Register a pluggy plugin (an object or module with hookimpls) with this host only.
@@ -297,6 +346,15 @@ class PluginHost:
                 message=f"Invalid configuration: hookimpl - {exc}",
                 suggestion="hook names start with wasm_plugins_; see docs/hooks.md",
             ) from None
+        unknown = self.manager.unknown_hooks.pop(registered or "", [])
+        if unknown:
+            # Registered by the host's own code: a misspelt name is a mistake to fix now.
+            self.manager.unregister(plugin)
+            raise ConfigurationError(
+                field="hookimpl",
+                message=f"Invalid configuration: hookimpl - unknown hook {unknown[0]!r}",
+                suggestion=unknown_hook_reason(unknown[0], self.manager),
+            )
         if registered is not None and self._configured:
             plugin_name = name or self.manager.get_name(plugin) or ""
             self._collect(plugin_name)
@@ -460,6 +518,7 @@ class PluginHost:
 
     def _add(self, info: PluginInfo) -> PluginInfo:
         manifest = info.manifest
+        self._offered.add(manifest.name)
         if manifest.name in self.blocked:
             raise ConfigurationError(
                 field="name",

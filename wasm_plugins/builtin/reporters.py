@@ -19,15 +19,22 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import deque
-from collections.abc import Callable
-from typing import Any, final
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, final
 
 import attrs
 from loguru import logger
 
 from wasm_plugins._correlation import attempt_id, caller_fields
 from wasm_plugins._escape import escape
-from wasm_plugins.errors import PluginError, SecurityViolation, Severity, error_log_fields
+from wasm_plugins._suggest import did_you_mean
+from wasm_plugins.errors import (
+    ConfigurationError,
+    PluginError,
+    SecurityViolation,
+    Severity,
+    error_log_fields,
+)
 from wasm_plugins.hookspecs import hookimpl
 from wasm_plugins.policy import (
     AttemptFailed,
@@ -290,9 +297,39 @@ class MetricsReporter:
             }
         return {"counters": counters, "latency_seconds": histograms}
 
+    COUNTER_LABELS: ClassVar[Mapping[str, str]] = {
+        "attempts": "result",
+        "breaker_transitions": "to",
+        "calls": "outcome",
+        "fallbacks": "strategy",
+        "retries": "",
+    }
+    """Each counter's name and its one label (``retries`` has none)."""
+
     def count(self, name: str, plugin: str, function: str, **label: str) -> int:
         """One counter's value (0 when never counted): ``count("calls", "p", "f",
-        outcome="value")``; ``retries`` takes no label."""
+        outcome="value")``; ``retries`` takes no label.
+
+        :raises ConfigurationError: for a counter or a label that does not exist."""
+        expected = self.COUNTER_LABELS.get(name)
+        if expected is None:
+            raise ConfigurationError(
+                field="metrics",
+                message=f"Invalid configuration: metrics - no counter named {name!r}",
+                suggestion=did_you_mean(name, self.COUNTER_LABELS)
+                + "counters: "
+                + ", ".join(sorted(self.COUNTER_LABELS)),
+            )
+        if set(label) != ({expected} if expected else set()):
+            wanted = f"its label {expected}=..." if expected else "no label"
+            raise ConfigurationError(
+                field="metrics",
+                message=f"Invalid configuration: metrics - {name} takes {wanted}, "
+                f"not {', '.join(label) or 'none'}",
+                suggestion=(did_you_mean(next(iter(label)), [expected]) if label else "")
+                + f"count({name!r}, plugin, function"
+                + (f", {expected}=...)" if expected else ")"),
+            )
         ((key, value),) = label.items() if label else (("", ""),)
         with self._lock:
             cell = self._counters.get((name, plugin, function, key, value))

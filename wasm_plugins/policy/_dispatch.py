@@ -38,12 +38,35 @@ class PluginManager(pluggy.PluginManager):
 
     generation = 0
 
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        self.unknown_hooks: dict[str, list[str]] = {}
+        """By plugin name: its hookimpls that name no hook, left out when it was registered."""
+        self._registering: str | None = None
+
     def register(self, plugin: object, name: str | None = None) -> str | None:
-        result = super().register(plugin, name)
+        self._registering = name or self.get_canonical_name(plugin)
+        try:
+            result = super().register(plugin, name)
+        finally:
+            self._registering = None
         self.generation += 1
         if result is not None:
             self._refuse_policy_wrappers(plugin)
         return result
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> pluggy.HookimplOpts | None:
+        """pluggy's, but a hookimpl of a hook nobody specified (a misspelt name) is left out and
+        remembered in :attr:`unknown_hooks`, so that the plugin's other hookimpls still work."""
+        options = super().parse_hookimpl_opts(plugin, name)
+        if options is None or options.get("optionalhook"):
+            return options
+        caller = getattr(self.hook, name, None)
+        if caller is not None and caller.has_spec():
+            return options
+        if self._registering is not None:
+            self.unknown_hooks.setdefault(self._registering, []).append(name)
+        return None
 
     def _refuse_policy_wrappers(self, plugin: object) -> None:
         """The dispatcher calls the policy's hooks implementation by implementation, so a
