@@ -302,7 +302,10 @@ class PluginHost:
         name, and returned. :meth:`discover` calls it once everything is loaded."""
         with self._lock:
             plugins = set(self._plugins) | set(self._refused) | self._offered
-        pluggy_names = {name for name, _ in self.manager.list_name_plugin()}
+        # A blocked name is listed too, with no plugin: it is not evidence that the name exists.
+        pluggy_names = {
+            name for name, plugin in self.manager.list_name_plugin() if plugin is not None
+        }
         known = plugins | pluggy_names | set(self._own_names) | entry_point_names()
         found: list[DiscoveryProblem] = []
         for name in sorted(self.blocked - known):

@@ -75,7 +75,7 @@ def _run(arguments: argparse.Namespace, out: TextIO) -> int:
     command = arguments.command
     discover = _discoverer(arguments)
     if command == "list":
-        return list_plugins(arguments.json, out, discover)
+        return list_plugins(arguments.json, out, discover, arguments.strict)
     if command == "inspect":
         return inspect_target(arguments, out, discover)
     if command == "call":
@@ -89,7 +89,7 @@ def _run(arguments: argparse.Namespace, out: TextIO) -> int:
     if command == "build":
         return build_project(arguments, out)
     if command == "doctor":
-        return diagnose(out, discover)
+        return diagnose(out, discover, arguments.json)
     return show_demo(out, arguments.hostapi)
 
 

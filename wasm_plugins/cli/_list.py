@@ -20,8 +20,13 @@ __all__ = ["list_options", "list_plugins"]
 
 
 def list_options(parser: argparse.ArgumentParser) -> None:
-    """``--json`` and ``--trust``."""
+    """``--json``, ``--strict`` and ``--trust``."""
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 1 when discovery found a problem (for CI)",
+    )
     trust_options(parser, flags=False)
 
 
@@ -52,14 +57,17 @@ def _plugin_summary(host: PluginHost, name: str) -> dict[str, Any]:
     return entry
 
 
-def list_plugins(as_json: bool, out: TextIO, discover: Callable[[], PluginHost]) -> int:
-    """Print the plugins of the host ``discover`` makes, as a table or one JSON document."""
+def list_plugins(
+    as_json: bool, out: TextIO, discover: Callable[[], PluginHost], strict: bool = False
+) -> int:
+    """Print the plugins of the host ``discover`` makes, as a table or one JSON document; with
+    ``strict``, the exit status is 1 when there are discovery problems."""
     with discover() as host:
         plugins = [_plugin_summary(host, name) for name in sorted(host.plugins)]
         problems = [attrs.asdict(problem) for problem in host.problems]
     if as_json:
         dump({"plugins": plugins, "problems": problems}, out)
-        return 0
+        return 1 if strict and problems else 0
     if not plugins:
         out.write(
             "No plugins installed. Plugins come in Python distributions with a 'wasm_plugins' "
@@ -97,4 +105,4 @@ def list_plugins(as_json: bool, out: TextIO, discover: Callable[[], PluginHost])
             reason += " (wasm-plugins trust NAME prints the entry that would grant it)"
         text = f"{where}: {problem['stage']} failed: {reason}"
         emit(out, textwrap.wrap(text, WIDTH, initial_indent="  ", subsequent_indent="    "))
-    return 0
+    return 1 if strict and problems else 0

@@ -12,6 +12,7 @@ from wasm_plugins._version import __version__
 from wasm_plugins.cli._arguments import UsageError
 from wasm_plugins.cli._call import call_options
 from wasm_plugins.cli._demo import demo_options
+from wasm_plugins.cli._doctor import doctor_options
 from wasm_plugins.cli._fuzz import FUZZ_DESCRIPTION, fuzz_options
 from wasm_plugins.cli._guest import build_options, new_options
 from wasm_plugins.cli._inspect import inspect_options
@@ -110,7 +111,11 @@ def build_parser() -> Parser:
         help="build a plugin project's module with its language's toolchain",
         add_arguments=build_options,
     )
-    commands.add_parser("doctor", help="Python, packages, engines available and why not")
+    commands.add_parser(
+        "doctor",
+        help="Python, packages, engines available and why not",
+        add_arguments=doctor_options,
+    )
     commands.add_parser(
         "demo",
         help="a host at work: good calls and typed failures",
