@@ -21,10 +21,14 @@ HALF_MISSPELT = '''
 """A distribution with one good hookimpl and one misspelt."""
 from wasm_plugins import hookimpl
 
+WAT = """(module (memory (export "memory") 1)
+  (func (export "wp_alloc") (param i32) (result i32) (i32.const 8))
+  (func (export "wp_free") (param i32 i32)))"""
+
 
 @hookimpl
 def wasm_plugins_register_plugins(register):
-    register({"name": "half-good", "module": {"wat": "(module (memory (export \\"memory\\") 1) (func (export \\"wp_alloc\\") (param i32) (result i32) (i32.const 8)) (func (export \\"wp_free\\") (param i32 i32)))"}})
+    register({"name": "half-good", "module": {"wat": WAT}})
 
 
 @hookimpl
