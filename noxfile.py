@@ -142,5 +142,6 @@ def bench(session: nox.Session) -> None:
     session.install(".[bench]")
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/bench_extism.py")
+    session.run("python", "benchmarks/bench_observability.py")
     # The plots go where the documentation site shows them; commit them after a run.
     session.run("python", "benchmarks/plots.py", "--out", str(ROOT / "docs" / "benchmarks"))

@@ -47,6 +47,13 @@ class PolicyEvent:
         """The event's name in snake case (``attempt_failed``), as logs and metrics use it."""
         return _snake(type(self).__name__)
 
+    @property
+    def attempt_id(self) -> str | None:
+        """The id of the attempt the event is about (``call_id/attempt``), or None for an event
+        about the whole call."""
+        attempt = getattr(self, "attempt", None)
+        return None if attempt is None or not self.call_id else f"{self.call_id}/{attempt}"
+
 
 @functools.cache
 def _snake(name: str) -> str:
