@@ -4,6 +4,7 @@ to the standard library's ``logging``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import subprocess
@@ -122,6 +123,21 @@ class TestCorrelation:
         assert again.value.context is not None
         assert again.value.context.environment.extra == {}
         world.host.close()
+
+    def test_the_callers_fields_follow_acall(self, wasmtime_engine: Engine) -> None:
+        """``acall`` runs the call in a worker thread: the caller's fields go with it."""
+        world = Subject(wasmtime_engine, max_attempts=1)
+        world.mood.plan = [NetworkError(operation="fetch")]
+
+        async def request() -> None:
+            with call_context(request_id="req-async"):
+                await world.host.acall("subject", "work", "x")
+
+        with pytest.raises(ContextualError) as caught:
+            asyncio.run(request())
+        world.host.close()
+        assert caught.value.context is not None
+        assert caught.value.context.environment.extra == {"request_id": "req-async"}
 
     def test_log_records_carry_the_errors_own_fields(
         self, wasmtime_engine: Engine, records: list[dict[str, Any]]
@@ -285,24 +301,28 @@ class TestOpenTelemetry:
         assert (failures.value, failures.attributes["error.type"]) == (2, "network")  # type: ignore[index]
 
     def test_registered_only_with_a_provider(self) -> None:
-        """With the API imported and no provider set, a host has no OpenTelemetry plugin (its
-        attempt hook keeps its direct path); once the application sets one, new hosts have it.
-        Run in a child: the global provider can be set once per process."""
+        """A host imports neither OpenTelemetry nor Sentry; with the API imported and no
+        provider set, a host has no OpenTelemetry plugin (its attempt hook keeps its direct
+        path); once the application sets one, new hosts have it. Run in a child: the global
+        provider can be set once per process."""
         code = textwrap.dedent(
             """
+            import sys
+            from wasm_plugins import PluginHost
+            PluginHost(blocked=())
+            untouched = not {"opentelemetry", "sentry_sdk"} & set(sys.modules)
             from opentelemetry import trace
             from opentelemetry.sdk.trace import TracerProvider
-            from wasm_plugins import PluginHost
             before = PluginHost(blocked=()).manager.has_plugin("builtin-otel")
             trace.set_tracer_provider(TracerProvider())
             after = PluginHost(blocked=()).manager.has_plugin("builtin-otel")
-            print(before, after)
+            print(untouched, before, after)
             """
         )
         done = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
         )
-        assert done.stdout.split() == ["False", "True"]
+        assert done.stdout.split() == ["True", "False", "True"]
 
 
 class TestPrometheus:
