@@ -617,5 +617,5 @@ def _key(sandbox: Sandbox, engine: Engine, source: Path, **limits: Any) -> str:
 
     wasm = engine.wat_to_wasm(source.read_text())
     fuel = sandbox.loaded.limits.fuel is not None
-    preparation = _preparation(sandbox.loaded.limits)
+    preparation = _preparation(engine, sandbox.loaded.limits)
     return ModuleCache.key(engine, wasm, fuel=fuel, preparation=preparation)

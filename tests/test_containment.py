@@ -532,3 +532,37 @@ class TestStackSafety:
         )
         assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
         assert result.stdout.splitlines() == ["runtime stack_overflow True", "echo still here"]
+
+    def test_stack_overflow_has_bounded_host_memory(self, engine: Engine) -> None:
+        """One endless recursion on the main thread's usual stack: a typed stack overflow, and
+        the host's peak memory grows by far less than a description of every native frame would
+        take (measured in a child process, whose peak is its own)."""
+        result = subprocess.run(
+            [sys.executable, "-c", _PEAK_CHILD, engine.name, RECURSE],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+        assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+        kind, trap, grown = result.stdout.split()
+        assert (kind, trap) == ("runtime", "stack_overflow")
+        assert int(grown) < 60 * 1024 * 1024
+
+
+_PEAK_CHILD = """
+import resource, sys
+from wasm_plugins.errors import ExecutionError
+from wasm_plugins.sandbox import Sandbox
+
+engine, source = sys.argv[1:3]
+sandbox = Sandbox(source, engine=engine)
+sandbox.call("echo", "warm")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    sandbox.call("recurse")
+except ExecutionError as error:
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    print(error.kind, error.trap, grown * 1024)
+"""

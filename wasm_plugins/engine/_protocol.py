@@ -73,6 +73,9 @@ class EngineFeatures:
     """Objects may only be used by the thread that made them."""
     multi_memory: bool = False
     """Modules with more than one linear memory run."""
+    call_depth_by_instrumentation: bool = False
+    """The engine's own stack guard is costly (it lets a guest fill the native stack, then
+    describes every frame): the sandbox bounds the call depth in the module instead."""
 
 
 @attrs.frozen

@@ -709,6 +709,7 @@ class WasmerEngine:
         wasi_read_only_preopens=False,
         wasi_captured_output=False,
         thread_bound=True,
+        call_depth_by_instrumentation=True,
     )
 
     def __init__(self) -> None:

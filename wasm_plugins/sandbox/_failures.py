@@ -33,6 +33,7 @@ __all__ = [
     "input_too_large",
     "instance_is_suspect",
     "refused_grow",
+    "stack_overflow",
 ]
 
 
@@ -67,6 +68,21 @@ def refused_grow(used: int, limit: int | None, cause: PluginError) -> ResourceLi
         suggestion="raise limits.memory, or give the plugin smaller inputs",
     )
     error.__cause__ = cause
+    return error
+
+
+def stack_overflow(trap: ExecutionError, max_depth: int) -> ExecutionError:
+    """The error for a guest that hit the call-depth bound (its ``unreachable`` trap as
+    ``trap``)."""
+    error = ExecutionError(
+        message=trap.message.replace("unreachable", "stack overflow", 1)
+        + f" (more than {max_depth} nested calls)",
+        trap="stack_overflow",
+        guest_stack=trap.guest_stack,
+        details=trap.details,
+        suggestion="the plugin recursed too deeply for this input",
+    )
+    error.__cause__ = trap.__cause__
     return error
 
 

@@ -24,13 +24,20 @@ from loguru import logger
 from wasm_plugins.engine import CallBudget, Engine, EngineModule, LinkedModule, WasiSettings
 from wasm_plugins.errors import (
     ConfigurationError,
+    ExecutionError,
     ModuleError,
     PluginError,
     ValidationIssue,
 )
 from wasm_plugins.sandbox._abi import Session, abi_host_functions, check_module, plugin_functions
-from wasm_plugins.sandbox._binary import PAGE_SIZE, REWRITER_VERSION
+from wasm_plugins.sandbox._binary import (
+    PAGE_SIZE,
+    REWRITER_VERSION,
+    PreparedModule,
+    WasmBinaryError,
+)
 from wasm_plugins.sandbox._cache import ModuleCache
+from wasm_plugins.sandbox._call_depth import DEPTH_EXPORT, MAX_DEPTH, bound_call_depth
 from wasm_plugins.sandbox._extism import (
     ExtismSession,
     check_extism_module,
@@ -41,7 +48,7 @@ from wasm_plugins.sandbox._extism import (
     kernel_plan,
     normalize_abi,
 )
-from wasm_plugins.sandbox._failures import grow_may_explain, refused_grow
+from wasm_plugins.sandbox._failures import grow_may_explain, refused_grow, stack_overflow
 from wasm_plugins.sandbox._host_functions import HostFunction, LinkPlan, link_imports
 from wasm_plugins.sandbox._limits import Limits
 from wasm_plugins.sandbox._validate import check_module_bytes, prepare_within_limits
@@ -182,7 +189,7 @@ class LoadedModule:
         key = None
         found = None
         if cache is not None and cache.enabled:
-            key = cache.key(engine, wasm, fuel=fuel, preparation=_preparation(limits))
+            key = cache.key(engine, wasm, fuel=fuel, preparation=_preparation(engine, limits))
             found = cache.lookup(
                 engine, key, fuel=fuel, keep_payload=keep_serialized, refresh=refresh_cache
             )
@@ -310,18 +317,30 @@ class LoadedModule:
         return instance.memory.size() + (requested & _MASK) * PAGE_SIZE
 
     def explain(self, error: PluginError, session: Session | ExtismSession | None) -> PluginError:
-        """``error``, or the refused ``memory.grow`` that explains it."""
-        if session is None or self.grow_probe is None or not grow_may_explain(error):
+        """``error``, or what explains it: the call-depth bound it hit, or a refused
+        ``memory.grow``."""
+        if session is None:
+            return error
+        if (
+            self.engine.features.call_depth_by_instrumentation
+            and isinstance(error, ExecutionError)
+            and error.trap == "unreachable"
+        ):
+            depth = session.instance.read_global(DEPTH_EXPORT)
+            if depth is not None and depth & _MASK > MAX_DEPTH:
+                return stack_overflow(error, MAX_DEPTH)
+        if self.grow_probe is None or not grow_may_explain(error):
             return error
         used = self.refused_grow(session)
         return error if used is None else refused_grow(used, self.limits.memory, error)
 
 
-def _preparation(limits: Limits) -> dict[str, object]:
+def _preparation(engine: Engine, limits: Limits) -> dict[str, object]:
     """What the checks and the rewrite depend on: part of the cache key, so that an entry is
     only found for a module that passed them under the same limits."""
     return {
         "rewriter": REWRITER_VERSION,
+        "call_depth": MAX_DEPTH if engine.features.call_depth_by_instrumentation else None,
         "memory": limits.memory,
         "memories": limits.memories,
         "table": limits.table,
@@ -343,7 +362,7 @@ def _compile(engine: Engine, wasm: bytes, limits: Limits, fuel: bool, plugin: st
     engine's diagnostics) from a rewrite the engine refuses."""
     check_module_bytes(wasm, limits, engine)
     try:
-        prepared = prepare_within_limits(wasm, limits)
+        prepared = _depth_bounded(engine, prepare_within_limits(wasm, limits))
     except ModuleError:
         engine.validate(wasm)
         raise
@@ -360,8 +379,21 @@ def _compile(engine: Engine, wasm: bytes, limits: Limits, fuel: bool, plugin: st
     logger.bind(plugin=plugin).warning(
         "memory.grow instrumentation refused by the engine; continuing without it"
     )
-    plain = prepare_within_limits(wasm, limits, instrument_grow=False)
+    plain = _depth_bounded(engine, prepare_within_limits(wasm, limits, instrument_grow=False))
     return _Compiled(engine.compile(plain.wasm, fuel=fuel), None, plain.wasm)
+
+
+def _depth_bounded(engine: Engine, prepared: PreparedModule) -> PreparedModule:
+    """The module with its call depth bounded, where the engine's own stack guard is costly."""
+    if not engine.features.call_depth_by_instrumentation:
+        return prepared
+    try:
+        return attrs.evolve(prepared, wasm=bound_call_depth(prepared.wasm))
+    except WasmBinaryError as exc:
+        raise ModuleError(
+            validation_errors=(ValidationIssue(message=exc.message, offset=exc.offset),),
+            suggestion=f"rename the export {DEPTH_EXPORT!r}: the name is reserved",
+        ) from None
 
 
 def _wasi_for_module(
