@@ -13,6 +13,7 @@ import resource
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from wasm_plugins.errors import (
     DeadlineExceeded,
     HostIOError,
     PluginError,
+    ResourceLimitExceeded,
 )
 from wasm_plugins.isolation import ProcessSandbox, WorkerPool
 from wasm_plugins.manifest import Manifest
@@ -371,44 +373,70 @@ class TestFork:
 
 
 _GIL_HELD_CHILD = """
-import sys, threading
+import ctypes, os, sys, threading, time
+from wasm_plugins.engine import FuncSignature
 from wasm_plugins.errors import DeadlineExceeded
-from wasm_plugins.sandbox import Limits, Sandbox
+from wasm_plugins.sandbox import HostFunction, Limits, Sandbox
 
-COUNTER = 64
-sandbox = Sandbox(sys.argv[1], engine="wasmtime", limits=Limits(timeout=0.2))
-sandbox.call("echo", 0)
-memory = sandbox._local.state.session.instance.memory
-go = threading.Event()
+source, give_up_after = sys.argv[1], float(sys.argv[2])
+started = threading.Event()
+sandbox = Sandbox(
+    source,
+    engine="wasmtime",
+    limits=Limits(timeout=0.2),
+    host_functions=[
+        HostFunction("test", "started", FuncSignature((), ()), lambda call: started.set())
+    ],
+)
+# Called through PyDLL, pread keeps the GIL (a plain file read would let it go during the read).
+pread = ctypes.PyDLL(None).pread
+pread.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_long]
+caller = os.open(f"/proc/self/task/{threading.get_native_id()}/stat", os.O_RDONLY)
+status = ctypes.create_string_buffer(4096)
 verdict = []
 
+def caller_state():
+    length = pread(caller, status, len(status), 0)
+    return status.raw[:length].rsplit(b")", 1)[1].split()[0]
+
 def hold_the_gil():
-    # Python code only, under a switch interval longer than the test: this thread keeps the
-    # GIL until it ends. It watches the guest's counter; once the counter stops moving, the
-    # guest was interrupted while no other Python thread could run.
-    go.wait()
-    last, still = None, 0
-    for _ in range(10_000_000):
-        value = memory.read_unchecked(COUNTER, 4)
-        if value != last:
-            last, still = value, 0
-        elif value != bytes(4):
-            still += 1
-            if still == 200_000:
-                verdict.append("stopped while the GIL was held")
-                return
-    verdict.append("still running when the GIL holder gave up")
+    # The guest tells (through a host function) that it has started its endless loop; from the
+    # moment this thread gets the GIL back, it runs Python code only, under a switch interval
+    # longer than the test, and never lets go of the GIL until the caller's thread blocks, which
+    # it does only once the guest has stopped and the call wants the GIL back. Every other
+    # Python thread (a Python epoch ticker included) waits all that time.
+    started.wait()
+    give_up = time.monotonic() + give_up_after
+    while caller_state() != b"S":
+        if time.monotonic() > give_up:
+            verdict.append("still running when the GIL holder gave up")
+            return
+    verdict.append("stopped while the GIL was held")
 
 holder = threading.Thread(target=hold_the_gil)
 holder.start()
 sys.setswitchinterval(1000.0)
-go.set()
 try:
     sandbox.call("count")
+    outcome = "returned"
 except DeadlineExceeded:
-    pass
+    outcome = "deadline"
 holder.join()
-print(verdict[0])
+print(verdict[0], outcome)
+"""
+
+STARTS_THEN_COUNTS = f"""
+(module
+  (import "test" "started" (func $started))
+  {_PRELUDE}
+  ;; Tells the host it has started, then counts at address 64 for ever.
+  (func (export "count") (param i32 i32) (result i64)
+    (call $started)
+    (loop $forever
+      (i32.store (i32.const 64) (i32.add (i32.load (i32.const 64)) (i32.const 1)))
+      (br $forever))
+    (i64.const 0))
+)
 """
 
 COUNT = f"""
@@ -427,15 +455,15 @@ COUNT = f"""
 
 
 class TestTimeoutWithoutTheGil:
-    @pytest.mark.skip(
-        reason="races a fixed give-up window against the native timer; to be made deterministic"
-    )
     def test_deadline_fires_while_a_python_thread_holds_the_gil(
         self, wasmtime_engine: Engine
     ) -> None:
         """A Python thread that never lets go of the GIL does not hold back a wasmtime timeout:
         the epoch advances outside the interpreter."""
-        assert _run_child(_GIL_HELD_CHILD, COUNT).strip() == "stopped while the GIL was held"
+        # The give-up window only bounds a failing run; a passing one ends as soon as the guest
+        # is stopped.
+        output = _run_child(_GIL_HELD_CHILD, STARTS_THEN_COUNTS, "60")
+        assert output.strip() == "stopped while the GIL was held deadline"
 
     def test_deadline_fires_while_four_threads_spin(self, wasmtime_engine: Engine) -> None:
         """The everyday case: four busy Python threads, a 200 ms timeout still ends the call
@@ -566,3 +594,113 @@ except ExecutionError as error:
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     print(error.kind, error.trap, grown * 1024)
 """
+
+
+def _budget_module(work: str) -> str:
+    """A module whose start function and ``work`` export each do ``work`` once; ``trap`` traps,
+    so that the next call makes a fresh instance and runs the start function inside it."""
+    return f"""
+(module
+  (import "test" "now_ms" (func $now_ms (result i64)))
+  {_PRELUDE}
+  (func $work {work})
+  (start $work)
+  (func (export "work") (param i32 i32) (result i64) (call $work) (i64.const 0))
+  (func (export "trap") (param i32 i32) (result i64) unreachable)
+)
+"""
+
+
+# About 6 units of fuel an iteration: 60 000 units each.
+BURNS_FUEL = _budget_module(
+    """(local $left i32) (local.set $left (i32.const 10000))
+    (loop $again (br_if $again (local.tee $left (i32.sub (local.get $left) (i32.const 1)))))"""
+)
+# Wall-clock work that the guest measures itself: 1.2 s each.
+TAKES_TIME = _budget_module(
+    """(local $until i64) (local.set $until (i64.add (call $now_ms) (i64.const 1200)))
+    (loop $again (br_if $again (i64.lt_s (call $now_ms) (local.get $until))))"""
+)
+_NOW_MS = (
+    HostFunction(
+        "test", "now_ms", FuncSignature((), ("i64",)), lambda call: time.monotonic_ns() // 10**6
+    ),
+)
+# Epoch ticks that the guest makes itself, through the host: 3 000 each (6 s of a wasmtime
+# timeout), so that the deadline depends on the work done, never on how busy the machine is.
+TAKES_TICKS = _budget_module(
+    """(local $left i32) (local.set $left (i32.const 3000))
+    (loop $again
+      (drop (call $now_ms))
+      (br_if $again (local.tee $left (i32.sub (local.get $left) (i32.const 1)))))"""
+)
+
+
+def _ticking(engine: Engine) -> tuple[HostFunction, ...]:
+    raw = engine.wasmtime_engine(False)  # type: ignore[attr-defined]
+
+    def tick(call: HostCall) -> int:
+        raw.increment_epoch()
+        return 0
+
+    return (HostFunction("test", "now_ms", FuncSignature((), ("i64",)), tick),)
+
+
+def _budget_sandbox(
+    source: str,
+    engine: Engine,
+    isolation: str,
+    limits: Limits,
+    host_functions: tuple[HostFunction, ...] = _NOW_MS,
+) -> Any:
+    if isolation == "process":
+        return ProcessSandbox(
+            source,
+            engine=engine,
+            limits=limits,
+            host_functions=host_functions,
+            pool=WorkerPool(size=1),
+        )
+    return Sandbox(source, engine=engine, limits=limits, host_functions=host_functions)
+
+
+class TestBudgetSharedByTheCall:
+    """One budget covers every guest entry of a call: the start function of an instance made for
+    the call as well as the function."""
+
+    def _start_and_function_exceed(self, sandbox: Any, failure: type[PluginError]) -> PluginError:
+        # Made with the sandbox, outside any call: the start function fits on its own.
+        with sandbox:
+            assert sandbox.call_bytes("work", b"") == b"", "the function fits on its own"
+            with pytest.raises(PluginError) as trapped:
+                sandbox.call_bytes("trap", b"")
+            assert trapped.value.kind == "runtime"
+            with pytest.raises(failure) as raised:
+                sandbox.call_bytes("work", b"")
+            return raised.value
+
+    @pytest.mark.parametrize("isolation", ["in-process", "process"])
+    def test_fuel(self, wasmtime_engine: Engine, isolation: str) -> None:
+        """Start function and function at 60 000 units each, under 100 000 for the call."""
+        sandbox = _budget_sandbox(BURNS_FUEL, wasmtime_engine, isolation, Limits(fuel=100_000))
+        error = self._start_and_function_exceed(sandbox, ResourceLimitExceeded)
+        assert error.resource == "fuel"  # type: ignore[attr-defined]
+
+    def test_timeout_in_process(self, wasmtime_engine: Engine) -> None:
+        """Start function and function at 3 000 epoch ticks each (made by the guest), under a
+        10 s timeout (5 001 ticks) for the call."""
+        sandbox = _budget_sandbox(
+            TAKES_TICKS,
+            wasmtime_engine,
+            "in-process",
+            Limits(timeout=10.0),
+            _ticking(wasmtime_engine),
+        )
+        self._start_and_function_exceed(sandbox, DeadlineExceeded)
+
+    @pytest.mark.slow
+    def test_timeout_in_a_worker(self, engine: Engine) -> None:
+        """Start function and function at 1.2 s each, under 2 s for the call: the host's own
+        deadline for the worker covers both (on wasmer it is the only one)."""
+        sandbox = _budget_sandbox(TAKES_TIME, engine, "process", Limits(timeout=2.0))
+        self._start_and_function_exceed(sandbox, DeadlineExceeded)

@@ -128,7 +128,8 @@ def _is_int(value: object) -> TypeGuard[int]:
 
 
 class _Deadline:
-    """The wall-clock budget of one phase of a request: instantiation, then the call.
+    """The wall-clock budget of one request: a call, and the instantiation (start function
+    included) of an instance made for it, share it as they share fuel.
 
     ``at`` is when the host gives up (``None``: never); ``io()`` bounds a send even without a
     timeout, so a worker that stops reading cannot block the host for ever.
@@ -148,11 +149,6 @@ class _Deadline:
         self.operation = operation
         self.started = started = time.monotonic() if started is None else started
         self.at: float | None = None if self._wait is None else started + self._wait
-
-    def restart(self, operation: str) -> None:
-        self.operation = operation
-        self.started = time.monotonic()
-        self.at = None if self._wait is None else self.started + self._wait
 
     def io(self) -> float:
         return self.at if self.at is not None else time.monotonic() + self._io_timeout
@@ -355,7 +351,7 @@ class WorkerClient:
                     if instantiating:
                         worker.sessions[self._key] = session
                         instantiating = False
-                        clock.restart("call")
+                        clock.operation = "call"
                     if function is None:
                         return b""
                 elif kind == wire.HOST_CALL:
