@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import struct
@@ -38,6 +39,24 @@ EXTISM = Path(__file__).parent / "extism"
 KITCHEN = EXTISM / "kitchen.wat"
 HTTP = EXTISM / "http.wat"
 ECHO_ABI_1 = ROOT / "hostapi" / "examples" / "echo.wat"
+
+
+@contextlib.contextmanager
+def _only_sink(level: str | None) -> Iterator[None]:
+    """loguru with one sink at ``level`` (``None``: no sink at all) while open; the handlers it
+    had before (the default stderr one among them) are set aside and put back."""
+    core: Any = logger._core  # type: ignore[attr-defined]
+    saved, saved_min = dict(core.handlers), core.min_level
+    core.handlers.clear()
+    core.min_level = float("inf")
+    sink = None if level is None else logger.add(lambda message: None, level=level)
+    try:
+        yield
+    finally:
+        if sink is not None:
+            logger.remove(sink)
+        core.handlers.update(saved)
+        core.min_level = saved_min
 
 
 def _kitchen(engine: Engine, **options: Any) -> Sandbox:
@@ -153,6 +172,50 @@ class TestKernel:
             (name, "{not a format}", "kitchen")
             for name in ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
         ]
+        assert {r["extra"]["source"] for r in records} == {"guest"}
+
+    def test_log_lines_are_escaped(self, engine: Engine) -> None:
+        """A guest cannot forge a second log line or send a terminal escape."""
+        records: list[Any] = []
+        logger.enable("wasm_plugins")
+        sink = logger.add(lambda m: records.append(m.record), level="TRACE", format="{message}")
+        try:
+            _kitchen(engine).call_bytes("logs", b"one\nFORGED \x1b[31m")
+        finally:
+            logger.remove(sink)
+            logger.disable("wasm_plugins")
+        assert all("\n" not in r["message"] and "\x1b" not in r["message"] for r in records)
+
+    @pytest.mark.parametrize(
+        ("sink_level", "enabled", "expected"),
+        [
+            ("TRACE", True, 0),
+            ("DEBUG", True, 1),
+            ("INFO", True, 2),
+            ("SUCCESS", True, 3),
+            ("WARNING", True, 3),
+            ("ERROR", True, 4),
+            ("CRITICAL", True, 2**31 - 1),
+            ("TRACE", False, 2**31 - 1),
+            (None, True, 2**31 - 1),
+        ],
+    )
+    def test_get_log_level_follows_the_host(
+        self, engine: Engine, sink_level: str | None, enabled: bool, expected: int
+    ) -> None:
+        """get_log_level answers the least severe level the host keeps, in Extism's numbers
+        (0 trace, 1 debug, 2 info, 3 warn, 4 error), and i32::MAX when the host keeps no guest
+        line: no sink, every sink above error, or the framework's logging disabled (its
+        default)."""
+        sandbox = _kitchen(engine)
+        with _only_sink(sink_level):
+            if enabled:
+                logger.enable("wasm_plugins")
+            try:
+                level = sandbox.call_bytes("log_level", b"")
+            finally:
+                logger.disable("wasm_plugins")
+        assert struct.unpack("<i", level) == (expected,)
 
     def test_blocks_alloc_free_length_load_store(self, engine: Engine) -> None:
         """alloc, free, length, length_unsafe, load_u8/u64 and store_u8/u64 agree."""

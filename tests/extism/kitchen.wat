@@ -146,6 +146,12 @@
     (call $output (i32.const 200) (i32.const 1))
     (i32.const 0))
 
+  ;; get_log_level as 4 bytes, little-endian
+  (func (export "log_level") (result i32)
+    (i32.store (i32.const 200) (call $get_log_level))
+    (call $output (i32.const 200) (i32.const 4))
+    (i32.const 0))
+
   ;; blocks: alloc, free, length, load and store round trips; outputs 8 bytes
   (func (export "blocks") (result i32)
     (local $a i64) (local $b i64) (local $c i64)

@@ -27,6 +27,7 @@ from typing import Any
 
 from loguru import logger
 
+from wasm_plugins._escape import escape
 from wasm_plugins._units import KiB, MiB
 from wasm_plugins.engine import (
     Engine,
@@ -62,9 +63,11 @@ __all__ = [
     "ENTRY_SIGNATURE",
     "EXTISM_MODULE",
     "EXTISM_USER_MODULE",
+    "LOG_DISABLED",
     "ExtismSession",
     "check_extism_module",
     "detect_abi",
+    "effective_log_level",
     "extism_host_functions",
     "extism_plugin_functions",
     "kernel_module",
@@ -89,6 +92,11 @@ MAX_ERROR = 64 * KiB
 MAX_HTTP_REQUEST = 64 * KiB
 
 _LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
+"""loguru's levels by Extism's numbers (0 trace ... 4 error)."""
+LOG_DISABLED = 2**31 - 1
+"""What ``get_log_level`` answers when no guest log line is kept (Extism's ``i32::MAX``)."""
+_LOGURU_CORE: Any = getattr(logger, "_core", None)
+"""loguru's state behind the logger (one per process, never replaced)."""
 _U64 = 0xFFFFFFFFFFFFFFFF
 _CALL_HEADER = struct.Struct("<9q4I")
 """The kernel header and the input block's header, written before every call."""
@@ -522,11 +530,49 @@ def _log(call: HostCall, level: int, offset: int, length: int) -> None:
     session = _session(call)
     text = _read(session, offset, length, MAX_LOG).decode("utf-8", "replace")
     name = _LOG_LEVELS[level] if 0 <= level < len(_LOG_LEVELS) else "INFO"
-    logger.bind(plugin=call.plugin).log(name, "{}", text)
+    # Escaped: a guest must not forge log lines (newlines) or reach a terminal (escapes).
+    logger.bind(plugin=call.plugin, source="guest").log(name, "{}", escape(text))
 
 
 def _log_level(call: HostCall) -> int:
-    return 0
+    return effective_log_level()
+
+
+def effective_log_level() -> int:
+    """The least severe level, in Extism's numbering, at which a plugin's log line is kept:
+    0 trace, 1 debug, 2 info, 3 warn, 4 error, and :data:`LOG_DISABLED` when loguru drops every
+    guest line (no sink, every sink above ``ERROR``, or logging disabled for the framework, its
+    default). An Extism PDK logs only at this level and above, so a plugin does not even format
+    the lines nobody keeps. Sinks' own filters are not consulted: the answer may be lower than
+    what a filtering sink keeps, never higher.
+
+    Read from loguru's state (``add``, ``remove``, ``enable`` and ``disable`` update it); where
+    that state cannot be read, every level is kept (0).
+    """
+    try:
+        core: Any = _LOGURU_CORE
+        if not core.handlers or not _logging_enabled(core, __name__):
+            return LOG_DISABLED
+        lowest = core.min_level
+    except Exception:
+        return 0
+    for extism_level, name in enumerate(_LOG_LEVELS):
+        if logger.level(name).no >= lowest:
+            return extism_level
+    return LOG_DISABLED
+
+
+def _logging_enabled(core: Any, name: str) -> bool:
+    """Whether loguru would log from module ``name``: its cached answer, else the longest
+    prefix ``enable``/``disable`` was given, as loguru decides."""
+    cached = core.enabled.get(name)
+    if cached is not None:
+        return bool(cached)
+    dotted = name + "."
+    for prefix, status in core.activation_list:
+        if dotted.startswith(prefix):
+            return bool(status)
+    return True
 
 
 def _host_allowed(session: ExtismSession, host: str, port: int | None) -> bool:
