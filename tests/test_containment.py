@@ -704,3 +704,30 @@ class TestBudgetSharedByTheCall:
         deadline for the worker covers both (on wasmer it is the only one)."""
         sandbox = _budget_sandbox(TAKES_TIME, engine, "process", Limits(timeout=2.0))
         self._start_and_function_exceed(sandbox, DeadlineExceeded)
+
+
+ERROR_THEN_HOST = f"""
+(module
+  (import "wasm_plugins" "error" (func $error (param i32 i32)))
+  (import "test" "answer" (func $answer (result i64)))
+  {_PRELUDE}
+  (func (export "ask") (param i32 i32) (result i64)
+    (i64.store (i32.const 0) (call $answer))
+    (call $packed (i32.const 0) (i32.const 8)))
+)
+"""
+
+
+class TestWorkerImports:
+    def test_host_function_after_one_the_worker_serves(self, engine: Engine) -> None:
+        """A module importing the ABI's ``error`` (served in the worker) before a host function
+        (served by the host): the worker asks the host for the right one."""
+        answer = HostFunction("test", "answer", FuncSignature((), ("i64",)), lambda call: 42)
+        with ProcessSandbox(
+            ERROR_THEN_HOST,
+            engine=engine,
+            codec="raw",
+            host_functions=[answer],
+            pool=WorkerPool(size=1),
+        ) as sandbox:
+            assert sandbox.call_bytes("ask", b"") == (42).to_bytes(8, "little")

@@ -30,6 +30,7 @@ from wasm_plugins.errors import (
     ResourceLimitExceeded,
     SecurityViolation,
 )
+from wasm_plugins.isolation import ProcessSandbox, WorkerPool
 from wasm_plugins.manifest import Manifest
 from wasm_plugins.sandbox import HostCall, HostFunction, Limits, Sandbox
 from wasm_plugins.services import HostServices
@@ -638,18 +639,83 @@ class TestManifest:
             assert host.call("kitchen", "count_vowels", b"aei") == b'{"count": 3}'
 
 
-class TestIsolation:
-    def test_worker_isolation_is_refused_clearly(self) -> None:
-        """A worker process cannot run an Extism plugin yet: a configuration error says so."""
-        from wasm_plugins.isolation import ProcessSandbox, WorkerPool
+@pytest.fixture(scope="module")
+def pool() -> Iterator[WorkerPool]:
+    """One worker pool for the worker-isolation tests."""
+    with WorkerPool(1, name="extism-test") as made:
+        yield made
 
-        pool = WorkerPool(1, name="extism-test")
-        try:
-            with pytest.raises(ConfigurationError) as caught:
-                ProcessSandbox(KITCHEN, pool=pool, codec="raw", engine="wasmtime")
-            assert caught.value.field == "isolation"
-        finally:
-            pool.close()
+
+def _in_worker(pool: WorkerPool, source: Path, engine: Engine, **options: Any) -> ProcessSandbox:
+    options.setdefault("codec", "raw")
+    return ProcessSandbox(source, pool=pool, engine=engine, name="kitchen", **options)
+
+
+class TestIsolation:
+    """An Extism plugin in a worker process runs as it does in this one."""
+
+    def test_kernel_config_and_vars(self, engine: Engine, pool: WorkerPool) -> None:
+        """The kernel, the caller's config and vars across calls work in the worker."""
+        with _in_worker(pool, KITCHEN, engine, config={"greeting": "hi"}) as sandbox:
+            assert sandbox.abi == "extism"
+            assert sandbox.call_bytes("count_vowels", b"Hello, World!") == b'{"count": 3}'
+            assert sandbox.call_bytes("config", b"") == b"hi"
+            counts = [struct.unpack("<q", sandbox.call_bytes("counter", b""))[0] for _ in range(3)]
+            assert counts == [1, 2, 3]
+            with pytest.raises(ExecutionError) as caught:
+                sandbox.call_bytes("fail", b"")
+            assert caught.value.details["message"] == "the input was refused"
+
+    def test_config_from_the_host_services(self, engine: Engine, pool: WorkerPool) -> None:
+        """Without config=, the host's configuration of the plugin reaches the worker."""
+        services = HostServices(config=lambda plugin: {"greeting": {"plugin": plugin}})
+        with _in_worker(pool, KITCHEN, engine, services=services) as sandbox:
+            assert json.loads(sandbox.call_bytes("config", b"")) == {"plugin": "kitchen"}
+
+    def test_logs_reach_the_host(self, engine: Engine, pool: WorkerPool) -> None:
+        """Log lines go to the host's loguru, bound to the plugin and escaped, and get_log_level
+        answers the host's level."""
+        records: list[Any] = []
+        with _in_worker(pool, KITCHEN, engine) as sandbox, _only_sink("INFO"):
+            sink = logger.add(lambda m: records.append(m.record), level="INFO", format="{message}")
+            logger.enable("wasm_plugins")
+            try:
+                level = sandbox.call_bytes("logs", b"line\nforged")
+            finally:
+                logger.disable("wasm_plugins")
+                logger.remove(sink)
+        assert level == b"2"
+        seen = [(r["level"].name, r["extra"]["plugin"], r["extra"]["source"]) for r in records]
+        assert seen == [(name, "kitchen", "guest") for name in ("INFO", "WARNING", "ERROR")]
+        assert all("\n" not in r["message"] for r in records)
+
+    def test_http_grant(self, engine: Engine, pool: WorkerPool, server: str) -> None:
+        """With the grant, the listed host is reached from the worker; others are refused."""
+        with pytest.raises(SecurityViolation) as refused:
+            _in_worker(pool, HTTP, engine)
+        assert refused.value.capability == "http"
+        with _in_worker(pool, HTTP, engine, capabilities=["http"], http_hosts=[server]) as sandbox:
+            assert sandbox.call_bytes("fetch", _request(f"http://{server}/a")) == b"hello from /a"
+            with pytest.raises(SecurityViolation) as caught:
+                sandbox.call_bytes("fetch", _request("http://127.0.0.1:1/a"))
+            assert caught.value.violation_type == "host_not_allowed"
+
+    def test_host_runs_an_extism_manifest_in_a_worker(self) -> None:
+        """Through a host with worker isolation: the manifest's config and the policy apply."""
+        manifest = Manifest.from_dict(
+            {
+                "name": "kitchen",
+                "module": {"path": str(KITCHEN)},
+                "abi": "extism",
+                "codec": "raw",
+                "isolation": "process",
+                "config": {"greeting": "from the manifest"},
+            }
+        )
+        with PluginHost(isolation="process", blocked=()) as host:
+            host.load(manifest)
+            assert host.call("kitchen", "config", b"") == b"from the manifest"
+            assert host.call("kitchen", "count_vowels", b"aei") == b'{"count": 3}'
 
 
 OPS = EXTISM / "ops.wat"

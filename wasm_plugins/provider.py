@@ -124,12 +124,11 @@ class Sandboxes:
             "cache": self.cache,
             "refresh_cache": manifest.name in self._recompile,
         }
+        # The manifest is the granted one: its hosts are those the trust policy let through.
+        settings.update(abi=manifest.abi, http_hosts=manifest.http)
         if choose_isolation(engine, limits, requested) == "process":
             return ProcessSandbox(manifest.module_source(), pool=self._worker_pool(), **settings)
-        # The manifest is the granted one: its hosts are those the trust policy let through.
-        return Sandbox(
-            manifest.module_source(), abi=manifest.abi, http_hosts=manifest.http, **settings
-        )
+        return Sandbox(manifest.module_source(), **settings)
 
     def _check_capabilities(self, manifest: Manifest) -> None:
         offered = {f.capability for f in self._host_functions.values() if f.capability}

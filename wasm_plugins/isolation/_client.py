@@ -28,11 +28,13 @@ from wasm_plugins.isolation._bulkhead import Bulkhead
 from wasm_plugins.isolation._pool import RemoteSession, WorkerGone, WorkerPool, WorkerProcess
 from wasm_plugins.isolation._transfer import RemoteModule, describe
 from wasm_plugins.sandbox import (
+    LOG_LEVELS,
     HostCall,
     LoadedModule,
     closed_sandbox,
     error_from_report,
     grow_may_explain,
+    guest_log_record,
     host_failure,
     refused_grow,
 )
@@ -200,7 +202,9 @@ class WorkerClient:
         self._bulkhead = bulkhead
         self._queue_timeout = queue_timeout
         self._grace = TIMEOUT_GRACE if loaded.engine.features.timeout else 0.0
-        self._remote: RemoteModule = describe(loaded, self._key)
+        lookup = getattr(services, "config", None)
+        config = lookup(loaded.plugin) if loaded.abi == "extism" and callable(lookup) else None
+        self._remote: RemoteModule = describe(loaded, self._key, config)
         self._call_headers: dict[str, bytes] = {}
 
     def instantiate(self) -> None:
@@ -468,9 +472,16 @@ class WorkerClient:
 
     def _output(self, worker: WorkerProcess, header: bytes, payload: bytes) -> None:
         try:
-            stream = wire.loads(header).get("s")
+            request = wire.loads(header)
         except wire.ProtocolViolation as exc:
             raise worker.violation(str(exc)) from None
+        stream = request.get("s")
+        if stream == "log" and self._loaded.abi == "extism" and len(payload) <= wire.CHUNK:
+            level = request.get("l")
+            if level not in LOG_LEVELS:
+                raise worker.violation(f"a log line at level {level!r}")
+            guest_log_record(self.name, level, payload.decode("utf-8", "replace"))
+            return
         if stream not in ("stdout", "stderr") or len(payload) > wire.CHUNK:
             raise worker.violation(f"output frame for {stream!r} of {len(payload)} bytes")
         wasi = self._loaded.wasi

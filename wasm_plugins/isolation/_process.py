@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from wasm_plugins.engine import Engine, EngineModule, WasiSettings, get_engine
@@ -83,6 +83,9 @@ class ProcessSandbox:
         concurrency: int | None = None,
         queue_size: int | None = None,
         queue_timeout: float | None = DEFAULT_QUEUE_TIMEOUT,
+        abi: str | int = "auto",
+        config: Mapping[str, Any] | None = None,
+        http_hosts: Sequence[str] = (),
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.name = name or "sandbox"
@@ -120,17 +123,13 @@ class ProcessSandbox:
                     cache=cache,
                     refresh_cache=refresh_cache,
                     keep_serialized=True,
+                    abi=abi,
+                    config=config,
+                    http_hosts=http_hosts,
                 )
                 """The compiled, checked and linked module (its code is what workers run)."""
-                if self.loaded.abi == "extism":
-                    raise ConfigurationError(
-                        field="isolation",
-                        message=(
-                            "Invalid configuration: isolation - Extism plugins run in-process only"
-                        ),
-                        suggestion="use isolation='in-process' (engine='wasmtime' enforces every "
-                        "limit in-process)",
-                    )
+                self.abi = self.loaded.abi
+                """The guest ABI the module speaks: ``wasm-plugins`` or ``extism``."""
                 self.functions = self.loaded.functions
                 self._client = WorkerClient(
                     self.loaded, self.pool, self._bulkhead, queue_timeout, services

@@ -1,14 +1,19 @@
 """How a loaded module travels to a worker: the LOAD frame that describes it, and its rebuilding.
 
 The host sends the compiled code as the payload and, in the header, the plugin's name, engine and
-version, limits, grow probe, imported memory, WASI settings and imports. An import is served in
-the worker when it is one of the ABI's own host functions (the guest's ``error``); every other
-host function becomes a stub that forwards the call to the host, which runs the real one.
+version, limits, grow probe, imported memory, WASI settings and imports, and for an Extism plugin
+its config values (resolved in the host), grants and HTTP hosts; the worker compiles the Extism
+kernel itself. An import is served in the worker when it is one of the ABI's own host functions
+(the guest's ``error``; the Extism kernel's config, vars, logs and HTTP, which work on the
+instance's kernel memory); every other host function becomes a stub that forwards the call to
+the host, which runs the real one. An Extism plugin's log lines travel to the host as output of
+the stream ``log``, and ``get_log_level`` is answered by the host, whose logging it describes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -23,11 +28,14 @@ from wasm_plugins.engine import (
 from wasm_plugins.errors import ConfigurationError
 from wasm_plugins.isolation import _protocol as wire
 from wasm_plugins.sandbox import (
+    PAGE_SIZE,
     HostFunction,
     Limits,
     LinkPlan,
     LoadedModule,
     abi_host_functions,
+    kernel_module,
+    worker_served_functions,
 )
 
 __all__ = ["RemoteModule", "describe", "rebuild"]
@@ -46,9 +54,30 @@ class RemoteModule:
     forwarded: tuple[HostFunction, ...]
 
 
-def describe(loaded: LoadedModule, key: str) -> RemoteModule:
-    """The LOAD frame of ``loaded``, under ``key`` (the module's name in the worker)."""
-    served_in_worker = set(abi_host_functions())
+def _served_in_worker() -> tuple[HostFunction, ...]:
+    return (*abi_host_functions(), *worker_served_functions())
+
+
+def _config_text(value: Any) -> str:
+    """A config value as the Extism kernel hands it over, in a form JSON carries byte for byte."""
+    if isinstance(value, bytes):
+        data = value
+    elif isinstance(value, str):
+        data = value.encode()
+    else:
+        data = json.dumps(value, separators=(",", ":")).encode()
+    return data.decode("latin-1")
+
+
+def describe(
+    loaded: LoadedModule, key: str, config: Mapping[str, Any] | None = None
+) -> RemoteModule:
+    """The LOAD frame of ``loaded``, under ``key`` (the module's name in the worker).
+
+    :param config: an Extism plugin's config values when the loaded module has none of its own
+        (the host's configuration of the plugin).
+    """
+    served_in_worker = set(_served_in_worker())
     forwarded: list[HostFunction] = []
     imports = []
     for function in loaded.link.functions:
@@ -86,7 +115,15 @@ def describe(loaded: LoadedModule, key: str) -> RemoteModule:
             "arguments": list(wasi.arguments),
             "capture": wasi.output is not None,
         },
+        "abi": loaded.abi,
     }
+    if loaded.abi == "extism":
+        values = loaded.config if loaded.config is not None else config or {}
+        header["extism"] = {
+            "config": {name: _config_text(value) for name, value in values.items()},
+            "capabilities": sorted(loaded.capabilities),
+            "http_hosts": list(loaded.http_hosts),
+        }
     return RemoteModule(
         load_header=wire.dumps(header),
         instantiate_header=wire.dumps({"key": key}),
@@ -100,9 +137,10 @@ def rebuild(
     payload: bytes,
     stub: Callable[[int], Callable[..., Any]],
     output: Callable[[str, bytes], None],
+    guest_log: Callable[[str, str], None] | None = None,
 ) -> LoadedModule:
-    """The loaded module a LOAD frame describes, its forwarded imports made by ``stub(index)``
-    and its WASI output handed to ``output``.
+    """The loaded module a LOAD frame describes, its forwarded imports made by ``stub(index)``,
+    its WASI output handed to ``output`` and an Extism plugin's log lines to ``guest_log``.
 
     :raises PluginError: when the engine differs from the host's or refuses the code.
     """
@@ -118,14 +156,17 @@ def rebuild(
         )
     limits = Limits(**header["limits"])
     module = engine.deserialize(payload, fuel=limits.fuel is not None)
-    served_here = {(f.module, f.name): f for f in abi_host_functions()}
+    served_here = {(f.module, f.name): f for f in _served_in_worker()}
     functions = []
-    for index, (module_name, name, params, results, local) in enumerate(header["imports"]):
+    # The host numbers the functions it serves among themselves (RemoteModule.forwarded).
+    forwarded = 0
+    for module_name, name, params, results, local in header["imports"]:
         if local:
             functions.append(served_here[(module_name, name)])
         else:
             signature = FuncSignature(tuple(params), tuple(results))
-            functions.append(HostFunction(module_name, name, signature, stub(index)))
+            functions.append(HostFunction(module_name, name, signature, stub(forwarded)))
+            forwarded += 1
     memory = header["memory_import"]
     spec = header["wasi"]
     wasi = None
@@ -136,6 +177,18 @@ def rebuild(
             arguments=tuple(spec["arguments"]),
             output=output if spec["capture"] else None,
         )
+    extism: dict[str, Any] = {}
+    spec = header.get("extism")
+    if header.get("abi") == "extism" and spec is not None:
+        pages = None if limits.memory is None else limits.memory // PAGE_SIZE
+        extism = {
+            "abi": "extism",
+            "kernel": kernel_module(engine, pages, limits.fuel is not None),
+            "config": {name: text.encode("latin-1") for name, text in spec["config"].items()},
+            "capabilities": frozenset(spec["capabilities"]),
+            "http_hosts": tuple(spec["http_hosts"]),
+            "guest_log": guest_log,
+        }
     return LoadedModule(
         engine=engine,
         module=module,
@@ -147,4 +200,5 @@ def rebuild(
         plugin=header["plugin"],
         grow_probe=header["probe"],
         wasi=wasi,
+        **extism,
     )

@@ -103,6 +103,11 @@ class _Stubs:
 
         return forward
 
+    def log(self, level: str, text: str) -> None:
+        """An Extism plugin's log line, handed to the host as output of the stream ``log``."""
+        data = text.encode()[: wire.CHUNK]
+        self._channel.send(wire.OUTPUT, wire.dumps({"s": "log", "l": level}), data)
+
     def output(self, stream: str, data: bytes) -> None:
         """WASI output, handed to the host in frames of at most one chunk."""
         for start in range(0, len(data), wire.CHUNK):
@@ -164,7 +169,7 @@ class Worker:
 
     def _load(self, header: dict[str, Any], payload: bytes) -> None:
         try:
-            loaded = rebuild(header, payload, self._stubs, self._stubs.output)
+            loaded = rebuild(header, payload, self._stubs, self._stubs.output, self._stubs.log)
         except PluginError as error:
             self._send_error(error, None, discarded=False)
             return

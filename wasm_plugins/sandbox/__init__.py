@@ -14,10 +14,14 @@ from wasm_plugins.sandbox._codec import Codec, get_codec
 from wasm_plugins.sandbox._extism import (
     EXTISM_MODULE,
     EXTISM_USER_MODULE,
+    LOG_LEVELS,
     ExtismSession,
     detect_abi,
     extism_host_functions,
     extism_plugin_functions,
+    guest_log_record,
+    kernel_module,
+    worker_served_functions,
 )
 from wasm_plugins.sandbox._failures import (
     annotate,
@@ -41,6 +45,7 @@ __all__ = [
     "EXTISM_MODULE",
     "EXTISM_USER_MODULE",
     "IMPORT_MODULE",
+    "LOG_LEVELS",
     "PAGE_SIZE",
     "WASI_MODULE",
     "CacheStats",
@@ -68,12 +73,15 @@ __all__ = [
     "extism_plugin_functions",
     "get_codec",
     "grow_may_explain",
+    "guest_log_record",
     "host_failure",
     "input_too_large",
     "instance_is_suspect",
+    "kernel_module",
     "load_module_bytes",
     "on_roomy_stack",
     "plugin_functions",
     "refused_grow",
     "u32",
+    "worker_served_functions",
 ]

@@ -22,7 +22,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from loguru import logger
@@ -64,15 +64,18 @@ __all__ = [
     "EXTISM_MODULE",
     "EXTISM_USER_MODULE",
     "LOG_DISABLED",
+    "LOG_LEVELS",
     "ExtismSession",
     "check_extism_module",
     "detect_abi",
     "effective_log_level",
     "extism_host_functions",
     "extism_plugin_functions",
+    "guest_log_record",
     "kernel_module",
     "kernel_plan",
     "normalize_abi",
+    "worker_served_functions",
 ]
 
 EXTISM_MODULE = "extism:host/env"
@@ -91,7 +94,7 @@ MAX_LOG = 64 * KiB
 MAX_ERROR = 64 * KiB
 MAX_HTTP_REQUEST = 64 * KiB
 
-_LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
+_LOG_LEVELS = LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
 """loguru's levels by Extism's numbers (0 trace ... 4 error)."""
 LOG_DISABLED = 2**31 - 1
 """What ``get_log_level`` answers when no guest log line is kept (Extism's ``i32::MAX``)."""
@@ -283,8 +286,12 @@ class ExtismSession:
         http_timeout: float | None = None,
         max_output: int = 4 * MiB,
         var_quota: int = DEFAULT_VAR_QUOTA,
+        guest_log: Callable[[str, str], None] | None = None,
     ) -> None:
         self.plugin = plugin
+        self.guest_log = guest_log
+        """Where the plugin's log lines go (loguru level name, text) when not into this
+        process's loguru: a worker process hands them to the host."""
         self.config = {key: _config_bytes(value) for key, value in config.items()}
         self.capabilities = capabilities
         self.http_hosts = tuple(host.lower() for host in http_hosts)
@@ -530,8 +537,16 @@ def _log(call: HostCall, level: int, offset: int, length: int) -> None:
     session = _session(call)
     text = _read(session, offset, length, MAX_LOG).decode("utf-8", "replace")
     name = _LOG_LEVELS[level] if 0 <= level < len(_LOG_LEVELS) else "INFO"
+    if session.guest_log is not None:
+        session.guest_log(name, text)
+        return
+    guest_log_record(call.plugin, name, text)
+
+
+def guest_log_record(plugin: str, level: str, text: str) -> None:
+    """A plugin's log line into loguru, bound to the plugin's name and marked as the guest's."""
     # Escaped: a guest must not forge log lines (newlines) or reach a terminal (escapes).
-    logger.bind(plugin=call.plugin, source="guest").log(name, "{}", escape(text))
+    logger.bind(plugin=plugin, source="guest").log(level, "{}", escape(text))
 
 
 def _log_level(call: HostCall) -> int:
@@ -681,3 +696,9 @@ _KERNEL_HOST_FUNCTIONS = tuple(
         ("http_headers_length", FuncSignature((), (_I64,)), _http_headers_length),
     )
 )
+
+
+def worker_served_functions() -> tuple[HostFunction, ...]:
+    """The kernel's host functions a worker process serves itself, beside the instance whose
+    kernel memory and vars they use; ``log_level`` is the host's to answer (its logging)."""
+    return tuple(f for f in _KERNEL_HOST_FUNCTIONS if f.name != "log_level")

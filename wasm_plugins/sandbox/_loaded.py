@@ -14,7 +14,7 @@ both ends instantiate, probe for a refused ``memory.grow`` and explain failures 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,8 @@ class LoadedModule:
     """An Extism plugin's config values; ``None``: the host's (``services.config``)."""
     http_hosts: tuple[str, ...] = ()
     """The hosts an Extism plugin granted ``http`` may reach."""
+    guest_log: Callable[[str, str], None] | None = None
+    """Where an Extism plugin's log lines go (level, text) instead of this process's loguru."""
 
     @classmethod
     def load(
@@ -298,6 +300,7 @@ class LoadedModule:
             http_hosts=self.http_hosts,
             http_timeout=self.limits.timeout,
             max_output=self.limits.max_output,
+            guest_log=self.guest_log,
         )
 
     def refused_grow(self, session: Session | ExtismSession) -> int | None:
