@@ -7,8 +7,8 @@ import pytest
 from wasm_plugins.engine import Engine
 from wasm_plugins.errors import ExecutionError, ModuleError
 from wasm_plugins.sandbox import Sandbox
-from wasm_plugins.sandbox._binary import WasmBinaryError
-from wasm_plugins.sandbox._call_depth import DEPTH_EXPORT, MAX_DEPTH, bound_call_depth
+from wasm_plugins.sandbox._binary import DEPTH_EXPORT, WasmBinaryError, bound_call_depth
+from wasm_plugins.sandbox._stack import MAX_DEPTH
 
 _PRELUDE = """
   (memory (export "memory") 1)
@@ -89,7 +89,7 @@ class TestCallDepthBound:
         clash = f'(module {_PRELUDE} (global (export "{DEPTH_EXPORT}") i32 (i32.const 0)))'
         wasm = wasmer_engine.wat_to_wasm(clash)
         with pytest.raises(WasmBinaryError, match="already exports"):
-            bound_call_depth(wasm)
+            bound_call_depth(wasm, MAX_DEPTH)
         with pytest.raises(ModuleError):
             Sandbox(clash, engine=wasmer_engine)
 
@@ -98,4 +98,4 @@ class TestCallDepthBound:
         call) is left as it is."""
         tail = "(module (func $f (return_call $f)))"
         wasm = wasmtime_engine.wat_to_wasm(tail)
-        assert bound_call_depth(wasm) == wasm
+        assert bound_call_depth(wasm, MAX_DEPTH) == wasm

@@ -31,13 +31,14 @@ from wasm_plugins.errors import (
 )
 from wasm_plugins.sandbox._abi import Session, abi_host_functions, check_module, plugin_functions
 from wasm_plugins.sandbox._binary import (
+    DEPTH_EXPORT,
     PAGE_SIZE,
     REWRITER_VERSION,
     PreparedModule,
     WasmBinaryError,
+    bound_call_depth,
 )
 from wasm_plugins.sandbox._cache import ModuleCache
-from wasm_plugins.sandbox._call_depth import DEPTH_EXPORT, MAX_DEPTH, bound_call_depth
 from wasm_plugins.sandbox._extism import (
     ExtismSession,
     check_extism_module,
@@ -51,6 +52,7 @@ from wasm_plugins.sandbox._extism import (
 from wasm_plugins.sandbox._failures import grow_may_explain, refused_grow, stack_overflow
 from wasm_plugins.sandbox._host_functions import HostFunction, LinkPlan, link_imports
 from wasm_plugins.sandbox._limits import Limits
+from wasm_plugins.sandbox._stack import MAX_DEPTH
 from wasm_plugins.sandbox._validate import check_module_bytes, prepare_within_limits
 
 __all__ = ["WASI_MODULE", "LoadedModule", "ModuleSource", "load_module_bytes"]
@@ -391,7 +393,7 @@ def _depth_bounded(engine: Engine, prepared: PreparedModule) -> PreparedModule:
     if not engine.features.call_depth_by_instrumentation:
         return prepared
     try:
-        return attrs.evolve(prepared, wasm=bound_call_depth(prepared.wasm))
+        return attrs.evolve(prepared, wasm=bound_call_depth(prepared.wasm, MAX_DEPTH))
     except WasmBinaryError as exc:
         raise ModuleError(
             validation_errors=(ValidationIssue(message=exc.message, offset=exc.offset),),

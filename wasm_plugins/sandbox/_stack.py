@@ -23,13 +23,27 @@ from typing import TypeVar
 
 from wasm_plugins._units import KiB, MiB
 
-__all__ = ["NEEDED", "RUNNER_STACK", "on_roomy_stack", "roomy", "thread_stack_size"]
+__all__ = [
+    "MAX_DEPTH",
+    "NEEDED",
+    "RUNNER_STACK",
+    "on_roomy_stack",
+    "roomy",
+    "thread_stack_size",
+]
 
 WASM_STACK = 512 * KiB
 """The guest stack limit of wasmtime's engine (its default)."""
 NEEDED = WASM_STACK + 1 * MiB
 """Native stack a thread needs for guest calls: the guest's own limit, then room for the host
 functions it calls and the Python frames around the call."""
+SMALLEST_FRAME = 16
+"""Bytes of native stack the smallest guest frame takes on wasmtime (a one-argument recursion
+stops after 32 761 frames under its 512 KiB limit)."""
+MAX_DEPTH = WASM_STACK // SMALLEST_FRAME
+"""Guest frames a call may stack where the sandbox bounds the call depth in the module (engines
+whose own guard is costly): as deep as the smallest frames go under wasmtime's stack limit, so a
+recursion that runs on one engine runs on the other."""
 RUNNER_STACK = 4 * MiB
 """Stack of the threads that run the calls of threads with less than :data:`NEEDED`. Not more:
 wasmer 1.1 lets a guest recurse until the native stack ends and then describes every frame, so
