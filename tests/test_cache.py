@@ -126,6 +126,36 @@ class TestWarmLoad:
         assert warm.loaded.grow_probe == cold.loaded.grow_probe
         assert warm.call("echo", PAYLOAD) == PAYLOAD
 
+    def test_compiled_code_starts_the_entry(self, engine: Engine, tmp_path: Path) -> None:
+        """The engine's own compiled code is the entry's first bytes, the module's types and
+        the header after it: an engine can map the entry as it is (wasmtime does)."""
+        cache = ModuleCache(tmp_path)
+        Sandbox(ECHO, engine=engine, cache=cache)
+        data = only_entry(cache).read_bytes()
+        module = engine.compile(engine.wat_to_wasm(ECHO.read_text()))
+        raw = module._module.serialize() if engine.name == "wasmtime" else module._serialized  # type: ignore[attr-defined]
+        assert data[:16] == bytes(raw)[:16]
+
+    def test_wasmtime_maps_the_entry_without_python_reading_it(
+        self, wasmtime_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """On a warm load the compiled code goes from the file to wasmtime: Python reads only
+        the header, the types and the samples, never the whole payload."""
+        cache = ModuleCache(tmp_path)
+        Sandbox(ECHO, engine=wasmtime_engine, cache=cache)
+        size = only_entry(cache).stat().st_size
+        reads: list[int] = []
+        pread = os.pread
+
+        def counting(descriptor: int, length: int, offset: int) -> bytes:
+            reads.append(length)
+            return pread(descriptor, length, offset)
+
+        monkeypatch.setattr(os, "pread", counting)
+        warm = Sandbox(ECHO, engine=wasmtime_engine, cache=cache)
+        assert warm.compiled_from_cache and warm.call("echo", PAYLOAD) == PAYLOAD
+        assert reads and max(reads) < size // 2
+
     def test_cold_load_validates_only_on_failure(
         self, engine: Engine, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -229,6 +259,20 @@ class TestBadEntries:
         assert not reloaded.compiled_from_cache
         assert reloaded.call("upper", "abc") == "ABC"
         assert cache.stats.rejected == 1
+
+    def test_entry_of_another_cache(self, engine: Engine, tmp_path: Path) -> None:
+        """An entry copied from another cache directory (another key signed its header) is
+        refused before its payload is read, and compiled again."""
+        first = ModuleCache(tmp_path / "first")
+        second = ModuleCache(tmp_path / "second")
+        Sandbox(ECHO, engine=engine, cache=first)
+        Sandbox(ECHO, engine=engine, cache=second)
+        entry = only_entry(first)
+        (second.entries / entry.name).write_bytes(entry.read_bytes())
+        copied = Sandbox(ECHO, engine=engine, cache=second)
+        assert not copied.compiled_from_cache
+        assert second.stats.rejected == 1
+        self._replaced(engine, second)
 
     def test_engine_version_change(self, engine: Engine, tmp_path: Path) -> None:
         """After an engine upgrade the old entry is not used: the key changes, the module is
@@ -393,7 +437,7 @@ class TestSizeBound:
         for number in range(count):
             before = set(cache.entries.iterdir()) if cache.entries.exists() else set()
             Sandbox(self.variant(number), engine=engine, cache=cache)
-            paths.extend(set(cache.entries.iterdir()) - before)
+            paths.extend(p for p in set(cache.entries.iterdir()) - before if p.name[0] != ".")
         return paths
 
     def test_least_recently_used_goes_first(self, engine: Engine, tmp_path: Path) -> None:
@@ -417,7 +461,7 @@ class TestSizeBound:
         cache = ModuleCache(tmp_path / "cache", max_size=None)
         (current,) = self.fill(engine, cache, 1)
         Sandbox(ECHO, engine=OtherVersion(engine, "0.0.1-old"), cache=cache)  # type: ignore[arg-type]
-        (old,) = [p for p in cache.entries.iterdir() if p != current]
+        (old,) = [p for p in cache.entries.iterdir() if p != current and p.name[0] != "."]
         os.utime(current, ns=(10**18, 10**18))
         os.utime(old, ns=(2 * 10**18, 2 * 10**18))
         bounded = ModuleCache(tmp_path / "cache", max_size=current.stat().st_size * 2 + 10)
@@ -505,7 +549,7 @@ class TestConcurrentWriters:
         ]
         assert [process.wait(timeout=120) for process in processes] == [0] * 4
         cache = ModuleCache(tmp_path)
-        assert len([p for p in cache.entries.iterdir()]) == 1
+        assert len([p for p in cache.entries.iterdir() if p.name[0] != "."]) == 1
         assert cache.compile(engine, echo_wasm(engine)).hit
 
 
@@ -583,22 +627,28 @@ def _limits(**changes: Any) -> Any:
     return Limits(**changes)
 
 
+_TRAILER = 32 + 4 + 8
+"""After the header: its HMAC-SHA256, its length, the magic."""
+
+
 def _header_length(data: bytes) -> int:
     return int.from_bytes(data[-12:-8], "big")
 
 
 def _header(data: bytes) -> bytes:
-    """The JSON header, which follows the payload (then its length and the magic)."""
-    return data[-12 - _header_length(data) : -12]
+    """The JSON header, which follows the payload (then its HMAC, its length and the magic)."""
+    return data[-_TRAILER - _header_length(data) : -_TRAILER]
 
 
 def _payload(data: bytes) -> bytes:
-    return data[: -12 - _header_length(data)]
+    return data[: -_TRAILER - _header_length(data)]
 
 
 def _rewrite_payload(entry: Path, payload: bytes) -> None:
-    """Replace an entry's payload and fix its header to match (a well-formed lie)."""
+    """Replace an entry's payload and fix its header to match, signed with the cache's own key
+    (a well-formed lie by someone who can read the cache)."""
     import hashlib
+    import hmac
 
     from wasm_plugins.sandbox._cache import _samples_digest
 
@@ -608,7 +658,8 @@ def _rewrite_payload(entry: Path, payload: bytes) -> None:
     header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
     header["payload_samples"] = _samples_digest(payload, len(payload))
     encoded = json.dumps(header, sort_keys=True).encode()
-    entry.write_bytes(payload + encoded + len(encoded).to_bytes(4, "big") + data[-8:])
+    mac = hmac.new((entry.parent / ".hmac-key").read_bytes(), encoded, hashlib.sha256).digest()
+    entry.write_bytes(payload + encoded + mac + len(encoded).to_bytes(4, "big") + data[-8:])
 
 
 def _key(sandbox: Sandbox, engine: Engine, source: Path, **limits: Any) -> str:

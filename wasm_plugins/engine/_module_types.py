@@ -3,15 +3,18 @@
 Engines are not asked for function types: wasmtime's C API aborts the whole process when asked
 the kind of a ``v128`` value type, and each engine spells reference types its own way. The types
 are the module's, so they are read from its bytes here, the same for every engine, and carried
-next to an engine's compiled code (:func:`pack` / :func:`unpack`) so a module loaded from
-compiled code knows them too. Only the type, import, function, table, memory, global and export
-sections are read; code and data are skipped by their sizes.
+after an engine's compiled code (:func:`pack` / :func:`unpack`, :func:`read_packed_types` for a
+file) so a module loaded from compiled code knows them too: after, so that the compiled code
+starts a file and an engine can map the file as it is. Only the type, import, function, table,
+memory, global and export sections are read; code and data are skipped by their sizes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import struct
+import threading
 from typing import Any, NoReturn
 
 import attrs
@@ -19,7 +22,14 @@ import attrs
 from wasm_plugins.engine._protocol import ExternInfo, FuncSignature
 from wasm_plugins.errors import ModuleError, ValidationIssue
 
-__all__ = ["ModuleTypes", "pack", "read_module_types", "unpack", "value_type_name"]
+__all__ = [
+    "ModuleTypes",
+    "pack",
+    "read_module_types",
+    "read_packed_types",
+    "unpack",
+    "value_type_name",
+]
 
 _VALUE_TYPES = {
     0x7F: "i32",
@@ -31,8 +41,14 @@ _VALUE_TYPES = {
     0x6F: "externref",
 }
 _KINDS = ("func", "table", "memory", "global", "tag")
-_PACK_MAGIC = b"WPTYPES1"
+_PACK_MAGIC = b"WPTYPES2"
 _PACK_LENGTH = struct.Struct("<I")
+_PACK_TRAILER = _PACK_LENGTH.size + len(_PACK_MAGIC)
+_TAIL_READ = 4096
+"""Bytes read from the end of packed code at once: the types of most modules fit."""
+_PARSED_TYPES: dict[bytes, ModuleTypes] = {}
+_PARSED_TYPES_LOCK = threading.Lock()
+_PARSED_TYPES_KEPT = 64
 
 
 def value_type_name(code: int) -> str:
@@ -256,12 +272,12 @@ def _exports(
 
 
 def pack(types: ModuleTypes, compiled: bytes) -> bytes:
-    """Compiled code with the module's types in front, for :func:`unpack`."""
+    """Compiled code followed by the module's types, for :func:`unpack`."""
     header = json.dumps(
         [[_row(item) for item in types.imports], [_row(item) for item in types.exports]],
         separators=(",", ":"),
     ).encode()
-    return b"".join((_PACK_MAGIC, _PACK_LENGTH.pack(len(header)), header, compiled))
+    return b"".join((compiled, header, _PACK_LENGTH.pack(len(header)), _PACK_MAGIC))
 
 
 def unpack(data: bytes) -> tuple[ModuleTypes, bytes]:
@@ -270,20 +286,64 @@ def unpack(data: bytes) -> tuple[ModuleTypes, bytes]:
     :raises ModuleError: when the data was not made by :func:`pack`.
     """
     try:
-        if not data.startswith(_PACK_MAGIC):
-            raise ValueError("no module types in front of the compiled code")
-        start = len(_PACK_MAGIC) + _PACK_LENGTH.size
-        (length,) = _PACK_LENGTH.unpack_from(data, len(_PACK_MAGIC))
-        imports, exports = json.loads(data[start : start + length])
-        types = ModuleTypes(
-            tuple(_item(row) for row in imports), tuple(_item(row) for row in exports)
-        )
+        if not data.endswith(_PACK_MAGIC) or len(data) < _PACK_TRAILER:
+            raise ValueError("no module types after the compiled code")
+        (length,) = _PACK_LENGTH.unpack_from(data, len(data) - _PACK_TRAILER)
+        end = len(data) - _PACK_TRAILER - length
+        if end < 0:
+            raise ValueError("the module types run past the start of the data")
+        types = _parse_types(bytes(data[end : len(data) - _PACK_TRAILER]))
     except (ValueError, TypeError, struct.error) as exc:
-        raise ModuleError(
-            message=f"Invalid module: cannot load compiled code: {exc}",
-            suggestion="compile the module again from its source",
-        ) from None
-    return types, data[start + length :]
+        raise _unpack_error(exc) from None
+    return types, data[:end]
+
+
+def read_packed_types(descriptor: int, size: int) -> tuple[ModuleTypes, int]:
+    """The types at the end of the first ``size`` bytes of an open file of :func:`pack` output,
+    and the size of the compiled code before them; read with one ``pread`` for most modules.
+
+    :raises ModuleError: when the file's first ``size`` bytes were not made by :func:`pack`.
+    """
+    try:
+        tail_size = min(size, _TAIL_READ)
+        tail = os.pread(descriptor, tail_size, size - tail_size)
+        if len(tail) != tail_size or not tail.endswith(_PACK_MAGIC) or size < _PACK_TRAILER:
+            raise ValueError("no module types after the compiled code")
+        (length,) = _PACK_LENGTH.unpack_from(tail, tail_size - _PACK_TRAILER)
+        end = size - _PACK_TRAILER - length
+        if end < 0:
+            raise ValueError("the module types run past the start of the file")
+        if length + _PACK_TRAILER <= tail_size:
+            header = tail[tail_size - _PACK_TRAILER - length : tail_size - _PACK_TRAILER]
+        else:
+            header = os.pread(descriptor, length, end)
+            if len(header) != length:
+                raise ValueError("the file ends inside the module types")
+        return _parse_types(header), end
+    except (ValueError, TypeError, struct.error) as exc:
+        raise _unpack_error(exc) from None
+
+
+def _parse_types(header: bytes) -> ModuleTypes:
+    # Loading one module again and again (a warm cache, a sandbox per thread) parses the same
+    # few hundred bytes each time: kept parsed, by content, in a small bounded table.
+    found = _PARSED_TYPES.get(header)
+    if found is not None:
+        return found
+    imports, exports = json.loads(header)
+    types = ModuleTypes(tuple(_item(row) for row in imports), tuple(_item(row) for row in exports))
+    with _PARSED_TYPES_LOCK:
+        if len(_PARSED_TYPES) >= _PARSED_TYPES_KEPT:
+            _PARSED_TYPES.pop(next(iter(_PARSED_TYPES)))
+        _PARSED_TYPES[header] = types
+    return types
+
+
+def _unpack_error(exc: Exception) -> ModuleError:
+    return ModuleError(
+        message=f"Invalid module: cannot load compiled code: {exc}",
+        suggestion="compile the module again from its source",
+    )
 
 
 def _row(item: ExternInfo) -> list[Any]:

@@ -23,7 +23,13 @@ import attrs
 import wasmer
 import wasmer_compiler_cranelift
 
-from wasm_plugins.engine._module_types import ModuleTypes, pack, read_module_types, unpack
+from wasm_plugins.engine._module_types import (
+    ModuleTypes,
+    pack,
+    read_module_types,
+    read_packed_types,
+    unpack,
+)
 from wasm_plugins.engine._protocol import (
     CallBudget,
     EngineFeatures,
@@ -763,16 +769,39 @@ class WasmerEngine:
         if fuel:
             raise _unenforceable("fuel")
         types, compiled = unpack(data)
+        return self._loaded(bytes(compiled), types)
+
+    def deserialize_file(self, path: str, size: int, *, fuel: bool = False) -> WasmerModule:
+        if fuel:
+            raise _unenforceable("fuel")
+        # wasmer 1.1's Python API loads compiled code from bytes only: the code is read in one
+        # read of its exact size (the types that follow it are read on their own).
+        try:
+            descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except OSError as exc:
+            raise _compiled_code_error(str(exc)) from None
+        try:
+            types, code_size = read_packed_types(descriptor, size)
+            compiled = os.pread(descriptor, code_size, 0)
+        except OSError as exc:
+            raise _compiled_code_error(str(exc)) from None
+        finally:
+            os.close(descriptor)
+        if len(compiled) != code_size:
+            raise _compiled_code_error("the file is shorter than its compiled code")
+        return self._loaded(compiled, types)
+
+    @_no_wasmer_objects_in_tracebacks
+    def _loaded(self, compiled: bytes, types: ModuleTypes) -> WasmerModule:
         try:
             module = wasmer.Module.deserialize(self.store(), compiled)
         except RuntimeError as exc:
-            raise ModuleError(
-                message=f"Invalid module: cannot load compiled code: {truncate(str(exc), 300)}",
-                suggestion="compile the module again from its source",
-            ) from None
+            raise _compiled_code_error(str(exc)) from None
         return WasmerModule(self, module, types, serialized=compiled)
 
-    def deserialize_file(self, path: str, size: int, *, fuel: bool = False) -> WasmerModule:
-        # wasmer 1.1's Python API loads compiled code from bytes only.
-        with open(path, "rb") as handle:
-            return self.deserialize(handle.read(size), fuel=fuel)
+
+def _compiled_code_error(message: str) -> ModuleError:
+    return ModuleError(
+        message=f"Invalid module: cannot load compiled code: {truncate(message, 300)}",
+        suggestion="compile the module again from its source",
+    )

@@ -27,7 +27,13 @@ import attrs
 import wasmtime
 
 from wasm_plugins.engine._epoch import EpochTicker
-from wasm_plugins.engine._module_types import ModuleTypes, pack, read_module_types, unpack
+from wasm_plugins.engine._module_types import (
+    ModuleTypes,
+    pack,
+    read_module_types,
+    read_packed_types,
+    unpack,
+)
 from wasm_plugins.engine._protocol import (
     CallBudget,
     EngineFeatures,
@@ -695,21 +701,46 @@ class WasmtimeEngine:
 
     def deserialize(self, data: bytes, *, fuel: bool = False) -> WasmtimeModule:
         types, compiled = unpack(data)
-        try:
-            compiler = self.compiler(fuel)
-            module = wasmtime.Module.deserialize(compiler.engine, compiled)
-        except wasmtime.WasmtimeError as exc:
-            raise ModuleError(
-                message=f"Invalid module: cannot load compiled code: {truncate(str(exc), 300)}",
-                suggestion="compile the module again from its source",
-            ) from None
-        return WasmtimeModule(self, module, types, fuel, compiler)
+        compiler = self.compiler(fuel)
+        return self._loaded(
+            lambda: wasmtime.Module.deserialize(compiler.engine, compiled), types, fuel, compiler
+        )
 
     def deserialize_file(self, path: str, size: int, *, fuel: bool = False) -> WasmtimeModule:
-        # The module's types come before the compiled code (see pack), so the file cannot be
-        # handed to wasmtime's Module.deserialize_file, which maps an ELF image at offset 0.
-        with open(path, "rb") as handle:
-            return self.deserialize(handle.read(size), fuel=fuel)
+        # The compiled code starts the file and the types follow it (see pack): wasmtime maps
+        # the file as it is, without Python reading the code, and ignores what follows its image.
+        try:
+            descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except OSError as exc:
+            raise _compiled_code_error(str(exc)) from None
+        try:
+            types, _ = read_packed_types(descriptor, size)
+        finally:
+            os.close(descriptor)
+        compiler = self.compiler(fuel)
+        return self._loaded(
+            lambda: wasmtime.Module.deserialize_file(compiler.engine, path), types, fuel, compiler
+        )
+
+    def _loaded(
+        self,
+        load: Callable[[], wasmtime.Module],
+        types: ModuleTypes,
+        fuel: bool,
+        compiler: _Compiler,
+    ) -> WasmtimeModule:
+        try:
+            module = load()
+        except wasmtime.WasmtimeError as exc:
+            raise _compiled_code_error(str(exc)) from None
+        return WasmtimeModule(self, module, types, fuel, compiler)
+
+
+def _compiled_code_error(message: str) -> ModuleError:
+    return ModuleError(
+        message=f"Invalid module: cannot load compiled code: {truncate(message, 300)}",
+        suggestion="compile the module again from its source",
+    )
 
 
 @attrs.frozen

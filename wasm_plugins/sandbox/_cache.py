@@ -13,14 +13,17 @@ engine's own output (wasmtime maps it as executable code). So an entry is never 
   it belongs to the user and others cannot write to it, and its mode is never changed (it may be
   a shared folder someone gave by mistake); the entries' directory and the entries may not be
   symlinks, and an entry owned by another user is never read;
-- every entry is the engine's payload followed by a header (the payload comes first, so that
-  reading it is one read from offset 0) that names its key, engine, version and fuel setting, the
-  payload's size, the SHA-256 digest of samples of the payload (its first and last 4 KiB and
-  4 KiB at every MiB) and of the whole payload; a header that does not match what is looked up (a
-  foreign entry), a payload of another size (truncated), other samples (corrupt, or another
-  entry's payload), or an entry the engine then refuses (stale) is compiled again and replaced.
-  The whole-payload digest is checked on every load with ``verify="full"`` (see
-  ``docs/performance.md`` for why sampling is the default);
+- every entry is the engine's payload followed by a header (the payload comes first, so that an
+  engine can map the file as it is, and reading it is one read from offset 0) that names its
+  key, engine, version and fuel setting, the payload's size, the SHA-256 digest of samples of the
+  payload (its first and last 4 KiB and 4 KiB at every MiB) and of the whole payload; the header
+  is followed by its HMAC-SHA256 under a random key kept in the entries' directory (mode 0600),
+  so an entry this cache did not write (copied from another cache or machine, or a header
+  corrupted on disk) is refused before anything else is read. A header whose digest or fields do
+  not match what is looked up (a foreign entry), a payload of another size (truncated), other
+  samples (corrupt, or another entry's payload), or an entry the engine then refuses (stale) is
+  compiled again and replaced. The whole-payload digest is checked on every load with
+  ``verify="full"`` (see ``docs/performance.md`` for why sampling is the default);
 - an entry is written to a new temporary file (created exclusively, never through a link) in
   the same directory and renamed into place, so readers see a whole entry or none, and
   concurrent writers of the same entry do not mix;
@@ -48,6 +51,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import stat
 import struct
 import sys
@@ -75,7 +79,7 @@ __all__ = [
     "default_directory",
 ]
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 """The entry format; part of every key, so that a new format never reads an old entry."""
 CACHE_DIR_VARIABLE = "WASM_PLUGINS_CACHE_DIR"
 CACHE_SWITCH_VARIABLE = "WASM_PLUGINS_CACHE"
@@ -89,8 +93,14 @@ _BINARY = getattr(os, "O_BINARY", 0)
 _OFF = frozenset({"0", "off", "false", "no"})
 _MAGIC = b"WPMCACHE"
 _HEADER_LENGTH = struct.Struct(">I")
-_TRAILER = _HEADER_LENGTH.size + len(_MAGIC)
+_MAC_SIZE = hashlib.sha256().digest_size
+_TRAILER = _MAC_SIZE + _HEADER_LENGTH.size + len(_MAGIC)
 _MAX_HEADER = 64 * 1024
+_TAIL_READ = 4096
+"""Bytes read from the end of an entry at once: the trailer and the header of most entries."""
+_SECRET_NAME = ".hmac-key"
+_SECRET_SIZE = 32
+_KEY_PREFIXES: dict[tuple[Any, ...], bytes] = {}
 _SAMPLE = 4096
 _SAMPLE_STRIDE = 1 << 20
 _SUBDIRECTORY = f"compiled-v{CACHE_FORMAT}"
@@ -178,6 +188,8 @@ class ModuleCache:
             "evicted": 0,
         }
         self._ready: bool | None = None
+        self._secret = b""
+        self._entries_path = ""
 
     @classmethod
     def from_environment(cls) -> ModuleCache:
@@ -229,21 +241,17 @@ class ModuleCache:
         *,
         fuel: bool,
         preparation: dict[str, Any] | None = None,
+        module_digest: str | None = None,
     ) -> str:
         """The key of the code ``engine`` compiles from ``wasm`` prepared as ``preparation``
         says (what the sandbox's rewrite bakes in; ``None``: compiled as it is): a hex SHA-256
-        digest."""
-        material = {
-            "format": CACHE_FORMAT,
-            "preparation": preparation,
-            "engine": engine.name,
-            "engine_version": engine.version,
-            "fuel": bool(fuel),
-            "machine": platform.machine(),
-            "system": sys.platform,
-            "module": hashlib.sha256(wasm).hexdigest(),
-        }
-        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+        digest. ``module_digest``, when given, is ``wasm``'s hex SHA-256 digest (``wasm`` is then
+        not read)."""
+        if module_digest is None:
+            module_digest = hashlib.sha256(wasm).hexdigest()
+        return hashlib.sha256(
+            _key_prefix(engine, fuel, preparation) + module_digest.encode()
+        ).hexdigest()
 
     def path(self, key: str) -> Path:
         """Where the entry of ``key`` is stored."""
@@ -349,6 +357,9 @@ class ModuleCache:
             ready = _private_directory(self.directory) and _private_directory(
                 self.entries, follow=False
             )
+            if ready:
+                self._secret = _secret(self.entries)
+                self._entries_path = str(self.entries)
         except OSError as exc:
             logger.bind(cache=str(self.directory)).warning(
                 "compiled-module cache not used: {}", exc
@@ -373,7 +384,7 @@ class ModuleCache:
     ) -> CompiledModule | None:
         if not self._usable_directory():
             return None
-        path = self.path(key)
+        path = os.path.join(self._entries_path, key)
         try:
             descriptor = os.open(path, os.O_RDONLY | _NOFOLLOW | _BINARY)
         except FileNotFoundError:
@@ -383,56 +394,57 @@ class ModuleCache:
                 self._reject(path, "it is a symbolic link")
                 return None
             self._count("errors")
-            logger.bind(cache=str(path)).warning("cannot read a cache entry: {}", exc)
+            logger.bind(cache=path).warning("cannot read a cache entry: {}", exc)
             return None
         try:
-            with os.fdopen(descriptor, "rb") as handle:
-                info = os.fstat(handle.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    self._reject(path, "it is not a regular file")
-                    return None
-                if not _owned_by_user(info):
-                    self._reject(path, "it belongs to another user")
-                    return None
-                header, problem = _read_header(
-                    handle, info.st_size, self._header(engine, key, fuel)
-                )
-                if header is None:
-                    self._reject(path, problem)
-                    return None
-                size = int(header["payload_size"])
-                payload = None
-                if keep_payload or self.verify == "full":
-                    handle.seek(0)
-                    payload = handle.read(size)
-                problem = _check_payload(handle, size, header, payload)
-                if problem:
-                    self._reject(path, problem)
-                    return None
-                _mark_used(handle.fileno())
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            self._count("errors")
-            logger.bind(cache=str(path)).warning("cannot read a cache entry: {}", exc)
-            return None
-        try:
+            info = os.fstat(descriptor)
+            if not stat.S_ISREG(info.st_mode):
+                self._reject(path, "it is not a regular file")
+                return None
+            if not _owned_by_user(info):
+                self._reject(path, "it belongs to another user")
+                return None
+            header, problem = _read_header(
+                descriptor, info.st_size, self._header(engine, key, fuel), self._secret
+            )
+            if header is None:
+                self._reject(path, problem)
+                return None
+            size = int(header["payload_size"])
+            payload = None
+            if keep_payload or self.verify == "full":
+                payload = os.pread(descriptor, size, 0)
+            problem = _check_payload(descriptor, size, header, payload)
+            if problem:
+                self._reject(path, problem)
+                return None
+            _mark_used(descriptor)
+            # The engine is given the descriptor's own file where the system names it, so it
+            # reads the very file checked above, whatever the name points to by now.
             if payload is None:
-                module = engine.deserialize_file(str(path), size, fuel=fuel)
+                module = engine.deserialize_file(
+                    _descriptor_path(descriptor, path), size, fuel=fuel
+                )
             else:
                 module = engine.deserialize(payload, fuel=fuel)
         except PluginError as error:
             self._reject(path, f"the engine refused it: {error.message}")
             return None
+        except OSError as exc:
+            self._count("errors")
+            logger.bind(cache=path).warning("cannot read a cache entry: {}", exc)
+            return None
+        finally:
+            os.close(descriptor)
         self._count("hits")
         metadata = header.get("metadata")
         return CompiledModule(
             module, payload, hit=True, metadata=metadata if isinstance(metadata, dict) else {}
         )
 
-    def _reject(self, path: Path, problem: str) -> None:
+    def _reject(self, path: str, problem: str) -> None:
         self._count("rejected")
-        logger.bind(cache=str(path)).warning(
+        logger.bind(cache=path).warning(
             "compiled-module cache entry not used ({}); compiling again", problem
         )
 
@@ -460,6 +472,7 @@ class ModuleCache:
         header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
         header["metadata"] = metadata
         encoded = json.dumps(header, sort_keys=True).encode()
+        mac = hmac.new(self._secret, encoded, hashlib.sha256).digest()
         temporary = None
         try:
             # mkstemp creates the file exclusively (O_EXCL), mode 0600, never through a link.
@@ -467,6 +480,7 @@ class ModuleCache:
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(payload)
                 handle.write(encoded)
+                handle.write(mac)
                 handle.write(_HEADER_LENGTH.pack(len(encoded)))
                 handle.write(_MAGIC)
             os.replace(temporary, self.path(key))
@@ -513,10 +527,15 @@ class ModuleCache:
         """Whether an entry was made by this engine's version, or by another engine (which may
         still be in use); an entry of an older version of this engine can never be used again."""
         try:
-            with open(path, "rb") as handle:
-                header, _ = _read_header(handle, os.fstat(handle.fileno()).st_size, {})
+            descriptor = os.open(path, os.O_RDONLY | _NOFOLLOW | _BINARY)
+        except OSError:
+            return False
+        try:
+            header, _ = _read_header(descriptor, os.fstat(descriptor).st_size, {}, None)
         except (OSError, ValueError):
             return False
+        finally:
+            os.close(descriptor)
         if header is None:
             return False
         if header.get("engine") != engine.name:
@@ -525,22 +544,33 @@ class ModuleCache:
 
 
 def _read_header(
-    handle: Any, file_size: int, expected: dict[str, Any]
+    descriptor: int, file_size: int, expected: dict[str, Any], secret: bytes | None
 ) -> tuple[dict[str, Any] | None, str]:
-    """The header at the end of an entry, checked against what was looked up and against the
-    file's size; or None and what is wrong."""
+    """The header at the end of an entry, checked against its HMAC under ``secret`` (``None``:
+    not checked), against what was looked up and against the file's size; or None and what is
+    wrong. One read for most entries."""
     if file_size < _TRAILER:
         return None, "not a cache entry"
-    handle.seek(file_size - _TRAILER)
-    trailer = handle.read(_TRAILER)
-    if len(trailer) != _TRAILER or not trailer.endswith(_MAGIC):
+    tail_size = min(file_size, _TAIL_READ)
+    tail = os.pread(descriptor, tail_size, file_size - tail_size)
+    if len(tail) != tail_size or not tail.endswith(_MAGIC):
         return None, "not a cache entry"
-    (length,) = _HEADER_LENGTH.unpack_from(trailer)
+    (length,) = _HEADER_LENGTH.unpack_from(tail, tail_size - _HEADER_LENGTH.size - len(_MAGIC))
     if length > _MAX_HEADER or length > file_size - _TRAILER:
         return None, "truncated header"
-    handle.seek(file_size - _TRAILER - length)
+    mac = tail[tail_size - _TRAILER : tail_size - _TRAILER + _MAC_SIZE]
+    if length <= tail_size - _TRAILER:
+        encoded = tail[tail_size - _TRAILER - length : tail_size - _TRAILER]
+    else:
+        encoded = os.pread(descriptor, length, file_size - _TRAILER - length)
+        if len(encoded) != length:
+            return None, "truncated header"
+    if secret is not None and not hmac.compare_digest(
+        hmac.new(secret, encoded, hashlib.sha256).digest(), mac
+    ):
+        return None, "header digest mismatch (corrupt, or not written by this cache)"
     try:
-        header = json.loads(handle.read(length))
+        header = json.loads(encoded)
     except ValueError:
         return None, "unreadable header"
     if not isinstance(header, dict):
@@ -554,7 +584,9 @@ def _read_header(
     return header, ""
 
 
-def _check_payload(handle: Any, size: int, header: dict[str, Any], payload: bytes | None) -> str:
+def _check_payload(
+    descriptor: int, size: int, header: dict[str, Any], payload: bytes | None
+) -> str:
     """What is wrong with the payload (its samples, and all of it when it was read), or ``""``."""
     if payload is not None:
         if len(payload) != size:
@@ -563,7 +595,7 @@ def _check_payload(handle: Any, size: int, header: dict[str, Any], payload: byte
             hashlib.sha256(payload).hexdigest(), str(header.get("payload_sha256"))
         ):
             return "corrupt payload (digest mismatch)"
-    samples = _samples_digest(payload if payload is not None else handle, size)
+    samples = _samples_digest(payload if payload is not None else descriptor, size)
     if not hmac.compare_digest(samples, str(header.get("payload_samples"))):
         return "corrupt payload (samples mismatch)"
     return ""
@@ -576,18 +608,88 @@ def _sample_offsets(size: int) -> list[int]:
     return offsets
 
 
-def _samples_digest(source: Any, size: int) -> str:
+def _samples_digest(source: bytes | int, size: int) -> str:
     """SHA-256 of the payload's size and of 4 KiB read at its start, end and every MiB, from
-    bytes or from an open file."""
+    bytes or from an open file descriptor."""
     digest = hashlib.sha256(str(size).encode())
     for offset in _sample_offsets(size):
         length = min(_SAMPLE, size - offset)
         if isinstance(source, bytes):
             digest.update(source[offset : offset + length])
         else:
-            source.seek(offset)
-            digest.update(source.read(length))
+            digest.update(os.pread(source, length, offset))
     return digest.hexdigest()
+
+
+def _key_prefix(engine: Engine, fuel: bool, preparation: dict[str, Any] | None) -> bytes:
+    """Everything in a key but the module's digest, encoded once per engine and preparation."""
+    memo = (
+        engine.name,
+        engine.version,
+        bool(fuel),
+        None if preparation is None else tuple(sorted(preparation.items())),
+    )
+    prefix = _KEY_PREFIXES.get(memo)
+    if prefix is None:
+        material = {
+            "format": CACHE_FORMAT,
+            "preparation": preparation,
+            "engine": engine.name,
+            "engine_version": engine.version,
+            "fuel": bool(fuel),
+            "machine": platform.machine(),
+            "system": sys.platform,
+        }
+        prefix = json.dumps(material, sort_keys=True).encode() + b"\0"
+        if len(_KEY_PREFIXES) < 256:  # a bound: hosts use a handful of preparations
+            _KEY_PREFIXES[memo] = prefix
+    return prefix
+
+
+def _secret(entries: Path) -> bytes:
+    """The cache's HMAC key, made (random, mode 0600) the first time: written to a temporary
+    file and linked into place, so that concurrent makers agree on one key and a reader never
+    sees a partial one."""
+    path = entries / _SECRET_NAME
+    for _ in range(3):
+        try:
+            descriptor = os.open(path, os.O_RDONLY | _NOFOLLOW | _BINARY)
+        except FileNotFoundError:
+            _make_secret(entries, path)
+            continue
+        try:
+            info = os.fstat(descriptor)
+            if not stat.S_ISREG(info.st_mode) or not _owned_by_user(info):
+                raise PermissionError(f"{path} is not a file of this user")
+            secret = os.read(descriptor, _SECRET_SIZE + 1)
+        finally:
+            os.close(descriptor)
+        if len(secret) != _SECRET_SIZE:
+            raise OSError(errno.EINVAL, f"{path} is not a key of {_SECRET_SIZE} bytes")
+        return secret
+    raise FileNotFoundError(f"{path} could not be made")
+
+
+def _make_secret(entries: Path, path: Path) -> None:
+    descriptor, temporary = tempfile.mkstemp(dir=entries, prefix=_TEMPORARY_PREFIX)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(secrets.token_bytes(_SECRET_SIZE))
+        with contextlib.suppress(FileExistsError):  # another maker was first: its key holds
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
+
+
+_FD_DIRECTORY = "/proc/self/fd"
+_fd_paths: list[bool] = []
+
+
+def _descriptor_path(descriptor: int, path: str) -> str:
+    """A name of the open file ``descriptor`` (Linux's ``/proc/self/fd``), else ``path``."""
+    if not _fd_paths:
+        _fd_paths.append(os.path.isdir(_FD_DIRECTORY))
+    return f"{_FD_DIRECTORY}/{descriptor}" if _fd_paths[0] else path
 
 
 def _owned_by_user(info: os.stat_result) -> bool:
