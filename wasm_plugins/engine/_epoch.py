@@ -11,8 +11,9 @@ runs it on a thread of its own, so ticks arrive on time whatever the interpreter
 A timer's notification function receives a ``union sigval``, which every supported ABI (x86-64
 System V, AArch64) passes exactly like one pointer argument, in the first argument register; and
 ``wasmtime_engine_increment_epoch`` is documented to be callable from any thread. The timer runs
-only while a timed call is in flight, and is deleted at exit before the engine could be freed.
-Where no such timer exists (not glibc), a Python thread ticks as before.
+while timed calls run and for up to :data:`IDLE` seconds after the last one, and is deleted at
+exit before the engine could be freed. Where no such timer exists (not glibc), a Python thread
+ticks instead, sleeping to absolute instants so that late wake-ups do not add up.
 
 Both kinds survive ``fork``: timers and threads do not, so a forked child re-arms on first use.
 """
@@ -29,10 +30,14 @@ import time
 import weakref
 from typing import Any
 
-__all__ = ["TICK", "EpochTicker", "native_ticks"]
+__all__ = ["IDLE", "TICK", "EpochTicker", "native_ticks"]
 
 TICK = 0.002
 """Seconds between epoch ticks."""
+IDLE = 0.1
+"""Seconds without a timed call after which the ticker stops."""
+_MAY_BE_PENDING = 0.0005
+"""How long after it is due a tick may still be on its way (the timer's thread starting)."""
 
 _CLOCK_MONOTONIC = 1
 _SIGEV_THREAD = 2
@@ -87,10 +92,16 @@ def native_ticks() -> bool:
 
 
 class EpochTicker:
-    """Advances one engine's epoch every :data:`TICK` while at least one timed call runs.
+    """Advances one engine's epoch every :data:`TICK` while timed calls run, and a little after.
 
-    Deadlines are counted in ticks from the moment they are set, so one ticker serves every
-    store of the engine.
+    Deadlines are absolute (a ``time.monotonic()`` instant): :meth:`ticks_until` turns one into
+    the epoch ticks a store waits, from the phase of the running timer, so a deadline is neither
+    shortened by a tick that comes at once nor lengthened by one added for safety. One ticker
+    serves every store of the engine.
+
+    The timer is not stopped when the last timed call returns: starting and stopping it costs a
+    system call each, more than a small call itself. It stops once no timed call has run for
+    :data:`IDLE` seconds (a thread looks that often while the timer runs).
 
     :param engine: the ``wasmtime.Engine`` (kept alive for as long as the ticker).
     :param increment: the address of ``wasmtime_engine_increment_epoch``, or ``None`` for the
@@ -104,9 +115,14 @@ class EpochTicker:
         _TICKERS.add(self)
 
     def _reset(self) -> None:
+        self._lock = threading.Lock()
         self._active = 0
-        self._condition = threading.Condition()
+        self._entered = 0
+        self._running = False
+        self._origin = 0.0
+        """When the running timer started: tick ``k`` is due at ``origin + k * TICK``."""
         self._thread: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
         self._timer: ctypes.c_void_p | None = None
 
     @property
@@ -114,27 +130,50 @@ class EpochTicker:
         """Whether this ticker runs outside the interpreter."""
         return self._increment is not None
 
+    def ticks_until(self, deadline: float) -> int:
+        """The epoch ticks from now that end at or after ``deadline`` (``time.monotonic()``)."""
+        now = time.monotonic()
+        if not self._running:
+            # The timer starts when the call enters, after now: its first tick is TICK later.
+            return max(1, _whole_ticks(deadline - now))
+        origin = self._origin
+        elapsed = now - origin
+        delivered = math.floor(elapsed / TICK)
+        if self._increment is None or elapsed - delivered * TICK < _MAY_BE_PENDING:
+            # A tick just due (any tick, from a thread that waits for the GIL) may not have
+            # advanced the epoch yet: counting it as delivered would end the deadline a tick
+            # early, counting it as pending at worst a tick late.
+            delivered -= 1
+        return max(1, _whole_ticks(deadline - origin) - delivered)
+
     def ticks_for(self, timeout: float) -> int:
-        # +1: the first tick may come at once, and a deadline must never be shorter than asked.
-        return max(1, math.ceil(timeout / TICK)) + 1
+        """The epoch ticks from now that end at or after ``timeout`` seconds from now."""
+        return self.ticks_until(time.monotonic() + timeout)
 
     def __enter__(self) -> None:
-        with self._condition:
+        with self._lock:
             self._active += 1
-            if self._active > 1 or (self._increment is not None and self._arm(TICK)):
-                return
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="wasm-plugins-epoch", daemon=True
-                )
-                self._thread.start()
-            self._condition.notify()
+            self._entered += 1
+            if not self._running:
+                self._start()
 
     def __exit__(self, *exc_info: object) -> None:
-        with self._condition:
+        with self._lock:
             self._active -= 1
-            if self._active == 0 and self._timer is not None:
-                self._arm(0.0)
+
+    def _start(self) -> None:
+        if self._increment is None or not self._arm(TICK):
+            self._origin = time.monotonic()
+            self._thread = threading.Thread(
+                target=self._tick, args=(self._origin,), name="wasm-plugins-epoch", daemon=True
+            )
+            self._thread.start()
+        self._running = True
+        if self._watcher is None:
+            self._watcher = threading.Thread(
+                target=self._stop_when_idle, name="wasm-plugins-epoch-idle", daemon=True
+            )
+            self._watcher.start()
 
     def _arm(self, period: float) -> bool:
         """Start (or with 0, stop) the native timer; ``False`` when no timer can be had, and
@@ -156,19 +195,37 @@ class EpochTicker:
         spec = _IntervalTimerSpec(
             interval=_TimeSpec(0, nanoseconds), value=_TimeSpec(0, nanoseconds)
         )
+        self._origin = time.monotonic()
         settime(self._timer, 0, ctypes.byref(spec), None)
         return True
 
-    def _run(self) -> None:
-        while True:
-            with self._condition:
-                while self._active == 0:
-                    self._condition.wait()
-            time.sleep(TICK)
+    def _tick(self, origin: float) -> None:
+        """The Python-thread ticker: a tick at every ``origin + k * TICK``, slept to as an
+        absolute instant, so late wake-ups do not add up."""
+        due = 0
+        while self._running and self._origin == origin:
+            due += 1
+            delay = origin + due * TICK - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
             self._engine.increment_epoch()
+
+    def _stop_when_idle(self) -> None:
+        seen = -1
+        while True:
+            time.sleep(IDLE)
+            with self._lock:
+                if self._active == 0 and self._entered == seen:
+                    self._running = False
+                    self._watcher = None
+                    if self._timer is not None:
+                        self._arm(0.0)
+                    return
+                seen = self._entered
 
     def close(self) -> None:
         """Delete the native timer (before the engine may be freed)."""
+        self._running = False
         timer, self._timer = self._timer, None
         if timer is not None and _TIMERS is not None:
             _TIMERS[2](timer)
@@ -177,6 +234,11 @@ class EpochTicker:
         """Timers and threads are not inherited: start afresh (calls in flight were the
         parent's)."""
         self._reset()
+
+
+def _whole_ticks(seconds: float) -> int:
+    # Less than a nanosecond over a whole number of ticks is the float's rounding, not time.
+    return math.ceil(seconds / TICK - 1e-6)
 
 
 _TICKERS: weakref.WeakSet[EpochTicker] = weakref.WeakSet()

@@ -81,6 +81,8 @@ try:
     _memory_data.restype = ctypes.c_void_p
     _memory_data_size: Any = _library.dll["wasmtime_memory_data_size"]
     _memory_data_size.restype = ctypes.c_size_t
+    _set_epoch_deadline: Any = _library.dll["wasmtime_context_set_epoch_deadline"]
+    _set_epoch_deadline.restype = None
     _TWO = ctypes.c_size_t(2)
     _INCREMENT_EPOCH: int | None = ctypes.cast(
         _library.dll["wasmtime_engine_increment_epoch"], ctypes.c_void_p
@@ -265,6 +267,7 @@ class WasmtimeInstance:
         self._timeout = budget.timeout
         self._host_exception: BaseException | None = None
         self._last_fuel_used: int | None = None
+        self._context: Any = None
         self.memory = _Memory()
         wasmtime_engine = compiled.engine
         store = wasmtime.Store(wasmtime_engine)
@@ -356,7 +359,11 @@ class WasmtimeInstance:
         if self._fuel is not None:
             self._store.set_fuel(self._fuel)
         if self._timeout is not None:
-            self._store.set_epoch_deadline(self._ticker.ticks_for(self._timeout))
+            ticks = self._ticker.ticks_until(time.monotonic() + self._timeout)
+            if self._context is not None:
+                _set_epoch_deadline(self._context, ctypes.c_uint64(ticks))
+            else:
+                self._store.set_epoch_deadline(ticks)
 
     def export_function(self, name: str) -> _Export:
         return _export_function(self._exports, self._types, name)
