@@ -49,8 +49,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.modules import synthetic_module  # noqa: E402
 from wasm_plugins import ContextualError, PluginHost  # noqa: E402
-from wasm_plugins.errors import DeadlineExceeded  # noqa: E402
 from wasm_plugins.engine import Engine, default_registry  # noqa: E402
+from wasm_plugins.errors import DeadlineExceeded  # noqa: E402
 from wasm_plugins.isolation import ProcessSandbox, WorkerPool  # noqa: E402
 from wasm_plugins.sandbox import Limits, LoadedModule, ModuleCache, Sandbox  # noqa: E402
 
@@ -557,7 +557,7 @@ LOAD_ROWS = (
 
 
 def _is_load(row: str) -> bool:
-    return row.split(",")[0] in LOAD_ROWS
+    return row.split(",", maxsplit=1)[0] in LOAD_ROWS
 
 
 def _cell(value: float | None, row: str) -> str:

@@ -247,6 +247,9 @@ class _Linked:
 class WasmtimeInstance:
     """One wasmtime store and instance."""
 
+    _context: Any = None
+    """The store's context for the fast path (``None`` until the instance exists)."""
+
     def __init__(
         self,
         compiled: _Compiler,
@@ -267,7 +270,6 @@ class WasmtimeInstance:
         self._timeout = budget.timeout
         self._host_exception: BaseException | None = None
         self._last_fuel_used: int | None = None
-        self._context: Any = None
         self.memory = _Memory()
         wasmtime_engine = compiled.engine
         store = wasmtime.Store(wasmtime_engine)
