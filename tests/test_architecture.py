@@ -17,7 +17,7 @@ PACKAGE = "wasm_plugins"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_units", "_version", "_escape", "_correlation", "_suggest"),
+    ("_units", "_version", "_escape", "_correlation", "_suggest", "_log"),
     ("errors",),
     ("services",),
     ("engine",),

@@ -28,3 +28,58 @@ class TestVersion:
             [sys.executable, "-c", script], capture_output=True, text=True, check=True
         )
         assert result.stdout.strip() == "0+unknown"
+
+
+def _run(script: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+
+
+class TestStartUp:
+    def test_importing_the_package_loads_nothing_heavy(self) -> None:
+        """``import wasm_plugins`` loads neither an engine, the policy, loguru nor asyncio: each
+        public name is imported when first used."""
+        loaded = _run(
+            "import sys\n"
+            "import wasm_plugins\n"
+            "heavy = ('loguru', 'asyncio', 'wasmtime', 'wasmer', 'cattrs', 'pluggy',\n"
+            "         'wasm_plugins.host', 'importlib.metadata')\n"
+            "print(sorted(name for name in heavy if name in sys.modules))\n"
+        )
+        assert loaded.strip() == "[]"
+
+    def test_public_names_resolve(self) -> None:
+        """Every name in ``__all__`` is there when asked for, and unknown names are not."""
+        for name in wasm_plugins.__all__:
+            assert getattr(wasm_plugins, name) is not None
+        assert "PluginHost" in dir(wasm_plugins)
+        try:
+            wasm_plugins.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018
+        except AttributeError as exc:
+            assert "NoSuchThing" in str(exc)
+        else:
+            raise AssertionError("an unknown name was found")
+
+
+class TestLogsOffByDefault:
+    SCRIPT = (
+        "import sys\n"
+        "import wasm_plugins\n"
+        "from loguru import logger\n"
+        "logger.remove()\n"
+        "logger.add(sys.stdout.write, format='{message}')\n"
+        "{decision}\n"
+        "import os\n"
+        "os.environ['WASM_PLUGINS_CACHE_MAX_SIZE'] = 'lots'\n"
+        "wasm_plugins.ModuleCache.from_environment()  # warns: the size is ignored\n"
+    )
+
+    def test_off_unless_enabled(self) -> None:
+        """The library's logs are off when loguru is first used, as they always were."""
+        assert _run(self.SCRIPT.replace("{decision}", "")) == ""
+
+    def test_an_application_that_enabled_them_first_keeps_them(self) -> None:
+        """``logger.enable("wasm_plugins")`` before the library first logs is not undone."""
+        script = self.SCRIPT.replace("{decision}", "logger.enable('wasm_plugins')")
+        assert "ignored (using" in _run(script)

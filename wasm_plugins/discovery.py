@@ -15,9 +15,9 @@ from importlib.metadata import EntryPoint, entry_points
 
 import attrs
 import pluggy
-from loguru import logger
 
 from wasm_plugins._escape import escape, escape_lines
+from wasm_plugins._log import logger
 from wasm_plugins._suggest import did_you_mean
 from wasm_plugins.hookspecs import PROJECT_NAME
 

@@ -20,10 +20,10 @@ from typing import Any, cast
 
 import attrs
 import pluggy
-from loguru import logger
 
 from wasm_plugins import hookspecs
 from wasm_plugins._escape import escape
+from wasm_plugins._log import logger
 from wasm_plugins._suggest import did_you_mean
 from wasm_plugins.builtin import builtin_plugins
 from wasm_plugins.builtin.fallbacks import ExternalFallback

@@ -15,9 +15,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, final
 
-from loguru import logger
-
 from wasm_plugins._escape import escape
+from wasm_plugins._log import logger
 from wasm_plugins.engine import Engine, EngineRegistry, WasiDirectory, WasiSettings
 from wasm_plugins.errors import ConfigurationError
 from wasm_plugins.isolation import ProcessSandbox, WorkerPool, choose_isolation

@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from loguru import logger
-
 from wasm_plugins._correlation import correlation_fields
 from wasm_plugins._escape import escape
+from wasm_plugins._log import logger
 from wasm_plugins._units import KiB
 from wasm_plugins.engine import FuncSignature
 from wasm_plugins.errors import CommunicationError

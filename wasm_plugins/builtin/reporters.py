@@ -23,10 +23,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, final
 
 import attrs
-from loguru import logger
 
 from wasm_plugins._correlation import attempt_id, caller_fields
 from wasm_plugins._escape import escape
+from wasm_plugins._log import logger
 from wasm_plugins._suggest import did_you_mean
 from wasm_plugins.errors import (
     ConfigurationError,

@@ -6,9 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, TextIO
 
-from loguru import logger
-
 from wasm_plugins._escape import escape
+from wasm_plugins._log import logger
 
 if TYPE_CHECKING:
     from loguru import Message, Record

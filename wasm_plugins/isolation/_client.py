@@ -20,8 +20,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeGuard
 
-from loguru import logger
-
+from wasm_plugins._log import logger
 from wasm_plugins.errors import CommunicationError, DeadlineExceeded, InstanceError, PluginError
 from wasm_plugins.isolation import _protocol as wire
 from wasm_plugins.isolation._bulkhead import Bulkhead

@@ -26,9 +26,9 @@ from collections.abc import Callable
 from typing import Any, final
 
 import attrs
-from loguru import logger
 
 from wasm_plugins._correlation import ATTEMPT, caller_fields
+from wasm_plugins._log import logger
 from wasm_plugins.errors import (
     CommunicationError,
     ConfigurationError,

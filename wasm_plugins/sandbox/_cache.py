@@ -61,8 +61,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from loguru import logger
 
+from wasm_plugins._log import logger
 from wasm_plugins._units import parse_size
 from wasm_plugins.engine import Engine, EngineModule
 from wasm_plugins.errors import PluginError

@@ -25,9 +25,8 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from loguru import logger
-
 from wasm_plugins._escape import escape
+from wasm_plugins._log import logger
 from wasm_plugins._units import KiB, MiB
 from wasm_plugins.engine import (
     Engine,
@@ -98,8 +97,6 @@ _LOG_LEVELS = LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
 """loguru's levels by Extism's numbers (0 trace ... 4 error)."""
 LOG_DISABLED = 2**31 - 1
 """What ``get_log_level`` answers when no guest log line is kept (Extism's ``i32::MAX``)."""
-_LOGURU_CORE: Any = getattr(logger, "_core", None)
-"""loguru's state behind the logger (one per process, never replaced)."""
 _U64 = 0xFFFFFFFFFFFFFFFF
 _CALL_HEADER = struct.Struct("<9q4I")
 """The kernel header and the input block's header, written before every call."""
@@ -565,7 +562,7 @@ def effective_log_level() -> int:
     that state cannot be read, every level is kept (0).
     """
     try:
-        core: Any = _LOGURU_CORE
+        core: Any = getattr(logger, "_core", None)
         if not core.handlers or not _logging_enabled(core, __name__):
             return LOG_DISABLED
         lowest = core.min_level

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from loguru import logger
 
+from wasm_plugins._log import logger
 from wasm_plugins.engine import CallBudget, Engine, EngineModule, LinkedModule, WasiSettings
 from wasm_plugins.errors import (
     ConfigurationError,
