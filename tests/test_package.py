@@ -49,6 +49,21 @@ class TestStartUp:
         )
         assert loaded.strip() == "[]"
 
+    def test_command_line_help_loads_nothing_heavy(self) -> None:
+        """``wasm-plugins --help`` and a command's ``--help`` load no engine, host or loguru:
+        each command's module is imported when it runs or its options are parsed."""
+        loaded = _run(
+            "import contextlib, io, sys\n"
+            "from wasm_plugins.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert main(['--help']) == 0\n"
+            "    assert main(['new', '--help']) == 0\n"
+            "heavy = ('loguru', 'asyncio', 'wasmtime', 'wasmer',\n"
+            "         'wasm_plugins.host', 'wasm_plugins.trust')\n"
+            "print(sorted(name for name in heavy if name in sys.modules))\n"
+        )
+        assert loaded.strip() == "[]"
+
     def test_public_names_resolve(self) -> None:
         """Every name in ``__all__`` is there when asked for, and unknown names are not."""
         for name in wasm_plugins.__all__:

@@ -28,22 +28,15 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO, cast
+from typing import TYPE_CHECKING, TextIO, cast
 
 from wasm_plugins.cli._arguments import UsageError, trust_policy
-from wasm_plugins.cli._call import call_function
-from wasm_plugins.cli._demo import show_demo
-from wasm_plugins.cli._doctor import diagnose
 from wasm_plugins.cli._format import EscapingWriter, dump, report
-from wasm_plugins.cli._fuzz import fuzz_plugin
-from wasm_plugins.cli._guest import build_project, new_project
-from wasm_plugins.cli._inspect import inspect_target
-from wasm_plugins.cli._list import list_plugins
 from wasm_plugins.cli._parser import PROG, Exit, build_parser
-from wasm_plugins.cli._trust import print_entry
-from wasm_plugins.errors import PluginError
-from wasm_plugins.host import PluginHost
-from wasm_plugins.trust import TrustPolicy
+
+if TYPE_CHECKING:
+    from wasm_plugins.host import PluginHost
+    from wasm_plugins.trust import TrustPolicy
 
 __all__ = ["main"]
 
@@ -51,6 +44,8 @@ __all__ = ["main"]
 def _discover(trust: TrustPolicy | None = None) -> PluginHost:
     """The host every command works with: the installed plugins, as the trust policy grants
     them (tests replace this)."""
+    from wasm_plugins.host import PluginHost  # noqa: PLC0415 - keeps --help fast
+
     return PluginHost.discover(trust=trust)
 
 
@@ -72,24 +67,40 @@ def _silence_stdout() -> None:
 
 
 def _run(arguments: argparse.Namespace, out: TextIO) -> int:
+    # Each command's module is imported when it runs, so what it needs costs --help nothing:
+    # that is the reason for each PLC0415 exception below.
     command = arguments.command
     discover = _discoverer(arguments)
     if command == "list":
+        from wasm_plugins.cli._list import list_plugins  # noqa: PLC0415
+
         return list_plugins(arguments.json, out, discover, arguments.strict)
     if command == "inspect":
+        from wasm_plugins.cli._inspect import inspect_target  # noqa: PLC0415
+
         return inspect_target(arguments, out, discover)
     if command == "call":
+        from wasm_plugins.cli._call import call_function  # noqa: PLC0415
+
         return call_function(arguments, out, discover)
     if command == "trust":
+        from wasm_plugins.cli._trust import print_entry  # noqa: PLC0415
+
         return print_entry(arguments, out, discover)
     if command == "fuzz":
+        from wasm_plugins.cli._fuzz import fuzz_plugin  # noqa: PLC0415
+
         return fuzz_plugin(arguments, out)
-    if command == "new":
-        return new_project(arguments, out)
-    if command == "build":
-        return build_project(arguments, out)
+    if command in ("new", "build"):
+        from wasm_plugins.cli._guest import build_project, new_project  # noqa: PLC0415
+
+        return (new_project if command == "new" else build_project)(arguments, out)
     if command == "doctor":
+        from wasm_plugins.cli._doctor import diagnose  # noqa: PLC0415
+
         return diagnose(out, discover, arguments.json)
+    from wasm_plugins.cli._demo import show_demo  # noqa: PLC0415
+
     return show_demo(out, arguments.hostapi)
 
 
@@ -111,15 +122,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = f"{PROG} {command}: error: {message}"
         sys.stderr.write(f"{problem.usage}{message}\n")
         return 2
-    except PluginError as error:
-        return report(error, as_json)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130
     except BrokenPipeError:
         _silence_stdout()
         return 1
-    except Exception as exc:  # the last resort: a bug, still no traceback
+    except Exception as exc:
+        errors = sys.modules.get("wasm_plugins.errors")
+        # A typed error comes from a command that loaded the errors package: no import here.
+        if errors is not None and isinstance(exc, errors.PluginError):
+            return report(exc, as_json)
+        # The last resort: a bug, still no traceback.
         message = f"internal error: {type(exc).__name__}: {exc}"
         if as_json:
             dump({"kind": "internal", "message": message}, sys.stdout)

@@ -7,10 +7,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from wasm_plugins._units import parse_count, parse_duration, parse_size
-from wasm_plugins.trust import Grant, GrantedDirectory, TrustPolicy, parse_preopen_flag
+
+if TYPE_CHECKING:
+    from wasm_plugins.trust import Grant, GrantedDirectory, TrustPolicy
 
 __all__ = [
     "UsageError",
@@ -130,6 +132,8 @@ def read_input(spec: str | None, raw: bool) -> Any:
 
 
 def _preopen(text: str) -> GrantedDirectory:
+    from wasm_plugins.trust import parse_preopen_flag  # noqa: PLC0415 - keeps --help fast
+
     try:
         return parse_preopen_flag(text)
     except ValueError as exc:
@@ -177,6 +181,8 @@ def trust_policy(arguments: argparse.Namespace) -> TrustPolicy | None:
     extra = granted_by_flags(arguments)
     if path is None and extra is None:
         return None
+    from wasm_plugins.trust import TrustPolicy  # noqa: PLC0415 - keeps --help fast
+
     policy = TrustPolicy.from_file(path) if path is not None else TrustPolicy.from_environment()
     target = getattr(arguments, "target", None)
     if extra is None or target is None:
@@ -196,4 +202,6 @@ def granted_by_flags(arguments: argparse.Namespace) -> Grant | None:
     hosts = getattr(arguments, "allow_http", [])
     if not (allowed or preopens or hosts):
         return None
+    from wasm_plugins.trust import Grant  # noqa: PLC0415 - keeps --help fast
+
     return Grant(capabilities=frozenset(allowed), preopens=tuple(preopens), http=frozenset(hosts))

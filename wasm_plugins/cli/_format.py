@@ -7,16 +7,18 @@ import os
 import sys
 import textwrap
 from collections.abc import Iterable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from wasm_plugins._escape import escape, escape_lines
 from wasm_plugins._tables import WIDTH
 from wasm_plugins._units import format_duration, format_size
-from wasm_plugins.engine import ENGINE_ENVIRONMENT_VARIABLE, ExternInfo
-from wasm_plugins.errors import ConfigurationError, ContextualError, PluginError
-from wasm_plugins.host import PluginHost
-from wasm_plugins.manifest import Manifest
-from wasm_plugins.sandbox import Limits
+
+if TYPE_CHECKING:
+    from wasm_plugins.engine import ExternInfo
+    from wasm_plugins.errors import PluginError
+    from wasm_plugins.host import PluginHost
+    from wasm_plugins.manifest import Manifest
+    from wasm_plugins.sandbox import Limits
 
 __all__ = [
     "EscapingWriter",
@@ -92,6 +94,9 @@ def extern_type(item: ExternInfo) -> str:
 
 def underlying(error: PluginError) -> PluginError:
     """The typed error inside a ContextualError (its kind is what happened)."""
+    # Loaded by the command that raised the error: importing it here costs nothing then.
+    from wasm_plugins.errors import ContextualError  # noqa: PLC0415 - keeps --help fast
+
     return error.error if isinstance(error, ContextualError) else error
 
 
@@ -150,6 +155,9 @@ def limits_json(limits: Limits) -> dict[str, Any]:
 def engine_label(host: PluginHost, manifest: Manifest) -> tuple[str, str]:
     """(engine name, how it was chosen) for a plugin: ``none`` when no engine can load, with
     ``(unavailable)`` when the one it names cannot."""
+    from wasm_plugins.engine import ENGINE_ENVIRONMENT_VARIABLE  # noqa: PLC0415 - keeps --help fast
+    from wasm_plugins.errors import ConfigurationError  # noqa: PLC0415 - keeps --help fast
+
     requested = manifest.engine or host.engine_name
     how = "manifest" if manifest.engine else "host"
     try:

@@ -4,20 +4,12 @@ own options, when that command is parsed."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from wasm_plugins._version import __version__
 from wasm_plugins.cli._arguments import UsageError
-from wasm_plugins.cli._call import call_options
-from wasm_plugins.cli._demo import demo_options
-from wasm_plugins.cli._doctor import doctor_options
-from wasm_plugins.cli._fuzz import FUZZ_DESCRIPTION, fuzz_options
-from wasm_plugins.cli._guest import build_options, new_options
-from wasm_plugins.cli._inspect import inspect_options
-from wasm_plugins.cli._list import list_options
-from wasm_plugins.cli._trust import trust_command_options
 
 __all__ = ["PROG", "Exit", "Parser", "build_parser"]
 
@@ -65,6 +57,36 @@ class Parser(argparse.ArgumentParser):
         raise Exit(status)
 
 
+def _options(module: str, function: str) -> Callable[[argparse.ArgumentParser], None]:
+    """A command's options, from its module imported when they are added (the modules import
+    what their command runs: the host, the engines)."""
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        getattr(importlib.import_module(f"wasm_plugins.cli.{module}"), function)(parser)
+
+    return add
+
+
+class _Version(argparse.Action):
+    """``--version``: the distribution's metadata is read only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **_: Any):
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from wasm_plugins._version import __version__  # noqa: PLC0415 - keeps start-up fast
+
+        sys.stdout.write(f"{parser.prog} {__version__}\n")
+        parser.exit()
+
+
+def _fuzz_options(parser: argparse.ArgumentParser) -> None:
+    from wasm_plugins.cli._fuzz import FUZZ_DESCRIPTION, fuzz_options  # noqa: PLC0415 - as above
+
+    parser.description = FUZZ_DESCRIPTION
+    fuzz_options(parser)
+
+
 def build_parser() -> Parser:
     """The ``wasm-plugins`` parser, its commands and their one-line help."""
     parser = Parser(
@@ -73,52 +95,51 @@ def build_parser() -> Parser:
         epilog="Exit status: 0 success, 1 a plugin error, 2 a usage error, 3 fuzz found a "
         "broken invariant.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
         "list",
         help="the installed plugins, their engine and functions",
-        add_arguments=list_options,
+        add_arguments=_options("_list", "list_options"),
     )
     commands.add_parser(
         "inspect",
         help="a plugin's manifest, exports, imports (and capabilities) and limits",
-        add_arguments=inspect_options,
+        add_arguments=_options("_inspect", "inspect_options"),
     )
     commands.add_parser(
         "call",
         help="call a plugin function and print its result",
-        add_arguments=call_options,
+        add_arguments=_options("_call", "call_options"),
     )
     commands.add_parser(
         "trust",
         help="the trust policy entry that grants what a plugin asks, to review and add",
-        add_arguments=trust_command_options,
+        add_arguments=_options("_trust", "trust_command_options"),
     )
     commands.add_parser(
         "fuzz",
         help="generated inputs and injected faults against a plugin, checking the error policy",
-        description=FUZZ_DESCRIPTION,
-        add_arguments=fuzz_options,
+        add_arguments=_fuzz_options,
     )
     commands.add_parser(
         "new",
         help="scaffold a plugin distribution (c, zig, assemblyscript or wat)",
-        add_arguments=new_options,
+        add_arguments=_options("_guest", "new_options"),
     )
     commands.add_parser(
         "build",
         help="build a plugin project's module with its language's toolchain",
-        add_arguments=build_options,
+        add_arguments=_options("_guest", "build_options"),
     )
     commands.add_parser(
         "doctor",
         help="Python, packages, engines available and why not",
-        add_arguments=doctor_options,
+        add_arguments=_options("_doctor", "doctor_options"),
     )
     commands.add_parser(
         "demo",
         help="a host at work: good calls and typed failures",
-        add_arguments=demo_options,
+        add_arguments=_options("_demo", "demo_options"),
     )
     return parser
