@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.modules import synthetic_module  # noqa: E402
 from wasm_plugins import ContextualError, PluginHost  # noqa: E402
 from wasm_plugins.engine import Engine, default_registry  # noqa: E402
-from wasm_plugins.errors import DeadlineExceeded  # noqa: E402
+from wasm_plugins.errors import DeadlineExceeded, ExecutionError  # noqa: E402
 from wasm_plugins.isolation import ProcessSandbox, WorkerPool  # noqa: E402
 from wasm_plugins.sandbox import Limits, LoadedModule, ModuleCache, Sandbox  # noqa: E402
 
@@ -59,6 +60,10 @@ ENDLESS = (
     ROOT / "plugins" / "hostile-pack" / "src" / "wasm_plugins_hostile_pack" / "endless-loop.wat"
 )
 EXTISM_ECHO = ROOT / "benchmarks" / "extism_echo.wat"
+TRAPPING = ECHO.read_text().rstrip().removesuffix(")") + (
+    '  (func (export "boom") (param i32 i32) (result i64) unreachable)\n)\n'
+)
+"""The echo plugin with a function that traps."""
 REAL_PLUGIN = (
     ROOT / "plugins" / "text-tools" / "src" / "wasm_plugins_text_tools" / "text_tools.wasm"
 )
@@ -173,6 +178,59 @@ def minimal_wasmtime_ctypes(wat: str) -> Action:
         return json.loads(ctypes.string_at(base + pointer, length))
 
     return call
+
+
+def floor_trap_wasmtime(wat: str) -> Action:
+    """A trapping call, a new instance and the echo, through wasmtime-py's public API."""
+    import wasmtime
+
+    engine = wasmtime.Engine()
+    module = wasmtime.Module(engine, wat)
+
+    def exports() -> tuple[Any, Any]:
+        store = wasmtime.Store(engine)
+        return store, wasmtime.Instance(store, module, []).exports(store)
+
+    def step() -> Any:
+        store, found = exports()
+        try:  # noqa: SIM105 - contextlib.suppress would be timed too
+            found["boom"](store, 0, 0)
+        except wasmtime.Trap:
+            pass
+        store, found = exports()
+        buffer = found["wp_alloc"](store, 256)
+        data = json.dumps(PAYLOAD).encode()
+        found["memory"].write(store, data, buffer)
+        packed = found["echo"](store, buffer, len(data))
+        pointer, length = packed >> 32, packed & 0xFFFFFFFF
+        return json.loads(found["memory"].read(store, pointer, pointer + length))
+
+    return step
+
+
+def floor_trap_wasmer(wat: str) -> Action:
+    """A trapping call, a new instance and the echo, through wasmer's public API."""
+    import wasmer
+    import wasmer_compiler_cranelift
+
+    store = wasmer.Store(wasmer.engine.Universal(wasmer_compiler_cranelift.Compiler))
+    module = wasmer.Module(store, wat)
+
+    def step() -> Any:
+        try:  # noqa: SIM105 - contextlib.suppress would be timed too
+            wasmer.Instance(module).exports.boom(0, 0)
+        except RuntimeError:
+            pass
+        instance = wasmer.Instance(module)
+        view = memoryview(instance.exports.memory.buffer).cast("B")
+        buffer = instance.exports.wp_alloc(256)
+        data = json.dumps(PAYLOAD).encode()
+        view[buffer : buffer + len(data)] = data
+        packed = instance.exports.echo(buffer, len(data))
+        pointer, length = packed >> 32, packed & 0xFFFFFFFF
+        return json.loads(view[pointer : pointer + length].tobytes())
+
+    return step
 
 
 def raw_export(engine: Engine, sandbox: Sandbox) -> Action:
@@ -403,6 +461,51 @@ class Suite:
             self._closers.append(endless.close)
         self._closers += [timed.close, plain.close]
 
+    def failures(self, engine: Engine) -> None:
+        """A call that traps and the call after it (which needs a fresh instance), against the
+        engine's public API doing the same: the trapping call, a new instance, the echo."""
+        name = engine.name
+        sandbox = Sandbox(TRAPPING, engine=engine, name="trapping")
+
+        def trap_then_call() -> Any:
+            try:  # noqa: SIM105 - contextlib.suppress would be timed too
+                sandbox.call("boom", PAYLOAD)
+            except ExecutionError:
+                pass
+            return sandbox.call("echo", PAYLOAD)
+
+        floor = floor_trap_wasmtime(TRAPPING) if name == "wasmtime" else floor_trap_wasmer(TRAPPING)
+        assert trap_then_call() == PAYLOAD and floor() == PAYLOAD
+        calls = max(20, self.calls // 50)
+        self.add("trap + next call, Sandbox.call", name, trap_then_call, calls)
+        self.add("trap + next call, engine's public API", name, floor, calls)
+        self._closers.append(sandbox.close)
+
+    def startup(self) -> None:
+        """Starting a Python process that imports the package, or prints the command line's
+        help, against one that imports pluggy and attrs (what a plugin host imports anyway)."""
+        python = sys.executable
+        commands = {
+            "start-up: python -c pass": "pass",
+            "start-up: import pluggy, attrs": "import pluggy, attrs",
+            "start-up: import wasm_plugins": "import wasm_plugins",
+            "start-up: from wasm_plugins import PluginHost": (
+                "from wasm_plugins import PluginHost"
+            ),
+            "start-up: wasm-plugins --help": (
+                "from wasm_plugins.cli import main; raise SystemExit(main(['--help']))"
+            ),
+        }
+        for row, code in commands.items():
+            self.add(
+                row,
+                "process",
+                lambda code=code: subprocess.run(
+                    [python, "-c", code], check=True, stdout=subprocess.DEVNULL
+                ),
+                3,
+            )
+
     def threads(self, engine: Engine) -> None:
         """Calls per second from 1, 2 and 8 threads at once, bare Sandbox.call against
         PluginHost.call; each figure is the time per call of all threads together."""
@@ -538,8 +641,20 @@ ROWS = (
     "Extism SDK call (same JSON echo)",
     "compile a real plugin (20 KiB)",
     "load it from the compiled-module cache",
+    "trap + next call, Sandbox.call",
+    "trap + next call, engine's public API",
+    "start-up: python -c pass",
+    "start-up: import pluggy, attrs",
+    "start-up: import wasm_plugins",
+    "start-up: from wasm_plugins import PluginHost",
+    "start-up: wasm-plugins --help",
 )
 IN_MILLISECONDS = {
+    "start-up: python -c pass",
+    "start-up: import pluggy, attrs",
+    "start-up: import wasm_plugins",
+    "start-up: from wasm_plugins import PluginHost",
+    "start-up: wasm-plugins --help",
     "endless loop, timeout 10 ms",
     "endless loop, timeout 100 ms",
     "compile a real plugin (20 KiB)",
@@ -595,6 +710,8 @@ class Target:
     """Where the denominator comes from when it is not the engine's own column."""
     constant: float | None = None
     """A fixed denominator (seconds) instead of a measured one."""
+    numerator_column: str | None = None
+    """Where the numerator comes from when it is not the engine's own column."""
 
 
 TARGETS = (
@@ -642,6 +759,28 @@ TARGETS = (
         "",
         1.05,
         constant=0.100,
+    ),
+    Target(
+        "trap + next call ≤ 2 x the engine's public API",
+        "trap + next call, Sandbox.call",
+        "trap + next call, engine's public API",
+        2.0,
+    ),
+    Target(
+        "import wasm_plugins ≤ 2 x import pluggy, attrs",
+        "start-up: import wasm_plugins",
+        "start-up: import pluggy, attrs",
+        2.0,
+        "process",
+        numerator_column="process",
+    ),
+    Target(
+        "wasm-plugins --help ≤ 2 x import pluggy, attrs",
+        "start-up: wasm-plugins --help",
+        "start-up: import pluggy, attrs",
+        2.0,
+        "process",
+        numerator_column="process",
     ),
     Target(
         "worker-process call ≤ 4 x in-process (Sandbox.call)",
@@ -699,7 +838,7 @@ def targets(suite: Suite, engines: list[str]) -> tuple[list[str], bool]:
     for target in every:
         cells = []
         for engine in engines:
-            numerator = suite.figure(target.numerator, engine)
+            numerator = suite.figure(target.numerator, target.numerator_column or engine)
             names = (
                 target.denominator
                 if isinstance(target.denominator, tuple)
@@ -761,8 +900,9 @@ def main() -> int:
     parser.add_argument("--engines", default=",".join(ENGINES), help="engines to measure")
     parser.add_argument(
         "--parts",
-        default="calls,loads,timeouts,threads",
-        help="what to measure: calls, loads, timeouts, threads (comma-separated)",
+        default="calls,loads,timeouts,threads,failures,startup",
+        help="what to measure: calls, loads, timeouts, threads, failures, startup "
+        "(comma-separated)",
     )
     parser.add_argument("--sizes", default=",".join(SIZES), help="module sizes for the loads")
     arguments = parser.parse_args()
@@ -787,15 +927,23 @@ def main() -> int:
                 suite.timeouts(engine)
             if "threads" in parts:
                 suite.threads(engine)
+            if "failures" in parts:
+                suite.failures(engine)
         if "calls" in parts:
             suite.extism()
         if "loads" in parts:
             suite.extism_loads(sizes)
+        if "startup" in parts:
+            suite.startup()
         try:
             suite.run()
         finally:
             suite.close()
-    columns = engines + (["extism"] if any(b.column == "extism" for b in suite.benchmarks) else [])
+    columns = engines + [
+        column
+        for column in ("extism", "process")
+        if any(b.column == column for b in suite.benchmarks)
+    ]
     print(f"wasm-plugins benchmarks: {_versions()}")
     print(f"median of {arguments.rounds} interleaved rounds, after a warm-up; per call")
     print()
