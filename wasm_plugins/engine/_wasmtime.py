@@ -249,6 +249,8 @@ class WasmtimeInstance:
 
     _context: Any = None
     """The store's context for the fast path (``None`` until the instance exists)."""
+    _armed_at = 0.0
+    """When the budget in force started: a deadline's time is counted from it."""
 
     def __init__(
         self,
@@ -293,7 +295,6 @@ class WasmtimeInstance:
         # Epoch interruption is on for every store: without a timeout, a deadline never reached.
         store.set_epoch_deadline(_NO_DEADLINE)
         self.arm()
-        started = time.monotonic()
         try:
             if self._timeout is None:
                 self._instance = self._instantiate(linker, module, linked)
@@ -301,7 +302,7 @@ class WasmtimeInstance:
                 with self._ticker:
                     self._instance = self._instantiate(linker, module, linked)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            raise self._instantiation_error(exc, time.monotonic() - started) from None
+            raise self._instantiation_error(exc, time.monotonic() - self._armed_at) from None
         finally:
             if self._captured is not None:
                 self._captured.drain()
@@ -360,8 +361,9 @@ class WasmtimeInstance:
     def arm(self) -> None:
         if self._fuel is not None:
             self._store.set_fuel(self._fuel)
+        self._armed_at = time.monotonic()
         if self._timeout is not None:
-            ticks = self._ticker.ticks_until(time.monotonic() + self._timeout)
+            ticks = self._ticker.ticks_until(self._armed_at + self._timeout)
             if self._context is not None:
                 _set_epoch_deadline(self._context, ctypes.c_uint64(ticks))
             else:
@@ -405,12 +407,11 @@ class WasmtimeInstance:
         """The raw call under the armed deadline: what the guarded path does for a timeout
         alone, without its closure."""
         self._host_exception = None
-        started = time.monotonic()
         try:
             with self._ticker:
                 return self._raw_call(function, ptr, length)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            raise self._call_error(exc, time.monotonic() - started, "call") from None
+            raise self._call_error(exc, time.monotonic() - self._armed_at, "call") from None
 
     def call_unit(self, function: ExportFunction) -> int:
         if not FAST_PATH:
@@ -457,14 +458,13 @@ class WasmtimeInstance:
 
     def _guarded(self, thunk: Callable[[], Any]) -> Any:
         self._host_exception = None
-        started = time.monotonic()
         try:
             if self._timeout is None:
                 return thunk()
             with self._ticker:
                 return thunk()
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            raise self._call_error(exc, time.monotonic() - started, "call") from None
+            raise self._call_error(exc, time.monotonic() - self._armed_at, "call") from None
         finally:
             if self._fuel is not None:
                 self._last_fuel_used = self._fuel - self._store.get_fuel()
