@@ -17,6 +17,10 @@ What is measured (all on the same tiny JSON echo, ``{"text": "hello", "n": 1}``,
   ``PluginHost.call`` of a plugin isolated in a worker against the in-process one;
 - compiling a real plugin (``text_tools.wasm``, C, 20 KiB) against loading it from the
   compiled-module cache (read, digest check, deserialize);
+- a call that traps and the call after it (a fresh instance), against the engine's public API
+  doing the same (``--parts failures``);
+- starting a process that imports the package, or prints ``wasm-plugins --help``, against one
+  that imports pluggy and attrs (``--parts startup``);
 - the same JSON echo through the Extism Python SDK (``pip install extism``), with an equivalent
   plugin for Extism's ABI (``benchmarks/extism_echo.wat``), when it is installed.
 

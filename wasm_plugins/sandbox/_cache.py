@@ -472,7 +472,7 @@ class ModuleCache:
         header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
         header["metadata"] = metadata
         encoded = json.dumps(header, sort_keys=True).encode()
-        mac = hmac.new(self._secret, encoded, hashlib.sha256).digest()
+        mac = hmac.digest(self._secret, encoded, "sha256")
         temporary = None
         try:
             # mkstemp creates the file exclusively (O_EXCL), mode 0600, never through a link.
@@ -566,7 +566,7 @@ def _read_header(
         if len(encoded) != length:
             return None, "truncated header"
     if secret is not None and not hmac.compare_digest(
-        hmac.new(secret, encoded, hashlib.sha256).digest(), mac
+        hmac.digest(secret, encoded, "sha256"), mac
     ):
         return None, "header digest mismatch (corrupt, or not written by this cache)"
     try:

@@ -84,9 +84,11 @@ def load_module_bytes(source: ModuleSource, engine: Engine) -> bytes:
     :raises ConfigurationError: for a path that cannot be read.
     """
     if isinstance(source, os.PathLike):
-        path = Path(source)
+        path = os.fspath(source)
         try:
-            raw = path.read_bytes()
+            # Unbuffered: one read of the size fstat gives, no buffer object in between.
+            with open(path, "rb", buffering=0) as handle:
+                raw = handle.readall()
         except OSError as exc:
             raise ConfigurationError(
                 field="module",
