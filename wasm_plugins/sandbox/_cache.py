@@ -565,9 +565,7 @@ def _read_header(
         encoded = os.pread(descriptor, length, file_size - _TRAILER - length)
         if len(encoded) != length:
             return None, "truncated header"
-    if secret is not None and not hmac.compare_digest(
-        hmac.digest(secret, encoded, "sha256"), mac
-    ):
+    if secret is not None and not hmac.compare_digest(hmac.digest(secret, encoded, "sha256"), mac):
         return None, "header digest mismatch (corrupt, or not written by this cache)"
     try:
         header = json.loads(encoded)
