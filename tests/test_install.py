@@ -109,3 +109,35 @@ def test_the_documented_command_installs_from_anywhere(tmp_path: Path) -> None:
     assert Path(location).is_relative_to(environment)
     assert "text-tools" in plugins and "trapper" in plugins
     assert (words, problems) == ("3", "0")
+
+    # A plugin author's first hour in the same environment: scaffold, build, install the new
+    # distribution (its wasm-plugins requirement resolved outside the checkout), run its tests.
+    wasm_plugins_cli = environment / "bin" / "wasm-plugins"
+    for step in (
+        [str(wasm_plugins_cli), "new", "hello", "--lang", "wat"],
+        [str(wasm_plugins_cli), "build", "hello"],
+        [str(python), "-m", "pip", "install", "--quiet", "./hello[test]"],
+    ):
+        done = subprocess.run(
+            step, cwd=outside, env=clean, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, f"{step}: {done.stdout[-2000:]}{done.stderr[-3000:]}"
+    tested = subprocess.run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=outside / "hello",
+        env=clean,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert tested.returncode == 0, tested.stdout[-3000:] + tested.stderr[-3000:]
+    assert "2 passed" in tested.stdout
+    listed = subprocess.run(
+        [str(python), "-m", "my_host_app"],
+        cwd=outside,
+        env=clean,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "hello" in listed.stdout.splitlines()[1]
