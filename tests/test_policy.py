@@ -983,8 +983,13 @@ class EventReporter:
         self.events.append(event)
 
 
-def abi_host(engine: Engine, with_events: bool) -> tuple[PluginHost, FakeClock]:
+def abi_host(
+    engine: Engine, with_events: bool, failure_ratio: float | None = None
+) -> tuple[PluginHost, FakeClock]:
     clock = FakeClock()
+    breaker: dict[str, Any] = {"failure_threshold": 3, "recovery_time": "10 s"}
+    if failure_ratio is not None:
+        breaker["failure_ratio"] = failure_ratio
     host = PluginHost(engine=engine.name, clock=clock, blocked=(), module_cache=False)
     if with_events:
         host.register_policy(EventReporter(), name="events")
@@ -1001,7 +1006,7 @@ def abi_host(engine: Engine, with_events: bool) -> tuple[PluginHost, FakeClock]:
             "policy": {
                 "fallbacks": ["cache", "default"],
                 "max_attempts": 2,
-                "breaker": {"failure_threshold": 3, "recovery_time": "10 s"},
+                "breaker": breaker,
             },
         }
     )
@@ -1184,8 +1189,9 @@ class TestLightRecords:
         assert [event.name for event in late.events] == ["attempt_succeeded", "call_finished"]
 
     def test_counts_from_many_threads(self, engine: Engine) -> None:
-        """Threads calling at once lose no count."""
-        host, _ = abi_host(engine, with_events=False)
+        """Threads calling at once lose no count (the breaker's window of recent calls, kept
+        for a failure ratio, included)."""
+        host, _ = abi_host(engine, with_events=False, failure_ratio=0.9)
         threads, calls = 6, 300
         start = threading.Barrier(threads)
         failures: list[BaseException] = []

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from wasm_plugins.manifest import Manifest
     from wasm_plugins.policy import (
         Abort,
+        Alert,
         Attempt,
         AttemptFailed,
         AttemptSucceeded,
@@ -80,6 +81,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Abort",
+    "Alert",
     "Attempt",
     "AttemptFailed",
     "AttemptSucceeded",
@@ -161,6 +163,7 @@ _SOURCES = {
     **dict.fromkeys(
         (
             "Abort",
+            "Alert",
             "Attempt",
             "AttemptFailed",
             "AttemptSucceeded",

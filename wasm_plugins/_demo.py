@@ -257,16 +257,27 @@ def run_demo(
     out: TextIO,
     hostapi: Path | None = None,
     discover: Callable[..., PluginHost] | None = None,
+    on_host: Callable[[PluginHost], None] | None = None,
 ) -> int:
     """Run the demo, writing to ``out``; returns the process exit code.
 
     :param hostapi: the ``hostapi`` folder of a checkout (found from the working directory or the
         package when not given); without it the conformance part is skipped.
     :param discover: makes the host (``PluginHost.discover`` by default; it takes ``engine=``).
+    :param on_host: told of every host the demo makes (``wasm-plugins stats`` reads them).
     """
     results: list[HostCallResult] = []
-    hosted = _demo_host(out, discover or PluginHost.discover, results)
-    policy_rows = run_policy_demo(out)
+    make = discover or PluginHost.discover
+    if on_host is not None:
+        made = make
+
+        def make(**options: Any) -> PluginHost:
+            host = made(**options)
+            on_host(host)
+            return host
+
+    hosted = _demo_host(out, make, results)
+    policy_rows = run_policy_demo(out, on_host)
     folder = find_hostapi(hostapi)
     if folder is None:
         out.write(

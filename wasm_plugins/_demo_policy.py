@@ -122,12 +122,19 @@ def _show(out: TextIO, caption: str, action: Callable[[], Any]) -> tuple[str, st
     return caption, "fallback" if outcome.fallback else "ok"
 
 
-def run_policy_demo(out: TextIO) -> list[tuple[str, str]]:
-    """Run the policy part; returns (caption, outcome) rows for the summary."""
+def run_policy_demo(
+    out: TextIO, on_host: Callable[[PluginHost], None] | None = None
+) -> list[tuple[str, str]]:
+    """Run the policy part; returns (caption, outcome) rows for the summary.
+
+    :param on_host: told of the host it makes.
+    """
     clock = FakeClock()
     weather = _Weather()
     out.write("\n== The error policy at work (a simulated clock: waits pass at once)\n")
     with PluginHost(clock=clock, random=FixedRandom(0.5), blocked=()) as host:
+        if on_host is not None:
+            on_host(host)
         host.register_policy(weather, name="demo-weather")
         host.register_policy(_Narrator(out), name="demo-narrator")
         host.load(

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from wasm_plugins.errors import PluginError
     from wasm_plugins.manifest import Manifest, PluginSource
     from wasm_plugins.policy import (
+        Alert,
         Attempt,
         CallState,
         Classification,
@@ -138,7 +139,7 @@ def wasm_plugins_grant(manifest: Manifest, distribution: str | None, digest: str
 
 
 @hookspec(firstresult=True)
-def wasm_plugins_attempt(attempt: Attempt) -> Any:
+def wasm_plugins_attempt(attempt: Attempt, call: CallState) -> Any:
     """Perform one attempt of a call and return its value.
 
     firstresult: the first implementation that returns a value answers; the built-in one, which
@@ -147,6 +148,9 @@ def wasm_plugins_attempt(attempt: Attempt) -> Any:
     gives the value, or raises the attempt's error.
 
     :param attempt: the plugin, the function, the input, the attempt number, the limits in force.
+    :param call: the call so far, as the other policy hooks see it (its ``attempt`` is this
+        attempt's number, its ``limits`` the limits in force). While no implementation takes
+        ``attempt`` (the built-in one takes ``call``), no :class:`Attempt` object is made.
     :returns: the call's value; failures are raised as :class:`~wasm_plugins.errors.PluginError`.
     """
 
@@ -209,4 +213,19 @@ def wasm_plugins_report(event: PolicyEvent, record: Report) -> None:
     :param event: a :class:`~wasm_plugins.policy.PolicyEvent` subclass instance.
     :param record: the same event as a :class:`~wasm_plugins.policy.Report`; its ``event``
         property gives the full event.
+    """
+
+
+@hookspec
+def wasm_plugins_alert(alert: Alert) -> None:
+    """Receive every alert the built-in rules raise: a security violation, an error rate over
+    its threshold, repeated resource-limit breaches. The channel for a webhook, a pager, a chat.
+
+    Every implementation sees every alert; one that raises is logged and the others still run.
+    The built-in implementation writes the alert to the log at the level of its severity (block
+    ``builtin-logs`` to silence it). Called on the thread of the call that raised the alert:
+    hand slow work (a network request) to a queue of your own.
+
+    :param alert: a :class:`~wasm_plugins.policy.Alert`: time, plugin, function, the rule
+        (``reason``), message, ``severity`` and the figures behind it (``details``).
     """

@@ -28,6 +28,7 @@ from wasm_plugins._suggest import did_you_mean
 from wasm_plugins.builtin import builtin_plugins
 from wasm_plugins.builtin.fallbacks import ExternalFallback
 from wasm_plugins.builtin.reporters import AlertReporter, MetricsReporter
+from wasm_plugins.builtin.stats import Stats
 from wasm_plugins.discovery import (
     DISABLE_ENVIRONMENT_VARIABLE,
     DiscoveryProblem,
@@ -41,6 +42,7 @@ from wasm_plugins.errors import ConfigurationError, PluginError, SecurityViolati
 from wasm_plugins.integrations import OTEL_PLUGIN_NAME, integration_plugins
 from wasm_plugins.manifest import ISOLATIONS, Manifest, PluginSource
 from wasm_plugins.policy import (
+    Alert,
     Attempt,
     CallPipeline,
     CircuitBreaker,
@@ -117,8 +119,8 @@ class _Hooks:
             raise TypeError(f"wasm_plugins_grant returned {type(answer).__name__}, not a Grant")
         return answer
 
-    def attempt(self, attempt: Attempt) -> Any:
-        return self._dispatcher.first_result("wasm_plugins_attempt", attempt=attempt)
+    def alert(self, alert: Alert, on_error: Callable[[str, BaseException], None]) -> None:
+        self._dispatcher.each("wasm_plugins_alert", {"alert": alert}, on_error)
 
     def register_engines(
         self,
@@ -256,6 +258,7 @@ class PluginHost:
             breakers=self.pipeline.breaker,
             clock=self.clock,
             external_fallbacks=external_fallbacks,
+            alert=self._send_alert,
         )
         for name, plugin in builtins.items():
             if not self.manager.is_blocked(name):
@@ -263,7 +266,8 @@ class PluginHost:
         self.metrics = cast(MetricsReporter, builtins["builtin-metrics"])
         """Counters and latency histograms (``snapshot()``, ``prometheus_text()``)."""
         self.alerts = cast(AlertReporter, builtins["builtin-alerts"])
-        """Alerts raised (``alerts.raised``): security violations, error-rate thresholds."""
+        """Alerts raised (``alerts.raised``): security violations, error-rate thresholds,
+        repeated resource-limit breaches."""
         integrations = integration_plugins(
             breaker_state=lambda plugin, function: (
                 self.pipeline.breaker(plugin, function).state.value
@@ -277,6 +281,22 @@ class PluginHost:
         """The framework's own plugin names (``blocked=`` may name them)."""
         self._offered: set[str] = set()
         """Every WASM plugin name offered to the host, blocked ones included."""
+
+    def _send_alert(self, alert: Alert) -> None:
+        self.hooks.alert(
+            alert,
+            lambda source, exc: logger.bind(source=source, alert=alert.reason).error(
+                "alert channel failed: {}: {}", type(exc).__name__, exc
+            ),
+        )
+
+    def stats(self) -> Stats:
+        """Per plugin and function: calls, errors by kind, error rates over the last minute and
+        five minutes, latency percentiles, retries, fallbacks by strategy, the breaker's state
+        and transitions. Read from the built-in metrics (empty when ``builtin-metrics`` is
+        blocked); times from the policy clock."""
+        breakers = {key: breaker.state.value for key, breaker in self.pipeline.breakers().items()}
+        return self.metrics.tally.stats(self.clock.monotonic(), breakers)
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -611,7 +631,8 @@ class PluginHost:
         :raises ContextualError: when the policy gave up; ``error`` is the typed error and
             ``context.previous_errors`` the errors of the earlier attempts.
         """
-        return self.pipeline.invoke(plugin, function, input)
+        outcome: Outcome = self.pipeline.call(plugin, function, input, True)
+        return outcome
 
     def breaker(self, plugin: str, function: str) -> CircuitBreaker:
         """The circuit breaker of (plugin, function): its state, counters, manual open/close."""

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, final
 
 from wasm_plugins.hookspecs import hookimpl
-from wasm_plugins.policy import Attempt
+from wasm_plugins.policy import CallState, SandboxProvider
 
-__all__ = ["wasm_plugins_attempt"]
+__all__ = ["BuiltinAttempt"]
 
 
-@hookimpl(trylast=True)
-def wasm_plugins_attempt(attempt: Attempt) -> Any:
-    """Call the function in the plugin's sandbox under the attempt's limits."""
-    return attempt.provider.sandbox(attempt.plugin, attempt.limits).call(
-        attempt.function, attempt.input
-    )
+@final
+class BuiltinAttempt:
+    """Runs attempts in the host's sandboxes.
+
+    :param provider: the sandbox of a plugin under the limits in force.
+    """
+
+    def __init__(self, provider: SandboxProvider) -> None:
+        self._sandbox = provider.sandbox
+
+    @hookimpl(trylast=True)
+    def wasm_plugins_attempt(self, call: CallState) -> Any:
+        """Call the function in the plugin's sandbox under the attempt's limits.
+
+        It takes the call, not an :class:`~wasm_plugins.policy.Attempt`: none is made for it.
+        """
+        return self._sandbox(call.plugin, call.limits).call(call.function, call.input)

@@ -147,6 +147,17 @@ class BuiltinFallbacks:
         spec = manifest.functions.get(function)
         return spec is not None and spec.idempotent and "cache" in manifest.policy.fallbacks
 
+    def hook_wants_route(self, hook: str, plugin: str, function: str) -> bool:
+        """As a reporter, only the results of functions whose results are kept matter; as a
+        fallback, only plugins whose manifest names a strategy."""
+        try:
+            manifest = self._manifest(plugin)
+        except PluginError:
+            return False
+        if hook == "wasm_plugins_report":
+            return self._caches_results(function, manifest)
+        return hook != "wasm_plugins_fallback" or bool(manifest.policy.fallbacks)
+
     @hookimpl(trylast=True)
     def wasm_plugins_report(self, record: Report) -> None:
         """Remember successful results of idempotent functions for the cache strategy."""

@@ -1,4 +1,4 @@
-"""Built-in reporters: structured logs, metrics, alerts, and Sentry when it is set up.
+"""Built-in reporters: structured logs, metrics and alerts.
 
 Each is an ordinary ``wasm_plugins_report`` hookimpl (``trylast``) that reads the light record of
 each event (no event object is made for them); a reporter that raises is logged and changes
@@ -6,37 +6,46 @@ nothing, and the others still see the event.
 
 - logs: one loguru record per event, its fields bound (``event``, ``plugin``, ``function``,
   ``kind``...), so a JSON sink (``logger.add(sink, serialize=True)``) writes structured logs;
-- metrics: counters and latency histograms in memory (``host.metrics.snapshot()``), which the
-  process-wide Prometheus collector reads when ``prometheus_client`` is installed;
-- alerts: the error rate of each plugin over a sliding window above a threshold, and every security
-  violation (``host.alerts.raised``).
+- metrics: counters, latency histograms and error-rate windows in memory
+  (``host.metrics.snapshot()``, ``host.stats()``), which the process-wide Prometheus collector
+  reads when ``prometheus_client`` is installed;
+- alerts: every security violation, the error rate of each plugin over a sliding window above a
+  threshold, repeated resource-limit breaches (``host.alerts.raised``), sent to the
+  ``wasm_plugins_alert`` hook, whose built-in implementation is the log.
 
 Spans, the process-wide Prometheus collector and Sentry are in :mod:`wasm_plugins.integrations`.
 """
 
 from __future__ import annotations
 
-import bisect
 import threading
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, final
-
-import attrs
+from typing import Any, ClassVar
 
 from wasm_plugins._correlation import attempt_id, caller_fields
 from wasm_plugins._escape import escape
 from wasm_plugins._log import logger
 from wasm_plugins._suggest import did_you_mean
+from wasm_plugins.builtin.stats import (
+    LATENCY_BOUNDS,
+    LATENCY_BUCKETS,
+    WINDOW_SPAN,
+    CallTally,
+    Cell,
+)
 from wasm_plugins.errors import (
     ConfigurationError,
     PluginError,
+    ResourceLimitExceeded,
     SecurityViolation,
     Severity,
     error_log_fields,
 )
 from wasm_plugins.hookspecs import hookimpl
 from wasm_plugins.policy import (
+    Alert,
     AttemptFailed,
     BreakerStateChanged,
     CallFinished,
@@ -50,35 +59,15 @@ from wasm_plugins.policy import (
 __all__ = [
     "LATENCY_BUCKETS",
     "Alert",
+    "AlertChannel",
     "AlertReporter",
     "LogReporter",
     "MetricsReporter",
+    "log_alert",
 ]
-
-LATENCY_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, float("inf"))
-"""Upper bounds, in seconds, of the latency histogram's buckets."""
-
 
 _LOGURU_CORE: Any = getattr(logger, "_core", None)
 """loguru's state behind the logger (one per process, never replaced)."""
-
-
-def _dropped(level: str) -> bool:
-    """Whether loguru would drop a record of this module at ``level`` before formatting it: no
-    sink, a level below every sink's, or logging disabled for this module (the library's default).
-
-    Read from loguru's own state, which it updates on ``add``, ``remove``, ``enable`` and
-    ``disable``; anything unexpected there counts as "not dropped", and the record is made.
-    """
-    try:
-        core = _LOGURU_CORE
-        if not core.handlers:
-            return True
-        if core.levels_lookup[level][2] < core.min_level:
-            return True
-        return core.enabled.get(__name__) is False
-    except Exception:
-        return False
 
 
 def _error_fields(error: PluginError | None) -> dict[str, Any]:
@@ -105,8 +94,20 @@ class LogReporter:
     @hookimpl(trylast=True)
     def wasm_plugins_report(self, record: Report) -> None:
         """Log the event with its fields bound."""
-        if _dropped("ERROR"):  # the highest level used here: nothing would be written
-            return
+        # Whether loguru would drop a record of the highest level used here before formatting
+        # it (no sink, a level below every sink's, or logging disabled for this module, the
+        # library's default), read from loguru's own state, which it updates on add, remove,
+        # enable and disable. Anything unexpected there counts as "not dropped".
+        try:
+            core = _LOGURU_CORE
+            if (
+                not core.handlers
+                or core.levels_lookup["ERROR"][2] < core.min_level
+                or core.enabled.get(__name__) is False
+            ):
+                return
+        except Exception:
+            pass
         event = record.event
         fields: dict[str, Any] = {
             "event": event.name,
@@ -151,24 +152,15 @@ class LogReporter:
             message = f"call finished: {event.outcome} after {event.attempts} attempt(s)"
         logger.bind(**fields).log(level, message)
 
-
-@final
-class _RouteCounts:
-    """The cells a plain success of one (plugin, function) adds to, looked up once."""
-
-    __slots__ = ("attempts", "buckets", "calls", "total")
-
-    def __init__(
-        self, attempts: list[int], calls: list[int], buckets: list[int], total: list[float]
-    ) -> None:
-        self.attempts = attempts
-        self.calls = calls
-        self.buckets = buckets
-        self.total = total
+    @hookimpl(trylast=True)
+    def wasm_plugins_alert(self, alert: Alert) -> None:
+        """The built-in alert channel: the log."""
+        log_alert(alert)
 
 
 class MetricsReporter:
-    """Counters and latency histograms of one host."""
+    """Counters and latency histograms of one host, kept in a :class:`CallTally` (per-thread
+    shards: a call counts without taking a lock that other threads take)."""
 
     hook_topics = frozenset(
         {
@@ -184,117 +176,98 @@ class MetricsReporter:
     """Every event but ``attempt_succeeded``: a successful attempt is the last of a call that
     ends with its value, and is counted with that call's end."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        # Each counter and each latency sum is a one-item list, added to in place; a counter
-        # still at zero, or a histogram with no observation, was never counted and is not shown.
-        self._counters: dict[tuple[str, str, str, str, str], list[int]] = {}
-        self._latency: dict[tuple[str, str], list[int]] = {}
-        self._latency_sum: dict[tuple[str, str], list[float]] = {}
-        self._successes: dict[str, dict[str, _RouteCounts]] = {}
-        """By plugin, then function: the cells of a plain success (only functions that answered
-        are here: the plugin's exports, a bounded set)."""
-
-    def _counter(self, key: tuple[str, str, str, str, str]) -> list[int]:
-        # Called with the lock held.
-        cell = self._counters.get(key)
-        if cell is None:
-            cell = self._counters[key] = [0]
-        return cell
-
-    def _histogram(self, key: tuple[str, str]) -> tuple[list[int], list[float]]:
-        # Called with the lock held.
-        buckets = self._latency.get(key)
-        if buckets is None:
-            buckets = self._latency[key] = [0] * len(LATENCY_BUCKETS)
-            self._latency_sum[key] = [0.0]
-        return buckets, self._latency_sum[key]
-
-    def _count(self, name: str, plugin: str, function: str, label: str, value: str) -> None:
-        key = (name, plugin, function, label, value)
-        with self._lock:
-            self._counter(key)[0] += 1
-
-    def _finished(self, plugin: str, function: str, outcome: str, seconds: float) -> None:
-        """A call counted by outcome, its latency observed (under one taking of the lock)."""
-        index = bisect.bisect_left(LATENCY_BUCKETS, seconds)
-        with self._lock:
-            self._counter(("calls", plugin, function, "outcome", outcome))[0] += 1
-            buckets, total = self._histogram((plugin, function))
-            buckets[index] += 1
-            total[0] += seconds
-
-    def _route_counts(self, plugin: str, function: str) -> _RouteCounts:
-        with self._lock:
-            counts = self._successes.get(plugin, {}).get(function)
-            if counts is None:
-                buckets, total = self._histogram((plugin, function))
-                counts = _RouteCounts(
-                    self._counter(("attempts", plugin, function, "result", "value")),
-                    self._counter(("calls", plugin, function, "outcome", "value")),
-                    buckets,
-                    total,
-                )
-                self._successes.setdefault(plugin, {})[function] = counts
-        return counts
-
-    def _succeeded(self, plugin: str, function: str, seconds: float) -> None:
-        """A call that ended with its last attempt's value: that attempt and the call counted,
-        its latency observed."""
-        by_function = self._successes.get(plugin)
-        counts = by_function.get(function) if by_function is not None else None
-        if counts is None:
-            counts = self._route_counts(plugin, function)
-        index = bisect.bisect_left(LATENCY_BUCKETS, seconds)
-        lock = self._lock
-        lock.acquire()
-        try:
-            counts.attempts[0] += 1
-            counts.calls[0] += 1
-            counts.buckets[index] += 1
-            counts.total[0] += seconds
-        finally:
-            lock.release()
+    def __init__(self, tally: CallTally | None = None) -> None:
+        self.tally = tally or CallTally()
+        """The counts themselves (what :meth:`PluginHost.stats` reads too)."""
+        self._local = self.tally.local
 
     @hookimpl(trylast=True)
     def wasm_plugins_report(self, record: Report) -> None:
         """Count the event."""
+        if record.name == "call_finished" and record.outcome == "value":
+            # The common case, written out: the calling thread's own cell, no lock.
+            try:
+                cell = self._local.routes[record.plugin][record.function]
+            except (AttributeError, KeyError):
+                cell = self.tally.cell(record.plugin, record.function)
+            cell.values += 1
+            seconds = record.duration
+            cell.latency[bisect_left(LATENCY_BOUNDS, seconds)] += 1
+            cell.latency_sum += seconds
+            second = int(record.time)
+            slot = second % WINDOW_SPAN
+            if cell.seconds[slot] != second:
+                cell.roll(slot, second)
+            cell.calls[slot] += 1
+            return
         name, plugin, function = record.name, record.plugin, record.function
+        try:
+            cell = self._local.routes[plugin][function]
+        except (AttributeError, KeyError):
+            cell = self.tally.cell(plugin, function)
         if name == "call_finished":
-            if record.outcome == "value":
-                self._succeeded(plugin, function, record.duration)
-            else:
-                self._finished(plugin, function, record.outcome or "error", record.duration)
+            outcome = record.outcome or "error"
+            cell.outcomes[outcome] = cell.outcomes.get(outcome, 0) + 1
+            seconds = record.duration
+            cell.latency[bisect_left(LATENCY_BOUNDS, seconds)] += 1
+            cell.latency_sum += seconds
+            second = int(record.time)
+            slot = second % WINDOW_SPAN
+            if cell.seconds[slot] != second:
+                cell.roll(slot, second)
+            cell.calls[slot] += 1
+            cell.failures[slot] += 1
         elif name == "attempt_failed" and record.error is not None:
-            self._count("attempts", plugin, function, "result", record.error.kind)
+            kind = record.error.kind
+            cell.attempt_errors[kind] = cell.attempt_errors.get(kind, 0) + 1
         elif name == "retry_scheduled":
-            self._count("retries", plugin, function, "", "")
+            cell.retries += 1
         elif name == "breaker_state_changed":
             event = record.event
             assert isinstance(event, BreakerStateChanged)
-            self._count("breaker_transitions", plugin, function, "to", event.after)
+            cell.transitions[event.after] = cell.transitions.get(event.after, 0) + 1
         elif name == "fallback_used" and record.strategy is not None:
-            self._count("fallbacks", plugin, function, "strategy", record.strategy)
+            cell.fallbacks[record.strategy] = cell.fallbacks.get(record.strategy, 0) + 1
+
+    def _counters(self) -> dict[tuple[str, str, str, str, str], int]:
+        """Every counter above zero, by (name, plugin, function, label, value)."""
+        counters: dict[tuple[str, str, str, str, str], int] = {}
+
+        def add(key: tuple[str, str, str, str, str], count: int) -> None:
+            if count:
+                counters[key] = counters.get(key, 0) + count
+
+        for (plugin, function), cells in self.tally.cells().items():
+            for cell in cells:
+                add(("attempts", plugin, function, "result", "value"), cell.values)
+                add(("calls", plugin, function, "outcome", "value"), cell.values)
+                add(("retries", plugin, function, "", ""), cell.retries)
+                for table, name, label in (
+                    (cell.outcomes, "calls", "outcome"),
+                    (cell.attempt_errors, "attempts", "result"),
+                    (cell.fallbacks, "fallbacks", "strategy"),
+                    (cell.transitions, "breaker_transitions", "to"),
+                ):
+                    for value, count in list(table.items()):
+                        add((name, plugin, function, label, value), count)
+        return counters
 
     def snapshot(self) -> dict[str, Any]:
         """Every counter (``{name: {"label=value,...": count}}``) and histogram, as plain data."""
-        with self._lock:
-            counters: dict[str, dict[str, int]] = {}
-            for (name, plugin, function, label, value), (count,) in sorted(self._counters.items()):
-                if not count:
-                    continue
-                labels = {"function": function, "plugin": plugin, label: value}
-                label_text = ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k)
-                counters.setdefault(name, {})[label_text] = count
-            histograms = {
-                f"{plugin}.{function}": {
-                    "buckets": dict(zip([str(b) for b in LATENCY_BUCKETS], counts, strict=True)),
-                    "count": sum(counts),
-                    "sum": self._latency_sum[(plugin, function)][0],
+        counters: dict[str, dict[str, int]] = {}
+        for (name, plugin, function, label, value), count in sorted(self._counters().items()):
+            labels = {"function": function, "plugin": plugin, label: value}
+            label_text = ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k)
+            counters.setdefault(name, {})[label_text] = count
+        histograms = {}
+        for (plugin, function), cells in sorted(self.tally.cells().items()):
+            buckets = _published(cells)
+            if any(buckets):
+                histograms[f"{plugin}.{function}"] = {
+                    "buckets": dict(zip([str(b) for b in LATENCY_BUCKETS], buckets, strict=True)),
+                    "count": sum(buckets),
+                    "sum": sum(cell.latency_sum for cell in cells),
                 }
-                for (plugin, function), counts in sorted(self._latency.items())
-                if any(counts)
-            }
         return {"counters": counters, "latency_seconds": histograms}
 
     COUNTER_LABELS: ClassVar[Mapping[str, str]] = {
@@ -331,9 +304,7 @@ class MetricsReporter:
                 + (f", {expected}=...)" if expected else ")"),
             )
         ((key, value),) = label.items() if label else (("", ""),)
-        with self._lock:
-            cell = self._counters.get((name, plugin, function, key, value))
-            return 0 if cell is None else cell[0]
+        return self._counters().get((name, plugin, function, key, value), 0)
 
     def prometheus_text(self) -> str | None:
         """These metrics alone in Prometheus' exposition format, or None without
@@ -345,22 +316,47 @@ class MetricsReporter:
         return prometheus.text(self)
 
 
-@attrs.frozen
-class Alert:
-    """Something an operator should look at."""
+_PUBLISHED_INDEXES = tuple(LATENCY_BOUNDS.index(bound) for bound in LATENCY_BUCKETS)
 
-    time: float
-    plugin: str
-    function: str
-    reason: str
-    """``security_violation`` or ``error_rate``."""
-    message: str
+
+def _published(cells: list[Cell]) -> list[int]:
+    """The published buckets' counts (not cumulative), summed from the fine ones."""
+    counts = []
+    previous = -1
+    for index in _PUBLISHED_INDEXES:
+        counts.append(sum(sum(cell.latency[previous + 1 : index + 1]) for cell in cells))
+        previous = index
+    return counts
+
+
+AlertChannel = Callable[[Alert], None]
+"""Where an alert goes once raised (the host: every ``wasm_plugins_alert`` implementation)."""
 
 
 class AlertReporter:
-    """Alerts on every security violation, and when a plugin's error rate over the last
-    ``window`` seconds (at least ``min_calls`` calls) reaches ``threshold``. An error-rate alert
-    fires once, and again only after the rate has fallen below the threshold."""
+    """The built-in alert rules:
+
+    - ``security_violation`` (critical): every failed attempt with a security violation;
+    - ``error_rate`` (high): a plugin's share of calls that did not end with its own value,
+      over the last ``window`` seconds (at least ``min_calls`` calls), reaches ``threshold``;
+      it fires once, and again only after a failed call finds the rate below the threshold
+      (while it fires, the rate is read at most once a second of the clock);
+    - ``resource_limit`` (high for memory, medium for the others): ``breaches`` attempts of a
+      plugin stopped by the same limit within ``breach_window`` seconds (the input's size, the
+      caller's doing, aside); it fires once, and again only after a breach finds fewer.
+
+    Each alert is kept in :attr:`raised` and sent to ``channel`` (the host sends it to every
+    ``wasm_plugins_alert`` implementation; without a channel it is logged).
+
+    :param clock: the policy clock's ``monotonic``.
+    :param window: seconds of the error-rate window, at most
+        :data:`~wasm_plugins.builtin.stats.WINDOW_SPAN` (the history the counts keep).
+    :param tally: the call counts the error rate is read from (the metrics reporter's); it is
+        evaluated once the call is counted, so this reporter is registered after that one.
+    """
+
+    hook_topics = frozenset(("attempt_failed", "call_finished.error", "call_finished.fallback"))
+    """The events this reporter reads: failures only (a success cannot raise an alert)."""
 
     def __init__(
         self,
@@ -369,112 +365,137 @@ class AlertReporter:
         threshold: float = 0.5,
         min_calls: int = 10,
         keep: int = 1000,
+        *,
+        tally: CallTally | None = None,
+        channel: AlertChannel | None = None,
+        breaches: int = 3,
+        breach_window: float = 60.0,
     ) -> None:
+        if not 0 < window <= WINDOW_SPAN:
+            raise ValueError(f"the error-rate window is in (0, {WINDOW_SPAN}] seconds")
         self._clock = clock
         self.window = window
         self.threshold = threshold
         self.min_calls = min_calls
+        self.tally = tally or CallTally()
+        self.breaches = max(1, breaches)
+        self.breach_window = breach_window
         self.raised: deque[Alert] = deque(maxlen=keep)
-        self._outcomes: dict[str, deque[list[int]]] = {}
-        self._totals: dict[str, list[int]] = {}
-        self._firing: set[str] = set()
+        self._channel = channel
+        self._firing: set[tuple[str, ...]] = set()
+        self._breaches: dict[tuple[str, str], deque[float]] = {}
+        self._checked: dict[str, int] = {}
+        """By plugin whose error-rate alert fires: the second its rate was last read."""
         self._lock = threading.Lock()
-
-    hook_topics = frozenset(("attempt_failed", "call_finished"))
-    """The events this reporter reads (it is not told of the others)."""
-
-    def _raise(self, alert: Alert) -> None:
-        self.raised.append(alert)
-        logger.bind(alert=alert.reason, plugin=alert.plugin, function=alert.function).critical(
-            escape(alert.message)
-        )
 
     @hookimpl(trylast=True)
     def wasm_plugins_report(self, record: Report) -> None:
-        """Watch failed attempts and finished calls."""
-        name = record.name
-        if name == "call_finished":
-            self._tally(record.plugin, record.function, int(record.outcome != "value"))
-        elif name == "attempt_failed" and isinstance(record.error, SecurityViolation):
-            plugin, function = record.plugin, record.function
+        """Watch failed attempts and calls that did not end with their value."""
+        error = record.error
+        if record.name == "call_finished":
+            # While a plugin's alert fires, its rate is read again once a second (the windows'
+            # resolution), not on every failure: a plugin refused by its open breaker fails fast.
+            if self._checked.get(record.plugin) != int(self._clock()):
+                self._error_rate(record.plugin, record.function)
+        elif record.name == "attempt_failed" and isinstance(error, SecurityViolation):
             self._raise(
                 Alert(
                     record.time,
-                    plugin,
-                    function,
+                    record.plugin,
+                    record.function,
                     "security_violation",
-                    f"security violation in {plugin}.{function}: {record.error.message}",
+                    f"security violation in {record.plugin}.{record.function}: {error.message}",
+                    Severity.CRITICAL,
+                    {"kind": error.kind, "violation": error.violation_type},
                 )
             )
+        elif (
+            record.name == "attempt_failed"
+            and isinstance(error, ResourceLimitExceeded)
+            and error.resource != "input"
+        ):
+            self._breach(record.plugin, record.function, error, record.time)
 
-    def _state(self, plugin: str) -> tuple[deque[list[int]], list[int]]:
-        # Called with the lock held; a plugin's state, once made, is kept for good.
-        buckets = self._outcomes.get(plugin)
-        if buckets is None:
-            buckets = self._outcomes[plugin] = deque()
-            self._totals[plugin] = [0, 0]
-        return buckets, self._totals[plugin]
-
-    def _tally(self, plugin: str, function: str, failure: int) -> None:
-        # Outcomes are counted in one-second buckets: the work per call does not grow with
-        # the traffic, and neither does the memory.
+    def _error_rate(self, plugin: str, function: str) -> None:
         now = self._clock()
-        second = int(now)
-        lock = self._lock
-        lock.acquire()
-        try:
-            state = self._outcomes.get(plugin)
-            buckets, totals = (
-                self._state(plugin) if state is None else (state, self._totals[plugin])
-            )
-            if (
-                not failure
-                and not totals[1]
-                and buckets
-                and (last := buckets[-1])[0] == second
-                and buckets[0][0] > now - self.window
-                and self.threshold > 0
-                and plugin not in self._firing
-            ):
-                # The common case: a success in the current second, no failure in the window
-                # and no bucket due to leave it. The rate stays 0, below the threshold, and no
-                # alert can be firing.
-                last[1] += 1
-                totals[0] += 1
+        calls, failures = self.tally.window(plugin, now, int(self.window))
+        rate = failures / calls if calls else 0.0
+        key = ("error_rate", plugin)
+        with self._lock:
+            if rate < self.threshold:
+                self._firing.discard(key)
+                self._checked.pop(plugin, None)
                 return
-            if buckets and (last := buckets[-1])[0] == second:
-                last[1] += 1
-                last[2] += failure
-            else:
-                buckets.append([second, 1, failure])
-            totals[0] += 1
-            totals[1] += failure
-            horizon = now - self.window
-            while buckets and buckets[0][0] <= horizon:
-                _, old_calls, old_failures = buckets.popleft()
-                totals[0] -= old_calls
-                totals[1] -= old_failures
-            calls, failures = totals
-            rate = failures / calls
-            threshold = self.threshold
-            if rate < threshold:
-                fire = False
-                if plugin in self._firing:
-                    self._firing.discard(plugin)
-            else:
-                fire = calls >= self.min_calls and plugin not in self._firing
-                if fire:
-                    self._firing.add(plugin)
-        finally:
-            lock.release()
-        if fire:
-            self._raise(
-                Alert(
-                    now,
-                    plugin,
-                    function,
-                    "error_rate",
-                    f"{plugin}: {failures} of the last {calls} calls failed "
-                    f"({rate:.0%}, threshold {threshold:.0%})",
-                )
+            if key in self._firing:
+                self._checked[plugin] = int(now)
+            if calls < self.min_calls or key in self._firing:
+                return
+            self._firing.add(key)
+            self._checked[plugin] = int(now)
+        self._raise(
+            Alert(
+                now,
+                plugin,
+                function,
+                "error_rate",
+                f"{plugin}: {failures} of the last {calls} calls failed "
+                f"({rate:.0%}, threshold {self.threshold:.0%})",
+                Severity.HIGH,
+                {"rate": rate, "calls": calls, "failures": failures, "window": self.window},
             )
+        )
+
+    def _breach(
+        self, plugin: str, function: str, error: ResourceLimitExceeded, time: float
+    ) -> None:
+        key = (plugin, error.resource)
+        with self._lock:
+            times = self._breaches.get(key)
+            if times is None:
+                times = self._breaches[key] = deque(maxlen=self.breaches)
+            times.append(time)
+            repeated = len(times) == self.breaches and time - times[0] <= self.breach_window
+            firing = ("resource_limit", *key)
+            if not repeated:
+                self._firing.discard(firing)
+                return
+            if firing in self._firing:
+                return
+            self._firing.add(firing)
+        self._raise(
+            Alert(
+                time,
+                plugin,
+                function,
+                "resource_limit",
+                f"{plugin}: the {error.resource} limit stopped {self.breaches} attempts within "
+                f"{self.breach_window:g} s: {error.message}",
+                Severity.HIGH if error.resource == "memory" else Severity.MEDIUM,
+                {"resource": error.resource, "used": error.used, "limit": error.limit},
+            )
+        )
+
+    def _raise(self, alert: Alert) -> None:
+        self.raised.append(alert)
+        if self._channel is None:
+            log_alert(alert)
+        else:
+            self._channel(alert)
+
+
+_ALERT_LEVELS = {
+    Severity.CRITICAL: "CRITICAL",
+    Severity.HIGH: "ERROR",
+    Severity.MEDIUM: "WARNING",
+    Severity.LOW: "INFO",
+}
+
+
+def log_alert(alert: Alert) -> None:
+    """Write an alert to the log, at the level of its severity."""
+    logger.bind(
+        alert=alert.reason,
+        severity=alert.severity.value,
+        plugin=alert.plugin,
+        function=alert.function,
+    ).log(_ALERT_LEVELS[alert.severity], escape(alert.message))

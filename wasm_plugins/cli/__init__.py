@@ -1,5 +1,5 @@
 """The ``wasm-plugins`` command line: ``list``, ``inspect``, ``call``, ``trust``, ``fuzz``,
-``new``, ``build``, ``doctor`` and ``demo``.
+``new``, ``build``, ``doctor``, ``demo`` and ``stats``.
 
 Exit codes: 0 success, 1 a typed plugin error (printed as ``[kind] message`` and a suggestion on
 stderr, or as one JSON object on stdout with ``--json``), 2 a usage error (bad arguments, a size or
@@ -17,9 +17,9 @@ plugin the command names. Every string a plugin controls is printed with its con
 shown.
 
 Each command is a module (``_list``, ``_inspect``, ``_call``, ``_trust``, ``_fuzz``, ``_guest`` for
-``new`` and ``build``, ``_doctor``, ``_demo``); ``_parser`` holds the parser and ``_format`` what
-they print. A command imports what only it needs (the demo, the testing toolkit, Hypothesis) when
-it runs, so ``--help`` stays fast.
+``new`` and ``build``, ``_doctor``, ``_demo``, ``_stats``); ``_parser`` holds the parser and
+``_format`` what they print. A command imports what only it needs (the demo, the testing
+toolkit, Hypothesis) when it runs, so ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -99,6 +99,10 @@ def _run(arguments: argparse.Namespace, out: TextIO) -> int:
         from wasm_plugins.cli._doctor import diagnose  # noqa: PLC0415
 
         return diagnose(out, discover, arguments.json)
+    if command == "stats":
+        from wasm_plugins.cli._stats import print_stats  # noqa: PLC0415
+
+        return print_stats(arguments, out)
     from wasm_plugins.cli._demo import show_demo  # noqa: PLC0415
 
     return show_demo(out, arguments.hostapi)

@@ -142,4 +142,9 @@ def build_parser() -> Parser:
         help="a host at work: good calls and typed failures",
         add_arguments=_options("_demo", "demo_options"),
     )
+    commands.add_parser(
+        "stats",
+        help="run the demo or a fuzz run, then print its calls, errors and latencies per function",
+        add_arguments=_options("_stats", "stats_options"),
+    )
     return parser

@@ -30,6 +30,7 @@ from wasm_plugins.policy._clock import system_random as system_random
 from wasm_plugins.policy._dispatch import HookDispatcher as HookDispatcher
 from wasm_plugins.policy._dispatch import PluginManager as PluginManager
 from wasm_plugins.policy._events import (
+    Alert,
     AttemptFailed,
     AttemptSucceeded,
     BreakerStateChanged,
@@ -47,6 +48,7 @@ from wasm_plugins.policy._retry import Backoff, RetryBudget
 
 __all__ = [
     "Abort",
+    "Alert",
     "Attempt",
     "AttemptFailed",
     "AttemptSucceeded",

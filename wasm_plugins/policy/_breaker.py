@@ -95,6 +95,8 @@ class CircuitBreaker:
         self._consecutive_successes = 0
         self._probes_in_flight = 0
         self._window: deque[tuple[float, bool]] = deque()
+        self._track_window = config.failure_ratio is not None
+        """Whether the window of recent calls is kept: only the failure ratio reads it."""
         self._permit = Permit(0, probe=False)
         """The permit of every call while closed (permits are values: one per generation)."""
 
@@ -116,6 +118,7 @@ class CircuitBreaker:
                 "consecutive_failures": self._consecutive_failures,
                 "consecutive_successes": self._consecutive_successes,
                 "probes_in_flight": self._probes_in_flight,
+                # Kept only when the breaker opens by a failure ratio (0 otherwise).
                 "window_calls": len(self._window),
             }
 
@@ -173,22 +176,30 @@ class CircuitBreaker:
         return granted
 
     def record_success(self, permit: Permit) -> None:
-        """``record(permit, Verdict.SUCCESS)``."""
-        lock = self._lock
-        lock.acquire()
-        try:
-            if self._state is BreakerState.CLOSED and permit.generation == self._generation:
-                # What _count does for a success while closed, the common case.
+        """``record(permit, Verdict.SUCCESS)``.
+
+        A success while closed, the common case, takes no lock (threads calling the same
+        function would queue on it): the window is a deque, whose appends and pops are atomic,
+        and the failure streak is reset under the lock only when there is one. A success that
+        races a transition may be counted in the new state's window: a success, never a failure,
+        so it can only delay an opening by the failure ratio, by one call.
+        """
+        if self._state is BreakerState.CLOSED and permit.generation == self._generation:
+            if self._track_window:
                 now = self._monotonic()
                 window = self._window
                 window.append((now, False))
                 horizon = now - self.config.window
-                while window and window[0][0] <= horizon:
-                    window.popleft()
-                self._consecutive_failures = 0
-                return
-        finally:
-            lock.release()
+                try:
+                    while window[0][0] <= horizon:
+                        window.popleft()
+                except IndexError:
+                    pass
+            if self._consecutive_failures:
+                with self._lock:
+                    if permit.generation == self._generation:
+                        self._consecutive_failures = 0
+            return
         self.record(permit, Verdict.SUCCESS)
 
     def record(self, permit: Permit, verdict: Verdict) -> None:
@@ -202,12 +213,13 @@ class CircuitBreaker:
                 and permit.generation == self._generation
             ):
                 # What _count does for a success while closed, the common case.
-                now = self._monotonic()
-                window = self._window
-                window.append((now, False))
-                horizon = now - self.config.window
-                while window and window[0][0] <= horizon:
-                    window.popleft()
+                if self._track_window:
+                    now = self._monotonic()
+                    window = self._window
+                    window.append((now, False))
+                    horizon = now - self.config.window
+                    while window and window[0][0] <= horizon:
+                        window.popleft()
                 self._consecutive_failures = 0
                 return
             changes = self._advance() if self._state is BreakerState.OPEN else []
@@ -264,10 +276,11 @@ class CircuitBreaker:
             return []
         if self._state is not BreakerState.CLOSED:
             return []
-        now = self._clock.monotonic()
-        self._window.append((now, failed))
-        while self._window and self._window[0][0] <= now - config.window:
-            self._window.popleft()
+        if self._track_window:
+            now = self._clock.monotonic()
+            self._window.append((now, failed))
+            while self._window and self._window[0][0] <= now - config.window:
+                self._window.popleft()
         if not failed:
             self._consecutive_failures = 0
             return []

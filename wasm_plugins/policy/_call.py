@@ -79,7 +79,10 @@ class CallState(Report):
     end): one object per call, whatever the reporters.
     """
 
-    __slots__ = ("attempt_started", "deadline", "errors", "limits", "manifest", "started")
+    errors: tuple[PluginError, ...] = ()
+    """The errors of the attempts that failed so far, in order."""
+    attempt_started = 0.0
+    """When the current attempt started (the policy clock)."""
 
     def __init__(
         self,
@@ -92,26 +95,18 @@ class CallState(Report):
         deadline: float | None,
         limits: Limits,
     ) -> None:
-        # The record's fields set here, not through Report.__init__: one call less per call.
+        # Only what differs from the class's defaults, and not through Report.__init__: this
+        # runs for every call.
         self.name = "call_started"
         self.plugin = plugin
         self.function = function
         self.input = input
         self.number = number
         self.time = started
-        self.attempt = 0
-        self.duration = 0.0
-        self.outcome: str | None = None
-        self.error: PluginError | None = None
-        self.value: Any = None
-        self.strategy: str | None = None
-        self._event = None
         self.manifest = manifest
         self.started = started
         self.deadline = deadline
         self.limits = limits
-        self.attempt_started = 0.0
-        self.errors: list[PluginError] = []
 
     def __repr__(self) -> str:
         return (

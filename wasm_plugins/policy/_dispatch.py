@@ -13,13 +13,27 @@ from typing import Any, Final, final
 
 import pluggy
 
-__all__ = ["TOPICS_ATTRIBUTE", "HookDispatcher", "PluginManager"]
+__all__ = [
+    "ROUTES_ATTRIBUTE",
+    "TOPICS_ATTRIBUTE",
+    "HookDispatcher",
+    "Maker",
+    "PluginManager",
+    "Reporter",
+]
 
 TOPICS_ATTRIBUTE: Final = "hook_topics"
 """A plugin object's optional collection of the topics it wants (for reporters: event names);
 it is not called for others. Without it, a plugin gets every topic. A topic may be refined after a
 dot (``call_finished.value``): a plugin that names the topic (``call_finished``) gets every
 refinement of it, one that names a refinement gets that one only."""
+
+ROUTES_ATTRIBUTE: Final = "hook_wants_route"
+"""A plugin object's optional function ``(hook name, plugin, function) -> bool``: whether its
+implementation of that hook has anything to do for calls of that plugin function (a reporter
+with nothing to count, a fallback with no strategy). Asked once per route and registration
+generation, never per call: its answer must not change while the plugin's registration does
+not."""
 
 _UNWRAPPABLE_HOOKS: Final = (
     "wasm_plugins_classify_error",
@@ -30,6 +44,14 @@ _UNWRAPPABLE_HOOKS: Final = (
 
 OnError = Callable[[str, Exception], None]
 """Told of an implementation that raised: ``(its plugin's name, the exception)``."""
+
+Maker = Callable[[Any], Any] | None
+"""How one argument of a hook is made from the object a caller has at hand (the call, a
+record); ``None``: it is that object itself."""
+
+Reporter = tuple[str, Callable[[Any], Any]]
+"""An implementation ready to be called with the caller's object: its plugin's name, and a
+function of that object (the implementation itself when the object is all it takes)."""
 
 
 class PluginManager(pluggy.PluginManager):
@@ -148,9 +170,58 @@ class HookDispatcher:
             self._plans[hook_name] = plan
         return plan
 
-    def implementations(self, hook_name: str) -> tuple[pluggy.HookImpl, ...]:
-        """A hook's implementations that are not wrappers, in call order."""
-        return self._plan(hook_name).plain
+    @property
+    def generation(self) -> int:
+        """The registration generation the plans are made for: what is built from them (a
+        caller, reporters) is good while it stays the same."""
+        return self.manager.generation
+
+    def caller(self, hook_name: str, makers: Mapping[str, Maker]) -> Callable[[Any], Any]:
+        """A *firstresult* hook's call, as a function of the caller's object (``makers`` says
+        how each argument is made from it). A lone implementation that nothing wraps is called
+        as it is, with the one argument it takes: the others are not made. Good for this
+        generation."""
+        plan = self._plan(hook_name)
+        if plan.direct is not None and len(plan.plain[0].argnames) == 1:
+            return _single(plan.direct, makers[plan.plain[0].argnames[0]])
+        # pluggy's own call wants every argument of the specification.
+        hook = getattr(self.manager.hook, hook_name)
+        chosen = dict(makers)
+
+        def call(source: Any) -> Any:
+            return hook(
+                **{name: source if make is None else make(source) for name, make in chosen.items()}
+            )
+
+        return call
+
+    def reporters(
+        self,
+        hook_name: str,
+        topic: str,
+        makers: Mapping[str, Maker],
+        route: tuple[str, str] | None = None,
+    ) -> tuple[Reporter, ...]:
+        """The implementations :meth:`each` calls for ``topic`` (and, given a ``route``, whose
+        plugin wants it), each as a function of the caller's object that makes only the
+        arguments it takes. Good for this generation."""
+        implementations = self._plan(hook_name).for_topic(topic, "")[0]
+        if route is not None:
+            implementations = _for_route(implementations, hook_name, route)
+        return tuple(
+            (impl.plugin_name, _single(impl.function, None))
+            if len(impl.argnames) == 1 and makers.get(impl.argnames[0], 0) is None
+            else (impl.plugin_name, _adapter(impl, makers))
+            for impl in implementations
+        )
+
+    def implementations(
+        self, hook_name: str, route: tuple[str, str] | None = None
+    ) -> tuple[pluggy.HookImpl, ...]:
+        """A hook's implementations that are not wrappers, in call order (given a ``route``,
+        those that have something to do for it)."""
+        plain = self._plan(hook_name).plain
+        return plain if route is None else _for_route(plain, hook_name, route)
 
     def takes(self, hook_name: str, argument: str) -> bool:
         """Whether some implementation of a hook takes this argument (one nobody takes need not
@@ -237,11 +308,15 @@ class HookDispatcher:
         on_failure: Callable[[str, str], None],
         clock: Callable[[], float],
         timeout: float,
+        implementations: tuple[pluggy.HookImpl, ...] | None = None,
     ) -> Any:
-        """The first answer of the ``expected`` type, implementation by implementation. One that
-        raises, runs past ``timeout`` seconds of ``clock``, or answers something else than
-        ``expected`` or None is told to ``on_failure`` (its plugin's name, why) and skipped."""
-        for impl in self._plan(hook_name).plain:
+        """The first answer of the ``expected`` type, implementation by implementation (all of
+        the hook's, or those given). One that raises, runs past ``timeout`` seconds of
+        ``clock``, or answers something else than ``expected`` or None is told to
+        ``on_failure`` (its plugin's name, why) and skipped."""
+        if implementations is None:
+            implementations = self._plan(hook_name).plain
+        for impl in implementations:
             started = clock()
             try:
                 answer = _call(impl, arguments)
@@ -265,6 +340,33 @@ class HookDispatcher:
                 continue
             return answer
         return None
+
+
+def _for_route(
+    implementations: tuple[pluggy.HookImpl, ...], hook_name: str, route: tuple[str, str]
+) -> tuple[pluggy.HookImpl, ...]:
+    chosen = []
+    for impl in implementations:
+        wants = getattr(impl.plugin, ROUTES_ATTRIBUTE, None)
+        if wants is None or wants(hook_name, *route):
+            chosen.append(impl)
+    return tuple(chosen)
+
+
+def _single(function: Callable[..., Any], make: Maker) -> Callable[[Any], Any]:
+    if make is None:
+        return function
+    return lambda source: function(make(source))
+
+
+def _adapter(impl: pluggy.HookImpl, makers: Mapping[str, Maker]) -> Callable[[Any], Any]:
+    chosen = [makers[name] for name in impl.argnames]
+    function = impl.function
+
+    def call(source: Any) -> Any:
+        return function(*[source if make is None else make(source) for make in chosen])
+
+    return call
 
 
 def _wants(topics: Any, topic: str, general: str) -> bool:

@@ -16,10 +16,11 @@ from typing import Any
 
 import attrs
 
-from wasm_plugins.errors import PluginError
+from wasm_plugins.errors import PluginError, Severity
 from wasm_plugins.sandbox import Limits
 
 __all__ = [
+    "Alert",
     "AttemptFailed",
     "AttemptSucceeded",
     "BreakerStateChanged",
@@ -144,6 +145,25 @@ class CallFinished(PolicyEvent):
     extra: dict[str, Any] = attrs.field(factory=dict)
 
 
+@attrs.frozen
+class Alert:
+    """Something an operator should look at: raised by the built-in alert rules, sent to every
+    ``wasm_plugins_alert`` implementation (the built-in one writes it to the log)."""
+
+    time: float
+    """When (the policy clock)."""
+    plugin: str
+    function: str
+    reason: str
+    """The rule that raised it: ``security_violation``, ``error_rate`` or ``resource_limit``."""
+    message: str
+    severity: Severity = Severity.HIGH
+    """How urgent: ``critical`` for a security violation, ``high`` for an error rate over its
+    threshold or repeated memory-limit breaches, ``medium`` for other repeated breaches."""
+    details: dict[str, Any] = attrs.field(factory=dict, eq=False)
+    """The figures behind it (``rate``, ``calls``, ``resource``, ``kind``...)."""
+
+
 _HOT_FIELDS = ("attempt", "duration", "outcome", "error", "input", "value", "strategy")
 
 
@@ -156,21 +176,18 @@ class Report:
     the record, when something must outlive it.
     """
 
-    __slots__ = (
-        "_event",
-        "attempt",
-        "duration",
-        "error",
-        "function",
-        "input",
-        "name",
-        "number",
-        "outcome",
-        "plugin",
-        "strategy",
-        "time",
-        "value",
-    )
+    # Defaults of the class: a record sets only the fields its event has (a call's state sets
+    # a handful per call, the rest stays at these).
+    attempt: int = 0
+    """The attempt's number (attempt events), or how many were made (``call_finished``)."""
+    duration: float = 0.0
+    outcome: str | None = None
+    """``value``, ``fallback`` or ``error`` (``call_finished``)."""
+    error: PluginError | None = None
+    input: Any = None
+    value: Any = None
+    strategy: str | None = None
+    _event: PolicyEvent | None = None
 
     def __init__(
         self,
@@ -195,15 +212,12 @@ class Report:
         """The call's number in its host (``call_id`` is made from it)."""
         self.time = time
         self.attempt = attempt
-        """The attempt's number (attempt events), or how many were made (``call_finished``)."""
         self.duration = duration
         self.outcome = outcome
-        """``value``, ``fallback`` or ``error`` (``call_finished``)."""
         self.error = error
         self.input = input
         self.value = value
         self.strategy = strategy
-        self._event: PolicyEvent | None = None
 
     @classmethod
     def of(cls, event: PolicyEvent) -> Report:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, final
 
 import attrs
+import pluggy
 
 from wasm_plugins._correlation import ATTEMPT, caller_fields
 from wasm_plugins._log import logger
@@ -64,7 +65,7 @@ from wasm_plugins.policy._call import (
     SandboxProvider,
 )
 from wasm_plugins.policy._clock import Clock, RandomSource
-from wasm_plugins.policy._dispatch import HookDispatcher
+from wasm_plugins.policy._dispatch import HookDispatcher, Maker, Reporter
 from wasm_plugins.policy._events import (
     AttemptFailed,
     BreakerStateChanged,
@@ -87,15 +88,62 @@ _MAX_ROUTES = 4096
 
 @final
 class _Route:
-    """What every call of one (plugin, function) needs, looked up once (a plugin's registration
-    never changes once made)."""
+    """What every call of one (plugin, function) needs, made once per registration generation
+    of the hooks (a plugin's registration never changes once made; the hooks may)."""
 
-    __slots__ = ("breaker", "budget", "manifest")
+    __slots__ = (
+        "attempt",
+        "breaker",
+        "budget",
+        "deadline",
+        "environment",
+        "fallbacks",
+        "generation",
+        "limits",
+        "manifest",
+        "on_attempt",
+        "on_error",
+        "on_value",
+    )
 
-    def __init__(self, manifest: Manifest, breaker: CircuitBreaker, budget: RetryBudget) -> None:
+    def __init__(
+        self,
+        generation: int,
+        manifest: Manifest,
+        breaker: CircuitBreaker,
+        budget: RetryBudget,
+        attempt: Callable[[CallState], Any],
+        on_attempt: tuple[Reporter, ...],
+        on_value: tuple[Reporter, ...],
+        on_error: tuple[Reporter, ...],
+        fallbacks: tuple[pluggy.HookImpl, ...],
+        environment: ExecutionEnvironment,
+    ) -> None:
+        self.generation = generation
         self.manifest = manifest
+        self.limits = manifest.limits
+        self.deadline = manifest.policy.deadline
         self.breaker = breaker
         self.budget = budget
+        self.attempt = attempt
+        """The attempt hook as a function of the call (what its implementations take is made
+        from it, and nothing else)."""
+        self.on_attempt = on_attempt
+        """The reporters of a successful attempt (often none: then it is not reported)."""
+        self.on_value = on_value
+        """The reporters of a call that ends with its value."""
+        self.on_error = on_error
+        """The reporters of a call that ends with an error."""
+        self.fallbacks = fallbacks
+        """The fallback hook's implementations that may answer for this function."""
+        self.environment = environment
+        """Where a call refused before any attempt ran (the errors of attempts bring their
+        own)."""
+
+
+_REPORT_ARGUMENTS: dict[str, Maker] = {"record": None, "event": lambda record: record.event}
+"""The report hook's arguments, made from a record: the record itself, and the full event only
+for a reporter that takes it."""
 
 
 def _attempt_hook_failure(exc: Exception) -> ExecutionError:
@@ -106,6 +154,12 @@ def _attempt_hook_failure(exc: Exception) -> ExecutionError:
     )
     failure.__cause__ = exc
     return failure
+
+
+def _reporter_failed(source: str, event: str, exc: Exception) -> None:
+    logger.bind(reporter=source, event=event).error(
+        "reporter failed: {}: {}", type(exc).__name__, exc
+    )
 
 
 def caused_by_caller(error: PluginError) -> bool:
@@ -148,6 +202,8 @@ class CallPipeline:
         self._manifest = manifest
         self._provider = provider
         self._hooks = hooks
+        self._manager = hooks.manager
+        self._attempt_arguments: dict[str, Maker] = {"attempt": self._make_attempt, "call": None}
         self._clock = clock
         self._monotonic: Callable[[], float] = clock.monotonic
         self._random = random
@@ -219,17 +275,47 @@ class CallPipeline:
         return report
 
     def _route(self, plugin: str, function: str) -> _Route:
-        """Made on the first call of (plugin, function); later calls find it in ``_routes``."""
+        """Made on the first call of (plugin, function) and again when the hooks change; other
+        calls find it in ``_routes``."""
+        # Read first: hooks registered while the route is made give it an older generation,
+        # and the next call makes it again.
+        generation = self._manager.generation
         try:
             manifest = self._manifest(plugin)
         except PluginError as error:
             raise self._contextual(error, plugin, function, None) from None
-        route = _Route(manifest, self.breaker(plugin, function), self.budget(plugin))
+        hooks = self._hooks
+        key = (plugin, function)
+        route = _Route(
+            generation,
+            manifest,
+            self.breaker(plugin, function),
+            self.budget(plugin),
+            hooks.caller("wasm_plugins_attempt", self._attempt_arguments),
+            hooks.reporters("wasm_plugins_report", "attempt_succeeded", _REPORT_ARGUMENTS, key),
+            hooks.reporters("wasm_plugins_report", "call_finished.value", _REPORT_ARGUMENTS, key),
+            hooks.reporters("wasm_plugins_report", "call_finished.error", _REPORT_ARGUMENTS, key),
+            hooks.implementations("wasm_plugins_fallback", key),
+            ExecutionEnvironment(
+                engine=manifest.engine or self._default_engine, isolation="in-process", attempt=0
+            ),
+        )
         routes = self._routes.setdefault(plugin, {})
-        if len(routes) >= _MAX_ROUTES:
+        if len(routes) >= _MAX_ROUTES and function not in routes:
             routes.clear()
         routes[function] = route
         return route
+
+    def _make_attempt(self, call: CallState) -> Attempt:
+        return Attempt(
+            call.plugin,
+            call.function,
+            call.input,
+            call.attempt,
+            call.limits,
+            self._provider,
+            self._clock,
+        )
 
     # -- the call -----------------------------------------------------------------------------
 
@@ -238,50 +324,96 @@ class CallPipeline:
         outcome: Outcome = self.call(plugin, function, input, True)
         return outcome
 
-    def call(self, plugin: str, function: str, input: Any, want_outcome: bool = False) -> Any:
+    def call(  # noqa: PLR0915 - one path, in one function: a success costs no call more
+        self, plugin: str, function: str, input: Any, want_outcome: bool = False
+    ) -> Any:
         """:meth:`invoke`, returning the value alone unless ``want_outcome`` (no
         :class:`Outcome` is made for a value alone)."""
         routes = self._routes.get(plugin)
         route = routes.get(function) if routes is not None else None
-        if route is None:
+        if route is None or route.generation != self._manager.generation:
             route = self._route(plugin, function)
-        started = self._monotonic()
-        manifest = route.manifest
-        deadline = manifest.policy.deadline
+        monotonic = self._monotonic
+        started = monotonic()
+        deadline = route.deadline
         call = CallState(
             plugin,
             function,
             input,
             next(self._ids),
-            manifest,
+            route.manifest,
             started,
             started + deadline if deadline is not None else None,
-            manifest.limits,
+            route.limits,
         )
         budget = route.budget
-        budget.deposit()
+        if not budget.full:
+            budget.deposit()
         breaker = route.breaker
         while True:
             permit = breaker.try_acquire()
             if isinstance(permit, InstanceError):
                 # Refused before an attempt: the last plugin error, if any, tells more.
-                last = (
-                    call.errors[-1]
-                    if call.errors
-                    else self._stamp(permit, plugin, function, call.attempt, call.call_id)
-                )
+                if call.errors:
+                    last = call.errors[-1]
+                else:
+                    # The refusal is made fresh with no context: its call is all it lacks.
+                    permit.plugin = plugin
+                    permit.function = function
+                    last = permit
                 break
             call.attempt += 1
+            call.attempt_started = monotonic()
+            # Published for what the attempt reports on its way (guest log lines, spans, the
+            # host functions a worker process asks for), so they carry the call's id.
+            token = ATTEMPT.set(call)
             try:
-                result = self._attempt(call)
+                try:
+                    value = route.attempt(call)
+                finally:
+                    ATTEMPT.reset(token)
+            except PluginError as error:
+                result: PluginError = error
+            except Exception as exc:
+                result = _attempt_hook_failure(exc)
             except BaseException:
                 # KeyboardInterrupt and the like: the call ends, but its permit (perhaps a
                 # half-open probe slot) must not stay taken.
                 breaker.record(permit, Verdict.IGNORED)
                 raise
-            if not isinstance(result, PluginError):
+            else:
                 breaker.record_success(permit)
-                return self._succeeded(call, result, want_outcome)
+                now = monotonic()
+                call.value = value
+                if route.on_attempt:
+                    self._tell(
+                        route.on_attempt,
+                        call.report_as("attempt_succeeded", now, now - call.attempt_started),
+                    )
+                # What report_as does, written out (this runs for every call that succeeds).
+                call.name = "call_finished"
+                call.time = now
+                call.duration = duration = now - started
+                call._event = None
+                call.outcome = "value"
+                # The reporters of this topic only, so that one with nothing to do for a plain
+                # success (the log) is not called for one.
+                for source, report in route.on_value:
+                    try:
+                        report(call)
+                    except Exception as exc:
+                        _reporter_failed(source, "call_finished", exc)
+                if not want_outcome:
+                    return value
+                return Outcome(
+                    value,
+                    plugin,
+                    function,
+                    call.attempt,
+                    call.errors,
+                    duration,
+                    call_id=call.call_id,
+                )
             last = self._failed(call, result, breaker, permit)
             action = self._recovery(last, call)
             if isinstance(action, UseValue):
@@ -291,58 +423,8 @@ class CallPipeline:
                 return outcome if want_outcome else outcome.value
             if breaker.state is BreakerState.OPEN or not self._retry(action, last, call, budget):
                 break
-        outcome = self._give_up(call, last)
+        outcome = self._give_up(call, last, route)
         return outcome if want_outcome else outcome.value
-
-    def _attempt(self, call: CallState) -> Any:
-        """Run one attempt: its value, or the typed error it ended with (returned, not raised)."""
-        call.attempt_started = started = self._monotonic()
-        # Published for what the attempt reports on its way (guest log lines, spans, the host
-        # functions a worker process asks for), so they carry the call's id.
-        token = ATTEMPT.set(call)
-        try:
-            value = self._hooks.first_result(
-                "wasm_plugins_attempt",
-                attempt=Attempt(
-                    call.plugin,
-                    call.function,
-                    call.input,
-                    call.attempt,
-                    call.limits,
-                    self._provider,
-                    self._clock,
-                ),
-            )
-        except PluginError as error:
-            return error
-        except Exception as exc:
-            return _attempt_hook_failure(exc)
-        finally:
-            ATTEMPT.reset(token)
-        call.value = value
-        if self._hooks.topic("wasm_plugins_report", "attempt_succeeded", "")[0]:
-            now = self._monotonic()
-            self._report(call.report_as("attempt_succeeded", now, now - started))
-        return value
-
-    def _succeeded(self, call: CallState, value: Any, want_outcome: bool) -> Any:
-        now = self._monotonic()
-        duration = now - call.started
-        call.outcome = "value"
-        # Its own topic, so that a reporter with nothing to do for a plain success (the log) is
-        # not called for one.
-        self._report(call.report_as("call_finished", now, duration), "call_finished.value")
-        if not want_outcome:
-            return value
-        return Outcome(
-            value,
-            call.plugin,
-            call.function,
-            call.attempt,
-            tuple(call.errors),
-            duration,
-            call_id=call.call_id,
-        )
 
     def _failed(
         self, call: CallState, failure: PluginError, breaker: CircuitBreaker, permit: Permit
@@ -354,7 +436,7 @@ class CallPipeline:
             failure = failure.with_()
         classified, blamed = self._classify(failure, call)
         error = self._stamp(classified, call.plugin, call.function, call.attempt, call.call_id)
-        call.errors.append(error)
+        call.errors = (*call.errors, error)
         self.report(
             AttemptFailed(
                 call.plugin,
@@ -407,18 +489,38 @@ class CallPipeline:
         self._clock.sleep(delay)
         return True
 
-    def _give_up(self, call: CallState, last: PluginError) -> Outcome:
+    def _give_up(self, call: CallState, last: PluginError, route: _Route) -> Outcome:
         """No more attempts: a fallback answers, or the caller gets a ContextualError."""
-        result = self._fallback(last, call)
-        if result is not None:
-            return self._answer_with(result, last, call)
+        if route.fallbacks:
+            result = self._fallback(last, call, route.fallbacks)
+            if result is not None:
+                return self._answer_with(result, last, call)
         now = self._monotonic()
         call.outcome = "error"
         call.error = last
         call.value = None
-        self._report(
-            call.report_as("call_finished", now, now - call.started), "call_finished.error"
-        )
+        # What report_as does, written out: a refusal costs as little as it can.
+        call.name = "call_finished"
+        call.time = now
+        call.duration = now - call.started
+        call._event = None
+        for source, report in route.on_error:
+            try:
+                report(call)
+            except Exception as exc:
+                _reporter_failed(source, "call_finished", exc)
+        if call.attempt == 0 and last.context is None and not caller_fields():
+            # Refused before any attempt (the refusal is stamped) and no caller's fields to
+            # carry: the context is the route's, made once.
+            raise ContextualError(
+                error=last,
+                context=ErrorContext(
+                    plugin=call.plugin,
+                    function=call.function,
+                    environment=route.environment,
+                    call_id=f"{call.plugin}#{call.number}",
+                ),
+            )
         raise self._contextual(last, call.plugin, call.function, call)
 
     def _answer_with(self, result: FallbackResult, error: PluginError, call: CallState) -> Outcome:
@@ -517,7 +619,12 @@ class CallPipeline:
     # -- hooks ----------------------------------------------------------------------------------
 
     def _first_answer(
-        self, hook_name: str, expected: type, error: PluginError, call: CallState
+        self,
+        hook_name: str,
+        expected: type,
+        error: PluginError,
+        call: CallState,
+        implementations: tuple[pluggy.HookImpl, ...] | None = None,
     ) -> Any:
         def failed(source: str, reason: str) -> None:
             self.report(
@@ -539,6 +646,7 @@ class CallPipeline:
             failed,
             self._clock.monotonic,
             self.recovery_timeout,
+            implementations,
         )
 
     def _classify(self, error: PluginError, call: CallState) -> tuple[PluginError, bool | None]:
@@ -559,9 +667,11 @@ class CallPipeline:
         )
         return answer
 
-    def _fallback(self, error: PluginError, call: CallState) -> FallbackResult | None:
+    def _fallback(
+        self, error: PluginError, call: CallState, implementations: tuple[pluggy.HookImpl, ...]
+    ) -> FallbackResult | None:
         answer: FallbackResult | None = self._first_answer(
-            "wasm_plugins_fallback", FallbackResult, error, call
+            "wasm_plugins_fallback", FallbackResult, error, call, implementations
         )
         return answer
 
@@ -580,9 +690,15 @@ class CallPipeline:
         failures = self._hooks.call_each(implementations, arguments)
         if failures is not None:
             for source, exc in failures:
-                logger.bind(reporter=source, event=record.name).error(
-                    "reporter failed: {}: {}", type(exc).__name__, exc
-                )
+                _reporter_failed(source, record.name, exc)
+
+    @staticmethod
+    def _tell(reporters: tuple[Reporter, ...], record: Report) -> None:
+        for source, report in reporters:
+            try:
+                report(record)
+            except Exception as exc:
+                _reporter_failed(source, record.name, exc)
 
     # -- errors ---------------------------------------------------------------------------------
 

@@ -43,6 +43,10 @@ class RetryBudget:
         self.maximum = maximum
         self._tokens = maximum
         self._lock = threading.Lock()
+        self.full = True
+        """Whether no retry was spent since the bucket last filled up: a deposit would change
+        nothing, and a caller may skip it (read without the lock: a concurrent withdrawal then
+        simply counts as made after the call)."""
 
     @property
     def tokens(self) -> float:
@@ -52,12 +56,11 @@ class RetryBudget:
 
     def deposit(self) -> None:
         """A call was made."""
-        if self._tokens == self.maximum:
-            # Full (no retries lately): nothing to add. Read without the lock: a concurrent
-            # withdrawal then simply counts as made after this deposit.
+        if self.full:
             return
         with self._lock:
             self._tokens = min(self.maximum, self._tokens + self.ratio)
+            self.full = self._tokens >= self.maximum
 
     def withdraw(self) -> bool:
         """Spend one retry; whether there was one to spend."""
@@ -65,4 +68,5 @@ class RetryBudget:
             if self._tokens < 1.0:
                 return False
             self._tokens -= 1.0
+            self.full = False
             return True

@@ -262,6 +262,15 @@ def _summary(
         out.write(line + "\n")
 
 
+def _observed(make_host: HostFactory, on_host: Callable[[PluginHost], None]) -> HostFactory:
+    def make(clock: FakeClock) -> PluginHost:
+        host = make_host(clock)
+        on_host(host)
+        return host
+
+    return make
+
+
 def run_fuzz(
     target: str,
     function: str,
@@ -275,9 +284,12 @@ def run_fuzz(
     steps: int = 50,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    on_host: Callable[[PluginHost], None] | None = None,
 ) -> int:
     """The ``fuzz`` command: 0 when every invariant held, 3 when one broke (the shrunk
     reproducer is printed).
+
+    :param on_host: told of every host the run makes (``wasm-plugins stats`` reads them).
 
     :raises PluginError: a typed error when TARGET cannot be resolved.
     """
@@ -286,6 +298,8 @@ def run_fuzz(
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
     make_host = target_host(target)
+    if on_host is not None:
+        make_host = _observed(make_host, on_host)
     probe = make_host(FakeClock())
     try:
         plugin = _only_plugin(probe, target)
