@@ -4,6 +4,7 @@ channel (``wasm_plugins_alert``), and ``wasm-plugins stats``; a fake clock, no s
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,11 +12,13 @@ from typing import Any
 import pytest
 from loguru import logger
 
+from tests.conftest import ROOT
 from tests.test_policy import Subject
 from wasm_plugins import (
     Alert,
     ContextualError,
     NetworkError,
+    PluginHost,
     ResourceLimitExceeded,
     SecurityViolation,
     Severity,
@@ -322,6 +325,28 @@ class TestAlerts:
 
 
 class TestCallPath:
+    def test_a_successful_call_takes_no_lock(self, wasmtime_engine: Engine) -> None:
+        """Threads calling at once do not queue on the host: once its route, its sandbox and
+        the thread's counters are made, a successful call takes no lock."""
+        lock_types = (type(threading.Lock()), type(threading.RLock()))
+        taken: list[str] = []
+
+        def watch(frame: Any, event: str, argument: Any) -> None:
+            if event == "c_call" and isinstance(getattr(argument, "__self__", None), lock_types):
+                taken.append(f"{frame.f_code.co_filename}:{frame.f_lineno}")
+
+        echo = ROOT / "hostapi" / "examples" / "echo.wat"
+        with PluginHost(engine=wasmtime_engine.name, blocked=(), module_cache=False) as host:
+            host.load({"name": "echo", "module": {"path": str(echo)}})
+            assert host.call("echo", "echo", {"n": 1}) == {"n": 1}
+            sys.setprofile(watch)
+            try:
+                value = host.call("echo", "echo", {"n": 2})
+            finally:
+                sys.setprofile(None)
+        assert value == {"n": 2}
+        assert taken == []
+
     def test_no_attempt_object_for_the_built_in_attempt(
         self, wasmtime_engine: Engine, monkeypatch: pytest.MonkeyPatch
     ) -> None:
