@@ -26,7 +26,7 @@ from wasm_plugins._escape import escape
 from wasm_plugins._log import logger
 from wasm_plugins._suggest import did_you_mean
 from wasm_plugins.builtin import builtin_plugins
-from wasm_plugins.builtin.fallbacks import ExternalFallback
+from wasm_plugins.builtin.fallbacks import BuiltinFallbacks, ExternalFallback
 from wasm_plugins.builtin.reporters import AlertReporter, MetricsReporter
 from wasm_plugins.builtin.stats import Stats
 from wasm_plugins.discovery import (
@@ -49,17 +49,37 @@ from wasm_plugins.policy import (
     Clock,
     HookDispatcher,
     Outcome,
+    PluginLoaded,
     PluginManager,
+    PluginReplaced,
+    PluginReplaceFailed,
+    PluginUnloaded,
     RandomSource,
     SystemClock,
     system_random,
 )
-from wasm_plugins.provider import Sandboxes, make_module_cache
+from wasm_plugins.provider import Cancellation, Sandboxes, make_module_cache
 from wasm_plugins.sandbox import HostFunction, Limits, ModuleCache, PluginSandbox
 from wasm_plugins.services import HostServices
 from wasm_plugins.trust import Grant, Review, TrustPolicy, module_digest
 
-__all__ = ["Attempt", "Outcome", "PluginHost", "PluginInfo", "PluginSource"]
+__all__ = ["Attempt", "MapResult", "Outcome", "PluginHost", "PluginInfo", "PluginSource"]
+
+
+@attrs.frozen
+class MapResult:
+    """One input's result in :meth:`PluginHost.map`: its outcome, or the typed error."""
+
+    index: int
+    """The input's position."""
+    outcome: Outcome | None
+    error: PluginError | None
+    """The typed error (a ``ContextualError``, its ``error`` telling the kind), or None."""
+
+    @property
+    def value(self) -> Any:
+        """The value (None when the call failed)."""
+        return self.outcome.value if self.outcome is not None else None
 
 
 @attrs.frozen
@@ -224,6 +244,10 @@ class PluginHost:
         self.services.config = self._plugin_config
         self._plugins: dict[str, PluginInfo] = {}
         self._refused: dict[str, Review] = {}
+        self._sources: dict[str, PluginSource] = {}
+        """By plugin, what it was loaded from: :meth:`reload` reads it again."""
+        self._digests: dict[str, str | None] = {}
+        """By plugin, the SHA-256 of the module serving."""
         self._lock = threading.RLock()
         self._closed = False
         self._configured = False
@@ -281,6 +305,7 @@ class PluginHost:
         """The framework's own plugin names (``blocked=`` may name them)."""
         self._offered: set[str] = set()
         """Every WASM plugin name offered to the host, blocked ones included."""
+        self._fallbacks = cast(BuiltinFallbacks, builtins["builtin-fallbacks"])
 
     def _send_alert(self, alert: Alert) -> None:
         self.hooks.alert(
@@ -301,10 +326,13 @@ class PluginHost:
     # -- set-up ---------------------------------------------------------------------------------
 
     @classmethod
-    def discover(cls, **options: Any) -> PluginHost:
+    def discover(cls, *, preload: bool = False, **options: Any) -> PluginHost:
         """A host with every plugin installed through the ``wasm_plugins`` entry points.
 
         A distribution that fails is listed in :attr:`problems` (and logged); the others load.
+        With ``preload``, every plugin is compiled (through the module cache), checked against
+        the ABI and its grants, and linked now: one that fails is a problem (stage ``preload``)
+        and is not registered, rather than failing on its first call.
         """
         host = cls(**options)
         registered, problems = load_entry_points(host.manager, host.blocked)
@@ -312,6 +340,8 @@ class PluginHost:
         host.problems.extend(problems)
         host.configure()
         host.check_names()
+        if preload:
+            host.preload()
         return host
 
     def check_names(self) -> list[DiscoveryProblem]:
@@ -352,6 +382,21 @@ class PluginHost:
             logger.bind(source=problem.source).warning("{}", problem)
         self.problems.extend(found)
         return found
+
+    def preload(self) -> list[str]:
+        """Make every plugin's sandbox now; a plugin that fails is removed and listed in
+        :attr:`problems` (stage ``preload``). Returns the names of the plugins removed."""
+        removed = []
+        for name, info in self.plugins.items():
+            try:
+                self._sandboxes.sandbox(name)
+            except PluginError as error:
+                problem = DiscoveryProblem(name, info.distribution, "preload", error.message)
+                self.problems.append(problem)
+                logger.bind(source=name).error("plugin problem: {}", problem)
+                self._remove(name)
+                removed.append(name)
+        return removed
 
     def register_policy(self, plugin: object, name: str | None = None) -> None:
         """Register a pluggy plugin (an object or module with hookimpls) with this host only.
@@ -444,7 +489,7 @@ class PluginHost:
                 self._problem(source, "trust", detail or error.message)
                 return
             try:
-                self._add(info)
+                self._add(info, item)
             except PluginError as error:
                 self._problem(source, "load", error.message)
 
@@ -461,7 +506,7 @@ class PluginHost:
         """
         manifest = _as_manifest(source)
         info = self._granted(manifest, None) if check else PluginInfo(manifest, None)
-        self._add(info)
+        self._add(info, source)
         if not self._configured:
             self.configure()
         return info
@@ -539,7 +584,7 @@ class PluginHost:
             )
         return PluginInfo(review.granted, distribution, review)
 
-    def _add(self, info: PluginInfo) -> PluginInfo:
+    def _add(self, info: PluginInfo, source: PluginSource | None = None) -> PluginInfo:
         manifest = info.manifest
         self._offered.add(manifest.name)
         if manifest.name in self.blocked:
@@ -561,6 +606,129 @@ class PluginHost:
                     suggestion="give each plugin a unique name",
                 )
             self._plugins[manifest.name] = info
+            self._sources[manifest.name] = source if source is not None else manifest
+            self._digests[manifest.name] = digest = _module_digest(manifest)
+        self.pipeline.report(
+            PluginLoaded(manifest.name, "", "", self.clock.monotonic(), manifest.version, digest)
+        )
+        return info
+
+    # -- versions -------------------------------------------------------------------------------
+
+    def replace(self, name: str, manifest: Manifest | Mapping[str, Any]) -> PluginInfo:
+        """Serve a new version of a plugin, once it is compiled, checked against the ABI and its
+        grants, linked and (with a manifest ``health_check``) has answered its probe. Calls
+        running on the old version finish there; its sandboxes and workers are released when
+        the last one returns. A new module starts with fresh breakers, retry budget and cached
+        results.
+
+        :raises ConfigurationError: ``field`` ``replace.<step>`` (``manifest``, ``grant``,
+            ``compile``, ``health_check``) when a step failed; the old version keeps serving, and a
+            ``PluginReplaceFailed`` event tells the reporters.
+        """
+        return self._swap(name, manifest)
+
+    def reload(self, name: str) -> PluginInfo:
+        """:meth:`replace` a plugin by what it was loaded from, read again: its manifest file and
+        module file (a manifest given as a dict or object is kept; its module file is read
+        again)."""
+        self._info(name)
+        return self._swap(name, self._sources[name])
+
+    def unload(self, name: str) -> None:
+        """Remove a plugin: new calls fail with a ConfigurationError; calls running finish, and
+        its sandboxes and workers are released when the last one returns."""
+        info = self._info(name)
+        self._remove(name)
+        self.pipeline.report(
+            PluginUnloaded(name, "", "", self.clock.monotonic(), info.manifest.version)
+        )
+
+    def _remove(self, name: str) -> None:
+        info = self._info(name)
+
+        def commit() -> None:
+            with self._lock:
+                self._plugins.pop(name, None)
+                self._sources.pop(name, None)
+                self._digests.pop(name, None)
+
+        self._sandboxes.install(name, None, info.manifest.limits, commit)
+        self.pipeline.forget(name)
+        self._fallbacks.forget(name)
+
+    def _swap(self, name: str, source: PluginSource) -> PluginInfo:
+        old = self._info(name)
+        step = "manifest"
+        try:
+            manifest = _as_manifest(source)
+            if manifest.name != name:
+                raise ConfigurationError(
+                    field="name",
+                    plugin=name,
+                    message=(
+                        f"Invalid configuration: name - the new manifest names {manifest.name!r}"
+                    ),
+                    suggestion=f"a new version of {name!r} keeps its name",
+                )
+            step = "grant"
+            # A plugin the trust policy let in is reviewed again: a new version gets its grant.
+            info = (
+                self._granted(manifest, old.distribution)
+                if old.review is not None
+                else PluginInfo(manifest, old.distribution)
+            )
+            manifest = info.manifest
+            step = "compile"
+            digest = _module_digest(manifest)
+            sandbox = self._sandboxes.prepare(manifest)
+            check = manifest.health_check
+            if check is not None:
+                step = "health_check"
+                try:
+                    sandbox.call(check.function, check.input)
+                except BaseException:
+                    sandbox.close()
+                    raise
+        except PluginError as error:
+            self.pipeline.report(
+                PluginReplaceFailed(name, "", "", self.clock.monotonic(), step, error)
+            )
+            raise ConfigurationError(
+                field=f"replace.{step}",
+                plugin=name,
+                message=(
+                    f"Invalid configuration: replace.{step} - version "
+                    f"{old.manifest.version} keeps serving: {error.message}"
+                ),
+                suggestion=error.suggestion or "fix the new version and replace again",
+            ) from error
+        changed = True
+
+        def commit() -> None:
+            nonlocal changed
+            with self._lock:
+                changed = self._digests.get(name) != digest or digest is None
+                self._plugins[name] = info
+                self._sources[name] = source
+                self._digests[name] = digest
+
+        self._sandboxes.install(name, sandbox, manifest.limits, commit)
+        self.pipeline.forget(name)
+        if changed:
+            self._fallbacks.forget(name)
+        self.pipeline.report(
+            PluginReplaced(
+                name,
+                "",
+                "",
+                self.clock.monotonic(),
+                old.manifest.version,
+                manifest.version,
+                digest or "",
+                changed,
+            )
+        )
         return info
 
     def _plugin_config(self, plugin: str) -> Mapping[str, Any]:
@@ -646,9 +814,87 @@ class PluginHost:
         """
         return self.pipeline.call(plugin, function, input)
 
+    def map(
+        self,
+        plugin: str,
+        function: str,
+        inputs: Iterable[Any],
+        *,
+        concurrency: int | None = None,
+        ordered: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[MapResult]:
+        """Call a function once per input through the error policy, on ``concurrency`` threads
+        (default: the CPUs); one failure never stops the others.
+
+        :param ordered: results in the inputs' order; otherwise in the order they finished.
+        :param progress: called with the number of results so far, after each one.
+        :returns: one :class:`MapResult` per input: the outcome, or the typed error (an input the
+            codec cannot encode gives a ``communication`` error).
+        """
+        items = list(inputs)
+        results: list[MapResult | None] = [None] * len(items)
+        finished: list[MapResult] = []
+        pending = iter(enumerate(items))
+        lock = threading.Lock()
+
+        def work() -> None:
+            while True:
+                with lock:
+                    item = next(pending, None)
+                if item is None:
+                    return
+                index, value = item
+                try:
+                    result = MapResult(index, self.invoke(plugin, function, value), None)
+                except PluginError as error:
+                    result = MapResult(index, None, error)
+                with lock:
+                    results[index] = result
+                    finished.append(result)
+                    done = len(finished)
+                if progress is not None:
+                    progress(done)
+
+        workers = max(1, min(concurrency or os.cpu_count() or 1, len(items)))
+        threads = [
+            threading.Thread(target=work, name=f"wasm-plugins-map-{n}") for n in range(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if not ordered:
+            return finished
+        return [result for result in results if result is not None]
+
     async def acall(self, plugin: str, function: str, input: Any = None) -> Any:
-        """:meth:`call` for asyncio: the call runs in a worker thread, not on the event loop."""
-        return await asyncio.to_thread(self.call, plugin, function, input)
+        """:meth:`call` for asyncio: the call runs in a worker thread, not on the event loop.
+
+        Cancelling the task (``asyncio.wait_for`` timing out, too) stops the call: see
+        :meth:`ainvoke`.
+        """
+        return await self._cancellable(lambda: self.call(plugin, function, input))
+
+    async def ainvoke(self, plugin: str, function: str, input: Any = None) -> Outcome:
+        """:meth:`invoke` for asyncio: the :class:`Outcome`, the call running in a worker thread.
+
+        Cancelling the task stops the call: a guest running in a worker process is killed with
+        its worker (the pool starts another), later attempts are not made, and the hooks see the
+        call end with a ``cancelled`` error (``CallCancelled``). The awaiting task gets the
+        cancellation (``asyncio.TimeoutError`` from ``asyncio.wait_for``).
+        """
+        outcome: Outcome = await self._cancellable(lambda: self.invoke(plugin, function, input))
+        return outcome
+
+    async def _cancellable(self, thunk: Callable[[], Any]) -> Any:
+        cancellation = Cancellation()
+        running = asyncio.ensure_future(asyncio.to_thread(cancellation.run, thunk))
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            cancellation.cancel()
+            raise
 
     # -- closing --------------------------------------------------------------------------------
 
@@ -693,3 +939,11 @@ def _as_manifest(source: PluginSource) -> Manifest:
     if isinstance(source, str | os.PathLike):
         return Manifest.from_file(Path(source))
     return Manifest.from_file(source)
+
+
+def _module_digest(manifest: Manifest) -> str | None:
+    """The SHA-256 of a manifest's module as it is now (None: it cannot be read)."""
+    try:
+        return module_digest(manifest)
+    except OSError:
+        return None

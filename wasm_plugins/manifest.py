@@ -188,6 +188,16 @@ class FunctionSpec:
 
 
 @attrs.frozen
+class HealthCheckSpec:
+    """A call a new version of the plugin must answer before it replaces the running one."""
+
+    function: str
+    """The plugin function to call."""
+    input: Any = None
+    """The input to call it with."""
+
+
+@attrs.frozen
 class WasiPreopen:
     """A host directory the guest sees under ``guest``."""
 
@@ -311,6 +321,8 @@ class Manifest:
     http: tuple[str, ...] = ()
     """Hosts the plugin asks to reach through the ``http`` capability (the trust policy decides)."""
     policy: PolicySpec = attrs.field(factory=PolicySpec)
+    health_check: HealthCheckSpec | None = None
+    """Probed on a reload or replace before the new version serves (none: no probe)."""
     base: Path | Traversable | None = attrs.field(default=None, eq=False, repr=False)
     """The folder resources and relative paths resolve against (not read from TOML)."""
 

@@ -29,6 +29,49 @@ __all__ = ["Sandboxes", "make_module_cache", "wasi_settings"]
 
 
 @final
+class _Version:
+    """One version of a plugin: the sandboxes made for it and the calls running in them.
+
+    A version replaced or unloaded is retired: new calls no longer reach it, and its sandboxes
+    (and their workers) are closed when the last call running in them returns.
+    """
+
+    __slots__ = ("_lock", "in_flight", "retired", "sandboxes")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.sandboxes: list[PluginSandbox] = []
+        self.in_flight = 0
+        self.retired = False
+
+    def enter(self) -> bool:
+        """Count a call in, unless the version is retired (the caller takes the new one)."""
+        with self._lock:
+            if self.retired:
+                return False
+            self.in_flight += 1
+            return True
+
+    def leave(self) -> list[PluginSandbox]:
+        """Count a call out: the sandboxes to close when it was the last of a retired version."""
+        with self._lock:
+            self.in_flight -= 1
+            return self._drained()
+
+    def retire(self) -> list[PluginSandbox]:
+        """No new calls; the sandboxes to close now when none is running."""
+        with self._lock:
+            self.retired = True
+            return self._drained()
+
+    def _drained(self) -> list[PluginSandbox]:
+        if not self.retired or self.in_flight:
+            return []
+        sandboxes, self.sandboxes = self.sandboxes, []
+        return sandboxes
+
+
+@final
 class Sandboxes:
     """The sandboxes of one host, by (plugin, limits in force).
 
@@ -67,7 +110,11 @@ class Sandboxes:
         self.cache = cache
         self._name = name
         self._held: dict[tuple[str, Limits], PluginSandbox] = {}
-        self._last: dict[str, tuple[Limits, PluginSandbox]] = {}
+        self._versions: dict[str, _Version] = {}
+        """By plugin, the version new calls reach."""
+        self._retired: list[_Version] = []
+        """Versions replaced or unloaded whose calls have not all returned."""
+        self._last: dict[str, tuple[Limits, PluginSandbox, _Version]] = {}
         """By plugin, the sandbox last given and the very limits object asked for: most calls
         ask again with the same object, found without hashing limits."""
         self._recompile: set[str] = set()
@@ -85,10 +132,34 @@ class Sandboxes:
         last = self._last.get(plugin)
         if last is not None and last[0] is limits:
             return last[1]
+        return self._current(plugin, limits)[0]
+
+    def call(self, plugin: str, limits: Limits, function: str, input: Any) -> Any:
+        """Call a function in the plugin's sandbox under these limits; the version the call
+        starts on serves it to the end, even when the plugin is replaced meanwhile."""
+        last = self._last.get(plugin)
+        if last is not None and last[0] is limits and last[2].enter():
+            sandbox, version = last[1], last[2]
+        else:
+            while True:
+                sandbox, version = self._current(plugin, limits)
+                if version.enter():
+                    break
+        try:
+            return sandbox.call(function, input)
+        finally:
+            drained = version.leave()
+            if drained:
+                self._release(version, drained)
+
+    def _current(self, plugin: str, limits: Limits | None) -> tuple[PluginSandbox, _Version]:
         if limits is None:
             limits = self._manifest(plugin).limits
         key = (plugin, limits)
         with self._lock:
+            version = self._versions.get(plugin)
+            if version is None:
+                version = self._versions[plugin] = _Version()
             sandbox = self._held.get(key)
             if sandbox is None:
                 if self._closed:
@@ -100,9 +171,72 @@ class Sandboxes:
                 sandbox = self._make(self._manifest(plugin), limits)
                 self._recompile.discard(plugin)
                 self._held[key] = sandbox
+                version.sandboxes.append(sandbox)
             # Set under the lock, so that a sandbox discarded meanwhile is never remembered.
-            self._last[plugin] = (limits, sandbox)
-            return sandbox
+            self._last[plugin] = (limits, sandbox, version)
+            return sandbox, version
+
+    def prepare(self, manifest: Manifest) -> PluginSandbox:
+        """A sandbox of a new version of a plugin, compiled, checked and linked under its
+        manifest's limits, but not yet serving: :meth:`install` makes it serve.
+
+        :raises PluginError: the typed error of the first check that failed.
+        """
+        with self._lock:
+            if self._closed:
+                raise ConfigurationError(
+                    field="host",
+                    message="Invalid configuration: host - the host is closed",
+                    suggestion="create a new PluginHost",
+                )
+            return self._make(manifest, manifest.limits)
+
+    def install(
+        self,
+        plugin: str,
+        sandbox: PluginSandbox | None,
+        limits: Limits,
+        commit: Callable[[], None],
+    ) -> None:
+        """Make a prepared sandbox the plugin's (None: the plugin is gone); calls running on the
+        previous version finish there, and its sandboxes close when the last one returns.
+
+        ``commit`` (the host's new manifest lookup) runs under the same lock as the swap, so
+        that no sandbox is ever made from one version's manifest for the other.
+        """
+        with self._lock:
+            commit()
+            old = self._versions.pop(plugin, None)
+            self._last.pop(plugin, None)
+            self._recompile.discard(plugin)
+            for key in [key for key in self._held if key[0] == plugin]:
+                del self._held[key]
+            if sandbox is not None:
+                version = self._versions[plugin] = _Version()
+                version.sandboxes.append(sandbox)
+                self._held[(plugin, limits)] = sandbox
+            if old is not None:
+                self._retired.append(old)
+        if old is not None:
+            self._release(old, old.retire())
+
+    def _release(self, version: _Version, sandboxes: list[PluginSandbox]) -> None:
+        """Close a drained version's sandboxes, and the worker pool once no sandbox needs it."""
+        for sandbox in sandboxes:
+            sandbox.close()
+        with self._lock:
+            if version in self._retired:
+                self._retired.remove(version)
+            pool = self._pool
+            idle = pool is not None and not any(
+                isinstance(sandbox, ProcessSandbox)
+                for version in (*self._versions.values(), *self._retired)
+                for sandbox in version.sandboxes
+            )
+            if idle:
+                self._pool = None
+        if idle and pool is not None:
+            pool.close()
 
     def _make(self, manifest: Manifest, limits: Limits) -> PluginSandbox:
         self._check_capabilities(manifest)
@@ -165,6 +299,9 @@ class Sandboxes:
                 for key in list(self._held)
                 if key[0] == plugin and (recompile or key[1] == limits)
             ]
+            version = self._versions.get(plugin)
+            if version is not None:
+                version.sandboxes = [s for s in version.sandboxes if s not in dropped]
         for sandbox in dropped:
             sandbox.close()
 
@@ -182,8 +319,11 @@ class Sandboxes:
         with self._lock:
             self._closed = True
             sandboxes = list(self._held.values())
+            sandboxes += [s for version in self._retired for s in version.sandboxes]
             self._held.clear()
             self._last.clear()
+            self._versions.clear()
+            self._retired.clear()
         for sandbox in sandboxes:
             sandbox.close()
         if self._pool is not None:

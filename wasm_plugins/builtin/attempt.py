@@ -18,7 +18,7 @@ class BuiltinAttempt:
     """
 
     def __init__(self, provider: SandboxProvider) -> None:
-        self._sandbox = provider.sandbox
+        self._call = provider.call
 
     @hookimpl(trylast=True)
     def wasm_plugins_attempt(self, call: CallState) -> Any:
@@ -26,4 +26,6 @@ class BuiltinAttempt:
 
         It takes the call, not an :class:`~wasm_plugins.policy.Attempt`: none is made for it.
         """
-        return self._sandbox(call.plugin, call.limits).call(call.function, call.input)
+        # Through the provider, so the call stays on one plugin version from start to end and a
+        # caller's cancellation reaches the guest.
+        return self._call(call.plugin, call.limits, call.function, call.input)

@@ -142,6 +142,11 @@ class BuiltinFallbacks:
                     self._caches[plugin] = cache
         return cache
 
+    def forget(self, plugin: str) -> None:
+        """Drop a plugin's cached results (a new module must not answer with the old one's)."""
+        with self._lock:
+            self._caches.pop(plugin, None)
+
     @staticmethod
     def _caches_results(function: str, manifest: Manifest) -> bool:
         spec = manifest.functions.get(function)

@@ -27,6 +27,10 @@ class SandboxProvider(Protocol):
     def sandbox(self, plugin: str, limits: Limits) -> PluginSandbox:
         """The plugin's sandbox under these limits."""
 
+    def call(self, plugin: str, limits: Limits, function: str, input: Any) -> Any:
+        """Call a function in the plugin's sandbox under these limits, on one version of the
+        plugin from start to end."""
+
     def discard(self, plugin: str, limits: Limits, recompile: bool) -> None:
         """Drop the plugin's sandbox under these limits, so that the next attempt gets a fresh
         one; with ``recompile`` every sandbox of the plugin, the next one compiling the module
@@ -69,6 +73,11 @@ class Attempt:
     def sandbox(self) -> PluginSandbox:
         """The sandbox for this plugin under this attempt's limits."""
         return self.provider.sandbox(self.plugin, self.limits)
+
+    def call(self) -> Any:
+        """Run the function with the input in the plugin's sandbox under this attempt's limits
+        (the plugin version it starts on is kept until it returns, even across a replace)."""
+        return self.provider.call(self.plugin, self.limits, self.function, self.input)
 
 
 @final

@@ -28,6 +28,10 @@ __all__ = [
     "FallbackUsed",
     "HookFailed",
     "LimitsChanged",
+    "PluginLoaded",
+    "PluginReplaceFailed",
+    "PluginReplaced",
+    "PluginUnloaded",
     "PolicyEvent",
     "Report",
     "RetryScheduled",
@@ -143,6 +147,43 @@ class CallFinished(PolicyEvent):
     error: PluginError | None = None
     strategy: str | None = None
     extra: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class PluginLoaded(PolicyEvent):
+    """A plugin was registered with the host (``function`` and ``call_id`` are empty)."""
+
+    version: str
+    digest: str | None = None
+    """The module's SHA-256, when it is known without reading the module."""
+
+
+@attrs.frozen
+class PluginReplaced(PolicyEvent):
+    """A new version of a plugin serves new calls; calls running on the old one finish there."""
+
+    old_version: str
+    new_version: str
+    digest: str
+    module_changed: bool
+    """Whether the module differs: breaker, retry budget and cached results were reset."""
+
+
+@attrs.frozen
+class PluginReplaceFailed(PolicyEvent):
+    """A new version of a plugin was refused at ``step``; the old one keeps serving."""
+
+    step: str
+    """``manifest``, ``grant`` (the trust policy), ``compile`` (compiling, checking and
+    linking), or ``health_check``."""
+    error: PluginError
+
+
+@attrs.frozen
+class PluginUnloaded(PolicyEvent):
+    """A plugin was removed; its sandboxes close when the calls running in them return."""
+
+    version: str
 
 
 @attrs.frozen

@@ -262,6 +262,14 @@ class CallPipeline:
                     self._budgets[plugin] = budget
         return budget
 
+    def forget(self, plugin: str) -> None:
+        """Drop a plugin's routes, breakers and retry budget: a new module starts afresh."""
+        with self._lock:
+            self._routes.pop(plugin, None)
+            self._budgets.pop(plugin, None)
+            for key in [key for key in self._breakers if key[0] == plugin]:
+                del self._breakers[key]
+
     def _transition_reporter(
         self, plugin: str, function: str
     ) -> Callable[[BreakerState, BreakerState, str], None]:

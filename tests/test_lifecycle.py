@@ -1,0 +1,210 @@
+"""Plugin versions in a running host: replace, reload and unload, with rollback, draining of the
+calls running, events for reporters, and preloading at discovery."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wasm_plugins import ConfigurationError, ContextualError, PluginHost, hookimpl
+from wasm_plugins.policy import PolicyEvent
+
+
+def answering(text: str, export: str = "answer") -> str:
+    """A module whose ``export`` answers the JSON string ``text`` to any input."""
+    body = f'"{text}"'.replace('"', '\\"')
+    return f"""(module
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "{body}")
+  (func (export "wp_alloc") (param i32) (result i32) (i32.const 8192))
+  (func (export "wp_free") (param i32 i32))
+  (func (export "{export}") (param i32 i32) (result i64)
+    (i64.or (i64.const 0x40000000000) (i64.const {len(text) + 2}))))"""
+
+
+def manifest(text: str, version: str = "1.0.0", **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "answers",
+        "version": version,
+        "module": {"wat": answering(text)},
+        "functions": {"answer": {}},
+        **extra,
+    }
+
+
+class Events:
+    """A reporter that keeps every plugin lifecycle event."""
+
+    def __init__(self) -> None:
+        self.seen: list[PolicyEvent] = []
+
+    @hookimpl
+    def wasm_plugins_report(self, event: PolicyEvent) -> None:
+        if event.name.startswith("plugin_"):
+            self.seen.append(event)
+
+    def names(self) -> list[str]:
+        return [event.name for event in self.seen]
+
+
+@pytest.fixture
+def host() -> Any:
+    with PluginHost(engine="wasmtime", module_cache=False) as host:
+        host.register_policy(Events(), name="events")
+        yield host
+
+
+def events(host: PluginHost) -> Events:
+    plugin = host.manager.get_plugin("events")
+    assert isinstance(plugin, Events)
+    return plugin
+
+
+def test_replace_serves_the_new_version_and_reports_it(host: PluginHost) -> None:
+    host.load(manifest("one"))
+    assert host.call("answers", "answer") == "one"
+    info = host.replace("answers", manifest("two", version="2.0.0"))
+    assert info.manifest.version == "2.0.0"
+    assert host.call("answers", "answer") == "two"
+    assert host.plugins["answers"].manifest.version == "2.0.0"
+    assert events(host).names() == ["plugin_loaded", "plugin_replaced"]
+    replaced = events(host).seen[-1]
+    assert (replaced.old_version, replaced.new_version, replaced.module_changed) == (  # type: ignore[attr-defined]
+        "1.0.0",
+        "2.0.0",
+        True,
+    )
+
+
+def test_replace_while_eight_threads_call_loses_no_call(host: PluginHost) -> None:
+    host.load(manifest("one"))
+    answers: list[Any] = []
+    lock = threading.Lock()
+    started = threading.Barrier(9)
+    stop = threading.Event()
+
+    def caller() -> None:
+        started.wait()
+        mine = []
+        while not stop.is_set() or len(mine) < 50:
+            mine.append(host.call("answers", "answer"))
+        with lock:
+            answers.extend(mine)
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    host.replace("answers", manifest("two", version="2.0.0"))
+    after = host.call("answers", "answer")
+    stop.set()
+    for thread in threads:
+        thread.join()
+    counts = Counter(answers)
+    assert set(counts) <= {"one", "two"}
+    assert sum(counts.values()) == len(answers) >= 8 * 50
+    assert after == "two"
+    assert host.call("answers", "answer") == "two"
+
+
+@pytest.mark.parametrize(
+    ("new", "step"),
+    [
+        ({"module": {"wat": "(module (func"}}, "compile"),
+        ({"module": {"wat": answering("two", export="other")}}, "compile"),
+        ({"health_check": {"function": "missing", "input": None}}, "health_check"),
+        ({"name": "someone-else"}, "manifest"),
+        ({"limits": {"memory": "lots"}}, "manifest"),
+    ],
+    ids=["does-not-compile", "lacks-an-export", "fails-health-check", "renamed", "bad-manifest"],
+)
+def test_a_failing_step_leaves_the_old_version_serving(
+    host: PluginHost, new: dict[str, Any], step: str
+) -> None:
+    host.load(manifest("one"))
+    with pytest.raises(ConfigurationError) as raised:
+        host.replace("answers", {**manifest("two", version="2.0.0"), **new})
+    assert raised.value.field == f"replace.{step}"
+    assert "1.0.0 keeps serving" in raised.value.message
+    assert host.call("answers", "answer") == "one"
+    assert host.plugins["answers"].manifest.version == "1.0.0"
+    failed = events(host).seen[-1]
+    assert failed.name == "plugin_replace_failed"
+    assert failed.step == step  # type: ignore[attr-defined]
+
+
+def test_a_passing_health_check_lets_the_new_version_in(host: PluginHost) -> None:
+    host.load(manifest("one"))
+    host.replace("answers", manifest("two", health_check={"function": "answer", "input": {}}))
+    assert host.call("answers", "answer") == "two"
+
+
+def test_reload_reads_the_files_again(host: PluginHost, tmp_path: Path) -> None:
+    module = tmp_path / "answers.wat"
+    module.write_text(answering("one"))
+    toml = tmp_path / "plugin.toml"
+    toml.write_text('name = "answers"\nversion = "1.0.0"\n[module]\npath = "answers.wat"\n')
+    host.load(toml)
+    assert host.call("answers", "answer") == "one"
+    module.write_text(answering("two"))
+    toml.write_text(toml.read_text().replace("1.0.0", "1.1.0"))
+    assert host.reload("answers").manifest.version == "1.1.0"
+    assert host.call("answers", "answer") == "two"
+    module.write_text("(module (func")
+    with pytest.raises(ConfigurationError, match=r"replace\.compile"):
+        host.reload("answers")
+    assert host.call("answers", "answer") == "two"
+
+
+def test_a_new_module_starts_with_a_closed_breaker(host: PluginHost) -> None:
+    host.load(manifest("one"))
+    host.breaker("answers", "answer").force_open()
+    with pytest.raises(ContextualError):
+        host.call("answers", "answer")
+    host.replace("answers", manifest("two"))
+    assert host.call("answers", "answer") == "two"
+
+
+def test_unload_refuses_new_calls_and_reports_it(host: PluginHost) -> None:
+    host.load(manifest("one"))
+    host.call("answers", "answer")
+    host.unload("answers")
+    assert "answers" not in host.plugins
+    assert not host.sandboxes()
+    with pytest.raises(ContextualError) as raised:
+        host.call("answers", "answer")
+    assert raised.value.error_kind == "configuration"
+    assert events(host).names()[-1] == "plugin_unloaded"
+    host.load(manifest("again"))
+    assert host.call("answers", "answer") == "again"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_unload_releases_the_workers(host: PluginHost) -> None:
+    host.load(manifest("one", isolation="process"))
+    assert host.call("answers", "answer") == "one"
+    pids = host.worker_pids()
+    assert pids and all(_alive(pid) for pid in pids)
+    host.unload("answers")
+    assert host.worker_pids() == []
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_replace_releases_the_old_workers_and_keeps_serving(host: PluginHost) -> None:
+    host.load(manifest("one", isolation="process"))
+    assert host.call("answers", "answer") == "one"
+    host.replace("answers", manifest("two", isolation="process"))
+    assert host.call("answers", "answer") == "two"
+    assert len(host.sandboxes()) == 1
