@@ -3,15 +3,20 @@ calls running, events for reporters, and preloading at discovery."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.test_host import make_distribution
 from wasm_plugins import ConfigurationError, ContextualError, PluginHost, hookimpl
+from wasm_plugins.cli import main
 from wasm_plugins.policy import PolicyEvent
 
 
@@ -208,3 +213,67 @@ def test_replace_releases_the_old_workers_and_keeps_serving(host: PluginHost) ->
     host.replace("answers", manifest("two", isolation="process"))
     assert host.call("answers", "answer") == "two"
     assert len(host.sandboxes()) == 1
+
+
+BROKEN_PLUGINS = '''
+"""A distribution with a plugin that loads, one that does not compile and one that imports a
+capability it was not granted."""
+from wasm_plugins import hookimpl
+
+GOOD = {good!r}
+STEALS_KV = """(module
+  (import "wasm_plugins" "kv_get" (func (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "wp_alloc") (param i32) (result i32) (i32.const 8192))
+  (func (export "wp_free") (param i32 i32)))"""
+
+
+@hookimpl
+def wasm_plugins_register_plugins(register):
+    register({{"name": "fine", "module": {{"wat": GOOD}}}})
+    register({{"name": "garbled", "module": {{"wat": "(module (func"}}}})
+    register({{"name": "thief", "module": {{"wat": STEALS_KV}}}})
+'''
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory on sys.path where tests install fake distributions."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("WASM_PLUGINS_DISABLE", raising=False)
+    importlib.invalidate_caches()
+    yield tmp_path
+    for name in list(sys.modules):
+        if name.startswith("thirdparty_"):
+            del sys.modules[name]
+
+
+class TestPreload:
+    def test_broken_plugins_are_problems_and_the_others_load(self, site: Path) -> None:
+        make_distribution(site, "thirdparty-mixed", BROKEN_PLUGINS.format(good=answering("ok")))
+        with PluginHost.discover(preload=True, engine="wasmtime") as host:
+            assert "fine" in host.plugins
+            assert not {"garbled", "thief"} & set(host.plugins)
+            problems = {p.source: p for p in host.problems if p.stage == "preload"}
+            assert {"garbled", "thief"} <= set(problems)
+            assert problems["thief"].distribution == "thirdparty-mixed 1.0"
+            assert "kv" in problems["thief"].reason
+            assert host.call("fine", "answer") == "ok"
+
+    def test_without_preload_a_broken_plugin_fails_on_its_first_call(self, site: Path) -> None:
+        make_distribution(site, "thirdparty-mixed", BROKEN_PLUGINS.format(good=answering("ok")))
+        with PluginHost.discover(engine="wasmtime") as host:
+            assert "garbled" in host.plugins
+            assert not [p for p in host.problems if p.stage == "preload"]
+            with pytest.raises(ContextualError):
+                host.call("garbled", "answer")
+
+    def test_list_check_reports_them_and_fails(
+        self, site: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        make_distribution(site, "thirdparty-mixed", BROKEN_PLUGINS.format(good=answering("ok")))
+        assert main(["list", "--check"]) == 1
+        out = capsys.readouterr().out
+        assert "garbled (thirdparty-mixed 1.0): preload failed" in out
+        assert "thief (thirdparty-mixed 1.0): preload failed" in out
+        assert main(["list"]) == 0

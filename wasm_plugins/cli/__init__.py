@@ -74,7 +74,7 @@ def _run(arguments: argparse.Namespace, out: TextIO) -> int:
     if command == "list":
         from wasm_plugins.cli._list import list_plugins  # noqa: PLC0415
 
-        return list_plugins(arguments.json, out, discover, arguments.strict)
+        return list_plugins(arguments.json, out, discover, arguments.strict, arguments.check)
     if command == "inspect":
         from wasm_plugins.cli._inspect import inspect_target  # noqa: PLC0415
 
@@ -87,6 +87,10 @@ def _run(arguments: argparse.Namespace, out: TextIO) -> int:
         from wasm_plugins.cli._trust import print_entry  # noqa: PLC0415
 
         return print_entry(arguments, out, discover)
+    if command == "map":
+        from wasm_plugins.cli._map import map_file  # noqa: PLC0415
+
+        return map_file(arguments, out, discover)
     if command == "fuzz":
         from wasm_plugins.cli._fuzz import fuzz_plugin  # noqa: PLC0415
 

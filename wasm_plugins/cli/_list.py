@@ -20,7 +20,7 @@ __all__ = ["list_options", "list_plugins"]
 
 
 def list_options(parser: argparse.ArgumentParser) -> None:
-    """``--json``, ``--strict`` and ``--trust``."""
+    """``--json``, ``--strict``, ``--trust`` and ``--check``."""
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument(
         "--strict",
@@ -28,6 +28,11 @@ def list_options(parser: argparse.ArgumentParser) -> None:
         help="exit with status 1 when discovery found a problem (for CI)",
     )
     trust_options(parser, flags=False)
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="compile, check and link every plugin now; exit 1 when one does not load",
+    )
 
 
 def _plugin_summary(host: PluginHost, name: str) -> dict[str, Any]:
@@ -58,16 +63,22 @@ def _plugin_summary(host: PluginHost, name: str) -> dict[str, Any]:
 
 
 def list_plugins(
-    as_json: bool, out: TextIO, discover: Callable[[], PluginHost], strict: bool = False
+    as_json: bool,
+    out: TextIO,
+    discover: Callable[[], PluginHost],
+    strict: bool = False,
+    check: bool = False,
 ) -> int:
     """Print the plugins of the host ``discover`` makes, as a table or one JSON document; with
-    ``strict``, the exit status is 1 when there are discovery problems."""
+    ``strict``, the exit status is 1 when there are discovery problems; with ``check``, every
+    plugin is loaded first and one that does not load is a problem (exit 1)."""
     with discover() as host:
+        failed = host.preload() if check else []
         plugins = [_plugin_summary(host, name) for name in sorted(host.plugins)]
         problems = [attrs.asdict(problem) for problem in host.problems]
     if as_json:
         dump({"plugins": plugins, "problems": problems}, out)
-        return 1 if strict and problems else 0
+        return 1 if failed or (strict and problems) else 0
     if not plugins:
         out.write(
             "No plugins installed. Plugins come in Python distributions with a 'wasm_plugins' "
@@ -99,10 +110,12 @@ def list_plugins(
     )
     for problem in problems:
         where = problem["distribution"] or problem["source"]
+        if problem["stage"] == "preload":
+            where = f"{problem['source']} ({where})"
         # The first line says what failed; a refusal's entry to add is for `trust NAME`.
         reason, *more = problem["reason"].split("\n")
         if problem["stage"] == "trust" and more:
             reason += " (wasm-plugins trust NAME prints the entry that would grant it)"
         text = f"{where}: {problem['stage']} failed: {reason}"
         emit(out, textwrap.wrap(text, WIDTH, initial_indent="  ", subsequent_indent="    "))
-    return 1 if strict and problems else 0
+    return 1 if failed or (strict and problems) else 0
