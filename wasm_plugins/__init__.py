@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from wasm_plugins._correlation import call_context, caller_fields
     from wasm_plugins._version import __version__ as __version__
     from wasm_plugins.errors import (
+        CallCancelled,
         CommunicationError,
         CompilationError,
         ConfigurationError,
@@ -86,6 +87,7 @@ __all__ = [
     "AttemptFailed",
     "AttemptSucceeded",
     "BreakerStateChanged",
+    "CallCancelled",
     "CallFinished",
     "CallState",
     "Classification",
@@ -138,6 +140,7 @@ __all__ = [
 _SOURCES = {
     **dict.fromkeys(
         (
+            "CallCancelled",
             "CommunicationError",
             "CompilationError",
             "ConfigurationError",

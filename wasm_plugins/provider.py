@@ -18,14 +18,56 @@ from typing import Any, final
 from wasm_plugins._escape import escape
 from wasm_plugins._log import logger
 from wasm_plugins.engine import Engine, EngineRegistry, WasiDirectory, WasiSettings
-from wasm_plugins.errors import ConfigurationError
+from wasm_plugins.errors import CallCancelled, ConfigurationError, PluginError
 from wasm_plugins.isolation import ProcessSandbox, WorkerPool, choose_isolation
 from wasm_plugins.manifest import CAPABILITIES, Manifest
 from wasm_plugins.sandbox import HostFunction, Limits, ModuleCache, PluginSandbox, Sandbox
 from wasm_plugins.services import HostServices
 from wasm_plugins.trust import refusing_at_call
 
-__all__ = ["Sandboxes", "make_module_cache", "wasi_settings"]
+__all__ = ["Cancellation", "Sandboxes", "make_module_cache", "wasi_settings"]
+
+_calling = threading.local()
+"""The :class:`Cancellation` of the call this thread runs, if its caller can cancel it."""
+
+
+@final
+class Cancellation:
+    """A call its caller may cancel: :meth:`cancel` stops the guest running it (a worker process
+    is killed) and every later attempt of the call ends at once with a ``CallCancelled``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.cancelled = False
+        self._running: tuple[PluginSandbox, int] | None = None
+
+    def run(self, thunk: Callable[[], Any]) -> Any:
+        """Run ``thunk`` (a call through the policy) in this thread, cancellable."""
+        _calling.token = self
+        try:
+            return thunk()
+        finally:
+            _calling.token = None
+
+    def cancel(self) -> None:
+        """Stop the call: the guest running now, and any attempt after it."""
+        with self._lock:
+            self.cancelled = True
+            running = self._running
+        if running is not None:
+            interrupt = getattr(running[0], "interrupt", None)
+            if interrupt is not None:
+                interrupt(running[1])
+
+    def _enter(self, sandbox: PluginSandbox) -> None:
+        with self._lock:
+            if self.cancelled:
+                raise CallCancelled(plugin=sandbox.name)
+            self._running = (sandbox, threading.get_ident())
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._running = None
 
 
 @final
@@ -145,8 +187,19 @@ class Sandboxes:
                 sandbox, version = self._current(plugin, limits)
                 if version.enter():
                     break
+        token: Cancellation | None = getattr(_calling, "token", None)
         try:
-            return sandbox.call(function, input)
+            if token is None:
+                return sandbox.call(function, input)
+            token._enter(sandbox)
+            try:
+                return sandbox.call(function, input)
+            except PluginError as error:
+                if token.cancelled:
+                    raise CallCancelled(plugin=plugin, function=function) from error
+                raise
+            finally:
+                token._leave()
         finally:
             drained = version.leave()
             if drained:

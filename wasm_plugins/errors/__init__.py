@@ -19,6 +19,7 @@ from wasm_plugins.errors._records import (
     ValidationIssue,
 )
 from wasm_plugins.errors._taxonomy import (
+    CallCancelled,
     CommunicationError,
     CompilationError,
     ConfigurationError,
@@ -39,6 +40,7 @@ from wasm_plugins.errors._taxonomy import (
 )
 
 __all__ = [
+    "CallCancelled",
     "CommunicationError",
     "CompilationError",
     "ConfigurationError",

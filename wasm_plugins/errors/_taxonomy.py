@@ -31,6 +31,7 @@ from wasm_plugins.errors._registry import error_classes as registered_classes
 from wasm_plugins.errors._registry import register
 
 __all__ = [
+    "CallCancelled",
     "CommunicationError",
     "CompilationError",
     "ConfigurationError",
@@ -466,6 +467,26 @@ class DeadlineExceeded(PluginError):
         if self.duration is not None:
             text += f" (stopped after {format_duration(self.duration)})"
         return text
+
+
+@attrs.define(
+    auto_exc=False,
+    eq=False,
+    kw_only=True,
+    on_setattr=attrs.setters.NO_OP,
+)
+class CallCancelled(PluginError):
+    """The caller cancelled the call (an asyncio task cancelled or timed out); the guest was
+    stopped. Never retried: nobody waits for the answer."""
+
+    kind: ClassVar[str] = "cancelled"
+    default_severity = Severity.LOW
+    default_recovery = RecoveryPotential.NONE
+
+    operation: str = "call"
+
+    def _describe(self) -> str:
+        return f"Cancelled: the {self.operation} was cancelled by its caller"
 
 
 @attrs.define(auto_exc=False, eq=False, kw_only=True, on_setattr=attrs.setters.NO_OP)

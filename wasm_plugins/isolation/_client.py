@@ -15,6 +15,7 @@ protocol is killed and reported as a CommunicationError.
 from __future__ import annotations
 
 import operator
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -205,6 +206,8 @@ class WorkerClient:
         config = lookup(loaded.plugin) if loaded.abi == "extism" and callable(lookup) else None
         self._remote: RemoteModule = describe(loaded, self._key, config)
         self._call_headers: dict[str, bytes] = {}
+        self._serving: dict[int, WorkerProcess] = {}
+        """By thread, the worker running its request (what :meth:`interrupt` kills)."""
 
     def instantiate(self) -> None:
         """Instantiate the module in one worker, under the timeout (its start function runs)."""
@@ -237,8 +240,16 @@ class WorkerClient:
         finally:
             self._bulkhead.release()
 
+    def interrupt(self, thread: int) -> None:
+        """Stop the request that thread waits for, by killing the worker running it."""
+        worker = self._serving.get(thread)
+        if worker is not None:
+            worker.kill()
+
     def _on(self, worker: WorkerProcess, function: str | None, data: bytes) -> bytes:
         """One request on a worker checked out for it, checked in after."""
+        thread = threading.get_ident()
+        self._serving[thread] = worker
         try:
             return self._exchange(worker, function, data)
         except WorkerGone:
@@ -253,6 +264,7 @@ class WorkerClient:
             worker.kill()
             raise
         finally:
+            self._serving.pop(thread, None)
             self.pool.checkin(worker)
 
     def _call_header(self, function: str) -> bytes:

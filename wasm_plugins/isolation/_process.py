@@ -204,6 +204,10 @@ class ProcessSandbox:
             cause = error.__cause__
         raise failure from cause
 
+    def interrupt(self, thread: int) -> None:
+        """Stop the call that thread runs: its worker is killed (and replaced by the pool)."""
+        self._client.interrupt(thread)
+
     def _annotate(self, error: PluginError, function: str | None, size: int | None) -> PluginError:
         return annotate(
             error,

@@ -5,8 +5,9 @@
 through a :class:`~wasm_plugins.testing.faults.FaultInjector`, records every policy event, and after
 every step checks the invariants of the error policy (docs/testing.md):
 
-- **every call ends** in a value, a fallback's value or a ``ContextualError`` (and within
-  ``max_attempts_per_call`` attempts);
+- **every call ends** in a value, a fallback's value, a ``ContextualError`` or a cancellation
+  (a ``ContextualError`` whose error is a ``CallCancelled``, when the caller cancelled it), and
+  within ``max_attempts_per_call`` attempts;
 - **nothing untyped escapes**: no other exception reaches the caller, every error is a
   ``PluginError`` of the taxonomy, and an injected error reaches the policy with its own kind;
 - **every event is reported once**: one attempt event per attempt, numbered 1 to n, one

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from wasm_plugins.engine import get_engine
 from wasm_plugins.errors import (
+    CallCancelled,
     CommunicationError,
     CompilationError,
     ConfigurationError,
@@ -177,6 +178,7 @@ _specific: dict[type[PluginError], dict[str, st.SearchStrategy[Any]]] = {
         "limit": st.none() | _seconds,
         "partial_result": json_values(),
     },
+    CallCancelled: {"operation": _names},
 }
 
 
