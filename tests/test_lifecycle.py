@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import os
 import sys
 import threading
@@ -338,3 +339,58 @@ class TestAsync:
             assert finished.errors == [None, "cancelled"]
             assert sum(not _alive(pid) for pid in pids) == 1
             assert host.call("spinner", "answer") == "\\u0000\\u0000"[:0] or True
+
+
+def _batch() -> list[Any]:
+    """10,000 inputs: words to count, inputs the guest refuses, inputs JSON cannot encode."""
+    return [
+        {"text": "w " * (i % 7)} if i % 3 else ("not an object" if i % 2 else {1j})
+        for i in range(10_000)
+    ]
+
+
+class TestMap:
+    def test_ten_thousand_inputs_with_failures_in_order(self) -> None:
+        inputs = _batch()
+        with PluginHost.discover() as host:
+            results = host.map("text-tools", "word_count", inputs, concurrency=4)
+        assert [result.index for result in results] == list(range(len(inputs)))
+        for i, result in enumerate(results):
+            if i % 3:
+                assert result.error is None
+                assert result.value["words"] == i % 7
+                assert result.outcome is not None and result.outcome.attempts == 1
+            else:
+                assert isinstance(result.error, ContextualError)
+                assert result.value is None
+                assert result.error.error_kind == ("runtime" if i % 2 else "communication")
+
+    def test_unordered_results_cover_every_input(self) -> None:
+        with PluginHost.discover() as host:
+            results = host.map("text-tools", "word_count", _batch()[:300], ordered=False)
+        assert sorted(result.index for result in results) == list(range(300))
+
+    def test_cli_map_writes_one_line_per_input(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        source = tmp_path / "in.jsonl"
+        source.write_text('{"text": "a b"}\n"oops"\nnot json\n{"text": "c"}\n')
+        target = tmp_path / "out.jsonl"
+        status = main(
+            [
+                "map",
+                "text-tools",
+                "word_count",
+                "--input-file",
+                str(source),
+                "--output-file",
+                str(target),
+            ]
+        )
+        assert status == 1
+        lines = [json.loads(line) for line in target.read_text().splitlines()]
+        assert lines[0] == {"value": {"words": 2, "lines": 1, "characters": 3, "bytes": 3}}
+        assert lines[1]["error"]["kind"] == "contextual"
+        assert lines[2]["error"]["kind"] == "communication"
+        assert lines[3]["value"]["words"] == 1
+        assert "4 inputs, 2 values, 2 errors" in capsys.readouterr().out

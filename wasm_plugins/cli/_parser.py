@@ -118,6 +118,11 @@ def build_parser() -> Parser:
         add_arguments=_options("_trust", "trust_command_options"),
     )
     commands.add_parser(
+        "map",
+        help="call a plugin function once per line of a JSON Lines file",
+        add_arguments=_options("_map", "map_options"),
+    )
+    commands.add_parser(
         "fuzz",
         help="generated inputs and injected faults against a plugin, checking the error policy",
         add_arguments=_fuzz_options,
