@@ -58,7 +58,8 @@ class Recorder:
         self.events.append(event)
 
     def names(self) -> list[str]:
-        return [event.name for event in self.events]
+        """The calls' events (a plugin's loading is no call's)."""
+        return [event.name for event in self.events if event.function]
 
 
 class Upstream:
