@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import attrs
 
 from wasm_plugins.errors import (
+    CallCancelled,
     CommunicationError,
     CompilationError,
     ConfigurationError,
@@ -128,6 +129,9 @@ def _sample_errors() -> dict[str, Callable[..., PluginError]]:
         fields.setdefault("duration", 0.2)
         return DeadlineExceeded(**fields)
 
+    def cancelled(**fields: Any) -> PluginError:
+        return CallCancelled(**fields)
+
     return {
         "compilation": compilation,
         "module": module,
@@ -140,6 +144,7 @@ def _sample_errors() -> dict[str, Callable[..., PluginError]]:
         "instance": instance,
         "communication": communication,
         "timeout": timeout,
+        "cancelled": cancelled,
     }
 
 
