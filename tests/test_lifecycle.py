@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,9 @@ import pytest
 from tests.test_host import make_distribution
 from wasm_plugins import ConfigurationError, ContextualError, PluginHost, hookimpl
 from wasm_plugins.cli import main
+from wasm_plugins.errors import CallCancelled, DeadlineExceeded
 from wasm_plugins.policy import PolicyEvent
+from wasm_plugins.sandbox import Limits, Sandbox
 
 
 def answering(text: str, export: str = "answer") -> str:
@@ -313,7 +316,8 @@ class TestAsync:
         assert outcome.value == "one"
         assert outcome.attempts == 1
 
-    def test_cancelling_a_call_in_a_worker_kills_the_worker(self) -> None:
+    @pytest.mark.parametrize("isolation", ["in-process", "process"])
+    def test_cancelling_an_endless_loop_stops_burning_cpu(self, isolation: str) -> None:
         finished = Finished()
         with PluginHost(engine="wasmtime", module_cache=False) as host:
             host.register_policy(finished, name="finished")
@@ -321,24 +325,79 @@ class TestAsync:
                 {
                     "name": "spinner",
                     "module": {"wat": SPIN_WAT},
-                    "isolation": "process",
+                    "isolation": isolation,
                     "limits": {"timeout": "10 min"},
                 }
             )
-            host.call("spinner", "answer")
-            pids = host.worker_pids()
+            assert host.call("spinner", "answer") == "ok"
+            workers = host.worker_pids()
+            assert bool(workers) == (isolation == "process")
+            # The CPU the guest burns: this process's, or its workers' while they live.
+            cpu = time.process_time if not workers else lambda: _children_cpu(workers)
+            spinning = threading.Event()
 
-            async def cancelled() -> None:
+            async def spin_then_cancel() -> None:
+                call = asyncio.ensure_future(host.ainvoke("spinner", "spin"))
+                # Handshake: the guest is running once the CPU clock moves a whole tenth of a
+                # second past where it stood (nothing else in this test burns that much).
+                before = cpu()
+
+                async def burnt() -> None:
+                    while cpu() - before < 0.1:
+                        await asyncio.sleep(0.01)
+
+                await asyncio.wait_for(burnt(), 60)
+                spinning.set()
                 with pytest.raises(asyncio.TimeoutError):
-                    await asyncio.wait_for(host.ainvoke("spinner", "spin"), 0.2)
+                    await asyncio.wait_for(call, 0)
 
-            asyncio.run(cancelled())
-            # The call's own thread reports its end once the killed worker is noticed.
-            while len(finished.errors) < 2:
-                threading.Event().wait(0.01)
+            asyncio.run(spin_then_cancel())
+            assert spinning.is_set()
+            # The call's own thread reports the cancellation once the guest has stopped.
+            assert finished.cancelled.wait(60)
             assert finished.errors == [None, "cancelled"]
-            assert sum(not _alive(pid) for pid in pids) == 1
-            assert host.call("spinner", "answer") == "\\u0000\\u0000"[:0] or True
+            if workers:
+                assert sum(not _alive(pid) for pid in workers) == 1
+            else:
+                assert _cpu_rate(time.process_time) < 0.2
+            assert host.call("spinner", "answer") == "ok"
+
+    def test_a_watched_store_keeps_its_timeout(self) -> None:
+        sandbox = Sandbox(SPIN_WAT, engine="wasmtime", limits=Limits(timeout=0.05))
+        cancelled = threading.Event()
+        assert sandbox.watch(cancelled)
+        with pytest.raises(DeadlineExceeded):
+            sandbox.call("spin")
+        # A store that was watched once keeps its deadline callback: unwatched, its timeout
+        # still ends a call as a timeout.
+        assert sandbox.watch(cancelled)
+        assert sandbox.call("answer") == "ok"
+        sandbox.watch(None)
+        with pytest.raises(DeadlineExceeded):
+            sandbox.call("spin")
+        assert sandbox.watch(cancelled)
+        cancelled.set()
+        with pytest.raises(CallCancelled):
+            sandbox.call("spin")
+
+
+def _children_cpu(pids: list[int]) -> float:
+    """The CPU seconds of those processes (a process gone counts as none)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime and stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_rate(clock: Any, window: float = 0.3) -> float:
+    """CPU seconds burnt per wall-clock second over ``window`` (a spinning guest: about 1)."""
+    wall, used = time.perf_counter(), clock()
+    threading.Event().wait(window)
+    return (clock() - used) / (time.perf_counter() - wall)
 
 
 def _batch() -> list[Any]:

@@ -33,12 +33,13 @@ _calling = threading.local()
 
 @final
 class Cancellation:
-    """A call its caller may cancel: :meth:`cancel` stops the guest running it (a worker process
-    is killed) and every later attempt of the call ends at once with a ``CallCancelled``."""
+    """A call its caller may cancel: :meth:`cancel` stops the guest running it (a wasmtime store
+    is interrupted at its next epoch tick, a worker process is killed) and every later attempt
+    of the call ends at once with a ``CallCancelled``."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.cancelled = False
+        self.cancelled = threading.Event()
         self._running: tuple[PluginSandbox, int] | None = None
 
     def run(self, thunk: Callable[[], Any]) -> Any:
@@ -52,7 +53,7 @@ class Cancellation:
     def cancel(self) -> None:
         """Stop the call: the guest running now, and any attempt after it."""
         with self._lock:
-            self.cancelled = True
+            self.cancelled.set()
             running = self._running
         if running is not None:
             interrupt = getattr(running[0], "interrupt", None)
@@ -61,13 +62,20 @@ class Cancellation:
 
     def _enter(self, sandbox: PluginSandbox) -> None:
         with self._lock:
-            if self.cancelled:
+            if self.cancelled.is_set():
                 raise CallCancelled(plugin=sandbox.name)
             self._running = (sandbox, threading.get_ident())
+        watch = getattr(sandbox, "watch", None)
+        if watch is not None:
+            # In this process the guest runs on this thread: its engine watches the event.
+            watch(self.cancelled)
 
-    def _leave(self) -> None:
+    def _leave(self, sandbox: PluginSandbox) -> None:
         with self._lock:
             self._running = None
+        watch = getattr(sandbox, "watch", None)
+        if watch is not None:
+            watch(None)
 
 
 @final
@@ -195,11 +203,11 @@ class Sandboxes:
             try:
                 return sandbox.call(function, input)
             except PluginError as error:
-                if token.cancelled:
+                if token.cancelled.is_set() and not isinstance(error, CallCancelled):
                     raise CallCancelled(plugin=plugin, function=function) from error
                 raise
             finally:
-                token._leave()
+                token._leave(sandbox)
         finally:
             drained = version.leave()
             if drained:

@@ -6,6 +6,7 @@ An engine adapter turns everything its engine raises into a typed error from
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -213,6 +214,14 @@ class EngineInstance(Protocol):
         guest entry (:meth:`call`, :meth:`call_abi`) until the next ``arm``.
 
         Instantiation arms the first budget, which the start function uses.
+        """
+
+    def watch(self, cancelled: threading.Event | None) -> bool:
+        """Stop this instance's calls when ``cancelled`` is set by another thread, from the next
+        :meth:`arm` on (None: stop watching). The stopped call raises ``CallCancelled``.
+
+        :returns: False when the engine cannot stop a running guest (the call then runs until
+            its own limits stop it).
         """
 
     def call(self, function: ExportFunction, *args: int) -> Any:

@@ -556,6 +556,10 @@ class WasmerInstance:
     def arm(self) -> None:
         """Nothing to arm: wasmer meters neither fuel nor time in-process."""
 
+    def watch(self, cancelled: threading.Event | None) -> bool:
+        # wasmer 1.1 has no way to interrupt a running guest from another thread.
+        return False
+
     def fuel_consumed(self) -> int | None:
         return None
 

@@ -53,6 +53,7 @@ from wasm_plugins.engine._traps import (
     wat_error,
 )
 from wasm_plugins.errors import (
+    CallCancelled,
     CommunicationError,
     DeadlineExceeded,
     ExecutionError,
@@ -87,6 +88,8 @@ try:
     _INCREMENT_EPOCH: int | None = ctypes.cast(
         _library.dll["wasmtime_engine_increment_epoch"], ctypes.c_void_p
     ).value
+    _DeadlineCallback: Any = _ffi._wasmtime_store_epoch_deadline_callback.argtypes[1]
+    _NoFinalizer: Any = _ffi._wasmtime_store_epoch_deadline_callback.argtypes[3]
     FAST_PATH = True
 except (ImportError, AttributeError):  # pragma: no cover - depends on the wasmtime release
     _INCREMENT_EPOCH = None
@@ -107,6 +110,7 @@ _PROPOSALS_OFF = (
     "wasm_wide_arithmetic",
 )
 _MASK32 = 0xFFFFFFFF
+_UPDATE_DEADLINE_CONTINUE = 0
 _NO_DEADLINE = 2**62
 """Epoch ticks that never pass: epoch interruption is on for every store, deadlines or not."""
 
@@ -247,6 +251,14 @@ class _Linked:
 class WasmtimeInstance:
     """One wasmtime store and instance."""
 
+    _cancelled: threading.Event | None = None
+    """Set by another thread to stop this instance's calls (see :meth:`watch`)."""
+    _stop_at: float | None = None
+    """While watched, the monotonic time the call's timeout passes."""
+    _stopped: str | None = None
+    """Why the deadline callback stopped the guest: ``cancelled`` or ``timeout``."""
+    _on_deadline: Any = None
+    """The store's epoch-deadline callback, once a call was watched."""
     _context: Any = None
     """The store's context for the fast path (``None`` until the instance exists)."""
     _armed_at = 0.0
@@ -319,12 +331,7 @@ class WasmtimeInstance:
             self._values = (ctypes.c_int64 * 4)()
             self._trap = ctypes.c_void_p()
             self._trap_ref = ctypes.byref(self._trap)
-            self._unguarded = not (
-                self._fuel is not None or self._timeout is not None or self._captured
-            )
-            self._timeout_only = (
-                self._timeout is not None and self._fuel is None and self._captured is None
-            )
+            self._choose_path()
 
     def _instantiate(
         self, linker: wasmtime.Linker, module: wasmtime.Module, linked: LinkedModule | None
@@ -362,12 +369,61 @@ class WasmtimeInstance:
         if self._fuel is not None:
             self._store.set_fuel(self._fuel)
         self._armed_at = time.monotonic()
-        if self._timeout is not None:
+        if self._cancelled is not None:
+            # Watched: the deadline callback looks at the cancellation every tick, and keeps the
+            # timeout itself (ticks are counted late when the callback waits for the GIL).
+            if self._timeout is not None:
+                self._stop_at = self._armed_at + self._timeout
+            self._store.set_epoch_deadline(1)
+        elif self._timeout is not None:
             ticks = self._ticker.ticks_until(self._armed_at + self._timeout)
             if self._context is not None:
                 _set_epoch_deadline(self._context, ctypes.c_uint64(ticks))
             else:
                 self._store.set_epoch_deadline(ticks)
+        elif self._on_deadline is not None:
+            self._store.set_epoch_deadline(_NO_DEADLINE)
+
+    def watch(self, cancelled: threading.Event | None) -> bool:
+        """Stop this instance's calls when ``cancelled`` is set, from any thread (None: stop
+        watching). The store's epoch deadline then comes every tick, and a callback on the
+        calling thread ends the call with a ``CallCancelled`` once the event is set: the guest
+        stops within a tick or two, its instance to be discarded."""
+        if not FAST_PATH:
+            return False
+        if cancelled is not None and self._on_deadline is None:
+            self._on_deadline = _DeadlineCallback(_deadline_callback(weakref.ref(self)))
+            _ffi.wasmtime_store_epoch_deadline_callback(
+                self._store.ptr(), self._on_deadline, None, _NoFinalizer()
+            )
+        self._cancelled = cancelled
+        self._stop_at = None
+        if cancelled is not None:
+            # The budget may be armed already (at instantiation, for the first call).
+            if self._timeout is not None:
+                self._stop_at = time.monotonic() + self._timeout
+            self._store.set_epoch_deadline(1)
+        self._choose_path()
+        return True
+
+    def _choose_path(self) -> None:
+        """Which fast path :meth:`call_abi` takes: no budget at all, or a timeout alone."""
+        plain = self._fuel is None and self._captured is None and self._cancelled is None
+        self._unguarded = plain and self._timeout is None
+        self._timeout_only = plain and self._timeout is not None
+
+    def _deadline_reached(self) -> str | None:
+        """Why to stop the guest now that the store's deadline came (None: go on, one more
+        tick)."""
+        cancelled = self._cancelled
+        if cancelled is None:
+            # An unwatched store's deadline is its timeout's.
+            return "timeout"
+        if cancelled.is_set():
+            return "cancelled"
+        if self._stop_at is not None and time.monotonic() >= self._stop_at:
+            return "timeout"
+        return None
 
     def export_function(self, name: str) -> _Export:
         return _export_function(self._exports, self._types, name)
@@ -459,7 +515,7 @@ class WasmtimeInstance:
     def _guarded(self, thunk: Callable[[], Any]) -> Any:
         self._host_exception = None
         try:
-            if self._timeout is None:
+            if self._timeout is None and self._cancelled is None:
                 return thunk()
             with self._ticker:
                 return thunk()
@@ -472,6 +528,13 @@ class WasmtimeInstance:
                 self._captured.drain()
 
     def _call_error(self, exc: Exception, elapsed: float, operation: str) -> PluginError:
+        stopped, self._stopped = self._stopped, None
+        if stopped == "cancelled":
+            return CallCancelled(operation=operation)
+        if stopped == "timeout":
+            return DeadlineExceeded(
+                operation=operation, duration=elapsed, limit=self._budget.timeout
+            )
         if not isinstance(exc, wasmtime.Trap):
             return ExecutionError(
                 message=f"Guest call failed: {truncate(str(exc), 300)}",
@@ -530,6 +593,31 @@ class WasmtimeInstance:
 
     def fuel_consumed(self) -> int | None:
         return self._last_fuel_used
+
+
+def _deadline_callback(instance_ref: weakref.ref[WasmtimeInstance]) -> Callable[..., int]:
+    """The store's epoch-deadline callback: an error (the call stops) or one more tick.
+
+    It refers to its instance weakly: the store (owned by the instance) holds it.
+    """
+
+    def on_deadline(_context: Any, _data: Any, delta: Any, kind: Any) -> int:
+        instance = instance_ref()
+        try:
+            stop = "cancelled" if instance is None else instance._deadline_reached()
+        except BaseException:  # a callback must answer: an exception here would go unseen
+            stop = "cancelled"
+        if stop is None:
+            delta[0] = 1
+            kind[0] = _UPDATE_DEADLINE_CONTINUE
+            return 0
+        if instance is not None:
+            instance._stopped = stop
+        error = _ffi.wasmtime_error_new(ctypes.create_string_buffer(f"call {stop}".encode()))
+        address: int = ctypes.cast(error, ctypes.c_void_p).value or 0
+        return address
+
+    return on_deadline
 
 
 class _CapturedOutput:

@@ -194,6 +194,23 @@ class Sandbox:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def watch(self, cancelled: threading.Event | None) -> bool:
+        """Stop this thread's calls when ``cancelled`` is set by another thread (None: stop
+        watching); the call stopped raises a ``CallCancelled`` and its instance is dropped.
+
+        :returns: False when the engine cannot stop a running guest (wasmer): the call then runs
+            until its own limits stop it.
+        """
+        state: _ThreadState | None = getattr(self._local, "state", None)
+        if state is None:
+            if cancelled is None or not roomy():
+                return False
+            try:
+                state = self._state()
+            except PluginError:
+                return False  # the call itself meets the same error
+        return state.session.instance.watch(cancelled)
+
     # -- calls --------------------------------------------------------------------------------
 
     def call(self, function: str, input: Any = None) -> Any:
