@@ -309,6 +309,18 @@ class Finished:
                 self.cancelled.set()
 
 
+class Threads:
+    """A reporter that keeps the thread each call finished on."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    @hookimpl
+    def wasm_plugins_report(self, event: PolicyEvent) -> None:
+        if event.name == "call_finished":
+            self.seen.append(threading.get_ident())
+
+
 class TestAsync:
     def test_ainvoke_returns_the_outcome(self, host: PluginHost) -> None:
         host.load(manifest("one"))
@@ -361,6 +373,45 @@ class TestAsync:
             else:
                 assert _cpu_rate(time.process_time) < 0.2
             assert host.call("spinner", "answer") == "ok"
+
+    def test_a_call_bounded_to_a_short_time_runs_on_the_loop(self, host: PluginHost) -> None:
+        threads = Threads()
+        host.register_policy(threads, name="threads")
+        host.load(manifest("one", limits={"timeout": "2 ms"}, policy={"deadline": "5 ms"}))
+        # It never suspends: the first step of the coroutine finishes it.
+        with pytest.raises(StopIteration) as done:
+            host.ainvoke("answers", "answer").send(None)
+        assert done.value.value.value == "one"
+        assert threads.seen == [threading.get_ident()]
+        host.replace("answers", manifest("two", limits={"timeout": "2 ms"}))
+        assert asyncio.run(host.acall("answers", "answer")) == "two"
+        assert threads.seen[-1] != threading.get_ident()
+
+    def test_a_long_call_leaves_the_loop_running(self) -> None:
+        with PluginHost(engine="wasmtime", module_cache=False) as host:
+            host.load(
+                {
+                    "name": "spinner",
+                    "module": {"wat": SPIN_WAT},
+                    "limits": {"timeout": "100 ms"},
+                    "policy": {"max_attempts": 1, "fallbacks": []},
+                }
+            )
+            ticks_during_call = 0
+
+            async def run() -> None:
+                nonlocal ticks_during_call
+                call = asyncio.ensure_future(host.acall("spinner", "spin"))
+                while not call.done():
+                    ticks_during_call += 1
+                    await asyncio.sleep(0)
+                with pytest.raises(ContextualError) as raised:
+                    call.result()
+                assert raised.value.error_kind == "timeout"
+
+            asyncio.run(run())
+            # A loop blocked for the whole call would have ticked once or twice.
+            assert ticks_during_call > 10
 
     def test_a_watched_store_keeps_its_timeout(self) -> None:
         sandbox = Sandbox(SPIN_WAT, engine="wasmtime", limits=Limits(timeout=0.05))

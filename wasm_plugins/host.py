@@ -201,6 +201,10 @@ class PluginHost:
         for the user's cache directory (see :class:`~wasm_plugins.ModuleCache`;
         ``WASM_PLUGINS_CACHE=off`` turns it off), a directory, a
         :class:`~wasm_plugins.ModuleCache`, or ``False`` / ``None`` for none.
+    :param inline_async_calls: seconds: :meth:`acall` and :meth:`ainvoke` run a call on the
+        event loop itself, rather than in a thread, when its plugin bounds it to at most this
+        long (a ``limits.timeout`` and a ``policy.deadline`` whose sum is no more); 0: never.
+        See docs/lifecycle.md.
     """
 
     def __init__(
@@ -217,6 +221,7 @@ class PluginHost:
         external_fallbacks: Mapping[str, ExternalFallback] | None = None,
         module_cache: ModuleCache | str | os.PathLike[str] | bool | None = True,
         trust: TrustPolicy | str | os.PathLike[str] | None = None,
+        inline_async_calls: float = 0.01,
     ) -> None:
         if isolation not in ISOLATIONS:
             raise ConfigurationError(
@@ -239,6 +244,9 @@ class PluginHost:
         self.problems: list[DiscoveryProblem] = []
         """Every contribution that could not be used, with its distribution and the reason."""
         self._distributions: dict[str, str | None] = {}
+        self._inline_bound = inline_async_calls
+        self._inline: dict[str, tuple[Manifest, bool]] = {}
+        """By plugin, whether its manifest bounds a call enough to run it on the event loop."""
         self._config = {name: dict(values) for name, values in (config or {}).items()}
         self.services = services or HostServices()
         self.services.config = self._plugin_config
@@ -869,23 +877,52 @@ class PluginHost:
         return [result for result in results if result is not None]
 
     async def acall(self, plugin: str, function: str, input: Any = None) -> Any:
-        """:meth:`call` for asyncio: the call runs in a worker thread, not on the event loop.
+        """:meth:`call` for asyncio: the call runs in a worker thread, not on the event loop,
+        unless its plugin bounds it to a short time (see ``inline_async_calls``).
 
         Cancelling the task (``asyncio.wait_for`` timing out, too) stops the call: see
         :meth:`ainvoke`.
         """
+        if self._runs_inline(plugin):
+            return self.call(plugin, function, input)
         return await self._cancellable(lambda: self.call(plugin, function, input))
 
     async def ainvoke(self, plugin: str, function: str, input: Any = None) -> Outcome:
-        """:meth:`invoke` for asyncio: the :class:`Outcome`, the call running in a worker thread.
+        """:meth:`invoke` for asyncio: the :class:`Outcome`, the call running in a worker thread
+        (or on the loop, when its plugin bounds it to a short time: see ``inline_async_calls``).
 
-        Cancelling the task stops the call: a guest running in a worker process is killed with
-        its worker (the pool starts another), later attempts are not made, and the hooks see the
-        call end with a ``cancelled`` error (``CallCancelled``). The awaiting task gets the
-        cancellation (``asyncio.TimeoutError`` from ``asyncio.wait_for``).
+        Cancelling the task stops the call: a guest running on wasmtime in this process is
+        interrupted, one running in a worker process is killed with its worker (the pool starts
+        another); later attempts are not made, and the hooks see the call end with a
+        ``cancelled`` error (``CallCancelled``). The awaiting task gets the cancellation
+        (``asyncio.TimeoutError`` from ``asyncio.wait_for``).
         """
+        if self._runs_inline(plugin):
+            return self.invoke(plugin, function, input)
         outcome: Outcome = await self._cancellable(lambda: self.invoke(plugin, function, input))
         return outcome
+
+    def _runs_inline(self, plugin: str) -> bool:
+        """Whether a call of the plugin is bounded to ``inline_async_calls`` seconds: its
+        attempts start before the policy's deadline and each ends within the timeout (or the
+        ceiling recovery may raise it to). A thread hop costs several tiny calls; a call this
+        short blocks the loop less than a slow callback may."""
+        info = self._plugins.get(plugin)
+        if info is None or self._inline_bound <= 0:
+            return False
+        manifest = info.manifest
+        known = self._inline.get(plugin)
+        if known is not None and known[0] is manifest:
+            return known[1]
+        timeout = manifest.limits.timeout
+        deadline = manifest.policy.deadline
+        inline = (
+            timeout is not None
+            and deadline is not None
+            and deadline + max(timeout, manifest.policy.max_timeout or 0) <= self._inline_bound
+        )
+        self._inline[plugin] = (manifest, inline)
+        return inline
 
     async def _cancellable(self, thunk: Callable[[], Any]) -> Any:
         cancellation = Cancellation()
