@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hookspecs",),
     ("builtin", "discovery", "integrations"),
     ("host",),
-    ("targets", "_tables"),
+    ("targets", "_tables", "cluster"),
     ("testing", "_demo", "_demo_policy", "guest"),
     ("cli",),
     ("",),

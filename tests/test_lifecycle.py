@@ -451,7 +451,7 @@ def _cpu_rate(clock: Any, window: float = 0.3) -> float:
     return (clock() - used) / (time.perf_counter() - wall)
 
 
-def _batch() -> list[Any]:
+def batch_of_inputs() -> list[Any]:
     """10,000 inputs: words to count, inputs the guest refuses, inputs JSON cannot encode."""
     return [
         {"text": "w " * (i % 7)} if i % 3 else ("not an object" if i % 2 else {1j})
@@ -459,25 +459,29 @@ def _batch() -> list[Any]:
     ]
 
 
+def check_batch_results(results: list[Any]) -> None:
+    """One result per input of :func:`batch_of_inputs`, in order, each a value or typed."""
+    assert [result.index for result in results] == list(range(10_000))
+    for i, result in enumerate(results):
+        if i % 3:
+            assert result.error is None
+            assert result.value["words"] == i % 7
+            assert result.outcome is not None and result.outcome.attempts == 1
+        else:
+            assert isinstance(result.error, ContextualError)
+            assert result.value is None
+            assert result.error.error_kind == ("runtime" if i % 2 else "communication")
+
+
 class TestMap:
     def test_ten_thousand_inputs_with_failures_in_order(self) -> None:
-        inputs = _batch()
         with PluginHost.discover() as host:
-            results = host.map("text-tools", "word_count", inputs, concurrency=4)
-        assert [result.index for result in results] == list(range(len(inputs)))
-        for i, result in enumerate(results):
-            if i % 3:
-                assert result.error is None
-                assert result.value["words"] == i % 7
-                assert result.outcome is not None and result.outcome.attempts == 1
-            else:
-                assert isinstance(result.error, ContextualError)
-                assert result.value is None
-                assert result.error.error_kind == ("runtime" if i % 2 else "communication")
+            results = host.map("text-tools", "word_count", batch_of_inputs(), concurrency=4)
+        check_batch_results(results)
 
     def test_unordered_results_cover_every_input(self) -> None:
         with PluginHost.discover() as host:
-            results = host.map("text-tools", "word_count", _batch()[:300], ordered=False)
+            results = host.map("text-tools", "word_count", batch_of_inputs()[:300], ordered=False)
         assert sorted(result.index for result in results) == list(range(300))
 
     def test_cli_map_writes_one_line_per_input(

@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast, final
 
 import attrs
 import pluggy
@@ -62,8 +62,18 @@ from wasm_plugins.provider import Cancellation, Sandboxes, make_module_cache
 from wasm_plugins.sandbox import HostFunction, Limits, ModuleCache, PluginSandbox
 from wasm_plugins.services import HostServices
 from wasm_plugins.trust import Grant, Review, TrustPolicy, module_digest
+from wasm_plugins.watching import PluginWatcher
 
-__all__ = ["Attempt", "MapResult", "Outcome", "PluginHost", "PluginInfo", "PluginSource"]
+__all__ = [
+    "Attempt",
+    "MapExecutor",
+    "MapResult",
+    "Outcome",
+    "PluginHost",
+    "PluginInfo",
+    "PluginSource",
+    "ThreadExecutor",
+]
 
 
 @attrs.frozen
@@ -80,6 +90,69 @@ class MapResult:
     def value(self) -> Any:
         """The value (None when the call failed)."""
         return self.outcome.value if self.outcome is not None else None
+
+
+class MapExecutor(Protocol):
+    """Where :meth:`PluginHost.map` runs its inputs."""
+
+    def map(
+        self,
+        host: PluginHost,
+        plugin: str,
+        function: str,
+        inputs: list[Any],
+        progress: Callable[[int], None] | None,
+    ) -> list[MapResult]:
+        """One result per input, in any order (each knows its index); ``progress`` gets the
+        number of results so far as they come."""
+
+
+@final
+class ThreadExecutor:
+    """The built-in :class:`MapExecutor`: the host's own threads call the function, each
+    taking the next input as it is free."""
+
+    def __init__(self, concurrency: int | None = None) -> None:
+        self.concurrency = concurrency
+
+    def map(
+        self,
+        host: PluginHost,
+        plugin: str,
+        function: str,
+        inputs: list[Any],
+        progress: Callable[[int], None] | None,
+    ) -> list[MapResult]:
+        finished: list[MapResult] = []
+        pending = iter(enumerate(inputs))
+        lock = threading.Lock()
+
+        def work() -> None:
+            while True:
+                with lock:
+                    item = next(pending, None)
+                if item is None:
+                    return
+                index, value = item
+                try:
+                    result = MapResult(index, host.invoke(plugin, function, value), None)
+                except PluginError as error:
+                    result = MapResult(index, None, error)
+                with lock:
+                    finished.append(result)
+                    done = len(finished)
+                if progress is not None:
+                    progress(done)
+
+        workers = max(1, min(self.concurrency or os.cpu_count() or 1, len(inputs)))
+        threads = [
+            threading.Thread(target=work, name=f"wasm-plugins-map-{n}") for n in range(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return finished
 
 
 @attrs.frozen
@@ -232,6 +305,22 @@ class PluginHost:
             )
         self.engine_name = engine
         self.isolation = isolation
+        self.settings: dict[str, Any] = {
+            "engine": engine,
+            "isolation": isolation,
+            "config": config,
+            "blocked": blocked,
+            "recovery_timeout": recovery_timeout,
+            "module_cache": module_cache.directory
+            if isinstance(module_cache, ModuleCache)
+            else module_cache,
+            "trust": trust,
+            "inline_async_calls": inline_async_calls,
+        }
+        """The options another process rebuilds this host from (those that can be sent there:
+        not services, clock, random source or external fallbacks)."""
+        self.discovered: tuple[bool, bool] = (False, False)
+        """Whether :meth:`discover` made the host, and with ``preload``."""
         self.trust: TrustPolicy = _trust_policy(trust)
         """What plugins that are not the host's own decision get (see docs/security.md)."""
         self.manager = PluginManager(hookspecs.PROJECT_NAME)
@@ -252,6 +341,7 @@ class PluginHost:
         self.services.config = self._plugin_config
         self._plugins: dict[str, PluginInfo] = {}
         self._refused: dict[str, Review] = {}
+        self._watchers: list[PluginWatcher] = []
         self._sources: dict[str, PluginSource] = {}
         """By plugin, what it was loaded from: :meth:`reload` reads it again."""
         self._digests: dict[str, str | None] = {}
@@ -348,6 +438,7 @@ class PluginHost:
         host.problems.extend(problems)
         host.configure()
         host.check_names()
+        host.discovered = (True, preload)
         if preload:
             host.preload()
         return host
@@ -621,6 +712,32 @@ class PluginHost:
         )
         return info
 
+    def sources(self, *, own_only: bool = False) -> dict[str, PluginSource]:
+        """By plugin, what it was loaded from (what :meth:`reload` reads again); with
+        ``own_only``, only the plugins the host loaded itself (:meth:`load`, not a
+        distribution): with :attr:`settings`, what another process needs to rebuild the host."""
+        with self._lock:
+            return {
+                name: source
+                for name, source in self._sources.items()
+                if not own_only or self._plugins[name].distribution is None
+            }
+
+    def watch(
+        self,
+        *,
+        debounce: float = 0.3,
+        on_reload: Callable[[str, PluginError | None], None] | None = None,
+    ) -> PluginWatcher:
+        """Reload plugins when their manifest or module files change (the ``watch`` extra), in
+        a thread, once changes have settled for ``debounce`` seconds; a version that fails a
+        step is refused and the old one keeps serving. ``on_reload`` is told the plugin and the
+        error, if any. Stop it with ``stop()`` (closing the host does too)."""
+        watcher = PluginWatcher(self, debounce=debounce, on_reload=on_reload)
+        with self._lock:
+            self._watchers.append(watcher)
+        return watcher.start()
+
     # -- versions -------------------------------------------------------------------------------
 
     def replace(self, name: str, manifest: Manifest | Mapping[str, Any]) -> PluginInfo:
@@ -831,50 +948,27 @@ class PluginHost:
         concurrency: int | None = None,
         ordered: bool = True,
         progress: Callable[[int], None] | None = None,
+        executor: MapExecutor | None = None,
     ) -> list[MapResult]:
-        """Call a function once per input through the error policy, on ``concurrency`` threads
-        (default: the CPUs); one failure never stops the others.
+        """Call a function once per input through the error policy; one failure never stops
+        the others.
 
+        :param concurrency: threads calling at once, with the built-in executor (default: the
+            CPUs).
         :param ordered: results in the inputs' order; otherwise in the order they finished.
-        :param progress: called with the number of results so far, after each one.
+        :param progress: called with the number of results so far, after each one (or batch).
+        :param executor: where the inputs run: by default this host's threads (and its worker
+            pool, for plugins isolated in workers); ``wasm_plugins.cluster.DaskExecutor`` runs
+            them on a Dask cluster.
         :returns: one :class:`MapResult` per input: the outcome, or the typed error (an input the
             codec cannot encode gives a ``communication`` error).
         """
         items = list(inputs)
-        results: list[MapResult | None] = [None] * len(items)
-        finished: list[MapResult] = []
-        pending = iter(enumerate(items))
-        lock = threading.Lock()
-
-        def work() -> None:
-            while True:
-                with lock:
-                    item = next(pending, None)
-                if item is None:
-                    return
-                index, value = item
-                try:
-                    result = MapResult(index, self.invoke(plugin, function, value), None)
-                except PluginError as error:
-                    result = MapResult(index, None, error)
-                with lock:
-                    results[index] = result
-                    finished.append(result)
-                    done = len(finished)
-                if progress is not None:
-                    progress(done)
-
-        workers = max(1, min(concurrency or os.cpu_count() or 1, len(items)))
-        threads = [
-            threading.Thread(target=work, name=f"wasm-plugins-map-{n}") for n in range(workers)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if not ordered:
-            return finished
-        return [result for result in results if result is not None]
+        chosen = executor if executor is not None else ThreadExecutor(concurrency)
+        results = chosen.map(self, plugin, function, items, progress)
+        if ordered:
+            results.sort(key=lambda result: result.index)
+        return results
 
     async def acall(self, plugin: str, function: str, input: Any = None) -> Any:
         """:meth:`call` for asyncio: the call runs in a worker thread, not on the event loop,
@@ -941,6 +1035,9 @@ class PluginHost:
             if self._closed:
                 return
             self._closed = True
+            watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            watcher.stop()
         self.hooks.host_closing(
             self,
             lambda source, exc: logger.bind(source=source).error("closing hook failed: {}", exc),
