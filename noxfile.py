@@ -101,7 +101,7 @@ def build_plugins(session: nox.Session) -> None:
 @nox.session(python=TYPING_PYTHON)
 def typing(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".[test]", "mypy>=1.10")
+    session.install("-e", ".[test,dask,watch]", "mypy>=1.10")
     session.run("mypy", "--strict", "wasm_plugins")
 
 

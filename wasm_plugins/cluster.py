@@ -164,7 +164,9 @@ class DaskExecutor:
         inputs: list[Any],
         progress: Callable[[int], None] | None,
     ) -> list[MapResult]:
-        from distributed import as_completed  # noqa: PLC0415 - the optional dask extra
+        import distributed  # noqa: PLC0415 - the optional dask extra
+
+        as_completed: Any = distributed.as_completed  # untyped
 
         recipe = self.client.scatter(HostRecipe.of(host), broadcast=True, hash=False)
         numbered = list(enumerate(inputs))
