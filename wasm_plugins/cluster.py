@@ -45,7 +45,7 @@ class HostRecipe:
     def of(cls, host: PluginHost) -> HostRecipe:
         """The recipe of a host."""
         discovered, preload = host.discovered
-        return cls(dict(host.settings), discovered, preload, host.own_sources())
+        return cls(dict(host.settings), discovered, preload, host.sources(own_only=True))
 
     @property
     def key(self) -> str:
