@@ -93,7 +93,7 @@ def test_replace_serves_the_new_version_and_reports_it(host: PluginHost) -> None
 
 def test_replace_while_eight_threads_call_loses_no_call(host: PluginHost) -> None:
     host.load(manifest("one"))
-    answers: list[Any] = []
+    answers: list[list[Any]] = []
     lock = threading.Lock()
     started = threading.Barrier(9)
     stop = threading.Event()
@@ -104,7 +104,7 @@ def test_replace_while_eight_threads_call_loses_no_call(host: PluginHost) -> Non
         while not stop.is_set() or len(mine) < 50:
             mine.append(host.call("answers", "answer"))
         with lock:
-            answers.extend(mine)
+            answers.append(mine)
 
     threads = [threading.Thread(target=caller) for _ in range(8)]
     for thread in threads:
@@ -115,9 +115,12 @@ def test_replace_while_eight_threads_call_loses_no_call(host: PluginHost) -> Non
     stop.set()
     for thread in threads:
         thread.join()
-    counts = Counter(answers)
+    counts = Counter(answer for mine in answers for answer in mine)
     assert set(counts) <= {"one", "two"}
-    assert sum(counts.values()) == len(answers) >= 8 * 50
+    assert sum(counts.values()) >= 8 * 50
+    for mine in answers:
+        # In each thread, once a call got the new version no later call got the old one.
+        assert "one" not in mine[mine.index("two") :]
     assert after == "two"
     assert host.call("answers", "answer") == "two"
 
@@ -208,6 +211,42 @@ def test_unload_releases_the_workers(host: PluginHost) -> None:
     pids = host.worker_pids()
     assert pids and all(_alive(pid) for pid in pids)
     host.unload("answers")
+    assert host.worker_pids() == []
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_unload_during_a_call_releases_the_workers_when_it_returns(host: PluginHost) -> None:
+    host.load(
+        {
+            "name": "spinner",
+            "module": {"wat": SPIN_WAT},
+            "isolation": "process",
+            "limits": {"timeout": "10 min"},
+            "policy": {"max_attempts": 1, "fallbacks": []},
+        }
+    )
+    assert host.call("spinner", "answer") == "ok"
+    pids = host.worker_pids()
+    ended: list[str] = []
+
+    def spin() -> None:
+        with pytest.raises(ContextualError) as raised:
+            host.call("spinner", "spin")
+        ended.append(raised.value.error_kind)
+
+    caller = threading.Thread(target=spin)
+    before = _children_cpu(pids)
+    caller.start()
+    while _children_cpu(pids) - before < 0.05:  # handshake: the guest spins in its worker
+        threading.Event().wait(0.01)
+    host.unload("spinner")
+    # The call runs on: its workers live until it ends (here: when its worker is killed).
+    assert all(_alive(pid) for pid in pids)
+    assert caller.is_alive()
+    for pid in pids:
+        os.kill(pid, 9)
+    caller.join(60)
+    assert ended == ["instance"]  # its worker was killed
     assert host.worker_pids() == []
     assert not any(_alive(pid) for pid in pids)
 

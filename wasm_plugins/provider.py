@@ -114,6 +114,11 @@ class _Version:
             self.retired = True
             return self._drained()
 
+    @property
+    def drained(self) -> bool:
+        """Retired, with no call running."""
+        return self.retired and not self.in_flight
+
     def _drained(self) -> list[PluginSandbox]:
         if not self.retired or self.in_flight:
             return []
@@ -286,7 +291,9 @@ class Sandboxes:
         for sandbox in sandboxes:
             sandbox.close()
         with self._lock:
-            if version in self._retired:
+            # A version still running calls stays retired (its workers are needed) until the
+            # last one returns.
+            if version.drained and version in self._retired:
                 self._retired.remove(version)
             pool = self._pool
             idle = pool is not None and not any(
