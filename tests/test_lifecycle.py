@@ -120,7 +120,8 @@ def test_replace_while_eight_threads_call_loses_no_call(host: PluginHost) -> Non
     assert sum(counts.values()) >= 8 * 50
     for mine in answers:
         # In each thread, once a call got the new version no later call got the old one.
-        assert "one" not in mine[mine.index("two") :]
+        if "two" in mine:
+            assert "one" not in mine[mine.index("two") :]
     assert after == "two"
     assert host.call("answers", "answer") == "two"
 
