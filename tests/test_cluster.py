@@ -3,13 +3,16 @@ settings, and typed errors come back typed."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.test_lifecycle import batch_of_inputs, check_batch_results
 from wasm_plugins import ContextualError, PluginHost
+from wasm_plugins.cli import main
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 
@@ -70,3 +73,18 @@ def test_a_plugin_loaded_by_the_host_travels_in_its_recipe(client: Any) -> None:
     assert isinstance(only.error, ContextualError)
     assert only.error.error_kind == "module"
     assert only.error.context.plugin == "greeter"
+
+
+def test_cli_map_on_a_scheduler(
+    client: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "a b"}\n"oops"\n{"text": "c"}\n')
+    target = tmp_path / "out.jsonl"
+    arguments = ["map", "text-tools", "word_count", "--input-file", str(source)]
+    arguments += ["--output-file", str(target), "--scheduler", client.scheduler.address]
+    assert main(arguments) == 1
+    lines = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [line["value"]["words"] for line in (lines[0], lines[2])] == [2, 1]
+    assert lines[1]["error"]["error"]["kind"] == "runtime"
+    assert "3 inputs, 2 values, 1 errors" in capsys.readouterr().out

@@ -4,6 +4,7 @@ line per input (its value or its error's dict), in order."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable
@@ -11,18 +12,25 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from wasm_plugins.errors import CommunicationError, PluginError
-from wasm_plugins.host import PluginHost
+from wasm_plugins.host import MapExecutor, PluginHost
 
 __all__ = ["map_file", "map_options"]
 
 
 def map_options(parser: argparse.ArgumentParser) -> None:
-    """PLUGIN, FUNCTION, ``--input-file``, ``--output-file``, ``--concurrency``."""
+    """PLUGIN, FUNCTION, ``--input-file``, ``--output-file``, ``--concurrency``,
+    ``--scheduler``."""
     parser.add_argument("plugin", metavar="PLUGIN")
     parser.add_argument("function", metavar="FUNCTION")
     parser.add_argument("--input-file", required=True, type=Path, help="JSON Lines, one input each")
     parser.add_argument("--output-file", required=True, type=Path, help="JSON Lines written")
     parser.add_argument("--concurrency", type=int, default=None, help="threads (default: CPUs)")
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="run the inputs on the Dask cluster of this scheduler (the dask extra)",
+    )
 
 
 class _Unreadable:
@@ -58,7 +66,15 @@ def map_file(arguments: argparse.Namespace, out: TextIO, discover: Callable[[], 
             sys.stderr.write(f"\r{done}/{total} ({100 * done // max(total, 1)}%)")
             sys.stderr.flush()
 
-    with discover() as host:
+    with discover() as host, contextlib.ExitStack() as stack:
+        executor: MapExecutor | None = None
+        if arguments.scheduler is not None:
+            import distributed  # noqa: PLC0415 - the optional dask extra
+
+            from wasm_plugins.cluster import DaskExecutor  # noqa: PLC0415 - needs the dask extra
+
+            connect: Any = distributed.Client  # untyped
+            executor = DaskExecutor(stack.enter_context(connect(arguments.scheduler)))
         results = iter(
             host.map(
                 arguments.plugin,
@@ -66,6 +82,7 @@ def map_file(arguments: argparse.Namespace, out: TextIO, discover: Callable[[], 
                 good,
                 concurrency=arguments.concurrency,
                 progress=progress if sys.stderr.isatty() else None,
+                executor=executor,
             )
         )
     failed = 0
