@@ -78,7 +78,7 @@ BUILD_PYTHON = "3.11"
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """The test suite. On 3.10 both engines must run: a skipped wasmer test fails the session."""
-    session.install("-e", ".[test,dask,watch]", *EXAMPLE_PLUGINS)
+    session.install("-e", ".[test]", *EXAMPLE_PLUGINS)
     environment = {
         "WASM_PLUGINS_REQUIRE_ENGINES": "wasmer,wasmtime" if session.python == "3.10" else "wasmtime",
         "HYPOTHESIS_PROFILE": "ci",
@@ -101,7 +101,7 @@ def build_plugins(session: nox.Session) -> None:
 @nox.session(python=TYPING_PYTHON)
 def typing(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".[test,dask,watch]", "mypy>=1.10")
+    session.install("-e", ".[test]", "mypy>=1.10")
     session.run("mypy", "--strict", "wasm_plugins")
 
 

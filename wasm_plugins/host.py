@@ -250,6 +250,21 @@ class _Hooks:
         return self._dispatcher.plugin_names(hook_name)
 
 
+@attrs.define
+class _Versions:
+    """What a host keeps per plugin beyond its manifest: to reload it, and to call it from
+    asyncio."""
+
+    sources: dict[str, PluginSource] = attrs.Factory(dict)
+    """By plugin, what it was loaded from: :meth:`PluginHost.reload` reads it again."""
+    digests: dict[str, str | None] = attrs.Factory(dict)
+    """By plugin, the SHA-256 of the module serving."""
+    inline: dict[str, tuple[Manifest, bool]] = attrs.Factory(dict)
+    """By plugin, whether its manifest bounds a call enough to run it on the event loop."""
+    watchers: list[PluginWatcher] = attrs.Factory(list)
+    """The file watchers started by :meth:`PluginHost.watch`."""
+
+
 class PluginHost:
     """Finds plugins, checks their manifests, grants what they declare, and calls them.
 
@@ -279,6 +294,9 @@ class PluginHost:
         long (a ``limits.timeout`` and a ``policy.deadline`` whose sum is no more); 0: never.
         See docs/lifecycle.md.
     """
+
+    discovered: tuple[bool, bool] = (False, False)
+    """Whether :meth:`discover` made the host, and with ``preload``."""
 
     def __init__(
         self,
@@ -319,8 +337,6 @@ class PluginHost:
         }
         """The options another process rebuilds this host from (those that can be sent there:
         not services, clock, random source or external fallbacks)."""
-        self.discovered: tuple[bool, bool] = (False, False)
-        """Whether :meth:`discover` made the host, and with ``preload``."""
         self.trust: TrustPolicy = _trust_policy(trust)
         """What plugins that are not the host's own decision get (see docs/security.md)."""
         self.manager = PluginManager(hookspecs.PROJECT_NAME)
@@ -333,19 +349,12 @@ class PluginHost:
         self.problems: list[DiscoveryProblem] = []
         """Every contribution that could not be used, with its distribution and the reason."""
         self._distributions: dict[str, str | None] = {}
-        self._inline_bound = inline_async_calls
-        self._inline: dict[str, tuple[Manifest, bool]] = {}
-        """By plugin, whether its manifest bounds a call enough to run it on the event loop."""
         self._config = {name: dict(values) for name, values in (config or {}).items()}
         self.services = services or HostServices()
         self.services.config = self._plugin_config
         self._plugins: dict[str, PluginInfo] = {}
         self._refused: dict[str, Review] = {}
-        self._watchers: list[PluginWatcher] = []
-        self._sources: dict[str, PluginSource] = {}
-        """By plugin, what it was loaded from: :meth:`reload` reads it again."""
-        self._digests: dict[str, str | None] = {}
-        """By plugin, the SHA-256 of the module serving."""
+        self._versions = _Versions()
         self._lock = threading.RLock()
         self._closed = False
         self._configured = False
@@ -705,8 +714,8 @@ class PluginHost:
                     suggestion="give each plugin a unique name",
                 )
             self._plugins[manifest.name] = info
-            self._sources[manifest.name] = source if source is not None else manifest
-            self._digests[manifest.name] = digest = _module_digest(manifest)
+            self._versions.sources[manifest.name] = source if source is not None else manifest
+            self._versions.digests[manifest.name] = digest = _module_digest(manifest)
         self.pipeline.report(
             PluginLoaded(manifest.name, "", "", self.clock.monotonic(), manifest.version, digest)
         )
@@ -719,7 +728,7 @@ class PluginHost:
         with self._lock:
             return {
                 name: source
-                for name, source in self._sources.items()
+                for name, source in self._versions.sources.items()
                 if not own_only or self._plugins[name].distribution is None
             }
 
@@ -735,7 +744,7 @@ class PluginHost:
         error, if any. Stop it with ``stop()`` (closing the host does too)."""
         watcher = PluginWatcher(self, debounce=debounce, on_reload=on_reload)
         with self._lock:
-            self._watchers.append(watcher)
+            self._versions.watchers.append(watcher)
         return watcher.start()
 
     # -- versions -------------------------------------------------------------------------------
@@ -758,7 +767,7 @@ class PluginHost:
         module file (a manifest given as a dict or object is kept; its module file is read
         again)."""
         self._info(name)
-        return self._swap(name, self._sources[name])
+        return self._swap(name, self._versions.sources[name])
 
     def unload(self, name: str) -> None:
         """Remove a plugin: new calls fail with a ConfigurationError; calls running finish, and
@@ -775,8 +784,8 @@ class PluginHost:
         def commit() -> None:
             with self._lock:
                 self._plugins.pop(name, None)
-                self._sources.pop(name, None)
-                self._digests.pop(name, None)
+                self._versions.sources.pop(name, None)
+                self._versions.digests.pop(name, None)
 
         self._sandboxes.install(name, None, info.manifest.limits, commit)
         self.pipeline.forget(name)
@@ -833,10 +842,10 @@ class PluginHost:
         def commit() -> None:
             nonlocal changed
             with self._lock:
-                changed = self._digests.get(name) != digest or digest is None
+                changed = self._versions.digests.get(name) != digest or digest is None
                 self._plugins[name] = info
-                self._sources[name] = source
-                self._digests[name] = digest
+                self._versions.sources[name] = source
+                self._versions.digests[name] = digest
 
         self._sandboxes.install(name, sandbox, manifest.limits, commit)
         self.pipeline.forget(name)
@@ -1002,10 +1011,11 @@ class PluginHost:
         ceiling recovery may raise it to). A thread hop costs several tiny calls; a call this
         short blocks the loop less than a slow callback may."""
         info = self._plugins.get(plugin)
-        if info is None or self._inline_bound <= 0:
+        bound: float = self.settings["inline_async_calls"]
+        if info is None or bound <= 0:
             return False
         manifest = info.manifest
-        known = self._inline.get(plugin)
+        known = self._versions.inline.get(plugin)
         if known is not None and known[0] is manifest:
             return known[1]
         timeout = manifest.limits.timeout
@@ -1013,9 +1023,9 @@ class PluginHost:
         inline = (
             timeout is not None
             and deadline is not None
-            and deadline + max(timeout, manifest.policy.max_timeout or 0) <= self._inline_bound
+            and deadline + max(timeout, manifest.policy.max_timeout or 0) <= bound
         )
-        self._inline[plugin] = (manifest, inline)
+        self._versions.inline[plugin] = (manifest, inline)
         return inline
 
     async def _cancellable(self, thunk: Callable[[], Any]) -> Any:
@@ -1035,7 +1045,7 @@ class PluginHost:
             if self._closed:
                 return
             self._closed = True
-            watchers, self._watchers = self._watchers, []
+            watchers, self._versions.watchers = self._versions.watchers, []
         for watcher in watchers:
             watcher.stop()
         self.hooks.host_closing(
