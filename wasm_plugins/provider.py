@@ -8,6 +8,7 @@ and the compiled-module cache.
 
 from __future__ import annotations
 
+import collections
 import difflib
 import os
 import threading
@@ -83,29 +84,31 @@ class _Version:
     """One version of a plugin: the sandboxes made for it and the calls running in them.
 
     A version replaced or unloaded is retired: new calls no longer reach it, and its sandboxes
-    (and their workers) are closed when the last call running in them returns.
+    (and their workers) are closed when the last call running in them returns. Counting the
+    calls takes no lock (a deque's append and pop are atomic): a successful call queues on
+    nothing; only a retired version's last call takes the lock, to close its sandboxes once.
     """
 
-    __slots__ = ("_lock", "in_flight", "retired", "sandboxes")
+    __slots__ = ("_lock", "_running", "retired", "sandboxes")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.sandboxes: list[PluginSandbox] = []
-        self.in_flight = 0
+        self._running: collections.deque[None] = collections.deque()
         self.retired = False
 
     def enter(self) -> bool:
-        """Count a call in, unless the version is retired (the caller takes the new one)."""
-        with self._lock:
-            if self.retired:
-                return False
-            self.in_flight += 1
-            return True
+        """Count a call in; False when the version is retired (the caller must :meth:`leave`
+        and take the new one). Counted before the check, so a retirement never misses it."""
+        self._running.append(None)
+        return not self.retired
 
     def leave(self) -> list[PluginSandbox]:
         """Count a call out: the sandboxes to close when it was the last of a retired version."""
+        self._running.pop()
+        if not self.retired:
+            return []
         with self._lock:
-            self.in_flight -= 1
             return self._drained()
 
     def retire(self) -> list[PluginSandbox]:
@@ -117,10 +120,10 @@ class _Version:
     @property
     def drained(self) -> bool:
         """Retired, with no call running."""
-        return self.retired and not self.in_flight
+        return self.retired and not self._running
 
     def _drained(self) -> list[PluginSandbox]:
-        if not self.retired or self.in_flight:
+        if not self.drained:
             return []
         sandboxes, self.sandboxes = self.sandboxes, []
         return sandboxes
@@ -193,13 +196,15 @@ class Sandboxes:
         """Call a function in the plugin's sandbox under these limits; the version the call
         starts on serves it to the end, even when the plugin is replaced meanwhile."""
         last = self._last.get(plugin)
-        if last is not None and last[0] is limits and last[2].enter():
+        if last is not None and last[0] is limits:
             sandbox, version = last[1], last[2]
         else:
-            while True:
-                sandbox, version = self._current(plugin, limits)
-                if version.enter():
-                    break
+            sandbox, version = self._current(plugin, limits)
+        while not version.enter():
+            drained = version.leave()
+            if drained:
+                self._release(version, drained)
+            sandbox, version = self._current(plugin, limits)
         token: Cancellation | None = getattr(_calling, "token", None)
         try:
             if token is None:
