@@ -21,7 +21,8 @@ import pytest
 from tests.conftest import ROOT
 from wasm_plugins import PluginHost
 from wasm_plugins._units import MAX_DURATION
-from wasm_plugins.engine import Engine, FuncSignature
+from wasm_plugins.engine import Engine, FuncSignature, _wasmtime
+from wasm_plugins.engine._epoch import TICK
 from wasm_plugins.errors import (
     CommunicationError,
     ConfigurationError,
@@ -636,10 +637,22 @@ TAKES_TICKS = _budget_module(
 )
 
 
-def _ticking(engine: Engine) -> tuple[HostFunction, ...]:
+class _TickClock:
+    """The monotonic clock the wasmtime adapter reads, moved on by one epoch tick (2 ms) every
+    time the guest makes one: its deadline callback sees the time the ticks stand for."""
+
+    def __init__(self) -> None:
+        self.ticked = 0
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.ticked * TICK
+
+
+def _ticking(engine: Engine, clock: _TickClock) -> tuple[HostFunction, ...]:
     raw = engine.wasmtime_engine(False)  # type: ignore[attr-defined]
 
     def tick(call: HostCall) -> int:
+        clock.ticked += 1
         raw.increment_epoch()
         return 0
 
@@ -686,15 +699,19 @@ class TestBudgetSharedByTheCall:
         error = self._start_and_function_exceed(sandbox, ResourceLimitExceeded)
         assert error.resource == "fuel"  # type: ignore[attr-defined]
 
-    def test_timeout_in_process(self, wasmtime_engine: Engine) -> None:
-        """Start function and function at 3 000 epoch ticks each (made by the guest), under a
-        10 s timeout (5 001 ticks) for the call."""
+    def test_timeout_in_process(
+        self, wasmtime_engine: Engine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Start function and function at 3 000 epoch ticks each (made by the guest, with the
+        adapter's clock moved on to match), under a 10 s timeout (5 001 ticks) for the call."""
+        clock = _TickClock()
+        monkeypatch.setattr(_wasmtime, "time", clock)
         sandbox = _budget_sandbox(
             TAKES_TICKS,
             wasmtime_engine,
             "in-process",
             Limits(timeout=10.0),
-            _ticking(wasmtime_engine),
+            _ticking(wasmtime_engine, clock),
         )
         self._start_and_function_exceed(sandbox, DeadlineExceeded)
 

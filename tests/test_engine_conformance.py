@@ -384,6 +384,40 @@ class TestWasmtimeDeadlines:
         assert error.limit == pytest.approx(0.05)
         assert error.duration is not None and error.duration >= 0.05
 
+    def test_late_ticks_arriving_together_do_not_stop_a_call_early(
+        self, wasmtime_engine: Engine
+    ) -> None:
+        """Epoch ticks that were late when a deadline was armed (a loaded machine) may all arrive
+        at once: the guest still gets its whole timeout. Here the guest makes 10 000 ticks (20 s
+        of ticks) itself in a few milliseconds, under a 10 s timeout, and returns normally."""
+        raw = wasmtime_engine.wasmtime_engine(False)  # type: ignore[attr-defined]
+
+        def burst(call: HostCall) -> int:
+            for _ in range(10_000):
+                raw.increment_epoch()
+            return 0
+
+        module = """(module
+          (import "test" "burst" (func $burst (result i64)))
+          (memory (export "memory") 1)
+          (func (export "wp_alloc") (param i32) (result i32) (i32.const 1024))
+          (func (export "wp_free") (param i32 i32))
+          (data (i32.const 16) "\\22ok\\22")
+          (func (export "after_burst") (param $left i32) (param i32) (result i64)
+            (drop (call $burst))
+            ;; A loop: its back edge is where wasmtime looks at the epoch deadline.
+            (local.set $left (i32.const 100))
+            (loop $again
+              (br_if $again (local.tee $left (i32.sub (local.get $left) (i32.const 1)))))
+            (i64.or (i64.shl (i64.const 16) (i64.const 32)) (i64.const 4))))"""
+        sandbox = Sandbox(
+            module,
+            engine=wasmtime_engine,
+            limits=Limits(timeout=10.0),
+            host_functions=(HostFunction("test", "burst", FuncSignature((), ("i64",)), burst),),
+        )
+        assert sandbox.call("after_burst") == "ok"
+
     def test_fuel_exhaustion(self, wasmtime_engine: Engine) -> None:
         """An endless loop under a fuel limit ends in a fuel resource error."""
         sandbox = Sandbox(ABI, engine=wasmtime_engine, limits=Limits(fuel=100_000))

@@ -306,6 +306,11 @@ class WasmtimeInstance:
             linker.define(store, memory_import.module, memory_import.name, imported_memory)
         # Epoch interruption is on for every store: without a timeout, a deadline never reached.
         store.set_epoch_deadline(_NO_DEADLINE)
+        if FAST_PATH and self._timeout is not None:
+            # A deadline counted in ticks comes early when ticks that were late as it was armed
+            # (a loaded machine) arrive together: when it comes, the callback gives the guest
+            # what is left of its time, so a call is never stopped before its timeout.
+            self._install_deadline_callback()
         self.arm()
         try:
             if self._timeout is None:
@@ -376,7 +381,7 @@ class WasmtimeInstance:
                 self._stop_at = self._armed_at + self._timeout
             self._store.set_epoch_deadline(1)
         elif self._timeout is not None:
-            ticks = self._ticker.ticks_until(self._armed_at + self._timeout)
+            ticks = self._ticker.ticks_for(self._timeout)
             if self._context is not None:
                 _set_epoch_deadline(self._context, ctypes.c_uint64(ticks))
             else:
@@ -392,10 +397,7 @@ class WasmtimeInstance:
         if not FAST_PATH:
             return False
         if cancelled is not None and self._on_deadline is None:
-            self._on_deadline = _DeadlineCallback(_deadline_callback(weakref.ref(self)))
-            _ffi.wasmtime_store_epoch_deadline_callback(
-                self._store.ptr(), self._on_deadline, None, _NoFinalizer()
-            )
+            self._install_deadline_callback()
         self._cancelled = cancelled
         self._stop_at = None
         if cancelled is not None:
@@ -412,13 +414,28 @@ class WasmtimeInstance:
         self._unguarded = plain and self._timeout is None
         self._timeout_only = plain and self._timeout is not None
 
+    def _install_deadline_callback(self) -> None:
+        self._on_deadline = _DeadlineCallback(_deadline_callback(weakref.ref(self)))
+        _ffi.wasmtime_store_epoch_deadline_callback(
+            self._store.ptr(), self._on_deadline, None, _NoFinalizer()
+        )
+
+    def _ticks_to_go(self) -> int:
+        """The ticks until the next look at the deadline: every tick while watched, else the
+        ticks the rest of the timeout takes."""
+        if self._cancelled is not None or self._timeout is None:
+            return 1
+        return self._ticker.ticks_for(self._armed_at + self._timeout - time.monotonic())
+
     def _deadline_reached(self) -> str | None:
-        """Why to stop the guest now that the store's deadline came (None: go on, one more
-        tick)."""
+        """Why to stop the guest now that the store's deadline came (None: go on, for
+        :meth:`_ticks_to_go` more ticks)."""
         cancelled = self._cancelled
         if cancelled is None:
-            # An unwatched store's deadline is its timeout's.
-            return "timeout"
+            # An unwatched store's deadline is its timeout's, unless it came early.
+            if self._timeout is None or time.monotonic() >= self._armed_at + self._timeout:
+                return "timeout"
+            return None
         if cancelled.is_set():
             return "cancelled"
         if self._stop_at is not None and time.monotonic() >= self._stop_at:
@@ -603,12 +620,15 @@ def _deadline_callback(instance_ref: weakref.ref[WasmtimeInstance]) -> Callable[
 
     def on_deadline(_context: Any, _data: Any, delta: Any, kind: Any) -> int:
         instance = instance_ref()
+        ticks = 1
         try:
             stop = "cancelled" if instance is None else instance._deadline_reached()
+            if stop is None and instance is not None:
+                ticks = instance._ticks_to_go()
         except BaseException:  # a callback must answer: an exception here would go unseen
             stop = "cancelled"
         if stop is None:
-            delta[0] = 1
+            delta[0] = ticks
             kind[0] = _UPDATE_DEADLINE_CONTINUE
             return 0
         if instance is not None:
