@@ -108,9 +108,13 @@ class EpochTicker:
         Python-thread ticker.
     """
 
+    in_forked_child = False
+    """Set in a forked child: its tickers (new ones too) tick from a Python thread."""
+
     def __init__(self, engine: Any, increment: int | None) -> None:
         self._engine = engine
-        self._increment = increment if _TIMERS is not None else None
+        native = _TIMERS is not None and not EpochTicker.in_forked_child
+        self._increment = increment if native else None
         self._reset()
         _TICKERS.add(self)
 
@@ -162,13 +166,14 @@ class EpochTicker:
             self._active -= 1
 
     def _start(self) -> None:
+        # Running before the thread starts: the thread's loop ends as soon as it is not.
+        self._running = True
         if self._increment is None or not self._arm(TICK):
             self._origin = time.monotonic()
             self._thread = threading.Thread(
                 target=self._tick, args=(self._origin,), name="wasm-plugins-epoch", daemon=True
             )
             self._thread.start()
-        self._running = True
         if self._watcher is None:
             self._watcher = threading.Thread(
                 target=self._stop_when_idle, name="wasm-plugins-epoch-idle", daemon=True
@@ -232,8 +237,9 @@ class EpochTicker:
 
     def after_fork_in_child(self) -> None:
         """Timers and threads are not inherited: start afresh (calls in flight were the
-        parent's)."""
+        parent's), with a Python thread for the ticks."""
         self._reset()
+        self._increment = None
 
 
 def _whole_ticks(seconds: float) -> int:
@@ -250,6 +256,10 @@ def _close_all() -> None:
 
 
 def _after_fork_in_child() -> None:
+    # A forked child ticks from a Python thread: the parent's timer threads may have held
+    # glibc's timer lock at the fork, and a timer made in the child would then wait for it
+    # forever (seen when a host forks while a timed call's ticks are still coming).
+    EpochTicker.in_forked_child = True
     for ticker in list(_TICKERS):
         ticker.after_fork_in_child()
 
