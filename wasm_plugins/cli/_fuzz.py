@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
-from typing import TextIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
 
 from wasm_plugins.cli._arguments import UsageError, count, rate, read_input, seed
+
+if TYPE_CHECKING:
+    from wasm_plugins.host import PluginHost
 
 __all__ = ["FUZZ_DESCRIPTION", "fault_kinds", "fuzz_options", "fuzz_plugin"]
 
@@ -88,8 +92,13 @@ def fuzz_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def fuzz_plugin(arguments: argparse.Namespace, out: TextIO) -> int:
-    """Fuzz TARGET's FUNCTION: 0 every invariant held, 3 one broke.
+def fuzz_plugin(
+    arguments: argparse.Namespace,
+    out: TextIO,
+    on_host: Callable[[PluginHost], None] | None = None,
+) -> int:
+    """Fuzz TARGET's FUNCTION: 0 every invariant held, 3 one broke. ``on_host`` is given every
+    host the run makes.
 
     :raises UsageError: when Hypothesis is not installed.
     """
@@ -114,4 +123,5 @@ def fuzz_plugin(arguments: argparse.Namespace, out: TextIO) -> int:
         steps=arguments.steps,
         out=out,
         err=sys.stderr,
+        on_host=on_host,
     )

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from typing import TextIO
 
 from wasm_plugins._tables import table
 from wasm_plugins.builtin.stats import Stats, combined
-from wasm_plugins.cli._arguments import UsageError, read_input
 from wasm_plugins.cli._demo import demo_options
 from wasm_plugins.cli._format import dump, emit
-from wasm_plugins.cli._fuzz import FUZZ_NEEDS, fuzz_options
+from wasm_plugins.cli._fuzz import fuzz_options, fuzz_plugin
 from wasm_plugins.host import PluginHost
 
 __all__ = ["host_stats", "print_stats", "stats_options"]
@@ -51,29 +49,7 @@ def print_stats(arguments: argparse.Namespace, out: TextIO) -> int:
 
         status = run_demo(aside, arguments.hostapi, on_host=hosts.append)
     else:
-        try:
-            from wasm_plugins.testing.fuzz import run_fuzz  # noqa: PLC0415 optional dependency
-        except ImportError as exc:
-            if exc.name is None or not exc.name.startswith("hypothesis"):
-                raise
-            raise UsageError(FUZZ_NEEDS) from None
-        example = None
-        if arguments.input is not None:
-            example = read_input(arguments.input, raw=False)
-        status = run_fuzz(
-            arguments.target,
-            arguments.function,
-            examples=arguments.examples,
-            seed=arguments.seed,
-            kinds=arguments.faults,
-            rate=arguments.rate,
-            example_input=example,
-            has_example=arguments.input is not None,
-            steps=arguments.steps,
-            out=aside,
-            err=sys.stderr,
-            on_host=hosts.append,
-        )
+        status = fuzz_plugin(arguments, aside, on_host=hosts.append)
     stats = host_stats(hosts)
     if arguments.json:
         dump(stats.to_dict(), out, pretty=True)
