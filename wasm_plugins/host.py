@@ -383,6 +383,11 @@ class PluginHost:
             default_engine=engine,
             recovery_timeout=recovery_timeout,
         )
+        if type(self).call is PluginHost.call:
+            # The policy's own call answers ``host.call`` (same arguments, same result): the
+            # frame of a method that only forwards is saved on every call. A subclass that
+            # overrides ``call`` keeps its own.
+            self.__dict__["call"] = self.pipeline.call
         builtins = builtin_plugins(
             manifest=self._manifest,
             provider=self._sandboxes,

@@ -28,8 +28,15 @@ from wasm_plugins.trust import refusing_at_call
 
 __all__ = ["Cancellation", "Sandboxes", "make_module_cache", "wasi_settings"]
 
-_calling = threading.local()
-"""The :class:`Cancellation` of the call this thread runs, if its caller can cancel it."""
+
+class _Calling(threading.local):
+    token: Cancellation | None = None
+    """The :class:`Cancellation` of the call this thread runs, if its caller can cancel it (a
+    class default: reading a missing attribute would raise and catch an AttributeError on every
+    call)."""
+
+
+_calling = _Calling()
 
 
 @final
@@ -87,27 +94,26 @@ class _Version:
     (and their workers) are closed when the last call running in them returns. Counting the
     calls takes no lock (a deque's append and pop are atomic): a successful call queues on
     nothing; only a retired version's last call takes the lock, to close its sandboxes once.
+    :meth:`Sandboxes.call` counts a call in before it reads ``retired`` (so a retirement never
+    misses it) and out with :meth:`leave`'s first line written out.
     """
 
-    __slots__ = ("_lock", "_running", "retired", "sandboxes")
+    __slots__ = ("_lock", "retired", "running", "sandboxes")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.sandboxes: list[PluginSandbox] = []
-        self._running: collections.deque[None] = collections.deque()
+        self.running: collections.deque[None] = collections.deque()
+        """One item per call running on this version."""
         self.retired = False
-
-    def enter(self) -> bool:
-        """Count a call in; False when the version is retired (the caller must :meth:`leave`
-        and take the new one). Counted before the check, so a retirement never misses it."""
-        self._running.append(None)
-        return not self.retired
 
     def leave(self) -> list[PluginSandbox]:
         """Count a call out: the sandboxes to close when it was the last of a retired version."""
-        self._running.pop()
-        if not self.retired:
-            return []
+        self.running.pop()
+        return self.drained_sandboxes() if self.retired else []
+
+    def drained_sandboxes(self) -> list[PluginSandbox]:
+        """A retired version's sandboxes, taken once, when no call runs on it any more."""
         with self._lock:
             return self._drained()
 
@@ -120,7 +126,7 @@ class _Version:
     @property
     def drained(self) -> bool:
         """Retired, with no call running."""
-        return self.retired and not self._running
+        return self.retired and not self.running
 
     def _drained(self) -> list[PluginSandbox]:
         if not self.drained:
@@ -200,12 +206,17 @@ class Sandboxes:
             sandbox, version = last[1], last[2]
         else:
             sandbox, version = self._current(plugin, limits)
-        while not version.enter():
+        # Every call passes here: the version's bookkeeping is written out (no call of its own).
+        running = version.running
+        running.append(None)
+        while version.retired:
             drained = version.leave()
             if drained:
                 self._release(version, drained)
             sandbox, version = self._current(plugin, limits)
-        token: Cancellation | None = getattr(_calling, "token", None)
+            running = version.running
+            running.append(None)
+        token = _calling.token
         try:
             if token is None:
                 return sandbox.call(function, input)
@@ -219,9 +230,11 @@ class Sandboxes:
             finally:
                 token._leave(sandbox)
         finally:
-            drained = version.leave()
-            if drained:
-                self._release(version, drained)
+            running.pop()
+            if version.retired:
+                drained = version.drained_sandboxes()
+                if drained:
+                    self._release(version, drained)
 
     def _current(self, plugin: str, limits: Limits | None) -> tuple[PluginSandbox, _Version]:
         if limits is None:

@@ -263,6 +263,8 @@ class WasmtimeInstance:
     """The store's context for the fast path (``None`` until the instance exists)."""
     _armed_at = 0.0
     """When the budget in force started: a deadline's time is counted from it."""
+    _bare = False
+    """Whether :meth:`arm` has nothing to do (see :meth:`_choose_path`)."""
 
     def __init__(
         self,
@@ -371,6 +373,8 @@ class WasmtimeInstance:
         return trampoline
 
     def arm(self) -> None:
+        if self._bare:
+            return
         if self._fuel is not None:
             self._store.set_fuel(self._fuel)
         self._armed_at = time.monotonic()
@@ -413,6 +417,9 @@ class WasmtimeInstance:
         plain = self._fuel is None and self._captured is None and self._cancelled is None
         self._unguarded = plain and self._timeout is None
         self._timeout_only = plain and self._timeout is not None
+        # Nothing to arm: no fuel, no time, and a store whose deadline was never moved from
+        # "never" (no deadline callback was ever installed); the unguarded path reads no clock.
+        self._bare = self._unguarded and self._on_deadline is None
 
     def _install_deadline_callback(self) -> None:
         self._on_deadline = _DeadlineCallback(_deadline_callback(weakref.ref(self)))

@@ -12,7 +12,7 @@ import attrs
 from wasm_plugins.errors import PluginError
 from wasm_plugins.manifest import Manifest
 from wasm_plugins.policy._clock import Clock
-from wasm_plugins.policy._events import Report
+from wasm_plugins.policy._events import PolicyEvent, Report
 from wasm_plugins.sandbox import Limits, PluginSandbox
 
 __all__ = ["Attempt", "CallState", "ManifestLookup", "Outcome", "SandboxProvider"]
@@ -88,10 +88,29 @@ class CallState(Report):
     end): one object per call, whatever the reporters.
     """
 
-    errors: tuple[PluginError, ...] = ()
-    """The errors of the attempts that failed so far, in order."""
-    attempt_started = 0.0
-    """When the current attempt started (the policy clock)."""
+    # Slots: made on every call, and an instance dictionary holding this many fields costs
+    # more to make and fill than the call's own Python around the guest.
+    __slots__ = (
+        "_event",
+        "attempt",
+        "attempt_started",
+        "deadline",
+        "duration",
+        "error",
+        "errors",
+        "function",
+        "input",
+        "limits",
+        "manifest",
+        "name",
+        "number",
+        "outcome",
+        "plugin",
+        "started",
+        "strategy",
+        "time",
+        "value",
+    )
 
     def __init__(
         self,
@@ -104,8 +123,7 @@ class CallState(Report):
         deadline: float | None,
         limits: Limits,
     ) -> None:
-        # Only what differs from the class's defaults, and not through Report.__init__: this
-        # runs for every call.
+        # Not through Report.__init__: this runs for every call.
         self.name = "call_started"
         self.plugin = plugin
         self.function = function
@@ -114,8 +132,22 @@ class CallState(Report):
         self.time = started
         self.manifest = manifest
         self.started = started
+        self.attempt_started = started
+        """When the current attempt started (the policy clock): the call's start, then the end
+        of each retry's wait."""
         self.deadline = deadline
         self.limits = limits
+        """The limits in force for the next attempt (the manifest's, or those a recovery
+        raised)."""
+        self.errors: tuple[PluginError, ...] = ()
+        """The errors of the attempts that failed so far, in order."""
+        self.attempt = 0
+        self.duration = 0.0
+        self.outcome: str | None = None
+        self.error: PluginError | None = None
+        self.value: Any = None
+        self.strategy: str | None = None
+        self._event: PolicyEvent | None = None
 
     def __repr__(self) -> str:
         return (

@@ -333,7 +333,7 @@ class CallPipeline:
         return outcome
 
     def call(  # noqa: PLR0915 - one path, in one function: a success costs no call more
-        self, plugin: str, function: str, input: Any, want_outcome: bool = False
+        self, plugin: str, function: str, input: Any = None, want_outcome: bool = False
     ) -> Any:
         """:meth:`invoke`, returning the value alone unless ``want_outcome`` (no
         :class:`Outcome` is made for a value alone)."""
@@ -371,7 +371,6 @@ class CallPipeline:
                     last = permit
                 break
             call.attempt += 1
-            call.attempt_started = monotonic()
             # Published for what the attempt reports on its way (guest log lines, spans, the
             # host functions a worker process asks for), so they carry the call's id.
             token = ATTEMPT.set(call)
@@ -495,6 +494,7 @@ class CallPipeline:
         if isinstance(action, Retry) and (action.fresh_instance or action.recompile):
             self._provider.discard(call.plugin, call.limits, action.recompile)
         self._clock.sleep(delay)
+        call.attempt_started = self._monotonic()
         return True
 
     def _give_up(self, call: CallState, last: PluginError, route: _Route) -> Outcome:
