@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -305,34 +306,52 @@ def spin_host(engine: Engine, seconds: float) -> tuple[PluginHost, int]:
     return host, units
 
 
-def in_threads(action: Action, count: int) -> Action:
-    """An action that runs ``action`` in ``count`` threads at once, ``per_round`` times over
-    in all: timed per call, the figure is the inverse of the threads' joint throughput."""
-    import threading  # noqa: PLC0415 - only this benchmark needs it
+class ThreadGang:
+    """``count`` threads that live as long as the benchmark and run ``action`` together, in
+    batches: as an application's threads do, each keeps its own instance of the plugin (threads
+    started per batch would time thread starts and instantiations, not calls)."""
 
-    batch = 50
-
-    def run_batch() -> None:
-        barrier = threading.Barrier(count)
-
-        def work() -> None:
-            barrier.wait()
-            for _ in range(batch // count):
-                action()
-
-        threads = [threading.Thread(target=work) for _ in range(count)]
-        for thread in threads:
+    def __init__(self, action: Action, count: int, batch: int = 200) -> None:
+        self.per_thread = max(1, batch // count)
+        self.batch = self.per_thread * count
+        self._action = action
+        self._start = threading.Barrier(count + 1)
+        self._done = threading.Barrier(count + 1)
+        self._stopping = False
+        self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(count)]
+        for thread in self._threads:
             thread.start()
-        for thread in threads:
+
+    def _work(self) -> None:
+        action = self._action
+        while True:
+            self._start.wait()
+            if self._stopping:
+                return
+            for _ in range(self.per_thread):
+                action()
+            self._done.wait()
+
+    def run_batch(self) -> None:
+        self._start.wait()
+        self._done.wait()
+
+    def close(self) -> None:
+        self._stopping = True
+        self._start.wait()
+        for thread in self._threads:
             thread.join()
 
+
+def in_threads(gang: ThreadGang) -> Action:
+    """An action that makes the gang's threads run a batch every ``gang.batch`` calls: timed per
+    call, the figure is the inverse of the threads' joint throughput."""
     state = {"left": 0}
 
     def step() -> None:
-        # One call of the benchmark loop in every ``batch``: the threads run a batch at once.
         if state["left"] == 0:
-            run_batch()
-            state["left"] = batch
+            gang.run_batch()
+            state["left"] = gang.batch
         state["left"] -= 1
 
     return step
@@ -556,18 +575,51 @@ class Suite:
             "Sandbox.call": lambda: sandbox.call("echo", PAYLOAD),
             "PluginHost.call": lambda: host.call("echo", "echo", PAYLOAD),
         }
+        self._closers += [sandbox.close, host.close]
         for label, action in actions.items():
             for count in (1, 2, 8):
-                self.add(f"{label}, {count} thread(s)", name, in_threads(action, count), self.calls)
+                gang = ThreadGang(action, count)
+                self._closers.insert(0, gang.close)
+                self.add(f"{label}, {count} thread(s)", name, in_threads(gang), self.calls)
         working, units = spin_host(engine, 300e-6)
+        self._closers.append(working.close)
         for count in (1, 2):
+            gang = ThreadGang(lambda: working.call("spin", "spin", units), count, 20)
+            self._closers.insert(0, gang.close)
             self.add(
                 f"PluginHost.call, 300 µs of work, {count} thread(s)",
                 name,
-                in_threads(lambda: working.call("spin", "spin", units), count),
+                in_threads(gang),
                 max(50, self.calls // 20),
             )
-        self._closers += [sandbox.close, host.close, working.close]
+        if name == "wasmtime":
+            self.foreign_calls(sandbox)
+
+    def foreign_calls(self, sandbox: Sandbox) -> None:
+        """One of the tiny functions a call makes through ctypes (the memory's size), from 1, 2
+        and 8 threads: through the library's ``ctypes.CDLL`` handle, which releases the GIL
+        around it, and through a ``ctypes.PyDLL`` handle to the same library, which keeps it."""
+        memory = sandbox._state().session.instance.memory
+        context, reference = memory._context, memory._memory_ref
+        from wasmtime import _ffi  # noqa: PLC0415 - wasmtime only
+
+        library = _ffi.dll
+        handles = {
+            "GIL released": library,
+            "GIL kept": ctypes.PyDLL(library._name, handle=library._handle),
+        }
+        for label, handle in handles.items():
+            size = handle["wasmtime_memory_data_size"]
+            size.restype = ctypes.c_size_t
+            for count in (1, 2, 8):
+                gang = ThreadGang(lambda size=size: size(context, reference), count, 2000)
+                self._closers.insert(0, gang.close)
+                self.add(
+                    f"foreign call, {label}, {count} thread(s)",
+                    "wasmtime",
+                    in_threads(gang),
+                    self.calls * 4,
+                )
 
     def module_file(self, size: str) -> Path:
         if size == "20 KiB":
@@ -683,6 +735,12 @@ ROWS = (
     "PluginHost.call, 8 thread(s)",
     "PluginHost.call, 300 µs of work, 1 thread(s)",
     "PluginHost.call, 300 µs of work, 2 thread(s)",
+    "foreign call, GIL released, 1 thread(s)",
+    "foreign call, GIL released, 2 thread(s)",
+    "foreign call, GIL released, 8 thread(s)",
+    "foreign call, GIL kept, 1 thread(s)",
+    "foreign call, GIL kept, 2 thread(s)",
+    "foreign call, GIL kept, 8 thread(s)",
     "PluginHost.call (full policy)",
     "circuit-open fast fail",
     "PluginHost.call, 1 ms of work",
@@ -946,6 +1004,21 @@ def thread_scaling(suite: Suite, engines: list[str]) -> list[str]:
             lines.append(
                 f"{engine}: PluginHost.call of 300 µs of work with 2 threads: {one / two:.2f}x "
                 f"one thread (target ≥ 1.7) {verdict}"
+            )
+        released = suite.figure("foreign call, GIL released, 1 thread(s)", engine)
+        kept = suite.figure("foreign call, GIL kept, 1 thread(s)", engine)
+        if released is not None and kept is not None:
+
+            def scaling(label: str, one: float) -> str:
+                many = (
+                    suite.figure(f"foreign call, {label}, {n} thread(s)", engine) for n in (2, 8)
+                )
+                return " / ".join(f"{one / figure:.2f}x" for figure in many if figure)
+
+            lines.append(
+                f"{engine}: a tiny foreign call releasing the GIL: {released / kept:.2f}x the time "
+                "of one keeping it; 2 / 8 threads over one: released "
+                f"{scaling('GIL released', released)}, kept {scaling('GIL kept', kept)}"
             )
         if ("PluginHost.call", 8) in figures and ("PluginHost.call", 2) in figures:
             ratio = figures[("PluginHost.call", 8)] / figures[("PluginHost.call", 2)]
