@@ -1009,7 +1009,7 @@ def thread_scaling(suite: Suite, engines: list[str]) -> list[str]:
         kept = suite.figure("foreign call, GIL kept, 1 thread(s)", engine)
         if released is not None and kept is not None:
 
-            def scaling(label: str, one: float) -> str:
+            def scaling(label: str, one: float, engine: str = engine) -> str:
                 many = (
                     suite.figure(f"foreign call, {label}, {n} thread(s)", engine) for n in (2, 8)
                 )

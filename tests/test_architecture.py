@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("policy",),
     ("hookspecs",),
     ("builtin", "discovery", "integrations"),
-    ("host", "watching"),
+    ("host", "watching", "_async_calls"),
     ("targets", "_tables", "cluster"),
     ("testing", "_demo", "_demo_policy", "guest"),
     ("cli",),

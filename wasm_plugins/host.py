@@ -10,7 +10,6 @@ the framework's behaviour is itself a set of ``trylast`` hookimpls (``wasm_plugi
 
 from __future__ import annotations
 
-import asyncio
 import difflib
 import os
 import threading
@@ -22,6 +21,7 @@ import attrs
 import pluggy
 
 from wasm_plugins import hookspecs
+from wasm_plugins._async_calls import AsyncCalls
 from wasm_plugins._escape import escape
 from wasm_plugins._log import logger
 from wasm_plugins._suggest import did_you_mean
@@ -58,7 +58,7 @@ from wasm_plugins.policy import (
     SystemClock,
     system_random,
 )
-from wasm_plugins.provider import Cancellation, Sandboxes, make_module_cache
+from wasm_plugins.provider import Sandboxes, make_module_cache
 from wasm_plugins.sandbox import HostFunction, Limits, ModuleCache, PluginSandbox
 from wasm_plugins.services import HostServices
 from wasm_plugins.trust import Grant, Review, TrustPolicy, module_digest
@@ -418,6 +418,8 @@ class PluginHost:
         self._offered: set[str] = set()
         """Every WASM plugin name offered to the host, blocked ones included."""
         self._fallbacks = cast(BuiltinFallbacks, builtins["builtin-fallbacks"])
+        self._async_calls = AsyncCalls(f"host-{id(self):x}")
+        """The threads that run :meth:`acall` and :meth:`ainvoke` off the event loop."""
 
     def _send_alert(self, alert: Alert) -> None:
         self.hooks.alert(
@@ -993,7 +995,7 @@ class PluginHost:
         """
         if self._runs_inline(plugin):
             return self.call(plugin, function, input)
-        return await self._cancellable(lambda: self.call(plugin, function, input))
+        return await self._async_calls.run(lambda: self.call(plugin, function, input))
 
     async def ainvoke(self, plugin: str, function: str, input: Any = None) -> Outcome:
         """:meth:`invoke` for asyncio: the :class:`Outcome`, the call running in a worker thread
@@ -1007,7 +1009,7 @@ class PluginHost:
         """
         if self._runs_inline(plugin):
             return self.invoke(plugin, function, input)
-        outcome: Outcome = await self._cancellable(lambda: self.invoke(plugin, function, input))
+        outcome: Outcome = await self._async_calls.run(lambda: self.invoke(plugin, function, input))
         return outcome
 
     def _runs_inline(self, plugin: str) -> bool:
@@ -1033,15 +1035,6 @@ class PluginHost:
         self._versions.inline[plugin] = (manifest, inline)
         return inline
 
-    async def _cancellable(self, thunk: Callable[[], Any]) -> Any:
-        cancellation = Cancellation()
-        running = asyncio.ensure_future(asyncio.to_thread(cancellation.run, thunk))
-        try:
-            return await asyncio.shield(running)
-        except asyncio.CancelledError:
-            cancellation.cancel()
-            raise
-
     # -- closing --------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -1058,6 +1051,7 @@ class PluginHost:
             lambda source, exc: logger.bind(source=source).error("closing hook failed: {}", exc),
         )
         self._sandboxes.close()
+        self._async_calls.close()
 
     def __enter__(self) -> PluginHost:
         return self

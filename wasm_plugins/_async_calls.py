@@ -1,0 +1,301 @@
+"""Awaited calls: a host's calls from asyncio, run on threads of the host's own and answered to
+each event loop in batches.
+
+``asyncio.to_thread`` pays, per call, a ``concurrent.futures`` future chained to an asyncio one,
+a lock and condition to hand the call over, and a wake-up of the event loop: several tiny guest
+calls' worth. Here a call goes into one queue and its answer into one outbox per event loop; the
+loop is woken once for everything that finished since it last looked, and the thread takes every
+call waiting before it sleeps again. A ``gather`` of many calls then costs little more than the
+calls; a loop awaiting one call at a time still pays two thread wake-ups per call, and nothing
+else.
+
+One thread serves the calls while they are short. A call that holds its thread while others wait
+(no call finished for :data:`STALL` seconds) makes another thread start, up to
+:data:`MAX_THREADS`: long calls still run side by side, as they did on the default executor.
+Threads keep their instances between calls (each thread has its own, see ``Sandbox``), and end
+after :data:`IDLE` seconds without a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextvars
+import os
+import queue
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any, final
+
+from wasm_plugins.provider import Cancellation
+
+__all__ = ["IDLE", "MAX_THREADS", "STALL", "AsyncCalls"]
+
+STALL = 0.02
+"""Seconds calls may wait while no thread finishes one, before another thread starts: several
+switch intervals (5 ms), so that a thread that only waits for the GIL, or for a core on a busy
+machine, is not taken for one held by a long call."""
+IDLE = 10.0
+"""Seconds a thread waits for a call before it ends."""
+MAX_THREADS = min(32, (os.cpu_count() or 1) + 4)
+"""The most threads one host's awaited calls run on (the default executor's number)."""
+JOIN_AT_EXIT = 1.0
+"""Seconds the interpreter's exit waits for each thread (a guest call may never end)."""
+
+_STOP = None
+"""What a thread finds in the queue when it is asked to end."""
+
+
+@final
+class _Outbox:
+    """The answers waiting for one event loop, delivered by one callback per batch."""
+
+    __slots__ = ("answers", "loop", "scheduled", "watching")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.answers: deque[tuple[asyncio.Future[Any], bool, Any]] = deque()
+        self.scheduled = False
+        self.watching = False
+        """Whether this loop looks for stalled calls soon (a loop that ends forgets it)."""
+
+    def post(self, future: asyncio.Future[Any], succeeded: bool, value: Any) -> None:
+        """Called on a worker thread: queue an answer, and wake the loop unless a delivery is
+        already on its way (it takes this answer too: the flag is cleared before it drains)."""
+        self.answers.append((future, succeeded, value))
+        if not self.scheduled:
+            self.scheduled = True
+            try:
+                self.loop.call_soon_threadsafe(self.deliver)
+            except RuntimeError:
+                # The loop is closed: nobody awaits these answers any more.
+                self.answers.clear()
+
+    def deliver(self) -> None:
+        """On the loop: resolve every future answered so far."""
+        self.scheduled = False
+        answers = self.answers
+        while answers:
+            future, succeeded, value = answers.popleft()
+            if future.done():  # the awaiting task was cancelled
+                continue
+            if succeeded:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+
+@final
+class _Job:
+    __slots__ = ("cancellation", "context", "future", "outbox", "thunk")
+
+    def __init__(
+        self,
+        thunk: Callable[[], Any],
+        future: asyncio.Future[Any],
+        outbox: _Outbox,
+    ) -> None:
+        self.thunk = thunk
+        self.future = future
+        self.outbox = outbox
+        self.context = contextvars.copy_context()
+        self.cancellation = Cancellation()
+
+    def run(self) -> None:
+        try:
+            value = self.context.run(self.cancellation.run, self.thunk)
+        except StopIteration as stop:
+            # A future cannot hold StopIteration (it would end the awaiting coroutine).
+            error = RuntimeError("the call raised StopIteration")
+            error.__cause__ = stop
+            self.outbox.post(self.future, False, error)
+        except BaseException as error:  # every failure belongs to the awaiting task
+            self.outbox.post(self.future, False, error)
+        else:
+            self.outbox.post(self.future, True, value)
+
+
+@final
+class _Worker:
+    __slots__ = ("finished",)
+
+    def __init__(self) -> None:
+        self.finished = 0
+        """Calls this thread finished: a number that stops moving means a long call."""
+
+
+@final
+class AsyncCalls:
+    """The threads that run one host's awaited calls.
+
+    :param name: names the threads.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._reset()
+        _LIVE.add(self)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._workers: list[_Worker] = []
+        self._threads: list[threading.Thread] = []
+        """Every thread started and not yet seen ended (one that counted itself out may still
+        be ending)."""
+        self._alive = 0
+        """Threads started and not ended (a thread counts itself out before it ends)."""
+        self._idle = 0
+        """Threads waiting for a call."""
+        self._outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Outbox] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._last: tuple[asyncio.AbstractEventLoop | None, _Outbox | None] = (None, None)
+
+    async def run(self, thunk: Callable[[], Any]) -> Any:
+        """``thunk()`` on one of the threads, in the caller's context; cancellable (see
+        :class:`~wasm_plugins.provider.Cancellation`): cancelling the awaiting task stops it."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        outbox = self._outbox(loop)
+        job = _Job(thunk, future, outbox)
+        self._inbox.put(job)
+        # Counted out before a thread ends, and a thread looks at the queue after that: a call
+        # queued while the last thread ends is either seen by it or seen here.
+        if self._alive == 0:
+            self._start()
+        elif self._idle == 0 and not outbox.watching:
+            self._watch(outbox, None)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            job.cancellation.cancel()
+            raise
+
+    def _outbox(self, loop: asyncio.AbstractEventLoop) -> _Outbox:
+        last_loop, last_outbox = self._last
+        if last_loop is loop and last_outbox is not None:
+            return last_outbox
+        with self._lock:
+            outbox = self._outboxes.get(loop)
+            if outbox is None:
+                outbox = self._outboxes[loop] = _Outbox(loop)
+            self._last = (loop, outbox)
+        return outbox
+
+    def _watch(self, outbox: _Outbox, seen: list[int] | None) -> None:
+        """On the loop, every :data:`STALL` seconds while calls wait: start another thread when
+        no thread finished a call since the last look."""
+        if (
+            seen is not None
+            and self._idle == 0
+            and not self._inbox.empty()
+            and [worker.finished for worker in list(self._workers)] == seen
+        ):
+            self._start()
+        if self._inbox.empty() or self._alive == 0:
+            outbox.watching = False
+            return
+        outbox.watching = True
+        now = [worker.finished for worker in list(self._workers)]
+        outbox.loop.call_later(STALL, self._watch, outbox, now)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._alive >= MAX_THREADS:
+                return
+            self._alive += 1
+            worker = _Worker()
+            self._workers.append(worker)
+        thread = threading.Thread(
+            target=self._serve,
+            args=(worker,),
+            name=f"{self._name}-async-{len(self._workers)}",
+            daemon=True,
+        )
+        with self._lock:
+            self._threads = [known for known in self._threads if known.is_alive()]
+            self._threads.append(thread)
+        thread.start()
+
+    def _serve(self, worker: _Worker) -> None:
+        inbox = self._inbox
+        while True:
+            try:
+                job = inbox.get_nowait()
+            except queue.Empty:
+                job = self._wait(inbox)
+            if job is _STOP:
+                if self._leave(worker):
+                    return
+                continue
+            job.run()
+            worker.finished += 1
+
+    def _wait(self, inbox: queue.SimpleQueue[_Job | None]) -> _Job | None:
+        with self._lock:
+            self._idle += 1
+        try:
+            return inbox.get(timeout=IDLE)
+        except queue.Empty:
+            return _STOP
+        finally:
+            with self._lock:
+                self._idle -= 1
+
+    def _leave(self, worker: _Worker) -> bool:
+        """Count this thread out; False (and counted in again) when a call came meanwhile."""
+        with self._lock:
+            self._alive -= 1
+        if not self._inbox.empty():
+            with self._lock:
+                self._alive += 1
+            return False
+        with self._lock:
+            if worker in self._workers:
+                self._workers.remove(worker)
+        return True
+
+    def close(self, wait: float = 0.0) -> None:
+        """End every thread once the calls queued before have run (a call queued later starts
+        a thread again); with ``wait``, wait up to that long for each."""
+        with self._lock:
+            workers = len(self._workers)
+            threads = list(self._threads)
+        for _ in range(workers):
+            self._inbox.put(_STOP)
+        if wait > 0:
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join(wait)
+
+    def threads(self) -> int:
+        """The threads running now."""
+        return self._alive
+
+    def after_fork_in_child(self) -> None:
+        """The threads stayed in the parent; the calls they ran are the parent's."""
+        self._reset()
+
+
+_LIVE: weakref.WeakSet[AsyncCalls] = weakref.WeakSet()
+
+
+@atexit.register
+def _end_threads() -> None:
+    # Daemon threads, so that the interpreter's exit never waits on a guest that does not end;
+    # ended here before the interpreter finalizes, so that engine objects bound to a thread
+    # are released in it.
+    for calls in list(_LIVE):
+        calls.close(JOIN_AT_EXIT)
+
+
+def _after_fork_in_child() -> None:
+    for calls in list(_LIVE):
+        calls.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
