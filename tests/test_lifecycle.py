@@ -459,6 +459,37 @@ class TestAsync:
             # A loop blocked for the whole call would have ticked once or twice.
             assert ticks_during_call > 10
 
+    def test_a_long_call_does_not_hold_up_short_ones(self) -> None:
+        """Short calls awaited after a long one are answered while it runs (on another of the
+        host's threads), and the long one is still cancelled when its task is."""
+        finished = Finished()
+        with PluginHost(engine="wasmtime", module_cache=False) as host:
+            host.register_policy(finished, name="finished")
+            host.load(
+                {
+                    "name": "spinner",
+                    "module": {"wat": SPIN_WAT},
+                    "limits": {"timeout": "10 min"},
+                    "policy": {"max_attempts": 1, "fallbacks": []},
+                }
+            )
+
+            async def run() -> list[Any]:
+                long = asyncio.ensure_future(host.acall("spinner", "spin"))
+                await asyncio.sleep(0)  # queued first
+                answers = await asyncio.gather(
+                    *(host.acall("spinner", "answer") for _ in range(20))
+                )
+                assert not long.done()
+                long.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await long
+                return list(answers)
+
+            assert asyncio.run(run()) == ["ok"] * 20
+            assert finished.cancelled.wait(60)
+            assert host.call("spinner", "answer") == "ok"
+
     def test_a_watched_store_keeps_its_timeout(self) -> None:
         sandbox = Sandbox(SPIN_WAT, engine="wasmtime", limits=Limits(timeout=0.05))
         cancelled = threading.Event()

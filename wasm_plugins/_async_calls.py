@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextvars
+import enum
 import os
 import queue
 import threading
@@ -44,8 +45,14 @@ MAX_THREADS = min(32, (os.cpu_count() or 1) + 4)
 JOIN_AT_EXIT = 1.0
 """Seconds the interpreter's exit waits for each thread (a guest call may never end)."""
 
-_STOP = None
-"""What a thread finds in the queue when it is asked to end."""
+
+class _End(enum.Enum):
+    """Why a thread is asked to end."""
+
+    STOP = "stop"
+    """Queued by :meth:`AsyncCalls.close`."""
+    IDLE = "idle"
+    """No call came for :data:`IDLE` seconds."""
 
 
 @final
@@ -140,7 +147,7 @@ class AsyncCalls:
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
-        self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[_Job | _End] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
         self._threads: list[threading.Thread] = []
         """Every thread started and not yet seen ended (one that counted itself out may still
@@ -149,6 +156,8 @@ class AsyncCalls:
         """Threads started and not ended (a thread counts itself out before it ends)."""
         self._idle = 0
         """Threads waiting for a call."""
+        self._stops = 0
+        """Requests to end queued and not yet taken."""
         self._outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Outbox] = (
             weakref.WeakKeyDictionary()
         )
@@ -227,36 +236,36 @@ class AsyncCalls:
                 job = inbox.get_nowait()
             except queue.Empty:
                 job = self._wait(inbox)
-            if job is _STOP:
-                if self._leave(worker):
+            if isinstance(job, _End):
+                if self._leave(worker, queued=job is _End.STOP):
                     return
                 continue
             job.run()
             worker.finished += 1
 
-    def _wait(self, inbox: queue.SimpleQueue[_Job | None]) -> _Job | None:
+    def _wait(self, inbox: queue.SimpleQueue[_Job | _End]) -> _Job | _End:
         with self._lock:
             self._idle += 1
         try:
             return inbox.get(timeout=IDLE)
         except queue.Empty:
-            return _STOP
+            return _End.IDLE
         finally:
             with self._lock:
                 self._idle -= 1
 
-    def _leave(self, worker: _Worker) -> bool:
+    def _leave(self, worker: _Worker, queued: bool) -> bool:
         """Count this thread out; False (and counted in again) when a call came meanwhile."""
         with self._lock:
+            if queued:
+                self._stops -= 1
             self._alive -= 1
-        if not self._inbox.empty():
-            with self._lock:
+            calls_waiting = self._inbox.qsize() > self._stops
+            if calls_waiting:
                 self._alive += 1
-            return False
-        with self._lock:
-            if worker in self._workers:
+            elif worker in self._workers:
                 self._workers.remove(worker)
-        return True
+        return not calls_waiting
 
     def close(self, wait: float = 0.0) -> None:
         """End every thread once the calls queued before have run (a call queued later starts
@@ -264,8 +273,9 @@ class AsyncCalls:
         with self._lock:
             workers = len(self._workers)
             threads = list(self._threads)
-        for _ in range(workers):
-            self._inbox.put(_STOP)
+            self._stops += workers
+            for _ in range(workers):
+                self._inbox.put(_End.STOP)
         if wait > 0:
             for thread in threads:
                 if thread is not threading.current_thread():

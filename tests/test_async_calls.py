@@ -1,0 +1,176 @@
+"""Tests of the threads that run a host's awaited calls (``wasm_plugins._async_calls``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from wasm_plugins._async_calls import AsyncCalls
+from wasm_plugins.provider import Cancellation, _calling
+
+WAIT = 60.0
+"""Seconds a test waits for what must happen (only a broken implementation waits that long)."""
+
+_request: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")
+
+
+@pytest.fixture
+def calls() -> Iterator[AsyncCalls]:
+    made = AsyncCalls("test")
+    yield made
+    made.close(WAIT)
+
+
+def _counting_wake_ups(loop: asyncio.AbstractEventLoop) -> list[int]:
+    """Count the loop's wake-ups from other threads (``call_soon_threadsafe``)."""
+    count = [0]
+    original = loop.call_soon_threadsafe
+
+    def counted(callback: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        count[0] += 1
+        return original(callback, *args, **kwargs)
+
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+    return count
+
+
+class TestAsyncCalls:
+    def test_a_batch_of_answers_wakes_the_loop_once(self, calls: AsyncCalls) -> None:
+        """Calls that finish while the loop is busy are answered by one wake-up, not one each."""
+        queued = threading.Event()
+        finished = threading.Event()
+
+        def first() -> int:
+            queued.wait(WAIT)
+            return 0
+
+        def last() -> int:
+            finished.set()
+            return 49
+
+        async def main() -> tuple[list[int], int]:
+            wake_ups = _counting_wake_ups(asyncio.get_running_loop())
+            thunks = [first] + [lambda i=i: i for i in range(1, 49)] + [last]
+            gathered = asyncio.gather(*(calls.run(thunk) for thunk in thunks))
+            await asyncio.sleep(0)  # every call is queued once each task has taken a step
+            queued.set()
+            # The loop stays busy (blocked here) until the last call has finished.
+            assert finished.wait(WAIT)
+            return await gathered, wake_ups[0]
+
+        answers, wake_ups = asyncio.run(main())
+        assert answers == list(range(50))
+        assert wake_ups == 1
+
+    def test_short_calls_share_one_thread(self, calls: AsyncCalls) -> None:
+        """Many short calls at once run on one thread: more threads would only contend for
+        the GIL."""
+        seen: set[int] = set()
+
+        def note() -> None:
+            seen.add(threading.get_ident())
+
+        async def main() -> None:
+            await asyncio.gather(*(calls.run(note) for _ in range(500)))
+
+        asyncio.run(main())
+        assert len(seen) == 1
+        assert calls.threads() == 1
+
+    def test_a_long_call_does_not_hold_up_the_others(self, calls: AsyncCalls) -> None:
+        """A call that holds its thread while others wait makes another thread start: the
+        first call here only ends once a later one has run."""
+        later_ran = threading.Event()
+
+        async def main() -> list[bool]:
+            first = asyncio.ensure_future(calls.run(lambda: later_ran.wait(WAIT)))
+            await asyncio.sleep(0)
+            second = calls.run(later_ran.set)
+            return list(await asyncio.gather(first, second))
+
+        assert asyncio.run(main()) == [True, None]
+        assert calls.threads() == 2
+
+    def test_the_callers_context_goes_with_the_call(self, calls: AsyncCalls) -> None:
+        async def main() -> list[str]:
+            async def one(name: str) -> str:
+                _request.set(name)
+                return await calls.run(_request.get)
+
+            return list(await asyncio.gather(one("a"), one("b")))
+
+        assert asyncio.run(main()) == ["a", "b"]
+
+    def test_errors_arrive_as_raised(self, calls: AsyncCalls) -> None:
+        error = KeyError("missing")
+
+        def fail() -> None:
+            raise error
+
+        async def main() -> None:
+            with pytest.raises(KeyError) as raised:
+                await calls.run(fail)
+            assert raised.value is error
+            with pytest.raises(RuntimeError, match="StopIteration"):
+                await calls.run(lambda: next(iter(())))
+
+        asyncio.run(main())
+
+    def test_cancelling_the_task_cancels_the_running_call(self, calls: AsyncCalls) -> None:
+        """The call runs under a Cancellation that the awaiting task's cancellation sets."""
+        running = threading.Event()
+        tokens: list[Cancellation] = []
+
+        def wait_for_cancel() -> bool:
+            tokens.append(_calling.token)
+            running.set()
+            return bool(_calling.token.cancelled.wait(WAIT))
+
+        async def main() -> None:
+            task = asyncio.ensure_future(calls.run(wait_for_cancel))
+            while not running.is_set():
+                await asyncio.sleep(0.001)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(main())
+        assert tokens[0].cancelled.wait(WAIT)
+        # The thread is free again: the next call runs.
+        assert asyncio.run(calls.run(lambda: "next")) == "next"
+
+    def test_an_answer_for_a_closed_loop_is_dropped(self, calls: AsyncCalls) -> None:
+        release = threading.Event()
+        answered = threading.Event()
+
+        def slow() -> str:
+            release.wait(WAIT)
+            return "late"
+
+        pending: list[asyncio.Future[Any]] = []
+
+        async def start() -> None:
+            pending.append(asyncio.ensure_future(calls.run(slow)))
+            await asyncio.sleep(0)
+
+        loop = asyncio.new_event_loop()
+        # The task is left pending with its loop: the loop says so when it is collected.
+        loop.set_exception_handler(lambda loop, context: None)
+        loop.run_until_complete(start())
+        loop.close()
+        release.set()
+        # The thread survives the closed loop and serves the next call.
+        assert asyncio.run(calls.run(lambda: answered.set() or "next")) == "next"
+        assert answered.is_set()
+
+    def test_closing_ends_the_threads_and_a_later_call_starts_one(self, calls: AsyncCalls) -> None:
+        asyncio.run(calls.run(lambda: None))
+        assert calls.threads() == 1
+        calls.close(WAIT)
+        assert calls.threads() == 0
+        assert asyncio.run(calls.run(lambda: "again")) == "again"
