@@ -33,6 +33,7 @@ comparable. Ratios are computed from figures of this same run.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import ctypes
 import json
@@ -44,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -357,6 +358,23 @@ def in_threads(gang: ThreadGang) -> Action:
     return step
 
 
+BATCH = 100
+"""Calls per batch of the awaited-call benchmarks."""
+
+
+def in_batches(batch: Action) -> Action:
+    """An action that runs ``batch`` (:data:`BATCH` calls) once every :data:`BATCH` calls."""
+    state = {"left": 0}
+
+    def step() -> None:
+        if state["left"] == 0:
+            batch()
+            state["left"] = BATCH
+        state["left"] -= 1
+
+    return step
+
+
 # -- the benchmarks -------------------------------------------------------------------------------
 
 
@@ -492,6 +510,57 @@ class Suite:
                 ),
                 5,
             )
+
+    def awaited(self, engine: Engine) -> None:
+        """Awaited calls of the echo against a loop of ``PluginHost.call``: ``await
+        host.acall`` one at a time and ``asyncio.gather`` of 100 (a plugin whose limits do not
+        bound its calls: they run on the host's threads), the same two forms through
+        ``asyncio.to_thread(host.call, ...)`` (what ``acall`` did before), and a plugin whose
+        limits bound its calls (run on the loop). Batches of 100 calls on one event loop."""
+        name = engine.name
+        host = PluginHost(engine=name, blocked=(), module_cache=False, inline_async_calls=0.1)
+        host.load({"name": "echo", "module": {"path": str(ECHO)}, "policy": {"fallbacks": []}})
+        # Bounds loose enough that a busy machine does not time the echo out.
+        host.load(
+            {
+                "name": "bounded",
+                "module": {"path": str(ECHO)},
+                "limits": {"timeout": "50 ms"},
+                "policy": {"fallbacks": [], "deadline": "50 ms"},
+            }
+        )
+        loop = asyncio.new_event_loop()
+        self._closers += [host.close, loop.close]
+
+        def call() -> Any:
+            return host.call("echo", "echo", PAYLOAD)
+
+        async def one_at_a_time(plugin: str) -> None:
+            for _ in range(BATCH):
+                await host.acall(plugin, "echo", PAYLOAD)
+
+        async def gathered() -> None:
+            await asyncio.gather(*(host.acall("echo", "echo", PAYLOAD) for _ in range(BATCH)))
+
+        async def to_thread_one_at_a_time() -> None:
+            for _ in range(BATCH):
+                await asyncio.to_thread(call)
+
+        async def to_thread_gathered() -> None:
+            await asyncio.gather(*(asyncio.to_thread(call) for _ in range(BATCH)))
+
+        forms: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+            "acall, awaited one at a time": lambda: one_at_a_time("echo"),
+            "acall, asyncio.gather of 100": gathered,
+            "acall of a bounded plugin (on the loop), one at a time": lambda: one_at_a_time(
+                "bounded"
+            ),
+            "asyncio.to_thread(host.call), one at a time": to_thread_one_at_a_time,
+            "asyncio.to_thread(host.call), asyncio.gather of 100": to_thread_gathered,
+        }
+        self.add("PluginHost.call in a loop", name, call)
+        for row, form in forms.items():
+            self.add(row, name, in_batches(lambda form=form: loop.run_until_complete(form())))
 
     def timeouts(self, engine: Engine) -> None:
         """A successful call with a timeout against one without, and how late a timeout ends an
@@ -742,6 +811,12 @@ ROWS = (
     "foreign call, GIL kept, 2 thread(s)",
     "foreign call, GIL kept, 8 thread(s)",
     "PluginHost.call (full policy)",
+    "PluginHost.call in a loop",
+    "acall, awaited one at a time",
+    "acall, asyncio.gather of 100",
+    "acall of a bounded plugin (on the loop), one at a time",
+    "asyncio.to_thread(host.call), one at a time",
+    "asyncio.to_thread(host.call), asyncio.gather of 100",
     "circuit-open fast fail",
     "PluginHost.call, 1 ms of work",
     "worker-process call, ProcessSandbox.call",
@@ -974,6 +1049,27 @@ def targets(suite: Suite, engines: list[str]) -> tuple[list[str], bool]:
     return lines, everything
 
 
+def awaited_calls(suite: Suite, engines: list[str]) -> list[str]:
+    """Calls per second of each awaited form over a loop of ``PluginHost.call`` (target: the
+    gather of unbounded calls at least 0.5x)."""
+    lines = []
+    for engine in engines:
+        loop = suite.figure("PluginHost.call in a loop", engine)
+        if loop is None:
+            continue
+        for row in ROWS:
+            if row.startswith(("acall", "asyncio.to_thread")):
+                figure = suite.figure(row, engine)
+                if figure is None:
+                    continue
+                line = f"{engine}: {row}: {loop / figure:.2f}x the calls/s of a loop of call"
+                if row == "acall, asyncio.gather of 100":
+                    passed = loop / figure >= 0.5
+                    line += f" (target ≥ 0.5) {'pass' if passed else 'FAIL'}"
+                lines.append(line)
+    return lines
+
+
 def thread_scaling(suite: Suite, engines: list[str]) -> list[str]:
     """Throughput with N threads over one thread's, and PluginHost.call's scaling over the bare
     Sandbox.call's (target: at least 0.9 at 2 threads; 8 threads no worse than 2)."""
@@ -1037,8 +1133,8 @@ def main() -> int:
     parser.add_argument("--engines", default=",".join(ENGINES), help="engines to measure")
     parser.add_argument(
         "--parts",
-        default="calls,loads,timeouts,threads,failures,startup",
-        help="what to measure: calls, loads, timeouts, threads, failures, startup "
+        default="calls,loads,timeouts,threads,async,failures,startup",
+        help="what to measure: calls, loads, timeouts, threads, async, failures, startup "
         "(comma-separated)",
     )
     parser.add_argument("--sizes", default=",".join(SIZES), help="module sizes for the loads")
@@ -1064,6 +1160,8 @@ def main() -> int:
                 suite.timeouts(engine)
             if "threads" in parts:
                 suite.threads(engine)
+            if "async" in parts:
+                suite.awaited(engine)
             if "failures" in parts:
                 suite.failures(engine)
         if "calls" in parts:
@@ -1088,6 +1186,10 @@ def main() -> int:
     print()
     lines, everything = targets(suite, engines)
     print("\n".join(lines))
+    awaited = awaited_calls(suite, engines)
+    if awaited:
+        print()
+        print("\n".join(awaited))
     scaling = thread_scaling(suite, engines)
     if scaling:
         print()

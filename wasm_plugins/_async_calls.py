@@ -25,6 +25,7 @@ import enum
 import os
 import queue
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -35,13 +36,17 @@ from wasm_plugins.provider import Cancellation
 __all__ = ["IDLE", "MAX_THREADS", "STALL", "AsyncCalls"]
 
 STALL = 0.02
-"""Seconds calls may wait while no thread finishes one, before another thread starts: several
-switch intervals (5 ms), so that a thread that only waits for the GIL, or for a core on a busy
-machine, is not taken for one held by a long call."""
+"""Seconds calls may wait while every thread is held by one call, before another thread starts
+(several switch intervals of 5 ms)."""
+BLOCKED = 0.2
+"""Seconds after which a call that computes nothing (a guest waiting in a host function) holds
+its thread, as one that computes does after :data:`STALL`."""
 IDLE = 10.0
 """Seconds a thread waits for a call before it ends."""
 MAX_THREADS = min(32, (os.cpu_count() or 1) + 4)
 """The most threads one host's awaited calls run on (the default executor's number)."""
+LOOK = 0.001
+"""Seconds between a loop's looks at the answers of its calls while answers come in."""
 JOIN_AT_EXIT = 1.0
 """Seconds the interpreter's exit waits for each thread (a guest call may never end)."""
 
@@ -57,22 +62,29 @@ class _End(enum.Enum):
 
 @final
 class _Outbox:
-    """The answers waiting for one event loop, delivered by one callback per batch."""
+    """The answers waiting for one event loop, and what that loop knows of its calls."""
 
-    __slots__ = ("answers", "loop", "scheduled", "watching")
+    __slots__ = ("answers", "interval", "looked", "loop", "outstanding", "scheduled", "seen")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.answers: deque[tuple[asyncio.Future[Any], bool, Any]] = deque()
         self.scheduled = False
-        self.watching = False
-        """Whether this loop looks for stalled calls soon (a loop that ends forgets it)."""
+        """Whether a wake-up of the loop is on its way."""
+        self.outstanding = 0
+        """Calls of this loop not yet answered to it; the loop looks at the answers every
+        ``interval`` seconds while there are some (0: it does not look)."""
+        self.interval = 0.0
+        self.seen: list[tuple[int, float]] = []
+        """The threads' progress at the last look for stalled calls, made at ``looked``."""
+        self.looked = 0.0
 
-    def post(self, future: asyncio.Future[Any], succeeded: bool, value: Any) -> None:
-        """Called on a worker thread: queue an answer, and wake the loop unless a delivery is
-        already on its way (it takes this answer too: the flag is cleared before it drains)."""
+    def post(self, future: asyncio.Future[Any], succeeded: bool, value: Any, wake: bool) -> None:
+        """Called on a worker thread: queue an answer; with ``wake``, wake the loop unless a
+        wake-up is already on its way (it takes this answer too: the flag is cleared before
+        the answers are drained)."""
         self.answers.append((future, succeeded, value))
-        if not self.scheduled:
+        if wake and not self.scheduled:
             self.scheduled = True
             try:
                 self.loop.call_soon_threadsafe(self.deliver)
@@ -80,18 +92,22 @@ class _Outbox:
                 # The loop is closed: nobody awaits these answers any more.
                 self.answers.clear()
 
-    def deliver(self) -> None:
-        """On the loop: resolve every future answered so far."""
+    def deliver(self) -> int:
+        """On the loop: resolve every future answered so far; how many there were."""
         self.scheduled = False
         answers = self.answers
+        count = 0
         while answers:
             future, succeeded, value = answers.popleft()
+            count += 1
             if future.done():  # the awaiting task was cancelled
                 continue
             if succeeded:
                 future.set_result(value)
             else:
                 future.set_exception(value)
+        self.outstanding -= count
+        return count
 
 
 @final
@@ -110,27 +126,52 @@ class _Job:
         self.context = contextvars.copy_context()
         self.cancellation = Cancellation()
 
-    def run(self) -> None:
+    def run(self, more: Callable[[], bool]) -> None:
+        """Run the call and post its answer; the loop is woken only when ``more()`` says no
+        other call waits (else the answer goes with a later one, or the loop's next look)."""
         try:
             value = self.context.run(self.cancellation.run, self.thunk)
         except StopIteration as stop:
             # A future cannot hold StopIteration (it would end the awaiting coroutine).
             error = RuntimeError("the call raised StopIteration")
             error.__cause__ = stop
-            self.outbox.post(self.future, False, error)
+            self.outbox.post(self.future, False, error, not more())
         except BaseException as error:  # every failure belongs to the awaiting task
-            self.outbox.post(self.future, False, error)
+            self.outbox.post(self.future, False, error, not more())
         else:
-            self.outbox.post(self.future, True, value)
+            self.outbox.post(self.future, True, value, not more())
 
 
 @final
 class _Worker:
-    __slots__ = ("finished",)
+    __slots__ = ("clock", "finished")
 
     def __init__(self) -> None:
         self.finished = 0
-        """Calls this thread finished: a number that stops moving means a long call."""
+        """Calls this thread took: a number that stops moving means a long call."""
+        self.clock: int | None = None
+        """The thread's CPU-time clock, where the system has one."""
+
+    def progress(self) -> tuple[int, float]:
+        """The calls taken, and the CPU seconds the thread used (-1: unknown)."""
+        clock = self.clock
+        if clock is None:
+            return self.finished, -1.0
+        try:
+            return self.finished, time.clock_gettime(clock)
+        except OSError:  # the thread ended
+            return self.finished, -1.0
+
+    def held(self, before: tuple[int, float], now: tuple[int, float], elapsed: float) -> bool:
+        """Whether the thread spent the ``elapsed`` seconds between two looks in one call:
+        it took no other, and either computed for half that time (a thread that waited for
+        the GIL or for a core did not) or the call lasted :data:`BLOCKED` seconds (a guest
+        waiting in a host function computes nothing)."""
+        if now[0] != before[0]:
+            return False
+        if elapsed >= BLOCKED or now[1] < 0 or before[1] < 0:
+            return True
+        return now[1] - before[1] >= elapsed / 2
 
 
 @final
@@ -171,12 +212,16 @@ class AsyncCalls:
         outbox = self._outbox(loop)
         job = _Job(thunk, future, outbox)
         self._inbox.put(job)
+        outbox.outstanding += 1
         # Counted out before a thread ends, and a thread looks at the queue after that: a call
         # queued while the last thread ends is either seen by it or seen here.
         if self._alive == 0:
             self._start()
-        elif self._idle == 0 and not outbox.watching:
-            self._watch(outbox, None)
+        if not outbox.interval:
+            outbox.interval = LOOK
+            outbox.seen = self._progress()
+            outbox.looked = loop.time()
+            loop.call_later(LOOK, self._look, outbox)
         try:
             return await future
         except asyncio.CancelledError:
@@ -194,22 +239,38 @@ class AsyncCalls:
             self._last = (loop, outbox)
         return outbox
 
-    def _watch(self, outbox: _Outbox, seen: list[int] | None) -> None:
-        """On the loop, every :data:`STALL` seconds while calls wait: start another thread when
-        no thread finished a call since the last look."""
-        if (
-            seen is not None
-            and self._idle == 0
-            and not self._inbox.empty()
-            and [worker.finished for worker in list(self._workers)] == seen
-        ):
-            self._start()
-        if self._inbox.empty() or self._alive == 0:
-            outbox.watching = False
+    def _look(self, outbox: _Outbox) -> None:
+        """On the loop, while it has calls not yet answered: take the answers that no wake-up
+        brought (a thread wakes the loop only when no call waits), and start another thread
+        when calls wait while no thread finished one for :data:`STALL` seconds. Looks come
+        every :data:`LOOK` seconds while they find answers, less often while they do not."""
+        found = outbox.deliver()
+        now = outbox.loop.time()
+        elapsed = now - outbox.looked
+        if elapsed >= STALL:
+            workers = list(self._workers)
+            progress = [worker.progress() for worker in workers]
+            same = len(progress) == len(outbox.seen) and all(
+                before[0] == after[0] for before, after in zip(outbox.seen, progress, strict=False)
+            )
+            held = same and all(
+                worker.held(before, after, elapsed)
+                for worker, before, after in zip(workers, outbox.seen, progress, strict=False)
+            )
+            if held and self._idle == 0 and not self._inbox.empty():
+                self._start()
+            # Measured from the last call taken: a call that computes nothing is seen held
+            # once it has lasted BLOCKED seconds.
+            if held or not same:
+                outbox.seen, outbox.looked = progress, now
+        if outbox.outstanding <= 0:
+            outbox.interval = 0.0
             return
-        outbox.watching = True
-        now = [worker.finished for worker in list(self._workers)]
-        outbox.loop.call_later(STALL, self._watch, outbox, now)
+        outbox.interval = LOOK if found else min(outbox.interval * 2, STALL)
+        outbox.loop.call_later(outbox.interval, self._look, outbox)
+
+    def _progress(self) -> list[tuple[int, float]]:
+        return [worker.progress() for worker in list(self._workers)]
 
     def _start(self) -> None:
         with self._lock:
@@ -231,6 +292,12 @@ class AsyncCalls:
 
     def _serve(self, worker: _Worker) -> None:
         inbox = self._inbox
+        if hasattr(time, "pthread_getcpuclockid"):
+            worker.clock = time.pthread_getcpuclockid(threading.get_ident())
+
+        def more() -> bool:
+            return not inbox.empty()
+
         while True:
             try:
                 job = inbox.get_nowait()
@@ -240,8 +307,8 @@ class AsyncCalls:
                 if self._leave(worker, queued=job is _End.STOP):
                     return
                 continue
-            job.run()
             worker.finished += 1
+            job.run(more)
 
     def _wait(self, inbox: queue.SimpleQueue[_Job | _End]) -> _Job | _End:
         with self._lock:

@@ -78,12 +78,21 @@ try:
     # which halves the cost of a call. wasmtime-py's own prototypes are left untouched.
     _call_unchecked: Any = _library.dll["wasmtime_func_call_unchecked"]
     _call_unchecked.restype = ctypes.c_void_p
-    _memory_data: Any = _library.dll["wasmtime_memory_data"]
+    # The functions that only read or set a field keep the GIL (a PyDLL handle to the same
+    # library): releasing it hands it to any thread waiting for it, such as an event loop
+    # awaiting the call, and the call then waits for the GIL to come back. Only the guest
+    # call releases it, so that guests run in parallel with other Python threads.
+    _keeping_gil = ctypes.PyDLL(_library.dll._name, handle=_library.dll._handle)
+    _memory_data: Any = _keeping_gil["wasmtime_memory_data"]
     _memory_data.restype = ctypes.c_void_p
-    _memory_data_size: Any = _library.dll["wasmtime_memory_data_size"]
+    _memory_data_size: Any = _keeping_gil["wasmtime_memory_data_size"]
     _memory_data_size.restype = ctypes.c_size_t
-    _set_epoch_deadline: Any = _library.dll["wasmtime_context_set_epoch_deadline"]
+    _set_epoch_deadline: Any = _keeping_gil["wasmtime_context_set_epoch_deadline"]
     _set_epoch_deadline.restype = None
+    _memmove: Any = ctypes.PYFUNCTYPE(
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t
+    )(cast(int, ctypes.cast(ctypes.memmove, ctypes.c_void_p).value))
+    """``ctypes.memmove`` (the C library's), keeping the GIL."""
     _TWO = ctypes.c_size_t(2)
     _INCREMENT_EPOCH: int | None = ctypes.cast(
         _library.dll["wasmtime_engine_increment_epoch"], ctypes.c_void_p
@@ -193,7 +202,7 @@ class _Memory:
             assert self._memory is not None and self._store is not None
             self._memory.write(self._store, data, ptr)
             return
-        ctypes.memmove(self._base + ptr, data, len(data))
+        _memmove(self._base + ptr, data, len(data))
 
     def read_unchecked(self, ptr: int, length: int) -> bytes:
         """Copy a range already checked against :meth:`size` since the guest last ran."""
@@ -206,7 +215,7 @@ class _Memory:
         if not FAST_PATH:
             self.write(ptr, data)
             return
-        ctypes.memmove(self._base + ptr, data, len(data))
+        _memmove(self._base + ptr, data, len(data))
 
 
 @attrs.define
@@ -383,15 +392,17 @@ class WasmtimeInstance:
             # timeout itself (ticks are counted late when the callback waits for the GIL).
             if self._timeout is not None:
                 self._stop_at = self._armed_at + self._timeout
-            self._store.set_epoch_deadline(1)
+            self._set_deadline(1)
         elif self._timeout is not None:
-            ticks = self._ticker.ticks_for(self._timeout)
-            if self._context is not None:
-                _set_epoch_deadline(self._context, ctypes.c_uint64(ticks))
-            else:
-                self._store.set_epoch_deadline(ticks)
+            self._set_deadline(self._ticker.ticks_for(self._timeout))
         elif self._on_deadline is not None:
-            self._store.set_epoch_deadline(_NO_DEADLINE)
+            self._set_deadline(_NO_DEADLINE)
+
+    def _set_deadline(self, ticks: int) -> None:
+        if self._context is not None:
+            _set_epoch_deadline(self._context, ctypes.c_uint64(ticks))
+        else:
+            self._store.set_epoch_deadline(ticks)
 
     def watch(self, cancelled: threading.Event | None) -> bool:
         """Stop this instance's calls when ``cancelled`` is set, from any thread (None: stop
@@ -408,7 +419,7 @@ class WasmtimeInstance:
             # The budget may be armed already (at instantiation, for the first call).
             if self._timeout is not None:
                 self._stop_at = time.monotonic() + self._timeout
-            self._store.set_epoch_deadline(1)
+            self._set_deadline(1)
         self._choose_path()
         return True
 
