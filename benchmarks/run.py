@@ -518,17 +518,20 @@ class Suite:
         ``asyncio.to_thread(host.call, ...)`` (what ``acall`` did before), and a plugin whose
         limits bound its calls (run on the loop). Batches of 100 calls on one event loop."""
         name = engine.name
-        host = PluginHost(engine=name, blocked=(), module_cache=False, inline_async_calls=0.1)
+        # The bound raised so that a busy machine never times the echo out (on wasmer, whose
+        # calls cannot be stopped in-process, a timeout sends the plugin to a worker process:
+        # that row is measured on wasmtime only).
+        host = PluginHost(engine=name, blocked=(), module_cache=False, inline_async_calls=1.0)
         host.load({"name": "echo", "module": {"path": str(ECHO)}, "policy": {"fallbacks": []}})
-        # Bounds loose enough that a busy machine does not time the echo out.
-        host.load(
-            {
-                "name": "bounded",
-                "module": {"path": str(ECHO)},
-                "limits": {"timeout": "50 ms"},
-                "policy": {"fallbacks": [], "deadline": "50 ms"},
-            }
-        )
+        if name == "wasmtime":
+            host.load(
+                {
+                    "name": "bounded",
+                    "module": {"path": str(ECHO)},
+                    "limits": {"timeout": "500 ms"},
+                    "policy": {"fallbacks": [], "deadline": "500 ms"},
+                }
+            )
         loop = asyncio.new_event_loop()
         self._closers += [host.close, loop.close]
 
@@ -552,12 +555,13 @@ class Suite:
         forms: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
             "acall, awaited one at a time": lambda: one_at_a_time("echo"),
             "acall, asyncio.gather of 100": gathered,
-            "acall of a bounded plugin (on the loop), one at a time": lambda: one_at_a_time(
-                "bounded"
-            ),
             "asyncio.to_thread(host.call), one at a time": to_thread_one_at_a_time,
             "asyncio.to_thread(host.call), asyncio.gather of 100": to_thread_gathered,
         }
+        if name == "wasmtime":
+            forms["acall of a bounded plugin (on the loop), one at a time"] = lambda: one_at_a_time(
+                "bounded"
+            )
         self.add("PluginHost.call in a loop", name, call)
         for row, form in forms.items():
             self.add(row, name, in_batches(lambda form=form: loop.run_until_complete(form())))

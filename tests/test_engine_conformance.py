@@ -7,6 +7,7 @@ answer a good call correctly.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -459,3 +460,27 @@ class TestEngineFastPath:
         assert instance._unguarded
         assert sandbox.call("upper", "abc" * 50_000) == "ABC" * 50_000  # memory grows
         assert sandbox.call("echo", {"after": "growth"}) == {"after": "growth"}
+
+    def test_only_the_guest_call_releases_the_gil(self, wasmtime_engine: Engine) -> None:
+        """The C functions that read or set a field, and the copy of the input, keep the GIL
+        (releasing it hands it to a thread waiting with Python work, and the call then waits
+        for that thread's turn); the guest call releases it, so guests run in parallel."""
+        import ctypes
+
+        from wasm_plugins.engine import _wasmtime
+
+        keeps_gil = ctypes._FUNCFLAG_PYTHONAPI  # type: ignore[attr-defined]
+        for function in (
+            _wasmtime._memory_data,
+            _wasmtime._memory_data_size,
+            _wasmtime._set_epoch_deadline,
+            _wasmtime._memmove,
+        ):
+            assert function._flags_ & keeps_gil, function
+        assert not _wasmtime._call_unchecked._flags_ & keeps_gil
+        # Watching a store for cancellation sets its deadline through the same function.
+        sandbox = Sandbox(ABI, engine=wasmtime_engine)
+        assert sandbox.watch(threading.Event())
+        assert sandbox.call("upper", "abc") == "ABC"
+        sandbox.watch(None)
+        assert sandbox.call("upper", "abc") == "ABC"

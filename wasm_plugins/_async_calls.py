@@ -2,18 +2,19 @@
 each event loop in batches.
 
 ``asyncio.to_thread`` pays, per call, a ``concurrent.futures`` future chained to an asyncio one,
-a lock and condition to hand the call over, and a wake-up of the event loop: several tiny guest
-calls' worth. Here a call goes into one queue and its answer into one outbox per event loop; the
-loop is woken once for everything that finished since it last looked, and the thread takes every
-call waiting before it sleeps again. A ``gather`` of many calls then costs little more than the
-calls; a loop awaiting one call at a time still pays two thread wake-ups per call, and nothing
-else.
+a hand-over through the executor's queue, and a wake-up of the event loop for each answer. Here
+a call goes into one queue and its answer into one outbox per event loop. A thread takes every
+call waiting before it sleeps again, and wakes the loop only when no other call waits: a loop
+woken in the middle of a batch would take the GIL each time the thread releases it for a guest,
+and the thread would then wait for the loop's whole turn. While it has calls out, the loop looks
+at its outbox every :data:`LOOK` seconds (less often while it finds nothing), so an answer never
+waits for a long call queued after it.
 
-One thread serves the calls while they are short. A call that holds its thread while others wait
-(no call finished for :data:`STALL` seconds) makes another thread start, up to
-:data:`MAX_THREADS`: long calls still run side by side, as they did on the default executor.
-Threads keep their instances between calls (each thread has its own, see ``Sandbox``), and end
-after :data:`IDLE` seconds without a call.
+One thread serves the calls while they are short (more would only take turns with the GIL).
+When calls wait while every thread is held by one call (see :meth:`_Worker.held`), the loop
+starts another, up to :data:`MAX_THREADS`: long calls still run side by side, as they did on
+the default executor. Threads keep their instances between calls (each thread has its own, see
+``Sandbox``), and end after :data:`IDLE` seconds without a call.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any, final
 
 from wasm_plugins.provider import Cancellation
 
-__all__ = ["IDLE", "MAX_THREADS", "STALL", "AsyncCalls"]
+__all__ = ["BLOCKED", "IDLE", "LOOK", "MAX_THREADS", "STALL", "AsyncCalls"]
 
 STALL = 0.02
 """Seconds calls may wait while every thread is held by one call, before another thread starts
@@ -67,7 +68,8 @@ class _Outbox:
     __slots__ = ("answers", "interval", "looked", "loop", "outstanding", "scheduled", "seen")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        self.loop = weakref.ref(loop)
+        """Weak: the host keeps an outbox per loop, and a loop that ended must go."""
         self.answers: deque[tuple[asyncio.Future[Any], bool, Any]] = deque()
         self.scheduled = False
         """Whether a wake-up of the loop is on its way."""
@@ -86,8 +88,11 @@ class _Outbox:
         self.answers.append((future, succeeded, value))
         if wake and not self.scheduled:
             self.scheduled = True
+            loop = self.loop()
             try:
-                self.loop.call_soon_threadsafe(self.deliver)
+                if loop is None:
+                    raise RuntimeError("the loop is gone")
+                loop.call_soon_threadsafe(self.deliver)
             except RuntimeError:
                 # The loop is closed: nobody awaits these answers any more.
                 self.answers.clear()
@@ -202,7 +207,8 @@ class AsyncCalls:
         self._outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Outbox] = (
             weakref.WeakKeyDictionary()
         )
-        self._last: tuple[asyncio.AbstractEventLoop | None, _Outbox | None] = (None, None)
+        self._last: _Outbox | None = None
+        """The outbox of the loop that called last (most calls come from one loop)."""
 
     async def run(self, thunk: Callable[[], Any]) -> Any:
         """``thunk()`` on one of the threads, in the caller's context; cancellable (see
@@ -229,14 +235,14 @@ class AsyncCalls:
             raise
 
     def _outbox(self, loop: asyncio.AbstractEventLoop) -> _Outbox:
-        last_loop, last_outbox = self._last
-        if last_loop is loop and last_outbox is not None:
-            return last_outbox
+        last = self._last
+        if last is not None and last.loop() is loop:
+            return last
         with self._lock:
             outbox = self._outboxes.get(loop)
             if outbox is None:
                 outbox = self._outboxes[loop] = _Outbox(loop)
-            self._last = (loop, outbox)
+            self._last = outbox
         return outbox
 
     def _look(self, outbox: _Outbox) -> None:
@@ -245,7 +251,8 @@ class AsyncCalls:
         when calls wait while no thread finished one for :data:`STALL` seconds. Looks come
         every :data:`LOOK` seconds while they find answers, less often while they do not."""
         found = outbox.deliver()
-        now = outbox.loop.time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         elapsed = now - outbox.looked
         if elapsed >= STALL:
             workers = list(self._workers)
@@ -267,7 +274,7 @@ class AsyncCalls:
             outbox.interval = 0.0
             return
         outbox.interval = LOOK if found else min(outbox.interval * 2, STALL)
-        outbox.loop.call_later(outbox.interval, self._look, outbox)
+        loop.call_later(outbox.interval, self._look, outbox)
 
     def _progress(self) -> list[tuple[int, float]]:
         return [worker.progress() for worker in list(self._workers)]
