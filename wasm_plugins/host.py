@@ -261,6 +261,8 @@ class _Versions:
     """By plugin, the SHA-256 of the module serving."""
     inline: dict[str, tuple[Manifest, bool]] = attrs.Factory(dict)
     """By plugin, whether its manifest bounds a call enough to run it on the event loop."""
+    awaited: AsyncCalls = attrs.Factory(lambda: AsyncCalls("wasm-plugins-host"))
+    """The threads that run the other awaited calls, off the event loop."""
     watchers: list[PluginWatcher] = attrs.Factory(list)
     """The file watchers started by :meth:`PluginHost.watch`."""
 
@@ -418,8 +420,6 @@ class PluginHost:
         self._offered: set[str] = set()
         """Every WASM plugin name offered to the host, blocked ones included."""
         self._fallbacks = cast(BuiltinFallbacks, builtins["builtin-fallbacks"])
-        self._async_calls = AsyncCalls(f"host-{id(self):x}")
-        """The threads that run :meth:`acall` and :meth:`ainvoke` off the event loop."""
 
     def _send_alert(self, alert: Alert) -> None:
         self.hooks.alert(
@@ -995,7 +995,7 @@ class PluginHost:
         """
         if self._runs_inline(plugin):
             return self.call(plugin, function, input)
-        return await self._async_calls.run(lambda: self.call(plugin, function, input))
+        return await self._versions.awaited.run(lambda: self.call(plugin, function, input))
 
     async def ainvoke(self, plugin: str, function: str, input: Any = None) -> Outcome:
         """:meth:`invoke` for asyncio: the :class:`Outcome`, the call running in a worker thread
@@ -1009,7 +1009,9 @@ class PluginHost:
         """
         if self._runs_inline(plugin):
             return self.invoke(plugin, function, input)
-        outcome: Outcome = await self._async_calls.run(lambda: self.invoke(plugin, function, input))
+        outcome: Outcome = await self._versions.awaited.run(
+            lambda: self.invoke(plugin, function, input)
+        )
         return outcome
 
     def _runs_inline(self, plugin: str) -> bool:
@@ -1051,7 +1053,7 @@ class PluginHost:
             lambda source, exc: logger.bind(source=source).error("closing hook failed: {}", exc),
         )
         self._sandboxes.close()
-        self._async_calls.close()
+        self._versions.awaited.close()
 
     def __enter__(self) -> PluginHost:
         return self
