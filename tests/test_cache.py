@@ -6,6 +6,7 @@ every engine.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -155,6 +156,83 @@ class TestWarmLoad:
         warm = Sandbox(ECHO, engine=wasmtime_engine, cache=cache)
         assert warm.compiled_from_cache and warm.call("echo", PAYLOAD) == PAYLOAD
         assert reads and max(reads) < size // 2
+
+    def test_a_module_file_read_before_is_not_read_again(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The cache remembers the digest of a module file it read, by the file's identity and
+        status: a warm load of the unchanged file finds its entry without opening the file."""
+        monkeypatch.setattr("wasm_plugins.sandbox._cache.SETTLED_AFTER_NS", 0)
+        module = tmp_path / "echo.wat"
+        module.write_text(ECHO.read_text())
+        cache = ModuleCache(tmp_path / "cache")
+        Sandbox(module, engine=engine, cache=cache)
+        opened = _opened_paths(monkeypatch)
+        warm = Sandbox(module, engine=engine, cache=cache)
+        assert warm.compiled_from_cache and warm.call("echo", PAYLOAD) == PAYLOAD
+        assert str(module) not in opened
+
+    def test_a_cold_load_reads_the_module_file_once(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        module = tmp_path / "echo.wasm"
+        module.write_bytes(echo_wasm(engine))
+        opened = _opened_paths(monkeypatch)
+        cold = Sandbox(module, engine=engine, cache=ModuleCache(tmp_path / "cache"))
+        assert not cold.compiled_from_cache
+        assert opened.count(str(module)) == 1
+
+    def test_full_verification_reads_the_module_file_every_time(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr("wasm_plugins.sandbox._cache.SETTLED_AFTER_NS", 0)
+        module = tmp_path / "echo.wat"
+        module.write_text(ECHO.read_text())
+        cache = ModuleCache(tmp_path / "cache", verify="full")
+        Sandbox(module, engine=engine, cache=cache)
+        opened = _opened_paths(monkeypatch)
+        assert Sandbox(module, engine=engine, cache=cache).compiled_from_cache
+        assert opened.count(str(module)) == 1
+
+    def test_a_module_file_changed_since_is_read_again(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A file rewritten with as many bytes, whatever its modification time says (its change
+        time moves with every write, and no one can set it), is read again."""
+        monkeypatch.setattr("wasm_plugins.sandbox._cache.SETTLED_AFTER_NS", 0)
+        module = tmp_path / "plugin.wat"
+        module.write_text(_variant(1))
+        before = module.stat()
+        cache = ModuleCache(tmp_path / "cache")
+        Sandbox(module, engine=engine, cache=cache)
+        assert Sandbox(module, engine=engine, cache=cache).compiled_from_cache
+        with module.open("r+") as handle:
+            handle.write(_variant(2))
+        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert module.stat().st_size == before.st_size
+        assert not Sandbox(module, engine=engine, cache=cache).compiled_from_cache
+
+    def test_the_digest_of_a_file_changed_moments_ago_is_not_remembered(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A file written again within one tick of the file system's clock keeps its time
+        stamps: a file changed less than SETTLED_AFTER_NS before it is read is read on every
+        load, until it has settled."""
+        from wasm_plugins.sandbox import _cache
+
+        module = tmp_path / "echo.wat"
+        module.write_text(ECHO.read_text())
+        status = module.stat()
+        changed = max(status.st_mtime_ns, status.st_ctime_ns)
+        now = [changed + _cache.SETTLED_AFTER_NS - 1]
+        monkeypatch.setattr(_cache, "wall_clock_ns", lambda: now[0])
+        cache = ModuleCache(tmp_path / "cache")
+        Sandbox(module, engine=engine, cache=cache)
+        assert cache.known_digest(str(module), engine) is None
+        now[0] += 1
+        assert Sandbox(module, engine=engine, cache=cache).compiled_from_cache
+        digest = hashlib.sha256(engine.wat_to_wasm(ECHO.read_text())).hexdigest()
+        assert cache.known_digest(str(module), engine) == digest
 
     def test_cold_load_validates_only_on_failure(
         self, engine: Engine, monkeypatch: pytest.MonkeyPatch
@@ -619,6 +697,31 @@ class TestProcessSandbox:
             assert remote.loaded.serialized == payload
             assert remote.call("echo", PAYLOAD) == PAYLOAD
             remote.close()
+
+
+def _variant(number: int) -> str:
+    """The echo module made different by one global (the same size for one-digit numbers)."""
+    return ECHO.read_text().replace("(module", f"(module (global i32 (i32.const {number}))", 1)
+
+
+def _opened_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every path opened from now on, by ``open`` or ``os.open``."""
+    import builtins
+
+    opened: list[str] = []
+    open_file, open_descriptor = builtins.open, os.open
+
+    def spy_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(os.fspath(file) if isinstance(file, str | os.PathLike) else repr(file))
+        return open_file(file, *args, **kwargs)
+
+    def spy_os_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        opened.append(os.fspath(path))
+        return open_descriptor(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy_open)
+    monkeypatch.setattr(os, "open", spy_os_open)
+    return opened
 
 
 def _limits(**changes: Any) -> Any:

@@ -57,6 +57,7 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,13 @@ _KEY_PREFIXES: dict[tuple[Any, ...], bytes] = {}
 _SAMPLE = 4096
 _SAMPLE_STRIDE = 1 << 20
 _SUBDIRECTORY = f"compiled-v{CACHE_FORMAT}"
+SETTLED_AFTER_NS = 2_000_000_000
+"""How long after its last change a module file's digest may be remembered: a file changed again
+within the same tick of the file system's clock keeps its time stamps, so the digest of a file
+changed that recently is computed on every load."""
+_DIGESTS_KEPT = 1024
+wall_clock_ns = time.time_ns
+"""The clock the file system's time stamps are compared with."""
 
 
 def default_directory() -> Path:
@@ -190,6 +198,7 @@ class ModuleCache:
         self._ready: bool | None = None
         self._secret = b""
         self._entries_path = ""
+        self._digests: dict[tuple[str, str, str], tuple[tuple[int, ...], str]] = {}
 
     @classmethod
     def from_environment(cls) -> ModuleCache:
@@ -252,6 +261,37 @@ class ModuleCache:
         return hashlib.sha256(
             _key_prefix(engine, fuel, preparation) + module_digest.encode()
         ).hexdigest()
+
+    def known_digest(self, path: str, engine: Engine) -> str | None:
+        """The hex SHA-256 digest of the module last read from the file at ``path`` (by
+        ``engine``, which compiles WAT text), if the file has not changed since: the same
+        device, inode, size, modification and change times. ``None`` when the file must be
+        read, and always with ``verify="full"``. See ``docs/performance.md`` for why this is
+        safe enough."""
+        remembered = self._digests.get((path, engine.name, engine.version))
+        if remembered is None:
+            return None
+        try:
+            status = os.stat(path)
+        except OSError:
+            return None
+        identity, digest = remembered
+        return digest if _identity(status) == identity else None
+
+    def remember_digest(
+        self, path: str, engine: Engine, status: os.stat_result, digest: str
+    ) -> None:
+        """Remember ``digest`` for the module read from ``path`` by ``engine``, the file having
+        had ``status`` (taken before it was read) then; not when the file changed less than
+        ``SETTLED_AFTER_NS`` ago, nor with ``verify="full"``."""
+        if not self.enabled or self.verify == "full":
+            return
+        changed = max(status.st_mtime_ns, status.st_ctime_ns)
+        if wall_clock_ns() - changed < SETTLED_AFTER_NS:
+            return
+        if len(self._digests) >= _DIGESTS_KEPT:  # a bound: hosts load a bounded set of files
+            self._digests.clear()
+        self._digests[(path, engine.name, engine.version)] = (_identity(status), digest)
 
     def path(self, key: str) -> Path:
         """Where the entry of ``key`` is stored."""
@@ -688,6 +728,18 @@ def _descriptor_path(descriptor: int, path: str) -> str:
     if not _fd_paths:
         _fd_paths.append(os.path.isdir(_FD_DIRECTORY))
     return f"{_FD_DIRECTORY}/{descriptor}" if _fd_paths[0] else path
+
+
+def _identity(status: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is replaced or written: the change time moves with every write
+    and every change of status, and no one but the system's clock sets it."""
+    return (
+        status.st_dev,
+        status.st_ino,
+        status.st_size,
+        status.st_mtime_ns,
+        status.st_ctime_ns,
+    )
 
 
 def _owned_by_user(info: os.stat_result) -> bool:

@@ -13,6 +13,7 @@ both ends instantiate, probe for a refused ``memory.grow`` and explain failures 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -83,11 +84,17 @@ def load_module_bytes(source: ModuleSource, engine: Engine) -> bytes:
     :raises ModuleError: for bytes that are not a module.
     :raises ConfigurationError: for a path that cannot be read.
     """
+    return _read_module(source, engine)[0]
+
+
+def _read_module(source: ModuleSource, engine: Engine) -> tuple[bytes, os.stat_result | None]:
+    """The module's binary bytes and, for a file, its status taken before it was read."""
     if isinstance(source, os.PathLike):
         path = os.fspath(source)
         try:
             # Unbuffered: one read of the size fstat gives, no buffer object in between.
             with open(path, "rb", buffering=0) as handle:
+                status = os.fstat(handle.fileno())
                 raw = handle.readall()
         except OSError as exc:
             raise ConfigurationError(
@@ -96,20 +103,38 @@ def load_module_bytes(source: ModuleSource, engine: Engine) -> bytes:
                 suggestion="give the path of an existing .wasm or .wat file",
             ) from None
         if raw.startswith(_MAGIC):
-            return raw
+            return raw, status
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise _not_a_module(
                 0, "the file is neither a WebAssembly binary nor UTF-8 WAT text"
             ) from None
-        return engine.wat_to_wasm(text)
+        return engine.wat_to_wasm(text), status
     if isinstance(source, str):
-        return engine.wat_to_wasm(source)
+        return engine.wat_to_wasm(source), None
     data = bytes(source)
     if not data.startswith(_MAGIC):
         raise _not_a_module(0, "magic header not detected: the bytes do not start with \\0asm")
-    return data
+    return data, None
+
+
+def _module_and_digest(
+    source: ModuleSource, engine: Engine, cache: ModuleCache, *, remembered: bool = True
+) -> tuple[bytes | None, str]:
+    """The module's bytes and their hex SHA-256 digest; the bytes are ``None`` when the digest
+    is the one the cache remembers for a module file that has not changed since it was read
+    (the file is then not read again)."""
+    path = os.fspath(source) if isinstance(source, os.PathLike) else None
+    if path is not None and remembered:
+        digest = cache.known_digest(path, engine)
+        if digest is not None:
+            return None, digest
+    wasm, status = _read_module(source, engine)
+    digest = hashlib.sha256(wasm).hexdigest()
+    if path is not None and status is not None:
+        cache.remember_digest(path, engine, status, digest)
+    return wasm, digest
 
 
 def _not_a_module(offset: int, message: str) -> ModuleError:
@@ -190,21 +215,32 @@ class LoadedModule:
             wrong.
         """
         requested_abi = normalize_abi(abi)
-        wasm = load_module_bytes(source, engine)
         fuel = limits.fuel is not None
         key = None
         found = None
+        wasm: bytes | None = None
         if cache is not None and cache.enabled:
-            key = cache.key(engine, wasm, fuel=fuel, preparation=_preparation(engine, limits))
+            wasm, digest = _module_and_digest(source, engine, cache)
+            preparation = _preparation(engine, limits)
+            key = cache.key(engine, b"", fuel=fuel, preparation=preparation, module_digest=digest)
             found = cache.lookup(
                 engine, key, fuel=fuel, keep_payload=keep_serialized, refresh=refresh_cache
             )
+            if found is None and wasm is None:
+                # The entry went away (evicted, cleared, refused): the module is compiled from
+                # what the file holds now, under the key of what was read.
+                wasm, digest = _module_and_digest(source, engine, cache, remembered=False)
+                key = cache.key(
+                    engine, b"", fuel=fuel, preparation=preparation, module_digest=digest
+                )
         if found is not None:
             module, serialized, hit = found.module, found.serialized, True
             probe = found.metadata.get("grow_probe")
             grow_probe = probe if isinstance(probe, str) else None
             prepared_wasm = None
         else:
+            if wasm is None:
+                wasm = load_module_bytes(source, engine)
             prepared = _compile(engine, wasm, limits, fuel, plugin)
             module, hit = prepared.module, False
             grow_probe, prepared_wasm = prepared.grow_probe, prepared.wasm
