@@ -20,8 +20,9 @@ import pytest
 
 from tests.conftest import EXAMPLES, ROOT
 from wasm_plugins import PluginHost
+from wasm_plugins.builtin.host_functions import builtin_host_functions
 from wasm_plugins.engine import Engine
-from wasm_plugins.errors import CompilationError
+from wasm_plugins.errors import CompilationError, ModuleError, SecurityViolation
 from wasm_plugins.hookspecs import hookimpl
 from wasm_plugins.isolation import ProcessSandbox, WorkerPool
 from wasm_plugins.policy import Retry
@@ -30,6 +31,17 @@ from wasm_plugins.sandbox._cache import CACHE_DIR_VARIABLE, CACHE_SWITCH_VARIABL
 
 ECHO = EXAMPLES / "echo.wat"
 PAYLOAD = {"text": "hello", "n": [1, 2]}
+CLOCK = """(module
+  (import "wasm_plugins" "clock_now" (func $now (result i64)))
+  (memory (export "memory") 1)
+  (func (export "wp_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "wp_free") (param i32 i32))
+  (func (export "run") (param i32 i32) (result i64)
+    (i64.store (i32.const 4096) (call $now))
+    (i64.store (i32.const 4104) (call $now))
+    (i64.or (i64.shl (i64.const 4096) (i64.const 32)) (i64.const 16))))
+"""
+"""A plugin that imports a host function gated by the ``clock`` capability."""
 
 
 def echo_wasm(engine: Engine) -> bytes:
@@ -233,6 +245,50 @@ class TestWarmLoad:
         assert Sandbox(module, engine=engine, cache=cache).compiled_from_cache
         digest = hashlib.sha256(engine.wat_to_wasm(ECHO.read_text())).hexdigest()
         assert cache.known_digest(str(module), engine) == digest
+
+    def test_a_warm_load_reuses_the_link_of_the_same_module_and_grants(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Loaded from its entry again with the same grants and the same host functions, a
+        module is linked as it was the last time: its imports and exports are not checked
+        again."""
+        from wasm_plugins.sandbox import _loaded
+
+        offered = builtin_host_functions()
+        cache = ModuleCache(tmp_path)
+        Sandbox(CLOCK, engine=engine, cache=cache, host_functions=offered, capabilities={"clock"})
+        first = Sandbox(
+            CLOCK, engine=engine, cache=cache, host_functions=offered, capabilities={"clock"}
+        )
+        links: list[object] = []
+        link_imports = _loaded.link_imports
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            links.append(args)
+            return link_imports(*args, **kwargs)
+
+        monkeypatch.setattr(_loaded, "link_imports", counting)
+        warm = Sandbox(
+            CLOCK, engine=engine, cache=cache, host_functions=offered, capabilities={"clock"}
+        )
+        assert warm.compiled_from_cache and links == []
+        assert warm.link_plan == first.link_plan
+        assert warm.functions == first.functions == ("run",)
+
+    def test_a_warm_load_checks_other_grants_again(self, engine: Engine, tmp_path: Path) -> None:
+        """The link of a module is reused only for the same grants: a grant taken away is
+        refused as on a cold load, however often the module was loaded with it."""
+        offered = builtin_host_functions()
+        cache = ModuleCache(tmp_path)
+        for _ in range(2):
+            Sandbox(
+                CLOCK, engine=engine, cache=cache, host_functions=offered, capabilities={"clock"}
+            )
+        with pytest.raises(SecurityViolation) as denied:
+            Sandbox(CLOCK, engine=engine, cache=cache, host_functions=offered)
+        assert denied.value.capability == "clock"
+        with pytest.raises(ModuleError):
+            Sandbox(CLOCK, engine=engine, cache=cache, capabilities={"clock"})
 
     def test_cold_load_validates_only_on_failure(
         self, engine: Engine, monkeypatch: pytest.MonkeyPatch

@@ -110,6 +110,7 @@ SETTLED_AFTER_NS = 2_000_000_000
 within the same tick of the file system's clock keeps its time stamps, so the digest of a file
 changed that recently is computed on every load."""
 _DIGESTS_KEPT = 1024
+_HEADERS_KEPT = 256
 wall_clock_ns = time.time_ns
 """The clock the file system's time stamps are compared with."""
 
@@ -199,6 +200,7 @@ class ModuleCache:
         self._secret = b""
         self._entries_path = ""
         self._digests: dict[tuple[str, str, str], tuple[tuple[int, ...], str]] = {}
+        self._authenticated: dict[bytes, dict[str, Any]] = {}
 
     @classmethod
     def from_environment(cls) -> ModuleCache:
@@ -399,6 +401,7 @@ class ModuleCache:
             )
             if ready:
                 self._secret = _secret(self.entries)
+                self._authenticated = {}
                 self._entries_path = str(self.entries)
         except OSError as exc:
             logger.bind(cache=str(self.directory)).warning(
@@ -445,7 +448,11 @@ class ModuleCache:
                 self._reject(path, "it belongs to another user")
                 return None
             header, problem = _read_header(
-                descriptor, info.st_size, self._header(engine, key, fuel), self._secret
+                descriptor,
+                info.st_size,
+                self._header(engine, key, fuel),
+                self._secret,
+                self._authenticated,
             )
             if header is None:
                 self._reject(path, problem)
@@ -479,7 +486,7 @@ class ModuleCache:
         self._count("hits")
         metadata = header.get("metadata")
         return CompiledModule(
-            module, payload, hit=True, metadata=metadata if isinstance(metadata, dict) else {}
+            module, payload, hit=True, metadata=dict(metadata) if isinstance(metadata, dict) else {}
         )
 
     def _reject(self, path: str, problem: str) -> None:
@@ -584,11 +591,16 @@ class ModuleCache:
 
 
 def _read_header(
-    descriptor: int, file_size: int, expected: dict[str, Any], secret: bytes | None
+    descriptor: int,
+    file_size: int,
+    expected: dict[str, Any],
+    secret: bytes | None,
+    authenticated: dict[bytes, dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any] | None, str]:
     """The header at the end of an entry, checked against its HMAC under ``secret`` (``None``:
     not checked), against what was looked up and against the file's size; or None and what is
-    wrong. One read for most entries."""
+    wrong. One read for most entries. ``authenticated`` holds the headers (with their HMAC, as
+    read) already checked under ``secret`` and parsed: the same bytes are not checked again."""
     if file_size < _TRAILER:
         return None, "not a cache entry"
     tail_size = min(file_size, _TAIL_READ)
@@ -605,14 +617,23 @@ def _read_header(
         encoded = os.pread(descriptor, length, file_size - _TRAILER - length)
         if len(encoded) != length:
             return None, "truncated header"
-    if secret is not None and not hmac.compare_digest(hmac.digest(secret, encoded, "sha256"), mac):
-        return None, "header digest mismatch (corrupt, or not written by this cache)"
-    try:
-        header = json.loads(encoded)
-    except ValueError:
-        return None, "unreadable header"
-    if not isinstance(header, dict):
-        return None, "unreadable header"
+    signed = encoded + mac
+    header = None if authenticated is None else authenticated.get(signed)
+    if header is None:
+        if secret is not None and not hmac.compare_digest(
+            hmac.digest(secret, encoded, "sha256"), mac
+        ):
+            return None, "header digest mismatch (corrupt, or not written by this cache)"
+        try:
+            header = json.loads(encoded)
+        except ValueError:
+            return None, "unreadable header"
+        if not isinstance(header, dict):
+            return None, "unreadable header"
+        if authenticated is not None and secret is not None:
+            if len(authenticated) >= _HEADERS_KEPT:
+                authenticated.clear()
+            authenticated[signed] = header
     for field, value in expected.items():
         if header.get(field) != value:
             return None, f"made for another {field} ({header.get(field)!r}, not {value!r})"

@@ -22,7 +22,14 @@ from typing import Any
 import attrs
 
 from wasm_plugins._log import logger
-from wasm_plugins.engine import CallBudget, Engine, EngineModule, LinkedModule, WasiSettings
+from wasm_plugins.engine import (
+    CallBudget,
+    Engine,
+    EngineModule,
+    ExternInfo,
+    LinkedModule,
+    WasiSettings,
+)
 from wasm_plugins.errors import (
     ConfigurationError,
     ExecutionError,
@@ -73,6 +80,7 @@ WASI_GATED_FUNCTIONS = {
     for name in names
 }
 """WASI functions gated by the framework's own capabilities, besides ``wasi`` itself."""
+_WASI_GATE = {WASI_MODULE: "wasi"}
 _MAGIC = b"\0asm"
 _MASK = 0xFFFFFFFF
 
@@ -251,48 +259,21 @@ class LoadedModule:
                 )
         granted = frozenset(capabilities)
         pages = None if limits.memory is None else limits.memory // PAGE_SIZE
-        resolved_abi = detect_abi(module.imports) if requested_abi == "auto" else requested_abi
-        kernel = None
-        if resolved_abi == "extism":
-            check_extism_module(module.exports, functions, plugin)
-            link = kernel_plan(
-                link_imports(
-                    module.imports,
-                    extism_host_functions(host_functions),
-                    granted,
-                    plugin=plugin,
-                    memory_limit_pages=pages,
-                    gated_modules={WASI_MODULE: "wasi"},
-                    gated_functions=WASI_GATED_FUNCTIONS,
-                )
-            )
-            kernel = kernel_module(engine, pages, fuel)
-            exported = extism_plugin_functions(module.exports)
-        else:
-            check_module(module.exports, module.imports, functions, plugin=plugin)
-            link = link_imports(
-                module.imports,
-                (*abi_host_functions(), *host_functions),
-                granted,
-                plugin=plugin,
-                memory_limit_pages=pages,
-                gated_modules={WASI_MODULE: "wasi"},
-                gated_functions=WASI_GATED_FUNCTIONS,
-            )
-            exported = plugin_functions(module.exports)
+        link = _link(module, requested_abi, functions, host_functions, granted, pages, plugin)
+        kernel = kernel_module(engine, pages, fuel) if link.abi == "extism" else None
         return cls(
             engine=engine,
             module=module,
             limits=limits,
-            link=link,
+            link=link.plan,
             plugin=plugin,
-            functions=tuple(functions) if functions else exported,
+            functions=tuple(functions) if functions else link.functions,
             grow_probe=grow_probe,
             wasi=_wasi_for_module(engine, module, wasi),
             wasm=prepared_wasm,
             serialized=serialized if keep_serialized else None,
             compiled_from_cache=hit,
-            abi=resolved_abi,
+            abi=link.abi,
             kernel=kernel,
             capabilities=granted,
             config=config,
@@ -376,6 +357,82 @@ class LoadedModule:
             return error
         used = self.refused_grow(session)
         return error if used is None else refused_grow(used, self.limits.memory, error)
+
+
+@attrs.frozen
+class _Link:
+    """How a module was checked against its ABI and linked against a set of grants."""
+
+    imports: tuple[ExternInfo, ...]
+    exports: tuple[ExternInfo, ...]
+    offered: tuple[HostFunction, ...]
+    abi: str
+    plan: LinkPlan
+    functions: tuple[str, ...]
+    """The exports of the plugin-function type."""
+
+
+_LINKS: dict[tuple[Any, ...], _Link] = {}
+_LINKS_KEPT = 256
+
+
+def _link(
+    module: EngineModule,
+    requested_abi: str,
+    functions: Sequence[str] | None,
+    host_functions: Sequence[HostFunction],
+    granted: frozenset[str],
+    pages: int | None,
+    plugin: str,
+) -> _Link:
+    """The module checked against its ABI and its imports linked; as the last load of the same
+    module (the same types objects, kept by the engine for compiled code it has read before)
+    with the same grants and the same host function objects did, when there was one."""
+    imports, exports = tuple(module.imports), tuple(module.exports)
+    offered = tuple(host_functions)
+    declared = None if functions is None else tuple(functions)
+    key = (id(imports), id(exports), requested_abi, declared, granted, pages, *map(id, offered))
+    known = _LINKS.get(key)
+    # Ids are compared with the objects the link kept alive: an id is never another object's.
+    if (
+        known is not None
+        and known.imports is imports
+        and known.exports is exports
+        and all(a is b for a, b in zip(known.offered, offered, strict=True))
+    ):
+        return known
+    abi = detect_abi(imports) if requested_abi == "auto" else requested_abi
+    if abi == "extism":
+        check_extism_module(exports, declared, plugin)
+        plan = kernel_plan(
+            link_imports(
+                imports,
+                extism_host_functions(offered),
+                granted,
+                plugin=plugin,
+                memory_limit_pages=pages,
+                gated_modules=_WASI_GATE,
+                gated_functions=WASI_GATED_FUNCTIONS,
+            )
+        )
+        exported = extism_plugin_functions(exports)
+    else:
+        check_module(exports, imports, declared, plugin=plugin)
+        plan = link_imports(
+            imports,
+            (*abi_host_functions(), *offered),
+            granted,
+            plugin=plugin,
+            memory_limit_pages=pages,
+            gated_modules=_WASI_GATE,
+            gated_functions=WASI_GATED_FUNCTIONS,
+        )
+        exported = plugin_functions(exports)
+    made = _Link(imports, exports, offered, abi, plan, exported)
+    if len(_LINKS) >= _LINKS_KEPT:
+        _LINKS.clear()
+    _LINKS[key] = made
+    return made
 
 
 def _preparation(engine: Engine, limits: Limits) -> dict[str, object]:
