@@ -589,6 +589,29 @@ class TestSizeBound:
         total = sum(p.stat().st_size for p in bounded.entries.iterdir())
         assert total <= bounded.max_size
 
+    def test_an_entry_used_in_the_last_minute_is_not_marked_again(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Least recently used is told apart by the minute: an entry's time is renewed when it
+        is loaded at least a minute after the last renewal, not on every load."""
+        cache = ModuleCache(tmp_path)
+        Sandbox(ECHO, engine=engine, cache=cache)
+        entry = only_entry(cache)
+        marked: list[object] = []
+        utime = os.utime
+
+        def counting(path: Any, *args: Any, **kwargs: Any) -> None:
+            marked.append(path)
+            utime(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "utime", counting)
+        assert Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+        assert marked == []
+        minute_ago = entry.stat().st_mtime_ns - 60 * 10**9
+        utime(entry, ns=(minute_ago, minute_ago))
+        assert Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+        assert len(marked) == 1 and entry.stat().st_mtime_ns > minute_ago
+
     def test_old_engine_versions_go_first(self, engine: Engine, tmp_path: Path) -> None:
         """An entry an older version of the engine made is evicted before any current one,
         even a less recently used one."""

@@ -111,6 +111,8 @@ within the same tick of the file system's clock keeps its time stamps, so the di
 changed that recently is computed on every load."""
 _DIGESTS_KEPT = 1024
 _HEADERS_KEPT = 256
+_RENEW_AFTER_NS = 60 * 10**9
+_UTIME_BY_DESCRIPTOR = os.utime in os.supports_fd
 wall_clock_ns = time.time_ns
 """The clock the file system's time stamps are compared with."""
 
@@ -465,7 +467,7 @@ class ModuleCache:
             if problem:
                 self._reject(path, problem)
                 return None
-            _mark_used(descriptor)
+            _mark_used(descriptor, info)
             # The engine is given the descriptor's own file where the system names it, so it
             # reads the very file checked above, whatever the name points to by now.
             if payload is None:
@@ -768,9 +770,10 @@ def _owned_by_user(info: os.stat_result) -> bool:
     return getuid is None or info.st_uid == getuid()
 
 
-def _mark_used(descriptor: int) -> None:
-    """Renew an entry's modification time: eviction removes the least recently used first."""
-    if os.utime in os.supports_fd:
+def _mark_used(descriptor: int, info: os.stat_result) -> None:
+    """Renew an entry's modification time, at most once a minute (eviction removes the least
+    recently used first, and needs no finer order than that)."""
+    if _UTIME_BY_DESCRIPTOR and wall_clock_ns() - info.st_mtime_ns >= _RENEW_AFTER_NS:
         with contextlib.suppress(OSError):
             os.utime(descriptor)
 
