@@ -859,7 +859,7 @@ LOAD_ROWS = (
 
 
 def _is_load(row: str) -> bool:
-    return row.split(",", maxsplit=1)[0] in LOAD_ROWS
+    return row.rsplit(",", maxsplit=1)[0] in LOAD_ROWS
 
 
 def _cell(value: float | None, row: str) -> str:
