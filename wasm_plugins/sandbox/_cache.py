@@ -5,7 +5,9 @@ hashes everything the compiled code depends on: the module as given (before the 
 rewrite), what the rewrite bakes in (the memory limit, whether ``memory.grow`` is instrumented,
 the rewriter's version), the engine's name and version, whether fuel is metered, this file format,
 and the machine. So a module seen before is loaded without reading it further than its digest: no
-rewrite, no validation (the entry was made from a validated module). Loading an entry is
+rewrite, no validation (the entry was made from a validated module). The digest of a module file
+is remembered beside the file's identity and status (``known_digest``): while they stay the same,
+a warm load does not read the file at all. Loading an entry is
 deserializing it, which is cheap next to compiling, and **unsafe** for data that is not the
 engine's own output (wasmtime maps it as executable code). So an entry is never trusted as found:
 

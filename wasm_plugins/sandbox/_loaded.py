@@ -373,7 +373,9 @@ class _Link:
 
 
 _LINKS: dict[tuple[Any, ...], _Link] = {}
-_LINKS_KEPT = 256
+_LINKS_KEPT = 64
+"""Links kept at most: a host loads a handful of modules, and a kept link keeps its host
+functions (and what their implementations hold) alive."""
 
 
 def _link(
