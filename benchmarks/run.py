@@ -1147,7 +1147,9 @@ def main() -> int:
     sizes = [size.strip() for size in arguments.sizes.split(",")]
     availability = default_registry().availability()
     engines = []
-    with tempfile.TemporaryDirectory(prefix="wasm-plugins-bench-") as directory:
+    with tempfile.TemporaryDirectory(
+        prefix="wasm-plugins-bench-", ignore_cleanup_errors=True
+    ) as directory:
         suite = Suite(arguments.calls, arguments.rounds, Path(directory))
         for name in arguments.engines.split(","):
             reason = availability.get(name, "unknown engine")

@@ -246,6 +246,79 @@ class TestWarmLoad:
         digest = hashlib.sha256(engine.wat_to_wasm(ECHO.read_text())).hexdigest()
         assert cache.known_digest(str(module), engine) == digest
 
+    def test_a_settled_entry_checked_before_is_not_checked_again(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Once an entry file has passed its checks, the cache remembers its identity and
+        status: a warm load of the unchanged file checks neither its header nor its samples."""
+        monkeypatch.setattr("wasm_plugins.sandbox._cache.SETTLED_AFTER_NS", 0)
+        cache = ModuleCache(tmp_path)
+        Sandbox(ECHO, engine=engine, cache=cache)
+        checks = _entry_checks(monkeypatch)
+        assert Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+        assert checks == ["header", "samples"]
+        checks.clear()
+        for _ in range(3):
+            warm = Sandbox(ECHO, engine=engine, cache=cache)
+            assert warm.compiled_from_cache and warm.call("echo", PAYLOAD) == PAYLOAD
+        assert checks == []
+
+    def test_an_entry_changed_since_its_check_is_checked_again(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An entry rewritten in place with as many bytes and its modification time put back
+        (its change time moves all the same) is checked again, and refused when tampered."""
+        monkeypatch.setattr("wasm_plugins.sandbox._cache.SETTLED_AFTER_NS", 0)
+        cache = ModuleCache(tmp_path)
+        Sandbox(ECHO, engine=engine, cache=cache)
+        assert Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+        entry = only_entry(cache)
+        before = entry.stat()
+        data = bytearray(entry.read_bytes())
+        data[100] ^= 0xFF
+        with entry.open("r+b") as handle:
+            handle.write(bytes(data))
+        os.utime(entry, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert entry.stat().st_size == before.st_size
+        checks = _entry_checks(monkeypatch)
+        refused = Sandbox(ECHO, engine=engine, cache=cache)
+        assert not refused.compiled_from_cache and refused.call("echo", PAYLOAD) == PAYLOAD
+        assert "samples" in checks and cache.stats.rejected == 1
+
+    def test_full_verification_checks_every_load(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr("wasm_plugins.sandbox._cache.SETTLED_AFTER_NS", 0)
+        cache = ModuleCache(tmp_path, verify="full")
+        Sandbox(ECHO, engine=engine, cache=cache)
+        checks = _entry_checks(monkeypatch)
+        for _ in range(3):
+            assert Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+        assert checks == ["header", "samples"] * 3
+
+    def test_an_entry_changed_moments_ago_is_checked_on_every_load(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An entry written less than SETTLED_AFTER_NS before it is loaded could be written
+        again within the same tick of the file system's clock: it is checked on every load
+        until it has settled."""
+        from wasm_plugins.sandbox import _cache
+
+        cache = ModuleCache(tmp_path)
+        Sandbox(ECHO, engine=engine, cache=cache)
+        status = only_entry(cache).stat()
+        changed = max(status.st_mtime_ns, status.st_ctime_ns)
+        now = [changed + _cache.SETTLED_AFTER_NS - 1]
+        monkeypatch.setattr(_cache, "wall_clock_ns", lambda: now[0])
+        checks = _entry_checks(monkeypatch)
+        for _ in range(2):
+            assert Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+        assert checks == ["header", "samples"] * 2
+        now[0] += 1
+        for _ in range(2):
+            assert Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+        assert checks == ["header", "samples"] * 3
+
     def test_a_warm_load_reuses_the_link_of_the_same_module_and_grants(
         self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -801,6 +874,26 @@ def _opened_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(builtins, "open", spy_open)
     monkeypatch.setattr(os, "open", spy_os_open)
     return opened
+
+
+def _entry_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The checks of entries' headers and samples made from now on, in order."""
+    from wasm_plugins.sandbox import _cache
+
+    checks: list[str] = []
+    read_header, check_payload = _cache._read_header, _cache._check_payload
+
+    def spy_header(*args: Any, **kwargs: Any) -> Any:
+        checks.append("header")
+        return read_header(*args, **kwargs)
+
+    def spy_payload(*args: Any, **kwargs: Any) -> Any:
+        checks.append("samples")
+        return check_payload(*args, **kwargs)
+
+    monkeypatch.setattr(_cache, "_read_header", spy_header)
+    monkeypatch.setattr(_cache, "_check_payload", spy_payload)
+    return checks
 
 
 def _limits(**changes: Any) -> Any:

@@ -205,6 +205,7 @@ class ModuleCache:
         self._entries_path = ""
         self._digests: dict[tuple[str, str, str], tuple[tuple[int, ...], str]] = {}
         self._authenticated: dict[bytes, dict[str, Any]] = {}
+        self._checked: dict[str, tuple[tuple[int, ...], dict[str, Any]]] = {}
 
     @classmethod
     def from_environment(cls) -> ModuleCache:
@@ -445,31 +446,23 @@ class ModuleCache:
             return None
         try:
             info = os.fstat(descriptor)
-            if not stat.S_ISREG(info.st_mode):
-                self._reject(path, "it is not a regular file")
-                return None
-            if not _owned_by_user(info):
-                self._reject(path, "it belongs to another user")
-                return None
-            header, problem = _read_header(
-                descriptor,
-                info.st_size,
-                self._header(engine, key, fuel),
-                self._secret,
-                self._authenticated,
-            )
-            if header is None:
-                self._reject(path, problem)
-                return None
-            size = int(header["payload_size"])
-            payload = None
-            if keep_payload or self.verify == "full":
-                payload = os.pread(descriptor, size, 0)
-            problem = _check_payload(descriptor, size, header, payload)
-            if problem:
-                self._reject(path, problem)
-                return None
-            _mark_used(descriptor, info)
+            identity = _identity(info)
+            checked = self._checked.get(key)
+            if checked is not None and checked[0] == identity and self.verify != "full":
+                # The very file that passed the checks, unchanged since (see known_digest).
+                header = checked[1]
+                size = header["payload_size"]
+                payload = os.pread(descriptor, size, 0) if keep_payload else None
+            else:
+                checked = None
+                verified = self._verified_entry(
+                    descriptor, path, info, engine, key, fuel, keep_payload
+                )
+                if verified is None:
+                    return None
+                header, payload = verified
+                size = header["payload_size"]
+            renewed = _mark_used(descriptor, info)
             # The engine is given the descriptor's own file where the system names it, so it
             # reads the very file checked above, whatever the name points to by now.
             if payload is None:
@@ -479,6 +472,7 @@ class ModuleCache:
             else:
                 module = engine.deserialize(payload, fuel=fuel)
         except PluginError as error:
+            self._checked.pop(key, None)
             self._reject(path, f"the engine refused it: {error.message}")
             return None
         except OSError as exc:
@@ -487,11 +481,64 @@ class ModuleCache:
             return None
         finally:
             os.close(descriptor)
+        if checked is None and not renewed:
+            self._remember_checked(key, info, identity, header)
         self._count("hits")
         metadata = header.get("metadata")
         return CompiledModule(
             module, payload, hit=True, metadata=dict(metadata) if isinstance(metadata, dict) else {}
         )
+
+    def _verified_entry(
+        self,
+        descriptor: int,
+        path: str,
+        info: os.stat_result,
+        engine: Engine,
+        key: str,
+        fuel: bool,
+        keep_payload: bool,
+    ) -> tuple[dict[str, Any], bytes | None] | None:
+        """The header of the open entry and its payload when it had to be read, once every
+        check passed; ``None`` when one failed (the entry is then refused)."""
+        if not stat.S_ISREG(info.st_mode):
+            self._reject(path, "it is not a regular file")
+            return None
+        if not _owned_by_user(info):
+            self._reject(path, "it belongs to another user")
+            return None
+        header, problem = _read_header(
+            descriptor,
+            info.st_size,
+            self._header(engine, key, fuel),
+            self._secret,
+            self._authenticated,
+        )
+        if header is None:
+            self._reject(path, problem)
+            return None
+        size = int(header["payload_size"])
+        payload = None
+        if keep_payload or self.verify == "full":
+            payload = os.pread(descriptor, size, 0)
+        problem = _check_payload(descriptor, size, header, payload)
+        if problem:
+            self._reject(path, problem)
+            return None
+        return header, payload
+
+    def _remember_checked(
+        self, key: str, info: os.stat_result, identity: tuple[int, ...], header: dict[str, Any]
+    ) -> None:
+        """Remember that the entry file with ``info`` passed its checks, with its header: not
+        when it changed less than ``SETTLED_AFTER_NS`` ago, nor with ``verify="full"``."""
+        if self.verify == "full":
+            return
+        if wall_clock_ns() - max(info.st_mtime_ns, info.st_ctime_ns) < SETTLED_AFTER_NS:
+            return
+        if len(self._checked) >= _DIGESTS_KEPT:  # a bound: hosts load a bounded set of modules
+            self._checked.clear()
+        self._checked[key] = (identity, header)
 
     def _reject(self, path: str, problem: str) -> None:
         self._count("rejected")
@@ -772,12 +819,14 @@ def _owned_by_user(info: os.stat_result) -> bool:
     return getuid is None or info.st_uid == getuid()
 
 
-def _mark_used(descriptor: int, info: os.stat_result) -> None:
+def _mark_used(descriptor: int, info: os.stat_result) -> bool:
     """Renew an entry's modification time, at most once a minute (eviction removes the least
-    recently used first, and needs no finer order than that)."""
+    recently used first, and needs no finer order than that); whether it was renewed."""
     if _UTIME_BY_DESCRIPTOR and wall_clock_ns() - info.st_mtime_ns >= _RENEW_AFTER_NS:
         with contextlib.suppress(OSError):
             os.utime(descriptor)
+            return True
+    return False
 
 
 def _real_directory(path: Path) -> bool:
