@@ -672,6 +672,7 @@ class _CompilerThreads:
 
 
 _COMPILER = _CompilerThreads()
+_READ_BINARY = os.O_RDONLY | getattr(os, "O_BINARY", 0)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_COMPILER.after_fork_in_child)
 
@@ -781,7 +782,7 @@ class WasmerEngine:
         # wasmer 1.1's Python API loads compiled code from bytes only: the code is read in one
         # read of its exact size (the types that follow it are read on their own).
         try:
-            descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            descriptor = os.open(path, _READ_BINARY)
         except OSError as exc:
             raise _compiled_code_error(str(exc)) from None
         try:

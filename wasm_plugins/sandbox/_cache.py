@@ -202,7 +202,7 @@ class ModuleCache:
         }
         self._ready: bool | None = None
         self._secret = b""
-        self._entries_path = ""
+        self._entries_prefix = ""
         self._digests: dict[tuple[str, str, str], tuple[tuple[int, ...], str]] = {}
         self._authenticated: dict[bytes, dict[str, Any]] = {}
         self._checked: dict[str, tuple[tuple[int, ...], dict[str, Any]]] = {}
@@ -407,7 +407,7 @@ class ModuleCache:
             if ready:
                 self._secret = _secret(self.entries)
                 self._authenticated = {}
-                self._entries_path = str(self.entries)
+                self._entries_prefix = os.path.join(self.entries, "")
         except OSError as exc:
             logger.bind(cache=str(self.directory)).warning(
                 "compiled-module cache not used: {}", exc
@@ -432,7 +432,7 @@ class ModuleCache:
     ) -> CompiledModule | None:
         if not self._usable_directory():
             return None
-        path = os.path.join(self._entries_path, key)
+        path = self._entries_prefix + key
         try:
             descriptor = os.open(path, os.O_RDONLY | _NOFOLLOW | _BINARY)
         except FileNotFoundError:
