@@ -510,6 +510,9 @@ class Suite:
                 ),
                 5,
             )
+        # What a host loads from its cache was written long ago: the cache trusts the status
+        # of no file changed in the last 2 s, so the files just written are left to settle.
+        time.sleep(2.1)
 
     def awaited(self, engine: Engine) -> None:
         """Awaited calls of the echo against a loop of ``PluginHost.call``: ``await
