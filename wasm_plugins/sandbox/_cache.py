@@ -24,8 +24,11 @@ engine's own output (wasmtime maps it as executable code). So an entry is never 
   corrupted on disk) is refused before anything else is read. A header whose digest or fields do
   not match what is looked up (a foreign entry), a payload of another size (truncated), other
   samples (corrupt, or another entry's payload), or an entry the engine then refuses (stale) is
-  compiled again and replaced. The whole-payload digest is checked on every load with
-  ``verify="full"`` (see ``docs/performance.md`` for why sampling is the default);
+  compiled again and replaced. An entry file that passed these checks is not checked again
+  while its identity and status (device, inode, size, modification and change times, from an
+  ``fstat`` of the descriptor the engine then loads) stay the same, once it has settled
+  (``SETTLED_AFTER_NS``). With ``verify="full"`` every load checks everything, the
+  whole-payload digest too (see ``docs/performance.md`` for why sampling is the default);
 - an entry is written to a new temporary file (created exclusively, never through a link) in
   the same directory and renamed into place, so readers see a whole entry or none, and
   concurrent writers of the same entry do not mix;
@@ -108,9 +111,9 @@ _SAMPLE = 4096
 _SAMPLE_STRIDE = 1 << 20
 _SUBDIRECTORY = f"compiled-v{CACHE_FORMAT}"
 SETTLED_AFTER_NS = 2_000_000_000
-"""How long after its last change a module file's digest may be remembered: a file changed again
-within the same tick of the file system's clock keeps its time stamps, so the digest of a file
-changed that recently is computed on every load."""
+"""How long after its last change a module file's digest, or an entry file's checks, may be
+remembered: a file changed again within the same tick of the file system's clock keeps its time
+stamps, so a file changed that recently is hashed or checked on every load."""
 _DIGESTS_KEPT = 1024
 _HEADERS_KEPT = 256
 _RENEW_AFTER_NS = 60 * 10**9
@@ -174,7 +177,9 @@ class ModuleCache:
     :param enabled: ``False`` makes a cache that compiles every time and touches no file.
     :param max_size: bytes of entries to keep at most (``None``: no bound).
     :param verify: ``"sampled"`` checks an entry's size and samples of its payload before it is
-        deserialized; ``"full"`` also hashes the whole payload, on every load.
+        deserialized, and not again while the entry file stays the same; ``"full"`` also
+        hashes the whole payload, on every load, and remembers neither entries nor module
+        digests.
     """
 
     def __init__(
