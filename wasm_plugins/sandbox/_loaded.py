@@ -404,32 +404,25 @@ def _link(
     ):
         return known
     abi = detect_abi(imports) if requested_abi == "auto" else requested_abi
-    if abi == "extism":
+    extism = abi == "extism"
+    if extism:
         check_extism_module(exports, declared, plugin)
-        plan = kernel_plan(
-            link_imports(
-                imports,
-                extism_host_functions(offered),
-                granted,
-                plugin=plugin,
-                memory_limit_pages=pages,
-                gated_modules=_WASI_GATE,
-                gated_functions=WASI_GATED_FUNCTIONS,
-            )
-        )
-        exported = extism_plugin_functions(exports)
+        linkable = extism_host_functions(offered)
     else:
         check_module(exports, imports, declared, plugin=plugin)
-        plan = link_imports(
-            imports,
-            (*abi_host_functions(), *offered),
-            granted,
-            plugin=plugin,
-            memory_limit_pages=pages,
-            gated_modules=_WASI_GATE,
-            gated_functions=WASI_GATED_FUNCTIONS,
-        )
-        exported = plugin_functions(exports)
+        linkable = (*abi_host_functions(), *offered)
+    plan = link_imports(
+        imports,
+        linkable,
+        granted,
+        plugin=plugin,
+        memory_limit_pages=pages,
+        gated_modules=_WASI_GATE,
+        gated_functions=WASI_GATED_FUNCTIONS,
+    )
+    if extism:
+        plan = kernel_plan(plan)
+    exported = extism_plugin_functions(exports) if extism else plugin_functions(exports)
     made = _Link(imports, exports, offered, abi, plan, exported)
     if len(_LINKS) >= _LINKS_KEPT:
         _LINKS.clear()
