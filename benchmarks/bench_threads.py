@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +158,33 @@ def spin_units(seconds: float) -> int:
         return max(1, round(units * seconds / duration(units)))
 
 
+def python_beside_a_guest(engine: str, units: int) -> tuple[float, float]:
+    """The CPU time another Python thread had while a long guest call ran, and the call's
+    wall-clock time: at most one switch interval (after the guest returned) when the engine keeps
+    the GIL through the guest call."""
+    with Sandbox(SPIN, engine=engine, name="spin") as sandbox:
+        sandbox.call("spin", 1)
+        progress: list[tuple[float, float]] = []
+        calling = threading.Event()
+        calling.set()
+
+        def python_work() -> None:
+            while calling.is_set():
+                progress.append((time.perf_counter(), time.thread_time()))
+
+        beside = threading.Thread(target=python_work)
+        beside.start()
+        while not progress:
+            time.sleep(0.001)
+        began = time.perf_counter()
+        sandbox.call("spin", units)
+        ended = time.perf_counter()
+        calling.clear()
+        beside.join()
+    inside = [cpu for at, cpu in progress if began <= at <= ended]
+    return (inside[-1] - inside[0] if len(inside) > 1 else 0.0), ended - began
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -198,11 +226,21 @@ def main() -> None:
     sandbox.close()
 
     print(
-        f"CPython {sys.version.split()[0]}, wasmtime {wasmtime.__version__ if hasattr(wasmtime, '__version__') else '?'}, "
+        f"CPython {sys.version.split()[0]}, wasmtime {version('wasmtime')}, "
         f"{os.cpu_count()} CPUs, load average {min(loads):.1f}-{max(loads):.1f}; "
         f"median of {arguments.rounds} alternating rounds, per call of all threads together"
     )
     header = f"| {'action':<36} | threads | wall µs | cpu µs | waits | cores | wall vs 1 |"
+    for engine in ("wasmtime", "wasmer"):
+        try:
+            beside, call = python_beside_a_guest(engine, units * 300)
+        except Exception as exc:  # wasmer is not installed on every Python
+            print(f"{engine}: not measured ({type(exc).__name__})")
+            continue
+        print(
+            f"{engine}: during a guest call of {call * 1e3:.0f} ms, another Python thread ran "
+            f"{beside * 1e3:.1f} ms"
+        )
     print(header)
     print("|" + "|".join("-" * (len(part)) for part in header.split("|")[1:-1]) + "|")
     for label in actions:
