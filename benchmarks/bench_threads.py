@@ -18,7 +18,12 @@ The actions, from the engine's own functions to the full host:
 - a call of an empty export through wasmtime-py's public API (``Func.__call__``, which releases
   the GIL around the guest): the bare engine;
 - ``Sandbox.call`` and ``PluginHost.call`` of the JSON echo, and ``PluginHost.call`` of a guest
-  doing about 300 µs of work.
+  doing about 300 µs of work; then the same three with the guest call made through a
+  ``ctypes.PyDLL`` handle, which keeps the GIL (rows "GIL kept"): what keeping it would change.
+
+Before the table, a long guest call on each engine while another Python thread loops: on
+wasmtime the other thread runs during the call; on wasmer 1.1, which keeps the GIL through a
+guest call, it gets at most one switch interval, after the guest returned.
 
 The threads live as long as the benchmark, each with its own store or instance, as an
 application's threads do; rounds alternate between the actions, and figures are medians.
@@ -42,11 +47,13 @@ from pathlib import Path
 from typing import Any
 
 import wasmtime
+from wasmtime import _ffi
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from wasm_plugins import PluginHost  # noqa: E402
+from wasm_plugins.engine import _wasmtime  # noqa: E402
 from wasm_plugins.sandbox import Sandbox  # noqa: E402
 
 ECHO = ROOT / "hostapi" / "examples" / "echo.wat"
@@ -107,8 +114,6 @@ class Gang:
 
 def foreign_calls(sandbox: Sandbox) -> dict[str, Callable[[], Any]]:
     """``wasmtime_memory_data_size`` on the sandbox's memory, releasing and keeping the GIL."""
-    from wasmtime import _ffi  # noqa: PLC0415 - a private module, reached only here
-
     memory = sandbox._state().session.instance.memory
     context, reference = memory._context, memory._memory_ref
     library = _ffi.dll
@@ -196,6 +201,9 @@ def main() -> None:
     host = PluginHost(engine="wasmtime", blocked=(), module_cache=False)
     host.load({"name": "echo", "module": {"path": str(ECHO)}, "policy": {"fallbacks": []}})
     units = spin_units(300e-6)
+    released = _wasmtime._call_unchecked
+    kept = ctypes.PyDLL(_ffi.dll._name, handle=_ffi.dll._handle)["wasmtime_func_call_unchecked"]
+    kept.restype = released.restype
     host.load({"name": "spin", "module": {"path": str(SPIN)}, "policy": {"fallbacks": []}})
     actions: dict[str, tuple[Callable[[], Any], int]] = {
         label: (action, calls * 4) for label, action in foreign_calls(sandbox).items()
@@ -207,19 +215,25 @@ def main() -> None:
         lambda: host.call("spin", "spin", units),
         max(40, calls // 25),
     )
+    # The same calls with the guest call made through a handle that keeps the GIL: what keeping
+    # it would change (the library releases it, see docs/performance.md).
+    for label in ("Sandbox.call, echo", "PluginHost.call, echo", "PluginHost.call, 300 µs of work"):
+        actions[f"{label}, GIL kept"] = actions[label]
     gangs = {
         (label, count): Gang(action, count, batch)
         for label, (action, batch) in actions.items()
         for count in COUNTS
     }
-    for gang in gangs.values():
-        gang.batch()  # warm-up: every thread makes its instance
     samples: dict[tuple[str, int], list[tuple[float, float, float]]] = {key: [] for key in gangs}
     loads = []
-    for _ in range(arguments.rounds):
+    for round in range(arguments.rounds + 1):
         loads.append(os.getloadavg()[0])
         for key, gang in gangs.items():
-            samples[key].append(gang.batch())
+            _wasmtime._call_unchecked = kept if key[0].endswith("GIL kept") else released
+            figures = gang.batch()
+            if round:  # the first is a warm-up, where every thread makes its instance
+                samples[key].append(figures)
+    _wasmtime._call_unchecked = released
     for gang in gangs.values():
         gang.close()
     host.close()
@@ -230,7 +244,7 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, load average {min(loads):.1f}-{max(loads):.1f}; "
         f"median of {arguments.rounds} alternating rounds, per call of all threads together"
     )
-    header = f"| {'action':<36} | threads | wall µs | cpu µs | waits | cores | wall vs 1 |"
+    header = f"| {'action':<42} | threads | wall µs | cpu µs | waits | cores | wall vs 1 |"
     for engine in ("wasmtime", "wasmer"):
         try:
             beside, call = python_beside_a_guest(engine, units * 300)
@@ -252,7 +266,7 @@ def main() -> None:
             waits = statistics.median(sample[2] for sample in rounds)
             cores = statistics.median(sample[1] / sample[0] for sample in rounds)
             print(
-                f"| {label:<36} | {count:>7} | {wall * 1e6:>7.2f} | {cpu * 1e6:>6.2f} "
+                f"| {label:<42} | {count:>7} | {wall * 1e6:>7.2f} | {cpu * 1e6:>6.2f} "
                 f"| {waits:>5.2f} | {cores:>5.2f} | {one / wall:>8.2f}x |"
             )
 
