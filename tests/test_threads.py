@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from tests.conftest import CONFORMANCE
 from wasm_plugins.engine import Engine
 from wasm_plugins.errors import ExecutionError, PluginError
-from wasm_plugins.sandbox import Sandbox
+from wasm_plugins.sandbox import LoadedModule, Sandbox
 
 ABI = CONFORMANCE / "abi.wat"
 
@@ -28,6 +29,52 @@ class TestSandboxThreads:
             results = list(pool.map(work, range(8)))
         for worker, outputs in enumerate(results):
             assert outputs == [f"WORKER {worker} CALL {i}" for i in range(50)]
+
+    def test_each_thread_keeps_its_own_instance_and_takes_no_lock(
+        self, engine: Engine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Threads calling at once never share an instance (or its store) and never wait for
+        one: each makes its own on its first call and keeps it; its later calls instantiate
+        nothing and take no lock."""
+        made: list[int] = []
+        instantiate = LoadedModule.instantiate
+
+        def counting(self: LoadedModule, services: object = None) -> Any:
+            made.append(threading.get_ident())
+            return instantiate(self, services)
+
+        monkeypatch.setattr(LoadedModule, "instantiate", counting)
+        sandbox = Sandbox(ABI, engine=engine)
+        lock_types = (type(threading.Lock()), type(threading.RLock()))
+        threads = 4
+        together = threading.Barrier(threads)
+        seen: dict[int, set[int]] = {}
+        locks: list[str] = []
+
+        def watch(frame: Any, event: str, argument: Any) -> None:
+            if event == "c_call" and isinstance(getattr(argument, "__self__", None), lock_types):
+                locks.append(f"{frame.f_code.co_filename}:{frame.f_lineno}")
+
+        def work(worker: int) -> None:
+            instances = seen.setdefault(worker, set())
+            sandbox.call("upper", "first")
+            instances.add(id(sandbox._state().session.instance))
+            together.wait()  # every thread's instance is alive at once
+            sys.setprofile(watch)  # this thread only
+            try:
+                for i in range(20):
+                    assert sandbox.call("upper", f"call {i}") == f"CALL {i}"
+            finally:
+                sys.setprofile(None)
+            instances.add(id(sandbox._state().session.instance))
+            together.wait()
+
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(work, range(threads)))
+        assert all(len(instances) == 1 for instances in seen.values())
+        assert len(set().union(*seen.values())) == threads
+        assert len(made) == 1 + threads  # the loading thread's, then one per calling thread
+        assert locks == []
 
     def test_failures_stay_in_their_thread(self, engine: Engine) -> None:
         """Traps in some threads do not disturb good calls running in others."""
