@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from wasm_plugins._async_calls import AsyncCalls
+from wasm_plugins._async_calls import BLOCKED, STALL, AsyncCalls, _Worker
 from wasm_plugins.provider import Cancellation, _calling
 
 WAIT = 60.0
@@ -252,3 +252,21 @@ class TestAsyncCalls:
 
         asyncio.run(main())
         assert seen == [("cancelled", True), ("next", False)]
+
+
+class TestHeld:
+    """When a thread counts as held by one call (calls waiting then start another thread)."""
+
+    def test_a_call_that_computes_through_the_interval_holds_its_thread(self) -> None:
+        worker = _Worker()
+        assert worker.held((2, 1.0), (2, 1.0 + STALL), STALL)
+        assert not worker.held((2, 1.0), (3, 1.0 + STALL), STALL)  # it took another call
+        assert not worker.held((2, 1.0), (2, 1.0 + STALL / 4), STALL)  # it waited for a core
+
+    def test_a_threads_first_call_holds_it_only_once_it_has_lasted_blocked(self) -> None:
+        """A thread's first call makes its instance (tens of ms for a large module): a second
+        thread started for that would then serve tiny calls beside it, taking turns with the
+        GIL and making an instance of its own."""
+        worker = _Worker()
+        assert not worker.held((1, 1.0), (1, 1.0 + STALL), STALL)
+        assert worker.held((1, 1.0), (1, 1.0 + STALL), BLOCKED)

@@ -182,11 +182,15 @@ class _Worker:
         """Whether the thread spent the ``elapsed`` seconds between two looks in one call:
         it took no other, and either computed for half that time (a thread that waited for
         the GIL or for a core did not) or the call lasted :data:`BLOCKED` seconds (a guest
-        waiting in a host function computes nothing)."""
+        waiting in a host function computes nothing). A thread's first call makes its
+        instances, which may take longer than :data:`STALL` for a large module: it holds the
+        thread after :data:`BLOCKED` seconds only."""
         if now[0] != before[0]:
             return False
         if elapsed >= BLOCKED or now[1] < 0 or before[1] < 0:
             return True
+        if now[0] <= 1:
+            return False
         return now[1] - before[1] >= elapsed / 2
 
 
