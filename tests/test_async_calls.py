@@ -270,3 +270,27 @@ class TestHeld:
         worker = _Worker()
         assert not worker.held((1, 1.0), (1, 1.0 + STALL), STALL)
         assert worker.held((1, 1.0), (1, 1.0 + STALL), BLOCKED)
+
+
+class _Unwatchable:
+    """A sandbox whose engine cannot stop a running guest (as on wasmer)."""
+
+    name = "unwatchable"
+
+    def __init__(self) -> None:
+        self.watched: list[threading.Event | None] = []
+
+    def watch(self, cancelled: threading.Event | None) -> bool:
+        self.watched.append(cancelled)
+        return False
+
+
+class TestCancellation:
+    def test_a_sandbox_that_cannot_be_watched_is_not_unwatched(self) -> None:
+        """Around each attempt, a sandbox is asked to watch the cancellation; one that cannot
+        (its engine cannot stop a running guest) is not asked again to stop watching."""
+        cancellation = Cancellation()
+        sandbox = _Unwatchable()
+        cancellation._enter(sandbox)  # type: ignore[arg-type]
+        cancellation._leave(sandbox)  # type: ignore[arg-type]
+        assert sandbox.watched == [cancellation.cancelled]
