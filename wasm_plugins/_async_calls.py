@@ -14,7 +14,8 @@ One thread serves the calls while they are short (more would only take turns wit
 When calls wait while every thread is held by one call (see :meth:`_Worker.held`), the loop
 starts another, up to :data:`MAX_THREADS`: long calls still run side by side, as they did on
 the default executor. Threads keep their instances between calls (each thread has its own, see
-``Sandbox``), and end after :data:`IDLE` seconds without a call.
+``Sandbox``), and end after :data:`IDLE` seconds without a call. Each thread runs its calls
+under one ``Cancellation`` of its own, replaced only after a call it ran was cancelled.
 """
 
 from __future__ import annotations
