@@ -373,6 +373,8 @@ def in_threads(gang: ThreadGang) -> Action:
 
 BATCH = 100
 """Calls per batch of the awaited-call benchmarks."""
+ASYNCIO_ALONE = "asyncio alone: gather of 100 futures resolved on the loop, no call"
+"""The row of what asyncio costs per gathered call, whatever runs the call."""
 
 
 def in_batches(batch: Action) -> Action:
@@ -563,6 +565,24 @@ class Suite:
         async def gathered() -> None:
             await asyncio.gather(*(host.acall("echo", "echo", PAYLOAD) for _ in range(BATCH)))
 
+        async def bounded_gathered() -> None:
+            await asyncio.gather(*(host.acall("bounded", "echo", PAYLOAD) for _ in range(BATCH)))
+
+        async def answered(future: asyncio.Future[Any]) -> Any:
+            return await future
+
+        async def asyncio_alone() -> None:
+            # What asyncio itself costs per gathered call: a task awaiting a future that the
+            # loop resolves, in one batch, as the host's threads do; no call at all.
+            futures = [loop.create_future() for _ in range(BATCH)]
+
+            def resolve() -> None:
+                for future in futures:
+                    future.set_result(None)
+
+            loop.call_soon(resolve)
+            await asyncio.gather(*(answered(future) for future in futures))
+
         async def to_thread_one_at_a_time() -> None:
             for _ in range(BATCH):
                 await asyncio.to_thread(call)
@@ -580,6 +600,10 @@ class Suite:
             forms["acall of a bounded plugin (on the loop), one at a time"] = lambda: one_at_a_time(
                 "bounded"
             )
+            forms["acall of a bounded plugin (on the loop), asyncio.gather of 100"] = (
+                bounded_gathered
+            )
+        forms[ASYNCIO_ALONE] = asyncio_alone
         self.add("PluginHost.call in a loop", name, call)
         for row, form in forms.items():
             self.add(row, name, in_batches(lambda form=form: loop.run_until_complete(form())))
@@ -841,8 +865,10 @@ ROWS = (
     "acall, awaited one at a time",
     "acall, asyncio.gather of 100",
     "acall of a bounded plugin (on the loop), one at a time",
+    "acall of a bounded plugin (on the loop), asyncio.gather of 100",
     "asyncio.to_thread(host.call), one at a time",
     "asyncio.to_thread(host.call), asyncio.gather of 100",
+    "asyncio alone: gather of 100 futures resolved on the loop, no call",
     "circuit-open fast fail",
     "PluginHost.call, 1 ms of work",
     "worker-process call, ProcessSandbox.call",
@@ -1093,6 +1119,14 @@ def awaited_calls(suite: Suite, engines: list[str]) -> list[str]:
                     passed = loop / figure >= 0.5
                     line += f" (target ≥ 0.5) {'pass' if passed else 'FAIL'}"
                 lines.append(line)
+        alone = suite.figure(ASYNCIO_ALONE, engine)
+        if alone is not None:
+            # The GIL runs the loop's part and the call's one after the other: no hand-over
+            # to a thread does better than this.
+            lines.append(
+                f"{engine}: ceiling of a gathered call off the loop (a call plus asyncio alone): "
+                f"{loop / (loop + alone):.2f}x the calls/s of a loop of call"
+            )
     return lines
 
 

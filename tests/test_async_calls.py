@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from wasm_plugins._async_calls import AsyncCalls
+from wasm_plugins._async_calls import BLOCKED, STALL, AsyncCalls, _Worker
 from wasm_plugins.provider import Cancellation, _calling
 
 WAIT = 60.0
@@ -174,3 +174,123 @@ class TestAsyncCalls:
         calls.close(WAIT)
         assert calls.threads() == 0
         assert asyncio.run(calls.run(lambda: "again")) == "again"
+
+    def test_calls_build_no_cancellation_of_their_own(self, calls: AsyncCalls) -> None:
+        """A thread's Cancellation serves its calls one after another (building one costs more
+        than a tiny call's own overhead); a call cancelled leaves a fresh one to the next."""
+        tokens: list[Cancellation | None] = []
+
+        def note() -> None:
+            tokens.append(_calling.token)
+
+        async def main() -> None:
+            await asyncio.gather(*(calls.run(note) for _ in range(50)))
+
+        asyncio.run(main())
+        assert len({id(token) for token in tokens}) == 1
+        assert tokens[0] is not None
+        assert not tokens[0].cancelled.is_set()
+
+    def test_cancelling_a_finished_call_leaves_the_next_one_alone(self, calls: AsyncCalls) -> None:
+        """The awaiting task of a call that has finished but whose answer the loop has not yet
+        taken is cancelled while the thread runs the next call: the next call is not stopped."""
+        first_done = threading.Event()
+        second_running = threading.Event()
+        release_second = threading.Event()
+        seen: list[bool] = []
+
+        def first() -> str:
+            first_done.set()
+            return "first"
+
+        def second() -> str:
+            second_running.set()
+            release_second.wait(WAIT)
+            seen.append(_calling.token.cancelled.is_set())
+            return "second"
+
+        async def main() -> str:
+            first_task = asyncio.ensure_future(calls.run(first))
+            second_task = asyncio.ensure_future(calls.run(second))
+            await asyncio.sleep(0)  # both calls are queued
+            # The loop stays busy (blocked here) while the thread finishes the first call and
+            # starts the second: the first answer is not taken yet.
+            assert first_done.wait(WAIT)
+            assert second_running.wait(WAIT)
+            first_task.cancel()
+            release_second.set()
+            with pytest.raises(asyncio.CancelledError):
+                await first_task
+            return await second_task
+
+        assert asyncio.run(main()) == "second"
+        assert seen == [False]
+
+    def test_a_call_cancelled_before_it_starts_runs_cancelled(self, calls: AsyncCalls) -> None:
+        """A call whose task is cancelled while it waits for a thread runs under a set
+        Cancellation (its attempts end at once, and the hooks see it cancelled); the call after
+        it runs under a clear one."""
+        release = threading.Event()
+        seen: list[tuple[str, bool]] = []
+
+        def blocker() -> None:
+            release.wait(WAIT)
+
+        def note(name: str) -> None:
+            seen.append((name, _calling.token.cancelled.is_set()))
+
+        async def main() -> None:
+            blocking = asyncio.ensure_future(calls.run(blocker))
+            waiting = asyncio.ensure_future(calls.run(lambda: note("cancelled")))
+            await asyncio.sleep(0)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            release.set()
+            await blocking
+            await calls.run(lambda: note("next"))
+
+        asyncio.run(main())
+        assert seen == [("cancelled", True), ("next", False)]
+
+
+class TestHeld:
+    """When a thread counts as held by one call (calls waiting then start another thread)."""
+
+    def test_a_call_that_computes_through_the_interval_holds_its_thread(self) -> None:
+        worker = _Worker()
+        assert worker.held((2, 1.0), (2, 1.0 + STALL), STALL)
+        assert not worker.held((2, 1.0), (3, 1.0 + STALL), STALL)  # it took another call
+        assert not worker.held((2, 1.0), (2, 1.0 + STALL / 4), STALL)  # it waited for a core
+
+    def test_a_threads_first_call_holds_it_only_once_it_has_lasted_blocked(self) -> None:
+        """A thread's first call makes its instance (tens of ms for a large module): a second
+        thread started for that would then serve tiny calls beside it, taking turns with the
+        GIL and making an instance of its own."""
+        worker = _Worker()
+        assert not worker.held((1, 1.0), (1, 1.0 + STALL), STALL)
+        assert worker.held((1, 1.0), (1, 1.0 + STALL), BLOCKED)
+
+
+class _Unwatchable:
+    """A sandbox whose engine cannot stop a running guest (as on wasmer)."""
+
+    name = "unwatchable"
+
+    def __init__(self) -> None:
+        self.watched: list[threading.Event | None] = []
+
+    def watch(self, cancelled: threading.Event | None) -> bool:
+        self.watched.append(cancelled)
+        return False
+
+
+class TestCancellation:
+    def test_a_sandbox_that_cannot_be_watched_is_not_unwatched(self) -> None:
+        """Around each attempt, a sandbox is asked to watch the cancellation; one that cannot
+        (its engine cannot stop a running guest) is not asked again to stop watching."""
+        cancellation = Cancellation()
+        sandbox = _Unwatchable()
+        cancellation._enter(sandbox)  # type: ignore[arg-type]
+        cancellation._leave(sandbox)  # type: ignore[arg-type]
+        assert sandbox.watched == [cancellation.cancelled]

@@ -14,7 +14,8 @@ One thread serves the calls while they are short (more would only take turns wit
 When calls wait while every thread is held by one call (see :meth:`_Worker.held`), the loop
 starts another, up to :data:`MAX_THREADS`: long calls still run side by side, as they did on
 the default executor. Threads keep their instances between calls (each thread has its own, see
-``Sandbox``), and end after :data:`IDLE` seconds without a call.
+``Sandbox``), and end after :data:`IDLE` seconds without a call. Each thread runs its calls
+under one ``Cancellation`` of its own, replaced only after a call it ran was cancelled.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class _Outbox:
 
 @final
 class _Job:
-    __slots__ = ("cancellation", "context", "future", "outbox", "thunk")
+    __slots__ = ("cancelled", "context", "future", "outbox", "thunk", "worker")
 
     def __init__(
         self,
@@ -131,13 +132,18 @@ class _Job:
         self.future = future
         self.outbox = outbox
         self.context = contextvars.copy_context()
-        self.cancellation = Cancellation()
+        self.cancelled = False
+        """Whether the awaiting task was cancelled (set on the loop, under the host's
+        ``running`` lock)."""
+        self.worker: _Worker | None = None
+        """The thread running the call, while it runs (set under the same lock)."""
 
-    def run(self, more: Callable[[], bool]) -> None:
-        """Run the call and post its answer; the loop is woken only when ``more()`` says no
-        other call waits (else the answer goes with a later one, or the loop's next look)."""
+    def run(self, cancellation: Cancellation, more: Callable[[], bool]) -> None:
+        """Run the call under its thread's ``cancellation`` and post its answer; the loop is
+        woken only when ``more()`` says no other call waits (else the answer goes with a later
+        one, or the loop's next look)."""
         try:
-            value = self.context.run(self.cancellation.run, self.thunk)
+            value = self.context.run(cancellation.run, self.thunk)
         except StopIteration as stop:
             # A future cannot hold StopIteration (it would end the awaiting coroutine).
             error = RuntimeError("the call raised StopIteration")
@@ -151,9 +157,13 @@ class _Job:
 
 @final
 class _Worker:
-    __slots__ = ("clock", "finished")
+    __slots__ = ("cancellation", "clock", "finished")
 
     def __init__(self) -> None:
+        self.cancellation = Cancellation()
+        """What this thread's calls run under, one after another: building one per call (an
+        event, a lock) costs more than the rest of a tiny call's hand-over. A call cancelled
+        leaves it set, and the next call gets a new one."""
         self.finished = 0
         """Calls this thread took: a number that stops moving means a long call."""
         self.clock: int | None = None
@@ -173,11 +183,15 @@ class _Worker:
         """Whether the thread spent the ``elapsed`` seconds between two looks in one call:
         it took no other, and either computed for half that time (a thread that waited for
         the GIL or for a core did not) or the call lasted :data:`BLOCKED` seconds (a guest
-        waiting in a host function computes nothing)."""
+        waiting in a host function computes nothing). A thread's first call makes its
+        instances, which may take longer than :data:`STALL` for a large module: it holds the
+        thread after :data:`BLOCKED` seconds only."""
         if now[0] != before[0]:
             return False
         if elapsed >= BLOCKED or now[1] < 0 or before[1] < 0:
             return True
+        if now[0] <= 1:
+            return False
         return now[1] - before[1] >= elapsed / 2
 
 
@@ -195,6 +209,8 @@ class AsyncCalls:
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
+        self._running = threading.Lock()
+        """Guards which thread runs which call, against a cancellation from the loop."""
         self._inbox: queue.SimpleQueue[_Job | _End] = queue.SimpleQueue()
         self._workers: list[_Worker] = []
         self._threads: list[threading.Thread] = []
@@ -233,7 +249,12 @@ class AsyncCalls:
         try:
             return await future
         except asyncio.CancelledError:
-            job.cancellation.cancel()
+            with self._running:
+                job.cancelled = True
+                # A call finished (worker None again) is left alone: its thread's
+                # cancellation already serves the next call.
+                if job.worker is not None:
+                    job.worker.cancellation.cancel()
             raise
 
     def _outbox(self, loop: asyncio.AbstractEventLoop) -> _Outbox:
@@ -317,7 +338,19 @@ class AsyncCalls:
                     return
                 continue
             worker.finished += 1
-            job.run(more)
+            self._run(worker, job, more)
+
+    def _run(self, worker: _Worker, job: _Job, more: Callable[[], bool]) -> None:
+        running = self._running
+        with running:
+            job.worker = worker
+            if job.cancelled:
+                worker.cancellation.cancel()
+        job.run(worker.cancellation, more)
+        with running:
+            job.worker = None
+            if worker.cancellation.cancelled.is_set():
+                worker.cancellation = Cancellation()
 
     def _wait(self, inbox: queue.SimpleQueue[_Job | _End]) -> _Job | _End:
         with self._lock:

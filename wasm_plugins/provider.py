@@ -49,6 +49,8 @@ class Cancellation:
         self._lock = threading.Lock()
         self.cancelled = threading.Event()
         self._running: tuple[PluginSandbox, int] | None = None
+        self._watching = False
+        """Whether the running attempt's sandbox watches :attr:`cancelled`."""
 
     def run(self, thunk: Callable[[], Any]) -> Any:
         """Run ``thunk`` (a call through the policy) in this thread, cancellable."""
@@ -74,16 +76,16 @@ class Cancellation:
                 raise CallCancelled(plugin=sandbox.name)
             self._running = (sandbox, threading.get_ident())
         watch = getattr(sandbox, "watch", None)
-        if watch is not None:
-            # In this process the guest runs on this thread: its engine watches the event.
-            watch(self.cancelled)
+        # In this process the guest runs on this thread: its engine watches the event (not
+        # wasmer's, which cannot stop a running guest: that sandbox is not asked to unwatch).
+        self._watching = watch is not None and bool(watch(self.cancelled))
 
     def _leave(self, sandbox: PluginSandbox) -> None:
         with self._lock:
             self._running = None
-        watch = getattr(sandbox, "watch", None)
-        if watch is not None:
-            watch(None)
+        if self._watching:
+            self._watching = False
+            sandbox.watch(None)  # type: ignore[attr-defined]
 
 
 @final
