@@ -504,7 +504,7 @@ class WasmtimeInstance:
             return answer
         if not self._unguarded:
             if self._timeout_only:
-                return self._timed_raw_call(cast(_Export, function), ptr, length)
+                return self._timed_raw_call(function, ptr, length)
             return int(self._guarded(lambda: self._raw_call(cast(_Export, function), ptr, length)))
         self._host_exception = None
         values = self._values
@@ -525,15 +525,28 @@ class WasmtimeInstance:
         result: int = values[0]
         return result
 
-    def _timed_raw_call(self, function: _Export, ptr: int, length: int) -> int:
+    def _timed_raw_call(self, function: ExportFunction, ptr: int, length: int) -> int:
         """The raw call under the armed deadline: what the guarded path does for a timeout
-        alone, without its closure."""
+        alone, without its closure (nor a frame of its own for the raw call)."""
         self._host_exception = None
+        values = self._values
+        values[0] = ptr & _MASK32
+        values[2] = length & _MASK32
         try:
             with self._ticker:
-                return self._raw_call(function, ptr, length)
+                error = _call_unchecked(
+                    self._context,
+                    function.reference,  # type: ignore[attr-defined]
+                    values,
+                    _TWO,
+                    self._trap_ref,
+                )
+            if error or self._trap.value:
+                self._raise_from_raw(error)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise self._call_error(exc, time.monotonic() - self._armed_at, "call") from None
+        result: int = values[0]
+        return result
 
     def call_unit(self, function: ExportFunction) -> int:
         if not FAST_PATH:
