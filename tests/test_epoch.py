@@ -198,6 +198,9 @@ class TestKeptDeadline:
 
     def _warm(self, wasmtime_engine: Engine, timeout: float = 5.0) -> Sandbox:
         sandbox = Sandbox(ECHO_AND_SPIN, engine=wasmtime_engine, limits=Limits(timeout=timeout))
+        ticker = sandbox.loaded.engine.ticker(False)  # type: ignore[attr-defined]
+        with ticker._lock:  # started by an earlier test, its phase would be the real clock's
+            ticker._stop()
         assert sandbox.call("echo", {"n": 0}) == {"n": 0}  # the timer runs from here on
         return sandbox
 
@@ -266,7 +269,6 @@ class TestKeptDeadline:
         ticker = sandbox.loaded.engine.ticker(False)  # type: ignore[attr-defined]
         with ticker._lock:
             ticker._stop()
-        assert not ticker._running
         with pytest.raises(DeadlineExceeded):
             sandbox.call("spin")
         assert sandbox.call("echo", {"n": 1}) == {"n": 1}
