@@ -44,7 +44,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
 
 def _running(ticker: EpochTicker, origin: float, native: bool = True) -> None:
     """The ticker as if its native timer had started at ``origin``."""
-    ticker._running = True
+    ticker.running = True
     ticker._origin = origin
     ticker._increment = 1 if native else None
 
@@ -91,19 +91,19 @@ class TestIdleStop:
         a call is in flight nor right after one."""
         ticker = EpochTicker(_Engine(), None)
         _running(ticker, origin=100.0, native=False)
-        ticker._in_flight, ticker._called = [None], True
+        ticker.in_flight, ticker.called = [None], True
         periods: list[float] = []
 
         def sleep(seconds: float) -> None:
             periods.append(seconds)
             if len(periods) == 2:  # the call in flight returned, another came and went
-                ticker._in_flight.pop()
-                ticker._called = True
+                ticker.in_flight.pop()
+                ticker.called = True
 
         monkeypatch.setattr("wasm_plugins.engine._epoch.time.sleep", sleep)
         ticker._stop_when_idle()
         assert periods == [IDLE] * 3
-        assert not ticker._running
+        assert not ticker.running
 
 
 class TestTimedCalls:
@@ -139,22 +139,22 @@ class TestEnteringTakesNoLock:
                 return 0 if self.looks == 1 else 1
 
         entering = _EntersOnSecondLook()
-        ticker._in_flight = entering
-        ticker._called = False
+        ticker.in_flight = entering
+        ticker.called = False
         generation = ticker.generation
         running_while_asleep: list[bool] = []
 
         def sleep(seconds: float) -> None:
-            running_while_asleep.append(ticker._running)
+            running_while_asleep.append(ticker.running)
             if len(running_while_asleep) == 2:
-                ticker._in_flight = []  # the call returned; none came since
-                ticker._called = False
+                ticker.in_flight = []  # the call returned; none came since
+                ticker.called = False
 
         monkeypatch.setattr("wasm_plugins.engine._epoch.time.sleep", sleep)
         ticker._stop_when_idle()
         assert entering.looks == 2
         assert running_while_asleep == [True, True]
-        assert not ticker._running
+        assert not ticker.running
         assert ticker.generation == generation + 1
 
     def test_the_first_call_after_a_stop_starts_the_timer_again(self, clock: _Clock) -> None:

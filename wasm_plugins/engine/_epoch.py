@@ -125,21 +125,17 @@ class EpochTicker:
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
-        self._in_flight: list[None] = []
+        self.in_flight: list[None] = []
         """One item per timed call in flight (``list.append`` and ``list.pop`` are atomic)."""
-        self._called = False
+        self.called = False
         """Whether a timed call entered since the watcher last looked."""
-        self._running = False
+        self.running = False
+        """Whether the timer runs (ticks come at ``origin + k * TICK``)."""
         self._origin = 0.0
         """When the running timer started: tick ``k`` is due at ``origin + k * TICK``."""
         self._thread: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
         self._timer: ctypes.c_void_p | None = None
-
-    @property
-    def running(self) -> bool:
-        """Whether the timer runs: ticks come at ``origin + k * TICK``."""
-        return self._running
 
     @property
     def native(self) -> bool:
@@ -149,7 +145,7 @@ class EpochTicker:
     def ticks_until(self, deadline: float) -> int:
         """The epoch ticks from now that end at or after ``deadline`` (``time.monotonic()``)."""
         now = time.monotonic()
-        if not self._running:
+        if not self.running:
             # The timer starts when the call enters, after now: its first tick is TICK later.
             return max(1, _whole_ticks(deadline - now))
         origin = self._origin
@@ -165,23 +161,24 @@ class EpochTicker:
     def __enter__(self) -> None:
         # In flight, then called, then the look at the timer: the watcher stops it in the
         # reverse order (marked stopped, then a look at the calls), so either this call sees
-        # it stopped and starts it, or the watcher sees this call and keeps it.
-        self._in_flight.append(None)
-        self._called = True
-        if not self._running:
-            self._start_if_stopped()
+        # it stopped and starts it, or the watcher sees this call and keeps it. A hot path may
+        # do the same itself (a frame each way costs a fair part of a small call).
+        self.in_flight.append(None)
+        self.called = True
+        if not self.running:
+            self.start_if_stopped()
 
     def __exit__(self, *exc_info: object) -> None:
-        self._in_flight.pop()
+        self.in_flight.pop()
 
-    def _start_if_stopped(self) -> None:
+    def start_if_stopped(self) -> None:
         with self._lock:
-            if not self._running:
+            if not self.running:
                 self._start()
 
     def _start(self) -> None:
         self.generation += 1
-        self._running = True
+        self.running = True
         if self._increment is None or not self._arm(TICK):
             self._origin = time.monotonic()
             self._thread = threading.Thread(
@@ -234,14 +231,14 @@ class EpochTicker:
         while True:
             time.sleep(IDLE)
             with self._lock:
-                if self._called or self._in_flight:
-                    self._called = False
+                if self.called or self.in_flight:
+                    self.called = False
                     continue
-                self._running = False
-                if self._called or self._in_flight:
+                self.running = False
+                if self.called or self.in_flight:
                     # A call entered as the timer was marked stopped: it may have seen it
                     # running, and not started it.
-                    self._running = True
+                    self.running = True
                     continue
                 self._stop()
                 return
@@ -249,7 +246,7 @@ class EpochTicker:
     def _stop(self) -> None:
         """Stop the timer (with the lock held, or from a test)."""
         self.generation += 1
-        self._running = False
+        self.running = False
         self._watcher = None
         if self._timer is not None:
             self._arm(0.0)
@@ -257,7 +254,7 @@ class EpochTicker:
     def close(self) -> None:
         """Delete the native timer (before the engine may be freed)."""
         self.generation += 1
-        self._running = False
+        self.running = False
         timer, self._timer = self._timer, None
         if timer is not None and _TIMERS is not None:
             _TIMERS[2](timer)

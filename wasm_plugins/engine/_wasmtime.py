@@ -281,6 +281,8 @@ class WasmtimeInstance:
     """The ticker's generation the kept deadline was counted in."""
     _bare = False
     """Whether :meth:`arm` has nothing to do (see :meth:`_choose_path`)."""
+    _timeout_only = False
+    """Whether a timeout is the whole budget (see :meth:`_choose_path`)."""
 
     def __init__(
         self,
@@ -391,26 +393,26 @@ class WasmtimeInstance:
     def arm(self) -> None:
         if self._bare:
             return
-        if self._fuel is not None:
-            self._store.set_fuel(self._fuel)
         now = self._armed_at = time.monotonic()
-        if self._cancelled is not None:
-            # Watched: the deadline callback looks at the cancellation every tick, and keeps the
-            # timeout itself (ticks are counted late when the callback waits for the GIL).
-            if self._timeout is not None:
-                self._stop_at = now + self._timeout
-            self._set_deadline(1)
-        elif self._timeout is not None:
-            if (
-                now >= self._deadline_kept_until
-                or self._ticker.generation != self._deadline_generation
-            ):
-                self._arm_timeout(now, self._timeout)
-        elif self._on_deadline is not None:
-            self._set_deadline(_NO_DEADLINE)
+        if not self._timeout_only:
+            if self._fuel is not None:
+                self._store.set_fuel(self._fuel)
+            if self._cancelled is not None:
+                # Watched: the deadline callback looks at the cancellation every tick, and keeps
+                # the timeout itself (ticks are counted late when the callback waits for the GIL).
+                if self._timeout is not None:
+                    self._stop_at = now + self._timeout
+                self._set_deadline(1)
+                return
+            if self._timeout is None:
+                if self._on_deadline is not None:
+                    self._set_deadline(_NO_DEADLINE)
+                return
+        if now >= self._deadline_kept_until or self._ticker.generation != self._deadline_generation:
+            self._arm_timeout(now)
 
-    def _arm_timeout(self, now: float, timeout: float) -> None:
-        """Set the store's deadline to ``timeout`` from ``now``, and keep it for the calls that
+    def _arm_timeout(self, now: float) -> None:
+        """Set the store's deadline to the timeout from ``now``, and keep it for the calls that
         start within the next tick of the same run of the timer.
 
         A kept deadline ends at the same tick as it did for the call that set it, which started
@@ -422,7 +424,7 @@ class WasmtimeInstance:
         """
         ticker = self._ticker
         generation = ticker.generation
-        ticks = ticker.ticks_until(now + timeout)
+        ticks = ticker.ticks_until(now + cast(float, self._timeout))
         self._set_deadline(ticks)
         if ticks >= _KEPT_DEADLINE_MIN_TICKS and ticker.running:
             self._deadline_kept_until = now + TICK
@@ -532,8 +534,15 @@ class WasmtimeInstance:
         values = self._values
         values[0] = ptr & _MASK32
         values[2] = length & _MASK32
+        ticker = self._ticker
+        in_flight = ticker.in_flight
         try:
-            with self._ticker:
+            # The ticker's ``with``, without its two frames (see EpochTicker.__enter__).
+            in_flight.append(None)
+            ticker.called = True
+            if not ticker.running:
+                ticker.start_if_stopped()
+            try:
                 error = _call_unchecked(
                     self._context,
                     function.reference,  # type: ignore[attr-defined]
@@ -541,6 +550,8 @@ class WasmtimeInstance:
                     _TWO,
                     self._trap_ref,
                 )
+            finally:
+                in_flight.pop()
             if error or self._trap.value:
                 self._raise_from_raw(error)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
