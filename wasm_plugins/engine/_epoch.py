@@ -158,6 +158,10 @@ class EpochTicker:
             delivered -= 1
         return max(1, _whole_ticks(deadline - origin) - delivered)
 
+    def ticks_for(self, timeout: float) -> int:
+        """The epoch ticks from now that end at or after ``timeout`` seconds from now."""
+        return self.ticks_until(time.monotonic() + timeout)
+
     def __enter__(self) -> None:
         # In flight, then called, then the look at the timer: the watcher stops it in the
         # reverse order (marked stopped, then a look at the calls), so either this call sees
