@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import EXAMPLES
-from wasm_plugins.engine import Engine
+from wasm_plugins.engine import Engine, _wasmtime
 from wasm_plugins.engine._epoch import IDLE, TICK, EpochTicker
+from wasm_plugins.errors import DeadlineExceeded
 from wasm_plugins.sandbox import Limits, Sandbox
 
 
@@ -43,7 +44,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
 
 def _running(ticker: EpochTicker, origin: float, native: bool = True) -> None:
     """The ticker as if its native timer had started at ``origin``."""
-    ticker._running = True
+    ticker.running = True
     ticker._origin = origin
     ticker._increment = 1 if native else None
 
@@ -90,19 +91,19 @@ class TestIdleStop:
         a call is in flight nor right after one."""
         ticker = EpochTicker(_Engine(), None)
         _running(ticker, origin=100.0, native=False)
-        ticker._entered, ticker._active = 3, 1
+        ticker.in_flight, ticker.called = [None], True
         periods: list[float] = []
 
         def sleep(seconds: float) -> None:
             periods.append(seconds)
             if len(periods) == 2:  # the call in flight returned, another came and went
-                ticker._active = 0
-                ticker._entered += 1
+                ticker.in_flight.pop()
+                ticker.called = True
 
         monkeypatch.setattr("wasm_plugins.engine._epoch.time.sleep", sleep)
         ticker._stop_when_idle()
         assert periods == [IDLE] * 3
-        assert not ticker._running
+        assert not ticker.running
 
 
 class TestTimedCalls:
@@ -119,3 +120,155 @@ class TestTimedCalls:
         for _ in range(50):
             assert sandbox.call("echo", {"n": 1}) == {"n": 1}
         assert len(starts) <= 1
+
+
+class TestEnteringTakesNoLock:
+    def test_a_call_entering_as_the_timer_stops_keeps_it_running(
+        self, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Entering a timed call takes no lock: a call that enters between the watcher's look and
+        its stop may have seen the timer running, so the watcher looks again and keeps it."""
+        ticker = EpochTicker(_Engine(), None)
+        _running(ticker, origin=100.0, native=False)
+
+        class _EntersOnSecondLook(list[None]):
+            looks = 0
+
+            def __len__(self) -> int:
+                self.looks += 1
+                return 0 if self.looks == 1 else 1
+
+        entering = _EntersOnSecondLook()
+        ticker.in_flight = entering
+        ticker.called = False
+        generation = ticker.generation
+        running_while_asleep: list[bool] = []
+
+        def sleep(seconds: float) -> None:
+            running_while_asleep.append(ticker.running)
+            if len(running_while_asleep) == 2:
+                ticker.in_flight = []  # the call returned; none came since
+                ticker.called = False
+
+        monkeypatch.setattr("wasm_plugins.engine._epoch.time.sleep", sleep)
+        ticker._stop_when_idle()
+        assert entering.looks == 2
+        assert running_while_asleep == [True, True]
+        assert not ticker.running
+        assert ticker.generation == generation + 1
+
+    def test_the_first_call_after_a_stop_starts_the_timer_again(self, clock: _Clock) -> None:
+        """A stop and a start each change the ticker's generation: a deadline counted in the
+        ticks of one run of the timer is not taken for one of the next."""
+        ticker = EpochTicker(_Engine(), None)
+        starts: list[int] = []
+        ticker._start = lambda: starts.append(ticker.generation)  # type: ignore[method-assign]
+        with ticker:
+            pass
+        assert starts == [ticker.generation]
+        with ticker:
+            pass
+        assert len(starts) == 2  # the fake start left it stopped
+
+
+ECHO_AND_SPIN = (EXAMPLES / "echo.wat").read_text().rstrip().removesuffix(")") + (
+    '  (func (export "spin") (param i32 i32) (result i64)\n'
+    "    (loop $forever (br $forever))\n"
+    "    (i64.const 0))\n)\n"
+)
+"""The echo plugin with a function that never returns."""
+
+
+class TestKeptDeadline:
+    """A deadline set a moment ago still holds for the next call: the store's deadline is not
+    set again (a C call) for each of many small calls."""
+
+    @pytest.fixture
+    def deadlines(self, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+        """The ticks of every store deadline set through the fast path."""
+        set_ticks: list[int] = []
+        setter = _wasmtime._set_epoch_deadline
+
+        def spy(context: Any, ticks: Any) -> None:
+            set_ticks.append(ticks.value)
+            setter(context, ticks)
+
+        monkeypatch.setattr(_wasmtime, "_set_epoch_deadline", spy)
+        return set_ticks
+
+    def _warm(self, wasmtime_engine: Engine, timeout: float = 5.0) -> Sandbox:
+        sandbox = Sandbox(ECHO_AND_SPIN, engine=wasmtime_engine, limits=Limits(timeout=timeout))
+        ticker = sandbox.loaded.engine.ticker(False)  # type: ignore[attr-defined]
+        with ticker._lock:  # started by an earlier test, its phase would be the real clock's
+            ticker._stop()
+        assert sandbox.call("echo", {"n": 0}) == {"n": 0}  # the timer runs from here on
+        return sandbox
+
+    def test_calls_within_a_tick_keep_the_deadline(
+        self, wasmtime_engine: Engine, clock: _Clock, deadlines: list[int]
+    ) -> None:
+        sandbox = self._warm(wasmtime_engine)
+        sandbox.call("echo", {"n": 1})  # armed by a running timer
+        armed = len(deadlines)
+        for n in range(50):
+            clock.now += TICK / 100
+            assert sandbox.call("echo", {"n": n}) == {"n": n}
+        # At most once more, should the timer have stopped and started in between.
+        assert len(deadlines) - armed <= 1
+
+    def test_a_tick_later_the_deadline_is_set_again(
+        self, wasmtime_engine: Engine, clock: _Clock, deadlines: list[int]
+    ) -> None:
+        """A kept deadline loses at most the tick it was kept for: never later than this call's
+        start plus its timeout (and the tick the timer's phase may add)."""
+        sandbox = self._warm(wasmtime_engine)
+        sandbox.call("echo", {"n": 1})
+        ticker = sandbox.loaded.engine.ticker(False)  # type: ignore[attr-defined]
+        clock.now += TICK
+        deadlines.clear()
+        sandbox.call("echo", {"n": 2})
+        assert deadlines == [ticker.ticks_until(clock.now + 5.0)]
+
+    def test_a_timer_started_again_sets_the_deadline_again(
+        self, wasmtime_engine: Engine, clock: _Clock, deadlines: list[int]
+    ) -> None:
+        sandbox = self._warm(wasmtime_engine)
+        sandbox.call("echo", {"n": 1})
+        ticker = sandbox.loaded.engine.ticker(False)  # type: ignore[attr-defined]
+        ticker.generation += 2  # as if the timer stopped and started since
+        deadlines.clear()
+        sandbox.call("echo", {"n": 2})
+        assert len(deadlines) == 1
+
+    def test_short_timeouts_are_set_for_every_call(
+        self, wasmtime_engine: Engine, clock: _Clock, deadlines: list[int]
+    ) -> None:
+        """A deadline of a tick or two kept for a later call would already be due as it enters
+        (a callback into Python then): it is set each time."""
+        sandbox = self._warm(wasmtime_engine, timeout=TICK)
+        deadlines.clear()
+        for n in range(5):
+            sandbox.call("echo", {"n": n})
+        assert len(deadlines) == 5
+
+    def test_an_endless_loop_after_many_calls_still_times_out(
+        self, wasmtime_engine: Engine
+    ) -> None:
+        sandbox = self._warm(wasmtime_engine, timeout=0.05)
+        for n in range(200):
+            sandbox.call("echo", {"n": n})
+        with pytest.raises(DeadlineExceeded):
+            sandbox.call("spin")
+
+    def test_an_endless_loop_after_the_timer_stopped_still_times_out(
+        self, wasmtime_engine: Engine
+    ) -> None:
+        """After a long idle gap the watcher has stopped the timer: the next call starts it,
+        and its deadline counts the new run's ticks."""
+        sandbox = self._warm(wasmtime_engine, timeout=0.05)
+        ticker = sandbox.loaded.engine.ticker(False)  # type: ignore[attr-defined]
+        with ticker._lock:
+            ticker._stop()
+        with pytest.raises(DeadlineExceeded):
+            sandbox.call("spin")
+        assert sandbox.call("echo", {"n": 1}) == {"n": 1}

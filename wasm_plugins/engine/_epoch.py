@@ -101,7 +101,9 @@ class EpochTicker:
 
     The timer is not stopped when the last timed call returns: starting and stopping it costs a
     system call each, more than a small call itself. It stops once no timed call has run for
-    :data:`IDLE` seconds (a thread looks that often while the timer runs).
+    :data:`IDLE` seconds (a thread looks that often while the timer runs). Entering and leaving a
+    timed call take no lock (a lock each way costs a good part of a small call): only the first
+    call after a stop takes one, to start the timer.
 
     :param engine: the ``wasmtime.Engine`` (kept alive for as long as the ticker).
     :param increment: the address of ``wasmtime_engine_increment_epoch``, or ``None`` for the
@@ -115,14 +117,20 @@ class EpochTicker:
         self._engine = engine
         native = _TIMERS is not None and not EpochTicker.in_forked_child
         self._increment = increment if native else None
+        self.generation = 0
+        """Changes whenever the timer starts or stops: ticks counted while it had one value are
+        the same run of the timer, with the same phase, while it has it still."""
         self._reset()
         _TICKERS.add(self)
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
-        self._active = 0
-        self._entered = 0
-        self._running = False
+        self.in_flight: list[None] = []
+        """One item per timed call in flight (``list.append`` and ``list.pop`` are atomic)."""
+        self.called = False
+        """Whether a timed call entered since the watcher last looked."""
+        self.running = False
+        """Whether the timer runs (ticks come at ``origin + k * TICK``)."""
         self._origin = 0.0
         """When the running timer started: tick ``k`` is due at ``origin + k * TICK``."""
         self._thread: threading.Thread | None = None
@@ -137,7 +145,7 @@ class EpochTicker:
     def ticks_until(self, deadline: float) -> int:
         """The epoch ticks from now that end at or after ``deadline`` (``time.monotonic()``)."""
         now = time.monotonic()
-        if not self._running:
+        if not self.running:
             # The timer starts when the call enters, after now: its first tick is TICK later.
             return max(1, _whole_ticks(deadline - now))
         origin = self._origin
@@ -155,23 +163,30 @@ class EpochTicker:
         return self.ticks_until(time.monotonic() + timeout)
 
     def __enter__(self) -> None:
-        with self._lock:
-            self._active += 1
-            self._entered += 1
-            if not self._running:
-                self._start()
+        # In flight, then called, then the look at the timer: the watcher stops it in the
+        # reverse order (marked stopped, then a look at the calls), so either this call sees
+        # it stopped and starts it, or the watcher sees this call and keeps it. A hot path may
+        # do the same itself (a frame each way costs a fair part of a small call).
+        self.in_flight.append(None)
+        self.called = True
+        if not self.running:
+            self.start_if_stopped()
 
     def __exit__(self, *exc_info: object) -> None:
+        self.in_flight.pop()
+
+    def start_if_stopped(self) -> None:
         with self._lock:
-            self._active -= 1
+            if not self.running:
+                self._start()
 
     def _start(self) -> None:
-        # Running before the thread starts: the thread's loop ends as soon as it is not.
-        self._running = True
+        self.generation += 1
+        self.running = True
         if self._increment is None or not self._arm(TICK):
             self._origin = time.monotonic()
             self._thread = threading.Thread(
-                target=self._tick, args=(self._origin,), name="wasm-plugins-epoch", daemon=True
+                target=self._tick, args=(self.generation,), name="wasm-plugins-epoch", daemon=True
             )
             self._thread.start()
         if self._watcher is None:
@@ -204,11 +219,12 @@ class EpochTicker:
         settime(self._timer, 0, ctypes.byref(spec), None)
         return True
 
-    def _tick(self, origin: float) -> None:
+    def _tick(self, generation: int) -> None:
         """The Python-thread ticker: a tick at every ``origin + k * TICK``, slept to as an
-        absolute instant, so late wake-ups do not add up."""
+        absolute instant, so late wake-ups do not add up, until the timer stops."""
+        origin = self._origin
         due = 0
-        while self._running and self._origin == origin:
+        while self.generation == generation:
             due += 1
             delay = origin + due * TICK - time.monotonic()
             if delay > 0:
@@ -216,21 +232,33 @@ class EpochTicker:
             self._engine.increment_epoch()
 
     def _stop_when_idle(self) -> None:
-        seen = -1
         while True:
             time.sleep(IDLE)
             with self._lock:
-                if self._active == 0 and self._entered == seen:
-                    self._running = False
-                    self._watcher = None
-                    if self._timer is not None:
-                        self._arm(0.0)
-                    return
-                seen = self._entered
+                if self.called or self.in_flight:
+                    self.called = False
+                    continue
+                self.running = False
+                if self.called or self.in_flight:
+                    # A call entered as the timer was marked stopped: it may have seen it
+                    # running, and not started it.
+                    self.running = True
+                    continue
+                self._stop()
+                return
+
+    def _stop(self) -> None:
+        """Stop the timer (with the lock held, or from a test)."""
+        self.generation += 1
+        self.running = False
+        self._watcher = None
+        if self._timer is not None:
+            self._arm(0.0)
 
     def close(self) -> None:
         """Delete the native timer (before the engine may be freed)."""
-        self._running = False
+        self.generation += 1
+        self.running = False
         timer, self._timer = self._timer, None
         if timer is not None and _TIMERS is not None:
             _TIMERS[2](timer)

@@ -26,7 +26,7 @@ from typing import Any, cast
 import attrs
 import wasmtime
 
-from wasm_plugins.engine._epoch import EpochTicker
+from wasm_plugins.engine._epoch import TICK, EpochTicker
 from wasm_plugins.engine._module_types import (
     ModuleTypes,
     pack,
@@ -122,6 +122,9 @@ _MASK32 = 0xFFFFFFFF
 _UPDATE_DEADLINE_CONTINUE = 0
 _NO_DEADLINE = 2**62
 """Epoch ticks that never pass: epoch interruption is on for every store, deadlines or not."""
+_KEPT_DEADLINE_MIN_TICKS = 3
+"""The fewest ticks of a deadline kept for the calls of the next tick: one of fewer could be due
+as such a call enters, and the deadline callback (Python) would then run for every call."""
 
 _TRAP_NAMES = {
     "UNREACHABLE": "unreachable",
@@ -272,8 +275,14 @@ class WasmtimeInstance:
     """The store's context for the fast path (``None`` until the instance exists)."""
     _armed_at = 0.0
     """When the budget in force started: a deadline's time is counted from it."""
+    _deadline_kept_until = 0.0
+    """Until when the store's timeout deadline holds for a call that starts (see :meth:`arm`)."""
+    _deadline_generation = -1
+    """The ticker's generation the kept deadline was counted in."""
     _bare = False
     """Whether :meth:`arm` has nothing to do (see :meth:`_choose_path`)."""
+    _timeout_only = False
+    """Whether a timeout is the whole budget (see :meth:`_choose_path`)."""
 
     def __init__(
         self,
@@ -384,21 +393,45 @@ class WasmtimeInstance:
     def arm(self) -> None:
         if self._bare:
             return
-        if self._fuel is not None:
-            self._store.set_fuel(self._fuel)
-        self._armed_at = time.monotonic()
-        if self._cancelled is not None:
-            # Watched: the deadline callback looks at the cancellation every tick, and keeps the
-            # timeout itself (ticks are counted late when the callback waits for the GIL).
-            if self._timeout is not None:
-                self._stop_at = self._armed_at + self._timeout
-            self._set_deadline(1)
-        elif self._timeout is not None:
-            self._set_deadline(self._ticker.ticks_for(self._timeout))
-        elif self._on_deadline is not None:
-            self._set_deadline(_NO_DEADLINE)
+        now = self._armed_at = time.monotonic()
+        if not self._timeout_only:
+            if self._fuel is not None:
+                self._store.set_fuel(self._fuel)
+            if self._cancelled is not None:
+                # Watched: the deadline callback looks at the cancellation every tick, and keeps
+                # the timeout itself (ticks are counted late when the callback waits for the GIL).
+                if self._timeout is not None:
+                    self._stop_at = now + self._timeout
+                self._set_deadline(1)
+                return
+            if self._timeout is None:
+                if self._on_deadline is not None:
+                    self._set_deadline(_NO_DEADLINE)
+                return
+        if now >= self._deadline_kept_until or self._ticker.generation != self._deadline_generation:
+            self._arm_timeout(now)
+
+    def _arm_timeout(self, now: float) -> None:
+        """Set the store's deadline to the timeout from ``now``, and keep it for the calls that
+        start within the next tick of the same run of the timer.
+
+        A kept deadline ends at the same tick as it did for the call that set it, which started
+        earlier: never later than a later call's own (the start plus the timeout, and the tick
+        the timer's phase may add), at most the tick it was kept for (and one pending) earlier.
+        Should it come before the call's time is up, the deadline callback gives the call the
+        rest. Setting it is a C call and a count of ticks, which cost a good part of a small
+        call; once a tick is enough.
+        """
+        ticker = self._ticker
+        generation = ticker.generation
+        ticks = ticker.ticks_for(cast(float, self._timeout))
+        self._set_deadline(ticks)
+        if ticks >= _KEPT_DEADLINE_MIN_TICKS and ticker.running:
+            self._deadline_kept_until = now + TICK
+            self._deadline_generation = generation
 
     def _set_deadline(self, ticks: int) -> None:
+        self._deadline_kept_until = 0.0
         if self._context is not None:
             _set_epoch_deadline(self._context, ctypes.c_uint64(ticks))
         else:
@@ -473,7 +506,7 @@ class WasmtimeInstance:
             return answer
         if not self._unguarded:
             if self._timeout_only:
-                return self._timed_raw_call(cast(_Export, function), ptr, length)
+                return self._timed_raw_call(function, ptr, length)
             return int(self._guarded(lambda: self._raw_call(cast(_Export, function), ptr, length)))
         self._host_exception = None
         values = self._values
@@ -494,15 +527,37 @@ class WasmtimeInstance:
         result: int = values[0]
         return result
 
-    def _timed_raw_call(self, function: _Export, ptr: int, length: int) -> int:
+    def _timed_raw_call(self, function: ExportFunction, ptr: int, length: int) -> int:
         """The raw call under the armed deadline: what the guarded path does for a timeout
-        alone, without its closure."""
+        alone, without its closure (nor a frame of its own for the raw call)."""
         self._host_exception = None
+        values = self._values
+        values[0] = ptr & _MASK32
+        values[2] = length & _MASK32
+        ticker = self._ticker
+        in_flight = ticker.in_flight
         try:
-            with self._ticker:
-                return self._raw_call(function, ptr, length)
+            # The ticker's ``with``, without its two frames (see EpochTicker.__enter__).
+            in_flight.append(None)
+            ticker.called = True
+            if not ticker.running:
+                ticker.start_if_stopped()
+            try:
+                error = _call_unchecked(
+                    self._context,
+                    function.reference,  # type: ignore[attr-defined]
+                    values,
+                    _TWO,
+                    self._trap_ref,
+                )
+            finally:
+                in_flight.pop()
+            if error or self._trap.value:
+                self._raise_from_raw(error)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             raise self._call_error(exc, time.monotonic() - self._armed_at, "call") from None
+        result: int = values[0]
+        return result
 
     def call_unit(self, function: ExportFunction) -> int:
         if not FAST_PATH:
@@ -640,6 +695,8 @@ def _deadline_callback(instance_ref: weakref.ref[WasmtimeInstance]) -> Callable[
         instance = instance_ref()
         ticks = 1
         try:
+            if instance is not None:
+                instance._deadline_kept_until = 0.0  # the store's deadline moves here
             stop = "cancelled" if instance is None else instance._deadline_reached()
             if stop is None and instance is not None:
                 ticks = instance._ticks_to_go()
