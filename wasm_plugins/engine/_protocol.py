@@ -77,6 +77,10 @@ class EngineFeatures:
     call_depth_by_instrumentation: bool = False
     """The engine's own stack guard is costly (it lets a guest fill the native stack, then
     describes every frame): the sandbox bounds the call depth in the module instead."""
+    metering_by_instrumentation: bool = False
+    """Fuel and timeouts are enforced by metering instrumentation rather than by the engine:
+    the sandbox's metering pass rewrites the module, which is then compiled with ``fuel=True``
+    (whether the budget has fuel, a timeout or both); the engine links the meter itself."""
 
 
 @attrs.frozen

@@ -1,9 +1,11 @@
-"""The Wasmer engine (cranelift): fast calls, no interruption, objects bound to their thread.
+"""The Wasmer engine (cranelift): fast calls, metered fuel and deadlines, objects bound to their
+thread.
 
 Wasmer-python's objects panic when touched from a thread other than the one that made them, so a
 compiled module is kept in serialized form and loaded once per thread; stores are per thread too.
-A wasmer call holds the GIL and cannot be interrupted: timeouts and fuel are not available here
-(the sandbox refuses them at load, naming the engine or isolation that can enforce them).
+A wasmer call holds the GIL and cannot be interrupted from outside: fuel and timeouts come from
+the module itself, rewritten by the sandbox's metering pass, which calls the meter linked here
+(:mod:`wasm_plugins.engine._meter`) every time its fuel counter runs out.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ import attrs
 import wasmer
 import wasmer_compiler_cranelift
 
+from wasm_plugins.engine._meter import (
+    FUEL_EXPORT,
+    METER_FUNCTION,
+    METER_MODULE,
+    METER_SIGNATURE,
+    Meter,
+)
 from wasm_plugins.engine._module_types import (
     ModuleTypes,
     pack,
@@ -377,6 +386,7 @@ class WasmerInstance:
         memory_import: MemoryImport | None,
         wasi: WasiSettings | None = None,
         linked: LinkedModule | None = None,
+        meter: Meter | None = None,
     ) -> None:
         self._owner = AFFINITY.enter()
         self._types = types
@@ -384,6 +394,9 @@ class WasmerInstance:
         self._state = _HostState()
         self._funcs: list[Any] = []
         self.memory = _Memory()
+        self._meter = meter
+        self._fuel: Any = None
+        imports = _with_meter(imports, meter)
         namespaces: dict[str, dict[str, Any]] = {}
         for host_import in imports:
             function_type = wasmer.FunctionType(
@@ -438,6 +451,9 @@ class WasmerInstance:
             self.memory.bind(exported)
         elif imported_memory is not None:
             self.memory.bind(imported_memory)
+        if meter is not None:
+            self._fuel = getattr(self._exports, FUEL_EXPORT)
+            meter.operation = "call"
 
     def _host_trampoline(self, function: Callable[..., Any]) -> Callable[..., Any]:
         # The instance holds the trampoline (inside wasmer, where the garbage collector cannot
@@ -475,11 +491,12 @@ class WasmerInstance:
             getattr(self, "_instance", None),
             getattr(self, "_exports", None),
             self._funcs,
+            getattr(self, "_fuel", None),
             self.memory.detach(),
             self.linked.detach() if self.linked is not None else None,
         )
         self._funcs = []
-        self._instance = self._exports = None
+        self._instance = self._exports = self._fuel = None
         AFFINITY.release(self._owner, payload)
 
     @_no_wasmer_objects_in_tracebacks
@@ -554,14 +571,30 @@ class WasmerInstance:
             target.value = value
 
     def arm(self) -> None:
-        """Nothing to arm: wasmer meters neither fuel nor time in-process."""
+        """A new budget for a metered module: the meter's reserve and deadline start again, and
+        the guest's counter gets its first share (nothing to arm for a module not metered)."""
+        meter = self._meter
+        if meter is not None:
+            self._fuel.value = meter.arm()
 
     def watch(self, cancelled: threading.Event | None) -> bool:
         # wasmer 1.1 has no way to interrupt a running guest from another thread.
         return False
 
     def fuel_consumed(self) -> int | None:
-        return None
+        meter = self._meter
+        if meter is None or meter.fuel is None:
+            return None
+        return meter.consumed(None if self._fuel is None else int(self._fuel.value))
+
+
+def _with_meter(imports: Sequence[HostImport], meter: Meter | None) -> Sequence[HostImport]:
+    """The host imports, and the meter a metered module calls (armed for its start function: the
+    counter starts at 0, so the first charge asks the meter for the budget's fuel)."""
+    if meter is None:
+        return imports
+    meter.arm(handing=False)
+    return (*imports, HostImport(METER_MODULE, METER_FUNCTION, METER_SIGNATURE, meter.refill))
 
 
 def _wasi_environment(settings: WasiSettings) -> Any:
@@ -606,6 +639,8 @@ class WasmerModule:
         module: wasmer.Module,
         types: ModuleTypes,
         serialized: bytes | None = None,
+        *,
+        metered: bool = False,
     ) -> None:
         self.engine = engine
         self._types = types
@@ -614,7 +649,11 @@ class WasmerModule:
         self._owners = {AFFINITY.enter()}
         AFFINITY.keep_thread_module(self._token, module)
         self.exports = types.exports
-        self.imports = types.imports
+        self.metered = metered
+        # The meter is linked here, never by the sandbox: a metered module does not show it.
+        self.imports = tuple(
+            item for item in types.imports if not (metered and item.module == METER_MODULE)
+        )
 
     def _thread_module(self) -> wasmer.Module:
         module = AFFINITY.thread_module(self._token)
@@ -640,7 +679,8 @@ class WasmerModule:
         wasi: WasiSettings | None = None,
         linked: LinkedModule | None = None,
     ) -> WasmerInstance:
-        if budget.timeout is not None or budget.fuel is not None:
+        limited = budget.timeout is not None or budget.fuel is not None
+        if limited and not self.metered:
             raise _unenforceable("timeout" if budget.timeout is not None else "fuel")
         return WasmerInstance(
             self.engine.store(),
@@ -650,6 +690,7 @@ class WasmerModule:
             memory_import,
             wasi,
             linked,
+            Meter(budget) if self.metered else None,
         )
 
 
@@ -697,14 +738,22 @@ def _unenforceable(limit: str) -> ConfigurationError:
     return ConfigurationError(
         field=f"limits.{limit}",
         message=(
-            f"Invalid configuration: limits.{limit} - the wasmer engine cannot enforce a "
-            f"{limit} inside this process"
+            f"Invalid configuration: limits.{limit} - the wasmer engine enforces a {limit} "
+            "only in a module rewritten by the metering pass, and this one was not"
         ),
         suggestion=(
-            f"use engine='wasmtime', which enforces {limit} in-process, or remove the {limit} "
-            "limit (worker-process isolation enforces it on wasmer)"
+            "load the module through a Sandbox (which meters it when a fuel or timeout limit "
+            "is set), or compile wasm_plugins.sandbox.meter_module(wasm) with fuel=True"
         ),
     )
+
+
+def _check_metered(types: ModuleTypes) -> None:
+    metered = any(
+        item.module == METER_MODULE and item.name == METER_FUNCTION for item in types.imports
+    ) and any(item.name == FUEL_EXPORT and item.kind == "global" for item in types.exports)
+    if not metered:
+        raise _unenforceable("fuel")
 
 
 class WasmerEngine:
@@ -712,8 +761,8 @@ class WasmerEngine:
 
     name = "wasmer"
     features = EngineFeatures(
-        timeout=False,
-        fuel=False,
+        timeout=True,
+        fuel=True,
         store_memory_limit=False,
         wasi=True,
         wasi_confined_directories=False,
@@ -721,6 +770,7 @@ class WasmerEngine:
         wasi_captured_output=False,
         thread_bound=True,
         call_depth_by_instrumentation=True,
+        metering_by_instrumentation=True,
     )
 
     def __init__(self) -> None:
@@ -756,29 +806,28 @@ class WasmerEngine:
 
     @_no_wasmer_objects_in_tracebacks
     def compile(self, wasm: bytes, *, fuel: bool = False) -> WasmerModule:
-        if fuel:
-            raise _unenforceable("fuel")
+        """Compile a module; with ``fuel``, one the sandbox's metering pass rewrote (fuel and
+        timeouts are then enforced; see :class:`EngineFeatures`)."""
         if _COMPILER.lost:
             raise _forked_compiler()
         if not wasm.startswith(b"\0asm"):
             self.validate(wasm)  # wasmer would read these bytes as WAT text
         _COMPILER.used = True
+        types = read_module_types(wasm)
+        if fuel:
+            _check_metered(types)
         try:
             module = wasmer.Module(self.store(), wasm)
         except RuntimeError as exc:
             raise validation_error(str(exc)) from None
-        return WasmerModule(self, module, read_module_types(wasm))
+        return WasmerModule(self, module, types, metered=fuel)
 
     @_no_wasmer_objects_in_tracebacks
     def deserialize(self, data: bytes, *, fuel: bool = False) -> WasmerModule:
-        if fuel:
-            raise _unenforceable("fuel")
         types, compiled = unpack(data)
-        return self._loaded(bytes(compiled), types)
+        return self._loaded(bytes(compiled), types, fuel)
 
     def deserialize_file(self, path: str, size: int, *, fuel: bool = False) -> WasmerModule:
-        if fuel:
-            raise _unenforceable("fuel")
         # wasmer 1.1's Python API loads compiled code from bytes only: the code is read in one
         # read of its exact size (the types that follow it are read on their own).
         try:
@@ -794,15 +843,17 @@ class WasmerEngine:
             os.close(descriptor)
         if len(compiled) != code_size:
             raise _compiled_code_error("the file is shorter than its compiled code")
-        return self._loaded(compiled, types)
+        return self._loaded(compiled, types, fuel)
 
     @_no_wasmer_objects_in_tracebacks
-    def _loaded(self, compiled: bytes, types: ModuleTypes) -> WasmerModule:
+    def _loaded(self, compiled: bytes, types: ModuleTypes, fuel: bool) -> WasmerModule:
+        if fuel:
+            _check_metered(types)
         try:
             module = wasmer.Module.deserialize(self.store(), compiled)
         except RuntimeError as exc:
             raise _compiled_code_error(str(exc)) from None
-        return WasmerModule(self, module, types, serialized=compiled)
+        return WasmerModule(self, module, types, serialized=compiled, metered=fuel)
 
 
 def _compiled_code_error(message: str) -> ModuleError:

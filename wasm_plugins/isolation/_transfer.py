@@ -34,6 +34,8 @@ from wasm_plugins.sandbox import (
     LinkPlan,
     LoadedModule,
     abi_host_functions,
+    compiled_with_fuel,
+    kernel_fuel,
     kernel_module,
     worker_served_functions,
 )
@@ -155,7 +157,7 @@ def rebuild(
             suggestion="run workers with the same Python environment as the host",
         )
     limits = Limits(**header["limits"])
-    module = engine.deserialize(payload, fuel=limits.fuel is not None)
+    module = engine.deserialize(payload, fuel=compiled_with_fuel(engine, limits))
     served_here = {(f.module, f.name): f for f in _served_in_worker()}
     functions = []
     # The host numbers the functions it serves among themselves (RemoteModule.forwarded).
@@ -183,7 +185,7 @@ def rebuild(
         pages = None if limits.memory is None else limits.memory // PAGE_SIZE
         extism = {
             "abi": "extism",
-            "kernel": kernel_module(engine, pages, limits.fuel is not None),
+            "kernel": kernel_module(engine, pages, kernel_fuel(engine, limits)),
             "config": {name: text.encode("latin-1") for name, text in spec["config"].items()},
             "capabilities": frozenset(spec["capabilities"]),
             "http_hosts": tuple(spec["http_hosts"]),

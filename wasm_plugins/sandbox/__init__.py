@@ -36,7 +36,15 @@ from wasm_plugins.sandbox._failures import (
 )
 from wasm_plugins.sandbox._host_functions import HostCall, HostFunction, LinkPlan, u32
 from wasm_plugins.sandbox._limits import Limits
-from wasm_plugins.sandbox._loaded import WASI_MODULE, LoadedModule, ModuleSource, load_module_bytes
+from wasm_plugins.sandbox._loaded import (
+    WASI_MODULE,
+    LoadedModule,
+    ModuleSource,
+    compiled_with_fuel,
+    kernel_fuel,
+    load_module_bytes,
+)
+from wasm_plugins.sandbox._metering import meter_module
 from wasm_plugins.sandbox._sandbox import Sandbox
 from wasm_plugins.sandbox._stack import on_roomy_stack
 
@@ -65,6 +73,7 @@ __all__ = [
     "abi_host_functions",
     "annotate",
     "closed_sandbox",
+    "compiled_with_fuel",
     "default_directory",
     "detect_abi",
     "error_from_report",
@@ -77,8 +86,10 @@ __all__ = [
     "host_failure",
     "input_too_large",
     "instance_is_suspect",
+    "kernel_fuel",
     "kernel_module",
     "load_module_bytes",
+    "meter_module",
     "on_roomy_stack",
     "plugin_functions",
     "refused_grow",

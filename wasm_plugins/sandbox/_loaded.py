@@ -60,10 +60,18 @@ from wasm_plugins.sandbox._extism import (
 from wasm_plugins.sandbox._failures import grow_may_explain, refused_grow, stack_overflow
 from wasm_plugins.sandbox._host_functions import HostFunction, LinkPlan, link_imports
 from wasm_plugins.sandbox._limits import Limits
+from wasm_plugins.sandbox._metering import FUEL_EXPORT, METERING_VERSION, meter_module
 from wasm_plugins.sandbox._stack import MAX_DEPTH
 from wasm_plugins.sandbox._validate import check_module_bytes, prepare_within_limits
 
-__all__ = ["WASI_MODULE", "LoadedModule", "ModuleSource", "load_module_bytes"]
+__all__ = [
+    "WASI_MODULE",
+    "LoadedModule",
+    "ModuleSource",
+    "compiled_with_fuel",
+    "kernel_fuel",
+    "load_module_bytes",
+]
 
 ModuleSource = bytes | bytearray | memoryview | str | os.PathLike[str]
 """Binary module bytes, WAT text, or the path of a ``.wasm`` or ``.wat`` file."""
@@ -83,6 +91,20 @@ WASI_GATED_FUNCTIONS = {
 _WASI_GATE = {WASI_MODULE: "wasi"}
 _MAGIC = b"\0asm"
 _MASK = 0xFFFFFFFF
+
+
+def compiled_with_fuel(engine: Engine, limits: Limits) -> bool:
+    """The ``fuel`` flag a module is compiled (and its compiled code loaded) with: fuel metering
+    for an engine that meters natively, a metered module (fuel, a timeout or both) for one that
+    meters by instrumentation."""
+    if engine.features.metering_by_instrumentation:
+        return limits.fuel is not None or limits.timeout is not None
+    return limits.fuel is not None
+
+
+def kernel_fuel(engine: Engine, limits: Limits) -> bool:
+    """The ``fuel`` flag of an Extism plugin's kernel: our own code, metered only natively."""
+    return limits.fuel is not None and not engine.features.metering_by_instrumentation
 
 
 def load_module_bytes(source: ModuleSource, engine: Engine) -> bytes:
@@ -223,7 +245,7 @@ class LoadedModule:
             wrong.
         """
         requested_abi = normalize_abi(abi)
-        fuel = limits.fuel is not None
+        fuel = compiled_with_fuel(engine, limits)
         key = None
         found = None
         wasm: bytes | None = None
@@ -260,7 +282,11 @@ class LoadedModule:
         granted = frozenset(capabilities)
         pages = None if limits.memory is None else limits.memory // PAGE_SIZE
         link = _link(module, requested_abi, functions, host_functions, granted, pages, plugin)
-        kernel = kernel_module(engine, pages, fuel) if link.abi == "extism" else None
+        kernel = (
+            kernel_module(engine, pages, kernel_fuel(engine, limits))
+            if link.abi == "extism"
+            else None
+        )
         return cls(
             engine=engine,
             module=module,
@@ -441,6 +467,7 @@ def _preparation(engine: Engine, limits: Limits) -> dict[str, object]:
         "table": limits.table,
         "module_size": limits.module_size,
         "instrument_grow": True,
+        "metering": METERING_VERSION if engine.features.metering_by_instrumentation else None,
     }
 
 
@@ -457,7 +484,7 @@ def _compile(engine: Engine, wasm: bytes, limits: Limits, fuel: bool, plugin: st
     engine's diagnostics) from a rewrite the engine refuses."""
     check_module_bytes(wasm, limits, engine)
     try:
-        prepared = _depth_bounded(engine, prepare_within_limits(wasm, limits))
+        prepared = _instrumented(engine, prepare_within_limits(wasm, limits), fuel)
     except ModuleError:
         engine.validate(wasm)
         raise
@@ -474,8 +501,26 @@ def _compile(engine: Engine, wasm: bytes, limits: Limits, fuel: bool, plugin: st
     logger.bind(plugin=plugin).warning(
         "memory.grow instrumentation refused by the engine; continuing without it"
     )
-    plain = _depth_bounded(engine, prepare_within_limits(wasm, limits, instrument_grow=False))
+    plain = _instrumented(engine, prepare_within_limits(wasm, limits, instrument_grow=False), fuel)
     return _Compiled(engine.compile(plain.wasm, fuel=fuel), None, plain.wasm)
+
+
+def _instrumented(engine: Engine, prepared: PreparedModule, fuel: bool) -> PreparedModule:
+    """The module with its call depth bounded and its fuel metered, where the engine needs
+    those done in the module."""
+    prepared = _depth_bounded(engine, prepared)
+    if not (fuel and engine.features.metering_by_instrumentation):
+        return prepared
+    try:
+        return attrs.evolve(prepared, wasm=meter_module(prepared.wasm))
+    except WasmBinaryError as exc:
+        raise ModuleError(
+            validation_errors=(ValidationIssue(message=exc.message, offset=exc.offset),),
+            suggestion=(
+                f"rename the export {FUEL_EXPORT!r} (the name is reserved), or use an engine "
+                "that meters fuel and time itself (engine='wasmtime')"
+            ),
+        ) from None
 
 
 def _depth_bounded(engine: Engine, prepared: PreparedModule) -> PreparedModule:

@@ -1,0 +1,494 @@
+"""Metering by instrumentation: fuel and deadlines for engines that meter nothing themselves.
+
+:func:`meter_module` gives a module
+
+- a mutable i64 global, the fuel counter, appended after the module's globals (no global index
+  moves) and exported as :data:`FUEL_EXPORT`; it starts at 0;
+- an imported function :data:`METER_MODULE` ``.`` :data:`METER_FUNCTION` ``(i64) -> i64``,
+  appended after the module's imports: every defined function's index goes up by one, so every
+  ``call``, ``ref.func``, function export, element segment, start function and function name
+  is renumbered;
+- a charge at every function entry and every loop header::
+
+      fuel -= cost
+      if fuel < 0: fuel = refill(fuel)
+
+  where the meter (:class:`wasm_plugins.engine._meter.Meter`, on the host) either hands out more
+  fuel, or raises the typed error of the limit that was reached, which stops the guest.
+
+The cost of a charge is the number of instructions it covers, counted as wasmtime counts its
+native fuel: one unit per instruction, none for ``nop``, ``drop``, ``block``, ``loop``, ``end``,
+``else``, ``return`` and ``unreachable``. A loop header's charge covers the instructions of the
+loop's body outside its nested loops (at least one unit, so that every iteration costs
+something); a function entry's covers the body outside its loops. A charge is made before the
+instructions it covers run, so code skipped by a branch (the arm of an ``if`` not taken, the rest
+of a body left early) is charged all the same: on code without such branches the units are
+wasmtime's exactly, and never fewer (``docs/engines.md`` gives the measured ratio).
+
+The pass is a pure function of the bytes (the sandbox runs it before compiling, and the module
+cache keys on :data:`METERING_VERSION`). Modules using instructions it does not know
+(exceptions, tail calls, which no engine here runs) are refused with :class:`WasmBinaryError`.
+"""
+
+from __future__ import annotations
+
+from wasm_plugins.engine._meter import FUEL_EXPORT, METER_FUNCTION, METER_MODULE
+from wasm_plugins.sandbox._binary import (
+    _K_BLOCK,
+    _K_BYTES4,
+    _K_BYTES8,
+    _K_FC,
+    _K_GROW,
+    _K_LEB,
+    _K_LEB2,
+    _K_MEMARG,
+    _K_NONE,
+    _K_UNKNOWN,
+    _LEAVES_OTHERWISE,
+    _OPCODE_KINDS,
+    _SEC_CODE,
+    _SEC_CUSTOM,
+    _SEC_EXPORT,
+    _SEC_GLOBAL,
+    _SEC_IMPORT,
+    _SEC_TYPE,
+    WasmBinaryError,
+    _appended,
+    _assemble,
+    _code_uleb,
+    _count_types,
+    _encode_name,
+    _encode_uleb,
+    _expect_end,
+    _export_offset,
+    _find,
+    _parse_imports,
+    _Reader,
+    _reader_valtype,
+    _Section,
+    _skip_blocktype,
+    _skip_heaptype,
+    _skip_leb,
+    _skip_locals,
+    _skip_memarg,
+    _skip_prefixed,
+    _skip_structured,
+    _sleb32,
+    _split_sections,
+    _Unsupported,
+)
+
+__all__ = [
+    "FUEL_EXPORT",
+    "METERING_VERSION",
+    "METER_FUNCTION",
+    "METER_MODULE",
+    "instruction_cost",
+    "meter_module",
+]
+
+METERING_VERSION = 1
+"""Changes whenever :func:`meter_module`'s output for the same input could change."""
+
+_SEC_START = 8
+_SEC_ELEMENT = 9
+_OP_LOOP = 0x03
+_OP_END = 0x0B
+_OP_CALL = 0x10
+_OP_REF_FUNC = 0xD2
+_EXPORT_FUNC = 0x00
+_EXPORT_GLOBAL = 0x03
+_I64 = 0x7E
+_MUTABLE = 0x01
+
+_FREE = frozenset({0x00, 0x01, 0x02, 0x03, 0x05, 0x0B, 0x0F, 0x1A})
+"""unreachable, nop, block, loop, else, end, return, drop: no fuel on wasmtime either."""
+_COSTS = bytes(0 if op in _FREE else 1 for op in range(256))
+
+
+def instruction_cost(opcode: int) -> int:
+    """The units an instruction with this first byte costs (prefixed instructions: 1)."""
+    return _COSTS[opcode]
+
+
+def meter_module(wasm: bytes) -> bytes:
+    """The module with fuel charged at function entries and loop headers (see above).
+
+    :raises WasmBinaryError: for a malformed module, one that already imports from
+        :data:`METER_MODULE` or exports :data:`FUEL_EXPORT`, or one the pass cannot rewrite.
+    """
+    data = bytes(wasm)
+    sections = _split_sections(data)
+    export_section = _find(sections, _SEC_EXPORT)
+    clash = _export_offset(data, export_section, FUEL_EXPORT.encode())
+    if clash is not None:
+        raise WasmBinaryError(f"module already exports {FUEL_EXPORT!r}", clash)
+    import_section = _find(sections, _SEC_IMPORT)
+    imports = _parse_imports(data, import_section)
+    try:
+        return _metered(data, sections, imports.functions, imports.globals)
+    except _Unsupported:
+        raise WasmBinaryError(
+            "the module uses instructions or types the metering pass cannot rewrite", 0
+        ) from None
+    except IndexError:
+        raise WasmBinaryError("function body runs past the end of the module", 0) from None
+
+
+def _metered(data: bytes, sections: list[_Section], functions: int, imported_globals: int) -> bytes:
+    type_section = _find(sections, _SEC_TYPE)
+    import_section = _find(sections, _SEC_IMPORT)
+    global_section = _find(sections, _SEC_GLOBAL)
+    meter_type = _count_types(data, type_section)
+    _refuse_meter_imports(data, import_section)
+    globals_payload, defined_globals = _renumbered_globals(data, global_section, functions)
+    fuel = imported_globals + defined_globals
+    meter = functions  # the new import comes after every imported function
+    import_entry = (
+        _encode_name(METER_MODULE)
+        + _encode_name(METER_FUNCTION)
+        + bytes([0x00])
+        + _encode_uleb(meter_type)
+    )
+    payloads: dict[int, bytes] = {
+        _SEC_TYPE: _appended(data, type_section, bytes([0x60, 1, _I64, 1, _I64])),
+        _SEC_IMPORT: _appended(data, import_section, import_entry),
+        _SEC_GLOBAL: _encode_uleb(defined_globals + 1)
+        + globals_payload
+        + bytes([_I64, _MUTABLE, 0x42, 0, _OP_END]),  # (mut i64) (i64.const 0)
+        _SEC_EXPORT: _renumbered_exports(
+            data,
+            _find(sections, _SEC_EXPORT),
+            functions,
+            _encode_name(FUEL_EXPORT) + bytes([_EXPORT_GLOBAL]) + _encode_uleb(fuel),
+        ),
+    }
+    start = _find(sections, _SEC_START)
+    if start is not None:
+        reader = _Reader(data, start.body, start.end)
+        index = reader.u32()
+        _expect_end(reader)
+        payloads[_SEC_START] = _encode_uleb(_shifted(index, functions))
+    element = _find(sections, _SEC_ELEMENT)
+    if element is not None:
+        payloads[_SEC_ELEMENT] = _renumbered_elements(data, element, functions)
+    code = _find(sections, _SEC_CODE)
+    if code is not None:
+        payloads[_SEC_CODE] = _metered_code(data, code, functions, fuel, meter)
+    kept = [s for s in sections if not _is_name_section(data, s)]
+    out = _assemble(data, kept, payloads)
+    names = [s for s in sections if _is_name_section(data, s)]
+    for section in names:
+        renamed = _renumbered_names(data, section, functions)
+        if renamed is not None:
+            out += bytes([_SEC_CUSTOM]) + _encode_uleb(len(renamed)) + renamed
+    return out
+
+
+def _shifted(index: int, functions: int) -> int:
+    return index + 1 if index >= functions else index
+
+
+def _refuse_meter_imports(data: bytes, section: _Section | None) -> None:
+    if section is None:
+        return
+    reader = _Reader(data, section.body, section.end)
+    for _ in range(reader.u32()):
+        entry = reader.pos
+        if reader.name() == METER_MODULE.encode():
+            raise WasmBinaryError(f"module already imports from {METER_MODULE!r}", entry)
+        reader.name()
+        kind = reader.byte()
+        if kind == 0:
+            reader.u32()
+        elif kind == 1:
+            _reader_valtype(reader)
+            _limits(reader)
+        elif kind == 2:
+            _limits(reader)
+        elif kind == 3:
+            _reader_valtype(reader)
+            reader.byte()
+        else:
+            reader.byte()
+            reader.u32()
+
+
+def _limits(reader: _Reader) -> None:
+    flags = reader.byte()
+    read = reader.u64 if flags & 0x04 else reader.u32
+    read()
+    if flags & 0x01:
+        read()
+    if flags & 0x08:
+        reader.u32()
+
+
+def _renumbered_expr(data: bytes, pos: int, end: int, functions: int) -> tuple[bytes, int]:
+    """A constant expression starting at ``pos`` with ``ref.func`` renumbered, and the
+    position after its ``end``."""
+    parts: list[bytes] = []
+    copied = pos
+    while True:
+        if pos >= end:
+            raise WasmBinaryError("constant expression runs past the end of its section", pos)
+        start = pos
+        op = data[pos]
+        pos += 1
+        if op == _OP_END:
+            break
+        if op == _OP_REF_FUNC:
+            index, pos = _code_uleb(data, pos, end)
+            if index >= functions:
+                parts += [data[copied:start], bytes([op]) + _encode_uleb(index + 1)]
+                copied = pos
+        elif op in (0x23, 0x41, 0x42):  # global.get, i32.const, i64.const
+            pos = _skip_leb(data, pos)
+        elif op == 0x43:
+            pos += 4
+        elif op == 0x44:
+            pos += 8
+        elif op == 0xD0:
+            pos = _skip_heaptype(data, pos, end)
+        elif op == 0xFD:
+            sub, pos = _code_uleb(data, pos, end)
+            if sub != 12:
+                raise _Unsupported
+            pos += 16
+        elif op in (0x6A, 0x6B, 0x6C, 0x7C, 0x7D, 0x7E):  # extended constants
+            continue
+        else:
+            raise _Unsupported
+    parts.append(data[copied:pos])
+    return b"".join(parts), pos
+
+
+def _renumbered_globals(data: bytes, section: _Section | None, functions: int) -> tuple[bytes, int]:
+    """The global entries (without their count) with ``ref.func`` renumbered, and their count."""
+    if section is None:
+        return b"", 0
+    reader = _Reader(data, section.body, section.end)
+    count = reader.u32()
+    parts: list[bytes] = []
+    for _ in range(count):
+        start = reader.pos
+        _reader_valtype(reader)
+        reader.byte()
+        parts.append(data[start : reader.pos])
+        expr, reader.pos = _renumbered_expr(data, reader.pos, reader.end, functions)
+        parts.append(expr)
+    _expect_end(reader)
+    return b"".join(parts), count
+
+
+def _renumbered_exports(
+    data: bytes, section: _Section | None, functions: int, new_entry: bytes
+) -> bytes:
+    if section is None:
+        return b"\x01" + new_entry
+    reader = _Reader(data, section.body, section.end)
+    count = reader.u32()
+    parts: list[bytes] = [_encode_uleb(count + 1)]
+    for _ in range(count):
+        start = reader.pos
+        reader.name()
+        kind = reader.byte()
+        parts.append(data[start : reader.pos])
+        index = reader.u32()
+        parts.append(_encode_uleb(_shifted(index, functions) if kind == _EXPORT_FUNC else index))
+    _expect_end(reader)
+    parts.append(new_entry)
+    return b"".join(parts)
+
+
+def _renumbered_elements(data: bytes, section: _Section, functions: int) -> bytes:
+    reader = _Reader(data, section.body, section.end)
+    count = reader.u32()
+    parts: list[bytes] = [_encode_uleb(count)]
+    for _ in range(count):
+        start = reader.pos
+        flags = reader.u32()
+        if flags > 7:
+            reader.fail(f"invalid element segment flags {flags}", start)
+        if not flags & 0x01:
+            if flags & 0x02:
+                reader.u32()
+            parts.append(data[start : reader.pos])
+            expr, reader.pos = _renumbered_expr(data, reader.pos, reader.end, functions)
+            parts.append(expr)
+            start = reader.pos
+        if flags & 0x03:
+            if flags & 0x04:
+                _reader_valtype(reader)
+            else:
+                reader.byte()  # elemkind
+        items = reader.u32()
+        parts.append(data[start : reader.pos])
+        for _ in range(items):
+            if flags & 0x04:
+                expr, reader.pos = _renumbered_expr(data, reader.pos, reader.end, functions)
+                parts.append(expr)
+            else:
+                parts.append(_encode_uleb(_shifted(reader.u32(), functions)))
+    _expect_end(reader)
+    return b"".join(parts)
+
+
+def _is_name_section(data: bytes, section: _Section) -> bool:
+    if section.id != _SEC_CUSTOM:
+        return False
+    reader = _Reader(data, section.body, section.end)
+    return reader.name() == b"name"
+
+
+def _renumbered_names(data: bytes, section: _Section, functions: int) -> bytes | None:
+    """The ``name`` section's payload with function indices renumbered (function, local and
+    label names); ``None`` (the section is dropped) when it does not parse."""
+    try:
+        reader = _Reader(data, section.body, section.end)
+        parts: list[bytes] = [_encode_name("name")]
+        reader.name()
+        while reader.pos < reader.end:
+            kind = reader.byte()
+            size = reader.u32()
+            body = reader.pos
+            reader.skip(size)
+            if kind not in (1, 2, 3):
+                parts.append(bytes([kind]) + _encode_uleb(size) + data[body : reader.pos])
+                continue
+            sub = _Reader(data, body, reader.pos)
+            entries: list[bytes] = []
+            count = sub.u32()
+            entries.append(_encode_uleb(count))
+            for _ in range(count):
+                entries.append(_encode_uleb(_shifted(sub.u32(), functions)))
+                start = sub.pos
+                if kind == 1:
+                    sub.name()
+                else:
+                    for _ in range(sub.u32()):
+                        sub.u32()
+                        sub.name()
+                entries.append(data[start : sub.pos])
+            _expect_end(sub)
+            content = b"".join(entries)
+            parts.append(bytes([kind]) + _encode_uleb(len(content)) + content)
+        return b"".join(parts)
+    except WasmBinaryError:
+        return None
+
+
+def _charge_code(fuel: int, meter: int) -> tuple[bytes, bytes]:
+    """The charge's code before and after its cost's ``i64.const`` immediate."""
+    get = bytes([0x23]) + _encode_uleb(fuel)
+    put = bytes([0x24]) + _encode_uleb(fuel)
+    before = get + bytes([0x42])
+    after = b"".join(
+        (
+            bytes([0x7D]),  # i64.sub
+            put,
+            get,
+            bytes([0x42, 0x00, 0x53, 0x04, 0x40]),  # i64.const 0; i64.lt_s; if
+            get,
+            bytes([_OP_CALL]) + _encode_uleb(meter),
+            put,
+            bytes([_OP_END]),
+        )
+    )
+    return before, after
+
+
+def _metered_code(data: bytes, section: _Section, functions: int, fuel: int, meter: int) -> bytes:
+    before, after = _charge_code(fuel, meter)
+    reader = _Reader(data, section.body, section.end)
+    count = reader.u32()
+    chunks: list[bytes] = [_encode_uleb(count)]
+    end = section.end
+    pos = reader.pos
+    for _ in range(count):
+        size, pos = _code_uleb(data, pos, end)
+        body_end = pos + size
+        if body_end > end:
+            raise WasmBinaryError("function body runs past the end of its section", pos)
+        code = _skip_locals(data, pos, body_end)
+        parts = _metered_body(data, code, body_end, functions, before, after)
+        content = data[pos:code] + b"".join(parts)
+        chunks.append(_encode_uleb(len(content)))
+        chunks.append(content)
+        pos = body_end
+    if pos != end:
+        raise WasmBinaryError("code section has bytes after its last body", pos)
+    return b"".join(chunks)
+
+
+def _metered_body(
+    data: bytes, code: int, end: int, functions: int, before: bytes, after: bytes
+) -> list[bytes]:
+    """The instructions in [code, end), charged and renumbered, as parts to join."""
+    kinds, costs, leaves = _OPCODE_KINDS, _COSTS, _LEAVES_OTHERWISE
+    parts: list[bytes] = [b""]  # the function entry's charge goes in parts[0]
+    regions: list[list[int]] = [[0, 0]]  # [index of the charge in parts, cost]
+    loops: list[bool] = []  # one per open block, loop or if: whether it is a loop
+    region = regions[0]
+    copied = pos = code
+    while pos < end:
+        start = pos
+        op = data[pos]
+        pos += 1
+        if op in leaves:
+            raise _Unsupported
+        region[1] += costs[op]
+        kind = kinds[op]
+        if kind == _K_NONE:
+            if op == _OP_END and loops and loops.pop():
+                done = regions.pop()
+                parts[done[0]] = before + _sleb32(max(1, done[1])) + after
+                region = regions[-1]
+            continue
+        if kind == _K_LEB:
+            if op in (_OP_CALL, _OP_REF_FUNC):
+                index, pos = _code_uleb(data, pos, end)
+                if index >= functions:
+                    parts.append(data[copied:start])
+                    parts.append(bytes([op]) + _encode_uleb(index + 1))
+                    copied = pos
+            else:
+                pos = _skip_leb(data, pos)
+        elif kind == _K_BLOCK:
+            pos = _skip_blocktype(data, pos, end)
+            if op == _OP_LOOP:
+                parts.append(data[copied:pos])
+                copied = pos
+                region = [len(parts), 0]
+                regions.append(region)
+                parts.append(b"")
+                loops.append(True)
+            else:
+                loops.append(False)
+        else:
+            pos = _skip_immediates(kind, data, pos, end)
+    if pos != end or len(regions) > 1:
+        raise WasmBinaryError("instruction runs past the end of the function body", end)
+    parts.append(data[copied:end])
+    if region[1]:
+        parts[0] = before + _sleb32(region[1]) + after
+    return parts
+
+
+def _skip_immediates(kind: int, data: bytes, pos: int, end: int) -> int:
+    """The position after the immediates of an instruction of any other kind."""
+    if kind == _K_MEMARG:
+        return _skip_memarg(data, pos, end)
+    if kind == _K_LEB2:
+        return _skip_leb(data, _skip_leb(data, pos))
+    if kind == _K_GROW:
+        return _code_uleb(data, pos, end)[1]
+    if kind == _K_BYTES4:
+        return pos + 4
+    if kind == _K_BYTES8:
+        return pos + 8
+    if kind == _K_UNKNOWN:
+        raise _Unsupported
+    if kind >= _K_FC:
+        return _skip_prefixed(kind, data, pos, end)
+    return _skip_structured(kind, data, pos, end)
