@@ -18,6 +18,7 @@ alone the whole budget is handed over at once, and the meter is only called when
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
@@ -40,6 +41,14 @@ is read and other threads get the interpreter about once a millisecond, for a co
 call per chunk."""
 
 
+_HAND_OVER = 2 * sys.getswitchinterval()
+"""How long the guest may keep the interpreter lock before the meter hands it over (when another
+thread wants it). Not at every visit: a thread waiting for the lock asks for it only once the
+switch interval passed without the lock changing hands, and a release at every visit (about
+every millisecond) would change hands every time, back to this thread, so the waiting thread
+would never ask, and never run."""
+
+
 class Meter:
     """One instance's fuel reserve and deadline, shared by every guest entry of a budget.
 
@@ -51,6 +60,7 @@ class Meter:
         "_armed_at",
         "_clock",
         "_pause",
+        "_paused_at",
         "_reserve",
         "exhausted",
         "fuel",
@@ -69,7 +79,7 @@ class Meter:
         self.timeout = budget.timeout
         self._clock = clock
         self._pause = pause
-        self._armed_at = 0.0
+        self._armed_at = self._paused_at = 0.0
         self._reserve = 0
         self.exhausted = False
         self.operation = "instantiation"
@@ -79,7 +89,7 @@ class Meter:
         ``handing`` (no instance yet: its counter starts at 0 and the first charge comes here)."""
         self.exhausted = False
         if self.timeout is not None:
-            self._armed_at = self._clock()
+            self._armed_at = self._paused_at = self._clock()
         if self.fuel is None:
             return CHUNK if handing else 0
         first = 0 if not handing else self.fuel if self.timeout is None else min(self.fuel, CHUNK)
@@ -101,11 +111,15 @@ class Meter:
         if self.timeout is None:
             self._reserve = 0
             return available
-        elapsed = self._clock() - self._armed_at
+        now = self._clock()
+        elapsed = now - self._armed_at
         if elapsed >= self.timeout:
             raise DeadlineExceeded(operation=self.operation, duration=elapsed, limit=self.timeout)
-        # The guest held the interpreter lock since its last visit: let other threads run.
-        self._pause(0)
+        if now - self._paused_at >= _HAND_OVER:
+            # The guest held the interpreter lock all along: a thread that asked for it gets it
+            # now (a release forces the switch once asked), then gives it back in its turn.
+            self._paused_at = now
+            self._pause(0)
         handed = min(available, CHUNK)
         if self.fuel is not None:
             self._reserve = available - handed
