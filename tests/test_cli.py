@@ -397,11 +397,10 @@ class TestCall:
         assert isinstance(error, DeadlineExceeded)
         assert error.limit == pytest.approx(0.1)
 
-    def test_timeout_on_wasmer_through_a_worker(
+    def test_timeout_on_wasmer(
         self, capsys: pytest.CaptureFixture[str], wasmer_engine: Engine
     ) -> None:
-        """wasmer cannot interrupt a guest in-process: --timeout runs the plugin in a worker
-        process, which is killed at the deadline."""
+        """On wasmer, --timeout stops the guest in-process through its metered module."""
         status, out, _ = run(
             capsys,
             "call",
@@ -551,7 +550,7 @@ class TestDemo:
         assert out.rstrip().endswith("the host process kept running.")
 
     def test_endless_loop_per_engine(self, wasmtime_engine: Engine) -> None:
-        """The endless loop times out on every engine (on wasmer, in a worker process)."""
+        """The endless loop times out on every engine, in-process."""
         out = io.StringIO()
         run_demo(out, ROOT / "hostapi")
         rows = [line.split() for line in out.getvalue().splitlines() if "  endless-loop " in line]

@@ -305,8 +305,8 @@ class TestCalls:
             assert host.sandbox("apart").isolation == "process"
             assert not hasattr(host.sandbox("here"), "pool")
 
-    def test_auto_uses_a_worker_for_a_timeout_on_wasmer(self, wasmer_engine: Engine) -> None:
-        """On wasmer, a timeout is enforced by running the plugin in a worker process."""
+    def test_auto_keeps_a_timeout_on_wasmer_in_process(self, wasmer_engine: Engine) -> None:
+        """On wasmer, a timeout is enforced in this process by metering the module."""
         with PluginHost(blocked=()) as host:
             host.load(
                 {
@@ -321,6 +321,7 @@ class TestCalls:
                 host.call("loop", "loop_forever")
             assert caught.value.error_kind == "timeout"
             assert host.call("loop", "upper", "ok") == "OK"
+            assert host.sandbox("loop").isolation == "in-process"
 
 
 class TestManifestFiles:

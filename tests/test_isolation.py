@@ -308,14 +308,17 @@ class TestProcessSandboxTimeout:
         assert caught.value.operation == "instantiation"
         assert caught.value.limit == pytest.approx(0.2)
 
-    def test_timeout_on_wasmer_needs_no_engine_support(self, wasmer_engine: Engine) -> None:
-        """wasmer refuses a timeout in-process; a ProcessSandbox enforces it."""
-        with pytest.raises(ConfigurationError):
-            Sandbox(ABI, engine=wasmer_engine, limits=Limits(timeout=1))
+    def test_timeout_on_wasmer_in_process_and_in_a_worker(self, wasmer_engine: Engine) -> None:
+        """wasmer enforces a timeout in-process (a metered module), and in a worker too: the
+        worker's metered module stops the guest, and the worker stays."""
+        Sandbox(ABI, engine=wasmer_engine, limits=Limits(timeout=1)).close()
         with ProcessSandbox(
-            ABI, engine=wasmer_engine, limits=Limits(timeout=1), concurrency=1
+            ABI, engine=wasmer_engine, limits=Limits(timeout="200 ms"), concurrency=1
         ) as sandbox:
             assert sandbox.call("echo", [1]) == [1]
+            with pytest.raises(DeadlineExceeded):
+                sandbox.call("loop_forever")
+            assert sandbox.call("echo", [2]) == [2]
 
 
 class TestWorkerPoolReplacement:
@@ -801,30 +804,29 @@ class TestErrorsAcrossTheChannel:
 
 
 class TestChooseIsolation:
-    def test_fuel_on_wasmer_is_refused_everywhere(self, wasmer_engine: Engine) -> None:
-        """Fuel on wasmer stays a ConfigurationError in a worker, and leaves no worker behind."""
-        before = child_pids()
-        with pytest.raises(ConfigurationError) as caught:
-            ProcessSandbox(ABI, engine=wasmer_engine, limits=Limits(fuel=1000))
-        assert caught.value.field == "limits.fuel"
-        assert "wasmtime" in (caught.value.suggestion or "")
-        for requested in ("auto", "in-process", "process"):
-            with pytest.raises(ConfigurationError):
-                choose_isolation(wasmer_engine, Limits(fuel=1000), requested)
-        assert wait_for_exit(child_pids() - before) == set()
+    def test_fuel_on_wasmer_in_a_worker(self, wasmer_engine: Engine) -> None:
+        """Fuel on wasmer is metered in a worker as in this process: the same typed error."""
+        with ProcessSandbox(
+            ABI, engine=wasmer_engine, limits=Limits(fuel=100_000), concurrency=1
+        ) as sandbox:
+            with pytest.raises(ResourceLimitExceeded) as caught:
+                sandbox.call("loop_forever")
+            assert (caught.value.resource, caught.value.limit) == ("fuel", 100_000)
+            assert sandbox.call("echo", [1]) == [1]
+        for requested in ("auto", "in-process"):
+            assert choose_isolation(wasmer_engine, Limits(fuel=1000), requested) == "in-process"
 
     def test_decisions_on_wasmer(self, wasmer_engine: Engine) -> None:
-        """auto picks a worker for a timeout on wasmer, which cannot interrupt a call."""
+        """wasmer meters fuel and time in-process (metering by instrumentation): auto stays
+        in-process; a worker is for containment, when asked for."""
         timeout = Limits(timeout=1)
-        assert choose_isolation(wasmer_engine, timeout, "auto") == "process"
-        assert choose_isolation("wasmer", timeout) == "process"
+        assert choose_isolation(wasmer_engine, timeout, "auto") == "in-process"
+        assert choose_isolation("wasmer", timeout) == "in-process"
         assert choose_isolation(wasmer_engine, Limits(), "auto") == "in-process"
         assert choose_isolation(wasmer_engine, None, "process") == "process"
-        assert limits_needing_worker(wasmer_engine, timeout) == ("timeout",)
-        with pytest.raises(ConfigurationError) as caught:
-            choose_isolation(wasmer_engine, timeout, "in-process")
-        assert caught.value.field == "limits.timeout"
-        assert "process" in (caught.value.suggestion or "")
+        assert choose_isolation(wasmer_engine, timeout, "process") == "process"
+        assert limits_needing_worker(wasmer_engine, timeout) == ()
+        assert choose_isolation(wasmer_engine, timeout, "in-process") == "in-process"
 
     def test_decisions_on_wasmtime(self, wasmtime_engine: Engine) -> None:
         """wasmtime enforces every limit in-process, so auto stays in-process; an unknown

@@ -163,7 +163,8 @@ def _endless_loop(
     out: TextIO, discover: Callable[..., PluginHost], engines: list[str]
 ) -> list[HostCallResult]:
     """endless-loop under its manifest's 200 ms timeout, on a host for each available engine:
-    stopped in-process on wasmtime, and in a worker process (killed at the deadline) on wasmer."""
+    stopped in-process on every engine (epoch deadlines on wasmtime, a metered module on
+    wasmer)."""
     results = []
     for name in engines:
         try:

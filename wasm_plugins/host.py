@@ -273,7 +273,7 @@ class PluginHost:
     :param engine: the default engine (``auto``, ``wasmer``, ``wasmtime`` or a registered name);
         a manifest's ``engine`` wins for its plugin.
     :param isolation: the default isolation: ``auto`` (a worker process when the engine cannot
-        enforce a limit in-process, such as a timeout on wasmer), ``in-process`` or ``process``;
+        enforce a limit in-process), ``in-process`` or ``process``;
         a manifest's wins.
     :param services: clock, random source, key-value store and configuration for host functions.
     :param config: configuration values by plugin name, merged over each manifest's ``[config]``.

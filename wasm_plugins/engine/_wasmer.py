@@ -648,9 +648,12 @@ class WasmerModule:
         self._token = AFFINITY.new_token()
         self._owners = {AFFINITY.enter()}
         AFFINITY.keep_thread_module(self._token, module)
-        self.exports = types.exports
         self.metered = metered
-        # The meter is linked here, never by the sandbox: a metered module does not show it.
+        # The meter is linked here, never by the sandbox: a metered module shows neither the
+        # meter nor its fuel counter.
+        self.exports = tuple(
+            item for item in types.exports if not (metered and item.name == FUEL_EXPORT)
+        )
         self.imports = tuple(
             item for item in types.imports if not (metered and item.module == METER_MODULE)
         )

@@ -1,8 +1,9 @@
 """Isolation: run a plugin in this process or in worker processes.
 
 - :func:`choose_isolation` decides where a plugin runs: ``auto`` picks a worker process when the
-  engine cannot enforce a configured limit in-process (a timeout on wasmer); fuel on an engine that
-  cannot meter it is a ConfigurationError whatever the isolation.
+  engine cannot enforce a configured limit in-process (a timeout on an engine that can neither
+  interrupt a call nor run a metered module; wasmer 1.1 runs metered modules); fuel on an engine
+  that cannot meter it is a ConfigurationError whatever the isolation.
 - :class:`ProcessSandbox` has the API of :class:`~wasm_plugins.sandbox.Sandbox` (both are a
   :class:`~wasm_plugins.sandbox.PluginSandbox`) and runs the plugin in the workers of a
   :class:`WorkerPool`: it wraps the host's :class:`~wasm_plugins.sandbox.LoadedModule` and a

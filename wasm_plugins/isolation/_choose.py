@@ -1,9 +1,10 @@
 """Which isolation a plugin runs under: in this process, or in a worker process.
 
-A limit the engine cannot enforce in this process is enforced by a worker, never dropped: wasmer
-cannot interrupt a call, so a timeout on wasmer needs a worker (which the host kills at the
-deadline). Fuel is metered by the engine itself, so fuel on wasmer is refused whatever the
-isolation.
+A limit the engine cannot enforce in this process is enforced by a worker, never dropped: a
+timeout on an engine that cannot stop a guest needs a worker (which the host kills at the
+deadline). Fuel is metered by the engine (natively, or through a metered module), so fuel on an
+engine that meters neither way is refused whatever the isolation. wasmer 1.1 enforces both
+in-process through metering by instrumentation; wasmtime natively.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _engine(engine: Engine | str | None) -> Engine:
 def limits_needing_worker(engine: Engine | str | None, limits: Limits | None) -> tuple[str, ...]:
     """The configured limits ``engine`` cannot enforce in this process but a worker can.
 
-    Only ``timeout`` (on an engine without in-process interruption, such as wasmer).
+    Only ``timeout`` (on an engine that cannot stop a guest in-process).
     """
     limits = limits or Limits()
     features = _engine(engine).features
@@ -40,7 +41,7 @@ def choose_isolation(
     """``"in-process"`` or ``"process"``: where a plugin with these limits runs on ``engine``.
 
     - ``"auto"``: in-process when the engine enforces every configured limit in-process, else
-      ``"process"`` (wasmer with a timeout);
+      ``"process"`` (a timeout on an engine that cannot stop a guest);
     - ``"in-process"``: in-process, or a ConfigurationError when a limit needs a worker;
     - ``"process"``: a worker process.
 

@@ -57,7 +57,8 @@ class ProcessSandbox:
         more are refused at once with ``ResourceLimitExceeded(resource="concurrency")``.
     :param queue_timeout: seconds a call may wait for a slot and a worker (``None``: no limit).
 
-    Differences from in-process: a timeout is enforced on every engine (the worker is killed);
+    Differences from in-process: a timeout is enforced on every engine (the engine stops the
+    guest where it can, else the worker is killed);
     fuel on an engine that cannot meter it is still a ConfigurationError; only the built-in engines
     can run in workers; an exception raised by a WASI output callback is logged, not raised.
     """
