@@ -43,6 +43,7 @@ from wasm_plugins.engine._protocol import (
     CallBudget,
     EngineFeatures,
     ExportFunction,
+    ExternInfo,
     FuncSignature,
     HostImport,
     LinkedModule,
@@ -649,14 +650,7 @@ class WasmerModule:
         self._owners = {AFFINITY.enter()}
         AFFINITY.keep_thread_module(self._token, module)
         self.metered = metered
-        # The meter is linked here, never by the sandbox: a metered module shows neither the
-        # meter nor its fuel counter.
-        self.exports = tuple(
-            item for item in types.exports if not (metered and item.name == FUEL_EXPORT)
-        )
-        self.imports = tuple(
-            item for item in types.imports if not (metered and item.module == METER_MODULE)
-        )
+        self.exports, self.imports = _visible(types) if metered else (types.exports, types.imports)
 
     def _thread_module(self) -> wasmer.Module:
         module = AFFINITY.thread_module(self._token)
@@ -749,6 +743,24 @@ def _unenforceable(limit: str) -> ConfigurationError:
             "is set), or compile wasm_plugins.sandbox.meter_module(wasm) with fuel=True"
         ),
     )
+
+
+_VISIBLE: dict[int, tuple[ModuleTypes, tuple[ExternInfo, ...], tuple[ExternInfo, ...]]] = {}
+
+
+def _visible(types: ModuleTypes) -> tuple[tuple[ExternInfo, ...], tuple[ExternInfo, ...]]:
+    """A metered module's exports and imports without its fuel counter and meter (linked by
+    the engine, never by the sandbox); the same tuples for the same types, as the sandbox keys
+    the links it keeps on them."""
+    known = _VISIBLE.get(id(types))
+    if known is not None and known[0] is types:
+        return known[1], known[2]
+    exports = tuple(item for item in types.exports if item.name != FUEL_EXPORT)
+    imports = tuple(item for item in types.imports if item.module != METER_MODULE)
+    if len(_VISIBLE) >= 64:
+        _VISIBLE.clear()
+    _VISIBLE[id(types)] = (types, exports, imports)
+    return exports, imports
 
 
 def _check_metered(types: ModuleTypes) -> None:
