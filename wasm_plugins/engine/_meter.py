@@ -11,7 +11,7 @@ deadlines do. An engine that runs metered modules (wasmer 1.1) links one :class:
 instance and re-arms it for every budget.
 
 Fuel is handed to the guest in chunks only when a deadline is set: the guest then comes back to
-the meter after about :data:`CHUNK` units (about a millisecond of guest work), which looks at the
+the meter after about :data:`CHUNK` units (under a millisecond of guest work), which looks at the
 clock and lets other Python threads run (the guest holds the GIL between two visits). With fuel
 alone the whole budget is handed over at once, and the meter is only called when it runs out.
 """
@@ -34,11 +34,10 @@ METER_FUNCTION = "refill"
 METER_SIGNATURE = FuncSignature(("i64",), ("i64",))
 FUEL_EXPORT = "__wasm_plugins_fuel"
 """The exported mutable i64 global holding the fuel handed to the guest and not spent yet."""
-CHUNK = 1_000_000
-"""Units handed to the guest at a time while a deadline is set: about a millisecond of guest
-work on a loop of simple instructions (``benchmarks/bench_metering.py`` measures it), so the clock
-is read and other threads get the interpreter about once a millisecond, for a cost of one host
-call per chunk."""
+CHUNK = 10_000_000
+"""Units handed to the guest at a time while a deadline is set: 0.4 to 0.8 ms of guest work on
+loops of simple instructions (``benchmarks/bench_metering.py`` measures it), so the clock is read
+about once a millisecond or more often, for one host call (a few microseconds) per chunk."""
 
 
 _HAND_OVER = 2 * sys.getswitchinterval()
