@@ -384,6 +384,17 @@ class TestWasmerFuelAndTimeouts:
         assert expected is not None and used is not None
         assert 0.95 <= used / expected <= 1.05, (used, expected)
 
+    @pytest.mark.parametrize(("name", "args"), CALLS)
+    def test_units_match_wasmtime_native_fuel(self, name: str, args: tuple[int, ...]) -> None:
+        """On calls, loops, arms of ifs and indirect calls, the instrumented units are wasmtime's
+        own (a branch out of a region leaves its rest charged: never fewer, a little more)."""
+        wasm = _renumbering_wasm()
+        run = _MeteredOnWasmtime(None, meter_module(wasm), CallBudget(fuel=10**9))
+        run.call(name, *args)
+        used = run.consumed()
+        native = _native_fuel(wasm, name, *args, host=True)
+        assert used is not None and native <= used <= native * 1.01 + 2, (used, native)
+
     def test_one_budget_shared_by_every_entry(self, wasmer_engine: Engine) -> None:
         """Until the next arm, every guest entry draws on the same fuel; arming refills it."""
         wasm = meter_module(_wasm(LOOP))
@@ -481,13 +492,16 @@ class TestWasmerFuelAndTimeouts:
         assert Sandbox(ABI, engine=wasmer_engine, cache=cache).loaded.compiled_from_cache
 
 
-def _native_fuel(wasm: bytes, name: str, *args: int) -> int:
-    """The fuel wasmtime's own metering charges for one call."""
+def _native_fuel(wasm: bytes, name: str, *args: int, host: bool = False) -> int:
+    """The fuel wasmtime's own metering charges for one call (``host``: link env.add_one)."""
     config = wasmtime.Config()
     config.consume_fuel = True
     store = wasmtime.Store(wasmtime.Engine(config))
     store.set_fuel(10**9)
-    instance = wasmtime.Instance(store, wasmtime.Module(store.engine, wasm), [])
+    i32 = wasmtime.ValType.i32()
+    externs = [wasmtime.Func(store, wasmtime.FuncType([i32], [i32]), lambda x: x + 1)]
+    module = wasmtime.Module(store.engine, wasm)
+    instance = wasmtime.Instance(store, module, externs if host else [])
     store.set_fuel(10**9)
     instance.exports(store)[name](store, *args)
     return int(10**9 - store.get_fuel())

@@ -8,7 +8,8 @@
   appended after the module's imports: every defined function's index goes up by one, so every
   ``call``, ``ref.func``, function export, element segment, start function and function name
   is renumbered;
-- a charge at every function entry and every loop header::
+- a charge at every function entry and every loop header (and a plain subtraction at the top
+  of each arm of an ``if``)::
 
       fuel -= cost
       if fuel < 0: fuel = refill(fuel)
@@ -18,12 +19,14 @@
 
 The cost of a charge is the number of instructions it covers, counted as wasmtime counts its
 native fuel: one unit per instruction, none for ``nop``, ``drop``, ``block``, ``loop``, ``end``,
-``else``, ``return`` and ``unreachable``. A loop header's charge covers the instructions of the
-loop's body outside its nested loops (at least one unit, so that every iteration costs
-something); a function entry's covers the body outside its loops. A charge is made before the
-instructions it covers run, so code skipped by a branch (the arm of an ``if`` not taken, the rest
-of a body left early) is charged all the same: on code without such branches the units are
-wasmtime's exactly, and never fewer (``docs/engines.md`` gives the measured ratio).
+``else``, ``return`` and ``unreachable``, and one unit per function entered. The code is cut in
+regions: a function's body, each loop's body and each arm of an ``if``, each without the regions
+nested in it. A function entry's charge covers its region and the entry itself; a loop header's
+covers the loop's region (at least one unit, so that no iteration is free); the charge at the top
+of an arm covers the arm's region and only subtracts, the next function entry or loop header
+looks at the counter. A charge is made before the instructions it covers run, so the rest of a
+region left by a branch (``br``, ``br_if``, ``br_table``, ``return``) is charged all the same:
+otherwise the units are wasmtime's exactly (``docs/engines.md`` gives the measured ratios).
 
 The pass is a pure function of the bytes (the sandbox runs it before compiling, and the module
 cache keys on :data:`METERING_VERSION`). Modules using instructions it does not know
@@ -378,28 +381,70 @@ def _renumbered_names(data: bytes, section: _Section, functions: int) -> bytes |
         return None
 
 
-def _charge_code(fuel: int, meter: int) -> tuple[bytes, bytes]:
-    """The charge's code before and after its cost's ``i64.const`` immediate."""
-    get = bytes([0x23]) + _encode_uleb(fuel)
-    put = bytes([0x24]) + _encode_uleb(fuel)
-    before = get + bytes([0x42])
-    after = b"".join(
-        (
-            bytes([0x7D]),  # i64.sub
-            put,
-            get,
-            bytes([0x42, 0x00, 0x53, 0x04, 0x40]),  # i64.const 0; i64.lt_s; if
-            get,
-            bytes([_OP_CALL]) + _encode_uleb(meter),
-            put,
-            bytes([_OP_END]),
+_BLOCK = 0
+_LOOP = 1
+_IF = 2
+_OP_ELSE = 0x05
+_OP_IF = 0x04
+
+
+class _Charges:
+    """Where a body's charges go: one region of code per function entry, loop body and arm of
+    an ``if``, each charged in ``parts`` where it starts once its end says what it costs."""
+
+    __slots__ = ("checked", "parts", "plain", "prefix", "regions")
+
+    def __init__(self, fuel: int, meter: int) -> None:
+        get = bytes([0x23]) + _encode_uleb(fuel)
+        put = bytes([0x24]) + _encode_uleb(fuel)
+        self.prefix = get + bytes([0x42])  # global.get fuel; i64.const <cost>
+        self.plain = bytes([0x7D]) + put  # i64.sub; global.set fuel
+        # ... then, at function entries and loop headers: if fuel < 0, fuel = refill(fuel)
+        self.checked = b"".join(
+            (
+                self.plain,
+                get,
+                bytes([0x42, 0x00, 0x53, 0x04, 0x40]),  # i64.const 0; i64.lt_s; if
+                get,
+                bytes([_OP_CALL]) + _encode_uleb(meter),
+                put,
+                bytes([_OP_END]),
+            )
         )
-    )
-    return before, after
+        self.parts: list[bytes] = []
+        self.regions: list[list[int]] = []
+
+    def start(self) -> list[int]:
+        """A new body, whose entry's charge goes in ``parts[0]``: one unit for the call itself
+        (as wasmtime charges it), and its instructions outside loops and arms."""
+        self.parts = [b""]
+        self.regions = [[0, 1]]
+        return self.regions[0]
+
+    def open(self) -> list[int]:
+        """A region starting here: ``[index of its charge in parts, cost]``."""
+        region = [len(self.parts), 0]
+        self.parts.append(b"")
+        self.regions.append(region)
+        return region
+
+    def close(self, *, checked: bool) -> list[int]:
+        """Charge the innermost region; returns the one it was in."""
+        index, cost = self.regions.pop()
+        if checked:  # every iteration of a loop costs something, so that none is free
+            self.parts[index] = self.prefix + _sleb32(max(1, cost)) + self.checked
+        elif cost:  # the arm of an if: looked at by the next loop header or function entry
+            self.parts[index] = self.prefix + _sleb32(cost) + self.plain
+        return self.regions[-1]
+
+    def finish(self, region: list[int]) -> list[bytes]:
+        if region[1]:
+            self.parts[0] = self.prefix + _sleb32(region[1]) + self.checked
+        return self.parts
 
 
 def _metered_code(data: bytes, section: _Section, functions: int, fuel: int, meter: int) -> bytes:
-    before, after = _charge_code(fuel, meter)
+    charges = _Charges(fuel, meter)
     reader = _Reader(data, section.body, section.end)
     count = reader.u32()
     chunks: list[bytes] = [_encode_uleb(count)]
@@ -411,7 +456,7 @@ def _metered_code(data: bytes, section: _Section, functions: int, fuel: int, met
         if body_end > end:
             raise WasmBinaryError("function body runs past the end of its section", pos)
         code = _skip_locals(data, pos, body_end)
-        parts = _metered_body(data, code, body_end, functions, before, after)
+        parts = _metered_body(data, code, body_end, functions, charges)
         content = data[pos:code] + b"".join(parts)
         chunks.append(_encode_uleb(len(content)))
         chunks.append(content)
@@ -422,14 +467,13 @@ def _metered_code(data: bytes, section: _Section, functions: int, fuel: int, met
 
 
 def _metered_body(
-    data: bytes, code: int, end: int, functions: int, before: bytes, after: bytes
+    data: bytes, code: int, end: int, functions: int, charges: _Charges
 ) -> list[bytes]:
     """The instructions in [code, end), charged and renumbered, as parts to join."""
     kinds, costs, leaves = _OPCODE_KINDS, _COSTS, _LEAVES_OTHERWISE
-    parts: list[bytes] = [b""]  # the function entry's charge goes in parts[0]
-    regions: list[list[int]] = [[0, 0]]  # [index of the charge in parts, cost]
-    loops: list[bool] = []  # one per open block, loop or if: whether it is a loop
-    region = regions[0]
+    region = charges.start()
+    parts = charges.parts
+    frames: list[int] = []  # one per open block, loop or if
     copied = pos = code
     while pos < end:
         start = pos
@@ -440,10 +484,15 @@ def _metered_body(
         region[1] += costs[op]
         kind = kinds[op]
         if kind == _K_NONE:
-            if op == _OP_END and loops and loops.pop():
-                done = regions.pop()
-                parts[done[0]] = before + _sleb32(max(1, done[1])) + after
-                region = regions[-1]
+            if op == _OP_END and frames:
+                frame = frames.pop()
+                if frame != _BLOCK:
+                    region = charges.close(checked=frame == _LOOP)
+            elif op == _OP_ELSE and frames and frames[-1] == _IF:
+                parts.append(data[copied:pos])
+                copied = pos
+                charges.close(checked=False)
+                region = charges.open()
             continue
         if kind == _K_LEB:
             if op in (_OP_CALL, _OP_REF_FUNC):
@@ -456,23 +505,19 @@ def _metered_body(
                 pos = _skip_leb(data, pos)
         elif kind == _K_BLOCK:
             pos = _skip_blocktype(data, pos, end)
-            if op == _OP_LOOP:
+            if op in (_OP_LOOP, _OP_IF):
                 parts.append(data[copied:pos])
                 copied = pos
-                region = [len(parts), 0]
-                regions.append(region)
-                parts.append(b"")
-                loops.append(True)
+                region = charges.open()
+                frames.append(_LOOP if op == _OP_LOOP else _IF)
             else:
-                loops.append(False)
+                frames.append(_BLOCK)
         else:
             pos = _skip_immediates(kind, data, pos, end)
-    if pos != end or len(regions) > 1:
+    if pos != end or len(charges.regions) > 1:
         raise WasmBinaryError("instruction runs past the end of the function body", end)
     parts.append(data[copied:end])
-    if region[1]:
-        parts[0] = before + _sleb32(region[1]) + after
-    return parts
+    return charges.finish(region)
 
 
 def _skip_immediates(kind: int, data: bytes, pos: int, end: int) -> int:
