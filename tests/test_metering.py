@@ -28,7 +28,7 @@ from wasm_plugins.errors import (
 from wasm_plugins.isolation import choose_isolation, limits_needing_worker
 from wasm_plugins.sandbox import Limits, ModuleCache, Sandbox, meter_module
 from wasm_plugins.sandbox._binary import WasmBinaryError
-from wasm_plugins.testing.strategies import generated_modules
+from wasm_plugins.testing.strategies import generated_modules, mutated_modules
 
 ABI = CONFORMANCE / "abi.wat"
 HOSTILE = ROOT / "plugins" / "hostile-pack" / "src" / "wasm_plugins_hostile_pack"
@@ -233,6 +233,26 @@ class TestRewriter:
         for name in module.names:
             expected = module.expected(name, data)
             assert sandbox.call(name, data) == expected
+
+    @given(
+        wasm=st.one_of(
+            mutated_modules(),
+            mutated_modules(st.builds(_renumbering_wasm)),
+        )
+    )
+    def test_mutants_are_metered_or_refused(self, wasm: bytes) -> None:
+        """Hypothesis: whatever the bytes, the pass returns a module or raises WasmBinaryError;
+        and what it returns for a valid module is valid."""
+        try:
+            metered = meter_module(wasm)
+        except WasmBinaryError:
+            return
+        engine = wasmtime.Engine()
+        try:
+            wasmtime.Module.validate(engine, wasm)
+        except wasmtime.WasmtimeError:
+            return
+        wasmtime.Module.validate(engine, metered)
 
     @pytest.mark.parametrize(
         "path",
