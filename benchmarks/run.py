@@ -19,6 +19,7 @@ What is measured (all on the same tiny JSON echo, ``{"text": "hello", "n": 1}``,
   compiled-module cache (read, digest check, deserialize);
 - a call that traps and the call after it (a fresh instance), against the engine's public API
   doing the same (``--parts failures``);
+- a loop-heavy plugin (an FNV-1a hash) with and without fuel (``--parts metering``);
 - starting a process that imports the package, or prints ``wasm-plugins --help``, against one
   that imports pluggy and attrs (``--parts startup``);
 - the same JSON echo through the Extism Python SDK (``pip install extism``), with an equivalent
@@ -54,6 +55,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_metering import HASH as HASH_PLUGIN  # noqa: E402
 from benchmarks.modules import synthetic_module  # noqa: E402
 from wasm_plugins import ContextualError, PluginHost  # noqa: E402
 from wasm_plugins.engine import Engine, default_registry  # noqa: E402
@@ -608,6 +610,20 @@ class Suite:
         for row, form in forms.items():
             self.add(row, name, in_batches(lambda form=form: loop.run_until_complete(form())))
 
+    def metering(self, engine: Engine) -> None:
+        """A loop-heavy plugin (an FNV-1a hash, a few ms a call) with and without fuel: metered
+        by instrumentation on wasmer, natively on wasmtime (``benchmarks/bench_metering.py``
+        has the detail, wasmtime's instrumented fuel too)."""
+        name = engine.name
+        source = HASH_PLUGIN
+        plain = Sandbox(source, engine=engine, name="hash", codec="raw")
+        fueled = Sandbox(
+            source, engine=engine, name="hash", codec="raw", limits=Limits(fuel=10**15)
+        )
+        work = bytes([10])
+        self.add("loop-heavy plugin", name, lambda: plain.call("hash", work), 5)
+        self.add("loop-heavy plugin with fuel", name, lambda: fueled.call("hash", work), 5)
+
     def timeouts(self, engine: Engine) -> None:
         """A successful call with a timeout against one without, and how late a timeout ends an
         endless loop (engines that enforce timeouts in-process only)."""
@@ -846,6 +862,8 @@ ROWS = (
     "Sandbox.call with a timeout",
     "endless loop, timeout 10 ms",
     "endless loop, timeout 100 ms",
+    "loop-heavy plugin",
+    "loop-heavy plugin with fuel",
     "Sandbox.call, 1 thread(s)",
     "Sandbox.call, 2 thread(s)",
     "Sandbox.call, 8 thread(s)",
@@ -986,6 +1004,12 @@ TARGETS = (
         "Sandbox.call with a timeout",
         "Sandbox.call",
         1.2,
+    ),
+    Target(
+        "loop-heavy plugin with fuel ≤ 1.3 x without",
+        "loop-heavy plugin with fuel",
+        "loop-heavy plugin",
+        1.3,
     ),
     Target(
         "10 ms timeout ends the call ≤ 1.3 x 10 ms",
@@ -1207,9 +1231,9 @@ def main() -> int:
     parser.add_argument("--engines", default=",".join(ENGINES), help="engines to measure")
     parser.add_argument(
         "--parts",
-        default="calls,loads,timeouts,threads,async,failures,startup",
-        help="what to measure: calls, loads, timeouts, threads, async, failures, startup "
-        "(comma-separated)",
+        default="calls,loads,timeouts,metering,threads,async,failures,startup",
+        help="what to measure: calls, loads, timeouts, metering, threads, async, failures, "
+        "startup (comma-separated)",
     )
     parser.add_argument("--sizes", default=",".join(SIZES), help="module sizes for the loads")
     arguments = parser.parse_args()
@@ -1234,6 +1258,8 @@ def main() -> int:
                 suite.loads(engine, sizes)
             if "timeouts" in parts:
                 suite.timeouts(engine)
+            if "metering" in parts:
+                suite.metering(engine)
             if "threads" in parts:
                 suite.threads(engine)
             if "async" in parts:
