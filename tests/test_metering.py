@@ -216,6 +216,15 @@ class TestRewriter:
             with pytest.raises(WasmBinaryError):
                 meter_module(_wasm(text))
 
+    def test_code_cannot_reach_the_fuel_counter(self) -> None:
+        """Function bodies are not validated before the pass: a global index one past the
+        module's globals, invalid as it stands, would name the appended counter (a guest could
+        refill itself). Such a module is refused."""
+        for access in ("(global.set 1 (i64.const 1000000000))", "(drop (global.get 1))"):
+            text = f"(module (global (mut i32) (i32.const 0)) (func {access}))"
+            with pytest.raises(WasmBinaryError, match="global index out of range"):
+                meter_module(_wasm(text))
+
     def test_every_loop_iteration_costs_fuel(self) -> None:
         """An empty-looking loop still costs at least one unit per iteration."""
         text = '(module (func (export "f") (loop $l (br $l))))'

@@ -381,6 +381,8 @@ def _renumbered_names(data: bytes, section: _Section, functions: int) -> bytes |
         return None
 
 
+_GLOBAL_ACCESS = frozenset({0x23, 0x24})  # global.get, global.set
+_INDEXED = frozenset({_OP_CALL, _OP_REF_FUNC}) | _GLOBAL_ACCESS
 _BLOCK = 0
 _LOOP = 1
 _IF = 2
@@ -392,9 +394,10 @@ class _Charges:
     """Where a body's charges go: one region of code per function entry, loop body and arm of
     an ``if``, each charged in ``parts`` where it starts once its end says what it costs."""
 
-    __slots__ = ("checked", "parts", "plain", "prefix", "regions")
+    __slots__ = ("checked", "fuel", "parts", "plain", "prefix", "regions")
 
     def __init__(self, fuel: int, meter: int) -> None:
+        self.fuel = fuel
         get = bytes([0x23]) + _encode_uleb(fuel)
         put = bytes([0x24]) + _encode_uleb(fuel)
         self.prefix = get + bytes([0x42])  # global.get fuel; i64.const <cost>
@@ -495,11 +498,11 @@ def _metered_body(
                 region = charges.open()
             continue
         if kind == _K_LEB:
-            if op in (_OP_CALL, _OP_REF_FUNC):
+            if op in _INDEXED:
                 index, pos = _code_uleb(data, pos, end)
-                if index >= functions:
-                    parts.append(data[copied:start])
-                    parts.append(bytes([op]) + _encode_uleb(index + 1))
+                renumbered = _renumbered_index(op, index, start, functions, charges.fuel)
+                if renumbered is not None:
+                    parts += (data[copied:start], renumbered)
                     copied = pos
             else:
                 pos = _skip_leb(data, pos)
@@ -518,6 +521,17 @@ def _metered_body(
         raise WasmBinaryError("instruction runs past the end of the function body", end)
     parts.append(data[copied:end])
     return charges.finish(region)
+
+
+def _renumbered_index(op: int, index: int, at: int, functions: int, fuel: int) -> bytes | None:
+    """The instruction again with its function index renumbered, or ``None`` to keep it."""
+    if op in _GLOBAL_ACCESS:
+        # Bodies are not validated before this pass: an index one past the module's globals
+        # would name the fuel counter once it is appended, and the guest could refill itself.
+        if index >= fuel:
+            raise WasmBinaryError("global index out of range", at)
+        return None
+    return bytes([op]) + _encode_uleb(index + 1) if index >= functions else None
 
 
 def _skip_immediates(kind: int, data: bytes, pos: int, end: int) -> int:
