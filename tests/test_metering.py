@@ -301,12 +301,12 @@ class _MeteredOnWasmtime:
                         lambda counter: meter.refill(None, counter),  # no cycle back to self
                     )
                 )
-            else:
+            else:  # env.add_one, or any other function import: a stand-in of its type
+                kind = item.type
+                assert isinstance(kind, wasmtime.FuncType)
                 externs.append(
                     wasmtime.Func(
-                        self.store,
-                        wasmtime.FuncType([wasmtime.ValType.i32()], [wasmtime.ValType.i32()]),
-                        lambda x: x + 1,
+                        self.store, kind, lambda *args: args[0] + 1 if kind.results else None
                     )
                 )
         self.instance = wasmtime.Instance(self.store, module, externs)
