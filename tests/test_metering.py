@@ -32,6 +32,7 @@ from wasm_plugins.testing.strategies import generated_modules, mutated_modules
 
 ABI = CONFORMANCE / "abi.wat"
 HOSTILE = ROOT / "plugins" / "hostile-pack" / "src" / "wasm_plugins_hostile_pack"
+TEXT_TOOLS = ROOT / "plugins" / "text-tools" / "src" / "wasm_plugins_text_tools" / "text_tools.wasm"
 
 # A module that exercises every place a function index lives: imports before the defined
 # functions, exports, an active table segment of indices and one of expressions, a passive
@@ -301,14 +302,8 @@ class _MeteredOnWasmtime:
                         lambda counter: meter.refill(None, counter),  # no cycle back to self
                     )
                 )
-            else:  # env.add_one, or any other function import: a stand-in of its type
-                kind = item.type
-                assert isinstance(kind, wasmtime.FuncType)
-                externs.append(
-                    wasmtime.Func(
-                        self.store, kind, lambda *args: args[0] + 1 if kind.results else None
-                    )
-                )
+            else:  # env.add_one, or any other function import
+                externs.append(_stand_in(self.store, item.type))
         self.instance = wasmtime.Instance(self.store, module, externs)
         self.exports = self.instance.exports(self.store)
         self.arm()
@@ -425,6 +420,43 @@ class TestWasmerFuelAndTimeouts:
         native = _native_fuel(wasm, name, *args, host=True)
         assert used is not None and abs(used - native) <= native * 0.01 + 2, (used, native)
 
+    @pytest.mark.parametrize("function", ["word_count", "slugify", "top_words"])
+    def test_units_match_on_a_real_plugin(self, function: str) -> None:
+        """The text-tools plugin (C, compiled by clang): instrumented and native units agree."""
+        wasm = TEXT_TOOLS.read_bytes()
+        data = b'{"text": "Hello wonderful world, creme brulee a la mode, hello world"}'
+        run = _MeteredOnWasmtime(None, meter_module(wasm), CallBudget(fuel=10**9))
+        pointer = run.call("wp_alloc", len(data))
+        run.exports["memory"].write(run.store, data, pointer)
+        run.arm()
+        run.call(function, pointer, len(data))
+        native = _native_fuel(wasm, function, host=True, data=data)
+        assert run.consumed() == native
+
+    def test_bulk_memory_is_charged_by_length(self, engine: Engine) -> None:
+        """memory.fill and memory.copy cost a unit per byte, as on wasmtime: a fill larger than
+        the fuel left stops before it runs."""
+        text = """(module (memory 2)
+          (func (export "fill") (param $n i32)
+            (memory.fill (i32.const 0) (i32.const 7) (local.get $n)))
+          (func (export "copy") (param $n i32)
+            (memory.copy (i32.const 0) (i32.const 9) (local.get $n))))"""
+        wasm = _wasm(text)
+        budget = CallBudget(fuel=100_000)
+        run: Any
+        for name in ("fill", "copy"):
+            if engine.name == "wasmer":
+                run = _Raw(engine, meter_module(wasm), budget, fuel=True)
+                run.instance.arm()
+                run.call(name, 50_000)
+                assert run.instance.fuel_consumed() == _native_fuel(wasm, name, 50_000)
+                with pytest.raises(ResourceLimitExceeded):
+                    run.call(name, 60_000)
+            else:
+                run = _MeteredOnWasmtime(engine, meter_module(wasm), budget)
+                run.call(name, 50_000)
+                assert run.consumed() == _native_fuel(wasm, name, 50_000)
+
     def test_one_budget_shared_by_every_entry(self, wasmer_engine: Engine) -> None:
         """Until the next arm, every guest entry draws on the same fuel; arming refills it."""
         wasm = meter_module(_wasm(LOOP))
@@ -522,16 +554,28 @@ class TestWasmerFuelAndTimeouts:
         assert Sandbox(ABI, engine=wasmer_engine, cache=cache).loaded.compiled_from_cache
 
 
-def _native_fuel(wasm: bytes, name: str, *args: int, host: bool = False) -> int:
-    """The fuel wasmtime's own metering charges for one call (``host``: link env.add_one)."""
+def _native_fuel(
+    wasm: bytes, name: str, *args: int, host: bool = False, data: bytes | None = None
+) -> int:
+    """The fuel wasmtime's own metering charges for one call (``host``: link stand-ins of the
+    imports; ``data``: the ABI input, copied in first and passed as the arguments)."""
     config = wasmtime.Config()
     config.consume_fuel = True
     store = wasmtime.Store(wasmtime.Engine(config))
     store.set_fuel(10**9)
-    i32 = wasmtime.ValType.i32()
-    externs = [wasmtime.Func(store, wasmtime.FuncType([i32], [i32]), lambda x: x + 1)]
     module = wasmtime.Module(store.engine, wasm)
-    instance = wasmtime.Instance(store, module, externs if host else [])
+    externs = [_stand_in(store, item.type) for item in module.imports] if host else []
+    exports = wasmtime.Instance(store, module, externs).exports(store)
+    if data is not None:
+        pointer = exports["wp_alloc"](store, len(data))
+        exports["memory"].write(store, data, pointer)
+        args = (pointer, len(data))
     store.set_fuel(10**9)
-    instance.exports(store)[name](store, *args)
+    exports[name](store, *args)
     return int(10**9 - store.get_fuel())
+
+
+def _stand_in(store: wasmtime.Store, kind: Any) -> wasmtime.Func:
+    """A host function of the import's type: adds one to its first argument, or does nothing."""
+    assert isinstance(kind, wasmtime.FuncType)
+    return wasmtime.Func(store, kind, lambda *args: args[0] + 1 if kind.results else None)

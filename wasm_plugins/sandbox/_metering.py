@@ -52,6 +52,7 @@ from wasm_plugins.sandbox._binary import (
     _SEC_CODE,
     _SEC_CUSTOM,
     _SEC_EXPORT,
+    _SEC_FUNCTION,
     _SEC_GLOBAL,
     _SEC_IMPORT,
     _SEC_TYPE,
@@ -79,6 +80,7 @@ from wasm_plugins.sandbox._binary import (
     _sleb32,
     _split_sections,
     _Unsupported,
+    _vec_count,
 )
 
 __all__ = [
@@ -101,6 +103,7 @@ _OP_CALL = 0x10
 _OP_REF_FUNC = 0xD2
 _EXPORT_FUNC = 0x00
 _EXPORT_GLOBAL = 0x03
+_I32 = 0x7F
 _I64 = 0x7E
 _MUTABLE = 0x01
 
@@ -153,8 +156,13 @@ def _metered(data: bytes, sections: list[_Section], functions: int, imported_glo
         + bytes([0x00])
         + _encode_uleb(meter_type)
     )
+    type_count, first_type = _vec_count(data, type_section)
+    types = b"" if type_section is None else data[first_type : type_section.end]
     payloads: dict[int, bytes] = {
-        _SEC_TYPE: _appended(data, type_section, bytes([0x60, 1, _I64, 1, _I64])),
+        # (i64) -> (i64) for the meter, (i32 i32 i32) -> () for the bulk-memory helpers
+        _SEC_TYPE: _encode_uleb(type_count + 2)
+        + types
+        + bytes([0x60, 1, _I64, 1, _I64, 0x60, 3, _I32, _I32, _I32, 0]),
         _SEC_IMPORT: _appended(data, import_section, import_entry),
         _SEC_GLOBAL: _encode_uleb(defined_globals + 1)
         + globals_payload
@@ -177,7 +185,16 @@ def _metered(data: bytes, sections: list[_Section], functions: int, imported_glo
         payloads[_SEC_ELEMENT] = _renumbered_elements(data, element, functions)
     code = _find(sections, _SEC_CODE)
     if code is not None:
-        payloads[_SEC_CODE] = _metered_code(data, code, functions, fuel, meter)
+        function_section = _find(sections, _SEC_FUNCTION)
+        defined, first = _vec_count(data, function_section)
+        charges = _Charges(fuel, meter, functions + 1 + defined)
+        payloads[_SEC_CODE] = _metered_code(data, code, functions, charges)
+        if charges.helpers and function_section is not None:
+            payloads[_SEC_FUNCTION] = (
+                _encode_uleb(defined + len(charges.helpers))
+                + data[first : function_section.end]
+                + _encode_uleb(meter_type + 1) * len(charges.helpers)
+            )
     kept = [s for s in sections if not _is_name_section(data, s)]
     out = _assemble(data, kept, payloads)
     names = [s for s in sections if _is_name_section(data, s)]
@@ -386,26 +403,28 @@ _INDEXED = frozenset({_OP_CALL, _OP_REF_FUNC}) | _GLOBAL_ACCESS
 _BLOCK = 0
 _LOOP = 1
 _IF = 2
-_OP_ELSE = 0x05
+_OP_BLOCK = 0x02
 _OP_IF = 0x04
+_OP_BR_TABLE = 0x0E
 
 
 class _Charges:
-    """Where a body's charges go: one region of code per function entry, loop body and arm of
-    an ``if``, each charged in ``parts`` where it starts once its end says what it costs."""
+    """The charge code of one module: a plain subtraction, or one followed by the check."""
 
-    __slots__ = ("checked", "fuel", "parts", "plain", "prefix", "regions")
+    __slots__ = ("check_only", "checked", "first_helper", "fuel", "helpers", "plain", "prefix")
 
-    def __init__(self, fuel: int, meter: int) -> None:
+    def __init__(self, fuel: int, meter: int, first_helper: int) -> None:
         self.fuel = fuel
+        self.first_helper = first_helper
+        self.helpers: list[int] = []
+        """The bulk-memory instructions (sub-opcodes) given a helper, in index order."""
         get = bytes([0x23]) + _encode_uleb(fuel)
         put = bytes([0x24]) + _encode_uleb(fuel)
         self.prefix = get + bytes([0x42])  # global.get fuel; i64.const <cost>
         self.plain = bytes([0x7D]) + put  # i64.sub; global.set fuel
-        # ... then, at function entries and loop headers: if fuel < 0, fuel = refill(fuel)
-        self.checked = b"".join(
+        # if fuel < 0: fuel = refill(fuel)
+        self.check_only = b"".join(
             (
-                self.plain,
                 get,
                 bytes([0x42, 0x00, 0x53, 0x04, 0x40]),  # i64.const 0; i64.lt_s; if
                 get,
@@ -414,43 +433,42 @@ class _Charges:
                 bytes([_OP_END]),
             )
         )
-        self.parts: list[bytes] = []
-        self.regions: list[list[int]] = []
+        self.checked = self.plain + self.check_only
 
-    def start(self) -> list[int]:
-        """A new body, whose entry's charge goes in ``parts[0]``: one unit for the call itself
-        (as wasmtime charges it), and its instructions outside loops and arms."""
-        self.parts = [b""]
-        self.regions = [[0, 1]]
-        return self.regions[0]
+    def bulk_call(self, sub: int) -> bytes:
+        """A call of the helper that charges a ``memory.copy`` or ``memory.fill`` of memory 0
+        by its length, as wasmtime does, then runs it."""
+        if sub not in self.helpers:
+            self.helpers.append(sub)
+        return bytes([_OP_CALL]) + _encode_uleb(self.first_helper + self.helpers.index(sub))
 
-    def open(self) -> list[int]:
-        """A region starting here: ``[index of its charge in parts, cost]``."""
-        region = [len(self.parts), 0]
-        self.parts.append(b"")
-        self.regions.append(region)
-        return region
+    def helper_bodies(self) -> list[bytes]:
+        bodies = []
+        for sub in self.helpers:
+            code = b"".join(
+                (
+                    self.prefix[:-1],  # global.get fuel
+                    bytes([0x20, 2, 0xAD]),  # local.get 2 (the length); i64.extend_i32_u
+                    self.checked,
+                    bytes([0x20, 0, 0x20, 1, 0x20, 2, 0xFC, sub]),
+                    bytes(2 if sub == _MEMORY_COPY else 1),  # memory 0 (and 0)
+                    bytes([_OP_END]),
+                )
+            )
+            bodies.append(_encode_uleb(len(code) + 1) + b"\x00" + code)
+        return bodies
 
-    def close(self, *, checked: bool) -> list[int]:
-        """Charge the innermost region; returns the one it was in."""
-        index, cost = self.regions.pop()
-        if checked:  # every iteration of a loop costs something, so that none is free
-            self.parts[index] = self.prefix + _sleb32(max(1, cost)) + self.checked
-        elif cost:  # the arm of an if: looked at by the next loop header or function entry
-            self.parts[index] = self.prefix + _sleb32(cost) + self.plain
-        return self.regions[-1]
-
-    def finish(self, region: list[int]) -> list[bytes]:
-        if region[1]:
-            self.parts[0] = self.prefix + _sleb32(region[1]) + self.checked
-        return self.parts
+    def code(self, cost: int, *, checked: bool) -> bytes:
+        """What charges a region of this cost (a check at function entries and loop headers)."""
+        if not cost:
+            return self.check_only if checked else b""
+        return self.prefix + _sleb32(cost) + (self.checked if checked else self.plain)
 
 
-def _metered_code(data: bytes, section: _Section, functions: int, fuel: int, meter: int) -> bytes:
-    charges = _Charges(fuel, meter)
+def _metered_code(data: bytes, section: _Section, functions: int, charges: _Charges) -> bytes:
     reader = _Reader(data, section.body, section.end)
     count = reader.u32()
-    chunks: list[bytes] = [_encode_uleb(count)]
+    chunks: list[bytes] = []
     end = section.end
     pos = reader.pos
     for _ in range(count):
@@ -466,17 +484,24 @@ def _metered_code(data: bytes, section: _Section, functions: int, fuel: int, met
         pos = body_end
     if pos != end:
         raise WasmBinaryError("code section has bytes after its last body", pos)
-    return b"".join(chunks)
+    helpers = charges.helper_bodies()
+    return _encode_uleb(count + len(helpers)) + b"".join(chunks) + b"".join(helpers)
 
 
 def _metered_body(
     data: bytes, code: int, end: int, functions: int, charges: _Charges
 ) -> list[bytes]:
-    """The instructions in [code, end), charged and renumbered, as parts to join."""
+    """The instructions in [code, end), charged and renumbered, as parts to join.
+
+    A region (a basic block) ends where control may leave or join it: after a branch,
+    ``return``, ``unreachable``, ``if`` or ``else``, at a loop header, and after the ``end`` of
+    an ``if``, a loop, or a block that a branch targets. Its charge goes in ``parts[at]``, in
+    front of its first instruction, once its cost is known.
+    """
     kinds, costs, leaves = _OPCODE_KINDS, _COSTS, _LEAVES_OTHERWISE
-    region = charges.start()
-    parts = charges.parts
-    frames: list[int] = []  # one per open block, loop or if
+    parts: list[bytes] = [b""]
+    at, cost, checked = 0, 1, True  # the entry region: one unit for the call itself
+    frames: list[int] = []  # one per open block, loop or if: its kind, and whether targeted
     copied = pos = code
     while pos < end:
         start = pos
@@ -484,43 +509,79 @@ def _metered_body(
         pos += 1
         if op in leaves:
             raise _Unsupported
-        region[1] += costs[op]
+        cost += costs[op]
         kind = kinds[op]
-        if kind == _K_NONE:
-            if op == _OP_END and frames:
-                frame = frames.pop()
-                if frame != _BLOCK:
-                    region = charges.close(checked=frame == _LOOP)
-            elif op == _OP_ELSE and frames and frames[-1] == _IF:
-                parts.append(data[copied:pos])
+        if kind == _K_LEB and op in _INDEXED:
+            index, pos = _code_uleb(data, pos, end)
+            renumbered = _renumbered_index(op, index, start, functions, charges.fuel)
+            if renumbered is not None:
+                parts += (data[copied:start], renumbered)
                 copied = pos
-                charges.close(checked=False)
-                region = charges.open()
             continue
-        if kind == _K_LEB:
-            if op in _INDEXED:
-                index, pos = _code_uleb(data, pos, end)
-                renumbered = _renumbered_index(op, index, start, functions, charges.fuel)
-                if renumbered is not None:
-                    parts += (data[copied:start], renumbered)
-                    copied = pos
-            else:
-                pos = _skip_leb(data, pos)
-        elif kind == _K_BLOCK:
-            pos = _skip_blocktype(data, pos, end)
-            if op in (_OP_LOOP, _OP_IF):
-                parts.append(data[copied:pos])
-                copied = pos
-                region = charges.open()
-                frames.append(_LOOP if op == _OP_LOOP else _IF)
-            else:
-                frames.append(_BLOCK)
-        else:
-            pos = _skip_immediates(kind, data, pos, end)
-    if pos != end or len(charges.regions) > 1:
+        if op == _PREFIX_FC and data.startswith(_BULK_ON_MEMORY_0, pos):
+            sub = data[pos]
+            pos += 3 if sub == _MEMORY_COPY else 2
+            parts += (data[copied:start], charges.bulk_call(sub))
+            copied = pos
+            continue
+        pos, boundary = _boundary(op, kind, data, pos, end, frames)
+        if boundary:
+            parts[at] = charges.code(cost, checked=checked)
+            parts.append(data[copied:pos])
+            copied = pos
+            at, cost, checked = len(parts), 0, op == _OP_LOOP
+            parts.append(b"")
+    if pos != end or frames:
         raise WasmBinaryError("instruction runs past the end of the function body", end)
     parts.append(data[copied:end])
-    return charges.finish(region)
+    parts[at] = charges.code(cost, checked=checked)
+    return parts
+
+
+_TARGETED = 4
+_PREFIX_FC = 0xFC
+_MEMORY_COPY = 10
+_BULK_ON_MEMORY_0 = (b"\x0a\x00\x00", b"\x0b\x00")
+"""memory.copy 0 0 and memory.fill 0, after their prefix."""
+_BRANCHES = frozenset({0x0C, 0x0D})  # br, br_if
+_ENDS_REGION = frozenset({0x00, 0x05, 0x0F})  # unreachable, else, return
+
+
+def _boundary(
+    op: int, kind: int, data: bytes, pos: int, end: int, frames: list[int]
+) -> tuple[int, bool]:
+    """The position after the instruction's immediates, and whether a region ends after it
+    (``frames`` follows the blocks it opens and closes, and marks the blocks branched to)."""
+    if kind == _K_NONE:
+        if op == _OP_END:
+            # The function's own end, or a block's that is only reached by falling through,
+            # leaves control where it was.
+            return pos, bool(frames) and frames.pop() != _BLOCK
+        return pos, op in _ENDS_REGION
+    if kind == _K_BLOCK:
+        pos = _skip_blocktype(data, pos, end)
+        frames.append(_LOOP if op == _OP_LOOP else _IF if op == _OP_IF else _BLOCK)
+        return pos, op != _OP_BLOCK
+    if op in _BRANCHES:
+        depth, pos = _code_uleb(data, pos, end)
+        _target(frames, depth)
+        return pos, True
+    if op == _OP_BR_TABLE:
+        count, pos = _code_uleb(data, pos, end)
+        if count > end - pos:
+            raise WasmBinaryError("vector runs past the end of the function body", pos)
+        for _ in range(count + 1):
+            depth, pos = _code_uleb(data, pos, end)
+            _target(frames, depth)
+        return pos, True
+    if kind == _K_LEB:
+        return _skip_leb(data, pos), False
+    return _skip_immediates(kind, data, pos, end), False
+
+
+def _target(frames: list[int], depth: int) -> None:
+    if depth < len(frames):
+        frames[-1 - depth] |= _TARGETED
 
 
 def _renumbered_index(op: int, index: int, at: int, functions: int, fuel: int) -> bytes | None:
