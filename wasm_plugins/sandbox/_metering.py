@@ -56,6 +56,7 @@ from wasm_plugins.sandbox._binary import (
     _SEC_GLOBAL,
     _SEC_IMPORT,
     _SEC_TYPE,
+    _SHORT_VALTYPES,
     WasmBinaryError,
     _appended,
     _assemble,
@@ -403,6 +404,7 @@ _INDEXED = frozenset({_OP_CALL, _OP_REF_FUNC}) | _GLOBAL_ACCESS
 _BLOCK = 0
 _LOOP = 1
 _IF = 2
+_EMPTY_BLOCK = 0x40
 _OP_BLOCK = 0x02
 _OP_IF = 0x04
 _OP_BR_TABLE = 0x0E
@@ -458,6 +460,35 @@ class _Charges:
             bodies.append(_encode_uleb(len(code) + 1) + b"\x00" + code)
         return bodies
 
+    def close(
+        self,
+        parts: list[bytes],
+        at: int,
+        cost: int,
+        refunds: list[tuple[int, int]],
+        *,
+        checked: bool,
+    ) -> None:
+        """Charge a region of this cost at ``parts[at]``, and give each of its refunding
+        ``br_if`` (the branch in ``parts[index]``) back the cost of the rest of the region."""
+        parts[at] = self.code(cost, checked=checked)
+        for index, so_far in refunds:
+            rest = cost - so_far
+            if rest:
+                depth, _ = _code_uleb(parts[index], 1, len(parts[index]))
+                parts[index] = b"".join(
+                    (
+                        bytes([_OP_IF, _EMPTY_BLOCK]),
+                        self.prefix,
+                        _sleb32(rest),
+                        bytes([0x7C]),  # i64.add
+                        self.plain[1:],  # global.set fuel
+                        bytes([_OP_BR]) + _encode_uleb(depth + 1),
+                        bytes([_OP_END]),
+                    )
+                )
+        refunds.clear()
+
     def code(self, cost: int, *, checked: bool) -> bytes:
         """What charges a region of this cost (a check at function entries and loop headers)."""
         if not cost:
@@ -496,12 +527,16 @@ def _metered_body(
     A region (a basic block) ends where control may leave or join it: after a branch,
     ``return``, ``unreachable``, ``if`` or ``else``, at a loop header, and after the ``end`` of
     an ``if``, a loop, or a block that a branch targets. Its charge goes in ``parts[at]``, in
-    front of its first instruction, once its cost is known.
+    front of its first instruction, once its cost is known. A ``br_if`` to a label that takes no
+    values does not end its region: it becomes ``if (refund the rest of the region; br) end``,
+    so that falling through costs nothing more, the path that branches gets back what it did not
+    run.
     """
     kinds, costs, leaves = _OPCODE_KINDS, _COSTS, _LEAVES_OTHERWISE
     parts: list[bytes] = [b""]
     at, cost, checked = 0, 1, True  # the entry region: one unit for the call itself
-    frames: list[int] = []  # one per open block, loop or if: its kind, and whether targeted
+    refunds: list[tuple[int, int]] = []  # the region's br_ifs: (index in parts, cost so far)
+    frames: list[int] = []  # one per open block, loop or if: kind, targeted, takes no values
     copied = pos = code
     while pos < end:
         start = pos
@@ -525,8 +560,13 @@ def _metered_body(
             copied = pos
             continue
         pos, boundary = _boundary(op, kind, data, pos, end, frames)
-        if boundary:
-            parts[at] = charges.code(cost, checked=checked)
+        if boundary == _REFUNDED:
+            parts.append(data[copied:start])
+            refunds.append((len(parts), cost))
+            parts.append(data[start:pos])
+            copied = pos
+        elif boundary:
+            charges.close(parts, at, cost, refunds, checked=checked)
             parts.append(data[copied:pos])
             copied = pos
             at, cost, checked = len(parts), 0, op == _OP_LOOP
@@ -534,38 +574,48 @@ def _metered_body(
     if pos != end or frames:
         raise WasmBinaryError("instruction runs past the end of the function body", end)
     parts.append(data[copied:end])
-    parts[at] = charges.code(cost, checked=checked)
+    charges.close(parts, at, cost, refunds, checked=checked)
     return parts
 
 
 _TARGETED = 4
+_NO_VALUES = 8
+_SPLIT = 1
+_REFUNDED = 2
 _PREFIX_FC = 0xFC
 _MEMORY_COPY = 10
 _BULK_ON_MEMORY_0 = (b"\x0a\x00\x00", b"\x0b\x00")
 """memory.copy 0 0 and memory.fill 0, after their prefix."""
-_BRANCHES = frozenset({0x0C, 0x0D})  # br, br_if
 _ENDS_REGION = frozenset({0x00, 0x05, 0x0F})  # unreachable, else, return
+_OP_BR = 0x0C
+_OP_BR_IF = 0x0D
 
 
 def _boundary(
     op: int, kind: int, data: bytes, pos: int, end: int, frames: list[int]
-) -> tuple[int, bool]:
+) -> tuple[int, int]:
     """The position after the instruction's immediates, and whether a region ends after it
-    (``frames`` follows the blocks it opens and closes, and marks the blocks branched to)."""
+    (``_SPLIT``), goes on past a ``br_if`` that refunds (``_REFUNDED``), or neither (0).
+    ``frames`` follows the blocks it opens and closes, and marks the blocks branched to."""
     if kind == _K_NONE:
         if op == _OP_END:
             # The function's own end, or a block's that is only reached by falling through,
             # leaves control where it was.
-            return pos, bool(frames) and frames.pop() != _BLOCK
-        return pos, op in _ENDS_REGION
+            return pos, _SPLIT if frames and frames.pop() & ~_NO_VALUES != _BLOCK else 0
+        return pos, _SPLIT if op in _ENDS_REGION else 0
     if kind == _K_BLOCK:
+        # What a branch to the label carries: a loop's parameters, a block's results.
+        blocktype = data[pos]
+        none = blocktype == _EMPTY_BLOCK or (op == _OP_LOOP and blocktype in _SHORT_VALTYPES)
         pos = _skip_blocktype(data, pos, end)
-        frames.append(_LOOP if op == _OP_LOOP else _IF if op == _OP_IF else _BLOCK)
-        return pos, op != _OP_BLOCK
-    if op in _BRANCHES:
+        frame = _LOOP if op == _OP_LOOP else _IF if op == _OP_IF else _BLOCK
+        frames.append(frame | (_NO_VALUES if none else 0))
+        return pos, _SPLIT if op != _OP_BLOCK else 0
+    if op in (_OP_BR, _OP_BR_IF):
         depth, pos = _code_uleb(data, pos, end)
+        refunded = op == _OP_BR_IF and depth < len(frames) and frames[-1 - depth] & _NO_VALUES
         _target(frames, depth)
-        return pos, True
+        return pos, _REFUNDED if refunded else _SPLIT
     if op == _OP_BR_TABLE:
         count, pos = _code_uleb(data, pos, end)
         if count > end - pos:
@@ -573,10 +623,10 @@ def _boundary(
         for _ in range(count + 1):
             depth, pos = _code_uleb(data, pos, end)
             _target(frames, depth)
-        return pos, True
+        return pos, _SPLIT
     if kind == _K_LEB:
-        return _skip_leb(data, pos), False
-    return _skip_immediates(kind, data, pos, end), False
+        return _skip_leb(data, pos), 0
+    return _skip_immediates(kind, data, pos, end), 0
 
 
 def _target(frames: list[int], depth: int) -> None:
