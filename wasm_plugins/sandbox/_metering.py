@@ -8,25 +8,29 @@
   appended after the module's imports: every defined function's index goes up by one, so every
   ``call``, ``ref.func``, function export, element segment, start function and function name
   is renumbered;
-- a charge at every function entry and every loop header (and a plain subtraction at the top
-  of each arm of an ``if``)::
+- a charge at the start of every region of straight-line code (a basic block)::
 
-      fuel -= cost
-      if fuel < 0: fuel = refill(fuel)
+      fuel -= cost                                   # every region
+      if fuel < 0: fuel = refill(fuel)               # function entries and loop headers only
 
   where the meter (:class:`wasm_plugins.engine._meter.Meter`, on the host) either hands out more
-  fuel, or raises the typed error of the limit that was reached, which stops the guest.
+  fuel, or raises the typed error of the limit that was reached, which stops the guest;
+- ``memory.copy`` and ``memory.fill`` of memory 0 become calls of helper functions appended
+  after the module's functions (no index moves), which charge their length before running them.
 
-The cost of a charge is the number of instructions it covers, counted as wasmtime counts its
-native fuel: one unit per instruction, none for ``nop``, ``drop``, ``block``, ``loop``, ``end``,
-``else``, ``return`` and ``unreachable``, and one unit per function entered. The code is cut in
-regions: a function's body, each loop's body and each arm of an ``if``, each without the regions
-nested in it. A function entry's charge covers its region and the entry itself; a loop header's
-covers the loop's region (at least one unit, so that no iteration is free); the charge at the top
-of an arm covers the arm's region and only subtracts, the next function entry or loop header
-looks at the counter. A charge is made before the instructions it covers run, so the rest of a
-region left by a branch (``br``, ``br_if``, ``br_table``, ``return``) is charged all the same:
-otherwise the units are wasmtime's exactly (``docs/engines.md`` gives the measured ratios).
+Costs are counted as wasmtime counts its native fuel: one unit per instruction, none for
+``nop``, ``drop``, ``block``, ``loop``, ``end``, ``else``, ``return`` and ``unreachable``, one
+unit per function entered, and one per byte that ``memory.copy`` or ``memory.fill`` moves. A
+region ends where control may leave or join it (after ``br``, ``br_table``, ``return``,
+``unreachable``, ``if`` and ``else``, at a loop header, after the ``end`` of an ``if``, a loop,
+or a block some branch targets) and is charged in full before it runs. A ``br_if`` to a label
+that takes no values does not end its region: it becomes ``if (fuel += rest of the region; br)
+end``, so the path that falls through pays nothing more and the one that branches is given back
+what it did not run (a loop with an exit test costs one charge per iteration); a ``br_if``
+carrying values ends its region. The units are then wasmtime's (``docs/engines.md`` gives the
+measurements), except for instructions wasmtime charges by size that are not rewritten
+(``memory.init``, the table bulk instructions, a copy or fill of a memory other than 0): one
+unit each here.
 
 The pass is a pure function of the bytes (the sandbox runs it before compiling, and the module
 cache keys on :data:`METERING_VERSION`). Modules using instructions it does not know
@@ -67,6 +71,7 @@ from wasm_plugins.sandbox._binary import (
     _expect_end,
     _export_offset,
     _find,
+    _function_type_indices,
     _parse_imports,
     _Reader,
     _reader_valtype,
@@ -74,10 +79,10 @@ from wasm_plugins.sandbox._binary import (
     _skip_blocktype,
     _skip_heaptype,
     _skip_leb,
-    _skip_locals,
     _skip_memarg,
     _skip_prefixed,
     _skip_structured,
+    _skip_valtype,
     _sleb32,
     _split_sections,
     _Unsupported,
@@ -189,7 +194,14 @@ def _metered(data: bytes, sections: list[_Section], functions: int, imported_glo
         function_section = _find(sections, _SEC_FUNCTION)
         defined, first = _vec_count(data, function_section)
         charges = _Charges(fuel, meter, functions + 1 + defined)
-        payloads[_SEC_CODE] = _metered_code(data, code, functions, charges)
+        payloads[_SEC_CODE] = _metered_code(
+            data,
+            code,
+            functions,
+            charges,
+            _param_counts(data, type_section),
+            _function_type_indices(data, function_section),
+        )
         if charges.helpers and function_section is not None:
             payloads[_SEC_FUNCTION] = (
                 _encode_uleb(defined + len(charges.helpers))
@@ -401,6 +413,7 @@ def _renumbered_names(data: bytes, section: _Section, functions: int) -> bytes |
 
 _GLOBAL_ACCESS = frozenset({0x23, 0x24})  # global.get, global.set
 _INDEXED = frozenset({_OP_CALL, _OP_REF_FUNC}) | _GLOBAL_ACCESS
+_REWRITTEN = _INDEXED | {0x11, 0xFC}  # and call_indirect, memory.copy and memory.fill
 _BLOCK = 0
 _LOOP = 1
 _IF = 2
@@ -413,29 +426,58 @@ _OP_BR_TABLE = 0x0E
 class _Charges:
     """The charge code of one module: a plain subtraction, or one followed by the check."""
 
-    __slots__ = ("check_only", "checked", "first_helper", "fuel", "helpers", "plain", "prefix")
+    __slots__ = (
+        "check_only",
+        "checked",
+        "first_helper",
+        "flush",
+        "fuel",
+        "global_get",
+        "global_set",
+        "helpers",
+        "meter",
+        "plain",
+        "prefix",
+        "reload",
+    )
 
     def __init__(self, fuel: int, meter: int, first_helper: int) -> None:
         self.fuel = fuel
+        self.meter = meter
         self.first_helper = first_helper
         self.helpers: list[int] = []
         """The bulk-memory instructions (sub-opcodes) given a helper, in index order."""
-        get = bytes([0x23]) + _encode_uleb(fuel)
-        put = bytes([0x24]) + _encode_uleb(fuel)
-        self.prefix = get + bytes([0x42])  # global.get fuel; i64.const <cost>
-        self.plain = bytes([0x7D]) + put  # i64.sub; global.set fuel
-        # if fuel < 0: fuel = refill(fuel)
+        self.global_get = bytes([0x23]) + _encode_uleb(fuel)
+        self.global_set = bytes([0x24]) + _encode_uleb(fuel)
+        self.flush = self.reload = b""
+        self.counter(self.global_get, self.global_set)
+
+    def counter(self, get: bytes, put: bytes) -> None:
+        """Charge the counter read by ``get`` and written by ``put``: the fuel global, or a
+        function's local copy of it (kept in a register by the engine's compiler)."""
+        self.prefix = get + bytes([0x42])  # <counter>; i64.const <cost>
+        self.plain = bytes([0x7D]) + put  # i64.sub; set <counter>
+        # if counter < 0: counter = refill(counter)
         self.check_only = b"".join(
             (
                 get,
                 bytes([0x42, 0x00, 0x53, 0x04, 0x40]),  # i64.const 0; i64.lt_s; if
                 get,
-                bytes([_OP_CALL]) + _encode_uleb(meter),
+                bytes([_OP_CALL]) + _encode_uleb(self.meter),
                 put,
                 bytes([_OP_END]),
             )
         )
         self.checked = self.plain + self.check_only
+
+    def local_counter(self, local: int) -> None:
+        """A function whose counter is its local ``local``: loaded from the global at entry and
+        after every call, stored back before every call and every way out."""
+        get = bytes([0x20]) + _encode_uleb(local)
+        put = bytes([0x21]) + _encode_uleb(local)
+        self.counter(get, put)
+        self.flush = get + self.global_set
+        self.reload = self.global_get + put
 
     def bulk_call(self, sub: int) -> bytes:
         """A call of the helper that charges a ``memory.copy`` or ``memory.fill`` of memory 0
@@ -445,6 +487,7 @@ class _Charges:
         return bytes([_OP_CALL]) + _encode_uleb(self.first_helper + self.helpers.index(sub))
 
     def helper_bodies(self) -> list[bytes]:
+        self.counter(self.global_get, self.global_set)
         bodies = []
         for sub in self.helpers:
             code = b"".join(
@@ -496,20 +539,39 @@ class _Charges:
         return self.prefix + _sleb32(cost) + (self.checked if checked else self.plain)
 
 
-def _metered_code(data: bytes, section: _Section, functions: int, charges: _Charges) -> bytes:
+def _metered_code(
+    data: bytes,
+    section: _Section,
+    functions: int,
+    charges: _Charges,
+    params: list[int],
+    function_types: list[int],
+) -> bytes:
     reader = _Reader(data, section.body, section.end)
     count = reader.u32()
+    if count != len(function_types):
+        raise WasmBinaryError("function and code section counts differ", section.start)
     chunks: list[bytes] = []
     end = section.end
     pos = reader.pos
-    for _ in range(count):
+    for type_index in function_types:
         size, pos = _code_uleb(data, pos, end)
         body_end = pos + size
-        if body_end > end:
+        if body_end > end or type_index >= len(params):
             raise WasmBinaryError("function body runs past the end of its section", pos)
-        code = _skip_locals(data, pos, body_end)
+        groups, first = _code_uleb(data, pos, body_end)
+        declared, code = 0, first
+        for _ in range(groups):
+            repeat, code = _code_uleb(data, code, body_end)
+            declared += repeat
+            code = _skip_valtype(data, code, body_end)
+        if code > body_end or data[body_end - 1] != _OP_END:
+            raise WasmBinaryError("function body does not end with end", body_end)
+        # One more local, the counter, after the parameters and the declared locals.
+        charges.local_counter(params[type_index] + declared)
+        locals_ = _encode_uleb(groups + 1) + data[first:code] + bytes([1, _I64])
         parts = _metered_body(data, code, body_end, functions, charges)
-        content = data[pos:code] + b"".join(parts)
+        content = b"".join((locals_, charges.reload, *parts))
         chunks.append(_encode_uleb(len(content)))
         chunks.append(content)
         pos = body_end
@@ -517,6 +579,25 @@ def _metered_code(data: bytes, section: _Section, functions: int, charges: _Char
         raise WasmBinaryError("code section has bytes after its last body", pos)
     helpers = charges.helper_bodies()
     return _encode_uleb(count + len(helpers)) + b"".join(chunks) + b"".join(helpers)
+
+
+def _param_counts(data: bytes, section: _Section | None) -> list[int]:
+    """Each function type's parameter count (raises _Unsupported for other type forms)."""
+    counts: list[int] = []
+    if section is None:
+        return counts
+    reader = _Reader(data, section.body, section.end)
+    for _ in range(reader.u32()):
+        if reader.byte() != 0x60:
+            raise _Unsupported
+        for results in (False, True):
+            arity = reader.u32()
+            if not results:
+                counts.append(arity)
+            for _ in range(arity):
+                _reader_valtype(reader)
+    _expect_end(reader)
+    return counts
 
 
 def _metered_body(
@@ -546,20 +627,17 @@ def _metered_body(
             raise _Unsupported
         cost += costs[op]
         kind = kinds[op]
-        if kind == _K_LEB and op in _INDEXED:
-            index, pos = _code_uleb(data, pos, end)
-            renumbered = _renumbered_index(op, index, start, functions, charges.fuel)
-            if renumbered is not None:
-                parts += (data[copied:start], renumbered)
+        if op in _REWRITTEN and (kind != _K_FC or data.startswith(_BULK_ON_MEMORY_0, pos)):
+            pos, rewritten = _rewritten(op, data, start, pos, end, functions, charges)
+            if rewritten is not None:
+                parts += (data[copied:start], rewritten)
                 copied = pos
             continue
-        if op == _PREFIX_FC and data.startswith(_BULK_ON_MEMORY_0, pos):
-            sub = data[pos]
-            pos += 3 if sub == _MEMORY_COPY else 2
-            parts += (data[copied:start], charges.bulk_call(sub))
-            copied = pos
-            continue
         pos, boundary = _boundary(op, kind, data, pos, end, frames)
+        if boundary & _LEAVES:  # the counter goes back to the global on the way out
+            parts += (data[copied:start], charges.flush)
+            copied = start
+            boundary &= ~_LEAVES
         if boundary == _REFUNDED:
             parts.append(data[copied:start])
             refunds.append((len(parts), cost))
@@ -573,7 +651,8 @@ def _metered_body(
             parts.append(b"")
     if pos != end or frames:
         raise WasmBinaryError("instruction runs past the end of the function body", end)
-    parts.append(data[copied:end])
+    # Falling off the end of the body is a way out too.
+    parts += (data[copied : end - 1], charges.flush, bytes([_OP_END]))
     charges.close(parts, at, cost, refunds, checked=checked)
     return parts
 
@@ -582,6 +661,9 @@ _TARGETED = 4
 _NO_VALUES = 8
 _SPLIT = 1
 _REFUNDED = 2
+_LEAVES = 16
+_OP_RETURN = 0x0F
+_OP_CALL_INDIRECT = 0x11
 _PREFIX_FC = 0xFC
 _MEMORY_COPY = 10
 _BULK_ON_MEMORY_0 = (b"\x0a\x00\x00", b"\x0b\x00")
@@ -602,6 +684,8 @@ def _boundary(
             # The function's own end, or a block's that is only reached by falling through,
             # leaves control where it was.
             return pos, _SPLIT if frames and frames.pop() & ~_NO_VALUES != _BLOCK else 0
+        if op == _OP_RETURN:
+            return pos, _SPLIT | _LEAVES
         return pos, _SPLIT if op in _ENDS_REGION else 0
     if kind == _K_BLOCK:
         # What a branch to the label carries: a loop's parameters, a block's results.
@@ -614,16 +698,19 @@ def _boundary(
     if op in (_OP_BR, _OP_BR_IF):
         depth, pos = _code_uleb(data, pos, end)
         refunded = op == _OP_BR_IF and depth < len(frames) and frames[-1 - depth] & _NO_VALUES
+        leaves = _LEAVES if depth >= len(frames) else 0
         _target(frames, depth)
-        return pos, _REFUNDED if refunded else _SPLIT
+        return pos, (_REFUNDED if refunded else _SPLIT) | leaves
     if op == _OP_BR_TABLE:
         count, pos = _code_uleb(data, pos, end)
         if count > end - pos:
             raise WasmBinaryError("vector runs past the end of the function body", pos)
+        leaves = 0
         for _ in range(count + 1):
             depth, pos = _code_uleb(data, pos, end)
+            leaves |= _LEAVES if depth >= len(frames) else 0
             _target(frames, depth)
-        return pos, _SPLIT
+        return pos, _SPLIT | leaves
     if kind == _K_LEB:
         return _skip_leb(data, pos), 0
     return _skip_immediates(kind, data, pos, end), 0
@@ -632,6 +719,28 @@ def _boundary(
 def _target(frames: list[int], depth: int) -> None:
     if depth < len(frames):
         frames[-1 - depth] |= _TARGETED
+
+
+def _rewritten(
+    op: int, data: bytes, start: int, pos: int, end: int, functions: int, charges: _Charges
+) -> tuple[int, bytes | None]:
+    """The position after a call, a bulk-memory instruction or an instruction naming a
+    function or a global, and the code that replaces it (``None``: kept as it is). A call
+    stores the counter in the global before, and loads it back after (the callee uses it)."""
+    if op == _PREFIX_FC:
+        sub = data[pos]
+        call = charges.bulk_call(sub)
+        pos += 3 if sub == _MEMORY_COPY else 2
+    elif op == _OP_CALL_INDIRECT:
+        pos = _skip_leb(data, _skip_leb(data, pos))
+        call = data[start:pos]
+    else:
+        index, pos = _code_uleb(data, pos, end)
+        renumbered = _renumbered_index(op, index, start, functions, charges.fuel)
+        if op != _OP_CALL:
+            return pos, renumbered
+        call = renumbered or data[start:pos]
+    return pos, charges.flush + call + charges.reload
 
 
 def _renumbered_index(op: int, index: int, at: int, functions: int, fuel: int) -> bytes | None:
