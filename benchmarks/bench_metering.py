@@ -8,6 +8,7 @@ Figures are medians of ``--rounds`` rounds, as ratios against the same guest wit
   ordinary work), called through a Sandbox on wasmer 1.1 with no limit, with fuel, and with a
   timeout (both metered by instrumentation); on wasmtime through its public API with no metering,
   with native fuel, and with the instrumented module and its meter linked by hand;
+- a real plugin: text-tools (C, branchy text processing), whole calls with and without fuel;
 - fuel units: instrumented against native on wasmtime, on the same calls;
 - a chunk: how long the guest runs on :data:`~wasm_plugins.engine._meter.CHUNK` units (how often
   a timed call comes back to the meter);
@@ -172,6 +173,28 @@ def wasmtime_rows(rounds: int) -> dict[str, float]:
     return rows
 
 
+TEXT_TOOLS = ROOT / "plugins" / "text-tools" / "src" / "wasm_plugins_text_tools" / "text_tools.wasm"
+TEXT = {"text": "lorem ipsum dolor sit amet, consectetur adipiscing elit " * 1000}
+
+
+def real_plugin_rows(rounds: int) -> dict[str, float]:
+    """The text-tools plugin (C, branchy text processing; 55 KB of JSON in), through a Sandbox:
+    with fuel against without (instrumented on wasmer, native on wasmtime)."""
+    rows = {}
+    for name in ("wasmer", "wasmtime"):
+        if default_registry().availability()[name] is not None:
+            continue
+        engine = default_registry().get(name)
+        plain = Sandbox(TEXT_TOOLS, engine=engine)
+        fuel = Sandbox(TEXT_TOOLS, engine=engine, limits=Limits(fuel=10**15))
+        for function in ("word_count", "top_words"):
+            base = median_time(rounds, lambda s=plain, f=function: s.call(f, TEXT))
+            took = median_time(rounds, lambda s=fuel, f=function: s.call(f, TEXT))
+            kind = "instrumented" if name == "wasmer" else "native"
+            rows[f"{name} text-tools {function}: {kind} fuel / none (call)"] = took / base
+    return rows
+
+
 def overshoot_rows(rounds: int) -> dict[str, float]:
     engine = default_registry().get("wasmer")
     rows = {}
@@ -225,6 +248,7 @@ def main() -> int:
         rows.update(overshoot_rows(options.rounds))
         rows.update(responsiveness_rows())
     rows.update(wasmtime_rows(options.rounds))
+    rows.update(real_plugin_rows(options.rounds))
     width = max(map(len, rows))
     for label, value in rows.items():
         print(f"{label:<{width}}  {value:10.3f}")
