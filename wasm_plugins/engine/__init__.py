@@ -11,6 +11,14 @@ import os
 import threading
 from collections.abc import Callable
 
+from wasm_plugins.engine._meter import (
+    CHUNK,
+    FUEL_EXPORT,
+    METER_FUNCTION,
+    METER_MODULE,
+    METER_SIGNATURE,
+    Meter,
+)
 from wasm_plugins.engine._protocol import (
     CallBudget,
     Engine,
@@ -32,7 +40,12 @@ from wasm_plugins.errors import ConfigurationError
 
 __all__ = [
     "AUTO_ORDER",
+    "CHUNK",
     "ENGINE_ENVIRONMENT_VARIABLE",
+    "FUEL_EXPORT",
+    "METER_FUNCTION",
+    "METER_MODULE",
+    "METER_SIGNATURE",
     "CallBudget",
     "Engine",
     "EngineFeatures",
@@ -47,6 +60,7 @@ __all__ = [
     "LinkedInstance",
     "LinkedModule",
     "MemoryImport",
+    "Meter",
     "WasiDirectory",
     "WasiSettings",
     "builtin_factories",

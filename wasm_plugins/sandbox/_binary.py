@@ -1394,3 +1394,54 @@ def _wrapped_code(
     if pos != end:
         raise WasmBinaryError("code section has bytes after its last body", pos)
     return b"".join(chunks), extra_types
+
+
+# --------------------------------------------------------------------------
+# The decoding and assembly helpers above, under public names for the other passes of this
+# package (the metering pass, ``_metering``), which reuse them rather than copy them.
+
+appended = _appended
+assemble = _assemble
+code_uleb = _code_uleb
+count_types = _count_types
+encode_name = _encode_name
+encode_uleb = _encode_uleb
+expect_end = _expect_end
+export_offset = _export_offset
+find = _find
+function_type_indices = _function_type_indices
+K_BLOCK = _K_BLOCK
+K_BYTES4 = _K_BYTES4
+K_BYTES8 = _K_BYTES8
+K_FC = _K_FC
+K_GROW = _K_GROW
+K_LEB = _K_LEB
+K_LEB2 = _K_LEB2
+K_MEMARG = _K_MEMARG
+K_NONE = _K_NONE
+K_UNKNOWN = _K_UNKNOWN
+LEAVES_OTHERWISE = _LEAVES_OTHERWISE
+OPCODE_KINDS = _OPCODE_KINDS
+parse_imports = _parse_imports
+Reader = _Reader
+reader_valtype = _reader_valtype
+SEC_CODE = _SEC_CODE
+SEC_CUSTOM = _SEC_CUSTOM
+SEC_EXPORT = _SEC_EXPORT
+SEC_FUNCTION = _SEC_FUNCTION
+SEC_GLOBAL = _SEC_GLOBAL
+SEC_IMPORT = _SEC_IMPORT
+SEC_TYPE = _SEC_TYPE
+Section = _Section
+SHORT_VALTYPES = _SHORT_VALTYPES
+skip_blocktype = _skip_blocktype
+skip_heaptype = _skip_heaptype
+skip_leb = _skip_leb
+skip_memarg = _skip_memarg
+skip_prefixed = _skip_prefixed
+skip_structured = _skip_structured
+skip_valtype = _skip_valtype
+sleb32 = _sleb32
+split_sections = _split_sections
+Unsupported = _Unsupported
+vec_count = _vec_count

@@ -39,54 +39,144 @@ cache keys on :data:`METERING_VERSION`). Modules using instructions it does not 
 
 from __future__ import annotations
 
-from wasm_plugins.engine._meter import FUEL_EXPORT, METER_FUNCTION, METER_MODULE
+from wasm_plugins.engine import FUEL_EXPORT, METER_FUNCTION, METER_MODULE
 from wasm_plugins.sandbox._binary import (
-    _K_BLOCK,
-    _K_BYTES4,
-    _K_BYTES8,
-    _K_FC,
-    _K_GROW,
-    _K_LEB,
-    _K_LEB2,
-    _K_MEMARG,
-    _K_NONE,
-    _K_UNKNOWN,
-    _LEAVES_OTHERWISE,
-    _OPCODE_KINDS,
-    _SEC_CODE,
-    _SEC_CUSTOM,
-    _SEC_EXPORT,
-    _SEC_FUNCTION,
-    _SEC_GLOBAL,
-    _SEC_IMPORT,
-    _SEC_TYPE,
-    _SHORT_VALTYPES,
+    K_BLOCK as _K_BLOCK,
+)
+from wasm_plugins.sandbox._binary import (
+    K_BYTES4 as _K_BYTES4,
+)
+from wasm_plugins.sandbox._binary import (
+    K_BYTES8 as _K_BYTES8,
+)
+from wasm_plugins.sandbox._binary import (
+    K_FC as _K_FC,
+)
+from wasm_plugins.sandbox._binary import (
+    K_GROW as _K_GROW,
+)
+from wasm_plugins.sandbox._binary import (
+    K_LEB as _K_LEB,
+)
+from wasm_plugins.sandbox._binary import (
+    K_LEB2 as _K_LEB2,
+)
+from wasm_plugins.sandbox._binary import (
+    K_MEMARG as _K_MEMARG,
+)
+from wasm_plugins.sandbox._binary import (
+    K_NONE as _K_NONE,
+)
+from wasm_plugins.sandbox._binary import (
+    K_UNKNOWN as _K_UNKNOWN,
+)
+from wasm_plugins.sandbox._binary import (
+    LEAVES_OTHERWISE as _LEAVES_OTHERWISE,
+)
+from wasm_plugins.sandbox._binary import (
+    OPCODE_KINDS as _OPCODE_KINDS,
+)
+from wasm_plugins.sandbox._binary import (
+    SEC_CODE as _SEC_CODE,
+)
+from wasm_plugins.sandbox._binary import (
+    SEC_CUSTOM as _SEC_CUSTOM,
+)
+from wasm_plugins.sandbox._binary import (
+    SEC_EXPORT as _SEC_EXPORT,
+)
+from wasm_plugins.sandbox._binary import (
+    SEC_FUNCTION as _SEC_FUNCTION,
+)
+from wasm_plugins.sandbox._binary import (
+    SEC_GLOBAL as _SEC_GLOBAL,
+)
+from wasm_plugins.sandbox._binary import (
+    SEC_IMPORT as _SEC_IMPORT,
+)
+from wasm_plugins.sandbox._binary import (
+    SEC_TYPE as _SEC_TYPE,
+)
+from wasm_plugins.sandbox._binary import (
+    SHORT_VALTYPES as _SHORT_VALTYPES,
+)
+from wasm_plugins.sandbox._binary import (
+    Reader as _Reader,
+)
+from wasm_plugins.sandbox._binary import (
+    Section as _Section,
+)
+from wasm_plugins.sandbox._binary import (
+    Unsupported as _Unsupported,
+)
+from wasm_plugins.sandbox._binary import (
     WasmBinaryError,
-    _appended,
-    _assemble,
-    _code_uleb,
-    _count_types,
-    _encode_name,
-    _encode_uleb,
-    _expect_end,
-    _export_offset,
-    _find,
-    _function_type_indices,
-    _parse_imports,
-    _Reader,
-    _reader_valtype,
-    _Section,
-    _skip_blocktype,
-    _skip_heaptype,
-    _skip_leb,
-    _skip_memarg,
-    _skip_prefixed,
-    _skip_structured,
-    _skip_valtype,
-    _sleb32,
-    _split_sections,
-    _Unsupported,
-    _vec_count,
+)
+from wasm_plugins.sandbox._binary import (
+    appended as _appended,
+)
+from wasm_plugins.sandbox._binary import (
+    assemble as _assemble,
+)
+from wasm_plugins.sandbox._binary import (
+    code_uleb as _code_uleb,
+)
+from wasm_plugins.sandbox._binary import (
+    count_types as _count_types,
+)
+from wasm_plugins.sandbox._binary import (
+    encode_name as _encode_name,
+)
+from wasm_plugins.sandbox._binary import (
+    encode_uleb as _encode_uleb,
+)
+from wasm_plugins.sandbox._binary import (
+    expect_end as _expect_end,
+)
+from wasm_plugins.sandbox._binary import (
+    export_offset as _export_offset,
+)
+from wasm_plugins.sandbox._binary import (
+    find as _find,
+)
+from wasm_plugins.sandbox._binary import (
+    function_type_indices as _function_type_indices,
+)
+from wasm_plugins.sandbox._binary import (
+    parse_imports as _parse_imports,
+)
+from wasm_plugins.sandbox._binary import (
+    reader_valtype as _reader_valtype,
+)
+from wasm_plugins.sandbox._binary import (
+    skip_blocktype as _skip_blocktype,
+)
+from wasm_plugins.sandbox._binary import (
+    skip_heaptype as _skip_heaptype,
+)
+from wasm_plugins.sandbox._binary import (
+    skip_leb as _skip_leb,
+)
+from wasm_plugins.sandbox._binary import (
+    skip_memarg as _skip_memarg,
+)
+from wasm_plugins.sandbox._binary import (
+    skip_prefixed as _skip_prefixed,
+)
+from wasm_plugins.sandbox._binary import (
+    skip_structured as _skip_structured,
+)
+from wasm_plugins.sandbox._binary import (
+    skip_valtype as _skip_valtype,
+)
+from wasm_plugins.sandbox._binary import (
+    sleb32 as _sleb32,
+)
+from wasm_plugins.sandbox._binary import (
+    split_sections as _split_sections,
+)
+from wasm_plugins.sandbox._binary import (
+    vec_count as _vec_count,
 )
 
 __all__ = [
@@ -424,7 +514,9 @@ _OP_BR_TABLE = 0x0E
 
 
 class _Charges:
-    """The charge code of one module: a plain subtraction, or one followed by the check."""
+    """The code the pass inserts in one module: charges (a subtraction, or one followed by the
+    check), refunds, the counter's moves between a function's local and the global, and the
+    bulk-memory helpers."""
 
     __slots__ = (
         "check_only",
