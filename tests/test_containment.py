@@ -693,9 +693,10 @@ class TestBudgetSharedByTheCall:
             return raised.value
 
     @pytest.mark.parametrize("isolation", ["in-process", "process"])
-    def test_fuel(self, wasmtime_engine: Engine, isolation: str) -> None:
-        """Start function and function at 60 000 units each, under 100 000 for the call."""
-        sandbox = _budget_sandbox(BURNS_FUEL, wasmtime_engine, isolation, Limits(fuel=100_000))
+    def test_fuel(self, engine: Engine, isolation: str) -> None:
+        """Start function and function at 60 000 units each, under 100 000 for the call (native
+        fuel on wasmtime, a metered module on wasmer)."""
+        sandbox = _budget_sandbox(BURNS_FUEL, engine, isolation, Limits(fuel=100_000))
         error = self._start_and_function_exceed(sandbox, ResourceLimitExceeded)
         assert error.resource == "fuel"  # type: ignore[attr-defined]
 
@@ -717,8 +718,8 @@ class TestBudgetSharedByTheCall:
 
     @pytest.mark.slow
     def test_timeout_in_a_worker(self, engine: Engine) -> None:
-        """Start function and function at 1.2 s each, under 2 s for the call: the host's own
-        deadline for the worker covers both (on wasmer it is the only one)."""
+        """Start function and function at 1.2 s each, under 2 s for the call: the engine's
+        deadline in the worker covers both, as does the host's own deadline for the worker."""
         sandbox = _budget_sandbox(TAKES_TIME, engine, "process", Limits(timeout=2.0))
         self._start_and_function_exceed(sandbox, DeadlineExceeded)
 
