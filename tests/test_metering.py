@@ -19,6 +19,7 @@ from tests.conftest import CONFORMANCE, ROOT
 from wasm_plugins.engine import CallBudget, Engine, HostImport
 from wasm_plugins.engine._meter import CHUNK, FUEL_EXPORT, METER_MODULE, Meter
 from wasm_plugins.errors import (
+    CallCancelled,
     ConfigurationError,
     DeadlineExceeded,
     ModuleError,
@@ -533,6 +534,33 @@ class TestWasmerFuelAndTimeouts:
         assert error.context is not None and error.context.environment.isolation == "in-process"
         assert during > 0
         assert sandbox.call("echo", "ok") == "ok"
+
+    @pytest.mark.parametrize("limits", [Limits(timeout=600.0), Limits(fuel=10**15)])
+    def test_a_watched_call_is_cancelled(self, wasmer_engine: Engine, limits: Limits) -> None:
+        """A metered module can be stopped from another thread: at its next visit to the meter
+        once the event is set (set here before the call: no waiting)."""
+        sandbox = Sandbox(ABI, engine=wasmer_engine, limits=limits)
+        cancelled = threading.Event()
+        assert sandbox.watch(cancelled)
+        cancelled.set()
+        with pytest.raises(CallCancelled) as caught:
+            sandbox.call("loop_forever")
+        assert caught.value.operation == "call"
+        sandbox.watch(None)
+        assert sandbox.call("echo", "ok") == "ok"
+        assert not Sandbox(ABI, engine=wasmer_engine).watch(cancelled)  # not metered
+
+    def test_watching_an_armed_budget_hands_back_all_but_a_chunk(self) -> None:
+        meter = Meter(CallBudget(fuel=CHUNK * 5), clock=lambda: 0.0, pause=lambda _s: None)
+        counter = meter.arm()
+        assert counter == CHUNK * 5
+        cancelled = threading.Event()
+        assert meter.watch(cancelled, counter) == CHUNK
+        assert meter.consumed(CHUNK) == 0
+        assert meter.refill(None, -1) == CHUNK  # visits come every chunk
+        cancelled.set()
+        with pytest.raises(CallCancelled):
+            meter.refill(None, -1)
 
     def test_metered_and_unmetered_never_share_a_cache_entry(
         self, wasmer_engine: Engine, tmp_path: Path

@@ -19,11 +19,12 @@ alone the whole budget is handed over at once, and the meter is only called when
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable
 
 from wasm_plugins.engine._protocol import CallBudget, FuncSignature
-from wasm_plugins.errors import DeadlineExceeded, ResourceLimitExceeded
+from wasm_plugins.errors import CallCancelled, DeadlineExceeded, ResourceLimitExceeded
 
 __all__ = ["CHUNK", "FUEL_EXPORT", "METER_FUNCTION", "METER_MODULE", "METER_SIGNATURE", "Meter"]
 
@@ -61,6 +62,7 @@ class Meter:
         "_pause",
         "_paused_at",
         "_reserve",
+        "cancelled",
         "exhausted",
         "fuel",
         "operation",
@@ -82,16 +84,34 @@ class Meter:
         self._reserve = 0
         self.exhausted = False
         self.operation = "instantiation"
+        self.cancelled: threading.Event | None = None
+        """Set by another thread to stop the guest at its next visit (see :meth:`watch`)."""
+
+    @property
+    def _chunked(self) -> bool:
+        """Whether the guest must come back regularly: for the deadline, or a cancellation."""
+        return self.timeout is not None or self.cancelled is not None
+
+    def watch(self, cancelled: threading.Event | None, counter: int | None) -> int | None:
+        """Stop the guest at its next visit once ``cancelled`` is set (None: stop watching).
+        Given the counter of an armed budget, returns its new value: no more than a chunk, the
+        rest back in the reserve, so that the guest visits soon."""
+        self.cancelled = cancelled
+        if cancelled is None or counter is None or counter <= CHUNK:
+            return counter
+        if self.fuel is not None:
+            self._reserve += counter - CHUNK
+        return CHUNK
 
     def arm(self, *, handing: bool = True) -> int:
         """Start a new budget; returns the value to give the guest's counter, or 0 when not
         ``handing`` (no instance yet: its counter starts at 0 and the first charge comes here)."""
         self.exhausted = False
-        if self.timeout is not None:
+        if self._chunked:
             self._armed_at = self._paused_at = self._clock()
         if self.fuel is None:
             return CHUNK if handing else 0
-        first = 0 if not handing else self.fuel if self.timeout is None else min(self.fuel, CHUNK)
+        first = 0 if not handing else self.fuel if not self._chunked else min(self.fuel, CHUNK)
         self._reserve = self.fuel - first
         return first
 
@@ -107,12 +127,16 @@ class Meter:
                 )
         else:
             available = CHUNK
-        if self.timeout is None:
-            self._reserve = 0
-            return available
+        cancelled = self.cancelled
+        if cancelled is None:
+            if self.timeout is None:
+                self._reserve = 0
+                return available
+        elif cancelled.is_set():
+            raise CallCancelled(operation=self.operation)
         now = self._clock()
         elapsed = now - self._armed_at
-        if elapsed >= self.timeout:
+        if self.timeout is not None and elapsed >= self.timeout:
             raise DeadlineExceeded(operation=self.operation, duration=elapsed, limit=self.timeout)
         if now - self._paused_at >= _HAND_OVER:
             # The guest held the interpreter lock all along: a thread that asked for it gets it

@@ -579,8 +579,17 @@ class WasmerInstance:
             self._fuel.value = meter.arm()
 
     def watch(self, cancelled: threading.Event | None) -> bool:
-        # wasmer 1.1 has no way to interrupt a running guest from another thread.
-        return False
+        """Stop this instance's calls when ``cancelled`` is set: only a metered module can be
+        (wasmer 1.1 has no way to interrupt a guest from another thread), at the guest's next
+        visit to its meter, which comes about every millisecond while watched."""
+        meter = self._meter
+        if meter is None:
+            return False
+        fuel = self._fuel
+        counter = meter.watch(cancelled, None if fuel is None else int(fuel.value))
+        if counter is not None and fuel is not None:
+            fuel.value = counter
+        return True
 
     def fuel_consumed(self) -> int | None:
         meter = self._meter

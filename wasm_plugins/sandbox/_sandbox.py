@@ -198,8 +198,9 @@ class Sandbox:
         """Stop this thread's calls when ``cancelled`` is set by another thread (None: stop
         watching); the call stopped raises a ``CallCancelled`` and its instance is dropped.
 
-        :returns: False when the engine cannot stop a running guest (wasmer): the call then runs
-            until its own limits stop it.
+        :returns: False when the engine cannot stop a running guest (wasmer, for a module not
+            metered: one without a fuel or timeout limit): the call then runs until its own
+            limits stop it.
         """
         state: _ThreadState | None = getattr(self._local, "state", None)
         if state is None:
