@@ -217,6 +217,30 @@ class TestOneValidation:
         engine.compile(wasm)
 
     @pytest.mark.parametrize(
+        "body",
+        [
+            "(drop (memory.grow (i32.const 0))) (drop (global.get 0))",
+            "(global.set 0 (i32.const 0))",
+            "(drop (global.get 1))",
+        ],
+        ids=["past-globals-with-grow", "first-appended-global", "second-appended-global"],
+    )
+    def test_code_naming_a_global_the_module_lacks_is_refused(
+        self, engine: Engine, body: str
+    ) -> None:
+        """Code that names a global past the module's own is refused, although the rewrite
+        appends globals (the grow report, the call depth, the fuel counter) that would make the
+        index valid: the guest would read or reset the host's own bookkeeping."""
+        wat = (
+            '(module (memory (export "memory") 1 10)'
+            ' (func (export "wp_alloc") (param i32) (result i32) (i32.const 1024))'
+            ' (func (export "wp_free") (param i32 i32))'
+            f' (func (export "f") (param i32 i32) (result i64) {body} (i64.const 0)))'
+        )
+        with pytest.raises(ModuleError):
+            Sandbox(wat, engine=engine)
+
+    @pytest.mark.parametrize(
         "wat",
         [
             '(module (func (export "f") (param v128 funcref externref) (result v128)'

@@ -2,8 +2,8 @@
 grants, ready to be instantiated by a sandbox in this process or by a worker process.
 
 Loading does all the checking once: the source is compiled (WAT) or read, its size and structure
-validated (the same for every engine), rewritten so that its memories and tables cannot grow past
-the limits, compiled (the engine validates it as it compiles), checked against the guest ABI, and
+validated (the same for every engine), its code validated by the engine, rewritten so that its
+memories and tables cannot grow past the limits, compiled, checked against the guest ABI, and
 its imports linked against the granted capabilities. With a compiled-module cache, a module seen
 before with the same limits is deserialized from its entry instead: not checked, rewritten or
 validated again (its entry was made from a module that passed all three). A worker process makes
@@ -479,21 +479,23 @@ class _Compiled:
 
 
 def _compile(engine: Engine, wasm: bytes, limits: Limits, fuel: bool, plugin: str) -> _Compiled:
-    """The module checked, rewritten and compiled. The engine validates while it compiles; the
-    original is validated on its own only when something fails, to tell a bad module (the
-    engine's diagnostics) from a rewrite the engine refuses."""
+    """The module checked, validated, rewritten and compiled.
+
+    The engine validates the original before the rewrite, not only the rewritten module as it
+    compiles: the rewrite appends globals (the refused grow's report, the call depth, the fuel
+    counter), and code naming a global one past the module's own, invalid as written, would be
+    valid once they are there, and read or reset the host's bookkeeping. Function bodies are
+    not decoded by the rewrite, so the engine's validator is what sees such an index; it costs
+    1 to 2% of a compile (20 KiB and 1 MB, both engines). A rewritten module the engine then
+    refuses is the rewrite's fault."""
     check_module_bytes(wasm, limits, engine)
-    try:
-        prepared = _instrumented(engine, prepare_within_limits(wasm, limits), fuel)
-    except ModuleError:
-        engine.validate(wasm)
-        raise
+    engine.validate(wasm)
+    prepared = _instrumented(engine, prepare_within_limits(wasm, limits), fuel)
     try:
         return _Compiled(
             engine.compile(prepared.wasm, fuel=fuel), prepared.grow_probe, prepared.wasm
         )
     except ModuleError:
-        engine.validate(wasm)
         if prepared.grow_probe is None:
             raise
     # The engine validates the original, so the grow instrumentation is at fault: the memory
