@@ -11,6 +11,23 @@ import os
 import threading
 from collections.abc import Callable
 
+from wasm_plugins.engine._commands import (
+    OP_CALL,
+    OP_DATA,
+    OP_GLOBAL_GET,
+    OP_GLOBAL_SET,
+    OP_HELLO,
+    OP_HOSTCALL,
+    OP_LOG,
+    OP_READ,
+    OP_RESULT,
+    OP_RETURN,
+    OP_VALUE,
+    OP_WRITE,
+    WasiCommand,
+    register_command_wrapper,
+    wrap_as_command,
+)
 from wasm_plugins.engine._protocol import (
     CallBudget,
     Engine,
@@ -33,6 +50,18 @@ from wasm_plugins.errors import ConfigurationError
 __all__ = [
     "AUTO_ORDER",
     "ENGINE_ENVIRONMENT_VARIABLE",
+    "OP_CALL",
+    "OP_DATA",
+    "OP_GLOBAL_GET",
+    "OP_GLOBAL_SET",
+    "OP_HELLO",
+    "OP_HOSTCALL",
+    "OP_LOG",
+    "OP_READ",
+    "OP_RESULT",
+    "OP_RETURN",
+    "OP_VALUE",
+    "OP_WRITE",
     "CallBudget",
     "Engine",
     "EngineFeatures",
@@ -47,11 +76,14 @@ __all__ = [
     "LinkedInstance",
     "LinkedModule",
     "MemoryImport",
+    "WasiCommand",
     "WasiDirectory",
     "WasiSettings",
     "builtin_factories",
     "default_registry",
     "get_engine",
+    "register_command_wrapper",
+    "wrap_as_command",
 ]
 
 ENGINE_ENVIRONMENT_VARIABLE = "WASM_PLUGINS_ENGINE"
@@ -72,6 +104,13 @@ def _make_wasmtime() -> Engine:
     from wasm_plugins.engine._wasmtime import WasmtimeEngine  # noqa: PLC0415 lazy: start-up without wasmtime
 
     return WasmtimeEngine()
+
+
+@functools.cache
+def _make_wasmer_sdk() -> Engine:
+    from wasm_plugins.engine._wasmer_sdk import WasmerSdkEngine  # noqa: PLC0415 optional: wheels for Linux and macOS
+
+    return WasmerSdkEngine()
 
 
 class EngineRegistry:
@@ -169,11 +208,16 @@ def _install_hint(name: str) -> str:
         )
     if name == "wasmtime":
         return "pip install wasmtime"
+    if name == "wasmer-sdk":
+        return (
+            "pip install 'wasmer-sdk>=0.5,<0.6' (wheels for Linux and macOS, x86_64 and arm64), "
+            "or engine='wasmtime'"
+        )
     return f"install the package that provides the {name!r} engine"
 
 
 def builtin_factories() -> dict[str, Callable[[], Engine]]:
-    return {"wasmer": _make_wasmer, "wasmtime": _make_wasmtime}
+    return {"wasmer": _make_wasmer, "wasmtime": _make_wasmtime, "wasmer-sdk": _make_wasmer_sdk}
 
 
 def default_registry() -> EngineRegistry:

@@ -1,4 +1,4 @@
-"""The command wrapper: turn a plugin module into a WASI command that serves calls over stdin/stdout.
+"""The command wrapper: a plugin module made a WASI command that serves calls over stdin/stdout.
 
 An engine that can only run WASI commands in a process of their own (``wasmer-sdk``) runs a
 plugin through this rewrite. :func:`wrap_command` is a pure function of the module's bytes: it
@@ -45,7 +45,23 @@ from collections.abc import Sequence
 
 import attrs
 
-from wasm_plugins.engine._protocol import FuncSignature
+from wasm_plugins.engine import (
+    OP_CALL,
+    OP_DATA,
+    OP_GLOBAL_GET,
+    OP_GLOBAL_SET,
+    OP_HELLO,
+    OP_HOSTCALL,
+    OP_LOG,
+    OP_READ,
+    OP_RESULT,
+    OP_RETURN,
+    OP_VALUE,
+    OP_WRITE,
+    FuncSignature,
+    WasiCommand,
+    register_command_wrapper,
+)
 from wasm_plugins.errors import ModuleError, ValidationIssue
 from wasm_plugins.sandbox._binary import (
     _K_BLOCK,
@@ -68,7 +84,6 @@ from wasm_plugins.sandbox._binary import (
     _SEC_TYPE,
     WasmBinaryError,
     _assemble,
-    _Unsupported,
     _code_uleb,
     _encode_name,
     _encode_uleb,
@@ -85,26 +100,14 @@ from wasm_plugins.sandbox._binary import (
     _skip_valtype,
     _sleb32,
     _split_sections,
+    _Unsupported,
 )
 
 __all__ = [
     "MAX_PARAMS",
-    "OP_CALL",
-    "OP_DATA",
-    "OP_GLOBAL_GET",
-    "OP_GLOBAL_SET",
-    "OP_HELLO",
-    "OP_HOSTCALL",
-    "OP_LOG",
-    "OP_READ",
-    "OP_RESULT",
-    "OP_RETURN",
-    "OP_VALUE",
-    "OP_WRITE",
     "SCRATCH_BYTES",
     "WASI_MODULE",
     "CommandModule",
-    "GlobalSlot",
     "wrap_command",
 ]
 
@@ -114,18 +117,6 @@ MAX_PARAMS = 16
 SCRATCH_BYTES = 320
 SCRATCH_ALLOCATOR = "wp_alloc"
 
-OP_CALL = 1
-OP_RESULT = 2
-OP_WRITE = 4
-OP_READ = 5
-OP_DATA = 6
-OP_GLOBAL_GET = 7
-OP_VALUE = 8
-OP_GLOBAL_SET = 9
-OP_RETURN = 10
-OP_HELLO = 11
-OP_HOSTCALL = 12
-OP_LOG = 13
 
 # Exit codes of the serving loop (the guest's own proc_exit may use any code).
 EXIT_NO_SCRATCH = 70
@@ -153,26 +144,7 @@ _OUT_PAYLOAD = 176
 _MAX_CALL_PAYLOAD = 8 + 8 * MAX_PARAMS
 
 
-@attrs.frozen
-class GlobalSlot:
-    """An exported integer global the host can read (and, when mutable, write)."""
-
-    name: str
-    type: str
-    mutable: bool
-
-
-@attrs.frozen
-class CommandModule:
-    """A wrapped module and the slot tables its frames use."""
-
-    wasm: bytes
-    functions: tuple[tuple[str, FuncSignature], ...]
-    """Served exports, by ``CALL`` slot."""
-    globals: tuple[GlobalSlot, ...]
-    """Exported integer globals, by ``GLOBAL_GET`` / ``GLOBAL_SET`` slot."""
-    host_imports: tuple[tuple[str, str, FuncSignature], ...]
-    """Imports turned into host calls, by ``HOSTCALL`` slot: (module, name, type)."""
+CommandModule = WasiCommand
 
 
 class _Refused(Exception):
@@ -1045,7 +1017,7 @@ def wrap_command(wasm: bytes, exports: Sequence[str] | None = None) -> CommandMo
         raise _refusal("malformed", "the module ends in the middle of an item", None) from None
 
 
-def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:
+def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:  # noqa: PLR0915
     sections = _split_sections(data)
     type_section = _find(sections, _SEC_TYPE)
     types = _types(data, type_section)
@@ -1159,7 +1131,7 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:
 
     # What the serving loop offers.
     served: list[tuple[str, int, _FuncType]] = []
-    global_slots: list[GlobalSlot] = []
+    global_slots: list[tuple[str, str, bool]] = []
     global_arms: list[tuple[int, int, bool]] = []
     for export in exports:
         if export.kind == _EXTERN_FUNC and export.name not in ("_start", "_initialize"):
@@ -1171,7 +1143,7 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:
         elif export.kind == _EXTERN_GLOBAL and export.index < len(defined_globals):
             valtype, mutable, _, _ = defined_globals[export.index]
             if valtype in _INTEGER:
-                global_slots.append(GlobalSlot(export.name, _INTEGER[valtype], mutable))
+                global_slots.append((export.name, _INTEGER[valtype], mutable))
                 global_arms.append((export.index, valtype, mutable))
     initialize = by_name.get("_initialize")
     initialize_index = (
@@ -1257,7 +1229,7 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:
 
     kept = [s for s in sections if not (s.id == _SEC_CUSTOM and _custom_name(data, s) == b"name")]
     wrapped = _assemble(data, kept, payloads)
-    return CommandModule(
+    return WasiCommand(
         wasm=wrapped,
         functions=tuple((name, ftype.signature()) for name, _, ftype in served),
         globals=tuple(global_slots),
@@ -1271,3 +1243,6 @@ def _custom_name(data: bytes, section: _Section) -> bytes:
 
 
 _LE64 = struct.Struct("<q")
+
+
+register_command_wrapper(wrap_command)
