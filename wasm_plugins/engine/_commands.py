@@ -25,8 +25,10 @@ __all__ = [
     "OP_HOSTCALL",
     "OP_LOG",
     "OP_READ",
+    "OP_REPORT",
     "OP_RESULT",
     "OP_RETURN",
+    "OP_SET_SCRATCH",
     "OP_VALUE",
     "OP_WRITE",
     "WasiCommand",
@@ -46,6 +48,8 @@ OP_RETURN = 10
 OP_HELLO = 11
 OP_HOSTCALL = 12
 OP_LOG = 13
+OP_REPORT = 14
+OP_SET_SCRATCH = 15
 
 
 @attrs.frozen

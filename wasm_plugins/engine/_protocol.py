@@ -77,6 +77,9 @@ class EngineFeatures:
     call_depth_by_instrumentation: bool = False
     """The engine's own stack guard is costly (it lets a guest fill the native stack, then
     describes every frame): the sandbox bounds the call depth in the module instead."""
+    max_call_depth: int | None = None
+    """With ``call_depth_by_instrumentation``: the bound to use when the engine's native stack
+    holds fewer frames than the sandbox's default bound (``None``: the default)."""
 
 
 @attrs.frozen

@@ -28,6 +28,7 @@ import atexit
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import gc
 import importlib.metadata
 import json
@@ -40,7 +41,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import wasmer_sdk
-import wasmtime
 
 from wasm_plugins.engine._commands import (
     OP_CALL,
@@ -51,8 +51,10 @@ from wasm_plugins.engine._commands import (
     OP_HOSTCALL,
     OP_LOG,
     OP_READ,
+    OP_REPORT,
     OP_RESULT,
     OP_RETURN,
+    OP_SET_SCRATCH,
     OP_VALUE,
     OP_WRITE,
     WasiCommand,
@@ -61,6 +63,7 @@ from wasm_plugins.engine._commands import (
 from wasm_plugins.engine._module_types import ModuleTypes, pack, read_module_types, unpack
 from wasm_plugins.engine._protocol import (
     CallBudget,
+    Engine,
     EngineFeatures,
     ExportFunction,
     FuncSignature,
@@ -75,8 +78,6 @@ from wasm_plugins.engine._traps import (
     check_range,
     trap_error,
     truncate,
-    validation_error,
-    wat_error,
 )
 from wasm_plugins.errors import (
     CommunicationError,
@@ -106,6 +107,13 @@ DIAGNOSE_TIMEOUT = 5.0
 _CAPTURE_BYTES = 64 * 1024
 """What the SDK keeps of a process's stdout and stderr besides the pipes (it keeps a copy)."""
 
+MAX_CALL_DEPTH = 4096
+"""The SDK runs guests on a native stack that held about 32 000 frames of the smallest kind: the
+sandbox bounds the call depth below that, so that a recursion stops with its frames described."""
+_ALLOC = "wp_alloc"
+_FREE = "wp_free"
+_SCRATCH_BYTES = 336
+"""The size of the serving loop's scratch buffer (``SCRATCH_BYTES`` of the command wrapper)."""
 _HEADER = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
@@ -442,6 +450,8 @@ class _OP:
     HELLO = OP_HELLO
     HOSTCALL = OP_HOSTCALL
     LOG = OP_LOG
+    REPORT = OP_REPORT
+    SET_SCRATCH = OP_SET_SCRATCH
 
 
 class _Export:
@@ -485,6 +495,13 @@ class SdkInstance:
         ]
         self._host_types = [signature for _, _, signature in module.command.host_imports]
         self._memory = _RemoteMemory(self)
+        self._scratch = 0
+        """Where the serving loop keeps its frame headers (from ``wp_alloc`` at start)."""
+        self._inflated: dict[int, int] = {}
+        """Buffers given to the host by an allocator that also handed out the scratch buffer:
+        allocated larger, with the scratch buffer moved to their tail (pointer -> size)."""
+        self._reported: dict[int, int] = {}
+        """Last values of the globals the guest reports when it sets them (known after a trap)."""
         environment = dict(wasi.environment) if wasi is not None else {}
         arguments = list(wasi.arguments) if wasi is not None else []
         self.arm()
@@ -492,12 +509,12 @@ class SdkInstance:
             channel = _RUNTIME.run(self._spawn(environment, arguments), SPAWN_TIMEOUT)
         except TimeoutError:
             raise InstanceError(
-                state="starting",
+                state="instantiating",
                 message=f"The {ENGINE_NAME} process did not start within {SPAWN_TIMEOUT} s",
             ) from None
         except wasmer_sdk.WasmerError as exc:
             raise InstanceError(
-                state="starting",
+                state="instantiating",
                 message=f"The {ENGINE_NAME} process could not start: {truncate(str(exc), 300)}",
             ) from None
         self._channel = channel
@@ -510,7 +527,10 @@ class SdkInstance:
                 raise _instantiation_error(error) from None
             finally:
                 self._busy -= 1
-        self._memory.pages = _U32.unpack_from(payload)[0] if len(payload) >= 4 else 0
+        if len(payload) != 8:
+            self._dispose("broken frames")
+            raise _instantiation_error(_communication("the hello frame has the wrong size"))
+        self._memory.pages, self._scratch = struct.unpack("<II", payload)
 
     async def _spawn(self, environment: dict[str, str], arguments: list[str]) -> _Channel:
         package = await self._module.package()
@@ -566,9 +586,27 @@ class SdkInstance:
 
     def call(self, function: ExportFunction, *args: int) -> Any:
         export = self._export(function)
+        if export.name == _ALLOC and len(args) == 1:
+            return self._alloc(export, args[0] & _MASK32)
+        if export.name == _FREE and len(args) == 2 and args[0] & _MASK32 in self._inflated:
+            args = (args[0], self._inflated.pop(args[0] & _MASK32))
         result = self._call(export, args, prefetch=0)
         results = export.signature.results
         return _signed(result, results[0]) if results else None
+
+    def _alloc(self, export: _Export, size: int) -> int:
+        """``wp_alloc`` for the host. An allocator that hands out the serving loop's scratch
+        buffer again (one that returns a fixed buffer) is asked for more, and the scratch
+        buffer moves to the tail of what it returns."""
+        pointer = self._call(export, (size,), prefetch=0) & _MASK32
+        scratch = self._scratch
+        if pointer and pointer < scratch + _SCRATCH_BYTES and scratch < pointer + size:
+            pointer = self._call(export, (size + _SCRATCH_BYTES,), prefetch=0) & _MASK32
+            if pointer:
+                self._inflated[pointer] = size + _SCRATCH_BYTES
+                self._scratch = pointer + size
+                self.queue(_OP.SET_SCRATCH, _U32.pack(self._scratch))
+        return _signed(pointer, "i32")
 
     def call_abi(self, function: ExportFunction, ptr: int, length: int) -> int:
         export = self._export(function)
@@ -582,6 +620,10 @@ class SdkInstance:
         if slot is None:
             return None
         index, kind, _ = slot
+        if index in self._reported:
+            return _signed(self._reported[index], kind)
+        if self._channel is None or self._failure is not None:
+            return None  # the process is gone, and the guest never reported this global
         with self._lock:
             self._busy += 1
             try:
@@ -595,7 +637,10 @@ class SdkInstance:
         slot = self._module.global_slots.get(name)
         if slot is None or not slot[2]:
             raise ModuleError(message=f"Invalid module: no exported mutable global {name!r}")
-        self.queue(_OP.GLOBAL_SET, _U32.pack(slot[0]) + _I64.pack(_signed(value, "i64")))
+        if slot[0] in self._reported:
+            self._reported[slot[0]] = value
+        if self._channel is not None and self._failure is None:
+            self.queue(_OP.GLOBAL_SET, _U32.pack(slot[0]) + _I64.pack(_signed(value, "i64")))
 
     def fuel_consumed(self) -> int | None:
         return None
@@ -658,6 +703,10 @@ class SdkInstance:
                 self._log(payload)
             elif op == _OP.HOSTCALL:
                 self._host_call(payload)
+            elif op == _OP.REPORT and len(payload) == 16:
+                slot, pages, value = struct.unpack_from("<IIq", payload)
+                self._reported[slot] = value
+                self._memory.pages = pages
             else:
                 self._fail_garbage(f"unexpected frame kind {op} (expected {expected})")
 
@@ -849,11 +898,8 @@ class SdkModule:
             raise _extism_refused()
         if budget.fuel is not None:
             raise _unenforceable("fuel")
-        if memory_import is not None:
-            raise ModuleError(
-                message="Invalid module: an imported memory cannot be given to a WASI command",
-                suggestion="export the module's memory as 'memory'",
-            )
+        # An imported memory is defined by the command itself, with the same (clamped) limits.
+        del memory_import
         return SdkInstance(self, imports, budget, wasi)
 
 
@@ -871,25 +917,19 @@ class WasmerSdkEngine:
         wasi_read_only_preopens=False,
         wasi_captured_output=True,
         thread_bound=False,
+        call_depth_by_instrumentation=True,
+        max_call_depth=MAX_CALL_DEPTH,
     )
 
     def __init__(self) -> None:
         self.version = importlib.metadata.version("wasmer-sdk")
-        self._validator = wasmtime.Engine()
 
     def wat_to_wasm(self, text: str) -> bytes:
-        try:
-            return bytes(wasmtime.wat2wasm(text))
-        except wasmtime.WasmtimeError as exc:
-            raise wat_error(str(exc)) from None
+        # WAT and validation are wasmtime's (a required dependency): the SDK has neither.
+        return _wasmtime().wat_to_wasm(text)
 
     def validate(self, wasm: bytes) -> None:
-        if not wasm.startswith(b"\0asm"):
-            raise validation_error("magic header not detected: bad magic number", default_offset=0)
-        try:
-            wasmtime.Module.validate(self._validator, wasm)
-        except wasmtime.WasmtimeError as exc:
-            raise validation_error(str(exc)) from None
+        _wasmtime().validate(wasm)
 
     def compile(self, wasm: bytes, *, fuel: bool = False) -> SdkModule:
         if fuel:
@@ -916,6 +956,21 @@ class WasmerSdkEngine:
                 suggestion="compile the module again from its source",
             ) from None
         return self.deserialize(data, fuel=fuel)
+
+
+@functools.cache
+def _wasmtime() -> Engine:
+    # Imported when first used: most hosts of this engine never compile WAT here.
+    from wasm_plugins.engine._wasmtime import WasmtimeEngine  # noqa: PLC0415
+
+    # Freed at exit while wasmtime's module can still free it (not in the final collection).
+    atexit.register(_release_wasmtime)
+    return WasmtimeEngine()
+
+
+def _release_wasmtime() -> None:
+    _wasmtime.cache_clear()
+    gc.collect()
 
 
 def _pack_command(command: WasiCommand) -> bytes:

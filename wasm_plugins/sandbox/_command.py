@@ -54,8 +54,10 @@ from wasm_plugins.engine import (
     OP_HOSTCALL,
     OP_LOG,
     OP_READ,
+    OP_REPORT,
     OP_RESULT,
     OP_RETURN,
+    OP_SET_SCRATCH,
     OP_VALUE,
     OP_WRITE,
     FuncSignature,
@@ -63,45 +65,49 @@ from wasm_plugins.engine import (
     register_command_wrapper,
 )
 from wasm_plugins.errors import ModuleError, ValidationIssue
-from wasm_plugins.sandbox._binary import (
-    _K_BLOCK,
-    _K_BYTES4,
-    _K_BYTES8,
-    _K_FC,
-    _K_GROW,
-    _K_LEB,
-    _K_LEB2,
-    _K_MEMARG,
-    _K_NONE,
-    _K_UNKNOWN,
-    _OPCODE_KINDS,
-    _SEC_CODE,
-    _SEC_CUSTOM,
-    _SEC_EXPORT,
-    _SEC_FUNCTION,
-    _SEC_GLOBAL,
-    _SEC_IMPORT,
-    _SEC_TYPE,
-    WasmBinaryError,
-    _assemble,
-    _code_uleb,
-    _encode_name,
-    _encode_uleb,
-    _find,
-    _Reader,
-    _Section,
-    _skip_blocktype,
-    _skip_heaptype,
-    _skip_leb,
-    _skip_locals,
-    _skip_memarg,
-    _skip_prefixed,
-    _skip_structured,
-    _skip_valtype,
-    _sleb32,
-    _split_sections,
-    _Unsupported,
-)
+from wasm_plugins.sandbox import _binary
+
+# The binary helpers this wrapper builds on (the rewriter's own).
+_K_BLOCK = _binary._K_BLOCK
+_K_BYTES4 = _binary._K_BYTES4
+_K_BYTES8 = _binary._K_BYTES8
+_K_FC = _binary._K_FC
+_K_GROW = _binary._K_GROW
+_K_LEB = _binary._K_LEB
+_K_LEB2 = _binary._K_LEB2
+_K_MEMARG = _binary._K_MEMARG
+_K_NONE = _binary._K_NONE
+_K_UNKNOWN = _binary._K_UNKNOWN
+_OPCODE_KINDS = _binary._OPCODE_KINDS
+_SEC_CODE = _binary._SEC_CODE
+_SEC_CUSTOM = _binary._SEC_CUSTOM
+_SEC_EXPORT = _binary._SEC_EXPORT
+_SEC_FUNCTION = _binary._SEC_FUNCTION
+_SEC_GLOBAL = _binary._SEC_GLOBAL
+_SEC_IMPORT = _binary._SEC_IMPORT
+_SEC_MEMORY = _binary._SEC_MEMORY
+_SEC_TYPE = _binary._SEC_TYPE
+DEPTH_EXPORT = _binary.DEPTH_EXPORT
+GROW_PROBE_EXPORT = _binary.GROW_PROBE_EXPORT
+WasmBinaryError = _binary.WasmBinaryError
+_assemble = _binary._assemble
+_code_uleb = _binary._code_uleb
+_encode_name = _binary._encode_name
+_encode_uleb = _binary._encode_uleb
+_find = _binary._find
+_Reader = _binary._Reader
+_Section = _binary._Section
+_skip_blocktype = _binary._skip_blocktype
+_skip_heaptype = _binary._skip_heaptype
+_skip_leb = _binary._skip_leb
+_skip_locals = _binary._skip_locals
+_skip_memarg = _binary._skip_memarg
+_skip_prefixed = _binary._skip_prefixed
+_skip_structured = _binary._skip_structured
+_skip_valtype = _binary._skip_valtype
+_sleb32 = _binary._sleb32
+_split_sections = _binary._split_sections
+_Unsupported = _binary._Unsupported
 
 __all__ = [
     "MAX_PARAMS",
@@ -114,7 +120,7 @@ __all__ = [
 WASI_MODULE = "wasi_snapshot_preview1"
 MAX_PARAMS = 16
 """Parameters a served export or a host import may have (they travel in the scratch buffer)."""
-SCRATCH_BYTES = 320
+SCRATCH_BYTES = 336
 SCRATCH_ALLOCATOR = "wp_alloc"
 
 
@@ -141,6 +147,7 @@ _IN_HEADER = 24
 _IN_PAYLOAD = 32
 _IN_ARGS = 40
 _OUT_PAYLOAD = 176
+_REPORT = 320
 _MAX_CALL_PAYLOAD = 8 + 8 * MAX_PARAMS
 
 
@@ -237,22 +244,35 @@ def _types(data: bytes, section: _Section | None) -> list[_FuncType]:
     return types
 
 
-def _imports(data: bytes, section: _Section | None) -> list[_Import]:
+def _imports(data: bytes, section: _Section | None) -> tuple[list[_Import], bytes | None]:
+    """The function imports, and the encoded limits of an imported ``env.memory``."""
     if section is None:
-        return []
+        return [], None
     reader = _Reader(data, section.body, section.end)
     found = []
+    memory: bytes | None = None
     for _ in range(reader.u32()):
         offset = reader.pos
         module = reader.name().decode("utf-8", "replace")
         name = reader.name().decode("utf-8", "replace")
         kind = reader.byte()
+        if kind == _EXTERN_MEMORY and (module, name) == ("env", "memory") and memory is None:
+            # The host would make this memory for the module alone: the command defines it.
+            start = reader.pos
+            flags = reader.byte()
+            reader.u32()
+            if flags & 0x01:
+                reader.u32()
+            if flags & ~0x01:
+                raise _Refused("unsupported-import", "the imported memory is shared or 64-bit")
+            memory = data[start : reader.pos]
+            continue
         if kind != _EXTERN_FUNC:
             what = {1: "a table", 2: "a memory", 3: "a global", 4: "a tag"}.get(kind, "an item")
             reason = "no-memory-export" if kind == _EXTERN_MEMORY else "unsupported-import"
             raise _Refused(reason, f"the module imports {what} ({module}.{name})", offset)
         found.append(_Import(module, name, kind, reader.u32(), offset))
-    return found
+    return found, memory
 
 
 def _u32_vector(data: bytes, section: _Section | None) -> list[int]:
@@ -331,8 +351,11 @@ def _remap_const(data: bytes, pos: int, end: int, mapping: list[int] | None) -> 
         out += data[start:pos]
 
 
-def _remap_body(data: bytes, code: int, end: int, mapping: list[int]) -> bytes:
-    """The instructions in [code, end) with every function index renumbered."""
+def _remap_body(
+    data: bytes, code: int, end: int, mapping: list[int], setters: dict[int, int]
+) -> bytes:
+    """The instructions in [code, end) with every function index renumbered, and each
+    ``global.set`` of a reported global made a call of its setter."""
     kinds = _OPCODE_KINDS
     parts: list[bytes] = []
     copied = code
@@ -351,6 +374,14 @@ def _remap_body(data: bytes, code: int, end: int, mapping: list[int]) -> bytes:
                 parts.append(data[copied:pos])
                 parts.append(_encode_uleb(mapping[index]))
                 copied = pos = after
+            elif op == 0x24 and setters:
+                index, after = _code_uleb(data, pos, end)
+                setter = setters.get(index)
+                if setter is not None:
+                    parts.append(data[copied : pos - 1])
+                    parts.append(_call(setter))
+                    copied = after
+                pos = after
             else:
                 pos = _skip_leb(data, pos)
         elif kind == _K_MEMARG:
@@ -377,8 +408,15 @@ def _remap_body(data: bytes, code: int, end: int, mapping: list[int]) -> bytes:
     return b"".join(parts)
 
 
-def _remap_code(data: bytes, section: _Section, mapping: list[int]) -> list[bytes]:
-    """Each body (locals and instructions, without its size) renumbered."""
+def _remap_code(
+    data: bytes,
+    section: _Section,
+    mapping: list[int],
+    setters: dict[int, int],
+    depth_check: tuple[bytes, bytes] | None,
+) -> list[bytes]:
+    """Each body (locals and instructions, without its size) renumbered; the call-depth check
+    at the start of a body (``depth_check``: as the rewriter made it, as it should be) replaced."""
     reader = _Reader(data, section.body, section.end)
     count = reader.u32()
     bodies = []
@@ -390,10 +428,18 @@ def _remap_code(data: bytes, section: _Section, mapping: list[int]) -> list[byte
         if body_end > end:
             raise _Refused("malformed", "function body runs past its section", pos)
         code = _skip_locals(data, pos, body_end)
-        if b"\x10" in data[code:body_end] or b"\xd2" in data[code:body_end]:
-            bodies.append(data[pos:code] + _remap_body(data, code, body_end, mapping))
+        span = data[code:body_end]
+        if b"\x10" in span or b"\xd2" in span or (setters and b"\x24" in span):
+            body = data[pos:code] + _remap_body(data, code, body_end, mapping, setters)
         else:
-            bodies.append(data[pos:body_end])
+            body = data[pos:body_end]
+        if depth_check is not None:
+            locals_size = code - pos
+            if body[locals_size : locals_size + len(depth_check[0])] == depth_check[0]:
+                body = (
+                    body[:locals_size] + depth_check[1] + body[locals_size + len(depth_check[0]) :]
+                )
+        bodies.append(body)
         pos = body_end
     return bodies
 
@@ -529,6 +575,7 @@ class _Indices:
     write_all: int
     header: int
     serve: int
+    report: int
 
 
 def _scratch(offset: int) -> bytes:
@@ -785,6 +832,17 @@ def _serve_function(
             _END,
         )
     )
+    scratch_case = b"".join(
+        (
+            is_op(OP_SET_SCRATCH),
+            read(_IN_PAYLOAD, _i32(4)),
+            _scratch(0),
+            _load32(_IN_PAYLOAD),
+            b"\x24" + _encode_uleb(ix.scratch),
+            _br(1),
+            _END,
+        )
+    )
     set_case = b"".join(
         (
             is_op(OP_GLOBAL_SET),
@@ -810,6 +868,7 @@ def _serve_function(
             read_case,
             get_case,
             set_case,
+            scratch_case,
             bad,
             _br(0),
             _END,
@@ -817,6 +876,41 @@ def _serve_function(
         )
     )
     return _body([(3, _I32), (1, _I64), (3, _I32)], code)
+
+
+def _report_function(ix: _Indices) -> bytes:
+    """report(slot, value): a REPORT frame with a reported global's new value (i32 -> ())."""
+    code = b"".join(
+        (
+            _scratch(0),
+            _IF,
+            _scratch(0),
+            _local_get(0),
+            _store32(_REPORT),
+            _scratch(0),
+            _MEMORY_SIZE,
+            _store32(_REPORT + 4),
+            _scratch(0),
+            _local_get(1),
+            _op(0xAC),
+            _store64(_REPORT + 8),
+            _i32(OP_REPORT),
+            _i32(16),
+            _call(ix.header),
+            _scratch(_REPORT),
+            _i32(16),
+            _call(ix.write_all),
+            _END,
+        )
+    )
+    return _body([], code)
+
+
+def _setter_function(ix: _Indices, global_index: int, slot: int) -> bytes:
+    """The reported global's ``global.set``, then its report: (i32) -> ()."""
+    code = _local_get(0) + b"\x24" + _encode_uleb(global_index)
+    code += _i32(slot) + _local_get(0) + _call(ix.report)
+    return _body([], code)
 
 
 def _start_function(ix: _Indices, alloc: int, initialize: int | None) -> bytes:
@@ -834,11 +928,14 @@ def _start_function(ix: _Indices, alloc: int, initialize: int | None) -> bytes:
             _scratch(0),
             _MEMORY_SIZE,
             _store32(_OUT_PAYLOAD),
+            _scratch(0),
+            _scratch(0),
+            _store32(_OUT_PAYLOAD + 4),
             _i32(OP_HELLO),
-            _i32(4),
+            _i32(8),
             _call(ix.header),
             _scratch(_OUT_PAYLOAD),
-            _i32(4),
+            _i32(8),
             _call(ix.write_all),
             _i32(0),
             _call(ix.serve),
@@ -1021,7 +1118,7 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:  # noqa:
     sections = _split_sections(data)
     type_section = _find(sections, _SEC_TYPE)
     types = _types(data, type_section)
-    imports = _imports(data, _find(sections, _SEC_IMPORT))
+    imports, imported_memory = _imports(data, _find(sections, _SEC_IMPORT))
     function_types = _u32_vector(data, _find(sections, _SEC_FUNCTION))
     export_section = _find(sections, _SEC_EXPORT)
     exports = _exports(data, export_section)
@@ -1030,7 +1127,13 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:  # noqa:
 
     by_name = {e.name: e for e in exports}
     memory = by_name.get("memory")
-    if memory is None or memory.kind != _EXTERN_MEMORY or memory.index != 0:
+    memory_section = _find(sections, _SEC_MEMORY)
+    if imported_memory is not None:
+        if memory_section is not None:
+            raise _Refused("unsupported-import", "the module imports a memory and defines others")
+        if memory is not None and (memory.kind != _EXTERN_MEMORY or memory.index != 0):
+            raise _Refused("no-memory-export", "the export 'memory' is not the module's memory")
+    elif memory is None or memory.kind != _EXTERN_MEMORY or memory.index != 0:
         raise _Refused("no-memory-export", "the module does not export its memory as 'memory'")
 
     def type_of(function: int) -> _FuncType:
@@ -1126,6 +1229,7 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:  # noqa:
         write_all=helpers + 1,
         header=helpers + 2,
         serve=helpers + 3,
+        report=helpers + 5,
     )
     start_index = helpers + 4
 
@@ -1145,6 +1249,34 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:  # noqa:
             if valtype in _INTEGER:
                 global_slots.append((export.name, _INTEGER[valtype], mutable))
                 global_arms.append((export.index, valtype, mutable))
+    # Globals whose last value the host must know after a trap: the grow probe (reported at
+    # each set) and the call depth (reported when its bound is passed).
+    slot_of = {name: slot for slot, (name, _, _) in enumerate(global_slots)}
+    setters: dict[int, int] = {}
+    setter_bodies: list[bytes] = []
+    probe = by_name.get(GROW_PROBE_EXPORT)
+    if (
+        probe is not None
+        and probe.name in slot_of
+        and global_slots[slot_of[probe.name]][1:]
+        == (
+            "i32",
+            True,
+        )
+    ):
+        setters[probe.index] = helpers + 6
+        setter_bodies.append(_setter_function(ix, probe.index, slot_of[probe.name]))
+    depth_check = None
+    code_section = _find(sections, _SEC_CODE)
+    depth = by_name.get(DEPTH_EXPORT)
+    if depth is not None and depth.name in slot_of:
+        get = b"\x23" + _encode_uleb(depth.index)
+        put = b"\x24" + _encode_uleb(depth.index)
+        bound = _depth_bound(data, function_types, len(imports), code_section, get, put)
+        if bound is not None:
+            head = get + _i32(1) + _op(0x6A) + put + get + _i32(bound) + _op(0x4B) + _IF
+            report = _i32(slot_of[depth.name]) + get + _call(ix.report)
+            depth_check = (head + b"\x00\x0b", head + report + b"\x00\x0b")
     initialize = by_name.get("_initialize")
     initialize_index = (
         mapping[initialize.index]
@@ -1180,6 +1312,8 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:  # noqa:
         pair_type,
         serve_type,
         void_type,
+        pair_type,
+        *(exit_type for _ in setter_bodies),
     ]
     payloads[_SEC_FUNCTION] = _encode_uleb(len(new_function_types)) + b"".join(
         _encode_uleb(t) for t in new_function_types
@@ -1198,6 +1332,10 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:  # noqa:
             _encode_name(export.name) + bytes([export.kind]) + _encode_uleb(index)
         )
     export_entries.append(_encode_name("_start") + b"\x00" + _encode_uleb(start_index))
+    if imported_memory is not None:
+        payloads[_SEC_MEMORY] = b"\x01" + imported_memory
+        if memory is None:
+            export_entries.append(_encode_name("memory") + bytes([_EXTERN_MEMORY, 0]))
     payloads[_SEC_EXPORT] = _encode_uleb(len(export_entries)) + b"".join(export_entries)
     start_section = _find(sections, _SEC_START)
     if start_section is not None:
@@ -1207,7 +1345,11 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:  # noqa:
     if element_section is not None:
         payloads[_SEC_ELEMENT] = _remap_elements(data, element_section, mapping)
     code_section = _find(sections, _SEC_CODE)
-    bodies = [] if code_section is None else _remap_code(data, code_section, mapping)
+    bodies = (
+        []
+        if code_section is None
+        else _remap_code(data, code_section, mapping, setters, depth_check)
+    )
     if len(bodies) != n_defined:
         raise _Refused("malformed", "function and code section counts differ")
     sized = [_encode_uleb(len(body)) + body for body in bodies]
@@ -1225,16 +1367,84 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:  # noqa:
     sized.append(_header_function(ix))
     sized.append(_serve_function(ix, [(index, ftype) for _, index, ftype in served], global_arms))
     sized.append(_start_function(ix, mapping[alloc.index], initialize_index))
+    sized.append(_report_function(ix))
+    sized.extend(setter_bodies)
     payloads[_SEC_CODE] = _encode_uleb(len(sized)) + b"".join(sized)
 
-    kept = [s for s in sections if not (s.id == _SEC_CUSTOM and _custom_name(data, s) == b"name")]
+    names = [s for s in sections if s.id == _SEC_CUSTOM and _custom_name(data, s) == b"name"]
+    kept = [s for s in sections if s not in names]
     wrapped = _assemble(data, kept, payloads)
+    if names:
+        wrapped += _renamed(data, names[0], mapping)
     return WasiCommand(
         wasm=wrapped,
         functions=tuple((name, ftype.signature()) for name, _, ftype in served),
         globals=tuple(global_slots),
         host_imports=tuple(host_imports),
     )
+
+
+def _depth_bound(
+    data: bytes,
+    function_types: list[int],
+    imported: int,
+    section: _Section | None,
+    get: bytes,
+    put: bytes,
+) -> int | None:
+    """The bound of the call-depth check the rewriter put at the start of the first body."""
+    if section is None or not function_types:
+        return None
+    reader = _Reader(data, section.body, section.end)
+    reader.u32()
+    size = reader.u32()
+    code = _skip_locals(data, reader.pos, reader.pos + size)
+    head = get + _i32(1) + _op(0x6A) + put + get + b"\x41"
+    if data[code : code + len(head)] != head:
+        return None
+    value = 0
+    shift = 0
+    pos = code + len(head)
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    if byte & 0x40:
+        value -= 1 << shift
+    return value
+
+
+def _renamed(data: bytes, section: _Section, mapping: list[int]) -> bytes:
+    """The ``name`` section with its function names renumbered (other subsections dropped: they
+    are keyed by function index too); empty when it cannot be read."""
+    try:
+        reader = _Reader(data, section.body, section.end)
+        reader.name()
+        kept = []
+        while reader.pos < reader.end:
+            kind = reader.byte()
+            size = reader.u32()
+            end = reader.pos + size
+            if kind == 1:
+                names = []
+                for _ in range(reader.u32()):
+                    index = reader.u32()
+                    name = reader.name()
+                    if index < len(mapping):
+                        names.append((mapping[index], name))
+                names.sort()
+                content = _encode_uleb(len(names)) + b"".join(
+                    _encode_uleb(i) + _encode_uleb(len(n)) + n for i, n in names
+                )
+                kept.append(b"\x01" + _encode_uleb(len(content)) + content)
+            reader.pos = end
+    except (WasmBinaryError, IndexError):
+        return b""
+    payload = _encode_name("name") + b"".join(kept)
+    return b"\x00" + _encode_uleb(len(payload)) + payload
 
 
 def _custom_name(data: bytes, section: _Section) -> bytes:
