@@ -98,7 +98,7 @@ MAX_PROCESSES_VARIABLE = "WASM_PLUGINS_SDK_MAX_PROCESSES"
 DEFAULT_MAX_PROCESSES = 16
 MAX_FRAME = 64 * 1024 * 1024
 """The largest frame the host reads from a guest; a larger header is garbage."""
-PREFETCH = 4 * 1024 * 1024
+PREFETCH = 1024 * 1024
 """A plugin function's output up to this size comes back with its result (one round trip)."""
 SPAWN_TIMEOUT = 60.0
 """Seconds the SDK may take to start a process (compiling the module the first time)."""
@@ -185,20 +185,15 @@ class _Runtime:
     def admit(self, instance: SdkInstance) -> None:
         """Count a new live process, closing idle ones (least recently used first) past the
         bound."""
-        victims = []
         with self._lock:
             self._live[id(instance)] = instance
+            candidates = [other for other in self._live.values() if other is not instance]
             excess = len(self._live) - self.max_processes
-            for key, other in list(self._live.items()):
-                if excess <= 0:
-                    break
-                if other is instance or not other.idle():
-                    continue
-                del self._live[key]
-                victims.append(other)
+        for other in candidates:
+            if excess <= 0:
+                break
+            if other.evict():
                 excess -= 1
-        for victim in victims:
-            victim.evict()
 
     def touch(self, instance: SdkInstance) -> None:
         with self._lock:
@@ -651,13 +646,6 @@ class SdkInstance:
         """A frame sent with the next exchange (frames that need no answer)."""
         self._pending.append(_HEADER.pack(op, len(payload)) + payload)
 
-    def idle(self) -> bool:
-        return self._busy == 0 and self._lock.acquire(blocking=False) and self._release_true()
-
-    def _release_true(self) -> bool:
-        self._lock.release()
-        return True
-
     def _call(self, export: _Export, args: Sequence[int], prefetch: int) -> int:
         payload = _U32.pack(export.slot) + _U32.pack(prefetch)
         payload += b"".join(_I64.pack(_signed(a, "i64")) for a in args)
@@ -824,10 +812,19 @@ class SdkInstance:
         if channel is not None:
             await channel.close()
 
-    def evict(self) -> None:
-        """Close the idle process to bound live processes (the next use asks for a new one)."""
-        self._failure = self._failure or "evicted"
-        self._dispose("evicted")
+    def evict(self) -> bool:
+        """Close the process if it is idle, to bound live processes (the next use of this
+        instance asks for a new one). Returns whether it was closed."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._busy or self._channel is None:
+                return False
+            self._failure = self._failure or "evicted"
+            self._dispose("evicted")
+            return True
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         self._dispose("closed")
