@@ -1417,6 +1417,9 @@ def _depth_bound(
     return value
 
 
+_PRINTABLE = bytes(b if 0x20 <= b < 0x7F else ord("?") for b in range(256))
+
+
 def _renamed(data: bytes, section: _Section, mapping: list[int]) -> bytes:
     """The ``name`` section with its function names renumbered (other subsections dropped: they
     are keyed by function index too); empty when it cannot be read."""
@@ -1434,7 +1437,9 @@ def _renamed(data: bytes, section: _Section, mapping: list[int]) -> bytes:
                     index = reader.u32()
                     name = reader.name()
                     if index < len(mapping):
-                        names.append((mapping[index], name))
+                        # The SDK prints a trap's frames to the host's stderr: printable
+                        # ASCII only, so that no name carries terminal escapes there.
+                        names.append((mapping[index], name.translate(_PRINTABLE)))
                 names.sort()
                 content = _encode_uleb(len(names)) + b"".join(
                     _encode_uleb(i) + _encode_uleb(len(n)) + n for i, n in names
