@@ -461,3 +461,27 @@ def test_exit_after_using_the_engine_is_clean(sdk: Engine) -> None:
         assert done.returncode == 0, done.stderr
         assert "FATAL" not in done.stderr
         assert done.stdout.strip() == "done"
+
+
+ENVIRON = f"""(module
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $get (param i32 i32) (result i32)))
+  (memory (export "memory") 1) {ALLOC}
+  (func (export "environ") (param i32 i32) (result i64)
+    (drop (call $sizes (i32.const 0) (i32.const 4)))
+    (drop (call $get (i32.const 16) (i32.const 1024)))
+    (i64.or (i64.const 0x40000000000) (i64.extend_i32_u (i32.load (i32.const 4))))))"""
+
+
+def test_wasi_environment_reaches_the_guest(sdk: Engine) -> None:
+    """The granted environment is the SDK process's environment, and nothing else is."""
+    sandbox = Sandbox(
+        ENVIRON,
+        engine=sdk,
+        codec="raw",
+        capabilities=["wasi"],
+        wasi=WasiSettings(environment=(("GREETING", "hello"),)),
+    )
+    variables = sandbox.call("environ", b"").split(b"\0")
+    assert b"GREETING=hello" in variables
+    assert not any(v.startswith(b"PATH=") or v.startswith(b"HOME=") for v in variables)

@@ -166,6 +166,11 @@ class _Runtime:
                     self._registered = True
             return self._loop
 
+    def running_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop if it runs in this process (never starts one: finalizers use this)."""
+        loop = self._loop
+        return loop if loop is not None and self._pid == os.getpid() else None
+
     def run(self, coroutine: Coroutine[Any, Any, _T], timeout: float | None) -> _T:
         """Run ``coroutine`` on the loop; ``TimeoutError`` (cancelling it) past ``timeout``."""
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop())
@@ -833,11 +838,10 @@ class SdkInstance:
         channel = getattr(self, "_channel", None)
         if channel is not None and not channel.closed:
             _RUNTIME.forget(self)
-            try:
-                loop = _RUNTIME.loop()
-                asyncio.run_coroutine_threadsafe(channel.close(), loop)
-            except RuntimeError:
-                pass
+            loop = _RUNTIME.running_loop()
+            if loop is not None:
+                with contextlib.suppress(RuntimeError):
+                    asyncio.run_coroutine_threadsafe(channel.close(), loop)
 
 
 def _instantiation_error(error: PluginError) -> PluginError:
