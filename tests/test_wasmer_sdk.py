@@ -485,3 +485,19 @@ def test_wasi_environment_reaches_the_guest(sdk: Engine) -> None:
     variables = sandbox.call("environ", b"").split(b"\0")
     assert b"GREETING=hello" in variables
     assert not any(v.startswith(b"PATH=") or v.startswith(b"HOME=") for v in variables)
+
+
+REACTOR = f"""(module
+  (memory (export "memory") 1) {ALLOC}
+  (global $ready (mut i32) (i32.const 0))
+  (data (i32.const 100) "0123")
+  (func (export "_initialize") (global.set $ready (i32.const 2)))
+  (func (export "ready") (param i32 i32) (result i64)
+    (i64.or (i64.const 0x6400000000) (i64.extend_i32_u (global.get $ready)))))"""
+
+
+def test_a_reactor_module_runs_and_is_initialized(sdk: Engine) -> None:
+    """A module exporting _initialize is served (the SDK would run it as a reactor, and spawning
+    it would hang), and _initialize runs before the first call."""
+    sandbox = Sandbox(REACTOR, engine=sdk, codec="raw")
+    assert sandbox.call("ready", b"") == b"01"

@@ -1,6 +1,8 @@
-"""Engines: the protocol, the built-in adapters (wasmer, wasmtime) and the registry that picks one.
+"""Engines: the protocol, the built-in adapters (wasmer, wasmtime, wasmer-sdk) and the registry
+that picks one.
 
-``engine="auto"`` picks wasmer when it imports (CPython 3.10 and older), else wasmtime. The
+``engine="auto"`` picks wasmer when it imports (CPython 3.10 and older), else wasmtime; it never
+picks wasmer-sdk, which runs guests out of process (name it explicitly). The
 ``WASM_PLUGINS_ENGINE`` environment variable replaces ``auto``; a name given explicitly wins.
 """
 
