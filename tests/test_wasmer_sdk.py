@@ -10,6 +10,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -501,3 +502,35 @@ def test_a_reactor_module_runs_and_is_initialized(sdk: Engine) -> None:
     it would hang), and _initialize runs before the first call."""
     sandbox = Sandbox(REACTOR, engine=sdk, codec="raw")
     assert sandbox.call("ready", b"") == b"01"
+
+
+SPINNER = f"""(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1) {ALLOC}
+  (data (i32.const 100) "spinning")
+  (func (export "spin") (param i32 i32) (result i64)
+    (i32.store (i32.const 0) (i32.const 100)) (i32.store (i32.const 4) (i32.const 8))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (loop $l (br $l))
+    (i64.const 0)))"""
+
+
+def test_a_watched_call_is_cancelled_and_the_process_replaced(sdk: Engine) -> None:
+    """Cancelling a running call (as an awaited call's cancellation does) kills its process."""
+    from wasm_plugins.errors import CallCancelled
+
+    cancelled = threading.Event()
+    sandbox = Sandbox(
+        SPINNER,
+        engine=sdk,
+        codec="raw",
+        capabilities=["wasi"],
+        # The guest's first output says it is running: the cancellation comes mid-call.
+        wasi=WasiSettings(output=lambda stream, data: cancelled.set()),
+    )
+    assert sandbox.watch(cancelled)
+    with pytest.raises(CallCancelled):
+        sandbox.call("spin", b"")
+    sandbox.watch(None)
+    cancelled.clear()
+    assert sandbox.instances == 0

@@ -80,6 +80,7 @@ from wasm_plugins.engine._traps import (
     truncate,
 )
 from wasm_plugins.errors import (
+    CallCancelled,
     CommunicationError,
     ConfigurationError,
     DeadlineExceeded,
@@ -110,6 +111,8 @@ _CAPTURE_BYTES = 64 * 1024
 MAX_CALL_DEPTH = 4096
 """The SDK runs guests on a native stack that held about 32 000 frames of the smallest kind: the
 sandbox bounds the call depth below that, so that a recursion stops with its frames described."""
+_CANCEL_POLL = 0.01
+"""Seconds between looks at a watched call's cancellation event."""
 _ALLOC = "wp_alloc"
 _FREE = "wp_free"
 _SCRATCH_BYTES = 336
@@ -504,7 +507,7 @@ class SdkInstance:
         """Last values of the globals the guest reports when it sets them (known after a trap)."""
         environment = dict(wasi.environment) if wasi is not None else {}
         arguments = list(wasi.arguments) if wasi is not None else []
-        self.arm()
+        self._cancelled: threading.Event | None = None
         try:
             channel = _RUNTIME.run(self._spawn(environment, arguments), SPAWN_TIMEOUT)
         except TimeoutError:
@@ -518,6 +521,8 @@ class SdkInstance:
                 message=f"The {ENGINE_NAME} process could not start: {truncate(str(exc), 300)}",
             ) from None
         self._channel = channel
+        # The budget starts once the process exists: the start function has all of it.
+        self.arm()
         _RUNTIME.admit(self)
         with self._lock:
             self._busy += 1
@@ -571,7 +576,10 @@ class SdkInstance:
         self._deadline = None if timeout is None else self._started + timeout
 
     def watch(self, cancelled: threading.Event | None) -> bool:
-        return False
+        """Stop this instance's calls when ``cancelled`` is set: the wait for the guest's
+        answer checks it, and the process is killed (``CallCancelled``)."""
+        self._cancelled = cancelled
+        return True
 
     def _export(self, function: ExportFunction) -> _Export:
         if isinstance(function, _Export):
@@ -717,7 +725,9 @@ class SdkInstance:
         deadline = self._deadline
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            return _RUNTIME.run(channel.exchange(outgoing, answer), remaining)
+            if self._cancelled is None:
+                return _RUNTIME.run(channel.exchange(outgoing, answer), remaining)
+            return self._watched(channel.exchange(outgoing, answer), deadline, operation)
         except TimeoutError:
             self._dispose("timed out")
             raise DeadlineExceeded(
@@ -730,6 +740,28 @@ class SdkInstance:
             raise _communication(str(garbage)) from None
         except _Eof:
             raise self._ended(channel) from None
+
+    def _watched(
+        self, coroutine: Coroutine[Any, Any, tuple[int, bytes]], deadline: float | None, op: str
+    ) -> tuple[int, bytes]:
+        """The exchange, waited for in slices so that a cancellation is seen."""
+        cancelled = self._cancelled
+        assert cancelled is not None
+        future = asyncio.run_coroutine_threadsafe(coroutine, _RUNTIME.loop())
+        while True:
+            if cancelled.is_set():
+                future.cancel()
+                self._dispose("cancelled")
+                raise CallCancelled(operation=op)
+            step = _CANCEL_POLL
+            if deadline is not None:
+                step = min(step, max(0.0, deadline - time.monotonic()))
+            try:
+                return future.result(step)
+            except concurrent.futures.TimeoutError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    future.cancel()
+                    raise TimeoutError from None
 
     def _ended(self, channel: _Channel) -> PluginError:
         """The error for a process whose stdout ended, from how it ended."""
