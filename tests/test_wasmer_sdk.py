@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -448,9 +449,10 @@ print("done")
 
 
 @pytest.mark.slow
-def test_exit_after_using_the_engine_is_clean(sdk: Engine) -> None:
+def test_exit_after_using_the_engine_is_clean(sdk: Engine, tmp_path: Path) -> None:
     """SDK objects left in reference cycles are closed at exit, not by the final collection
-    (which made a tokio thread call into a finalizing interpreter and abort)."""
+    (which made a tokio thread call into a finalizing interpreter and abort). The SDK's
+    compiled modules go to the framework's cache directory, not the working directory."""
     for _ in range(3):
         done = subprocess.run(
             [sys.executable, "-c", textwrap.dedent(EXIT_CHILD)],
@@ -458,10 +460,12 @@ def test_exit_after_using_the_engine_is_clean(sdk: Engine) -> None:
             text=True,
             timeout=120,
             check=False,
+            cwd=tmp_path,
         )
         assert done.returncode == 0, done.stderr
         assert "FATAL" not in done.stderr
         assert done.stdout.strip() == "done"
+        assert not (tmp_path / ".wasmer").exists()
 
 
 ENVIRON = f"""(module

@@ -35,9 +35,11 @@ import json
 import os
 import re
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import wasmer_sdk
@@ -185,7 +187,9 @@ class _Runtime:
 
     async def client(self) -> wasmer_sdk.Wasmer:
         if self._client is None:
-            self._client = wasmer_sdk.Wasmer(output_bytes=_CAPTURE_BYTES)
+            # Without a cache root the SDK writes its compiled modules to ./.wasmer, in
+            # whatever directory the host runs in.
+            self._client = wasmer_sdk.Wasmer(cache_root=_cache_root(), output_bytes=_CAPTURE_BYTES)
         return self._client
 
     # -- live processes ------------------------------------------------------------------------
@@ -250,6 +254,22 @@ class _Runtime:
 
 
 _RUNTIME = _Runtime()
+
+
+def _cache_root() -> str:
+    """Where the SDK keeps compiled modules: ``wasmer-sdk`` in the framework's cache directory
+    (``$WASM_PLUGINS_CACHE_DIR``, else the platform's usual place, as the module cache)."""
+    override = os.environ.get("WASM_PLUGINS_CACHE_DIR")
+    if override:
+        base = Path(override).expanduser()
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches" / "wasm-plugins"
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = (Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache") / (
+            "wasm-plugins"
+        )
+    return str(base / "wasmer-sdk")
 
 
 def resource_usage() -> dict[str, int]:
