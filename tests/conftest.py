@@ -26,6 +26,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 _REGISTRY = default_registry()
 ENGINE_NAMES = ("wasmer", "wasmtime")
+SDK_ENGINE = "wasmer-sdk"
+ALL_ENGINE_NAMES = (*ENGINE_NAMES, SDK_ENGINE)
+"""The in-process engines and wasmer-sdk (one process per instance): the conformance, hostile and
+containment tests run on all of them."""
 
 
 def required_engines() -> set[str]:
@@ -33,7 +37,10 @@ def required_engines() -> set[str]:
     configured = os.environ.get("WASM_PLUGINS_REQUIRE_ENGINES")
     if configured is not None:
         return {name.strip() for name in configured.split(",") if name.strip()}
-    return {"wasmer", "wasmtime"} if sys.version_info < (3, 11) else {"wasmtime"}
+    required = {"wasmer", "wasmtime"} if sys.version_info < (3, 11) else {"wasmtime"}
+    if sys.platform in ("linux", "darwin"):
+        required.add(SDK_ENGINE)  # a required dependency wherever its wheel exists
+    return required
 
 
 def _engine(name: str) -> Engine:
@@ -49,6 +56,11 @@ def _engine(name: str) -> Engine:
 def engine(request: pytest.FixtureRequest) -> Engine:
     """Each engine in turn; a required engine that cannot load fails the test."""
     return _engine(request.param)
+
+
+def engine_named(name: str) -> Engine:
+    """The engine called ``name``; skips (or fails, when it is required) if it cannot load."""
+    return _engine(name)
 
 
 @pytest.fixture

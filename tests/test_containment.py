@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ALL_ENGINE_NAMES, ROOT, engine_named
 from wasm_plugins import PluginHost
 from wasm_plugins._units import MAX_DURATION
 from wasm_plugins.engine import Engine, FuncSignature, _wasmtime
@@ -91,6 +91,11 @@ def _reentrant_functions(target: list[Any]) -> tuple[HostFunction, ...]:
 
 
 class TestReentrancy:
+    @pytest.fixture(params=ALL_ENGINE_NAMES)
+    def engine(self, request: pytest.FixtureRequest) -> Engine:
+        """Every engine, wasmer-sdk (out of process) included."""
+        return engine_named(request.param)
+
     def test_reentrant_call_does_not_cross_results(self, engine: Engine) -> None:
         """A host function that calls the same plugin again on the same thread: the outer call
         still returns its own input, and the inner call its own."""
@@ -142,6 +147,11 @@ UNWINDING_ERRORS = [
 
 
 class TestUnwoundInstanceIsDiscarded:
+    @pytest.fixture(params=ALL_ENGINE_NAMES)
+    def engine(self, request: pytest.FixtureRequest) -> Engine:
+        """Every engine, wasmer-sdk (out of process) included."""
+        return engine_named(request.param)
+
     @pytest.mark.parametrize("error", UNWINDING_ERRORS)
     def test_host_failure_discards_the_instance(self, engine: Engine, error: Exception) -> None:
         """A host function failing halfway through the guest: the next call sees a fresh
@@ -170,6 +180,11 @@ LONE_SURROGATES = ["\ud800", "text \udfff end", {"key": "\udc80"}, ["\ud83d"]]
 
 
 class TestInputBlame:
+    @pytest.fixture(params=ALL_ENGINE_NAMES)
+    def engine(self, request: pytest.FixtureRequest) -> Engine:
+        """Every engine, wasmer-sdk (out of process) included."""
+        return engine_named(request.param)
+
     @pytest.mark.parametrize("value", LONE_SURROGATES)
     def test_lone_surrogate_is_a_caller_error(self, engine: Engine, value: Any) -> None:
         """A string the JSON codec cannot write as UTF-8 is refused before the guest runs, as
@@ -540,6 +555,11 @@ def _small_main_stack() -> None:
 
 
 class TestStackSafety:
+    @pytest.fixture(params=ALL_ENGINE_NAMES)
+    def engine(self, request: pytest.FixtureRequest) -> Engine:
+        """Every engine, wasmer-sdk (out of process) included."""
+        return engine_named(request.param)
+
     @pytest.mark.parametrize(
         ("where", "isolation"),
         # A worker's stack is its own main thread's: the host's ulimit -s, not a host thread's.

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CONFORMANCE, EXAMPLES
+from tests.conftest import ALL_ENGINE_NAMES, CONFORMANCE, EXAMPLES, engine_named
 from wasm_plugins.engine import CallBudget, Engine, FuncSignature, HostImport
 from wasm_plugins.errors import (
     CommunicationError,
@@ -30,6 +30,12 @@ from wasm_plugins.errors import (
 from wasm_plugins.sandbox import HostCall, HostFunction, Limits, Sandbox
 
 ABI = CONFORMANCE / "abi.wat"
+
+
+@pytest.fixture(params=ALL_ENGINE_NAMES)
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Every engine, wasmer-sdk (out of process) included."""
+    return engine_named(request.param)
 
 
 def assert_still_answers(sandbox: Sandbox) -> None:
@@ -361,7 +367,7 @@ class TestLimits:
             (Limits(timeout=1), "limits.timeout"),
             (Limits(fuel=10), "limits.fuel"),
         ):
-            if engine.features.timeout and engine.features.fuel:
+            if getattr(engine.features, field.removeprefix("limits.")):
                 Sandbox(ABI, engine=engine, limits=limits)
                 continue
             with pytest.raises(ConfigurationError) as caught:

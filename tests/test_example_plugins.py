@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import HOSTAPI, ROOT
+from tests.conftest import ALL_ENGINE_NAMES, HOSTAPI, ROOT, engine_named
 from wasm_plugins.engine import Engine, FuncSignature
 from wasm_plugins.errors import (
     CommunicationError,
@@ -581,6 +581,11 @@ def hostile(name: str) -> Path:
 
 
 class TestHostileManifests:
+    @pytest.fixture(params=ALL_ENGINE_NAMES)
+    def engine(self, request: pytest.FixtureRequest) -> Engine:
+        """Every engine, wasmer-sdk (out of process) included."""
+        return engine_named(request.param)
+
     @pytest.mark.parametrize("name", HOSTILE_PLUGINS)
     def test_module_matches_manifest(self, engine: Engine, name: str) -> None:
         """Each hostile module compiles and exports the ABI and every function of its manifest."""
@@ -642,6 +647,11 @@ class TestEndlessLoop:
 
 
 class TestMemoryBomb:
+    @pytest.fixture(params=ALL_ENGINE_NAMES)
+    def engine(self, request: pytest.FixtureRequest) -> Engine:
+        """Every engine, wasmer-sdk (out of process) included."""
+        return engine_named(request.param)
+
     def test_growth_stops_at_the_limit(self, engine: Engine) -> None:
         """Growing past 8 MiB is a memory limit error with the size asked for, not a bare trap."""
         sandbox = load(hostile("memory-bomb"), engine)
@@ -662,6 +672,11 @@ class TestMemoryBomb:
 
 
 class TestTrapper:
+    @pytest.fixture(params=ALL_ENGINE_NAMES)
+    def engine(self, request: pytest.FixtureRequest) -> Engine:
+        """Every engine, wasmer-sdk (out of process) included."""
+        return engine_named(request.param)
+
     @pytest.mark.parametrize(
         ("function", "trap", "innermost"),
         [
@@ -686,6 +701,11 @@ class TestTrapper:
 
 
 class TestBadOutput:
+    @pytest.fixture(params=ALL_ENGINE_NAMES)
+    def engine(self, request: pytest.FixtureRequest) -> Engine:
+        """Every engine, wasmer-sdk (out of process) included."""
+        return engine_named(request.param)
+
     def test_not_json(self, engine: Engine) -> None:
         """Output the JSON codec refuses is a communication error quoting it."""
         sandbox = load(hostile("bad-output"), engine)

@@ -1,6 +1,8 @@
-"""Engines: the protocol, the built-in adapters (wasmer, wasmtime) and the registry that picks one.
+"""Engines: the protocol, the built-in adapters (wasmer, wasmtime, wasmer-sdk) and the registry
+that picks one.
 
-``engine="auto"`` picks wasmer when it imports (CPython 3.10 and older), else wasmtime. The
+``engine="auto"`` picks wasmer when it imports (CPython 3.10 and older), else wasmtime; it never
+picks wasmer-sdk, which runs guests out of process (name it explicitly). The
 ``WASM_PLUGINS_ENGINE`` environment variable replaces ``auto``; a name given explicitly wins.
 """
 
@@ -11,6 +13,25 @@ import os
 import threading
 from collections.abc import Callable
 
+from wasm_plugins.engine._commands import (
+    OP_CALL,
+    OP_DATA,
+    OP_GLOBAL_GET,
+    OP_GLOBAL_SET,
+    OP_HELLO,
+    OP_HOSTCALL,
+    OP_LOG,
+    OP_READ,
+    OP_REPORT,
+    OP_RESULT,
+    OP_RETURN,
+    OP_SET_SCRATCH,
+    OP_VALUE,
+    OP_WRITE,
+    WasiCommand,
+    register_command_wrapper,
+    wrap_as_command,
+)
 from wasm_plugins.engine._meter import (
     CHUNK,
     FUEL_EXPORT,
@@ -46,6 +67,20 @@ __all__ = [
     "METER_FUNCTION",
     "METER_MODULE",
     "METER_SIGNATURE",
+    "OP_CALL",
+    "OP_DATA",
+    "OP_GLOBAL_GET",
+    "OP_GLOBAL_SET",
+    "OP_HELLO",
+    "OP_HOSTCALL",
+    "OP_LOG",
+    "OP_READ",
+    "OP_REPORT",
+    "OP_RESULT",
+    "OP_RETURN",
+    "OP_SET_SCRATCH",
+    "OP_VALUE",
+    "OP_WRITE",
     "CallBudget",
     "Engine",
     "EngineFeatures",
@@ -61,11 +96,14 @@ __all__ = [
     "LinkedModule",
     "MemoryImport",
     "Meter",
+    "WasiCommand",
     "WasiDirectory",
     "WasiSettings",
     "builtin_factories",
     "default_registry",
     "get_engine",
+    "register_command_wrapper",
+    "wrap_as_command",
 ]
 
 ENGINE_ENVIRONMENT_VARIABLE = "WASM_PLUGINS_ENGINE"
@@ -86,6 +124,13 @@ def _make_wasmtime() -> Engine:
     from wasm_plugins.engine._wasmtime import WasmtimeEngine  # noqa: PLC0415 lazy: start-up without wasmtime
 
     return WasmtimeEngine()
+
+
+@functools.cache
+def _make_wasmer_sdk() -> Engine:
+    from wasm_plugins.engine._wasmer_sdk import WasmerSdkEngine  # noqa: PLC0415 optional: wheels for Linux and macOS
+
+    return WasmerSdkEngine()
 
 
 class EngineRegistry:
@@ -183,11 +228,16 @@ def _install_hint(name: str) -> str:
         )
     if name == "wasmtime":
         return "pip install wasmtime"
+    if name == "wasmer-sdk":
+        return (
+            "pip install 'wasmer-sdk>=0.5,<0.6' (wheels for Linux and macOS, x86_64 and arm64), "
+            "or engine='wasmtime'"
+        )
     return f"install the package that provides the {name!r} engine"
 
 
 def builtin_factories() -> dict[str, Callable[[], Engine]]:
-    return {"wasmer": _make_wasmer, "wasmtime": _make_wasmtime}
+    return {"wasmer": _make_wasmer, "wasmtime": _make_wasmtime, "wasmer-sdk": _make_wasmer_sdk}
 
 
 def default_registry() -> EngineRegistry:

@@ -81,6 +81,9 @@ class EngineFeatures:
     """Fuel and timeouts are enforced by metering instrumentation rather than by the engine:
     the sandbox's metering pass rewrites the module, which is then compiled with ``fuel=True``
     (whether the budget has fuel, a timeout or both); the engine links the meter itself."""
+    max_call_depth: int | None = None
+    """With ``call_depth_by_instrumentation``: the bound to use when the engine's native stack
+    holds fewer frames than the sandbox's default bound (``None``: the default)."""
 
 
 @attrs.frozen

@@ -40,7 +40,11 @@ __all__ = ["DEFAULT_QUEUE_TIMEOUT", "ProcessSandbox"]
 DEFAULT_QUEUE_TIMEOUT = 30.0
 """Seconds a call may wait for a slot of its plugin's bulkhead and for an idle worker."""
 
-_BUILTIN_ADAPTERS = ("wasm_plugins.engine._wasmer", "wasm_plugins.engine._wasmtime")
+_BUILTIN_ADAPTERS = (
+    "wasm_plugins.engine._wasmer",
+    "wasm_plugins.engine._wasmtime",
+    "wasm_plugins.engine._wasmer_sdk",
+)
 
 
 class ProcessSandbox:

@@ -11,6 +11,7 @@ from wasm_plugins.sandbox._api import PluginSandbox
 from wasm_plugins.sandbox._binary import PAGE_SIZE
 from wasm_plugins.sandbox._cache import CacheStats, CompiledModule, ModuleCache, default_directory
 from wasm_plugins.sandbox._codec import Codec, get_codec
+from wasm_plugins.sandbox._command import wrap_command
 from wasm_plugins.sandbox._extism import (
     EXTISM_MODULE,
     EXTISM_USER_MODULE,
@@ -95,4 +96,5 @@ __all__ = [
     "refused_grow",
     "u32",
     "worker_served_functions",
+    "wrap_command",
 ]

@@ -377,8 +377,9 @@ class LoadedModule:
             and error.trap == "unreachable"
         ):
             depth = session.instance.read_global(DEPTH_EXPORT)
-            if depth is not None and depth & _MASK > MAX_DEPTH:
-                return stack_overflow(error, MAX_DEPTH)
+            bound = _max_depth(self.engine)
+            if depth is not None and depth & _MASK > bound:
+                return stack_overflow(error, bound)
         if self.grow_probe is None or not grow_may_explain(error):
             return error
         used = self.refused_grow(session)
@@ -461,7 +462,7 @@ def _preparation(engine: Engine, limits: Limits) -> dict[str, object]:
     only found for a module that passed them under the same limits."""
     return {
         "rewriter": REWRITER_VERSION,
-        "call_depth": MAX_DEPTH if engine.features.call_depth_by_instrumentation else None,
+        "call_depth": _max_depth(engine) if engine.features.call_depth_by_instrumentation else None,
         "memory": limits.memory,
         "memories": limits.memories,
         "table": limits.table,
@@ -525,12 +526,17 @@ def _instrumented(engine: Engine, prepared: PreparedModule, fuel: bool) -> Prepa
         ) from None
 
 
+def _max_depth(engine: Engine) -> int:
+    """The call-depth bound the sandbox's instrumentation uses on ``engine``."""
+    return engine.features.max_call_depth or MAX_DEPTH
+
+
 def _depth_bounded(engine: Engine, prepared: PreparedModule) -> PreparedModule:
     """The module with its call depth bounded, where the engine's own stack guard is costly."""
     if not engine.features.call_depth_by_instrumentation:
         return prepared
     try:
-        return attrs.evolve(prepared, wasm=bound_call_depth(prepared.wasm, MAX_DEPTH))
+        return attrs.evolve(prepared, wasm=bound_call_depth(prepared.wasm, _max_depth(engine)))
     except WasmBinaryError as exc:
         raise ModuleError(
             validation_errors=(ValidationIssue(message=exc.message, offset=exc.offset),),

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from wasm_plugins.engine import Engine, EngineModule, WasiSettings, get_engine
-from wasm_plugins.errors import ConfigurationError, PluginError
+from wasm_plugins.errors import ConfigurationError, InstanceError, PluginError
 from wasm_plugins.sandbox._abi import Session
 from wasm_plugins.sandbox._cache import ModuleCache
 from wasm_plugins.sandbox._codec import Codec, get_codec
@@ -114,6 +114,10 @@ class Sandbox:
                 engine if not isinstance(engine, str | None) else get_engine(engine)
             )
             self._engine_name = self.engine.name
+            # An engine that runs guests outside this process names its isolation.
+            isolation = getattr(self.engine, "isolation", None)
+            if isinstance(isolation, str):
+                self.isolation = isolation
             _check_in_process(self.engine, self.limits)
             self.loaded = LoadedModule.load(
                 source,
@@ -257,6 +261,12 @@ class Sandbox:
                 limits.max_output,
             )
         except PluginError as error:
+            if _evicted(error) and state is not None and not state.reentrant:
+                # The engine closed this instance's idle process to bound live processes, before
+                # the call touched the guest: the call runs on a fresh instance.
+                self._discard(state)
+                del state
+                return self.call_bytes(function, data)
             failure = self._failed(error, state, function, len(data))
             cause: BaseException | None = failure.__cause__
         except Exception as exc:
@@ -291,6 +301,10 @@ class Sandbox:
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.name!r} on {self.engine.name} ({len(self.functions)} functions)>"
+
+
+def _evicted(error: PluginError) -> bool:
+    return isinstance(error, InstanceError) and error.state == "evicted"
 
 
 def _check_in_process(engine: Engine, limits: Limits) -> None:

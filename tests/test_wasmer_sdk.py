@@ -1,0 +1,540 @@
+"""The wasmer-sdk engine: the command wrapper, the frame protocol, bad guests, limits and exit.
+
+The wrapper tests need only wasmtime (to validate what the wrapper makes); the rest run plugins
+in Wasmer SDK processes. Tests that could crash the interpreter run in a child process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+
+from tests.conftest import CONFORMANCE, ROOT, SDK_ENGINE, engine_named
+from wasm_plugins.engine import CallBudget, Engine, FuncSignature, WasiCommand, WasiSettings
+from wasm_plugins.errors import (
+    CommunicationError,
+    ConfigurationError,
+    DeadlineExceeded,
+    ExecutionError,
+    InstanceError,
+    ModuleError,
+)
+from wasm_plugins.sandbox import HostCall, HostFunction, Limits, Sandbox, u32, wrap_command
+
+ABI = CONFORMANCE / "abi.wat"
+PLUGIN_TYPE = FuncSignature(("i32", "i32"), ("i64",))
+
+
+def wat(text: str) -> bytes:
+    return bytes(wasmtime.wat2wasm(text))
+
+
+def valid(wasm: bytes) -> None:
+    wasmtime.Module.validate(wasmtime.Engine(), wasm)
+
+
+@pytest.fixture(scope="module")
+def sdk() -> Engine:
+    return engine_named(SDK_ENGINE)
+
+
+@pytest.fixture(scope="module")
+def abi_sandbox(sdk: Engine) -> Iterator[Sandbox]:
+    """One sandbox (one process) reused by the tests that only call it."""
+    sandbox = Sandbox(ABI, engine=sdk)
+    yield sandbox
+    sandbox.close()
+
+
+# -- the command wrapper ---------------------------------------------------------------------------
+
+ALLOC = """
+  (global $heap (mut i32) (i32.const 4096))
+  (func $alloc (export "wp_alloc") (param $n i32) (result i32) (local $p i32)
+    global.get $heap local.set $p
+    global.get $heap local.get $n i32.add global.set $heap
+    local.get $p)
+  (func (export "wp_free") (param i32 i32))
+"""
+
+
+class TestWrapper:
+    def test_wraps_the_conformance_module(self) -> None:
+        """The wrapped module validates, exports _start and serves every integer export."""
+        command = wrap_command(wat(ABI.read_text()))
+        valid(command.wasm)
+        names = [name for name, _ in command.functions]
+        assert {"wp_alloc", "wp_free", "echo", "trap_unreachable"} <= set(names)
+        assert dict(command.functions)["echo"] == PLUGIN_TYPE
+        exports = {e.name for e in wasmtime.Module(wasmtime.Engine(), command.wasm).exports}
+        assert "_start" in exports and "memory" in exports
+
+    def test_reactor_and_command_entry_points_are_dropped(self) -> None:
+        """_initialize (called first by the new _start) and a () -> () _start are not exported:
+        a wrapped module that still exported _initialize would run as a reactor."""
+        module = wat(f"""(module (memory (export "memory") 1) {ALLOC}
+          (func (export "_initialize")) (func (export "_start")))""")
+        command = wrap_command(module)
+        valid(command.wasm)
+        exports = [e.name for e in wasmtime.Module(wasmtime.Engine(), command.wasm).exports]
+        assert exports.count("_start") == 1 and "_initialize" not in exports
+        assert "_initialize" not in dict(command.functions)
+
+    def test_renumbers_calls_tables_globals_and_start(self) -> None:
+        """Host imports become defined functions: every function index is renumbered."""
+        module = wat(f"""(module
+          (import "wasm_plugins" "log" (func $log (param i32 i32 i32)))
+          (import "wasi_snapshot_preview1" "random_get" (func $rnd (param i32 i32) (result i32)))
+          (memory (export "memory") 1) {ALLOC}
+          (table 2 funcref) (elem (i32.const 0) $f $log)
+          (global $g funcref (ref.func $f))
+          (func $f (param i32 i32) (result i64)
+            (call $log (i32.const 0) (i32.const 0) (i32.const 0))
+            (i64.const 7))
+          (func $init (drop (call $rnd (i32.const 0) (i32.const 0))))
+          (start $init)
+          (export "f" (func $f)))""")
+        command = wrap_command(module)
+        valid(command.wasm)
+        assert command.host_imports == (
+            ("wasm_plugins", "log", FuncSignature(("i32", "i32", "i32"), ())),
+        )
+
+    @pytest.mark.parametrize(
+        ("reason", "module"),
+        [
+            ("no-memory-export", f'(module (memory 1) {ALLOC} (func (export "f")))'),
+            (
+                "start-export-type",
+                f'(module (memory (export "memory") 1) {ALLOC}'
+                ' (func (export "_start") (param i32)))',
+            ),
+            (
+                "unsupported-import",
+                '(module (import "env" "t" (table 1 funcref))'
+                f' (memory (export "memory") 1) {ALLOC})',
+            ),
+            (
+                "unsupported-import",
+                '(module (import "wasm_plugins" "x" (func (param f32)))'
+                f' (memory (export "memory") 1) {ALLOC})',
+            ),
+            ("no-scratch-allocator", '(module (memory (export "memory") 1))'),
+        ],
+    )
+    def test_unwrappable_modules_are_refused_with_the_reason(
+        self, reason: str, module: str
+    ) -> None:
+        with pytest.raises(ModuleError) as caught:
+            wrap_command(wat(module))
+        assert caught.value.validation_errors[0].message.startswith(reason)
+        assert reason in caught.value.message
+
+    def test_refused_at_load_through_the_sandbox(self, sdk: Engine) -> None:
+        """The sandbox reports the wrapper's refusal as a module error at load."""
+        module = f"""(module (memory (export "memory") 1) {ALLOC}
+          (func (export "_start") (param i32)))"""
+        with pytest.raises(ModuleError) as caught:
+            Sandbox(module, engine=sdk)
+        assert "start-export-type" in caught.value.message
+        assert caught.value.context is not None
+        assert caught.value.context.environment.engine == SDK_ENGINE
+
+
+# -- calls -----------------------------------------------------------------------------------------
+
+
+class TestCalls:
+    def test_calls_and_errors_name_the_engine_and_isolation(self, abi_sandbox: Sandbox) -> None:
+        assert abi_sandbox.call("echo", {"a": [1, 2]}) == {"a": [1, 2]}
+        with pytest.raises(ExecutionError) as caught:
+            abi_sandbox.call("trap_unreachable")
+        assert caught.value.trap == "unreachable"
+        environment = caught.value.context.environment  # type: ignore[union-attr]
+        assert (environment.engine, environment.isolation) == (SDK_ENGINE, "sdk-process")
+        assert abi_sandbox.call("upper", "ok") == "OK"
+
+    def test_large_output_beyond_the_prefetch(self, abi_sandbox: Sandbox) -> None:
+        """Output larger than what comes back with the result is read with a frame of its own."""
+        from wasm_plugins.engine._wasmer_sdk import PREFETCH
+
+        text = "ab" * (PREFETCH // 2 + 10)
+        assert abi_sandbox.call("upper", text) == text.upper()
+
+    def test_called_from_a_running_event_loop(self, abi_sandbox: Sandbox) -> None:
+        """The SDK runs on a private loop, never on the caller's."""
+
+        async def main() -> Any:
+            return abi_sandbox.call("echo", [3])
+
+        assert asyncio.run(main()) == [3]
+
+    def test_serialized_module_round_trip(self, sdk: Engine) -> None:
+        module = sdk.compile(sdk.wat_to_wasm(ABI.read_text()))
+        again = sdk.deserialize(module.serialize())
+        assert [e.name for e in again.exports] == [e.name for e in module.exports]
+
+    def test_fuel_is_refused(self, sdk: Engine) -> None:
+        with pytest.raises(ConfigurationError) as caught:
+            Sandbox(ABI, engine=sdk, limits=Limits(fuel=1000))
+        assert caught.value.field == "limits.fuel"
+
+    def test_extism_plugins_are_refused(self, sdk: Engine) -> None:
+        module = """(module (import "extism:host/env" "input_length" (func (result i64)))
+          (memory (export "memory") 1) (func (export "run") (result i32) (i32.const 0)))"""
+        with pytest.raises(ConfigurationError) as caught:
+            Sandbox(module, engine=sdk)
+        assert "wasmtime" in (caught.value.suggestion or "")
+
+
+PRINTER = f"""(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))
+  (memory (export "memory") 1) {ALLOC}
+  (data (i32.const 100) "to stdout\\n")
+  (data (i32.const 200) "to stderr\\n")
+  (func $print (param $fd i32) (param $p i32) (param $n i32)
+    (i32.store (i32.const 0) (local.get $p)) (i32.store (i32.const 4) (local.get $n))
+    (drop (call $w (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "print") (param $p i32) (param $n i32) (result i64)
+    (call $print (i32.const 1) (i32.const 100) (i32.const 10))
+    (call $print (i32.const 2) (i32.const 200) (i32.const 10))
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $p)) (i64.const 32))
+            (i64.extend_i32_u (local.get $n))))
+  (func (export "read_stdin") (param $p i32) (param $n i32) (result i64)
+    ;; The guest's stdin carries the host's frames: it reads as empty.
+    (i32.store (i32.const 0) (i32.const 300)) (i32.store (i32.const 4) (i32.const 16))
+    (i32.store (i32.const 8) (i32.const 99))
+    (drop (call $r (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store8 (i32.const 300) (i32.add (i32.const 48) (i32.load (i32.const 8))))
+    (i64.const 0x12c00000001))
+  (func (export "exit") (param i32 i32) (result i64) (call $exit (i32.const 3)) (i64.const 0))
+  (func (export "close_stdout") (param i32 i32) (result i64)
+    (drop (call $close (i32.const 1))) (i64.const 0))
+)"""
+
+
+@pytest.fixture(scope="module")
+def printer(sdk: Engine) -> Iterator[tuple[Sandbox, list[tuple[str, bytes]]]]:
+    lines: list[tuple[str, bytes]] = []
+    sandbox = Sandbox(
+        PRINTER,
+        engine=sdk,
+        codec="raw",
+        capabilities=["wasi"],
+        wasi=WasiSettings(output=lambda stream, data: lines.append((stream, data))),
+    )
+    yield sandbox, lines
+    sandbox.close()
+
+
+class TestGuestOutput:
+    def test_printing_keeps_the_framing_and_reaches_the_output(
+        self, printer: tuple[Sandbox, list[tuple[str, bytes]]]
+    ) -> None:
+        sandbox, lines = printer
+        lines.clear()
+        assert sandbox.call("print", b"answer") == b"answer"
+        assert lines == [("stdout", b"to stdout\n"), ("stderr", b"to stderr\n")]
+
+    def test_guest_stdin_reads_as_empty(
+        self, printer: tuple[Sandbox, list[tuple[str, bytes]]]
+    ) -> None:
+        sandbox, _ = printer
+        assert sandbox.call("read_stdin", b"x") == b"0"
+
+    def test_exit_mid_call_is_an_instance_error_and_the_process_is_replaced(
+        self, printer: tuple[Sandbox, list[tuple[str, bytes]]]
+    ) -> None:
+        sandbox, _ = printer
+        with pytest.raises(InstanceError) as caught:
+            sandbox.call("exit", b"")
+        assert caught.value.exit_code == 3
+        assert sandbox.call("print", b"again") == b"again"
+
+    def test_closing_stdout_is_a_typed_error(
+        self, printer: tuple[Sandbox, list[tuple[str, bytes]]]
+    ) -> None:
+        sandbox, _ = printer
+        with pytest.raises((InstanceError, CommunicationError)):
+            sandbox.call("close_stdout", b"")
+        assert sandbox.call("print", b"again") == b"again"
+
+
+# -- a guest that breaks the protocol -------------------------------------------------------------
+
+HELLO = r"\0b\00\00\00\08\00\00\00\01\00\00\00\00\00\00\00"
+
+
+def raw_command(behaviour: str, data: str = "") -> bytes:
+    """A WASI command that says hello like the wrapper, waits for a frame, then misbehaves."""
+    return wat(f"""(module
+      (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+      (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1)
+      (data (i32.const 64) "{HELLO}")
+      (data (i32.const 128) "{data}")
+      (func $out (param $p i32) (param $n i32)
+        (i32.store (i32.const 0) (local.get $p)) (i32.store (i32.const 4) (local.get $n))
+        (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+      (func $wait (result i32)
+        (i32.store (i32.const 16) (i32.const 1024)) (i32.store (i32.const 20) (i32.const 4096))
+        (drop (call $r (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 24)))
+        (i32.load (i32.const 24)))
+      (func (export "_start")
+        (call $out (i32.const 64) (i32.const 16))
+        (drop (call $wait))
+        {behaviour}
+        ;; then hang on stdin until it closes
+        (loop $l (br_if $l (call $wait)))))""")
+
+
+def raw_instance(sdk: Engine, wasm: bytes, timeout: float | None = None) -> Any:
+    from wasm_plugins.engine._module_types import read_module_types
+    from wasm_plugins.engine._wasmer_sdk import SdkModule
+
+    command = WasiCommand(wasm=wasm, functions=(("f", PLUGIN_TYPE),), globals=(), host_imports=())
+    module = SdkModule(sdk, command, read_module_types(wasm))  # type: ignore[arg-type]
+    return module.instantiate([], CallBudget(timeout=timeout))
+
+
+class TestBrokenProtocol:
+    @pytest.mark.parametrize(
+        ("behaviour", "data", "error"),
+        [
+            ("(call $out (i32.const 128) (i32.const 8))", r"\63\00\00\00\00\00\00\00", "kind 99"),
+            ("(call $out (i32.const 128) (i32.const 8))", r"\02\00\00\00\ff\ff\ff\7f", "announces"),
+            ("(call $out (i32.const 128) (i32.const 9))", r"\02\00\00\00\01\00\00\00Z", "short"),
+        ],
+    )
+    def test_garbage_frames_are_communication_errors(
+        self, sdk: Engine, behaviour: str, data: str, error: str
+    ) -> None:
+        instance = raw_instance(sdk, raw_command(behaviour, data))
+        with pytest.raises(CommunicationError) as caught:
+            instance.call_abi(instance.export_function("f"), 0, 0)
+        assert error in caught.value.message
+        assert caught.value.channel == "guest-process"
+        with pytest.raises(InstanceError):  # the process is gone: the instance says so
+            instance.call_abi(instance.export_function("f"), 0, 0)
+
+    @pytest.mark.parametrize(
+        "behaviour",
+        ["(drop (call $close (i32.const 1)))", "(call $exit (i32.const 9))"],
+        ids=["closes-stdout", "exits"],
+    )
+    def test_dead_pipes_are_instance_errors(self, sdk: Engine, behaviour: str) -> None:
+        instance = raw_instance(sdk, raw_command(behaviour))
+        with pytest.raises(InstanceError):
+            instance.call_abi(instance.export_function("f"), 0, 0)
+
+    def test_a_silent_guest_is_stopped_at_the_deadline(self, sdk: Engine) -> None:
+        """A guest that keeps its pipes open and never answers: the read has the deadline."""
+        instance = raw_instance(sdk, raw_command(""), timeout=0.2)
+        instance.arm()
+        with pytest.raises(DeadlineExceeded):
+            instance.call_abi(instance.export_function("f"), 0, 0)
+
+    def test_garbage_instead_of_hello_is_refused_at_instantiation(self, sdk: Engine) -> None:
+        hello = b"\x0b\x00\x00\x00\x08\x00\x00\x00"
+        wasm = raw_command("").replace(hello, b"\xff" * 8)
+        with pytest.raises(CommunicationError):
+            raw_instance(sdk, wasm, timeout=30)
+
+
+# -- limits ----------------------------------------------------------------------------------------
+
+
+class TestLimits:
+    def test_endless_loop_times_out_and_the_next_call_gets_a_fresh_process(
+        self, sdk: Engine
+    ) -> None:
+        sandbox = Sandbox(ABI, engine=sdk, limits=Limits(timeout="300 ms"))
+        first = sandbox._state().session.instance
+        with pytest.raises(DeadlineExceeded) as caught:
+            sandbox.call("loop_forever")
+        assert caught.value.limit == pytest.approx(0.3)
+        assert sandbox.call("echo", 1) == 1
+        assert sandbox._state().session.instance is not first
+
+    def test_live_processes_are_bounded_least_recently_used_first(
+        self, sdk: Engine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from wasm_plugins.engine._wasmer_sdk import live_processes
+
+        monkeypatch.setenv("WASM_PLUGINS_SDK_MAX_PROCESSES", "2")
+        sandboxes = [Sandbox(ABI, engine=sdk) for _ in range(3)]
+        for sandbox in sandboxes:
+            assert sandbox.call("echo", "x") == "x"
+        assert live_processes() <= 2
+        # The first was closed (least recently used): its next call runs on a fresh process.
+        assert sandboxes[0].call("echo", "again") == "again"
+        assert live_processes() <= 2
+        for sandbox in sandboxes:
+            sandbox.close()
+
+
+# -- host functions --------------------------------------------------------------------------------
+
+REVERSER = f"""(module
+  (import "test" "reverse" (func $reverse (param i32 i32) (result i32)))
+  (memory (export "memory") 1) {ALLOC}
+  (func (export "reverse") (param $p i32) (param $n i32) (result i64)
+    (drop (call $reverse (local.get $p) (local.get $n)))
+    (i64.or (i64.shl (i64.extend_i32_u (local.get $p)) (i64.const 32))
+            (i64.extend_i32_u (local.get $n)))))"""
+
+
+def _reverse(call: HostCall, ptr: int, length: int) -> int:
+    data = call.memory.read(u32(ptr), u32(length))
+    if data == b"fail":
+        raise RuntimeError("the host function failed")
+    call.memory.write(u32(ptr), data[::-1])
+    return len(data)
+
+
+REVERSE = HostFunction("test", "reverse", FuncSignature(("i32", "i32"), ("i32",)), _reverse)
+
+
+class TestHostFunctions:
+    def test_host_function_reads_and_writes_guest_memory(self, sdk: Engine) -> None:
+        sandbox = Sandbox(REVERSER, engine=sdk, codec="raw", host_functions=[REVERSE])
+        assert sandbox.call("reverse", b"abcdef") == b"fedcba"
+
+    def test_failing_host_function_replaces_the_process(self, sdk: Engine) -> None:
+        sandbox = Sandbox(REVERSER, engine=sdk, codec="raw", host_functions=[REVERSE])
+        with pytest.raises(ExecutionError):
+            sandbox.call("reverse", b"fail")
+        assert sandbox.call("reverse", b"ok") == b"ko"
+
+
+# -- exit ------------------------------------------------------------------------------------------
+
+EXIT_CHILD = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from pathlib import Path
+from wasm_plugins.sandbox import Sandbox
+
+sandbox = Sandbox(Path({str(ABI)!r}), engine="wasmer-sdk")
+assert sandbox.call("echo", 1) == 1
+try:
+    sandbox.call("trap_unreachable")
+except Exception:
+    pass
+
+class Cycle:
+    pass
+
+cycle = Cycle()
+cycle.cycle = cycle
+cycle.sandbox = Sandbox(Path({str(ABI)!r}), engine="wasmer-sdk")
+assert cycle.sandbox.call("echo", 2) == 2
+del cycle
+print("done")
+"""
+
+
+@pytest.mark.slow
+def test_exit_after_using_the_engine_is_clean(sdk: Engine, tmp_path: Path) -> None:
+    """SDK objects left in reference cycles are closed at exit, not by the final collection
+    (which made a tokio thread call into a finalizing interpreter and abort). The SDK's
+    compiled modules go to the framework's cache directory, not the working directory."""
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(EXIT_CHILD)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "FATAL" not in done.stderr
+        assert done.stdout.strip() == "done"
+        assert not (tmp_path / ".wasmer").exists()
+
+
+ENVIRON = f"""(module
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $get (param i32 i32) (result i32)))
+  (memory (export "memory") 1) {ALLOC}
+  (func (export "environ") (param i32 i32) (result i64)
+    (drop (call $sizes (i32.const 0) (i32.const 4)))
+    (drop (call $get (i32.const 16) (i32.const 1024)))
+    (i64.or (i64.const 0x40000000000) (i64.extend_i32_u (i32.load (i32.const 4))))))"""
+
+
+def test_wasi_environment_reaches_the_guest(sdk: Engine) -> None:
+    """The granted environment is the SDK process's environment, and nothing else is."""
+    sandbox = Sandbox(
+        ENVIRON,
+        engine=sdk,
+        codec="raw",
+        capabilities=["wasi"],
+        wasi=WasiSettings(environment=(("GREETING", "hello"),)),
+    )
+    variables = sandbox.call("environ", b"").split(b"\0")
+    assert b"GREETING=hello" in variables
+    assert not any(v.startswith(b"PATH=") or v.startswith(b"HOME=") for v in variables)
+
+
+REACTOR = f"""(module
+  (memory (export "memory") 1) {ALLOC}
+  (global $ready (mut i32) (i32.const 0))
+  (data (i32.const 100) "0123")
+  (func (export "_initialize") (global.set $ready (i32.const 2)))
+  (func (export "ready") (param i32 i32) (result i64)
+    (i64.or (i64.const 0x6400000000) (i64.extend_i32_u (global.get $ready)))))"""
+
+
+def test_a_reactor_module_runs_and_is_initialized(sdk: Engine) -> None:
+    """A module exporting _initialize is served (the SDK would run it as a reactor, and spawning
+    it would hang), and _initialize runs before the first call."""
+    sandbox = Sandbox(REACTOR, engine=sdk, codec="raw")
+    assert sandbox.call("ready", b"") == b"01"
+
+
+SPINNER = f"""(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1) {ALLOC}
+  (data (i32.const 100) "spinning")
+  (func (export "spin") (param i32 i32) (result i64)
+    (i32.store (i32.const 0) (i32.const 100)) (i32.store (i32.const 4) (i32.const 8))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (loop $l (br $l))
+    (i64.const 0)))"""
+
+
+def test_a_watched_call_is_cancelled_and_the_process_replaced(sdk: Engine) -> None:
+    """Cancelling a running call (as an awaited call's cancellation does) kills its process."""
+    from wasm_plugins.errors import CallCancelled
+
+    cancelled = threading.Event()
+    sandbox = Sandbox(
+        SPINNER,
+        engine=sdk,
+        codec="raw",
+        capabilities=["wasi"],
+        # The guest's first output says it is running: the cancellation comes mid-call.
+        wasi=WasiSettings(output=lambda stream, data: cancelled.set()),
+    )
+    assert sandbox.watch(cancelled)
+    with pytest.raises(CallCancelled):
+        sandbox.call("spin", b"")
+    sandbox.watch(None)
+    cancelled.clear()
+    assert sandbox.instances == 0
