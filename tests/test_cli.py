@@ -496,6 +496,23 @@ class TestDoctor:
         assert f"auto picks: {default_registry().resolve_name('auto')} (" in engines
         assert f"Python    {sys.version.split()[0]}" in out
 
+    def test_says_which_wasmer_it_would_use_and_why(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """doctor names the engine ``engine="wasmer"`` runs here, and why that one."""
+        registry = default_registry()
+        choice = registry.resolve_name("wasmer")
+        _, out, _ = run(capsys, "doctor")
+        wasmer = [line for line in section(out, "Engines").splitlines() if "wasmer picks" in line]
+        assert len(wasmer) == 1
+        assert wasmer[0].startswith(f"wasmer picks: {choice} (")
+        if choice == "wasmer-sdk":
+            reason = registry.availability()["wasmer"]
+            assert reason is not None
+            assert reason in wasmer[0]
+        _, out, _ = run(capsys, "doctor", "--json")
+        assert json.loads(out)["wasmer"]["choice"] == choice
+
     def test_environment_and_plugins(
         self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:

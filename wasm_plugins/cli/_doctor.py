@@ -18,7 +18,7 @@ from wasm_plugins._tables import fields, table
 from wasm_plugins._version import __version__
 from wasm_plugins.cli._format import dump, emit
 from wasm_plugins.discovery import DISABLE_ENVIRONMENT_VARIABLE
-from wasm_plugins.engine import ENGINE_ENVIRONMENT_VARIABLE
+from wasm_plugins.engine import ENGINE_ENVIRONMENT_VARIABLE, EngineRegistry
 from wasm_plugins.errors import ConfigurationError
 from wasm_plugins.host import PluginHost
 
@@ -33,6 +33,7 @@ PACKAGES = (
     "wasmtime",
     "wasmer",
     "wasmer-compiler-cranelift",
+    "wasmer-sdk",
     "opentelemetry-api",
     "prometheus-client",
     "sentry-sdk",
@@ -90,7 +91,22 @@ def _engines(host: PluginHost) -> dict[str, Any]:
     return {
         "engines": engines,
         "auto": {"choice": choice, "source": source, "problem": auto_problem},
+        "wasmer": _wasmer_choice(registry, availability),
     }
+
+
+def _wasmer_choice(registry: EngineRegistry, availability: dict[str, str | None]) -> dict[str, Any]:
+    """Which engine ``engine="wasmer"`` runs here, and why that one."""
+    choice = registry.resolve_name("wasmer")
+    problem = availability.get(choice, f"unknown engine {choice!r}")
+    if problem is not None:
+        why = f"no Wasmer loads here: {problem}"
+    elif choice == "wasmer":
+        why = "the wasmer 1.1 binding imports: in-process"
+    else:
+        binding = availability.get("wasmer") or "not registered"
+        why = f"the wasmer 1.1 binding does not load here: {binding}; a process per instance"
+    return {"choice": choice, "why": why, "problem": problem}
 
 
 def examine(discover: Callable[[], PluginHost]) -> dict[str, Any]:
@@ -154,7 +170,7 @@ def diagnose(out: TextIO, discover: Callable[[], PluginHost], as_json: bool = Fa
             )
         else:
             rows.append((engine["name"], "no", "-", f"not available: {engine['reason']}"))
-    emit(out, table(("ENGINE", "AVAILABLE", "VERSION", "ENFORCES IN-PROCESS"), rows, "  "))
+    emit(out, table(("ENGINE", "AVAILABLE", "VERSION", "ENFORCES"), rows, "  "))
     if auto["choice"] is None:
         out.write(f"  auto picks: nothing - {auto['problem']}\n")
     elif auto["problem"] is not None:
@@ -164,6 +180,8 @@ def diagnose(out: TextIO, discover: Callable[[], PluginHost], as_json: bool = Fa
         )
     else:
         out.write(f"  auto picks: {auto['choice']} ({auto['source']})\n")
+    wasmer = found["wasmer"]
+    out.write(f"  wasmer picks: {wasmer['choice']} ({wasmer['why']})\n")
     out.write("\nEnvironment\n")
     emit(
         out,

@@ -1,9 +1,11 @@
 """Engines: the protocol, the built-in adapters (wasmer, wasmtime, wasmer-sdk) and the registry
 that picks one.
 
-``engine="auto"`` picks wasmer when it imports (CPython 3.10 and older), else wasmtime; it never
-picks wasmer-sdk, which runs guests out of process (name it explicitly). The
-``WASM_PLUGINS_ENGINE`` environment variable replaces ``auto``; a name given explicitly wins.
+``engine="auto"`` picks an in-process engine that enforces every limit: wasmer (the 1.1 binding)
+when it imports (CPython 3.10 and older), else wasmtime; wasmer-sdk, which runs guests out of
+process, only when neither loads. ``engine="wasmer"`` is the fastest Wasmer that runs here: the
+1.1 binding where it imports, else wasmer-sdk. The ``WASM_PLUGINS_ENGINE`` environment variable
+replaces ``auto``; a name given explicitly wins.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ __all__ = [
     "OP_SET_SCRATCH",
     "OP_VALUE",
     "OP_WRITE",
+    "WASMER_ORDER",
     "CallBudget",
     "Engine",
     "EngineFeatures",
@@ -108,6 +111,9 @@ __all__ = [
 
 ENGINE_ENVIRONMENT_VARIABLE = "WASM_PLUGINS_ENGINE"
 AUTO_ORDER = ("wasmer", "wasmtime")
+WASMER_ORDER = ("wasmer", "wasmer-sdk")
+"""What ``engine="wasmer"`` stands for, in order: the in-process 1.1 binding where it imports,
+else the Wasmer SDK (a process per instance, every CPython 3)."""
 
 
 # The built-in engines are shared by every registry (and so every host) of the process: an engine
@@ -157,28 +163,38 @@ class EngineRegistry:
         """For every engine: ``None`` when it loads, else why it does not."""
         result: dict[str, str | None] = {}
         for name in self._factories:
+            # Each engine by its own name: not get(), where "wasmer" may stand for wasmer-sdk.
             try:
-                self.get(name)
+                loaded = self._load(name)
             except ConfigurationError as exc:
-                result[name] = self._failures.get(name, exc.message)
+                result[name] = exc.message
             else:
-                result[name] = None
+                result[name] = None if loaded is not None else self._failures[name]
         return result
 
     def resolve_name(self, name: str | None = "auto") -> str:
         """The engine ``name`` stands for, ``auto`` and the environment variable resolved."""
         if name in (None, "auto"):
             name = os.environ.get(ENGINE_ENVIRONMENT_VARIABLE) or "auto"
+        if name == "wasmer":
+            return self._first_loading(WASMER_ORDER) or name
         if name != "auto":
             return name
-        for candidate in (*AUTO_ORDER, *self._factories):
-            if candidate in self._factories and self._load(candidate) is not None:
-                return candidate
+        choice = self._first_loading((*AUTO_ORDER, *self._factories))
+        if choice is not None:
+            return choice
         raise ConfigurationError(
             field="engine",
             message="Invalid configuration: engine - no WebAssembly engine can be loaded",
             suggestion="install wasmtime (pip install wasmtime)",
         )
+
+    def _first_loading(self, names: tuple[str, ...]) -> str | None:
+        """The first of ``names`` registered here that loads."""
+        for candidate in names:
+            if candidate in self._factories and self._load(candidate) is not None:
+                return candidate
+        return None
 
     def get(self, name: str | None = "auto") -> Engine:
         """The engine called ``name`` (or the ``auto`` choice).
@@ -223,8 +239,9 @@ class EngineRegistry:
 def _install_hint(name: str) -> str:
     if name == "wasmer":
         return (
-            "wasmer 1.1 has wheels for CPython 3.10 and older only: use Python 3.10 with "
-            "'pip install wasmer wasmer-compiler-cranelift', or engine='wasmtime'"
+            "engine='wasmer' runs the wasmer 1.1 binding where it installs (CPython 3.10 and "
+            "older: 'pip install wasmer wasmer-compiler-cranelift'), else wasmer-sdk "
+            "(Linux and macOS: pip install 'wasmer-sdk>=0.5,<0.6'); or use engine='wasmtime'"
         )
     if name == "wasmtime":
         return "pip install wasmtime"
