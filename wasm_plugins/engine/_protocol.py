@@ -80,7 +80,8 @@ class EngineFeatures:
     metering_by_instrumentation: bool = False
     """Fuel and timeouts are enforced by metering instrumentation rather than by the engine:
     the sandbox's metering pass rewrites the module, which is then compiled with ``fuel=True``
-    (whether the budget has fuel, a timeout or both); the engine links the meter itself."""
+    (whether the budget has fuel, a timeout or both, unless ``metering_timeouts`` is False); the
+    engine links the meter itself."""
     metering_timeouts: bool = True
     """With ``metering_by_instrumentation``: timeouts are enforced by the metered module too (the
     guest visits the meter about every millisecond). False for an engine that stops a guest at

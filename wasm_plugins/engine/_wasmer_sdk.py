@@ -7,7 +7,10 @@ from stdin and answers on stdout. An instance is one long-lived process; its cal
 serialised. Host functions become ``HOSTCALL`` frames answered by this process, on the calling
 thread (a host function may read and write guest memory: the guest serves ``READ`` and
 ``WRITE`` frames until the host's ``RETURN``). The guest's writes to its stdout and stderr become
-``LOG`` frames, handed to the WASI output callback.
+``LOG`` frames, handed to the WASI output callback. Fuel comes from the sandbox's metering pass:
+the metered module's meter is one more host call, answered by a :class:`Meter` armed with the
+whole fuel budget, so the guest asks only when it is spent (the meter then raises, and the
+process is replaced); deadlines stay with the process kill.
 
 The SDK is asyncio-based. One private event loop runs in one daemon thread per host process,
 shared by every instance, with one Wasmer client; coroutines are submitted to it from the
