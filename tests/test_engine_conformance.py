@@ -365,7 +365,7 @@ class TestLimits:
         """An engine that cannot enforce a limit in-process refuses it at load, saying why."""
         for limits, field in (
             (Limits(timeout=1), "limits.timeout"),
-            (Limits(fuel=10), "limits.fuel"),
+            (Limits(fuel=10_000), "limits.fuel"),
         ):
             if getattr(engine.features, field.removeprefix("limits.")):
                 Sandbox(ABI, engine=engine, limits=limits)

@@ -363,6 +363,50 @@ class TestBrokenProtocol:
 # -- limits ----------------------------------------------------------------------------------------
 
 
+BURN_CHILD = f"""
+import asyncio, sys, threading, time
+sys.path.insert(0, {str(ROOT)!r})
+from pathlib import Path
+from wasm_plugins import PluginHost
+from wasm_plugins.errors import DeadlineExceeded
+from wasm_plugins.sandbox import Limits, Sandbox
+
+sandbox = Sandbox(Path({str(ABI)!r}), engine="wasmer-sdk", limits=Limits(timeout=0.1))
+for _ in range(3):
+    try:
+        sandbox.call("loop_forever")
+    except DeadlineExceeded:
+        pass
+    else:
+        raise AssertionError("the endless loop returned")
+
+async def cancel_one():
+    with PluginHost(engine="wasmer-sdk") as host:
+        host.load({{"name": "abi", "module": {{"path": {str(ABI)!r}}}}})
+        call = asyncio.ensure_future(host.acall("abi", "loop_forever"))
+        await asyncio.sleep(0.2)
+        call.cancel()
+        try:
+            await call
+        except asyncio.CancelledError:
+            pass
+
+asyncio.run(cancel_one())
+wall, used = time.perf_counter(), time.process_time()
+threading.Event().wait(0.5)
+print((time.process_time() - used) / (time.perf_counter() - wall))
+"""
+
+
+def run_child(code: str) -> float:
+    """Run ``code`` in a child process (a crash fails the test) and read its last line."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return float(result.stdout.strip().splitlines()[-1])
+
+
 class TestLimits:
     def test_endless_loop_times_out_and_the_next_call_gets_a_fresh_process(
         self, sdk: Engine
@@ -374,6 +418,15 @@ class TestLimits:
         assert caught.value.limit == pytest.approx(0.3)
         assert sandbox.call("echo", 1) == 1
         assert sandbox._state().session.instance is not first
+
+    def test_a_timed_out_guest_stops_computing(self) -> None:
+        """Killing the SDK process does not stop a guest that computes (it runs on a thread of
+        the SDK's runtime in this process): every module is metered on this engine, so the guest
+        asks the host for more fuel at least every slice, and a guest whose process is gone
+        stops there. Three timed-out endless loops and a cancelled one, then this process burns
+        next to no CPU (a guest still computing would burn a core)."""
+        rate = run_child(BURN_CHILD)
+        assert rate < 0.2, f"{rate:.2f} CPU seconds per second after the calls ended"
 
     def test_live_processes_are_bounded_least_recently_used_first(
         self, sdk: Engine, monkeypatch: pytest.MonkeyPatch
@@ -470,11 +523,18 @@ class TestFuel:
             timed.call("loop_forever")
         assert timed.call("echo", 2) == 2
 
-    def test_a_timeout_alone_is_not_metered(self, sdk: Engine) -> None:
-        """Deadlines stay with the process kill: no metered module, no visits to the host."""
-        assert not compiled_with_fuel(sdk, Limits(timeout=1.0))
-        assert compiled_with_fuel(sdk, Limits(fuel=1000))
-        assert compiled_with_fuel(sdk, Limits(fuel=1000, timeout=1.0))
+    def test_every_module_is_compiled_metered(self, sdk: Engine) -> None:
+        """Whatever the limits, the sandbox meters the module for this engine (before it
+        bounds the call depth, whose check must open every body)."""
+        for limits in (Limits(), Limits(timeout=1.0), Limits(fuel=1000, timeout=1.0)):
+            assert compiled_with_fuel(sdk, limits)
+
+    def test_stack_overflow_is_named_with_fuel(self, sdk: Engine) -> None:
+        """Metering and the call-depth bound together: the overflow is still a stack overflow."""
+        sandbox = Sandbox(ABI, engine=sdk, limits=Limits(fuel=10**12))
+        with pytest.raises(ExecutionError) as caught:
+            sandbox.call("trap_stack_overflow")
+        assert caught.value.trap == "stack_overflow"
 
     def test_start_function_is_stopped(self, sdk: Engine) -> None:
         with pytest.raises(ResourceLimitExceeded) as caught:
@@ -549,10 +609,20 @@ class TestFuel:
         assert instance.fuel_consumed() is None
 
     def test_unmetered_module_refuses_fuel(self, sdk: Engine) -> None:
+        """``fuel=True`` promises a module the sandbox metered: an unmetered one is refused."""
         with pytest.raises(ConfigurationError):
             sdk.compile(wat(SPIN), fuel=True)
-        with pytest.raises(ConfigurationError):
-            sdk.compile(wat(SPIN)).instantiate([], CallBudget(fuel=1000))
+
+    def test_a_module_compiled_without_fuel_is_metered_all_the_same(self, sdk: Engine) -> None:
+        """Every module is metered on this engine (so that a guest whose process was killed
+        stops computing): one compiled without ``fuel`` runs under a fuel budget too, and its
+        meter is not among the imports the sandbox links."""
+        module = sdk.compile(wat(ABI.read_text()))
+        assert all(item.module != "__wasm_plugins_meter" for item in module.imports)
+        instance = module.instantiate([], CallBudget(fuel=100_000))
+        instance.arm()
+        with pytest.raises(ResourceLimitExceeded):
+            instance.call_abi(instance.export_function("loop_forever"), 0, 0)
 
 
 class TestHostFunctions:

@@ -31,7 +31,9 @@ from wasm_plugins.engine._commands import (
     OP_VALUE,
     OP_WRITE,
     WasiCommand,
+    metered_module,
     register_command_wrapper,
+    register_metering_pass,
     wrap_as_command,
 )
 from wasm_plugins.engine._meter import (
@@ -105,7 +107,9 @@ __all__ = [
     "builtin_factories",
     "default_registry",
     "get_engine",
+    "metered_module",
     "register_command_wrapper",
+    "register_metering_pass",
     "wrap_as_command",
 ]
 

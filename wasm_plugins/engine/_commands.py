@@ -32,7 +32,9 @@ __all__ = [
     "OP_VALUE",
     "OP_WRITE",
     "WasiCommand",
+    "metered_module",
     "register_command_wrapper",
+    "register_metering_pass",
     "wrap_as_command",
 ]
 
@@ -94,3 +96,32 @@ def wrap_as_command(wasm: bytes) -> WasiCommand:
             "WASI commands",
         )
     return wrapper(wasm)
+
+
+MeteringPass = Callable[[bytes], bytes]
+_METERING: list[MeteringPass] = []
+
+
+def register_metering_pass(metering: MeteringPass) -> None:
+    """Install the metering pass (the sandbox does, when it is imported): an engine that runs
+    every module metered (wasmer-sdk) meters a module compiled without it."""
+    with _LOCK:
+        _METERING[:] = [metering]
+
+
+def metered_module(wasm: bytes) -> bytes:
+    """The module with its fuel metered by the registered pass.
+
+    :raises ModuleError: when the pass cannot meter it (the reason is named).
+    :raises ConfigurationError: when no pass is registered.
+    """
+    with _LOCK:
+        metering = _METERING[0] if _METERING else None
+    if metering is None:
+        raise ConfigurationError(
+            field="engine",
+            message="Invalid configuration: engine - no metering pass is registered",
+            suggestion="import wasm_plugins.sandbox before compiling for an engine that meters "
+            "every module",
+        )
+    return metering(wasm)

@@ -59,6 +59,8 @@ class Meter:
 
     __slots__ = (
         "_armed_at",
+        "_bounded",
+        "_chunk",
         "_clock",
         "_pause",
         "_paused_at",
@@ -76,9 +78,16 @@ class Meter:
         *,
         clock: Callable[[], float] = time.monotonic,
         pause: Callable[[float], None] = time.sleep,
+        chunk: int = CHUNK,
+        bounded: bool = False,
     ) -> None:
+        """``chunk``: the most handed to the guest at a time when it must come back regularly;
+        ``bounded``: it always must (whatever the budget), so that a guest whose call ended
+        elsewhere (its process killed) stops at its next visit."""
         self.fuel = budget.fuel
         self.timeout = budget.timeout
+        self._chunk = chunk
+        self._bounded = bounded
         self._clock = clock
         self._pause = pause
         self._armed_at = self._paused_at = 0.0
@@ -91,18 +100,19 @@ class Meter:
     @property
     def _chunked(self) -> bool:
         """Whether the guest must come back regularly: for the deadline, or a cancellation."""
-        return self.timeout is not None or self.cancelled is not None
+        return self._bounded or self.timeout is not None or self.cancelled is not None
 
     def watch(self, cancelled: threading.Event | None, counter: int | None) -> int | None:
         """Stop the guest at its next visit once ``cancelled`` is set (None: stop watching).
         Given the counter of an armed budget, returns its new value: no more than a chunk, the
         rest back in the reserve, so that the guest visits soon."""
         self.cancelled = cancelled
-        if cancelled is None or counter is None or counter <= CHUNK:
+        chunk = self._chunk
+        if cancelled is None or counter is None or counter <= chunk:
             return counter
         if self.fuel is not None:
-            self._reserve += counter - CHUNK
-        return CHUNK
+            self._reserve += counter - chunk
+        return chunk
 
     def arm(self, *, handing: bool = True) -> int:
         """Start a new budget; returns the value to give the guest's counter, or 0 when not
@@ -111,8 +121,10 @@ class Meter:
         if self._chunked:
             self._armed_at = self._paused_at = self._clock()
         if self.fuel is None:
-            return CHUNK if handing else 0
-        first = 0 if not handing else self.fuel if not self._chunked else min(self.fuel, CHUNK)
+            return self._chunk if handing else 0
+        first = (
+            0 if not handing else self.fuel if not self._chunked else min(self.fuel, self._chunk)
+        )
         self._reserve = self.fuel - first
         return first
 
@@ -127,10 +139,10 @@ class Meter:
                     resource="fuel", used=self.fuel, limit=self.fuel, unit="units"
                 )
         else:
-            available = CHUNK
+            available = self._chunk
         cancelled = self.cancelled
         if cancelled is None:
-            if self.timeout is None:
+            if self.timeout is None and not self._bounded:
                 self._reserve = 0
                 return available
         elif cancelled.is_set():
@@ -144,7 +156,7 @@ class Meter:
             # now (a release forces the switch once asked), then gives it back in its turn.
             self._paused_at = now
             self._pause(0)
-        handed = min(available, CHUNK)
+        handed = min(available, self._chunk)
         if self.fuel is not None:
             self._reserve = available - handed
         return handed

@@ -87,6 +87,11 @@ class EngineFeatures:
     guest visits the meter about every millisecond). False for an engine that stops a guest at
     its deadline itself (``wasmer-sdk`` kills its process): only fuel needs a metered module
     there, and the meter is armed with the fuel alone."""
+    always_metered: bool = False
+    """With ``metering_by_instrumentation``: every module is metered, whatever its limits
+    (``wasmer-sdk``: a guest whose process was killed stops at its next visit to the meter,
+    since killing the process does not stop a guest that computes). The sandbox compiles every
+    module with ``fuel=True`` for it."""
     max_call_depth: int | None = None
     """With ``call_depth_by_instrumentation``: the bound to use when the engine's native stack
     holds fewer frames than the sandbox's default bound (``None``: the default)."""

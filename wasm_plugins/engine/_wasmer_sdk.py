@@ -7,10 +7,12 @@ from stdin and answers on stdout. An instance is one long-lived process; its cal
 serialised. Host functions become ``HOSTCALL`` frames answered by this process, on the calling
 thread (a host function may read and write guest memory: the guest serves ``READ`` and
 ``WRITE`` frames until the host's ``RETURN``). The guest's writes to its stdout and stderr become
-``LOG`` frames, handed to the WASI output callback. Fuel comes from the sandbox's metering pass:
-the metered module's meter is one more host call, answered by a :class:`Meter` armed with the
-whole fuel budget, so the guest asks only when it is spent (the meter then raises, and the
-process is replaced); deadlines stay with the process kill.
+``LOG`` frames, handed to the WASI output callback. Every module is metered (the sandbox's
+metering pass), fuel or not: the meter is one more host call, answered by a :class:`Meter`
+that hands the guest at most :data:`SLICE` units at a time, so that a guest whose process was
+killed stops at its next visit (killing the process does not stop a guest that computes: it
+runs on a thread of the SDK's runtime in this process). With fuel, the meter raises when the
+budget is spent, and the process is replaced; deadlines stay with the process kill.
 
 The SDK is asyncio-based. One private event loop runs in one daemon thread per host process,
 shared by every instance, with one Wasmer client; coroutines are submitted to it from the
@@ -63,6 +65,7 @@ from wasm_plugins.engine._commands import (
     OP_VALUE,
     OP_WRITE,
     WasiCommand,
+    metered_module,
     wrap_as_command,
 )
 from wasm_plugins.engine._meter import (
@@ -135,8 +138,10 @@ _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
 _RESULT = struct.Struct("<qI")
 _MASK32 = 0xFFFFFFFF
-_UNMETERED = 1 << 62
-"""The counter of a metered module run without fuel: never spent."""
+SLICE = 20_000_000
+"""The most fuel handed to a guest at a time (about 10 ms of its work on simple loops): each
+visit to the meter is a pipe round trip (a few hundred microseconds), and a guest whose process
+was killed computes on until its next visit."""
 _MASK64 = (1 << 64) - 1
 _T = TypeVar("_T")
 
@@ -497,9 +502,8 @@ class _Export:
         self.slot = slot
 
 
-def _unmetered(_memory: object, _counter: int) -> int:
-    """The meter of a metered module run without fuel."""
-    return _UNMETERED
+def _no_pause(_seconds: float) -> None:
+    """The guest runs in the SDK's runtime, not on a Python thread: no lock to hand over."""
 
 
 def _signed(value: int, kind: str) -> int:
@@ -614,32 +618,27 @@ class SdkInstance:
     def _with_meter(
         self, module: SdkModule, imports: Sequence[HostImport], budget: CallBudget
     ) -> Sequence[HostImport]:
-        """The host imports and, for a metered module, the meter it calls when its counter runs
-        out: armed with the fuel alone (the deadline is the process kill's), so the whole budget
-        is handed over at once and the guest asks again only when it is spent. Without fuel the
-        counter is never spent."""
-        self._meter: Meter | None = None
-        if not module.metered:
-            return imports
-        refill: Callable[[Any, int], int]
-        if budget.fuel is None:
-            refill = _unmetered
-        else:
-            self._meter = Meter(CallBudget(fuel=budget.fuel))
-            refill = self._meter.refill
-        return (*imports, HostImport(METER_MODULE, METER_FUNCTION, METER_SIGNATURE, refill))
+        """The host imports and the meter the guest calls when its counter runs out: armed
+        with the fuel alone (the deadline is the process kill's), handed over a
+        :data:`SLICE` at a time, fuel or not, so that a guest whose process was killed (a
+        timeout, a cancellation) stops computing at its next visit."""
+        self._meter = Meter(
+            CallBudget(fuel=budget.fuel), chunk=SLICE, bounded=True, pause=_no_pause
+        )
+        return (
+            *imports,
+            HostImport(METER_MODULE, METER_FUNCTION, METER_SIGNATURE, self._meter.refill),
+        )
 
     def arm(self) -> None:
         timeout = self._budget.timeout
         self._started = time.monotonic()
         self._deadline = None if timeout is None else self._started + timeout
-        if self._module.metered:
-            meter = self._meter
-            # Before hello the counter is 0: the first charge asks the meter (a host call).
-            counter = _UNMETERED if meter is None else meter.arm(handing=self._ready)
-            if self._ready:
-                # Sent with the call's own frame: no round trip of its own.
-                self.write_global(FUEL_EXPORT, counter)
+        # Before hello the counter is 0: the first charge asks the meter (a host call).
+        counter = self._meter.arm(handing=self._ready)
+        if self._ready and FUEL_EXPORT in self._module.global_slots:
+            # Sent with the call's own frame: no round trip of its own.
+            self.write_global(FUEL_EXPORT, counter)
 
     def watch(self, cancelled: threading.Event | None) -> bool:
         """Stop this instance's calls when ``cancelled`` is set: the wait for the guest's
@@ -719,7 +718,7 @@ class SdkInstance:
     def fuel_consumed(self) -> int | None:
         """Fuel used since the budget was armed (reads the guest's counter: one round trip)."""
         meter = self._meter
-        if meter is None:
+        if meter.fuel is None:
             return None
         if meter.exhausted:
             return meter.consumed(None)
@@ -966,13 +965,10 @@ class SdkModule:
         engine: WasmerSdkEngine,
         command: WasiCommand,
         types: ModuleTypes,
-        *,
-        metered: bool = False,
     ) -> None:
         self.engine = engine
         self._types = types
-        self.metered = metered
-        self.exports, self.imports = _visible(types) if metered else (types.exports, types.imports)
+        self.exports, self.imports = _visible(types)
         self.command = command
         self.slots = {
             name: _Export(name, signature, slot)
@@ -1008,8 +1004,6 @@ class SdkModule:
     ) -> SdkInstance:
         if linked is not None:
             raise _extism_refused()
-        if budget.fuel is not None and not self.metered:
-            raise _unenforceable("fuel")
         # An imported memory is defined by the command itself, with the same (clamped) limits.
         del memory_import
         return SdkInstance(self, imports, budget, wasi)
@@ -1032,6 +1026,7 @@ class WasmerSdkEngine:
         call_depth_by_instrumentation=True,
         metering_by_instrumentation=True,
         metering_timeouts=False,
+        always_metered=True,
         max_call_depth=MAX_CALL_DEPTH,
     )
 
@@ -1046,21 +1041,29 @@ class WasmerSdkEngine:
         _wasmtime().validate(wasm)
 
     def compile(self, wasm: bytes, *, fuel: bool = False) -> SdkModule:
-        """Compile a module; with ``fuel``, one the sandbox's metering pass rewrote (its meter
-        becomes a host call answered by the instance's :class:`Meter`)."""
+        """Compile a module, metered: with ``fuel``, one the sandbox's metering pass rewrote;
+        without, the pass runs here. Every module is metered on this engine, fuel or not,
+        because killing its process does not stop a guest that computes (it runs on a thread
+        of the SDK's runtime in this process): a metered guest asks the host for fuel at least
+        every :data:`SLICE` units, and one whose process is gone stops there."""
         self.validate(wasm)
+        if not fuel:
+            wasm = metered_module(wasm)
         types = read_module_types(wasm)
-        if fuel:
-            _check_metered(types)
+        if not _is_metered(types):
+            raise _unenforceable("fuel")
         if any(item.module == "extism:host/env" for item in types.imports):
             raise _extism_refused()
-        return SdkModule(self, wrap_as_command(bytes(wasm)), types, metered=fuel)
+        return SdkModule(self, wrap_as_command(bytes(wasm)), types)
 
     def deserialize(self, data: bytes, *, fuel: bool = False) -> SdkModule:
         types, packed = unpack(data)
-        if fuel:
-            _check_metered(types)
-        return SdkModule(self, _unpack_command(bytes(packed)), types, metered=fuel)
+        if not _is_metered(types):
+            raise ModuleError(
+                message=f"Invalid module: the {ENGINE_NAME} engine runs metered modules only",
+                suggestion="compile the module again from its source",
+            )
+        return SdkModule(self, _unpack_command(bytes(packed)), types)
 
     def deserialize_file(self, path: str, size: int, *, fuel: bool = False) -> SdkModule:
         try:
@@ -1082,12 +1085,10 @@ def _visible(types: ModuleTypes) -> tuple[tuple[ExternInfo, ...], tuple[ExternIn
     return exports, imports
 
 
-def _check_metered(types: ModuleTypes) -> None:
-    metered = any(
+def _is_metered(types: ModuleTypes) -> bool:
+    return any(
         item.module == METER_MODULE and item.name == METER_FUNCTION for item in types.imports
     ) and any(item.name == FUEL_EXPORT and item.kind == "global" for item in types.exports)
-    if not metered:
-        raise _unenforceable("fuel")
 
 
 @functools.cache

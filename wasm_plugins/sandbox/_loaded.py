@@ -60,7 +60,7 @@ from wasm_plugins.sandbox._extism import (
 from wasm_plugins.sandbox._failures import grow_may_explain, refused_grow, stack_overflow
 from wasm_plugins.sandbox._host_functions import HostFunction, LinkPlan, link_imports
 from wasm_plugins.sandbox._limits import Limits
-from wasm_plugins.sandbox._metering import FUEL_EXPORT, METERING_VERSION, meter_module
+from wasm_plugins.sandbox._metering import METERING_VERSION, metered_or_refused
 from wasm_plugins.sandbox._stack import MAX_DEPTH
 from wasm_plugins.sandbox._validate import check_module_bytes, prepare_within_limits
 
@@ -96,8 +96,11 @@ _MASK = 0xFFFFFFFF
 def compiled_with_fuel(engine: Engine, limits: Limits) -> bool:
     """The ``fuel`` flag a module is compiled (and its compiled code loaded) with: fuel metering
     for an engine that meters natively, a metered module (fuel, a timeout or both) for one that
-    meters by instrumentation (fuel alone where the engine keeps deadlines itself)."""
+    meters by instrumentation (fuel alone where the engine keeps deadlines itself), and always
+    for an engine that runs metered modules only."""
     features = engine.features
+    if features.always_metered:
+        return True
     if features.metering_by_instrumentation and features.metering_timeouts:
         return limits.fuel is not None or limits.timeout is not None
     return limits.fuel is not None
@@ -510,21 +513,12 @@ def _compile(engine: Engine, wasm: bytes, limits: Limits, fuel: bool, plugin: st
 
 
 def _instrumented(engine: Engine, prepared: PreparedModule, fuel: bool) -> PreparedModule:
-    """The module with its call depth bounded and its fuel metered, where the engine needs
-    those done in the module."""
-    prepared = _depth_bounded(engine, prepared)
-    if not (fuel and engine.features.metering_by_instrumentation):
-        return prepared
-    try:
-        return attrs.evolve(prepared, wasm=meter_module(prepared.wasm))
-    except WasmBinaryError as exc:
-        raise ModuleError(
-            validation_errors=(ValidationIssue(message=exc.message, offset=exc.offset),),
-            suggestion=(
-                f"rename the export {FUEL_EXPORT!r} (the name is reserved), or use an engine "
-                "that meters fuel and time itself (engine='wasmtime')"
-            ),
-        ) from None
+    """The module with its fuel metered and its call depth bounded, where the engine needs
+    those done in the module: metered first, so that the depth check opens every body (the
+    command wrapper finds its bound there) and its own instructions are not charged."""
+    if fuel and engine.features.metering_by_instrumentation:
+        prepared = attrs.evolve(prepared, wasm=metered_or_refused(prepared.wasm))
+    return _depth_bounded(engine, prepared)
 
 
 def _max_depth(engine: Engine) -> int:

@@ -39,7 +39,13 @@ cache keys on :data:`METERING_VERSION`). Modules using instructions it does not 
 
 from __future__ import annotations
 
-from wasm_plugins.engine import FUEL_EXPORT, METER_FUNCTION, METER_MODULE
+from wasm_plugins.engine import (
+    FUEL_EXPORT,
+    METER_FUNCTION,
+    METER_MODULE,
+    register_metering_pass,
+)
+from wasm_plugins.errors import ModuleError, ValidationIssue
 from wasm_plugins.sandbox._binary import (
     K_BLOCK as _K_BLOCK,
 )
@@ -186,10 +192,12 @@ __all__ = [
     "METER_MODULE",
     "instruction_cost",
     "meter_module",
+    "metered_or_refused",
 ]
 
-METERING_VERSION = 1
-"""Changes whenever :func:`meter_module`'s output for the same input could change."""
+METERING_VERSION = 2
+"""Changes whenever :func:`meter_module`'s output for the same input could change, or what an
+engine does with it (2: wasmer-sdk meters every module, with fuel or not)."""
 
 _SEC_START = 8
 _SEC_ELEMENT = 9
@@ -211,6 +219,20 @@ _COSTS = bytes(0 if op in _FREE else 1 for op in range(256))
 def instruction_cost(opcode: int) -> int:
     """The units an instruction with this first byte costs (prefixed instructions: 1)."""
     return _COSTS[opcode]
+
+
+def metered_or_refused(wasm: bytes) -> bytes:
+    """:func:`meter_module`, a module it cannot meter refused as a :class:`ModuleError`."""
+    try:
+        return meter_module(wasm)
+    except WasmBinaryError as exc:
+        raise ModuleError(
+            validation_errors=(ValidationIssue(message=exc.message, offset=exc.offset),),
+            suggestion=(
+                f"rename the export {FUEL_EXPORT!r} (the name is reserved), or use an engine "
+                "that meters fuel and time itself (engine='wasmtime')"
+            ),
+        ) from None
 
 
 def meter_module(wasm: bytes) -> bytes:
@@ -863,3 +885,6 @@ def _skip_immediates(kind: int, data: bytes, pos: int, end: int) -> int:
     if kind >= _K_FC:
         return _skip_prefixed(kind, data, pos, end)
     return _skip_structured(kind, data, pos, end)
+
+
+register_metering_pass(metered_or_refused)
