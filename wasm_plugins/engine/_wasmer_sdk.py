@@ -945,7 +945,10 @@ class _LinkedSdkInstance(SdkInstance):
         return self._kernel.call(function, *args)
 
     def fuel_consumed(self) -> int | None:
-        return self._kernel.fuel_consumed()
+        own, kernel = super().fuel_consumed(), self._kernel.fuel_consumed()
+        if own is None and kernel is None:
+            return None
+        return (own or 0) + (kernel or 0)
 
     def close(self) -> None:
         super().close()
