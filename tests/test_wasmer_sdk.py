@@ -238,6 +238,24 @@ class TestExtism:
         assert sandbox.call_bytes("count_vowels", b"hello") == b'{"count": 2}'
         sandbox.close()
 
+    def test_an_endless_extism_plugin_times_out_and_the_next_call_answers(
+        self, sdk: Engine
+    ) -> None:
+        """The call's deadline covers the plugin in its process and the kernel calls it makes;
+        past it the process is killed and the next call gets a fresh instance and kernel."""
+        plugin = """(module
+          (import "extism:host/env" "input_length" (func $input_length (result i64)))
+          (memory (export "memory") 1)
+          (func (export "spin") (result i32)
+            (loop $l (drop (call $input_length)) (br $l))
+            (i32.const 0))
+          (func (export "ok") (result i32) (i32.const 0)))"""
+        sandbox = Sandbox(plugin, engine=sdk, codec="raw", limits=Limits(timeout=0.5))
+        with pytest.raises(DeadlineExceeded):
+            sandbox.call_bytes("spin", b"x")
+        assert sandbox.call_bytes("ok", b"") == b""
+        sandbox.close()
+
     def test_a_module_without_wp_alloc_is_served(self, sdk: Engine) -> None:
         """Without wp_alloc, the serving loop grows a page of its own for its scratch buffer."""
         wasm = wat(
