@@ -8,6 +8,9 @@ Figures are medians of ``--rounds`` rounds, as ratios against the same guest wit
   ordinary work), called through a Sandbox on wasmer 1.1 with no limit, with fuel, and with a
   timeout (both metered by instrumentation); on wasmtime through its public API with no metering,
   with native fuel, and with the instrumented module and its meter linked by hand;
+- the same two plugins on wasmer-sdk (the guest in a Wasmer SDK process), without limits and with
+  fuel (instrumented, the meter asked only when the whole budget is spent), whole calls through a
+  Sandbox (each call is a frame round trip too);
 - a real plugin: text-tools (C, branchy text processing), whole calls with and without fuel;
 - fuel units: instrumented against native on wasmtime, on the same calls;
 - a chunk: how long the guest runs on :data:`~wasm_plugins.engine._meter.CHUNK` units (how often
@@ -15,7 +18,7 @@ Figures are medians of ``--rounds`` rounds, as ratios against the same guest wit
 - timeout overshoot: an endless loop under a 200 ms (and a 10 ms) timeout on wasmer in-process,
   the call's wall-clock time past its timeout.
 
-    python benchmarks/bench_metering.py [--rounds 7]
+    python benchmarks/bench_metering.py [--rounds 7] [--only wasmer-sdk]
 """
 
 from __future__ import annotations
@@ -102,6 +105,22 @@ def wasmer_rows(rounds: int) -> dict[str, float]:
     return rows
 
 
+def wasmer_sdk_rows(rounds: int) -> dict[str, float]:
+    engine = default_registry().get("wasmer-sdk")
+    rows = {}
+    for name, data in WORK.items():
+        source = _source(name)
+        plain = Sandbox(source, engine=engine, codec="raw")
+        fuel = Sandbox(source, engine=engine, codec="raw", limits=Limits(fuel=10**15))
+        base = median_time(rounds, lambda s=plain, n=name, d=data: s.call(n, d))
+        took = median_time(rounds, lambda s=fuel, n=name, d=data: s.call(n, d))
+        rows[f"wasmer-sdk {name}: no metering (ms)"] = base * 1000
+        rows[f"wasmer-sdk {name}: instrumented fuel / none"] = took / base
+        plain.close()
+        fuel.close()
+    return rows
+
+
 class RawWasmtime:
     """A module on wasmtime's public API: plain, with native fuel, or instrumented."""
 
@@ -177,11 +196,13 @@ TEXT_TOOLS = ROOT / "plugins" / "text-tools" / "src" / "wasm_plugins_text_tools"
 TEXT = {"text": "lorem ipsum dolor sit amet, consectetur adipiscing elit " * 1000}
 
 
-def real_plugin_rows(rounds: int) -> dict[str, float]:
+def real_plugin_rows(
+    rounds: int, engines: tuple[str, ...] = ("wasmer", "wasmtime", "wasmer-sdk")
+) -> dict[str, float]:
     """The text-tools plugin (C, branchy text processing; 55 KB of JSON in), through a Sandbox:
-    with fuel against without (instrumented on wasmer, native on wasmtime)."""
+    with fuel against without (instrumented on wasmer and wasmer-sdk, native on wasmtime)."""
     rows = {}
-    for name in ("wasmer", "wasmtime"):
+    for name in engines:
         if default_registry().availability()[name] is not None:
             continue
         engine = default_registry().get(name)
@@ -190,7 +211,7 @@ def real_plugin_rows(rounds: int) -> dict[str, float]:
         for function in ("word_count", "top_words"):
             base = median_time(rounds, lambda s=plain, f=function: s.call(f, TEXT))
             took = median_time(rounds, lambda s=fuel, f=function: s.call(f, TEXT))
-            kind = "instrumented" if name == "wasmer" else "native"
+            kind = "native" if name == "wasmtime" else "instrumented"
             rows[f"{name} text-tools {function}: {kind} fuel / none (call)"] = took / base
     return rows
 
@@ -241,14 +262,22 @@ def responsiveness_rows() -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds per figure")
+    parser.add_argument("--only", choices=["wasmer-sdk"], help="only this engine's figures")
     options = parser.parse_args()
     rows: dict[str, float] = {}
-    if default_registry().availability()["wasmer"] is None:
+    sdk = default_registry().availability()["wasmer-sdk"] is None
+    if options.only == "wasmer-sdk":
+        rows.update(wasmer_sdk_rows(options.rounds))
+        rows.update(real_plugin_rows(options.rounds, ("wasmer-sdk",)))
+    elif default_registry().availability()["wasmer"] is None:
         rows.update(wasmer_rows(options.rounds))
         rows.update(overshoot_rows(options.rounds))
         rows.update(responsiveness_rows())
-    rows.update(wasmtime_rows(options.rounds))
-    rows.update(real_plugin_rows(options.rounds))
+    if options.only is None:
+        if sdk:
+            rows.update(wasmer_sdk_rows(options.rounds))
+        rows.update(wasmtime_rows(options.rounds))
+        rows.update(real_plugin_rows(options.rounds))
     width = max(map(len, rows))
     for label, value in rows.items():
         print(f"{label:<{width}}  {value:10.3f}")

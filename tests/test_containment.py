@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ALL_ENGINE_NAMES, ROOT, engine_named
+from tests.conftest import ALL_ENGINE_NAMES, ROOT, SDK_ENGINE, engine_named
 from wasm_plugins import PluginHost
 from wasm_plugins._units import MAX_DURATION
 from wasm_plugins.engine import Engine, FuncSignature, _wasmtime
@@ -717,6 +717,15 @@ class TestBudgetSharedByTheCall:
         """Start function and function at 60 000 units each, under 100 000 for the call (native
         fuel on wasmtime, a metered module on wasmer)."""
         sandbox = _budget_sandbox(BURNS_FUEL, engine, isolation, Limits(fuel=100_000))
+        error = self._start_and_function_exceed(sandbox, ResourceLimitExceeded)
+        assert error.resource == "fuel"  # type: ignore[attr-defined]
+
+    def test_fuel_on_wasmer_sdk(self) -> None:
+        """The same on wasmer-sdk, whose metered module asks the host's meter (a frame) when
+        its counter runs out: the start function's first charge comes before hello."""
+        sandbox = _budget_sandbox(
+            BURNS_FUEL, engine_named(SDK_ENGINE), "in-process", Limits(fuel=100_000)
+        )
         error = self._start_and_function_exceed(sandbox, ResourceLimitExceeded)
         assert error.resource == "fuel"  # type: ignore[attr-defined]
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from loguru import logger
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SDK_ENGINE, engine_named
 from wasm_plugins import (
     ConfigurationError,
     ContextualError,
@@ -293,6 +293,21 @@ class TestWasi:
         for read_only in (True, False):
             with PluginHost() as host:
                 host.load(wasi_manifest(wasmer_engine, wasi_tree, read_only=read_only))
+                with pytest.raises(ContextualError) as caught:
+                    host.call("wasi-escape", "read_inside")
+            error = caught.value.error
+            assert isinstance(error, ConfigurationError)
+            assert error.field == "wasi.preopens"
+            assert "wasmtime" in (error.suggestion or "")
+
+    def test_wasmer_sdk_refuses_directories(self, wasi_tree: Path) -> None:
+        """The Wasmer SDK (0.5) cannot map a host directory into its sandbox: files are copied
+        into an in-memory tree under /workspace, writable, and the guest's preopens are the
+        sandbox's root. A plugin asking for a directory is refused at load, naming wasmtime."""
+        sdk = engine_named(SDK_ENGINE)
+        for read_only in (True, False):
+            with PluginHost() as host:
+                host.load(wasi_manifest(sdk, wasi_tree, read_only=read_only))
                 with pytest.raises(ContextualError) as caught:
                     host.call("wasi-escape", "read_inside")
             error = caught.value.error

@@ -15,7 +15,7 @@ import wasmtime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import CONFORMANCE, ROOT, engine_named
+from tests.conftest import CONFORMANCE, ROOT, SDK_ENGINE, engine_named
 from wasm_plugins.engine import CallBudget, Engine, HostImport
 from wasm_plugins.engine._meter import CHUNK, FUEL_EXPORT, METER_MODULE, Meter
 from wasm_plugins.errors import (
@@ -235,15 +235,18 @@ class TestRewriter:
         with pytest.raises(ResourceLimitExceeded):
             run.call("f")
 
+    @pytest.mark.parametrize("engine_name", ["wasmer", SDK_ENGINE])
     @given(module=generated_modules(), data=st.binary(max_size=64))
-    def test_generated_modules_give_the_same_results(self, module: Any, data: bytes) -> None:
+    def test_generated_modules_give_the_same_results(
+        self, engine_name: str, module: Any, data: bytes
+    ) -> None:
         """Hypothesis: for generated ABI modules, a metered sandbox answers as an unmetered one
-        (on wasmer, where the pass is what meters)."""
+        (on wasmer 1.1 and wasmer-sdk, where the pass is what meters)."""
         wasm = _wasm(module.wat)
-        sandbox = _metered_sandboxes(wasm)
-        for name in module.names:
-            expected = module.expected(name, data)
-            assert sandbox.call(name, data) == expected
+        with _metered_sandbox(wasm, engine_name) as sandbox:
+            for name in module.names:
+                expected = module.expected(name, data)
+                assert sandbox.call(name, data) == expected
 
     @given(
         wasm=st.one_of(
@@ -279,9 +282,9 @@ class TestRewriter:
         wasmtime.Module.validate(wasmtime.Engine(), metered)
 
 
-def _metered_sandboxes(wasm: bytes) -> Sandbox:
-    """A sandbox metered by the pass (wasmer 1.1: skipped where it does not install)."""
-    return Sandbox(wasm, engine=engine_named("wasmer"), limits=Limits(fuel=10**8), codec="raw")
+def _metered_sandbox(wasm: bytes, engine_name: str) -> Sandbox:
+    """A sandbox metered by the pass (wasmer 1.1 is skipped where it does not install)."""
+    return Sandbox(wasm, engine=engine_named(engine_name), limits=Limits(fuel=10**8), codec="raw")
 
 
 class _MeteredOnWasmtime:

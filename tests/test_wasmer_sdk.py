@@ -34,8 +34,18 @@ from wasm_plugins.errors import (
     ExecutionError,
     InstanceError,
     ModuleError,
+    ResourceLimitExceeded,
 )
-from wasm_plugins.sandbox import HostCall, HostFunction, Limits, Sandbox, u32, wrap_command
+from wasm_plugins.sandbox import (
+    HostCall,
+    HostFunction,
+    Limits,
+    Sandbox,
+    meter_module,
+    u32,
+    wrap_command,
+)
+from wasm_plugins.sandbox._loaded import compiled_with_fuel
 
 ABI = CONFORMANCE / "abi.wat"
 PLUGIN_TYPE = FuncSignature(("i32", "i32"), ("i64",))
@@ -193,11 +203,6 @@ class TestCalls:
         module = sdk.compile(sdk.wat_to_wasm(ABI.read_text()))
         again = sdk.deserialize(module.serialize())
         assert [e.name for e in again.exports] == [e.name for e in module.exports]
-
-    def test_fuel_is_refused(self, sdk: Engine) -> None:
-        with pytest.raises(ConfigurationError) as caught:
-            Sandbox(ABI, engine=sdk, limits=Limits(fuel=1000))
-        assert caught.value.field == "limits.fuel"
 
     def test_a_kernel_from_another_engine_is_refused(self, sdk: Engine) -> None:
         """The linked module (the Extism kernel) runs in-process on the linking engine: one
@@ -495,6 +500,147 @@ def _reverse(call: HostCall, ptr: int, length: int) -> int:
 
 
 REVERSE = HostFunction("test", "reverse", FuncSignature(("i32", "i32"), ("i32",)), _reverse)
+
+
+SPIN = f"""(module (memory (export "memory") 1) {ALLOC}
+  (func (export "spin") (param $n i32) (result i32)
+    (local $total i32)
+    (loop $again
+      (local.set $total (i32.add (local.get $total) (i32.xor (local.get $n) (i32.const 7))))
+      (br_if $again (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))
+    (local.get $total)))"""
+TEXT_TOOLS = ROOT / "plugins" / "text-tools" / "src" / "wasm_plugins_text_tools" / "text_tools.wasm"
+
+
+class TestFuel:
+    """Fuel through the metering pass: the wrapped module calls the host's meter (a host call)
+    only when its counter runs out."""
+
+    def test_fuel_exhaustion_is_the_typed_error_and_the_next_call_works(self, sdk: Engine) -> None:
+        sandbox = Sandbox(ABI, engine=sdk, limits=Limits(fuel=100_000))
+        with pytest.raises(ResourceLimitExceeded) as caught:
+            sandbox.call("loop_forever")
+        error = caught.value
+        assert (error.resource, error.used, error.limit, error.unit) == (
+            "fuel",
+            100_000,
+            100_000,
+            "units",
+        )
+        assert error.context is not None and error.context.environment.engine == SDK_ENGINE
+        assert error.context.environment.isolation == "sdk-process"
+        assert sandbox.call("echo", "ok") == "ok"  # a fresh process
+        assert sandbox.call("upper", "abc") == "ABC"
+
+    def test_same_message_as_wasmtime(self, sdk: Engine) -> None:
+        messages = []
+        for engine in (sdk, engine_named("wasmtime")):
+            with pytest.raises(ResourceLimitExceeded) as caught:
+                Sandbox(ABI, engine=engine, limits=Limits(fuel=5000)).call("loop_forever")
+            messages.append((caught.value.message, caught.value.suggestion))
+        assert messages[0] == messages[1]
+
+    def test_fuel_is_per_call(self, sdk: Engine) -> None:
+        sandbox = Sandbox(ABI, engine=sdk, limits=Limits(fuel=5_000))
+        for _ in range(50):
+            assert sandbox.call("upper", "abc") == "ABC"
+
+    def test_fuel_and_timeout_together(self, sdk: Engine) -> None:
+        """Fuel stops an endless loop before a long deadline; the deadline stops one with
+        plenty of fuel (the process is killed)."""
+        sandbox = Sandbox(ABI, engine=sdk, limits=Limits(fuel=200_000, timeout=30.0))
+        assert sandbox.call("echo", "ok") == "ok"
+        with pytest.raises(ResourceLimitExceeded):
+            sandbox.call("loop_forever")
+        assert sandbox.call("echo", "ok") == "ok"
+        timed = Sandbox(ABI, engine=sdk, limits=Limits(fuel=10**15, timeout="200 ms"))
+        with pytest.raises(DeadlineExceeded):
+            timed.call("loop_forever")
+        assert timed.call("echo", 2) == 2
+
+    def test_a_timeout_alone_is_not_metered(self, sdk: Engine) -> None:
+        """Deadlines stay with the process kill: no metered module, no visits to the host."""
+        assert not compiled_with_fuel(sdk, Limits(timeout=1.0))
+        assert compiled_with_fuel(sdk, Limits(fuel=1000))
+        assert compiled_with_fuel(sdk, Limits(fuel=1000, timeout=1.0))
+
+    def test_start_function_is_stopped(self, sdk: Engine) -> None:
+        with pytest.raises(ResourceLimitExceeded) as caught:
+            Sandbox(CONFORMANCE / "start_loop.wat", engine=sdk, limits=Limits(fuel=1000))
+        assert caught.value.resource == "fuel"
+
+    def test_memory_borrowed_before_the_scratch_buffer_is_restored(self, sdk: Engine) -> None:
+        """The meter's first call comes from the start function, before the serving loop has a
+        buffer: the words it borrows for its frames hold the module's data again after."""
+        text = """(module
+          (memory (export "memory") 1)
+          (data (i32.const 8) "0123456789abcdefghijklmnopqrstuvwxyz")
+          (global $started (mut i32) (i32.const 0))
+          (func $start (global.set $started (i32.const 1)))
+          (start $start)
+          (func (export "wp_alloc") (param i32) (result i32) (i32.const 4096))
+          (func (export "wp_free") (param i32 i32))
+          (func (export "peek") (param i32 i32) (result i64)
+            (i64.or (i64.shl (i64.const 8) (i64.const 32))
+                    (i64.extend_i32_u (i32.add (i32.const 35) (global.get $started))))))"""
+        sandbox = Sandbox(text, engine=sdk, limits=Limits(fuel=10_000), codec="raw")
+        assert sandbox.call("peek", b"") == b"0123456789abcdefghijklmnopqrstuvwxyz"
+
+    def test_units_equal_wasmtime_native_fuel(self, sdk: Engine) -> None:
+        from tests.test_metering import _native_fuel
+
+        wasm = wat(SPIN)
+        instance = sdk.compile(meter_module(wasm), fuel=True).instantiate(
+            [], CallBudget(fuel=10**9)
+        )
+        spin = instance.export_function("spin")
+        for n in (1000, 5000):
+            instance.arm()
+            instance.call(spin, n)
+            assert instance.fuel_consumed() == _native_fuel(wasm, "spin", n)
+        instance.arm()
+        assert instance.fuel_consumed() == 0
+
+    def test_units_equal_on_a_real_plugin(self, sdk: Engine) -> None:
+        from tests.test_metering import _native_fuel
+
+        wasm = TEXT_TOOLS.read_bytes()
+        data = b'{"text": "Hello wonderful world, creme brulee a la mode, hello world"}'
+        instance = sdk.compile(meter_module(wasm), fuel=True).instantiate(
+            [], CallBudget(fuel=10**9)
+        )
+        pointer = instance.call(instance.export_function("wp_alloc"), len(data))
+        instance.memory.write(pointer, data)
+        instance.arm()
+        instance.call_abi(instance.export_function("word_count"), pointer, len(data))
+        assert instance.fuel_consumed() == _native_fuel(wasm, "word_count", host=True, data=data)
+
+    def test_one_budget_shared_by_every_entry(self, sdk: Engine) -> None:
+        """Until the next arm every guest entry draws on the same fuel; arming refills it."""
+        module = sdk.compile(meter_module(wat(SPIN)), fuel=True)
+        instance = module.instantiate([], CallBudget(fuel=30_000))
+        spin = instance.export_function("spin")
+        instance.arm()
+        instance.call(spin, 1000)
+        first = instance.fuel_consumed()
+        assert first is not None and 10_000 < first < 12_000
+        instance.call(spin, 1000)
+        assert instance.fuel_consumed() == 2 * first
+        with pytest.raises(ResourceLimitExceeded):
+            instance.call(spin, 1000)
+        assert instance.fuel_consumed() == 30_000
+
+    def test_metered_module_without_fuel_runs_unmetered(self, sdk: Engine) -> None:
+        instance = sdk.compile(meter_module(wat(SPIN)), fuel=True).instantiate([], CallBudget())
+        instance.arm()
+        assert instance.call(instance.export_function("spin"), 100_000) != 0
+        assert instance.fuel_consumed() is None
+
+    def test_unmetered_module_refuses_fuel(self, sdk: Engine) -> None:
+        with pytest.raises(ConfigurationError):
+            sdk.compile(wat(SPIN), fuel=True)
+        with pytest.raises(ConfigurationError):
+            sdk.compile(wat(SPIN)).instantiate([], CallBudget(fuel=1000))
 
 
 class TestHostFunctions:

@@ -7,8 +7,9 @@ it at every function entry and loop header, and calls the import :data:`METER_MO
 :data:`METER_FUNCTION` ``(counter: i64) -> i64`` when it falls below zero. The meter answers with
 the counter's new value, or raises: a :class:`ResourceLimitExceeded` for fuel, a
 :class:`DeadlineExceeded` once the deadline passed, exactly as wasmtime's native fuel and epoch
-deadlines do. An engine that runs metered modules (wasmer 1.1) links one :class:`Meter` per
-instance and re-arms it for every budget.
+deadlines do. An engine that runs metered modules links one :class:`Meter` per instance and
+re-arms it for every budget: wasmer 1.1 as a host function, for fuel and deadlines; wasmer-sdk as
+a host call of the guest's process, for fuel alone (its deadlines are the process kill).
 
 Fuel is handed to the guest in chunks only when a deadline is set: the guest then comes back to
 the meter after about :data:`CHUNK` units (under a millisecond of guest work), which looks at the

@@ -80,7 +80,13 @@ class EngineFeatures:
     metering_by_instrumentation: bool = False
     """Fuel and timeouts are enforced by metering instrumentation rather than by the engine:
     the sandbox's metering pass rewrites the module, which is then compiled with ``fuel=True``
-    (whether the budget has fuel, a timeout or both); the engine links the meter itself."""
+    (whether the budget has fuel, a timeout or both, unless ``metering_timeouts`` is False); the
+    engine links the meter itself."""
+    metering_timeouts: bool = True
+    """With ``metering_by_instrumentation``: timeouts are enforced by the metered module too (the
+    guest visits the meter about every millisecond). False for an engine that stops a guest at
+    its deadline itself (``wasmer-sdk`` kills its process): only fuel needs a metered module
+    there, and the meter is armed with the fuel alone."""
     max_call_depth: int | None = None
     """With ``call_depth_by_instrumentation``: the bound to use when the engine's native stack
     holds fewer frames than the sandbox's default bound (``None``: the default)."""

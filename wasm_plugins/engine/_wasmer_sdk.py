@@ -7,7 +7,10 @@ from stdin and answers on stdout. An instance is one long-lived process; its cal
 serialised. Host functions become ``HOSTCALL`` frames answered by this process, on the calling
 thread (a host function may read and write guest memory: the guest serves ``READ`` and
 ``WRITE`` frames until the host's ``RETURN``). The guest's writes to its stdout and stderr become
-``LOG`` frames, handed to the WASI output callback.
+``LOG`` frames, handed to the WASI output callback. Fuel comes from the sandbox's metering pass:
+the metered module's meter is one more host call, answered by a :class:`Meter` armed with the
+whole fuel budget, so the guest asks only when it is spent (the meter then raises, and the
+process is replaced); deadlines stay with the process kill.
 
 The SDK is asyncio-based. One private event loop runs in one daemon thread per host process,
 shared by every instance, with one Wasmer client; coroutines are submitted to it from the
@@ -62,6 +65,13 @@ from wasm_plugins.engine._commands import (
     WasiCommand,
     wrap_as_command,
 )
+from wasm_plugins.engine._meter import (
+    FUEL_EXPORT,
+    METER_FUNCTION,
+    METER_MODULE,
+    METER_SIGNATURE,
+    Meter,
+)
 from wasm_plugins.engine._module_types import ModuleTypes, pack, read_module_types, unpack
 from wasm_plugins.engine._protocol import (
     CallBudget,
@@ -69,6 +79,7 @@ from wasm_plugins.engine._protocol import (
     EngineFeatures,
     EngineInstance,
     ExportFunction,
+    ExternInfo,
     FuncSignature,
     GuestMemory,
     HostImport,
@@ -125,6 +136,8 @@ _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
 _RESULT = struct.Struct("<qI")
 _MASK32 = 0xFFFFFFFF
+_UNMETERED = 1 << 62
+"""The counter of a metered module run without fuel: never spent."""
 _MASK64 = (1 << 64) - 1
 _T = TypeVar("_T")
 
@@ -486,6 +499,11 @@ class _Export:
         self.slot = slot
 
 
+def _unmetered(_memory: object, _counter: int) -> int:
+    """The meter of a metered module run without fuel."""
+    return _UNMETERED
+
+
 def _signed(value: int, kind: str) -> int:
     if kind == "i32":
         value &= _MASK32
@@ -514,6 +532,8 @@ class SdkInstance:
         self._failure: str | None = None
         self._busy = 0
         self._output = None if wasi is None else wasi.output
+        self._ready = False  # the serving loop runs (after hello): global frames are read
+        imports = self._with_meter(module, imports, budget)
         by_name = {(item.module, item.name): item for item in imports}
         self._host: list[HostImport | None] = [
             by_name.get((module_name, name)) for module_name, name, _ in module.command.host_imports
@@ -558,6 +578,7 @@ class SdkInstance:
             self._dispose("broken frames")
             raise _instantiation_error(_communication("the hello frame has the wrong size"))
         self._memory.pages, self._scratch = struct.unpack("<II", payload)
+        self._ready = True
 
     async def _spawn(self, environment: dict[str, str], arguments: list[str]) -> _Channel:
         package = await self._module.package()
@@ -592,10 +613,35 @@ class SdkInstance:
             )
         return found
 
+    def _with_meter(
+        self, module: SdkModule, imports: Sequence[HostImport], budget: CallBudget
+    ) -> Sequence[HostImport]:
+        """The host imports and, for a metered module, the meter it calls when its counter runs
+        out: armed with the fuel alone (the deadline is the process kill's), so the whole budget
+        is handed over at once and the guest asks again only when it is spent. Without fuel the
+        counter is never spent."""
+        self._meter: Meter | None = None
+        if not module.metered:
+            return imports
+        refill: Callable[[Any, int], int]
+        if budget.fuel is None:
+            refill = _unmetered
+        else:
+            self._meter = Meter(CallBudget(fuel=budget.fuel))
+            refill = self._meter.refill
+        return (*imports, HostImport(METER_MODULE, METER_FUNCTION, METER_SIGNATURE, refill))
+
     def arm(self) -> None:
         timeout = self._budget.timeout
         self._started = time.monotonic()
         self._deadline = None if timeout is None else self._started + timeout
+        if self._module.metered:
+            meter = self._meter
+            # Before hello the counter is 0: the first charge asks the meter (a host call).
+            counter = _UNMETERED if meter is None else meter.arm(handing=self._ready)
+            if self._ready:
+                # Sent with the call's own frame: no round trip of its own.
+                self.write_global(FUEL_EXPORT, counter)
 
     def watch(self, cancelled: threading.Event | None) -> bool:
         """Stop this instance's calls when ``cancelled`` is set: the wait for the guest's
@@ -673,7 +719,13 @@ class SdkInstance:
             self.queue(_OP.GLOBAL_SET, _U32.pack(slot[0]) + _I64.pack(_signed(value, "i64")))
 
     def fuel_consumed(self) -> int | None:
-        return None
+        """Fuel used since the budget was armed (reads the guest's counter: one round trip)."""
+        meter = self._meter
+        if meter is None:
+            return None
+        if meter.exhausted:
+            return meter.consumed(None)
+        return meter.consumed(self.read_global(FUEL_EXPORT))
 
     # -- frames --------------------------------------------------------------------------------
 
@@ -981,11 +1033,18 @@ def _instantiation_error(error: PluginError) -> PluginError:
 class SdkModule:
     """A module made a command, with its package (created once, on the loop)."""
 
-    def __init__(self, engine: WasmerSdkEngine, command: WasiCommand, types: ModuleTypes) -> None:
+    def __init__(
+        self,
+        engine: WasmerSdkEngine,
+        command: WasiCommand,
+        types: ModuleTypes,
+        *,
+        metered: bool = False,
+    ) -> None:
         self.engine = engine
         self._types = types
-        self.exports = types.exports
-        self.imports = types.imports
+        self.metered = metered
+        self.exports, self.imports = _visible(types) if metered else (types.exports, types.imports)
         self.command = command
         self.slots = {
             name: _Export(name, signature, slot)
@@ -1019,7 +1078,7 @@ class SdkModule:
         wasi: WasiSettings | None = None,
         linked: LinkedModule | None = None,
     ) -> SdkInstance:
-        if budget.fuel is not None:
+        if budget.fuel is not None and not self.metered:
             raise _unenforceable("fuel")
         # An imported memory is defined by the command itself, with the same (clamped) limits.
         del memory_import
@@ -1035,7 +1094,7 @@ class WasmerSdkEngine:
     isolation = ISOLATION
     features = EngineFeatures(
         timeout=True,
-        fuel=False,
+        fuel=True,
         store_memory_limit=False,
         wasi=True,
         wasi_confined_directories=False,
@@ -1043,6 +1102,8 @@ class WasmerSdkEngine:
         wasi_captured_output=True,
         thread_bound=False,
         call_depth_by_instrumentation=True,
+        metering_by_instrumentation=True,
+        metering_timeouts=False,
         max_call_depth=MAX_CALL_DEPTH,
     )
 
@@ -1066,17 +1127,19 @@ class WasmerSdkEngine:
         _wasmtime().validate(wasm)
 
     def compile(self, wasm: bytes, *, fuel: bool = False) -> SdkModule:
-        if fuel:
-            raise _unenforceable("fuel")
+        """Compile a module; with ``fuel``, one the sandbox's metering pass rewrote (its meter
+        becomes a host call answered by the instance's :class:`Meter`)."""
         self.validate(wasm)
         types = read_module_types(wasm)
-        return SdkModule(self, wrap_as_command(bytes(wasm)), types)
+        if fuel:
+            _check_metered(types)
+        return SdkModule(self, wrap_as_command(bytes(wasm)), types, metered=fuel)
 
     def deserialize(self, data: bytes, *, fuel: bool = False) -> SdkModule:
-        if fuel:
-            raise _unenforceable("fuel")
         types, packed = unpack(data)
-        return SdkModule(self, _unpack_command(bytes(packed)), types)
+        if fuel:
+            _check_metered(types)
+        return SdkModule(self, _unpack_command(bytes(packed)), types, metered=fuel)
 
     def deserialize_file(self, path: str, size: int, *, fuel: bool = False) -> SdkModule:
         try:
@@ -1088,6 +1151,22 @@ class WasmerSdkEngine:
                 suggestion="compile the module again from its source",
             ) from None
         return self.deserialize(data, fuel=fuel)
+
+
+def _visible(types: ModuleTypes) -> tuple[tuple[ExternInfo, ...], tuple[ExternInfo, ...]]:
+    """A metered module's exports and imports without its fuel counter and meter (served by
+    the engine, never linked by the sandbox)."""
+    exports = tuple(item for item in types.exports if item.name != FUEL_EXPORT)
+    imports = tuple(item for item in types.imports if item.module != METER_MODULE)
+    return exports, imports
+
+
+def _check_metered(types: ModuleTypes) -> None:
+    metered = any(
+        item.module == METER_MODULE and item.name == METER_FUNCTION for item in types.imports
+    ) and any(item.name == FUEL_EXPORT and item.kind == "global" for item in types.exports)
+    if not metered:
+        raise _unenforceable("fuel")
 
 
 @functools.cache

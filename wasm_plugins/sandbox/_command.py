@@ -47,6 +47,9 @@ from collections.abc import Sequence
 import attrs
 
 from wasm_plugins.engine import (
+    METER_FUNCTION,
+    METER_MODULE,
+    METER_SIGNATURE,
     OP_CALL,
     OP_DATA,
     OP_GLOBAL_GET,
@@ -915,9 +918,14 @@ def _setter_function(ix: _Indices, global_index: int, slot: int) -> bytes:
     return _body([], code)
 
 
-def _start_function(ix: _Indices, alloc: int, initialize: int | None) -> bytes:
+def _start_function(
+    ix: _Indices, alloc: int, initialize: int | None, start: int | None = None
+) -> bytes:
+    """The command's ``_start``: the module's start function when it was moved here, then
+    ``_initialize``, the scratch buffer, hello, and serving until stdin closes."""
     code = b"".join(
         (
+            b"" if start is None else _call(start),
             b"" if initialize is None else _call(initialize),
             _i32(SCRATCH_BYTES),
             _call(alloc),
@@ -947,10 +955,11 @@ def _start_function(ix: _Indices, alloc: int, initialize: int | None) -> bytes:
     return _body([], code)
 
 
-def _grown_start_function(ix: _Indices, initialize: int | None) -> bytes:
+def _grown_start_function(ix: _Indices, initialize: int | None, start: int | None = None) -> bytes:
     """The ``_start`` of a module without ``wp_alloc`` (an Extism plugin): the scratch buffer is
-    a page the serving loop grows for itself, before ``_initialize`` runs (which may already
-    call the host). A refused grow exits with ``EXIT_NO_SCRATCH``."""
+    a page the serving loop grows for itself, before the module's moved start function and
+    ``_initialize`` run (which may already call the host). A refused grow exits with
+    ``EXIT_NO_SCRATCH``."""
     scratch = b"\x23" + _encode_uleb(ix.scratch)
     code = b"".join(
         (
@@ -969,6 +978,7 @@ def _grown_start_function(ix: _Indices, initialize: int | None) -> bytes:
             _i32(16),  # 16 bytes into the page: never at address 0, which the loop treats as none
             _op(0x6A),  # i32.add
             b"\x24" + _encode_uleb(ix.scratch),
+            b"" if start is None else _call(start),
             b"" if initialize is None else _call(initialize),
             _scratch(0),
             _MEMORY_SIZE,
@@ -990,8 +1000,20 @@ def _grown_start_function(ix: _Indices, initialize: int | None) -> bytes:
     return _body([], code)
 
 
-def _host_call_shim(ix: _Indices, slot: int, ftype: _FuncType) -> bytes:
-    """A host import made a HOSTCALL frame, then serving until RETURN."""
+_BORROWED = 8
+"""Where the meter's host call borrows memory for its frames before the scratch buffer exists."""
+_BORROWED_WORDS = (_OUT_PAYLOAD + 16 + 7) // 8
+"""The words it borrows (saved in locals, restored after): frame headers and one argument."""
+
+
+def _host_call_shim(ix: _Indices, slot: int, ftype: _FuncType, *, meter: bool = False) -> bytes:
+    """A host import made a HOSTCALL frame, then serving until RETURN.
+
+    Before the serving loop has its scratch buffer (a start function, ``_initialize``, the
+    ``wp_alloc`` that makes it) a host call traps, except the meter's (``meter``: a metered
+    module calls it from anywhere, its first charge included): it borrows
+    ``_BORROWED_WORDS`` words of memory at ``_BORROWED`` for its frames, keeping them in locals
+    and restoring them before it returns (the host answers the meter with ``RETURN`` alone)."""
     count = len(ftype.params)
     args = b"".join(
         _scratch(0)
@@ -1006,13 +1028,8 @@ def _host_call_shim(ix: _Indices, slot: int, ftype: _FuncType) -> bytes:
         finish = _op(0xA7)
     else:
         finish = b""
-    code = b"".join(
+    core = b"".join(
         (
-            _scratch(0),
-            _op(0x45),
-            _IF,
-            _op(0x00),
-            _END,
             _scratch(0),
             _i32(slot),
             _store32(_OUT_PAYLOAD),
@@ -1031,7 +1048,41 @@ def _host_call_shim(ix: _Indices, slot: int, ftype: _FuncType) -> bytes:
             finish,
         )
     )
-    return _body([], code)
+    if not meter:
+        return _body([], _scratch(0) + _op(0x45) + _IF + _op(0x00) + _END + core)
+    result = count
+    saved = range(count + 1, count + 1 + _BORROWED_WORDS)
+    set_scratch = b"\x24" + _encode_uleb(ix.scratch)
+    borrowing = b"".join(
+        (
+            _scratch(0),
+            _op(0x45),
+            _IF,
+            _MEMORY_SIZE,
+            _op(0x45),
+            _IF,
+            _op(0x00),
+            _END,
+            *(
+                _i32(0) + _load64(_BORROWED + 8 * k) + _local_set(local)
+                for k, local in enumerate(saved)
+            ),
+            _i32(_BORROWED),
+            set_scratch,
+            core,
+            _local_set(result),
+            *(
+                _i32(0) + _local_get(local) + _store64(_BORROWED + 8 * k)
+                for k, local in enumerate(saved)
+            ),
+            _i32(0),
+            set_scratch,
+            _local_get(result),
+            b"\x0f",
+            _END,
+        )
+    )
+    return _body([(1 + _BORROWED_WORDS, _I64)], borrowing + core)
 
 
 def _fd_write_shim(ix: _Indices) -> bytes:
@@ -1242,6 +1293,12 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:  # noqa:
             )
         shimmed.append((item, "host"))
         host_imports.append((item.module, item.name, ftype.signature()))
+    # A module rewritten by the metering pass: its meter may be called before the scratch
+    # buffer exists (see _host_call_shim).
+    metered = any(
+        module == METER_MODULE and name == METER_FUNCTION and signature == METER_SIGNATURE
+        for module, name, signature in host_imports
+    )
 
     rw_type = len(types)
     exit_type = rw_type + 1
@@ -1387,9 +1444,15 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:  # noqa:
             export_entries.append(_encode_name("memory") + bytes([_EXTERN_MEMORY, 0]))
     payloads[_SEC_EXPORT] = _encode_uleb(len(export_entries)) + b"".join(export_entries)
     start_section = _find(sections, _SEC_START)
+    moved_start: int | None = None
     if start_section is not None:
         reader = _Reader(data, start_section.body, start_section.end)
-        payloads[_SEC_START] = _encode_uleb(mapping[reader.u32()])
+        if metered:
+            # The meter's first host call would come from the start function, which runs
+            # before WASI is set up (the SDK panics on a write there): _start calls it first.
+            moved_start = mapping[reader.u32()]
+        else:
+            payloads[_SEC_START] = _encode_uleb(mapping[reader.u32()])
     element_section = _find(sections, _SEC_ELEMENT)
     if element_section is not None:
         payloads[_SEC_ELEMENT] = _remap_elements(data, element_section, mapping)
@@ -1409,22 +1472,28 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:  # noqa:
         elif role == "fd_read":
             sized.append(_fd_read_shim(ix))
         else:
-            sized.append(_host_call_shim(ix, host_slot, types[item.type_index]))
+            ftype = types[item.type_index]
+            meter = metered and (item.module, item.name) == (METER_MODULE, METER_FUNCTION)
+            sized.append(_host_call_shim(ix, host_slot, ftype, meter=meter))
             host_slot += 1
     sized.append(_stream_function(ix, reading=True))
     sized.append(_stream_function(ix, reading=False))
     sized.append(_header_function(ix))
     sized.append(_serve_function(ix, [(index, ftype) for _, index, ftype in served], global_arms))
     if alloc is None:
-        sized.append(_grown_start_function(ix, initialize_index))
+        sized.append(_grown_start_function(ix, initialize_index, moved_start))
     else:
-        sized.append(_start_function(ix, mapping[alloc.index], initialize_index))
+        sized.append(_start_function(ix, mapping[alloc.index], initialize_index, moved_start))
     sized.append(_report_function(ix))
     sized.extend(setter_bodies)
     payloads[_SEC_CODE] = _encode_uleb(len(sized)) + b"".join(sized)
 
     names = [s for s in sections if s.id == _SEC_CUSTOM and _custom_name(data, s) == b"name"]
-    kept = [s for s in sections if s not in names]
+    kept = [
+        s
+        for s in sections
+        if s not in names and not (moved_start is not None and s.id == _SEC_START)
+    ]
     wrapped = _assemble(data, kept, payloads)
     if names:
         wrapped += _renamed(data, names[0], mapping)

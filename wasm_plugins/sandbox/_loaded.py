@@ -97,8 +97,9 @@ _MASK = 0xFFFFFFFF
 def compiled_with_fuel(engine: Engine, limits: Limits) -> bool:
     """The ``fuel`` flag a module is compiled (and its compiled code loaded) with: fuel metering
     for an engine that meters natively, a metered module (fuel, a timeout or both) for one that
-    meters by instrumentation."""
-    if engine.features.metering_by_instrumentation:
+    meters by instrumentation (fuel alone where the engine keeps deadlines itself)."""
+    features = engine.features
+    if features.metering_by_instrumentation and features.metering_timeouts:
         return limits.fuel is not None or limits.timeout is not None
     return limits.fuel is not None
 
