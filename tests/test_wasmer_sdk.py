@@ -261,6 +261,18 @@ class TestExtism:
         assert sandbox.call_bytes("ok", b"") == b""
         sandbox.close()
 
+    def test_fuel_covers_the_plugin_and_its_kernel(self, sdk: Engine) -> None:
+        """With a fuel limit the plugin (metering pass) and the kernel (wasmtime's fuel) are
+        metered: a call within the budget answers, one past it is a fuel limit, and the next
+        call answers."""
+        sandbox = Sandbox(KITCHEN, engine=sdk, codec="raw", limits=Limits(fuel=100_000))
+        assert sandbox.call_bytes("count_vowels", b"hello") == b'{"count": 2}'
+        with pytest.raises(ResourceLimitExceeded) as caught:
+            sandbox.call_bytes("grow", b"x" * 100)
+        assert caught.value.resource == "fuel"
+        assert sandbox.call_bytes("count_vowels", b"a") == b'{"count": 1}'
+        sandbox.close()
+
     def test_a_module_without_wp_alloc_is_served(self, sdk: Engine) -> None:
         """Without wp_alloc, the serving loop grows a page of its own for its scratch buffer."""
         wasm = wat(
