@@ -19,7 +19,14 @@ import pytest
 import wasmtime
 
 from tests.conftest import CONFORMANCE, ROOT, SDK_ENGINE, engine_named
-from wasm_plugins.engine import CallBudget, Engine, FuncSignature, WasiCommand, WasiSettings
+from wasm_plugins.engine import (
+    CallBudget,
+    Engine,
+    FuncSignature,
+    LinkedModule,
+    WasiCommand,
+    WasiSettings,
+)
 from wasm_plugins.errors import (
     CommunicationError,
     ConfigurationError,
@@ -138,7 +145,11 @@ class TestWrapper:
                 '(module (import "wasm_plugins" "x" (func (param f32)))'
                 f' (memory (export "memory") 1) {ALLOC})',
             ),
-            ("no-scratch-allocator", '(module (memory (export "memory") 1))'),
+            (
+                "no-scratch-allocator",
+                '(module (memory (export "memory") 1)'
+                ' (func (export "wp_alloc") (param i64) (result i32) (i32.const 0)))',
+            ),
         ],
     )
     def test_unwrappable_modules_are_refused_with_the_reason(
@@ -193,12 +204,101 @@ class TestCalls:
         again = sdk.deserialize(module.serialize())
         assert [e.name for e in again.exports] == [e.name for e in module.exports]
 
-    def test_extism_plugins_are_refused(self, sdk: Engine) -> None:
-        module = """(module (import "extism:host/env" "input_length" (func (result i64)))
-          (memory (export "memory") 1) (func (export "run") (result i32) (i32.const 0)))"""
+    def test_a_kernel_from_another_engine_is_refused(self, sdk: Engine) -> None:
+        """The linked module (the Extism kernel) runs in-process on the linking engine: one
+        compiled by another engine is a typed configuration error."""
+        kernel = sdk.compile(sdk.wat_to_wasm(ABI.read_text()))
+        module = sdk.compile(sdk.wat_to_wasm(ABI.read_text()))
         with pytest.raises(ConfigurationError) as caught:
-            Sandbox(module, engine=sdk)
-        assert "wasmtime" in (caught.value.suggestion or "")
+            module.instantiate(
+                [], CallBudget(), linked=LinkedModule(module=kernel, namespace="extism:host/env")
+            )
+        assert caught.value.field == "engine"
+        assert "wasmtime" in caught.value.message
+
+
+# -- Extism plugins --------------------------------------------------------------------------------
+
+COUNT_VOWELS = ROOT / "benchmarks" / "extism_count_vowels.wat"
+KITCHEN = Path(__file__).parent / "extism" / "kitchen.wat"
+
+
+class TestExtism:
+    def test_an_extism_plugin_answers_like_on_wasmtime(self, sdk: Engine) -> None:
+        """The plugin runs in an SDK process, its kernel in-process on wasmtime: the outputs are
+        those of the plugin on wasmtime."""
+        wasmtime_engine = engine_named("wasmtime")
+        ours = Sandbox(COUNT_VOWELS, engine=sdk, codec="raw")
+        theirs = Sandbox(COUNT_VOWELS, engine=wasmtime_engine, codec="raw")
+        assert ours.abi == "extism"
+        for data in (b"", b"a", b"Hello, World!", bytes(range(256))):
+            assert ours.call_bytes("count_vowels", data) == theirs.call_bytes("count_vowels", data)
+        ours.close()
+
+    def test_an_extism_plugin_exporting_initialize_is_initialized_once(self, sdk: Engine) -> None:
+        """An Extism plugin exporting _initialize (as real toolchains build them) instantiates,
+        serves calls, and its _initialize ran once before the first call."""
+        sandbox = Sandbox(KITCHEN, engine=sdk, codec="raw")
+        assert sandbox.call_bytes("initialized", b"") == b"1"
+        assert sandbox.call_bytes("count_vowels", b"hello") == b'{"count": 2}'
+        sandbox.close()
+
+    def test_an_endless_extism_plugin_times_out_and_the_next_call_answers(
+        self, sdk: Engine
+    ) -> None:
+        """The call's deadline covers the plugin in its process and the kernel calls it makes;
+        past it the process is killed and the next call gets a fresh instance and kernel."""
+        plugin = """(module
+          (import "extism:host/env" "input_length" (func $input_length (result i64)))
+          (memory (export "memory") 1)
+          (func (export "spin") (result i32)
+            (loop $l (drop (call $input_length)) (br $l))
+            (i32.const 0))
+          (func (export "ok") (result i32) (i32.const 0)))"""
+        sandbox = Sandbox(plugin, engine=sdk, codec="raw", limits=Limits(timeout=0.5))
+        with pytest.raises(DeadlineExceeded):
+            sandbox.call_bytes("spin", b"x")
+        assert sandbox.call_bytes("ok", b"") == b""
+        sandbox.close()
+
+    def test_fuel_covers_the_plugin_and_its_kernel(self, sdk: Engine) -> None:
+        """With a fuel limit the plugin (metering pass) and the kernel (wasmtime's fuel) are
+        metered: a call within the budget answers, one past it is a fuel limit, and the next
+        call answers."""
+        sandbox = Sandbox(KITCHEN, engine=sdk, codec="raw", limits=Limits(fuel=100_000))
+        assert sandbox.call_bytes("count_vowels", b"hello") == b'{"count": 2}'
+        with pytest.raises(ResourceLimitExceeded) as caught:
+            sandbox.call_bytes("grow", b"x" * 100)
+        assert caught.value.resource == "fuel"
+        assert sandbox.call_bytes("count_vowels", b"a") == b'{"count": 1}'
+        sandbox.close()
+
+    def test_a_module_without_wp_alloc_is_served(self, sdk: Engine) -> None:
+        """Without wp_alloc, the serving loop grows a page of its own for its scratch buffer."""
+        wasm = wat(
+            """(module (memory (export "memory") 1)
+              (func (export "add") (param i32 i32) (result i32)
+                (i32.add (local.get 0) (local.get 1))))"""
+        )
+        command = wrap_command(wasm)
+        valid(command.wasm)
+        instance = sdk.compile(wasm).instantiate([], CallBudget(timeout=30))
+        try:
+            assert instance.call(instance.export_function("add"), 2, 3) == 5
+            assert instance.memory.size() == 2 * 65536  # the page grown for the scratch buffer
+        finally:
+            close = getattr(instance, "close", None)
+            if callable(close):
+                close()
+
+    def test_a_module_whose_memory_cannot_grow_is_an_instance_error(self, sdk: Engine) -> None:
+        """Without wp_alloc and without room to grow a page, instantiation fails, typed."""
+        wasm = wat(
+            """(module (memory (export "memory") 1 1)
+              (func (export "one") (result i32) (i32.const 1)))"""
+        )
+        with pytest.raises(InstanceError):
+            sdk.compile(wasm).instantiate([], CallBudget(timeout=30))
 
 
 PRINTER = f"""(module

@@ -80,6 +80,7 @@ from wasm_plugins.engine._protocol import (
     CallBudget,
     Engine,
     EngineFeatures,
+    EngineInstance,
     ExportFunction,
     ExternInfo,
     FuncSignature,
@@ -382,13 +383,14 @@ def _unenforceable(limit: str) -> ConfigurationError:
     )
 
 
-def _extism_refused() -> ConfigurationError:
+def _foreign_kernel(engine: str) -> ConfigurationError:
     return ConfigurationError(
         field="engine",
         message=(
-            f"Invalid configuration: engine - Extism plugins do not run on the {ENGINE_NAME} engine"
+            f"Invalid configuration: engine - a module linked to a {ENGINE_NAME} instance runs "
+            f"in-process on its linking engine (wasmtime), not on {engine}"
         ),
-        suggestion="run Extism plugins on engine='wasmtime' or engine='wasmer' (wasmer 1.1)",
+        suggestion="compile the linked module (the Extism kernel) with the engine's linking_engine",
     )
 
 
@@ -686,7 +688,7 @@ class SdkInstance:
         return _signed(self._call(export, (ptr, length), prefetch=PREFETCH), "i64")
 
     def call_unit(self, function: ExportFunction) -> int:
-        raise _extism_refused()
+        return _signed(self._call(self._export(function), (), prefetch=0), "i32")
 
     def read_global(self, name: str) -> int | None:
         slot = self._module.global_slots.get(name)
@@ -947,6 +949,76 @@ class SdkInstance:
                     asyncio.run_coroutine_threadsafe(channel.close(), loop)
 
 
+class _LinkedSdkInstance(SdkInstance):
+    """An instance with a linked module (the Extism kernel): the linked module runs in this
+    process on the linking engine (wasmtime), instantiated before the process starts; the
+    plugin's imports from its namespace are host calls that call its exports, one round trip
+    each. Calls on the linked module's functions (through :meth:`call`) go to it directly."""
+
+    def __init__(
+        self,
+        module: SdkModule,
+        imports: Sequence[HostImport],
+        budget: CallBudget,
+        wasi: WasiSettings | None,
+        linked: LinkedModule,
+    ) -> None:
+        linking = module.engine.linking_engine
+        # By name: a worker process or a cache may hold another instance of the same engine.
+        owner = getattr(getattr(linked.module, "engine", None), "name", None)
+        if owner != linking.name:
+            raise _foreign_kernel(owner or type(linked.module).__name__)
+        wanted = {(item.module, item.name) for item in linked.module.imports}
+        kernel = linked.module.instantiate(
+            [item for item in imports if (item.module, item.name) in wanted], budget
+        )
+        self._kernel = kernel
+        self._kernel_exports: set[int] = set()
+        served = list(imports)
+        for item in module.imports:
+            if item.module == linked.namespace and item.kind == "func":
+                served.append(_kernel_import(kernel, item.module, item.name))
+        super().__init__(module, served, budget, wasi)
+
+    @property
+    def linked(self) -> Any:
+        return self._kernel
+
+    def arm(self) -> None:
+        super().arm()
+        kernel = getattr(self, "_kernel", None)
+        if kernel is not None:
+            kernel.arm()
+
+    def call(self, function: ExportFunction, *args: int) -> Any:
+        if isinstance(function, _Export):
+            return super().call(function, *args)
+        return self._kernel.call(function, *args)
+
+    def fuel_consumed(self) -> int | None:
+        own, kernel = super().fuel_consumed(), self._kernel.fuel_consumed()
+        if own is None and kernel is None:
+            return None
+        return (own or 0) + (kernel or 0)
+
+    def close(self) -> None:
+        super().close()
+        close = getattr(self._kernel, "close", None)
+        if callable(close):
+            close()
+
+
+def _kernel_import(kernel: EngineInstance, module: str, name: str) -> HostImport:
+    """A plugin import served by the linked instance's export of the same name."""
+    export = kernel.export_function(name)
+
+    def forward(memory: GuestMemory, *args: int) -> Any:
+        del memory
+        return kernel.call(export, *args)
+
+    return HostImport(module=module, name=name, signature=export.signature, function=forward)
+
+
 def _instantiation_error(error: PluginError) -> PluginError:
     if isinstance(error, ExecutionError | InstanceError):
         return InstanceError(
@@ -1002,10 +1074,10 @@ class SdkModule:
         wasi: WasiSettings | None = None,
         linked: LinkedModule | None = None,
     ) -> SdkInstance:
-        if linked is not None:
-            raise _extism_refused()
         # An imported memory is defined by the command itself, with the same (clamped) limits.
         del memory_import
+        if linked is not None:
+            return _LinkedSdkInstance(self, imports, budget, wasi, linked)
         return SdkInstance(self, imports, budget, wasi)
 
 
@@ -1033,6 +1105,15 @@ class WasmerSdkEngine:
     def __init__(self) -> None:
         self.version = importlib.metadata.version("wasmer-sdk")
 
+    @property
+    def linking_engine(self) -> Engine:
+        """The engine that compiles and runs a module linked beside a plugin (the Extism
+        kernel): wasmtime, in this process. The plugin's imports from the linked module's
+        namespace become host calls answered by the linked instance's exports."""
+        from wasm_plugins.engine import get_engine  # noqa: PLC0415
+
+        return get_engine("wasmtime")
+
     def wat_to_wasm(self, text: str) -> bytes:
         # WAT and validation are wasmtime's (a required dependency): the SDK has neither.
         return _wasmtime().wat_to_wasm(text)
@@ -1052,8 +1133,6 @@ class WasmerSdkEngine:
         types = read_module_types(wasm)
         if not _is_metered(types):
             raise _unenforceable("fuel")
-        if any(item.module == "extism:host/env" for item in types.imports):
-            raise _extism_refused()
         return SdkModule(self, wrap_as_command(bytes(wasm)), types)
 
     def deserialize(self, data: bytes, *, fuel: bool = False) -> SdkModule:

@@ -35,8 +35,7 @@ from wasm_plugins.sandbox import (
     LoadedModule,
     abi_host_functions,
     compiled_with_fuel,
-    kernel_fuel,
-    kernel_module,
+    linked_kernel,
     worker_served_functions,
 )
 
@@ -185,7 +184,7 @@ def rebuild(
         pages = None if limits.memory is None else limits.memory // PAGE_SIZE
         extism = {
             "abi": "extism",
-            "kernel": kernel_module(engine, pages, kernel_fuel(engine, limits)),
+            "kernel": linked_kernel(engine, pages, limits),
             "config": {name: text.encode("latin-1") for name, text in spec["config"].items()},
             "capabilities": frozenset(spec["capabilities"]),
             "http_hosts": tuple(spec["http_hosts"]),

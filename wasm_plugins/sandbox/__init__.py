@@ -43,6 +43,7 @@ from wasm_plugins.sandbox._loaded import (
     ModuleSource,
     compiled_with_fuel,
     kernel_fuel,
+    linked_kernel,
     load_module_bytes,
 )
 from wasm_plugins.sandbox._metering import meter_module
@@ -89,6 +90,7 @@ __all__ = [
     "instance_is_suspect",
     "kernel_fuel",
     "kernel_module",
+    "linked_kernel",
     "load_module_bytes",
     "meter_module",
     "on_roomy_stack",

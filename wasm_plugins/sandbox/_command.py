@@ -2,8 +2,9 @@
 
 An engine that can only run WASI commands in a process of their own (``wasmer-sdk``) runs a
 plugin through this rewrite. :func:`wrap_command` is a pure function of the module's bytes: it
-appends a ``_start`` that allocates a small scratch buffer with ``wp_alloc``, says hello, then
-serves framed requests read from stdin and answers them on stdout, until stdin closes.
+appends a ``_start`` that allocates a small scratch buffer with ``wp_alloc`` (or, in a module
+without one, such as an Extism plugin, grows a page for it), says hello, then serves framed
+requests read from stdin and answers them on stdout, until stdin closes.
 
 Frames, both ways: a header of two little-endian u32 (operation, payload length), then the
 payload. Host to guest:
@@ -171,7 +172,8 @@ def _refusal(reason: str, text: str, offset: int | None) -> ModuleError:
         "memory cannot be given to a WASI command)",
         "start-export-type": "remove the export '_start', or give it the type () -> ()",
         "unsupported-import": "run the plugin on engine='wasmtime', or remove the import",
-        "no-scratch-allocator": "export wp_alloc (i32) -> i32, as ABI 1 requires",
+        "no-scratch-allocator": "export wp_alloc with the type (i32) -> i32, as ABI 1 requires, "
+        "or not at all",
     }
     missing = (
         "memory"
@@ -953,6 +955,51 @@ def _start_function(
     return _body([], code)
 
 
+def _grown_start_function(ix: _Indices, initialize: int | None, start: int | None = None) -> bytes:
+    """The ``_start`` of a module without ``wp_alloc`` (an Extism plugin): the scratch buffer is
+    a page the serving loop grows for itself, before the module's moved start function and
+    ``_initialize`` run (which may already call the host). A refused grow exits with
+    ``EXIT_NO_SCRATCH``."""
+    scratch = b"\x23" + _encode_uleb(ix.scratch)
+    code = b"".join(
+        (
+            _i32(1),
+            b"\x40\x00",  # memory.grow: the old size in pages, or -1
+            b"\x24" + _encode_uleb(ix.scratch),
+            scratch,
+            _i32(-1),
+            _op(0x46),  # i32.eq
+            _IF,
+            _exit(ix, EXIT_NO_SCRATCH),
+            _END,
+            scratch,
+            _i32(16),
+            _op(0x74),  # i32.shl
+            _i32(16),  # 16 bytes into the page: never at address 0, which the loop treats as none
+            _op(0x6A),  # i32.add
+            b"\x24" + _encode_uleb(ix.scratch),
+            b"" if start is None else _call(start),
+            b"" if initialize is None else _call(initialize),
+            _scratch(0),
+            _MEMORY_SIZE,
+            _store32(_OUT_PAYLOAD),
+            _scratch(0),
+            _scratch(0),
+            _store32(_OUT_PAYLOAD + 4),
+            _i32(OP_HELLO),
+            _i32(8),
+            _call(ix.header),
+            _scratch(_OUT_PAYLOAD),
+            _i32(8),
+            _call(ix.write_all),
+            _i32(0),
+            _call(ix.serve),
+            _op(0x1A),
+        )
+    )
+    return _body([], code)
+
+
 _BORROWED = 8
 """Where the meter's host call borrows memory for its frames before the scratch buffer exists."""
 _BORROWED_WORDS = (_OUT_PAYLOAD + 16 + 7) // 8
@@ -1175,6 +1222,7 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:  # noqa:
     defined_globals = _global_types(data, global_section)
 
     by_name = {e.name: e for e in exports}
+    alloc_export = by_name.get(SCRATCH_ALLOCATOR)
     memory = by_name.get("memory")
     memory_section = _find(sections, _SEC_MEMORY)
     if imported_memory is not None:
@@ -1182,6 +1230,10 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:  # noqa:
             raise _Refused("unsupported-import", "the module imports a memory and defines others")
         if memory is not None and (memory.kind != _EXTERN_MEMORY or memory.index != 0):
             raise _Refused("no-memory-export", "the export 'memory' is not the module's memory")
+    elif memory is None and memory_section is None and alloc_export is None:
+        # No memory at all (a tiny Extism plugin): the command defines one for the serving
+        # loop, with room for its scratch page only (the plugin has no memory instructions).
+        imported_memory = b"\x01\x00\x01"
     elif memory is None or memory.kind != _EXTERN_MEMORY or memory.index != 0:
         raise _Refused("no-memory-export", "the module does not export its memory as 'memory'")
 
@@ -1201,15 +1253,14 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:  # noqa:
             "start-export-type", "the module exports '_start' with a type other than () -> ()"
         )
     alloc = by_name.get(SCRATCH_ALLOCATOR)
-    if (
-        alloc is None
-        or alloc.kind != _EXTERN_FUNC
+    if alloc is not None and (
+        alloc.kind != _EXTERN_FUNC
         or type_of(alloc.index) != _FuncType(bytes([_I32]), bytes([_I32]))
     ):
         raise _Refused(
             "no-scratch-allocator",
-            f"the module does not export {SCRATCH_ALLOCATOR} (i32) -> i32 for the serving "
-            "loop's scratch buffer",
+            f"the module exports {SCRATCH_ALLOCATOR} with a type other than (i32) -> i32, the "
+            "serving loop's scratch allocator",
         )
 
     # Imports: WASI ones pass through (fd_read and fd_write through shims), others are host calls.
@@ -1429,7 +1480,10 @@ def _wrap(data: bytes, wanted: frozenset[str] | None) -> CommandModule:  # noqa:
     sized.append(_stream_function(ix, reading=False))
     sized.append(_header_function(ix))
     sized.append(_serve_function(ix, [(index, ftype) for _, index, ftype in served], global_arms))
-    sized.append(_start_function(ix, mapping[alloc.index], initialize_index, moved_start))
+    if alloc is None:
+        sized.append(_grown_start_function(ix, initialize_index, moved_start))
+    else:
+        sized.append(_start_function(ix, mapping[alloc.index], initialize_index, moved_start))
     sized.append(_report_function(ix))
     sized.extend(setter_bodies)
     payloads[_SEC_CODE] = _encode_uleb(len(sized)) + b"".join(sized)

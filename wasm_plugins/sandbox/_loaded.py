@@ -70,6 +70,7 @@ __all__ = [
     "ModuleSource",
     "compiled_with_fuel",
     "kernel_fuel",
+    "linked_kernel",
     "load_module_bytes",
 ]
 
@@ -109,6 +110,14 @@ def compiled_with_fuel(engine: Engine, limits: Limits) -> bool:
 def kernel_fuel(engine: Engine, limits: Limits) -> bool:
     """The ``fuel`` flag of an Extism plugin's kernel: our own code, metered only natively."""
     return limits.fuel is not None and not engine.features.metering_by_instrumentation
+
+
+def linked_kernel(engine: Engine, maximum_pages: int | None, limits: Limits) -> LinkedModule:
+    """The Extism kernel to link beside a plugin run by ``engine``: compiled by the engine
+    itself, or by its ``linking_engine`` when it has one (wasmer-sdk runs plugins out of
+    process, and their kernel in this process, on wasmtime)."""
+    linking: Engine = getattr(engine, "linking_engine", engine)
+    return kernel_module(linking, maximum_pages, kernel_fuel(linking, limits))
 
 
 def load_module_bytes(source: ModuleSource, engine: Engine) -> bytes:
@@ -286,11 +295,7 @@ class LoadedModule:
         granted = frozenset(capabilities)
         pages = None if limits.memory is None else limits.memory // PAGE_SIZE
         link = _link(module, requested_abi, functions, host_functions, granted, pages, plugin)
-        kernel = (
-            kernel_module(engine, pages, kernel_fuel(engine, limits))
-            if link.abi == "extism"
-            else None
-        )
+        kernel = linked_kernel(engine, pages, limits) if link.abi == "extism" else None
         return cls(
             engine=engine,
             module=module,
