@@ -1109,10 +1109,10 @@ class WasmerSdkEngine:
     def linking_engine(self) -> Engine:
         """The engine that compiles and runs a module linked beside a plugin (the Extism
         kernel): wasmtime, in this process. The plugin's imports from the linked module's
-        namespace become host calls answered by the linked instance's exports."""
-        from wasm_plugins.engine import get_engine  # noqa: PLC0415
-
-        return get_engine("wasmtime")
+        namespace become host calls answered by the linked instance's exports. The engine's
+        own wasmtime (the one that compiles its WAT), not the registry's: the engine layer's
+        package imports this module."""
+        return _wasmtime()
 
     def wat_to_wasm(self, text: str) -> bytes:
         # WAT and validation are wasmtime's (a required dependency): the SDK has neither.
