@@ -123,3 +123,44 @@ def check_range(
             channel="guest-memory",
             direction=direction,
         )
+
+
+_WASMER_TRAPS = (
+    ("unreachable", "unreachable"),
+    ("integer divide by zero", "integer_divide_by_zero"),
+    ("integer overflow", "integer_overflow"),
+    ("out of bounds memory access", "memory_out_of_bounds"),
+    ("misaligned heap", "memory_out_of_bounds"),
+    ("call stack exhausted", "stack_overflow"),
+    ("uninitialized element", "indirect_call_to_null"),
+    ("indirect call type mismatch", "bad_signature"),
+    ("undefined element", "table_out_of_bounds"),
+    ("invalid conversion to integer", "bad_conversion_to_integer"),
+    ("unaligned atomic", "memory_out_of_bounds"),
+)
+_WASMER_FRAME = re.compile(
+    r"^\s*at (?P<name>.*?) \(<module>\[(?P<index>\d+)\]:0x(?P<offset>[0-9a-fA-F]+)\)"
+)
+
+
+def wasmer_trap(text: str) -> ExecutionError:
+    """The trap a Wasmer runtime error describes (its text after ``RuntimeError: ``), with its
+    frames: the wasmer 1.1 binding and the Wasmer SDK print the same text."""
+    # A stack overflow message lists every frame (megabytes); only the head is parsed.
+    head = text.split("\n", MAX_FRAMES + 1)
+    first = head[0].strip()
+    trap = next((name for needle, name in _WASMER_TRAPS if first.startswith(needle)), "unknown")
+    frames = []
+    for line in head[1 : MAX_FRAMES + 1]:
+        match = _WASMER_FRAME.match(line)
+        if match:
+            name = match["name"]
+            frames.append(
+                GuestFrame(
+                    function=None if name == "<unnamed>" else name,
+                    function_index=int(match["index"]),
+                    module_offset=int(match["offset"], 16),
+                )
+            )
+    omitted = max(0, text.count("\n    at ") - len(frames))
+    return trap_error(trap, tuple(frames), omitted, first)

@@ -14,7 +14,6 @@ import ctypes
 import functools
 import itertools
 import os
-import re
 import threading
 import traceback
 import weakref
@@ -51,18 +50,16 @@ from wasm_plugins.engine._protocol import (
     WasiSettings,
 )
 from wasm_plugins.engine._traps import (
-    MAX_FRAMES,
     check_range,
-    trap_error,
     truncate,
     validation_error,
+    wasmer_trap,
     wat_error,
 )
 from wasm_plugins.errors import (
     CommunicationError,
     ConfigurationError,
     ExecutionError,
-    GuestFrame,
     InstanceError,
     ModuleError,
     PluginError,
@@ -79,25 +76,6 @@ _TYPES = {
 }
 _TYPES_BACK = {name: value for value, name in _TYPES.items()}
 
-_TRAPS = (
-    ("unreachable", "unreachable"),
-    ("integer divide by zero", "integer_divide_by_zero"),
-    ("integer overflow", "integer_overflow"),
-    ("out of bounds memory access", "memory_out_of_bounds"),
-    ("misaligned heap", "memory_out_of_bounds"),
-    ("call stack exhausted", "stack_overflow"),
-    ("uninitialized element", "indirect_call_to_null"),
-    ("indirect call type mismatch", "bad_signature"),
-    ("undefined element", "table_out_of_bounds"),
-    ("invalid conversion to integer", "bad_conversion_to_integer"),
-    ("unaligned atomic", "memory_out_of_bounds"),
-)
-
-_FRAME = re.compile(
-    r"^\s*at (?P<name>.*?) \(<module>\[(?P<index>\d+)\]:0x(?P<offset>[0-9a-fA-F]+)\)"
-)
-
-
 _I32_SIGN = 1 << 31
 
 
@@ -107,25 +85,7 @@ def _to_i32(value: int) -> int:
 
 
 def _trap_from_message(message: str) -> ExecutionError:
-    text = message.removeprefix("RuntimeError: ")
-    # A stack overflow message lists every frame (megabytes); only the head is parsed.
-    head = text.split("\n", MAX_FRAMES + 1)
-    first = head[0].strip()
-    trap = next((name for needle, name in _TRAPS if first.startswith(needle)), "unknown")
-    frames = []
-    for line in head[1 : MAX_FRAMES + 1]:
-        match = _FRAME.match(line)
-        if match:
-            name = match["name"]
-            frames.append(
-                GuestFrame(
-                    function=None if name == "<unnamed>" else name,
-                    function_index=int(match["index"]),
-                    module_offset=int(match["offset"], 16),
-                )
-            )
-    omitted = max(0, text.count("\n    at ") - len(frames))
-    return trap_error(trap, tuple(frames), omitted, first)
+    return wasmer_trap(message.removeprefix("RuntimeError: "))
 
 
 class _ThreadAffinity:

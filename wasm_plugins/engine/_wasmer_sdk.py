@@ -38,7 +38,6 @@ import gc
 import importlib.metadata
 import json
 import os
-import re
 import struct
 import sys
 import threading
@@ -91,10 +90,9 @@ from wasm_plugins.engine._protocol import (
     WasiSettings,
 )
 from wasm_plugins.engine._traps import (
-    MAX_FRAMES,
     check_range,
-    trap_error,
     truncate,
+    wasmer_trap,
 )
 from wasm_plugins.errors import (
     CallCancelled,
@@ -102,7 +100,6 @@ from wasm_plugins.errors import (
     ConfigurationError,
     DeadlineExceeded,
     ExecutionError,
-    GuestFrame,
     InstanceError,
     ModuleError,
     PluginError,
@@ -310,48 +307,13 @@ def resource_usage() -> dict[str, int]:
 # Errors
 
 
-_TRAPS = (
-    ("unreachable", "unreachable"),
-    ("integer divide by zero", "integer_divide_by_zero"),
-    ("integer overflow", "integer_overflow"),
-    ("out of bounds memory access", "memory_out_of_bounds"),
-    ("misaligned heap", "memory_out_of_bounds"),
-    ("call stack exhausted", "stack_overflow"),
-    ("uninitialized element", "indirect_call_to_null"),
-    ("indirect call type mismatch", "bad_signature"),
-    ("undefined element", "table_out_of_bounds"),
-    ("invalid conversion to integer", "bad_conversion_to_integer"),
-    ("unaligned atomic", "memory_out_of_bounds"),
-)
-_FRAME = re.compile(
-    r"^\s*at (?P<name>.*?) \(<module>\[(?P<index>\d+)\]:0x(?P<offset>[0-9a-fA-F]+)\)"
-)
-
-
 def _trap_from_message(message: str) -> ExecutionError | None:
     """The trap an SDK message (``command execution failed: RuntimeError: unreachable ...``)
     describes, or ``None`` when it describes none."""
     position = message.find("RuntimeError: ")
     if position < 0:
         return None
-    text = message[position + len("RuntimeError: ") :]
-    head = text.split("\n", MAX_FRAMES + 1)
-    first = head[0].strip()
-    trap = next((name for needle, name in _TRAPS if first.startswith(needle)), "unknown")
-    frames = []
-    for line in head[1 : MAX_FRAMES + 1]:
-        match = _FRAME.match(line)
-        if match:
-            name = match["name"]
-            frames.append(
-                GuestFrame(
-                    function=None if name == "<unnamed>" else name,
-                    function_index=int(match["index"]),
-                    module_offset=int(match["offset"], 16),
-                )
-            )
-    omitted = max(0, text.count("\n    at ") - len(frames))
-    return trap_error(trap, tuple(frames), omitted, first)
+    return wasmer_trap(message[position + len("RuntimeError: ") :])
 
 
 class _Eof(Exception):
