@@ -537,6 +537,34 @@ class TestWasmerFuelAndTimeouts:
         assert during > 0
         assert sandbox.call("echo", "ok") == "ok"
 
+    def test_a_deadline_restarts_without_a_new_share(self) -> None:
+        """A deadline alone is re-armed without touching the guest's counter (wasmer 1.1 keeps
+        what is left of the last share): the clock starts again at the re-arm, and the next
+        visit still gets a share, or the deadline's error once it passed."""
+        now = [0.0]
+        meter = Meter(CallBudget(timeout=1.0), clock=lambda: now[0], pause=lambda _s: None)
+        assert meter.arm(handing=False) == 0
+        now[0] = 0.5
+        assert meter.refill(None, -1) == CHUNK
+        now[0] = 10.0
+        meter.arm(handing=False)
+        now[0] = 10.5
+        assert meter.refill(None, 0) == CHUNK
+        now[0] = 11.5
+        with pytest.raises(DeadlineExceeded):
+            meter.refill(None, -3)
+
+    def test_every_call_gets_its_own_deadline(self, wasmer_engine: Engine) -> None:
+        """Calls that leave part of their share in the counter do not carry it into a call
+        that loops: that one still ends at its own deadline, and so does the next."""
+        sandbox = Sandbox(ABI, engine=wasmer_engine, limits=Limits(timeout="50 ms"))
+        for _ in range(2):
+            assert sandbox.call("echo", "ok") == "ok"
+            with pytest.raises(DeadlineExceeded) as caught:
+                sandbox.call("loop_forever")
+            assert caught.value.limit == pytest.approx(0.05)
+        assert sandbox.call("echo", "ok") == "ok"
+
     @pytest.mark.parametrize("limits", [Limits(timeout=600.0), Limits(fuel=10**15)])
     def test_a_watched_call_is_cancelled(self, wasmer_engine: Engine, limits: Limits) -> None:
         """A metered module can be stopped from another thread: at its next visit to the meter
