@@ -375,6 +375,77 @@ class TestTrappedInstanceRelease:
             gc.enable()
 
 
+FREEING = """
+(module
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 1024))
+  (global $freed (mut i32) (i32.const 0))
+  (func (export "wp_alloc") (param $size i32) (result i32) (local $ptr i32)
+    (local.set $ptr (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $size)))
+    (local.get $ptr))
+  ;; Records the sizes freed, added up.
+  (func (export "wp_free") (param i32 i32)
+    (global.set $freed (i32.add (global.get $freed) (local.get 1))))
+  ;; The sizes freed so far, as 4 little-endian bytes at 16.
+  (func (export "freed") (param i32 i32) (result i64)
+    (i32.store (i32.const 16) (global.get $freed))
+    (i64.const 68719476740))
+)
+"""
+
+
+class TestInputBuffer:
+    def test_a_larger_input_frees_the_buffer_it_replaces(self, engine: Engine) -> None:
+        """The input buffer comes from wp_alloc and goes back to wp_free when a larger input
+        replaces it (the smallest is 256 bytes, then powers of two)."""
+        sandbox = Sandbox(FREEING, engine=engine, codec="raw")
+        assert sandbox.call("freed", b"x") == (0).to_bytes(4, "little")
+        assert sandbox.call("freed", b"x" * 200) == (0).to_bytes(4, "little")
+        assert sandbox.call("freed", b"x" * 300) == (256).to_bytes(4, "little")
+        assert sandbox.call("freed", b"x" * 1000) == (256 + 512).to_bytes(4, "little")
+
+
+class TestWasmerTrapText:
+    """The reading of Wasmer's trap text (kept per text, as a plugin traps the same way again)."""
+
+    TEXT = "unreachable\n    at boom (<module>[3]:0x177)\n    at <unnamed> (<module>[1]:0x20)"
+
+    def test_the_same_text_gives_equal_but_separate_errors(self) -> None:
+        from wasm_plugins.engine._traps import wasmer_trap
+
+        first, second = wasmer_trap(self.TEXT), wasmer_trap(self.TEXT)
+        assert first is not second and first.details is not second.details
+        assert (first.trap, first.message, first.guest_stack) == (
+            second.trap,
+            second.message,
+            second.guest_stack,
+        )
+        assert [frame.function for frame in first.guest_stack] == ["boom", None]
+        assert first.guest_stack[0].module_offset == 0x177
+        # Annotating one error leaves the next one of the same text untouched.
+        first.plugin = "mine"
+        assert wasmer_trap(self.TEXT).plugin is None
+
+    def test_texts_are_told_apart(self) -> None:
+        from wasm_plugins.engine._traps import wasmer_trap
+
+        assert wasmer_trap(self.TEXT).trap == "unreachable"
+        other = wasmer_trap(self.TEXT.replace("unreachable", "integer divide by zero"))
+        assert other.trap == "integer_divide_by_zero"
+        assert wasmer_trap(self.TEXT).trap == "unreachable"
+
+    def test_a_deep_stack_is_read_but_not_kept(self) -> None:
+        from wasm_plugins.engine import _traps
+
+        text = "call stack exhausted" + "\n    at recurse (<module>[2]:0x40)" * 5000
+        error = _traps.wasmer_trap(text)
+        assert error.trap == "stack_overflow"
+        assert len(error.guest_stack) == _traps.MAX_FRAMES
+        assert "(+4968 more frames)" in error.message
+        assert text not in _traps._PARSED
+
+
 class TestResults:
     def test_result_pointer_outside_memory(self, engine: Engine) -> None:
         """A result outside guest memory is a communication error, and nothing is read."""
