@@ -330,6 +330,17 @@ class TestAfterATrap:
             sandbox.call("mark", b"")
             assert sandbox.call("peek", b"") == MARKED
 
+    def test_an_export_that_is_no_function_is_refused(self, engine: Engine) -> None:
+        """A memory or a global named as a plugin function is a module error, before the guest
+        runs; the instance is not touched and serves the next call."""
+        sandbox = Sandbox(DIRTY, engine=engine, codec="raw")
+        sandbox.call("mark", b"")
+        for name in ("memory", "marked", "nothing"):
+            with pytest.raises(ModuleError) as caught:
+                sandbox.call(name, b"")
+            assert caught.value.missing_export == name
+        assert sandbox.call("peek", b"") == MARKED
+
     def test_each_trap_is_a_new_error_object(self, engine: Engine) -> None:
         """Errors are annotated and handed to callers, so two traps never share one object
         (nor its guest stack's tuple or details)."""
