@@ -6,14 +6,16 @@ answer a good call correctly.
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ALL_ENGINE_NAMES, CONFORMANCE, EXAMPLES, engine_named
+from tests.conftest import ALL_ENGINE_NAMES, CONFORMANCE, ENGINE_NAMES, EXAMPLES, engine_named
 from wasm_plugins.engine import CallBudget, Engine, FuncSignature, HostImport
 from wasm_plugins.errors import (
     CommunicationError,
@@ -277,6 +279,182 @@ class TestTraps:
         sandbox = Sandbox(ABI, engine=engine)
         error = fails_with(sandbox, "error_out_of_bounds", CommunicationError)
         assert error.channel == "guest-memory"
+
+
+DIRTY = """
+(module
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  (global $marked (export "marked") (mut i32) (i32.const 0))
+  (func (export "wp_alloc") (param $size i32) (result i32) (local $ptr i32)
+    (local.set $ptr (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $size)))
+    (local.get $ptr))
+  (func (export "wp_free") (param i32 i32))
+  ;; Marks the instance: a byte of memory and a global.
+  (func $mark (memory.fill (i32.const 64) (i32.const 88) (i32.const 4))
+    (global.set $marked (i32.const 1)))
+  (func (export "mark") (param i32 i32) (result i64) (call $mark) (i64.const 0))
+  (func (export "mark_then_trap") (param i32 i32) (result i64) (call $mark) unreachable)
+  ;; The 4 bytes at 64, then '0' + the global: "\0\0\0\00" in an unmarked instance.
+  (func (export "peek") (param i32 i32) (result i64)
+    (i32.store8 (i32.const 68) (i32.add (global.get $marked) (i32.const 48)))
+    (i64.const 274877906949))
+)
+"""
+"""A module whose calls can mark their instance (memory and a global), then trap or not."""
+
+UNMARKED = b"\0\0\0\0" + b"0"
+MARKED = b"XXXX1"
+
+
+class TestAfterATrap:
+    """A trapped instance is never reused: whatever the trapping call wrote is gone, however
+    the sandbox makes the next instance (kept handles, imports or a spare instance)."""
+
+    def test_an_instance_that_returned_keeps_what_the_call_wrote(self, engine: Engine) -> None:
+        """(The control: an instance that returned normally serves the next call.)"""
+        sandbox = Sandbox(DIRTY, engine=engine, codec="raw")
+        assert sandbox.call("peek", b"") == UNMARKED
+        sandbox.call("mark", b"")
+        assert sandbox.call("peek", b"") == MARKED
+
+    def test_the_next_call_sees_nothing_the_trapping_call_wrote(self, engine: Engine) -> None:
+        sandbox = Sandbox(DIRTY, engine=engine, codec="raw")
+        for _ in range(3):
+            with pytest.raises(ExecutionError) as caught:
+                sandbox.call("mark_then_trap", b"")
+            assert caught.value.trap == "unreachable"
+            assert sandbox.call("peek", b"") == UNMARKED
+            # The next instance serves later calls as usual.
+            sandbox.call("mark", b"")
+            assert sandbox.call("peek", b"") == MARKED
+
+    def test_an_export_that_is_no_function_is_refused(self, engine: Engine) -> None:
+        """A memory or a global named as a plugin function is a module error, before the guest
+        runs; the instance is not touched and serves the next call."""
+        sandbox = Sandbox(DIRTY, engine=engine, codec="raw")
+        sandbox.call("mark", b"")
+        for name in ("memory", "marked", "nothing"):
+            with pytest.raises(ModuleError) as caught:
+                sandbox.call(name, b"")
+            assert caught.value.missing_export == name
+        assert sandbox.call("peek", b"") == MARKED
+
+    def test_each_trap_is_a_new_error_object(self, engine: Engine) -> None:
+        """Errors are annotated and handed to callers, so two traps never share one object
+        (nor its guest stack's tuple or details)."""
+        sandbox = Sandbox(DIRTY, engine=engine, codec="raw")
+        errors = []
+        for _ in range(2):
+            with pytest.raises(ExecutionError) as caught:
+                sandbox.call("mark_then_trap", b"")
+            errors.append(caught.value)
+        first, second = errors
+        assert first is not second
+        assert first.details is not second.details
+        assert first.context is not second.context
+        assert (first.message, first.trap, first.guest_stack, first.details) == (
+            second.message,
+            second.trap,
+            second.guest_stack,
+            second.details,
+        )
+
+
+class TestTrappedInstanceRelease:
+    @pytest.fixture(params=ENGINE_NAMES)
+    def engine(self, request: pytest.FixtureRequest) -> Engine:
+        """The engines whose instances live in this process."""
+        return engine_named(request.param)
+
+    def test_a_trapped_instance_is_released_without_the_garbage_collector(
+        self, engine: Engine
+    ) -> None:
+        """Once the caller drops the error, nothing keeps the trapped instance alive: a cycle
+        through the error's traceback would hold it (and its memory) until a collection."""
+        sandbox = Sandbox(DIRTY, engine=engine, codec="raw")
+        instance = weakref.ref(sandbox._state().session.instance)
+        gc.collect()
+        gc.disable()
+        try:
+            with pytest.raises(ExecutionError):
+                sandbox.call("mark_then_trap", b"")
+            assert sandbox.instances == 0
+            assert instance() is None
+        finally:
+            gc.enable()
+
+
+FREEING = """
+(module
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 1024))
+  (global $freed (mut i32) (i32.const 0))
+  (func (export "wp_alloc") (param $size i32) (result i32) (local $ptr i32)
+    (local.set $ptr (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $size)))
+    (local.get $ptr))
+  ;; Records the sizes freed, added up.
+  (func (export "wp_free") (param i32 i32)
+    (global.set $freed (i32.add (global.get $freed) (local.get 1))))
+  ;; The sizes freed so far, as 4 little-endian bytes at 16.
+  (func (export "freed") (param i32 i32) (result i64)
+    (i32.store (i32.const 16) (global.get $freed))
+    (i64.const 68719476740))
+)
+"""
+
+
+class TestInputBuffer:
+    def test_a_larger_input_frees_the_buffer_it_replaces(self, engine: Engine) -> None:
+        """The input buffer comes from wp_alloc and goes back to wp_free when a larger input
+        replaces it (the smallest is 256 bytes, then powers of two)."""
+        sandbox = Sandbox(FREEING, engine=engine, codec="raw")
+        assert sandbox.call("freed", b"x") == (0).to_bytes(4, "little")
+        assert sandbox.call("freed", b"x" * 200) == (0).to_bytes(4, "little")
+        assert sandbox.call("freed", b"x" * 300) == (256).to_bytes(4, "little")
+        assert sandbox.call("freed", b"x" * 1000) == (256 + 512).to_bytes(4, "little")
+
+
+class TestWasmerTrapText:
+    """The reading of Wasmer's trap text (kept per text, as a plugin traps the same way again)."""
+
+    TEXT = "unreachable\n    at boom (<module>[3]:0x177)\n    at <unnamed> (<module>[1]:0x20)"
+
+    def test_the_same_text_gives_equal_but_separate_errors(self) -> None:
+        from wasm_plugins.engine._traps import wasmer_trap
+
+        first, second = wasmer_trap(self.TEXT), wasmer_trap(self.TEXT)
+        assert first is not second and first.details is not second.details
+        assert (first.trap, first.message, first.guest_stack) == (
+            second.trap,
+            second.message,
+            second.guest_stack,
+        )
+        assert [frame.function for frame in first.guest_stack] == ["boom", None]
+        assert first.guest_stack[0].module_offset == 0x177
+        # Annotating one error leaves the next one of the same text untouched.
+        first.plugin = "mine"
+        assert wasmer_trap(self.TEXT).plugin is None
+
+    def test_texts_are_told_apart(self) -> None:
+        from wasm_plugins.engine._traps import wasmer_trap
+
+        assert wasmer_trap(self.TEXT).trap == "unreachable"
+        other = wasmer_trap(self.TEXT.replace("unreachable", "integer divide by zero"))
+        assert other.trap == "integer_divide_by_zero"
+        assert wasmer_trap(self.TEXT).trap == "unreachable"
+
+    def test_a_deep_stack_is_read_but_not_kept(self) -> None:
+        from wasm_plugins.engine import _traps
+
+        text = "call stack exhausted" + "\n    at recurse (<module>[2]:0x40)" * 5000
+        error = _traps.wasmer_trap(text)
+        assert error.trap == "stack_overflow"
+        assert len(error.guest_stack) == _traps.MAX_FRAMES
+        assert "(+4968 more frames)" in error.message
+        assert text not in _traps._PARSED
 
 
 class TestResults:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import wasm_plugins
 
@@ -48,6 +49,81 @@ class TestStartUp:
             "print(sorted(name for name in heavy if name in sys.modules))\n"
         )
         assert loaded.strip() == "[]"
+
+    def test_importing_the_plugin_host_loads_nothing_heavy(self) -> None:
+        """``from wasm_plugins import PluginHost`` loads pluggy and attrs, not the policy, the
+        sandboxes, an engine, loguru, cattrs or asyncio (with ssl): a host imports them when it
+        is made, and asyncio only for an awaited call."""
+        loaded = _run(
+            "import sys\n"
+            "from wasm_plugins import PluginHost\n"
+            "heavy = ('asyncio', 'ssl', 'loguru', 'cattrs', 'wasmtime', 'wasmer',\n"
+            "         'wasm_plugins._async_calls', 'wasm_plugins.provider',\n"
+            "         'wasm_plugins.policy', 'wasm_plugins.sandbox', 'wasm_plugins.engine',\n"
+            "         'wasm_plugins.builtin', 'wasm_plugins.errors', 'importlib.metadata')\n"
+            "print(sorted(name for name in heavy if name in sys.modules))\n"
+        )
+        assert loaded.strip() == "[]"
+
+    def test_a_host_imports_asyncio_for_its_first_awaited_call(self) -> None:
+        """A host made, loaded and called imports neither asyncio nor loguru, nor an engine
+        it does not use; its first awaited call that runs off the loop imports its threads.
+        (ssl may come with prometheus_client, whose collector a host registers.)"""
+        echo = Path(__file__).resolve().parent.parent / "hostapi" / "examples" / "echo.wat"
+        manifest = {
+            "name": "echo",
+            "engine": "wasmtime",
+            "isolation": "in-process",
+            "module": {"path": str(echo)},
+        }
+        loaded = _run(
+            "import sys\n"
+            "watched = ('asyncio', 'wasm_plugins._async_calls', 'loguru', 'wasmer')\n"
+            "from wasm_plugins import PluginHost\n"
+            "host = PluginHost(module_cache=False, blocked=(), inline_async_calls=0)\n"
+            f"host.load({manifest!r})\n"
+            "assert host.call('echo', 'echo', {'n': 1}) == {'n': 1}\n"
+            "print(sorted(n for n in watched if n in sys.modules))\n"
+            "import asyncio\n"
+            "assert asyncio.run(host.acall('echo', 'echo', {'n': 2})) == {'n': 2}\n"
+            "print('wasm_plugins._async_calls' in sys.modules)\n"
+            "host.close()\n"
+        )
+        assert loaded.splitlines() == ["[]", "True"]
+
+    def test_a_host_has_every_name_its_module_imports_for_type_checking(self) -> None:
+        """``wasm_plugins.host`` imports what its methods use when the first host is made: each
+        name it imports for type checking is in its namespace then (AsyncCalls excepted, made
+        by the first awaited call)."""
+        import ast
+
+        from wasm_plugins import host
+
+        tree = ast.parse(Path(host.__file__).read_text())
+        guarded = next(
+            node
+            for node in tree.body
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+        )
+        names = {
+            alias.asname or alias.name
+            for node in guarded.body
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+        }
+        assert {"CallPipeline", "Manifest", "PluginError"} <= names
+        host._import_dependencies()
+        assert sorted(name for name in names - {"AsyncCalls"} if not hasattr(host, name)) == []
+
+    def test_names_the_host_module_passes_on_resolve(self) -> None:
+        """``wasm_plugins.host`` still offers the names it passes on (``Outcome``, ``Attempt``,
+        ``PluginSource``) before any host is made."""
+        loaded = _run(
+            "from wasm_plugins.host import Attempt, Outcome, PluginSource\n"
+            "from wasm_plugins.policy import Outcome as PolicyOutcome\n"
+            "print(Outcome is PolicyOutcome, Attempt.__name__, PluginSource is not None)\n"
+        )
+        assert loaded.split() == ["True", "Attempt", "True"]
 
     def test_command_line_help_loads_nothing_heavy(self) -> None:
         """``wasm-plugins --help`` and a command's ``--help`` load no engine, host or loguru:

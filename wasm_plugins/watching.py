@@ -15,8 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, final
 
-from loguru import logger
-
+from wasm_plugins._log import logger
 from wasm_plugins.errors import PluginError
 from wasm_plugins.manifest import Manifest, PluginSource
 

@@ -66,8 +66,16 @@ __all__ = [
     "log_alert",
 ]
 
-_LOGURU_CORE: Any = getattr(logger, "_core", None)
-"""loguru's state behind the logger (one per process, never replaced)."""
+_LOGURU_CORE: Any = None
+"""loguru's state behind the logger (one per process, never replaced), read when the first
+event is reported: reading it imports loguru (and asyncio), which a host made and not yet
+called does without."""
+
+
+def _loguru_core() -> Any:
+    global _LOGURU_CORE  # noqa: PLW0603 - set once, read on every report
+    _LOGURU_CORE = getattr(logger, "_core", None)
+    return _LOGURU_CORE
 
 
 def _error_fields(error: PluginError | None) -> dict[str, Any]:
@@ -99,7 +107,7 @@ class LogReporter:
         # library's default), read from loguru's own state, which it updates on add, remove,
         # enable and disable. Anything unexpected there counts as "not dropped".
         try:
-            core = _LOGURU_CORE
+            core = _LOGURU_CORE or _loguru_core()
             if (
                 not core.handlers
                 or core.levels_lookup["ERROR"][2] < core.min_level

@@ -90,14 +90,45 @@ def trap_error(
     trap: str, frames: tuple[GuestFrame, ...], omitted: int, engine_message: str
 ) -> ExecutionError:
     """An ExecutionError for a trap with a canonical name and the innermost guest frames."""
-    where = f" in {frames[0]}" if frames else ""
-    more = f" (+{omitted} more frames)" if omitted else ""
+    return _trap_error(_Trap.read(trap, frames, omitted, engine_message))
+
+
+class _Trap:
+    """What an error for one trap says: all of it but the error object itself."""
+
+    __slots__ = ("engine_message", "frames", "message", "suggestion", "trap")
+
+    def __init__(
+        self, trap: str, frames: tuple[GuestFrame, ...], message: str, engine_message: str
+    ) -> None:
+        self.trap = trap
+        self.frames = frames
+        self.message = message
+        self.engine_message = engine_message
+        self.suggestion = TRAP_SUGGESTIONS.get(trap)
+
+    @classmethod
+    def read(
+        cls, trap: str, frames: tuple[GuestFrame, ...], omitted: int, engine_message: str
+    ) -> _Trap:
+        where = f" in {frames[0]}" if frames else ""
+        more = f" (+{omitted} more frames)" if omitted else ""
+        return cls(
+            trap,
+            frames,
+            f"Guest trapped: {trap.replace('_', ' ')}{where}{more}",
+            truncate(engine_message, 500),
+        )
+
+
+def _trap_error(known: _Trap) -> ExecutionError:
+    # A new error, and new details, every time: the error is annotated and handed out.
     return ExecutionError(
-        message=f"Guest trapped: {trap.replace('_', ' ')}{where}{more}",
-        trap=trap,
-        guest_stack=frames,
-        details={"engine_message": truncate(engine_message, 500)},
-        suggestion=TRAP_SUGGESTIONS.get(trap),
+        message=known.message,
+        trap=known.trap,
+        guest_stack=known.frames,
+        details={"engine_message": known.engine_message},
+        suggestion=known.suggestion,
     )
 
 
@@ -143,9 +174,28 @@ _WASMER_FRAME = re.compile(
 )
 
 
+_PARSED: dict[str, _Trap] = {}
+_PARSED_KEPT = 256
+"""Trap texts whose reading is kept: a plugin that traps, traps the same way again and again
+(the same code, the same frames), and a host that retries pays for the reading once."""
+_PARSED_TEXT = 4096
+"""Texts longer than this (a deep stack) are read every time rather than kept."""
+
+
 def wasmer_trap(text: str) -> ExecutionError:
     """The trap a Wasmer runtime error describes (its text after ``RuntimeError: ``), with its
     frames: the wasmer 1.1 binding and the Wasmer SDK print the same text."""
+    known = _PARSED.get(text)
+    if known is None:
+        known = _read_wasmer_trap(text)
+        if len(text) <= _PARSED_TEXT:
+            if len(_PARSED) >= _PARSED_KEPT:
+                _PARSED.clear()
+            _PARSED[text] = known
+    return _trap_error(known)
+
+
+def _read_wasmer_trap(text: str) -> _Trap:
     # A stack overflow message lists every frame (megabytes); only the head is parsed.
     head = text.split("\n", MAX_FRAMES + 1)
     first = head[0].strip()
@@ -163,4 +213,4 @@ def wasmer_trap(text: str) -> ExecutionError:
                 )
             )
     omitted = max(0, text.count("\n    at ") - len(frames))
-    return trap_error(trap, tuple(frames), omitted, first)
+    return _Trap.read(trap, tuple(frames), omitted, first)

@@ -334,10 +334,29 @@ class _HostState:
         self.exception: BaseException | None = None
 
 
-class WasmerInstance:
-    """One wasmer instance, bound to the thread that made it."""
+class _Shape:
+    """What every instance of a module needs to know about its exports, read once per module:
+    the signature of each exported function, and whether it exports its memory."""
 
-    @_no_wasmer_objects_in_tracebacks
+    __slots__ = ("exports_memory", "signatures")
+
+    def __init__(self, types: ModuleTypes) -> None:
+        self.signatures: dict[str, FuncSignature] = {}
+        for item in types.exports:
+            if item.kind == "func" and item.signature is not None:
+                self.signatures.setdefault(item.name, item.signature)
+        self.exports_memory = any(
+            item.name == "memory" and item.kind == "memory" for item in types.exports
+        )
+
+
+class WasmerInstance:
+    """One wasmer instance, bound to the thread that made it.
+
+    Made by :meth:`WasmerModule.instantiate`, whose wrapper clears the frames of a failure
+    (this constructor's among them).
+    """
+
     def __init__(
         self,
         store: wasmer.Store,
@@ -348,15 +367,50 @@ class WasmerInstance:
         wasi: WasiSettings | None = None,
         linked: LinkedModule | None = None,
         meter: Meter | None = None,
+        shape: _Shape | None = None,
     ) -> None:
         self._owner = AFFINITY.enter()
         self._types = types
+        self._shape = shape = shape or _Shape(types)
         self.linked: _Linked | None = None
         self._state = _HostState()
         self._funcs: list[Any] = []
         self.memory = _Memory()
         self._meter = meter
         self._fuel: Any = None
+        bare = not imports and memory_import is None and wasi is None and linked is None
+        if not bare or meter is not None:
+            imported_memory = self._instantiate_linked(
+                store, module, imports, memory_import, wasi, linked, meter
+            )
+        else:
+            # Nothing to link: the common plugin (no host functions, no WASI, not metered).
+            imported_memory = None
+            try:
+                self._instance = wasmer.Instance(module)
+            except RuntimeError as exc:
+                raise _instantiation_error(str(exc)) from None
+        self._exports = self._instance.exports
+        if shape.exports_memory:
+            self.memory.bind(self._exports.memory)
+        elif imported_memory is not None:
+            self.memory.bind(imported_memory)
+        if meter is not None:
+            self._fuel = getattr(self._exports, FUEL_EXPORT)
+            meter.operation = "call"
+
+    def _instantiate_linked(
+        self,
+        store: wasmer.Store,
+        module: wasmer.Module,
+        imports: Sequence[HostImport],
+        memory_import: MemoryImport | None,
+        wasi: WasiSettings | None,
+        linked: LinkedModule | None,
+        meter: Meter | None,
+    ) -> wasmer.Memory | None:
+        """Make the instance with its imports: host functions, the meter, a host-made memory
+        (returned), WASI, a linked module's exports."""
         imports = _with_meter(imports, meter)
         namespaces: dict[str, dict[str, Any]] = {}
         for host_import in imports:
@@ -403,18 +457,7 @@ class WasmerInstance:
             raise _instantiation_error(str(exc)) from None
         finally:
             del import_object, namespaces
-        self._exports = self._instance.exports
-        try:
-            exported = self._exports.memory
-        except LookupError:
-            exported = None
-        if isinstance(exported, wasmer.Memory):
-            self.memory.bind(exported)
-        elif imported_memory is not None:
-            self.memory.bind(imported_memory)
-        if meter is not None:
-            self._fuel = getattr(self._exports, FUEL_EXPORT)
-            meter.operation = "call"
+        return imported_memory
 
     def _host_trampoline(self, function: Callable[..., Any]) -> Callable[..., Any]:
         # The instance holds the trampoline (inside wasmer, where the garbage collector cannot
@@ -460,21 +503,15 @@ class WasmerInstance:
         self._instance = self._exports = self._fuel = None
         AFFINITY.release(self._owner, payload)
 
-    @_no_wasmer_objects_in_tracebacks
     def export_function(self, name: str) -> _Export:
-        try:
-            func = getattr(self._exports, name)
-        except LookupError:
-            func = None
-        signature = self._types.signature(name)
-        if not isinstance(func, wasmer.Function) or signature is None:
-            raise ModuleError(
-                missing_export=name,
-                message=f"Invalid module: no exported function {name!r}",
-                suggestion=f"export a function named {name!r} from the module",
-            )
-        self._funcs.append(func)
-        return _Export(name, signature, len(self._funcs) - 1)
+        # The module's own types say which exports are functions: no wasmer object is looked
+        # up (nor left in this frame) for a name that is not one.
+        signature = self._shape.signatures.get(name)
+        if signature is None:
+            raise _no_exported_function(name)
+        funcs = self._funcs
+        funcs.append(getattr(self._exports, name))
+        return _Export(name, signature, len(funcs) - 1)
 
     def call(self, function: ExportFunction, *args: int) -> Any:
         function = cast(_Export, function)
@@ -588,6 +625,14 @@ def _wasi_environment(settings: WasiSettings) -> Any:
     return builder.finalize()
 
 
+def _no_exported_function(name: str) -> ModuleError:
+    return ModuleError(
+        missing_export=name,
+        message=f"Invalid module: no exported function {name!r}",
+        suggestion=f"export a function named {name!r} from the module",
+    )
+
+
 def _instantiation_error(message: str) -> PluginError:
     if message.startswith("RuntimeError: "):
         trap = _trap_from_message(message)
@@ -629,6 +674,9 @@ class WasmerModule:
         self.metered = metered
         self.exports, self.imports = _visible(types) if metered else (types.exports, types.imports)
 
+    _shape: _Shape | None = None
+    """What its instances need to know about its exports (made by the first instance)."""
+
     def _thread_module(self) -> wasmer.Module:
         module = AFFINITY.thread_module(self._token)
         if module is None:
@@ -656,6 +704,9 @@ class WasmerModule:
         limited = budget.timeout is not None or budget.fuel is not None
         if limited and not self.metered:
             raise _unenforceable("timeout" if budget.timeout is not None else "fuel")
+        shape = self._shape
+        if shape is None:
+            shape = self._shape = _Shape(self._types)
         return WasmerInstance(
             self.engine.store(),
             self._thread_module(),
@@ -665,6 +716,7 @@ class WasmerModule:
             wasi,
             linked,
             Meter(budget) if self.metered else None,
+            shape,
         )
 
 

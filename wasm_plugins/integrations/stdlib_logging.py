@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from loguru import logger
+from wasm_plugins._log import logger  # loguru, imported when first used
 
 __all__ = ["EXTRA_ATTRIBUTE", "forward_to_logging"]
 

@@ -54,6 +54,7 @@ MAX_GUEST_ERROR = 64 * KiB
 MIN_INPUT_BUFFER = 256
 """The smallest input buffer asked of ``wp_alloc``, so tiny inputs do not each grow it."""
 
+_FUNCTION_TYPE = (FUNCTION_SIGNATURE.params, FUNCTION_SIGNATURE.results)
 _RESERVED = frozenset({ALLOC_EXPORT, FREE_EXPORT})
 _MASK = 0xFFFFFFFF
 
@@ -164,7 +165,8 @@ class Session:
         """Bind the session to its instance (after instantiation, which needs the host imports)."""
         self._instance = instance
         self._alloc = instance.export_function(ALLOC_EXPORT)
-        self._free = instance.export_function(FREE_EXPORT)
+        self._free: ExportFunction | None = None
+        """Looked up when the input buffer is first replaced (most instances never free)."""
         memory = instance.memory
         self._memory = memory
         self._call_abi = instance.call_abi
@@ -196,7 +198,9 @@ class Session:
                     message=f"Invalid module: {name!r} is part of the ABI, not a plugin function",
                 )
             handle = self.instance.export_function(name)
-            if handle.signature != FUNCTION_SIGNATURE:
+            signature = handle.signature
+            # (compared as tuples: attrs' __eq__ is two Python calls, on every new instance)
+            if (signature.params, signature.results) != _FUNCTION_TYPE:
                 raise ModuleError(
                     missing_export=name,
                     message=(
@@ -214,6 +218,8 @@ class Session:
         instance = self.instance
         self._current = False
         if self._capacity:
+            if self._free is None:
+                self._free = instance.export_function(FREE_EXPORT)
             instance.call(self._free, self._buffer, self._capacity)
             self._buffer = self._capacity = 0
         capacity = max(MIN_INPUT_BUFFER, 1 << (size - 1).bit_length())

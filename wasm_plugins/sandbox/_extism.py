@@ -16,12 +16,11 @@ plugin imports from ``extism:host/user`` are the host's functions of the same na
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import struct
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -597,11 +596,18 @@ def _host_allowed(session: ExtismSession, host: str, port: int | None) -> bool:
     return False
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect would leave the allow-list's control: the plugin sees the 3xx instead."""
+@functools.cache
+def _no_redirect() -> type[Any]:
+    """A redirect handler that follows none (a redirect would leave the allow-list's control:
+    the plugin sees the 3xx instead), made with urllib.request's first use: it imports
+    http.client and ssl, which a plugin that makes no request does without."""
+    import urllib.request  # noqa: PLC0415 lazy: http.client and ssl, for HTTP requests only
 
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    return NoRedirect
 
 
 def _http_request(
@@ -641,17 +647,24 @@ def _http_request(
             suggestion="add the host to the plugin's http allow-list in the trust policy",
         )
     data = _read(session, body, body_length, session.max_output) if body_length else None
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+    from urllib.error import HTTPError, URLError  # noqa: PLC0415 lazy: see _no_redirect
+    from urllib.request import (  # noqa: PLC0415 lazy: see _no_redirect
+        ProxyHandler,
+        Request,
+        build_opener,
+    )
+
+    opener = build_opener(ProxyHandler({}), _no_redirect()())
     limit = session.max_output
     try:
         with opener.open(
-            urllib.request.Request(url, data=data, method=method, headers=headers),
+            Request(url, data=data, method=method, headers=headers),
             timeout=session.http_timeout,
         ) as response:
             status, payload, received = response.status, response.read(limit + 1), response.headers
-    except urllib.error.HTTPError as exc:
+    except HTTPError as exc:
         status, payload, received = exc.code, exc.read(limit + 1), exc.headers
-    except (urllib.error.URLError, OSError) as exc:
+    except (URLError, OSError) as exc:
         raise NetworkError(
             operation="http_request",
             host=host,

@@ -275,9 +275,13 @@ class Sandbox:
             cause = exc
         # Raised outside the handler, with the locals gone: a traceback keeps its frames' locals,
         # and this frame's would keep the instance alive in a cycle (the error references the
-        # traceback that references the error) until some thread happens to collect garbage.
-        del state
-        raise failure from cause
+        # traceback that references this frame, whose locals reference the error and the
+        # instance) until some thread happens to collect garbage.
+        state = session = None
+        try:
+            raise failure from cause
+        finally:
+            del failure, cause
 
     def _failed(
         self, error: PluginError, state: _ThreadState | None, function: str, size: int
