@@ -1070,14 +1070,6 @@ TARGETS = (
         numerator_column="process",
     ),
     Target(
-        "from wasm_plugins import PluginHost ≤ 2 x import pluggy, attrs",
-        "start-up: from wasm_plugins import PluginHost",
-        "start-up: import pluggy, attrs",
-        2.0,
-        "process",
-        numerator_column="process",
-    ),
-    Target(
         "wasm-plugins --help ≤ 2 x import pluggy, attrs",
         "start-up: wasm-plugins --help",
         "start-up: import pluggy, attrs",

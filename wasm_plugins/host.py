@@ -11,7 +11,6 @@ the framework's behaviour is itself a set of ``trylast`` hookimpls (``wasm_plugi
 from __future__ import annotations
 
 import difflib
-import importlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -25,51 +24,49 @@ from wasm_plugins import hookspecs
 from wasm_plugins._escape import escape
 from wasm_plugins._log import logger
 from wasm_plugins._suggest import did_you_mean
+from wasm_plugins.builtin import builtin_plugins
+from wasm_plugins.builtin.fallbacks import BuiltinFallbacks, ExternalFallback
+from wasm_plugins.builtin.reporters import AlertReporter, MetricsReporter
+from wasm_plugins.builtin.stats import Stats
+from wasm_plugins.discovery import (
+    DISABLE_ENVIRONMENT_VARIABLE,
+    DiscoveryProblem,
+    blocked_names,
+    entry_point_names,
+    load_entry_points,
+    unknown_hook_reason,
+)
+from wasm_plugins.engine import Engine, EngineRegistry
+from wasm_plugins.errors import ConfigurationError, PluginError, SecurityViolation
+from wasm_plugins.integrations import OTEL_PLUGIN_NAME, integration_plugins
+from wasm_plugins.manifest import ISOLATIONS, Manifest, PluginSource
+from wasm_plugins.policy import (
+    Alert,
+    Attempt,
+    CallPipeline,
+    CircuitBreaker,
+    Clock,
+    HookDispatcher,
+    Outcome,
+    PluginLoaded,
+    PluginManager,
+    PluginReplaced,
+    PluginReplaceFailed,
+    PluginUnloaded,
+    RandomSource,
+    SystemClock,
+    system_random,
+)
+from wasm_plugins.provider import Sandboxes, make_module_cache
+from wasm_plugins.sandbox import HostFunction, Limits, ModuleCache, PluginSandbox
+from wasm_plugins.services import HostServices
+from wasm_plugins.trust import Grant, Review, TrustPolicy, module_digest
+from wasm_plugins.watching import PluginWatcher
 
-# What a host uses (the policy, the sandboxes, the engines' registry, the trust policy, the
-# built-in plugins) is imported when the first host is made (see _import_dependencies), and
-# asyncio with the first awaited call: ``from wasm_plugins import PluginHost`` costs little
-# more than pluggy and attrs.
 if TYPE_CHECKING:
+    # asyncio and the threads of awaited calls: imported with the first awaited call that runs
+    # off the event loop (see PluginHost._awaited).
     from wasm_plugins._async_calls import AsyncCalls
-    from wasm_plugins.builtin import builtin_plugins
-    from wasm_plugins.builtin.fallbacks import BuiltinFallbacks, ExternalFallback
-    from wasm_plugins.builtin.reporters import AlertReporter, MetricsReporter
-    from wasm_plugins.builtin.stats import Stats
-    from wasm_plugins.discovery import (
-        DISABLE_ENVIRONMENT_VARIABLE,
-        DiscoveryProblem,
-        blocked_names,
-        entry_point_names,
-        load_entry_points,
-        unknown_hook_reason,
-    )
-    from wasm_plugins.engine import Engine, EngineRegistry
-    from wasm_plugins.errors import ConfigurationError, PluginError, SecurityViolation
-    from wasm_plugins.integrations import OTEL_PLUGIN_NAME, integration_plugins
-    from wasm_plugins.manifest import ISOLATIONS, Manifest, PluginSource
-    from wasm_plugins.policy import (
-        Alert,
-        Attempt,
-        CallPipeline,
-        CircuitBreaker,
-        Clock,
-        HookDispatcher,
-        Outcome,
-        PluginLoaded,
-        PluginManager,
-        PluginReplaced,
-        PluginReplaceFailed,
-        PluginUnloaded,
-        RandomSource,
-        SystemClock,
-        system_random,
-    )
-    from wasm_plugins.provider import Sandboxes, make_module_cache
-    from wasm_plugins.sandbox import HostFunction, Limits, ModuleCache, PluginSandbox
-    from wasm_plugins.services import HostServices
-    from wasm_plugins.trust import Grant, Review, TrustPolicy, module_digest
-    from wasm_plugins.watching import PluginWatcher
 
 __all__ = [
     "Attempt",
@@ -81,114 +78,6 @@ __all__ = [
     "PluginSource",
     "ThreadExecutor",
 ]
-
-
-_PASSED_ON = frozenset({"Attempt", "Outcome", "PluginSource"})
-"""Names this module offers from the policy and the manifest (see ``__all__``)."""
-
-
-_DEPENDENCIES = {
-    "wasm_plugins.builtin": ("builtin_plugins",),
-    "wasm_plugins.builtin.fallbacks": (
-        "BuiltinFallbacks",
-        "ExternalFallback",
-    ),
-    "wasm_plugins.builtin.reporters": (
-        "AlertReporter",
-        "MetricsReporter",
-    ),
-    "wasm_plugins.builtin.stats": ("Stats",),
-    "wasm_plugins.discovery": (
-        "DISABLE_ENVIRONMENT_VARIABLE",
-        "DiscoveryProblem",
-        "blocked_names",
-        "entry_point_names",
-        "load_entry_points",
-        "unknown_hook_reason",
-    ),
-    "wasm_plugins.engine": (
-        "Engine",
-        "EngineRegistry",
-    ),
-    "wasm_plugins.errors": (
-        "ConfigurationError",
-        "PluginError",
-        "SecurityViolation",
-    ),
-    "wasm_plugins.integrations": (
-        "OTEL_PLUGIN_NAME",
-        "integration_plugins",
-    ),
-    "wasm_plugins.manifest": (
-        "ISOLATIONS",
-        "Manifest",
-        "PluginSource",
-    ),
-    "wasm_plugins.policy": (
-        "Alert",
-        "Attempt",
-        "CallPipeline",
-        "CircuitBreaker",
-        "Clock",
-        "HookDispatcher",
-        "Outcome",
-        "PluginLoaded",
-        "PluginManager",
-        "PluginReplaced",
-        "PluginReplaceFailed",
-        "PluginUnloaded",
-        "RandomSource",
-        "SystemClock",
-        "system_random",
-    ),
-    "wasm_plugins.provider": (
-        "Sandboxes",
-        "make_module_cache",
-    ),
-    "wasm_plugins.sandbox": (
-        "HostFunction",
-        "Limits",
-        "ModuleCache",
-        "PluginSandbox",
-    ),
-    "wasm_plugins.services": ("HostServices",),
-    "wasm_plugins.trust": (
-        "Grant",
-        "Review",
-        "TrustPolicy",
-        "module_digest",
-    ),
-    "wasm_plugins.watching": ("PluginWatcher",),
-}
-"""What hosts use, by module: the names imported above for type checking, but ``AsyncCalls``
-(imported with asyncio by the first awaited call that runs off the event loop)."""
-_imported: list[bool] = []
-
-
-def _import_dependencies() -> None:
-    """Import what hosts use into this module's namespace, once (the methods find them there).
-
-    Called first by :class:`PluginHost`, and by a look-up of a name this module passes on.
-    Several threads may run it at once: the import lock orders the imports, every thread sets
-    the same values, and the flag is set after the last one.
-    """
-    if _imported:
-        return
-    namespace = globals()
-    for module, names in _DEPENDENCIES.items():
-        source = importlib.import_module(module)
-        for name in names:
-            namespace[name] = getattr(source, name)
-    _imported.append(True)
-
-
-if not TYPE_CHECKING:
-
-    def __getattr__(name: str) -> Any:
-        if name in _PASSED_ON:
-            _import_dependencies()
-            return globals()[name]
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @attrs.frozen
@@ -432,7 +321,6 @@ class PluginHost:
         trust: TrustPolicy | str | os.PathLike[str] | None = None,
         inline_async_calls: float = 0.01,
     ) -> None:
-        _import_dependencies()
         _check_isolation(isolation)
         self.engine_name = engine
         self.isolation = isolation
