@@ -16,7 +16,7 @@ module notices is reported as :class:`WasmBinaryError`; it never lets an
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NoReturn
 
 import attrs
@@ -620,6 +620,40 @@ def _opcode_kinds() -> bytes:
 
 _OPCODE_KINDS = _opcode_kinds()
 
+
+def _byte_class(ops: Iterable[int]) -> bytes:
+    return b"[" + b"".join(re.escape(bytes([op])) for op in sorted(ops)) + b"]"
+
+
+def _plain_run(
+    excluded: frozenset[int], *, blocks: bool = False
+) -> Callable[[bytes, int, int], re.Match[bytes] | None]:
+    """The ``match`` of a pattern of any number of instructions whose immediates need no
+    decision (each alternative reads an opcode and its immediates exactly as the decoder's
+    loop would), none of them in ``excluded``: a run of such instructions is skipped in one
+    call. Anything else (prefixed opcodes, a memarg whose alignment is not one byte below
+    0x40, a multi-byte memory index, and blocks unless ``blocks``, then those whose type is
+    neither one byte nor a one-byte type index) stops the run, for the loop to decode."""
+    kinds = _OPCODE_KINDS
+    leb = rb"[\x80-\xff]*[\x00-\x7f]"
+
+    def of(kind: int) -> set[int]:
+        return {op for op in range(256) if kinds[op] == kind and op not in excluded}
+
+    alternatives = [_byte_class(of(_K_NONE)), _byte_class(of(_K_LEB)) + leb]
+    if of(_K_LEB2):
+        alternatives.append(_byte_class(of(_K_LEB2)) + leb + leb)
+    alternatives.append(_byte_class(of(_K_MEMARG)) + rb"[\x00-\x3f]" + leb)
+    if of(_K_GROW):
+        alternatives.append(_byte_class(of(_K_GROW)) + rb"[\x00-\x7f]")
+    alternatives.append(_byte_class(of(_K_BYTES4)) + rb"[\x00-\xff]{4}")
+    alternatives.append(_byte_class(of(_K_BYTES8)) + rb"[\x00-\xff]{8}")
+    if blocks and of(_K_BLOCK):
+        block_types = _byte_class({0x40, *_SHORT_VALTYPES, *range(0x40)})
+        alternatives.append(_byte_class(of(_K_BLOCK)) + block_types)
+    return re.compile(b"(?:" + b"|".join(alternatives) + b")*").match
+
+
 # 0xFC sub-opcode -> number of LEB immediates (None: unknown).
 _FC_IMMEDIATES: dict[int, int] = {
     **dict.fromkeys(range(8), 0),
@@ -1216,11 +1250,17 @@ def _returns_to_branches(data: bytes, code: int, end: int) -> bytes | None:
     wraps them, or ``None`` when there is no ``return``. Raises _Unsupported for a way out of the
     function that a branch cannot replace."""
     kinds = _OPCODE_KINDS
+    plain = _PLAIN_EXCEPT_EXITS
     parts: list[bytes] = []
     copied = code
     nesting = 0
     pos = code
     while pos < end:
+        run = plain(data, pos, end)
+        if run is not None:  # always, as the pattern matches the empty string
+            pos = run.end()
+            if pos >= end:
+                break
         start = pos
         op = data[pos]
         pos += 1
@@ -1260,6 +1300,22 @@ def _returns_to_branches(data: bytes, code: int, end: int) -> bytes | None:
         return None
     parts.append(data[copied:end])
     return b"".join(parts)
+
+
+_PLAIN_EXCEPT_EXITS = _plain_run(frozenset({_OP_END, _OP_RETURN, *_LEAVES_OTHERWISE}))
+"""Runs of instructions that neither open nor close a block, return, nor leave the function
+another way."""
+_PLAIN_EXCEPT_EXITS_BUT_BLOCKS = _plain_run(
+    frozenset({_OP_RETURN, *_LEAVES_OTHERWISE}), blocks=True
+)
+"""Runs of instructions that neither return nor leave the function another way."""
+
+
+def _no_way_out(data: bytes, code: int, end: int) -> bool:
+    """Whether the instructions in [code, end) are, every one of them, plain instructions and
+    blocks: neither a return nor another way out of the function (nothing to rewrite)."""
+    whole = _PLAIN_EXCEPT_EXITS_BUT_BLOCKS(data, code, end)
+    return whole is not None and whole.end() == end
 
 
 def bound_call_depth(wasm: bytes, max_depth: int) -> bytes:
@@ -1360,7 +1416,7 @@ def _wrapped_code(
         if body_end > end or type_index >= len(results):
             raise WasmBinaryError("function body runs past the end of its section", pos)
         code = _skip_locals(data, pos, body_end)
-        if _NEEDS_DECODING.search(data, code, body_end):
+        if _NEEDS_DECODING.search(data, code, body_end) and not _no_way_out(data, code, body_end):
             instructions = _returns_to_branches(data, code, body_end)
         else:
             instructions = None
