@@ -726,14 +726,24 @@ def _skip_memarg(data: bytes, pos: int, end: int) -> int:
     return _skip_leb(data, pos)
 
 
+_PLAIN_BUT_GROW = _plain_run(frozenset({_OP_MEMORY_GROW}), blocks=True)
+"""Runs of instructions without a ``memory.grow``."""
+
+
 def _scan_expression(data: bytes, pos: int, end: int) -> list[tuple[int, int]]:
     """Byte ranges of every ``memory.grow 0`` in the instructions in [pos, end).
 
     Raises _Unsupported for opcodes this decoder does not know.
     """
     kinds = _OPCODE_KINDS
+    plain = _PLAIN_BUT_GROW
     sites: list[tuple[int, int]] = []
     while pos < end:
+        run = plain(data, pos, end)
+        if run is not None:  # always, as the pattern matches the empty string
+            pos = run.end()
+            if pos >= end:
+                break
         start = pos
         op = data[pos]
         pos += 1
