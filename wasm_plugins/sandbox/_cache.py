@@ -27,8 +27,12 @@ engine's own output (wasmtime maps it as executable code). So an entry is never 
   compiled again and replaced. An entry file that passed these checks is not checked again
   while its identity and status (device, inode, size, modification and change times, from an
   ``fstat`` of the descriptor the engine then loads) stay the same, once it has settled
-  (``SETTLED_AFTER_NS``). With ``verify="full"`` every load checks everything, the
-  whole-payload digest too (see ``docs/performance.md`` for why sampling is the default);
+  (``SETTLED_AFTER_NS``). The module deserialized from an entry is kept (a bounded number):
+  it is used again when an ``lstat`` of the entry gives the identity and status that passed the
+  checks (nothing is then opened nor deserialized), or when the entry passes its checks again
+  naming the same payload digest. With ``verify="full"`` every load checks everything, the
+  whole-payload digest too, and deserializes (see ``docs/performance.md`` for why sampling is
+  the default);
 - an entry is written to a new temporary file (created exclusively, never through a link) in
   the same directory and renamed into place, so readers see a whole entry or none, and
   concurrent writers of the same entry do not mix;
