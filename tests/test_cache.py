@@ -377,6 +377,225 @@ class TestWarmLoad:
         assert len(calls) == 1
 
 
+class TestKeptModules:
+    """A settled entry's module is kept (a bounded number of them): loading it again neither
+    opens the entry nor deserializes it, while the entry file stays the very same file."""
+
+    @staticmethod
+    def _deserializations(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+        """Every deserialization by ``engine`` from now on."""
+        calls: list[str] = []
+        from_bytes, from_file = engine.deserialize, engine.deserialize_file
+
+        def spy_bytes(*args: Any, **kwargs: Any) -> Any:
+            calls.append("bytes")
+            return from_bytes(*args, **kwargs)
+
+        def spy_file(*args: Any, **kwargs: Any) -> Any:
+            calls.append("file")
+            return from_file(*args, **kwargs)
+
+        monkeypatch.setattr(engine, "deserialize", spy_bytes)
+        monkeypatch.setattr(engine, "deserialize_file", spy_file)
+        return calls
+
+    def _settled(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **options: Any
+    ) -> ModuleCache:
+        """A cache whose entry of the echo module was loaded once since it was written."""
+        monkeypatch.setattr("wasm_plugins.sandbox._cache.SETTLED_AFTER_NS", 0)
+        cache = ModuleCache(tmp_path / "cache", **options)
+        Sandbox(ECHO, engine=engine, cache=cache)
+        assert Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+        return cache
+
+    def test_a_settled_entry_is_neither_opened_nor_deserialized_again(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        cache = self._settled(engine, tmp_path, monkeypatch)
+        calls = self._deserializations(engine, monkeypatch)
+        checks = _entry_checks(monkeypatch)
+        opened = _opened_paths(monkeypatch)
+        for _ in range(3):
+            warm = Sandbox(ECHO, engine=engine, cache=cache)
+            assert warm.compiled_from_cache and warm.call("echo", PAYLOAD) == PAYLOAD
+        assert calls == [] and checks == []
+        assert not [path for path in opened if path.startswith(str(cache.entries))]
+        assert cache.stats.hits == 4
+
+    def test_a_kept_module_runs_in_another_thread(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        cache = self._settled(engine, tmp_path, monkeypatch)
+        results: list[Any] = []
+
+        def load_and_call() -> None:
+            warm = Sandbox(ECHO, engine=engine, cache=cache)
+            results.append((warm.compiled_from_cache, warm.call("echo", PAYLOAD)))
+            warm.close()
+
+        thread = threading.Thread(target=load_and_call)
+        thread.start()
+        thread.join()
+        assert results == [(True, PAYLOAD)]
+
+    def test_full_verification_keeps_no_module(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        cache = self._settled(engine, tmp_path, monkeypatch, verify="full")
+        calls = self._deserializations(engine, monkeypatch)
+        for _ in range(2):
+            assert Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+        assert len(calls) == 2
+
+    def test_an_entry_replaced_by_a_link_is_refused(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The kept module is not used when its entry became a symbolic link, even to a copy
+        of the very same entry: the link is refused as on any load."""
+        cache = self._settled(engine, tmp_path, monkeypatch)
+        entry = only_entry(cache)
+        copy = tmp_path / "copy"
+        copy.write_bytes(entry.read_bytes())
+        entry.unlink()
+        entry.symlink_to(copy)
+        calls = self._deserializations(engine, monkeypatch)
+        refused = Sandbox(ECHO, engine=engine, cache=cache)
+        assert not refused.compiled_from_cache and refused.call("echo", PAYLOAD) == PAYLOAD
+        assert cache.stats.rejected == 1 and calls == []
+        assert not entry.is_symlink()
+
+    def test_an_entry_replaced_by_another_file_is_checked_again(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A good copy put in the entry's place is checked before it is used; a tampered one
+        of the same size is refused and never deserialized."""
+        cache = self._settled(engine, tmp_path, monkeypatch)
+        entry = only_entry(cache)
+        good = entry.read_bytes()
+        replacement = tmp_path / "replacement"
+        replacement.write_bytes(good)
+        os.replace(replacement, entry)
+        checks = _entry_checks(monkeypatch)
+        assert Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+        assert checks == ["header", "samples"]
+        tampered = bytearray(good)
+        tampered[100] ^= 0xFF
+        replacement.write_bytes(bytes(tampered))
+        os.replace(replacement, entry)
+        calls = self._deserializations(engine, monkeypatch)
+        refused = Sandbox(ECHO, engine=engine, cache=cache)
+        assert not refused.compiled_from_cache and refused.call("echo", PAYLOAD) == PAYLOAD
+        assert cache.stats.rejected == 1 and calls == []
+
+    def test_an_entry_removed_is_compiled_again(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        cache = self._settled(engine, tmp_path, monkeypatch)
+        only_entry(cache).unlink()
+        again = Sandbox(ECHO, engine=engine, cache=cache)
+        assert not again.compiled_from_cache and again.call("echo", PAYLOAD) == PAYLOAD
+        assert cache.clear() == 1
+        assert not Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+
+    def test_the_modules_kept_are_bounded(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Past the bound, the module loaded longest ago is no longer kept: loading it again
+        deserializes its entry (without checking it again)."""
+        monkeypatch.setattr("wasm_plugins.sandbox._cache.SETTLED_AFTER_NS", 0)
+        monkeypatch.setattr("wasm_plugins.sandbox._cache._MODULES_KEPT", 2)
+        cache = ModuleCache(tmp_path / "cache")
+        for number in range(3):
+            for _ in range(2):
+                Sandbox(_variant(number), engine=engine, cache=cache)
+        calls = self._deserializations(engine, monkeypatch)
+        checks = _entry_checks(monkeypatch)
+        for number in (2, 1):
+            assert Sandbox(_variant(number), engine=engine, cache=cache).compiled_from_cache
+        assert calls == []
+        assert Sandbox(_variant(0), engine=engine, cache=cache).compiled_from_cache
+        assert len(calls) == 1 and checks == []
+
+    def test_a_large_entry_is_not_kept(
+        self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr("wasm_plugins.sandbox._cache._KEPT_MODULE_SIZE", 16)
+        cache = self._settled(engine, tmp_path, monkeypatch)
+        calls = self._deserializations(engine, monkeypatch)
+        checks = _entry_checks(monkeypatch)
+        for _ in range(2):
+            assert Sandbox(ECHO, engine=engine, cache=cache).compiled_from_cache
+        assert len(calls) == 2 and checks == []
+
+    def test_a_process_exits_quietly_with_modules_kept(
+        self, engine: Engine, tmp_path: Path
+    ) -> None:
+        """Kept modules go before the interpreter tears its modules down: no finalizer of an
+        engine's object fails at exit."""
+        script = (
+            "import sys\n"
+            "from wasm_plugins.engine import get_engine\n"
+            "from wasm_plugins.sandbox import Sandbox, ModuleCache, _cache\n"
+            "_cache.SETTLED_AFTER_NS = 0\n"
+            "cache = ModuleCache(sys.argv[2])\n"
+            "for _ in range(3):\n"
+            "    Sandbox(open(sys.argv[3]).read(), engine=get_engine(sys.argv[1]), cache=cache)\n"
+            "assert cache._kept\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script, engine.name, str(tmp_path), str(ECHO)],
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
+
+    def test_warm_loads_map_no_more_memory(self, wasmer_engine: Engine, tmp_path: Path) -> None:
+        """wasmer 1.1 never unmaps the code of a module it deserialized (two mappings a load,
+        and a process has some 65,000): loading a settled entry again and again adds none."""
+        script = (
+            "import sys\n"
+            "from pathlib import Path\n"
+            "from wasm_plugins.engine import get_engine\n"
+            "from wasm_plugins.sandbox import Limits, LoadedModule, ModuleCache, _cache\n"
+            "_cache.SETTLED_AFTER_NS = 0\n"
+            "engine = get_engine('wasmer')\n"
+            "cache = ModuleCache(sys.argv[1])\n"
+            "def load():\n"
+            "    loaded = LoadedModule.load(\n"
+            "        Path(sys.argv[2]), engine=engine, limits=Limits(memory='1 MiB'), cache=cache\n"
+            "    )\n"
+            "    assert loaded.compiled_from_cache or cache.stats.misses == 1\n"
+            "for _ in range(3):\n"
+            "    load()\n"
+            "def mappings():\n"
+            "    with open('/proc/self/maps') as maps:\n"
+            "        return len(maps.readlines())\n"
+            "before = mappings()\n"
+            "for _ in range(500):\n"
+            "    load()\n"
+            "print(mappings() - before)\n"
+        )
+        if not Path("/proc/self/maps").exists():
+            pytest.skip("counts the mappings /proc/self/maps lists")
+        module = tmp_path / "echo.wat"
+        module.write_text(ECHO.read_text())
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / "cache"), str(module)],
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert int(done.stdout) < 50
+
+
 class TestBadEntries:
     """Every bad entry is compiled again and replaced; the sandbox works all the same."""
 

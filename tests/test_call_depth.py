@@ -99,3 +99,42 @@ class TestCallDepthBound:
         tail = "(module (func $f (return_call $f)))"
         wasm = wasmtime_engine.wat_to_wasm(tail)
         assert bound_call_depth(wasm, MAX_DEPTH) == wasm
+
+
+# Bytes of `return` (0x0f) and `end` (0x0b) in immediates (constants, local indexes, memarg
+# offsets, a one-byte block type index), beside real returns in nested blocks: the pass skips
+# runs of plain instructions in one step, and must tell the two apart.
+IMMEDIATES = f"""
+(module
+  {_PRELUDE}
+  (type $to_i32 (func (result i32)))
+  (func $imm (param $n i32) (result i32)
+    (local i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32)
+    (local.set 15 (i32.const 15))
+    (local.set 11 (i32.load offset=15 (i32.const 11)))
+    (block (type $to_i32)
+      (if (i32.eq (local.get $n) (i32.const 15)) (then (return (i32.const 11))))
+      (i32.const 15))
+    (drop)
+    (if (i32.and (local.get $n) (i32.const 1))
+      (then (return (i32.add (local.get 15) (i32.const 11)))))
+    (i32.add (local.get 15) (i32.load8_u offset=15 (i32.const 0))))
+  (func (export "many") (param $ptr i32) (param $len i32) (result i64)
+    (local $i i32) (local $sum i32)
+    (loop $again
+      (local.set $sum (i32.add (local.get $sum) (call $imm (local.get $i))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $again (i32.lt_u (local.get $i) (i32.load (local.get $ptr)))))
+    (i32.store (i32.const 0) (local.get $sum))
+    (i64.const 4))
+)
+"""
+
+
+def test_returns_and_look_alike_bytes(engine: Engine) -> None:
+    """Every real return comes back through the decrement (many more calls than the bound run
+    in one guest call), and no byte of an immediate is taken for one (the results hold)."""
+    sandbox = Sandbox(IMMEDIATES, engine=engine, codec="raw")
+    calls = MAX_DEPTH * 3
+    expected = sum(11 if n == 15 else 26 if n % 2 else 15 for n in range(calls))
+    assert sandbox.call_bytes("many", _int(calls)) == _int(expected)

@@ -16,7 +16,7 @@ module notices is reported as :class:`WasmBinaryError`; it never lets an
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NoReturn
 
 import attrs
@@ -38,7 +38,7 @@ __all__ = [
 
 PAGE_SIZE = 65536
 GROW_PROBE_EXPORT = "__wasm_plugins_grow_failed"
-REWRITER_VERSION = 2
+REWRITER_VERSION = 3
 """Changes whenever the rewrite's output for the same input could change: the compiled-module
 cache keys on it (it hashes the module before the rewrite, so an entry must not outlive a
 rewriter that would now refuse or rewrite differently what it was made from)."""
@@ -620,6 +620,40 @@ def _opcode_kinds() -> bytes:
 
 _OPCODE_KINDS = _opcode_kinds()
 
+
+def _byte_class(ops: Iterable[int]) -> bytes:
+    return b"[" + b"".join(re.escape(bytes([op])) for op in sorted(ops)) + b"]"
+
+
+def _plain_run(
+    excluded: frozenset[int], *, blocks: bool = False
+) -> Callable[[bytes, int, int], re.Match[bytes] | None]:
+    """The ``match`` of a pattern of any number of instructions whose immediates need no
+    decision (each alternative reads an opcode and its immediates exactly as the decoder's
+    loop would), none of them in ``excluded``: a run of such instructions is skipped in one
+    call. Anything else (prefixed opcodes, a memarg whose alignment is not one byte below
+    0x40, a multi-byte memory index, and blocks unless ``blocks``, then those whose type is
+    neither one byte nor a one-byte type index) stops the run, for the loop to decode."""
+    kinds = _OPCODE_KINDS
+    leb = rb"[\x80-\xff]*[\x00-\x7f]"
+
+    def of(kind: int) -> set[int]:
+        return {op for op in range(256) if kinds[op] == kind and op not in excluded}
+
+    alternatives = [_byte_class(of(_K_NONE)), _byte_class(of(_K_LEB)) + leb]
+    if of(_K_LEB2):
+        alternatives.append(_byte_class(of(_K_LEB2)) + leb + leb)
+    alternatives.append(_byte_class(of(_K_MEMARG)) + rb"[\x00-\x3f]" + leb)
+    if of(_K_GROW):
+        alternatives.append(_byte_class(of(_K_GROW)) + rb"[\x00-\x7f]")
+    alternatives.append(_byte_class(of(_K_BYTES4)) + rb"[\x00-\xff]{4}")
+    alternatives.append(_byte_class(of(_K_BYTES8)) + rb"[\x00-\xff]{8}")
+    if blocks and of(_K_BLOCK):
+        block_types = _byte_class({0x40, *_SHORT_VALTYPES, *range(0x40)})
+        alternatives.append(_byte_class(of(_K_BLOCK)) + block_types)
+    return re.compile(b"(?:" + b"|".join(alternatives) + b")*").match
+
+
 # 0xFC sub-opcode -> number of LEB immediates (None: unknown).
 _FC_IMMEDIATES: dict[int, int] = {
     **dict.fromkeys(range(8), 0),
@@ -692,14 +726,24 @@ def _skip_memarg(data: bytes, pos: int, end: int) -> int:
     return _skip_leb(data, pos)
 
 
+_PLAIN_BUT_GROW = _plain_run(frozenset({_OP_MEMORY_GROW}), blocks=True)
+"""Runs of instructions without a ``memory.grow``."""
+
+
 def _scan_expression(data: bytes, pos: int, end: int) -> list[tuple[int, int]]:
     """Byte ranges of every ``memory.grow 0`` in the instructions in [pos, end).
 
     Raises _Unsupported for opcodes this decoder does not know.
     """
     kinds = _OPCODE_KINDS
+    plain = _PLAIN_BUT_GROW
     sites: list[tuple[int, int]] = []
     while pos < end:
+        run = plain(data, pos, end)
+        if run is not None:  # always, as the pattern matches the empty string
+            pos = run.end()
+            if pos >= end:
+                break
         start = pos
         op = data[pos]
         pos += 1
@@ -1146,12 +1190,14 @@ def prepare_module(
 # function body as
 #
 #     depth += 1; if depth > max_depth: unreachable
-#     block (result ...) <the body, with each return a branch out of this block> end
+#     block (result ...) <the body, with `depth -= 1` before each return> end
 #     depth -= 1
 #
 # so a recursion stops after max_depth frames, and its trap describes no more than that. Branches
 # to the function's own label now reach the wrapping block, whose end is followed by the
-# decrement; `return` becomes a branch to the same place. A trap leaves the depth above the bound
+# decrement; each `return` is preceded by the same decrement (it takes nothing from the stack and
+# leaves nothing on it, so the return's results are untouched, and finding the returns needs no
+# count of the blocks around them). A trap leaves the depth above the bound
 # only when the bound was what trapped, which is how the sandbox tells a stack overflow from the
 # guest's own `unreachable`; a trap of any kind discards the instance, so the depth it leaves
 # behind is never seen by a later call. Bodies that could leave the function another way (tail
@@ -1161,13 +1207,11 @@ def prepare_module(
 DEPTH_EXPORT = "__wasm_plugins_call_depth"
 _OP_UNREACHABLE = 0x00
 _OP_BLOCK = 0x02
-_OP_BR = 0x0C
 _OP_RETURN = 0x0F
 _OP_GLOBAL_GET = 0x23
 _OP_I32_GT_U = 0x4B
 _OP_I32_ADD = 0x6A
 _OP_I32_SUB = 0x6B
-_OPENS = frozenset({0x02, 0x03, 0x04})
 _LEAVES_OTHERWISE = frozenset({0x06, 0x07, 0x08, 0x09, 0x0A, 0x12, 0x13, 0x15, 0x18, 0x19, 0x1F})
 """try, catch, throw, rethrow, throw_ref, return_call*, delegate, catch_all, try_table."""
 # A body with none of these bytes has neither a return nor a way out that the pass refuses, so
@@ -1211,16 +1255,22 @@ def _function_results(data: bytes, section: _Section | None) -> list[tuple[int, 
     return results
 
 
-def _returns_to_branches(data: bytes, code: int, end: int) -> bytes | None:
-    """The instructions in [code, end) with each ``return`` made a branch to the label that
-    wraps them, or ``None`` when there is no ``return``. Raises _Unsupported for a way out of the
-    function that a branch cannot replace."""
+def _returns_leaving(data: bytes, code: int, end: int, leave: bytes) -> bytes | None:
+    """The instructions in [code, end) with ``leave`` (the depth's decrement, which takes
+    nothing from the stack and leaves nothing on it) before each ``return``, or ``None`` when
+    there is no ``return``. Raises _Unsupported for a way out of the function the pass does not
+    rewrite."""
     kinds = _OPCODE_KINDS
+    plain = _PLAIN_EXCEPT_EXITS_BUT_BLOCKS
     parts: list[bytes] = []
     copied = code
-    nesting = 0
     pos = code
     while pos < end:
+        run = plain(data, pos, end)
+        if run is not None:  # always, as the pattern matches the empty string
+            pos = run.end()
+            if pos >= end:
+                break
         start = pos
         op = data[pos]
         pos += 1
@@ -1228,19 +1278,16 @@ def _returns_to_branches(data: bytes, code: int, end: int) -> bytes | None:
         if op in _LEAVES_OTHERWISE or kind == _K_UNKNOWN:
             raise _Unsupported
         if kind == _K_NONE:
-            if op == _OP_END:
-                nesting -= 1
-            elif op == _OP_RETURN:
+            if op == _OP_RETURN:
                 parts.append(data[copied:start])
-                parts.append(bytes([_OP_BR]) + _encode_uleb(nesting))
-                copied = pos
+                parts.append(leave)
+                copied = start
             continue
         if kind == _K_LEB:
             pos = _skip_leb(data, pos)
         elif kind == _K_MEMARG:
             pos = _skip_memarg(data, pos, end)
         elif kind == _K_BLOCK:
-            nesting += op in _OPENS
             pos = _skip_blocktype(data, pos, end)
         elif kind == _K_LEB2:
             pos = _skip_leb(data, _skip_leb(data, pos))
@@ -1260,6 +1307,19 @@ def _returns_to_branches(data: bytes, code: int, end: int) -> bytes | None:
         return None
     parts.append(data[copied:end])
     return b"".join(parts)
+
+
+_PLAIN_EXCEPT_EXITS_BUT_BLOCKS = _plain_run(
+    frozenset({_OP_RETURN, *_LEAVES_OTHERWISE}), blocks=True
+)
+"""Runs of instructions that neither return nor leave the function another way."""
+
+
+def _no_way_out(data: bytes, code: int, end: int) -> bool:
+    """Whether the instructions in [code, end) are, every one of them, plain instructions and
+    blocks: neither a return nor another way out of the function (nothing to rewrite)."""
+    whole = _PLAIN_EXCEPT_EXITS_BUT_BLOCKS(data, code, end)
+    return whole is not None and whole.end() == end
 
 
 def bound_call_depth(wasm: bytes, max_depth: int) -> bytes:
@@ -1348,7 +1408,8 @@ def _wrapped_code(
             bytes([_OP_I32_GT_U, _OP_IF, _BLOCK_EMPTY, _OP_UNREACHABLE, _OP_END]),
         )
     )
-    leave = get + bytes([_OP_I32_CONST, 1, _OP_I32_SUB]) + put + bytes([_OP_END])
+    decrement = get + bytes([_OP_I32_CONST, 1, _OP_I32_SUB]) + put
+    leave = decrement + bytes([_OP_END])
     extra_types: list[bytes] = []
     block_types: dict[bytes, bytes] = {}
     chunks: list[bytes] = [_encode_uleb(count)]
@@ -1360,8 +1421,8 @@ def _wrapped_code(
         if body_end > end or type_index >= len(results):
             raise WasmBinaryError("function body runs past the end of its section", pos)
         code = _skip_locals(data, pos, body_end)
-        if _NEEDS_DECODING.search(data, code, body_end):
-            instructions = _returns_to_branches(data, code, body_end)
+        if _NEEDS_DECODING.search(data, code, body_end) and not _no_way_out(data, code, body_end):
+            instructions = _returns_leaving(data, code, body_end, decrement)
         else:
             instructions = None
         if instructions is None:

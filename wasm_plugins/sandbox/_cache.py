@@ -27,8 +27,12 @@ engine's own output (wasmtime maps it as executable code). So an entry is never 
   compiled again and replaced. An entry file that passed these checks is not checked again
   while its identity and status (device, inode, size, modification and change times, from an
   ``fstat`` of the descriptor the engine then loads) stay the same, once it has settled
-  (``SETTLED_AFTER_NS``). With ``verify="full"`` every load checks everything, the
-  whole-payload digest too (see ``docs/performance.md`` for why sampling is the default);
+  (``SETTLED_AFTER_NS``). The module deserialized from an entry is kept (a bounded number):
+  it is used again when an ``lstat`` of the entry gives the identity and status that passed the
+  checks (nothing is then opened nor deserialized), or when the entry passes its checks again
+  naming the same payload digest. With ``verify="full"`` every load checks everything, the
+  whole-payload digest too, and deserializes (see ``docs/performance.md`` for why sampling is
+  the default);
 - an entry is written to a new temporary file (created exclusively, never through a link) in
   the same directory and renamed into place, so readers see a whole entry or none, and
   concurrent writers of the same entry do not mix;
@@ -48,6 +52,8 @@ on Windows. ``WASM_PLUGINS_CACHE=off`` (or ``0``, ``false``, ``no``) turns the d
 
 from __future__ import annotations
 
+import atexit
+import collections
 import contextlib
 import errno
 import hashlib
@@ -63,6 +69,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +123,12 @@ remembered: a file changed again within the same tick of the file system's clock
 stamps, so a file changed that recently is hashed or checked on every load."""
 _DIGESTS_KEPT = 1024
 _HEADERS_KEPT = 256
+_MODULES_KEPT = 32
+"""Deserialized modules a cache keeps at most (the least recently loaded goes first)."""
+_KEPT_MODULE_SIZE = 16 * 1024 * 1024
+"""The largest entry payload whose deserialized module is kept."""
+_KEPT_BYTES = 64 * 1024 * 1024
+"""Bytes of entry payloads whose modules a cache keeps at most."""
 _RENEW_AFTER_NS = 60 * 10**9
 _UTIME_BY_DESCRIPTOR = os.utime in os.supports_fd
 wall_clock_ns = time.time_ns
@@ -211,6 +224,9 @@ class ModuleCache:
         self._digests: dict[tuple[str, str, str], tuple[tuple[int, ...], str]] = {}
         self._authenticated: dict[bytes, dict[str, Any]] = {}
         self._checked: dict[str, tuple[tuple[int, ...], dict[str, Any]]] = {}
+        self._kept: collections.OrderedDict[str, _Kept] = collections.OrderedDict()
+        self._kept_bytes = 0
+        _CACHES.add(self)
 
     @classmethod
     def from_environment(cls) -> ModuleCache:
@@ -362,6 +378,8 @@ class ModuleCache:
         it; the payload written, or ``None`` when nothing was."""
         if not self.enabled:
             return None
+        self._checked.pop(key, None)
+        self._forget_module(key)
         return self._store(engine, key, fuel, module, metadata or {})
 
     def clear(self) -> int:
@@ -371,6 +389,8 @@ class ModuleCache:
         entry), owned by the user, in an entries directory that is not a link.
         """
         removed = 0
+        self._checked.clear()
+        self._forget_modules()
         for path, _ in self._own_entries(temporary=True):
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -438,6 +458,10 @@ class ModuleCache:
         if not self._usable_directory():
             return None
         path = self._entries_prefix + key
+        if not keep_payload:
+            settled = self._settled_module(key, path)
+            if settled is not None:
+                return settled
         try:
             descriptor = os.open(path, os.O_RDONLY | _NOFOLLOW | _BINARY)
         except FileNotFoundError:
@@ -468,16 +492,16 @@ class ModuleCache:
                 header, payload = verified
                 size = header["payload_size"]
             renewed = _mark_used(descriptor, info)
-            # The engine is given the descriptor's own file where the system names it, so it
-            # reads the very file checked above, whatever the name points to by now.
-            if payload is None:
-                module = engine.deserialize_file(
-                    _descriptor_path(descriptor, path), size, fuel=fuel
-                )
-            else:
-                module = engine.deserialize(payload, fuel=fuel)
+            # The module kept from an earlier load of the very payload these checks passed, if
+            # any; else the engine is given the descriptor's own file where the system names
+            # it, so it reads the very file checked above, whatever the name points to by now.
+            module = self._kept_module(key, header)
+            deserialized = module is None
+            if module is None:
+                module = _deserialized(engine, descriptor, path, size, payload, fuel)
         except PluginError as error:
             self._checked.pop(key, None)
+            self._forget_module(key)
             self._reject(path, f"the engine refused it: {error.message}")
             return None
         except OSError as exc:
@@ -488,11 +512,88 @@ class ModuleCache:
             os.close(descriptor)
         if checked is None and not renewed:
             self._remember_checked(key, info, identity, header)
+        if deserialized:
+            self._keep_module(key, header, module)
         self._count("hits")
         metadata = header.get("metadata")
         return CompiledModule(
             module, payload, hit=True, metadata=dict(metadata) if isinstance(metadata, dict) else {}
         )
+
+    def _settled_module(self, key: str, path: str) -> CompiledModule | None:
+        """The kept module of the entry under ``key`` when the entry file is the very file that
+        passed the checks, settled and unchanged since (its ``lstat``: a link or another file in
+        its place has another identity), and needs no renewal of its time; else ``None``."""
+        checked = self._checked.get(key)
+        kept = self._kept.get(key)
+        if checked is None or kept is None or self.verify == "full":
+            return None
+        identity, header = checked
+        if kept.digest != header.get("payload_sha256"):
+            return None
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return None
+        if (
+            _identity(info) != identity
+            or not stat.S_ISREG(info.st_mode)
+            or wall_clock_ns() - info.st_mtime_ns >= _RENEW_AFTER_NS
+        ):
+            return None
+        with self._lock:
+            if key in self._kept:
+                self._kept.move_to_end(key)
+            self._counts["hits"] += 1
+        metadata = header.get("metadata")
+        return CompiledModule(
+            kept.module,
+            None,
+            hit=True,
+            metadata=dict(metadata) if isinstance(metadata, dict) else {},
+        )
+
+    def _kept_module(self, key: str, header: dict[str, Any]) -> EngineModule | None:
+        """The module kept for ``key`` if it was deserialized from the payload ``header``
+        describes (the same digest of the whole payload), else ``None``."""
+        kept = self._kept.get(key)
+        if kept is None or self.verify == "full":
+            return None
+        if kept.digest != header.get("payload_sha256"):
+            return None
+        with self._lock:
+            if key in self._kept:
+                self._kept.move_to_end(key)
+        return kept.module
+
+    def _keep_module(self, key: str, header: dict[str, Any], module: EngineModule) -> None:
+        """Keep ``module``, deserialized from the payload ``header`` describes: not with
+        ``verify="full"``, nor for a payload larger than ``_KEPT_MODULE_SIZE``. The least
+        recently loaded go past ``_MODULES_KEPT`` modules or ``_KEPT_BYTES`` bytes."""
+        size = int(header.get("payload_size", 0))
+        digest = header.get("payload_sha256")
+        if self.verify == "full" or size > _KEPT_MODULE_SIZE or not isinstance(digest, str):
+            return
+        with self._lock:
+            previous = self._kept.pop(key, None)
+            if previous is not None:
+                self._kept_bytes -= previous.size
+            self._kept[key] = _Kept(digest, module, size)
+            self._kept_bytes += size
+            while len(self._kept) > _MODULES_KEPT or self._kept_bytes > _KEPT_BYTES:
+                _, dropped = self._kept.popitem(last=False)
+                self._kept_bytes -= dropped.size
+
+    def _forget_module(self, key: str) -> None:
+        with self._lock:
+            dropped = self._kept.pop(key, None)
+            if dropped is not None:
+                self._kept_bytes -= dropped.size
+
+    def _forget_modules(self) -> None:
+        with self._lock:
+            self._kept.clear()
+            self._kept_bytes = 0
 
     def _verified_entry(
         self,
@@ -644,6 +745,35 @@ class ModuleCache:
         if header.get("engine") != engine.name:
             return True
         return header.get("engine_version") == engine.version
+
+
+_CACHES: weakref.WeakSet[ModuleCache] = weakref.WeakSet()
+
+
+@atexit.register
+def _forget_kept_modules() -> None:
+    """Drop the kept modules before the interpreter tears its modules down (the engines'
+    finalizers need theirs)."""
+    for cache in list(_CACHES):
+        cache._forget_modules()
+
+
+def _deserialized(
+    engine: Engine, descriptor: int, path: str, size: int, payload: bytes | None, fuel: bool
+) -> EngineModule:
+    """The module of the open entry: from ``payload`` when it was read, else from the file."""
+    if payload is not None:
+        return engine.deserialize(payload, fuel=fuel)
+    return engine.deserialize_file(_descriptor_path(descriptor, path), size, fuel=fuel)
+
+
+@attrs.frozen
+class _Kept:
+    """A deserialized module kept by a cache, with the digest and size of its payload."""
+
+    digest: str
+    module: EngineModule
+    size: int
 
 
 def _read_header(

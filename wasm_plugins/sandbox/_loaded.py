@@ -5,8 +5,9 @@ Loading does all the checking once: the source is compiled (WAT) or read, its si
 validated (the same for every engine), its code validated by the engine, rewritten so that its
 memories and tables cannot grow past the limits, compiled, checked against the guest ABI, and
 its imports linked against the granted capabilities. With a compiled-module cache, a module seen
-before with the same limits is deserialized from its entry instead: not checked, rewritten or
-validated again (its entry was made from a module that passed all three). A worker process makes
+before with the same limits is deserialized from its entry instead (or is the module the cache
+object deserialized from the same unchanged entry before): not checked, rewritten or validated
+again (its entry was made from a module that passed all three). A worker process makes
 its loaded module from the compiled code the host sends, with the same limits and link plan, so
 both ends instantiate, probe for a refused ``memory.grow`` and explain failures the same way.
 """
