@@ -285,7 +285,34 @@ class _Unwatchable:
         return False
 
 
+class _Watchable(_Unwatchable):
+    """A sandbox whose engine stops a running guest when told to (as on wasmtime)."""
+
+    def watch(self, cancelled: threading.Event | None) -> bool:
+        self.watched.append(cancelled)
+        return True
+
+
 class TestCancellation:
+    def test_a_sandbox_stops_watching_after_each_call(self) -> None:
+        cancellation = Cancellation()
+        sandbox = _Watchable()
+        for _ in range(2):
+            cancellation._enter(sandbox)  # type: ignore[arg-type]
+            cancellation._leave(sandbox)  # type: ignore[arg-type]
+        assert sandbox.watched == [cancellation.cancelled, None] * 2
+
+    def test_a_sandbox_keeps_watching_a_lasting_cancellation(self) -> None:
+        """A thread's lasting cancellation serves its calls one after another: its sandboxes
+        are not told to stop watching between them (each call still asks, so that a sandbox
+        that made a new instance watches again)."""
+        cancellation = Cancellation(lasting=True)
+        sandbox = _Watchable()
+        for _ in range(2):
+            cancellation._enter(sandbox)  # type: ignore[arg-type]
+            cancellation._leave(sandbox)  # type: ignore[arg-type]
+        assert sandbox.watched == [cancellation.cancelled] * 2
+
     def test_a_sandbox_that_cannot_be_watched_is_not_unwatched(self) -> None:
         """Around each attempt, a sandbox is asked to watch the cancellation; one that cannot
         (its engine cannot stop a running guest) is not asked again to stop watching."""

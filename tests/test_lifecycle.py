@@ -19,6 +19,7 @@ import pytest
 
 from tests.test_host import make_distribution
 from wasm_plugins import ConfigurationError, ContextualError, PluginHost, hookimpl
+from wasm_plugins._async_calls import AsyncCalls
 from wasm_plugins.cli import main
 from wasm_plugins.errors import CallCancelled, DeadlineExceeded
 from wasm_plugins.policy import PolicyEvent
@@ -413,6 +414,77 @@ class TestAsync:
             else:
                 assert _cpu_rate(time.process_time) < 0.2
             assert host.call("spinner", "answer") == "ok"
+
+    def test_a_thread_stops_each_cancelled_call_it_runs(self) -> None:
+        """A thread of awaited calls keeps its instance watching its cancellation between calls;
+        once a call was cancelled, the instance watches the thread's new one: the next call
+        cancelled on the same thread stops too."""
+        finished = Finished()
+        threads = Threads()
+        with PluginHost(engine="wasmtime", module_cache=False) as host:
+            host.register_policy(finished, name="finished")
+            host.register_policy(threads, name="threads")
+            host.load(
+                {
+                    "name": "spinner",
+                    "module": {"wat": SPIN_WAT},
+                    "limits": {"timeout": "10 min"},
+                    "policy": {"max_attempts": 1, "fallbacks": []},
+                }
+            )
+
+            async def spin_then_cancel() -> None:
+                assert await host.acall("spinner", "answer") == "ok"
+                call = asyncio.ensure_future(host.acall("spinner", "spin"))
+                before = time.process_time()
+                while time.process_time() - before < 0.1:  # the guest is running
+                    await asyncio.sleep(0.01)
+                call.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+
+            for _ in range(2):
+                finished.cancelled.clear()
+                asyncio.run(spin_then_cancel())
+                assert finished.cancelled.wait(60)
+            assert finished.errors == [None, "cancelled", None, "cancelled"]
+            assert len(set(threads.seen)) == 1
+
+    def test_the_call_after_one_cancelled_before_it_started_is_not_cancelled(self) -> None:
+        """A call cancelled while it waits for its thread ends before its guest runs: the
+        thread's instance still watches the cancellation that was set, and must watch the
+        thread's new one for the next call (which here ends by its own timeout, not cancelled)."""
+        calls = AsyncCalls("test")
+        release = threading.Event()
+        with PluginHost(engine="wasmtime", module_cache=False) as host:
+            host.load(
+                {
+                    "name": "spinner",
+                    "module": {"wat": SPIN_WAT},
+                    "limits": {"timeout": "300 ms"},
+                    "policy": {"max_attempts": 1, "fallbacks": []},
+                }
+            )
+
+            async def main() -> str:
+                assert await calls.run(lambda: host.call("spinner", "answer")) == "ok"
+                blocking = asyncio.ensure_future(calls.run(lambda: release.wait(60)))
+                waiting = asyncio.ensure_future(calls.run(lambda: host.call("spinner", "answer")))
+                await asyncio.sleep(0)  # both are queued
+                waiting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await waiting
+                release.set()
+                assert await blocking
+                with pytest.raises(ContextualError) as raised:
+                    await calls.run(lambda: host.call("spinner", "spin"))
+                return str(raised.value.error_kind)
+
+            try:
+                assert asyncio.run(main()) == "timeout"
+            finally:
+                calls.close(60)
+        assert calls.threads() == 0
 
     def test_a_call_bounded_to_a_short_time_runs_on_the_loop(self) -> None:
         # The bound is what the host calls short (here 1 s, so that a loaded machine never

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, final
 
-from wasm_plugins.provider import Cancellation
+from wasm_plugins.provider import Cancellation, _calling
 
 __all__ = ["BLOCKED", "IDLE", "LOOK", "MAX_THREADS", "STALL", "AsyncCalls"]
 
@@ -120,15 +120,17 @@ class _Outbox:
 
 @final
 class _Job:
-    __slots__ = ("cancelled", "context", "future", "outbox", "thunk", "worker")
+    __slots__ = ("args", "cancelled", "context", "function", "future", "outbox", "worker")
 
     def __init__(
         self,
-        thunk: Callable[[], Any],
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
         future: asyncio.Future[Any],
         outbox: _Outbox,
     ) -> None:
-        self.thunk = thunk
+        self.function = function
+        self.args = args
         self.future = future
         self.outbox = outbox
         self.context = contextvars.copy_context()
@@ -138,12 +140,12 @@ class _Job:
         self.worker: _Worker | None = None
         """The thread running the call, while it runs (set under the same lock)."""
 
-    def run(self, cancellation: Cancellation, more: Callable[[], bool]) -> None:
-        """Run the call under its thread's ``cancellation`` and post its answer; the loop is
-        woken only when ``more()`` says no other call waits (else the answer goes with a later
-        one, or the loop's next look)."""
+    def run(self, more: Callable[[], bool]) -> None:
+        """Run the call (under its thread's cancellation, see :meth:`_Worker.token`) and post
+        its answer; the loop is woken only when ``more()`` says no other call waits (else the
+        answer goes with a later one, or the loop's next look)."""
         try:
-            value = self.context.run(cancellation.run, self.thunk)
+            value = self.context.run(self.function, *self.args)
         except StopIteration as stop:
             # A future cannot hold StopIteration (it would end the awaiting coroutine).
             error = RuntimeError("the call raised StopIteration")
@@ -160,7 +162,7 @@ class _Worker:
     __slots__ = ("cancellation", "clock", "finished")
 
     def __init__(self) -> None:
-        self.cancellation = Cancellation()
+        self.cancellation = Cancellation(lasting=True)
         """What this thread's calls run under, one after another: building one per call (an
         event, a lock) costs more than the rest of a tiny call's hand-over. A call cancelled
         leaves it set, and the next call gets a new one."""
@@ -231,10 +233,22 @@ class AsyncCalls:
     async def run(self, thunk: Callable[[], Any]) -> Any:
         """``thunk()`` on one of the threads, in the caller's context; cancellable (see
         :class:`~wasm_plugins.provider.Cancellation`): cancelling the awaiting task stops it."""
+        job = self.submit(thunk, ())
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self.cancel(job)
+            raise
+
+    def submit(self, function: Callable[..., Any], args: tuple[Any, ...]) -> _Job:
+        """On the loop: queue ``function(*args)`` for one of the threads, in the caller's
+        context; await the job's ``future``, and :meth:`cancel` the job when that await is
+        cancelled (what :meth:`run` does, written out by a caller that saves a coroutine)."""
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        outbox = self._outbox(loop)
-        job = _Job(thunk, future, outbox)
+        outbox = self._last
+        if outbox is None or outbox.loop() is not loop:
+            outbox = self._outbox(loop)
+        job = _Job(function, args, loop.create_future(), outbox)
         self._inbox.put(job)
         outbox.outstanding += 1
         # Counted out before a thread ends, and a thread looks at the queue after that: a call
@@ -246,21 +260,18 @@ class AsyncCalls:
             outbox.seen = self._progress()
             outbox.looked = loop.time()
             loop.call_later(LOOK, self._look, outbox)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            with self._running:
-                job.cancelled = True
-                # A call finished (worker None again) is left alone: its thread's
-                # cancellation already serves the next call.
-                if job.worker is not None:
-                    job.worker.cancellation.cancel()
-            raise
+        return job
+
+    def cancel(self, job: _Job) -> None:
+        """On the loop, when the task awaiting ``job`` was cancelled: stop the call."""
+        with self._running:
+            job.cancelled = True
+            # A call finished (worker None again) is left alone: its thread's
+            # cancellation already serves the next call.
+            if job.worker is not None:
+                job.worker.cancellation.cancel()
 
     def _outbox(self, loop: asyncio.AbstractEventLoop) -> _Outbox:
-        last = self._last
-        if last is not None and last.loop() is loop:
-            return last
         with self._lock:
             outbox = self._outboxes.get(loop)
             if outbox is None:
@@ -328,6 +339,8 @@ class AsyncCalls:
         def more() -> bool:
             return not inbox.empty()
 
+        # The thread's calls run under its cancellation (see provider.Sandboxes.call).
+        _calling.token = worker.cancellation
         while True:
             try:
                 job = inbox.get_nowait()
@@ -335,6 +348,7 @@ class AsyncCalls:
                 job = self._wait(inbox)
             if isinstance(job, _End):
                 if self._leave(worker, queued=job is _End.STOP):
+                    _calling.token = None
                     return
                 continue
             worker.finished += 1
@@ -346,11 +360,11 @@ class AsyncCalls:
             job.worker = worker
             if job.cancelled:
                 worker.cancellation.cancel()
-        job.run(worker.cancellation, more)
+        job.run(more)
         with running:
             job.worker = None
             if worker.cancellation.cancelled.is_set():
-                worker.cancellation = Cancellation()
+                worker.cancellation = _calling.token = Cancellation(lasting=True)
 
     def _wait(self, inbox: queue.SimpleQueue[_Job | _End]) -> _Job | _End:
         with self._lock:

@@ -43,14 +43,22 @@ _calling = _Calling()
 class Cancellation:
     """A call its caller may cancel: :meth:`cancel` stops the guest running it (a wasmtime store
     is interrupted at its next epoch tick, a worker process is killed) and every later attempt
-    of the call ends at once with a ``CallCancelled``."""
+    of the call ends at once with a ``CallCancelled``.
 
-    def __init__(self) -> None:
+    :param lasting: it serves one thread's calls one after another (the threads of awaited
+        calls): a sandbox asked to watch it keeps watching between calls, rather than being
+        told to stop after each (on wasmtime, stopping and starting again cost a third of a
+        tiny call). The thread must run every call under it, or under its successor (which
+        the sandbox is then asked to watch instead).
+    """
+
+    def __init__(self, *, lasting: bool = False) -> None:
         self._lock = threading.Lock()
         self.cancelled = threading.Event()
         self._running: tuple[PluginSandbox, int] | None = None
         self._watching = False
         """Whether the running attempt's sandbox watches :attr:`cancelled`."""
+        self.lasting = lasting
 
     def run(self, thunk: Callable[[], Any]) -> Any:
         """Run ``thunk`` (a call through the policy) in this thread, cancellable."""
@@ -85,7 +93,8 @@ class Cancellation:
             self._running = None
         if self._watching:
             self._watching = False
-            sandbox.watch(None)  # type: ignore[attr-defined]
+            if not self.lasting:
+                sandbox.watch(None)  # type: ignore[attr-defined]
 
 
 @final

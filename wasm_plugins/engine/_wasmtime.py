@@ -283,6 +283,9 @@ class WasmtimeInstance:
     """Whether :meth:`arm` has nothing to do (see :meth:`_choose_path`)."""
     _timeout_only = False
     """Whether a timeout is the whole budget (see :meth:`_choose_path`)."""
+    _timed = False
+    """Whether a call needs the ticker and nothing else around it: a timeout, a watched
+    cancellation or both, without fuel or captured output (see :meth:`call_abi`)."""
 
     def __init__(
         self,
@@ -444,6 +447,10 @@ class WasmtimeInstance:
         stops within a tick or two, its instance to be discarded."""
         if not FAST_PATH:
             return False
+        if cancelled is not None and cancelled is self._cancelled:
+            # Watching it already (a thread's lasting cancellation): each call's arm sets the
+            # deadline of the next tick and the timeout's instant.
+            return True
         if cancelled is not None and self._on_deadline is None:
             self._install_deadline_callback()
         self._cancelled = cancelled
@@ -461,6 +468,11 @@ class WasmtimeInstance:
         plain = self._fuel is None and self._captured is None and self._cancelled is None
         self._unguarded = plain and self._timeout is None
         self._timeout_only = plain and self._timeout is not None
+        self._timed = (
+            self._fuel is None
+            and self._captured is None
+            and (self._timeout is not None or self._cancelled is not None)
+        )
         # Nothing to arm: no fuel, no time, and a store whose deadline was never moved from
         # "never" (no deadline callback was ever installed); the unguarded path reads no clock.
         self._bare = self._unguarded and self._on_deadline is None
@@ -505,7 +517,7 @@ class WasmtimeInstance:
             answer: int = self.call(function, ptr, length)
             return answer
         if not self._unguarded:
-            if self._timeout_only:
+            if self._timed:
                 return self._timed_raw_call(function, ptr, length)
             return int(self._guarded(lambda: self._raw_call(cast(_Export, function), ptr, length)))
         self._host_exception = None
@@ -529,7 +541,8 @@ class WasmtimeInstance:
 
     def _timed_raw_call(self, function: ExportFunction, ptr: int, length: int) -> int:
         """The raw call under the armed deadline: what the guarded path does for a timeout
-        alone, without its closure (nor a frame of its own for the raw call)."""
+        or a watched cancellation (no fuel, no captured output), without its closure (nor a
+        frame of its own for the raw call)."""
         self._host_exception = None
         values = self._values
         values[0] = ptr & _MASK32
