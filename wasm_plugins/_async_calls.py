@@ -118,48 +118,15 @@ class _Outbox:
         return count
 
 
-@final
-class _Job:
-    __slots__ = ("args", "cancelled", "context", "function", "future", "outbox", "worker")
-
-    def __init__(
-        self,
-        function: Callable[..., Any],
-        args: tuple[Any, ...],
-        future: asyncio.Future[Any],
-        outbox: _Outbox,
-    ) -> None:
-        self.function = function
-        self.args = args
-        self.future = future
-        self.outbox = outbox
-        self.context = contextvars.copy_context()
-        self.cancelled = False
-        """Whether the awaiting task was cancelled (set on the loop, under the host's
-        ``running`` lock)."""
-        self.worker: _Worker | None = None
-        """The thread running the call, while it runs (set under the same lock)."""
-
-    def run(self, more: Callable[[], bool]) -> None:
-        """Run the call (under its thread's cancellation, see :meth:`_Worker.token`) and post
-        its answer; the loop is woken only when ``more()`` says no other call waits (else the
-        answer goes with a later one, or the loop's next look)."""
-        try:
-            value = self.context.run(self.function, *self.args)
-        except StopIteration as stop:
-            # A future cannot hold StopIteration (it would end the awaiting coroutine).
-            error = RuntimeError("the call raised StopIteration")
-            error.__cause__ = stop
-            self.outbox.post(self.future, False, error, not more())
-        except BaseException as error:  # every failure belongs to the awaiting task
-            self.outbox.post(self.future, False, error, not more())
-        else:
-            self.outbox.post(self.future, True, value, not more())
+_Job = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...], contextvars.Context, _Outbox]
+"""A queued call: the future its task awaits, the function and its arguments, the caller's
+context, the outbox of the caller's loop (a tuple: an object of its own, built per call, costs
+a good part of a tiny call's hand-over)."""
 
 
 @final
 class _Worker:
-    __slots__ = ("cancellation", "clock", "finished")
+    __slots__ = ("cancellation", "clock", "current", "finished")
 
     def __init__(self) -> None:
         self.cancellation = Cancellation(lasting=True)
@@ -170,6 +137,9 @@ class _Worker:
         """Calls this thread took: a number that stops moving means a long call."""
         self.clock: int | None = None
         """The thread's CPU-time clock, where the system has one."""
+        self.current: asyncio.Future[Any] | None = None
+        """The future of the call this thread runs, while it runs (set under the host's
+        ``running`` lock: a cancellation from the loop stops this call, never the next)."""
 
     def progress(self) -> tuple[int, float]:
         """The calls taken, and the CPU seconds the thread used (-1: unknown)."""
@@ -233,23 +203,23 @@ class AsyncCalls:
     async def run(self, thunk: Callable[[], Any]) -> Any:
         """``thunk()`` on one of the threads, in the caller's context; cancellable (see
         :class:`~wasm_plugins.provider.Cancellation`): cancelling the awaiting task stops it."""
-        job = self.submit(thunk, ())
+        future = self.submit(thunk, ())
         try:
-            return await job.future
+            return await future
         except asyncio.CancelledError:
-            self.cancel(job)
+            self.cancel(future)
             raise
 
-    def submit(self, function: Callable[..., Any], args: tuple[Any, ...]) -> _Job:
+    def submit(self, function: Callable[..., Any], args: tuple[Any, ...]) -> asyncio.Future[Any]:
         """On the loop: queue ``function(*args)`` for one of the threads, in the caller's
-        context; await the job's ``future``, and :meth:`cancel` the job when that await is
-        cancelled (what :meth:`run` does, written out by a caller that saves a coroutine)."""
+        context; the future to await, to give to :meth:`cancel` when that await is cancelled
+        (what :meth:`run` does, written out by a caller that saves a coroutine)."""
         loop = asyncio.get_running_loop()
         outbox = self._last
         if outbox is None or outbox.loop() is not loop:
             outbox = self._outbox(loop)
-        job = _Job(function, args, loop.create_future(), outbox)
-        self._inbox.put(job)
+        future = loop.create_future()
+        self._inbox.put((future, function, args, contextvars.copy_context(), outbox))
         outbox.outstanding += 1
         # Counted out before a thread ends, and a thread looks at the queue after that: a call
         # queued while the last thread ends is either seen by it or seen here.
@@ -260,16 +230,17 @@ class AsyncCalls:
             outbox.seen = self._progress()
             outbox.looked = loop.time()
             loop.call_later(LOOK, self._look, outbox)
-        return job
+        return future
 
-    def cancel(self, job: _Job) -> None:
-        """On the loop, when the task awaiting ``job`` was cancelled: stop the call."""
+    def cancel(self, future: asyncio.Future[Any]) -> None:
+        """On the loop, when the task awaiting ``future`` was cancelled (which cancelled the
+        future): stop its call if a thread runs it. A call not yet started sees its future
+        cancelled when a thread takes it; a call finished is left alone (its thread's
+        cancellation already serves the next call)."""
         with self._running:
-            job.cancelled = True
-            # A call finished (worker None again) is left alone: its thread's
-            # cancellation already serves the next call.
-            if job.worker is not None:
-                job.worker.cancellation.cancel()
+            for worker in self._workers:
+                if worker.current is future:
+                    worker.cancellation.cancel()
 
     def _outbox(self, loop: asyncio.AbstractEventLoop) -> _Outbox:
         with self._lock:
@@ -333,17 +304,14 @@ class AsyncCalls:
 
     def _serve(self, worker: _Worker) -> None:
         inbox = self._inbox
+        get, empty, running = inbox.get_nowait, inbox.empty, self._running
         if hasattr(time, "pthread_getcpuclockid"):
             worker.clock = time.pthread_getcpuclockid(threading.get_ident())
-
-        def more() -> bool:
-            return not inbox.empty()
-
         # The thread's calls run under its cancellation (see provider.Sandboxes.call).
         _calling.token = worker.cancellation
         while True:
             try:
-                job = inbox.get_nowait()
+                job = get()
             except queue.Empty:
                 job = self._wait(inbox)
             if isinstance(job, _End):
@@ -351,20 +319,31 @@ class AsyncCalls:
                     _calling.token = None
                     return
                 continue
+            # A tiny call's hand-over is a good part of its cost: written out, no frame of its
+            # own, no object of its own.
+            future, function, args, context, outbox = job
             worker.finished += 1
-            self._run(worker, job, more)
-
-    def _run(self, worker: _Worker, job: _Job, more: Callable[[], bool]) -> None:
-        running = self._running
-        with running:
-            job.worker = worker
-            if job.cancelled:
-                worker.cancellation.cancel()
-        job.run(more)
-        with running:
-            job.worker = None
-            if worker.cancellation.cancelled.is_set():
-                worker.cancellation = _calling.token = Cancellation(lasting=True)
+            with running:
+                worker.current = future
+                if future.cancelled():  # the awaiting task was cancelled: the call runs so
+                    worker.cancellation.cancel()  # (its attempts end at once, hooks see it)
+            try:
+                value = context.run(function, *args)
+                succeeded = True
+            except StopIteration as stop:
+                # A future cannot hold StopIteration (it would end the awaiting coroutine).
+                value = RuntimeError("the call raised StopIteration")
+                value.__cause__ = stop
+                succeeded = False
+            except BaseException as error:  # every failure belongs to the awaiting task
+                value, succeeded = error, False
+            with running:
+                worker.current = None
+                if worker.cancellation.cancelled.is_set():
+                    worker.cancellation = _calling.token = Cancellation(lasting=True)
+            # The loop is woken only when no other call waits: the answer goes with a later
+            # one, or the loop's next look.
+            outbox.post(future, succeeded, value, empty())
 
     def _wait(self, inbox: queue.SimpleQueue[_Job | _End]) -> _Job | _End:
         with self._lock:

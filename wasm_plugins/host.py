@@ -998,11 +998,11 @@ class PluginHost:
             return self.call(plugin, function, input)
         # AsyncCalls.run written out: a coroutine less per call.
         awaited = self._versions.awaited
-        job = awaited.submit(self.call, (plugin, function, input))
+        future = awaited.submit(self.call, (plugin, function, input))
         try:
-            return await job.future
+            return await future
         except asyncio.CancelledError:
-            awaited.cancel(job)
+            awaited.cancel(future)
             raise
 
     async def ainvoke(self, plugin: str, function: str, input: Any = None) -> Outcome:
@@ -1018,11 +1018,11 @@ class PluginHost:
         if self._runs_inline(plugin):
             return self.invoke(plugin, function, input)
         awaited = self._versions.awaited
-        job = awaited.submit(self.invoke, (plugin, function, input))
+        future = awaited.submit(self.invoke, (plugin, function, input))
         try:
-            outcome: Outcome = await job.future
+            outcome: Outcome = await future
         except asyncio.CancelledError:
-            awaited.cancel(job)
+            awaited.cancel(future)
             raise
         return outcome
 
