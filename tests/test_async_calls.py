@@ -303,21 +303,27 @@ class TestCancellation:
         assert sandbox.watched == [cancellation.cancelled, None] * 2
 
     def test_a_sandbox_keeps_watching_a_lasting_cancellation(self) -> None:
-        """A thread's lasting cancellation serves its calls one after another: its sandboxes
-        are not told to stop watching between them (each call still asks, so that a sandbox
-        that made a new instance watches again)."""
+        """A thread's lasting cancellation serves its calls one after another: a sandbox asked
+        to watch it is not told to stop between calls, nor asked again after a call that
+        returned (its instance is the same); after a call that failed (the instance may have
+        been dropped for a new one) it is asked again."""
         cancellation = Cancellation(lasting=True)
         sandbox = _Watchable()
-        for _ in range(2):
+        for failed in (False, False, True, False, False):
             cancellation._enter(sandbox)  # type: ignore[arg-type]
-            cancellation._leave(sandbox)  # type: ignore[arg-type]
+            cancellation._leave(sandbox, failed)  # type: ignore[arg-type]
         assert sandbox.watched == [cancellation.cancelled] * 2
+        other = _Watchable()
+        cancellation._enter(other)  # type: ignore[arg-type]
+        cancellation._leave(other)  # type: ignore[arg-type]
+        assert other.watched == [cancellation.cancelled]
 
-    def test_a_sandbox_that_cannot_be_watched_is_not_unwatched(self) -> None:
-        """Around each attempt, a sandbox is asked to watch the cancellation; one that cannot
-        (its engine cannot stop a running guest) is not asked again to stop watching."""
-        cancellation = Cancellation()
+    def test_a_sandbox_that_cannot_watch_a_lasting_cancellation_is_asked_once(self) -> None:
+        """Whether a sandbox can watch at all holds for its instance: asked again only after a
+        call that failed."""
+        cancellation = Cancellation(lasting=True)
         sandbox = _Unwatchable()
-        cancellation._enter(sandbox)  # type: ignore[arg-type]
-        cancellation._leave(sandbox)  # type: ignore[arg-type]
-        assert sandbox.watched == [cancellation.cancelled]
+        for failed in (False, False, True, False):
+            cancellation._enter(sandbox)  # type: ignore[arg-type]
+            cancellation._leave(sandbox, failed)  # type: ignore[arg-type]
+        assert sandbox.watched == [cancellation.cancelled] * 2

@@ -580,6 +580,32 @@ class TestAsync:
         with pytest.raises(CallCancelled):
             sandbox.call("spin")
 
+    def test_a_watched_store_is_given_no_deadline_per_call(self) -> None:
+        """While a store is watched its deadline is never more than a tick away (set so by
+        ``watch``, and by the deadline callback at each tick): a call starts without setting
+        it again (a C call, a good part of a tiny one), and a cancellation still stops the
+        guest."""
+        sandbox = Sandbox(SPIN_WAT, engine="wasmtime", limits=Limits(timeout=60))
+        cancelled = threading.Event()
+        assert sandbox.call("answer") == "ok"
+        assert sandbox.watch(cancelled)
+        instance = sandbox._local.state.session.instance
+        set_deadline = instance._set_deadline
+        deadlines: list[int] = []
+
+        def counted(ticks: int) -> None:
+            deadlines.append(ticks)
+            set_deadline(ticks)
+
+        instance._set_deadline = counted
+        for _ in range(3):
+            assert sandbox.watch(cancelled)
+            assert sandbox.call("answer") == "ok"
+        assert deadlines == []
+        cancelled.set()
+        with pytest.raises(CallCancelled):
+            sandbox.call("spin")
+
 
 def _children_cpu(pids: list[int]) -> float:
     """The CPU seconds of those processes (a process gone counts as none)."""

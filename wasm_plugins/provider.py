@@ -48,8 +48,9 @@ class Cancellation:
     :param lasting: it serves one thread's calls one after another (the threads of awaited
         calls): a sandbox asked to watch it keeps watching between calls, rather than being
         told to stop after each (on wasmtime, stopping and starting again cost a third of a
-        tiny call). The thread must run every call under it, or under its successor (which
-        the sandbox is then asked to watch instead).
+        tiny call), and is not asked again after a call that returned (its instance is the
+        one that watches). The thread must run every call under it, or under its successor
+        (which the sandbox is then asked to watch instead).
     """
 
     def __init__(self, *, lasting: bool = False) -> None:
@@ -59,6 +60,9 @@ class Cancellation:
         self._watching = False
         """Whether the running attempt's sandbox watches :attr:`cancelled`."""
         self.lasting = lasting
+        self._kept: tuple[PluginSandbox, bool] | None = None
+        """Lasting: the sandbox of the last call, which returned, and whether it watches (its
+        instance, kept, still does or still cannot)."""
 
     def run(self, thunk: Callable[[], Any]) -> Any:
         """Run ``thunk`` (a call through the policy) in this thread, cancellable."""
@@ -83,18 +87,25 @@ class Cancellation:
             if self.cancelled.is_set():
                 raise CallCancelled(plugin=sandbox.name)
             self._running = (sandbox, threading.get_ident())
+        kept = self._kept
+        if kept is not None and kept[0] is sandbox:
+            self._watching = kept[1]
+            return
         watch = getattr(sandbox, "watch", None)
         # In this process the guest runs on this thread: its engine watches the event (not
         # wasmer's, which cannot stop a running guest: that sandbox is not asked to unwatch).
         self._watching = watch is not None and bool(watch(self.cancelled))
 
-    def _leave(self, sandbox: PluginSandbox) -> None:
-        with self._lock:
-            self._running = None
-        if self._watching:
-            self._watching = False
-            if not self.lasting:
-                sandbox.watch(None)  # type: ignore[attr-defined]
+    def _leave(self, sandbox: PluginSandbox, failed: bool = False) -> None:
+        """After an attempt; ``failed``: it raised (its sandbox may have dropped the instance
+        that watched)."""
+        # No lock: cancel() interrupts what it saw running after it let its lock go anyway.
+        self._running = None
+        watching, self._watching = self._watching, False
+        if self.lasting:
+            self._kept = None if failed else (sandbox, watching)
+        elif watching:
+            sandbox.watch(None)  # type: ignore[attr-defined]
 
 
 @final
@@ -233,13 +244,17 @@ class Sandboxes:
                 return sandbox.call(function, input)
             token._enter(sandbox)
             try:
-                return sandbox.call(function, input)
+                value = sandbox.call(function, input)
             except PluginError as error:
+                token._leave(sandbox, failed=True)
                 if token.cancelled.is_set() and not isinstance(error, CallCancelled):
                     raise CallCancelled(plugin=plugin, function=function) from error
                 raise
-            finally:
-                token._leave(sandbox)
+            except BaseException:
+                token._leave(sandbox, failed=True)
+                raise
+            token._leave(sandbox)
+            return value
         finally:
             running.pop()
             if version.retired:

@@ -403,9 +403,11 @@ class WasmtimeInstance:
             if self._cancelled is not None:
                 # Watched: the deadline callback looks at the cancellation every tick, and keeps
                 # the timeout itself (ticks are counted late when the callback waits for the GIL).
+                # The store's deadline is never more than a tick away while watched (``watch``
+                # set it so, the callback sets it a tick on): one passed already calls the
+                # callback at the guest's first look, which sets the next.
                 if self._timeout is not None:
                     self._stop_at = now + self._timeout
-                self._set_deadline(1)
                 return
             if self._timeout is None:
                 if self._on_deadline is not None:
