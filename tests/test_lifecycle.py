@@ -486,6 +486,39 @@ class TestAsync:
                 calls.close(60)
         assert calls.threads() == 0
 
+    def test_a_threads_later_call_in_a_worker_process_is_still_killed(self) -> None:
+        """A thread of awaited calls skips the bookkeeping of a sandbox it calls again, but not
+        for one whose calls are stopped by killing their worker: the cancellation must know
+        that the thread's call runs there."""
+        finished = Finished()
+        with PluginHost(engine="wasmtime", module_cache=False) as host:
+            host.register_policy(finished, name="finished")
+            host.load(
+                {
+                    "name": "spinner",
+                    "module": {"wat": SPIN_WAT},
+                    "isolation": "process",
+                    "limits": {"timeout": "10 min"},
+                    "policy": {"max_attempts": 1, "fallbacks": []},
+                }
+            )
+
+            async def spin_then_cancel() -> None:
+                for _ in range(2):
+                    assert await host.acall("spinner", "answer") == "ok"
+                workers = host.worker_pids()
+                call = asyncio.ensure_future(host.acall("spinner", "spin"))
+                before = _children_cpu(workers)
+                while _children_cpu(workers) - before < 0.1:  # the guest is running
+                    await asyncio.sleep(0.01)
+                call.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+
+            asyncio.run(spin_then_cancel())
+            assert finished.cancelled.wait(60)
+            assert finished.errors == [None, None, "cancelled"]
+
     def test_a_call_bounded_to_a_short_time_runs_on_the_loop(self) -> None:
         # The bound is what the host calls short (here 1 s, so that a loaded machine never
         # turns the test's call into a timeout): 0.5 s runs on the loop, 2 s on a thread.

@@ -49,8 +49,11 @@ class Cancellation:
         calls): a sandbox asked to watch it keeps watching between calls, rather than being
         told to stop after each (on wasmtime, stopping and starting again cost a third of a
         tiny call), and is not asked again after a call that returned (its instance is the
-        one that watches). The thread must run every call under it, or under its successor
-        (which the sandbox is then asked to watch instead).
+        one that watches). A call of such a sandbox, one that has nothing to interrupt (its
+        calls are not stopped by killing a worker), is then not even noted as running: only
+        whether the cancellation is set is looked at (see :meth:`Sandboxes.call`). The thread
+        must run every call under it, or under its successor (which the sandbox is then asked
+        to watch instead).
     """
 
     def __init__(self, *, lasting: bool = False) -> None:
@@ -60,9 +63,9 @@ class Cancellation:
         self._watching = False
         """Whether the running attempt's sandbox watches :attr:`cancelled`."""
         self.lasting = lasting
-        self._kept: tuple[PluginSandbox, bool] | None = None
-        """Lasting: the sandbox of the last call, which returned, and whether it watches (its
-        instance, kept, still does or still cannot)."""
+        self._kept: PluginSandbox | None = None
+        """Lasting: the sandbox of the last call, which returned, when it has nothing to
+        interrupt: its instance, kept, still watches (or still cannot)."""
 
     def run(self, thunk: Callable[[], Any]) -> Any:
         """Run ``thunk`` (a call through the policy) in this thread, cancellable."""
@@ -87,9 +90,7 @@ class Cancellation:
             if self.cancelled.is_set():
                 raise CallCancelled(plugin=sandbox.name)
             self._running = (sandbox, threading.get_ident())
-        kept = self._kept
-        if kept is not None and kept[0] is sandbox:
-            self._watching = kept[1]
+        if sandbox is self._kept:
             return
         watch = getattr(sandbox, "watch", None)
         # In this process the guest runs on this thread: its engine watches the event (not
@@ -103,7 +104,8 @@ class Cancellation:
         self._running = None
         watching, self._watching = self._watching, False
         if self.lasting:
-            self._kept = None if failed else (sandbox, watching)
+            interrupts = getattr(sandbox, "interrupt", None) is not None
+            self._kept = None if failed or interrupts else sandbox
         elif watching:
             sandbox.watch(None)  # type: ignore[attr-defined]
 
@@ -242,7 +244,13 @@ class Sandboxes:
         try:
             if token is None:
                 return sandbox.call(function, input)
-            token._enter(sandbox)
+            kept = sandbox is token._kept
+            if not kept:
+                token._enter(sandbox)
+            elif token.cancelled.is_set():
+                # A lasting cancellation's sandbox, watching it since its last call returned,
+                # with nothing to interrupt: nothing to note (Cancellation._enter, _leave).
+                raise CallCancelled(plugin=sandbox.name)
             try:
                 value = sandbox.call(function, input)
             except PluginError as error:
@@ -253,7 +261,8 @@ class Sandboxes:
             except BaseException:
                 token._leave(sandbox, failed=True)
                 raise
-            token._leave(sandbox)
+            if not kept:
+                token._leave(sandbox)
             return value
         finally:
             running.pop()
