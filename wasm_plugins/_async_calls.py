@@ -84,21 +84,19 @@ class _Outbox:
         """The threads' progress at the last look for stalled calls, made at ``looked``."""
         self.looked = 0.0
 
-    def post(self, future: asyncio.Future[Any], succeeded: bool, value: Any, wake: bool) -> None:
-        """Called on a worker thread: queue an answer; with ``wake``, wake the loop unless a
-        wake-up is already on its way (it takes this answer too: the flag is cleared before
-        the answers are drained)."""
-        self.answers.append((future, succeeded, value))
-        if wake and not self.scheduled:
-            self.scheduled = True
-            loop = self.loop()
-            try:
-                if loop is None:
-                    raise RuntimeError("the loop is gone")
-                loop.call_soon_threadsafe(self.deliver)
-            except RuntimeError:
-                # The loop is closed: nobody awaits these answers any more.
-                self.answers.clear()
+    def wake(self) -> None:
+        """Called on a worker thread, an answer queued (``answers.append``) and no wake-up on
+        its way: send one (it takes every answer queued before the loop drains them: the flag
+        is cleared before the answers are drained)."""
+        self.scheduled = True
+        loop = self.loop()
+        try:
+            if loop is None:
+                raise RuntimeError("the loop is gone")
+            loop.call_soon_threadsafe(self.deliver)
+        except RuntimeError:
+            # The loop is closed: nobody awaits these answers any more.
+            self.answers.clear()
 
     def deliver(self) -> int:
         """On the loop: resolve every future answered so far; how many there were."""
@@ -323,10 +321,12 @@ class AsyncCalls:
             # own, no object of its own.
             future, function, args, context, outbox = job
             worker.finished += 1
-            with running:
-                worker.current = future
-                if future.cancelled():  # the awaiting task was cancelled: the call runs so
-                    worker.cancellation.cancel()  # (its attempts end at once, hooks see it)
+            # No lock here: the loop cancels a task's future before it looks for the thread
+            # running the call (AsyncCalls.cancel), so either it finds this thread running it
+            # or this thread finds the future cancelled.
+            worker.current = future
+            if future.cancelled():  # the awaiting task was cancelled: the call runs so
+                worker.cancellation.cancel()  # (its attempts end at once, hooks see it)
             try:
                 value = context.run(function, *args)
                 succeeded = True
@@ -341,9 +341,11 @@ class AsyncCalls:
                 worker.current = None
                 if worker.cancellation.cancelled.is_set():
                     worker.cancellation = _calling.token = Cancellation(lasting=True)
-            # The loop is woken only when no other call waits: the answer goes with a later
-            # one, or the loop's next look.
-            outbox.post(future, succeeded, value, empty())
+            # Outbox.post written out. The loop is woken only when no other call waits: the
+            # answer goes with a later one, or the loop's next look.
+            outbox.answers.append((future, succeeded, value))
+            if not outbox.scheduled and empty():
+                outbox.wake()
 
     def _wait(self, inbox: queue.SimpleQueue[_Job | _End]) -> _Job | _End:
         with self._lock:
