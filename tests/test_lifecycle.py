@@ -639,6 +639,50 @@ class TestAsync:
         with pytest.raises(CallCancelled):
             sandbox.call("spin")
 
+    def test_a_cancellation_stops_a_watched_guest_without_the_ticker(self) -> None:
+        """A store that watches a ``Cancellation`` and has no timeout does not run the epoch
+        ticker (a timer ticking every 2 ms while calls run, a good part of a tiny call's cost
+        on a busy thread): cancelling advances the engine's epoch itself, and the guest stops
+        at its next look."""
+        from wasm_plugins.provider import Cancellation
+
+        sandbox = Sandbox(SPIN_WAT, engine="wasmtime")
+        cancellation = Cancellation(lasting=True)
+        entered: list[None] = []
+        raised: list[BaseException] = []
+        spinning = threading.Event()
+
+        class Counted(list):  # type: ignore[type-arg]
+            def append(self, item: None) -> None:
+                entered.append(item)
+                super().append(item)
+
+        def calls() -> None:
+            # One thread: the instance that watches is this thread's.
+            assert sandbox.call("answer") == "ok"
+            assert sandbox.watch(cancellation.cancelled)
+            ticker = sandbox._local.state.session.instance._ticker
+            ticker.in_flight = Counted(ticker.in_flight)
+            for _ in range(3):
+                assert sandbox.call("answer") == "ok"
+            spinning.set()
+            try:
+                sandbox.call("spin")
+            except BaseException as error:  # the test looks at it
+                raised.append(error)
+
+        thread = threading.Thread(target=calls)
+        before = time.process_time()
+        thread.start()
+        assert spinning.wait(60)
+        while time.process_time() - before < 0.1 and thread.is_alive():  # the guest runs
+            time.sleep(0.01)
+        cancellation.cancel()
+        thread.join(60)
+        assert not thread.is_alive()
+        assert entered == []
+        assert [type(error) for error in raised] == [CallCancelled]
+
 
 def _children_cpu(pids: list[int]) -> float:
     """The CPU seconds of those processes (a process gone counts as none)."""

@@ -40,6 +40,33 @@ _calling = _Calling()
 
 
 @final
+class _Signal(threading.Event):
+    """The event a :class:`Cancellation` sets, which tells those who asked (:meth:`when_set`):
+    an engine that stops a guest at its next look at the epoch advances the epoch itself,
+    rather than a timer ticking through every call that could be cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hooks: list[Callable[[], object]] = []
+
+    def when_set(self, hook: Callable[[], object]) -> None:
+        """Call ``hook`` (from the thread that sets the event) once it is set; at once when it
+        is set already. A hook asked for twice is kept once."""
+        if hook not in self._hooks:
+            self._hooks.append(hook)
+        if self.is_set():
+            hook()
+
+    def set(self) -> None:
+        super().set()
+        for hook in list(self._hooks):
+            try:
+                hook()
+            except Exception:  # a hook must not keep the cancellation from the others
+                logger.opt(exception=True).warning("a cancellation hook failed")
+
+
+@final
 class Cancellation:
     """A call its caller may cancel: :meth:`cancel` stops the guest running it (a wasmtime store
     is interrupted at its next epoch tick, a worker process is killed) and every later attempt
@@ -58,7 +85,7 @@ class Cancellation:
 
     def __init__(self, *, lasting: bool = False) -> None:
         self._lock = threading.Lock()
-        self.cancelled = threading.Event()
+        self.cancelled: threading.Event = _Signal()
         self._running: tuple[PluginSandbox, int] | None = None
         self._watching = False
         """Whether the running attempt's sandbox watches :attr:`cancelled`."""

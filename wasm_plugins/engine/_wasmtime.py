@@ -284,6 +284,8 @@ class WasmtimeInstance:
     _timeout_only = False
     """Whether a timeout is the whole budget (see :meth:`_choose_path`)."""
     _timed = False
+    _nudged = False
+    """Whether the watched event advances the engine's epoch when set (see :meth:`watch`)."""
     """Whether a call needs the ticker and nothing else around it: a timeout, a watched
     cancellation or both, without fuel or captured output (see :meth:`call_abi`)."""
 
@@ -450,13 +452,19 @@ class WasmtimeInstance:
         if not FAST_PATH:
             return False
         if cancelled is not None and cancelled is self._cancelled:
-            # Watching it already (a thread's lasting cancellation): each call's arm sets the
-            # deadline of the next tick and the timeout's instant.
+            # Watching it already (a thread's lasting cancellation): the deadline is a tick
+            # away at most, and each call's arm sets the timeout's instant.
             return True
         if cancelled is not None and self._on_deadline is None:
             self._install_deadline_callback()
         self._cancelled = cancelled
         self._stop_at = None
+        # An event that tells who asks when it is set (a Cancellation's) advances the epoch
+        # itself: a call with no timeout then needs no ticker (see _choose_path).
+        when_set = getattr(cancelled, "when_set", None)
+        self._nudged = when_set is not None
+        if when_set is not None:
+            when_set(self._ticker.nudge)
         if cancelled is not None:
             # The budget may be armed already (at instantiation, for the first call).
             if self._timeout is not None:
@@ -467,17 +475,22 @@ class WasmtimeInstance:
 
     def _choose_path(self) -> None:
         """Which fast path :meth:`call_abi` takes: no budget at all, or a timeout alone."""
-        plain = self._fuel is None and self._captured is None and self._cancelled is None
-        self._unguarded = plain and self._timeout is None
+        bare_budget = self._fuel is None and self._captured is None
+        plain = bare_budget and self._cancelled is None
+        # Watched, no timeout, and the cancellation advances the epoch itself (``nudge``): the
+        # deadline stays a tick away with no ticker running, and nothing is armed per call.
+        nudged = bare_budget and self._timeout is None and self._cancelled is not None
+        nudged = nudged and self._nudged
+        self._unguarded = (plain and self._timeout is None) or nudged
         self._timeout_only = plain and self._timeout is not None
         self._timed = (
-            self._fuel is None
-            and self._captured is None
+            bare_budget
             and (self._timeout is not None or self._cancelled is not None)
+            and not nudged
         )
         # Nothing to arm: no fuel, no time, and a store whose deadline was never moved from
         # "never" (no deadline callback was ever installed); the unguarded path reads no clock.
-        self._bare = self._unguarded and self._on_deadline is None
+        self._bare = (self._unguarded and self._on_deadline is None) or nudged
 
     def _install_deadline_callback(self) -> None:
         self._on_deadline = _DeadlineCallback(_deadline_callback(weakref.ref(self)))
