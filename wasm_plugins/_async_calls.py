@@ -38,7 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, final
 
-from wasm_plugins.provider import Cancellation, _calling
+from wasm_plugins.provider import Cancellation
 
 __all__ = ["BLOCKED", "IDLE", "LOOK", "MAX_THREADS", "STALL", "AsyncCalls"]
 
@@ -141,8 +141,9 @@ class _Worker:
         self.clock: int | None = None
         """The thread's CPU-time clock, where the system has one."""
         self.current: asyncio.Future[Any] | None = None
-        """The future of the call this thread runs, while it runs (set under the host's
-        ``running`` lock: a cancellation from the loop stops this call, never the next)."""
+        """The future of the call this thread runs, while it runs (cleared under the host's
+        ``running`` lock, under which the loop cancels: a cancellation from the loop stops
+        this call, never the next)."""
 
     def progress(self) -> tuple[int, float]:
         """The calls taken, and the CPU seconds the thread used (-1: unknown)."""
@@ -311,7 +312,7 @@ class AsyncCalls:
         if hasattr(time, "pthread_getcpuclockid"):
             worker.clock = time.pthread_getcpuclockid(threading.get_ident())
         # The thread's calls run under its cancellation (see provider.Sandboxes.call).
-        _calling.token = worker.cancellation
+        worker.cancellation.hold()
         while True:
             try:
                 job = get()
@@ -319,7 +320,7 @@ class AsyncCalls:
                 job = self._wait(inbox)
             if isinstance(job, _End):
                 if self._leave(worker, queued=job is _End.STOP):
-                    _calling.token = None
+                    Cancellation.release()
                     return
                 continue
             # A tiny call's hand-over is a good part of its cost: written out, no frame of its
@@ -345,7 +346,8 @@ class AsyncCalls:
             with running:
                 worker.current = None
                 if worker.cancellation.cancelled.is_set():
-                    worker.cancellation = _calling.token = Cancellation(lasting=True)
+                    worker.cancellation = Cancellation(lasting=True)
+                    worker.cancellation.hold()
             # Outbox.post written out. The loop is woken only when no other call waits: the
             # answer goes with a later one, or the loop's next look.
             outbox.answers.append((future, succeeded, value))

@@ -102,6 +102,16 @@ class Cancellation:
         finally:
             _calling.token = None
 
+    def hold(self) -> None:
+        """Run this thread's calls under this cancellation from now on (a thread of awaited
+        calls, with a lasting one): what :meth:`run` does around one call."""
+        _calling.token = self
+
+    @staticmethod
+    def release() -> None:
+        """This thread's calls no longer run under a cancellation."""
+        _calling.token = None
+
     def cancel(self) -> None:
         """Stop the call: the guest running now, and any attempt after it."""
         with self._lock:

@@ -284,10 +284,11 @@ class WasmtimeInstance:
     _timeout_only = False
     """Whether a timeout is the whole budget (see :meth:`_choose_path`)."""
     _timed = False
+    """Whether a call needs the ticker and nothing else around it: a timeout, a watched
+    cancellation that cannot advance the epoch itself, or both, without fuel or captured output
+    (see :meth:`call_abi`)."""
     _nudged = False
     """Whether the watched event advances the engine's epoch when set (see :meth:`watch`)."""
-    """Whether a call needs the ticker and nothing else around it: a timeout, a watched
-    cancellation or both, without fuel or captured output (see :meth:`call_abi`)."""
 
     def __init__(
         self,
@@ -446,9 +447,12 @@ class WasmtimeInstance:
 
     def watch(self, cancelled: threading.Event | None) -> bool:
         """Stop this instance's calls when ``cancelled`` is set, from any thread (None: stop
-        watching). The store's epoch deadline then comes every tick, and a callback on the
+        watching). The store's epoch deadline is then the next epoch, and a callback on the
         calling thread ends the call with a ``CallCancelled`` once the event is set: the guest
-        stops within a tick or two, its instance to be discarded."""
+        stops within a tick or two, its instance to be discarded. An event that calls back
+        when set (``when_set``, a ``Cancellation``'s) advances the epoch itself, so a call
+        with no timeout runs no ticker; with another event, or a timeout, the ticker runs
+        and the deadline comes every tick."""
         if not FAST_PATH:
             return False
         if cancelled is not None and cancelled is self._cancelled:
@@ -474,7 +478,9 @@ class WasmtimeInstance:
         return True
 
     def _choose_path(self) -> None:
-        """Which fast path :meth:`call_abi` takes: no budget at all, or a timeout alone."""
+        """Which fast path :meth:`call_abi` takes: no budget at all (or a cancellation that
+        advances the epoch itself), or the ticker alone (a timeout, a cancellation), else the
+        guarded one."""
         bare_budget = self._fuel is None and self._captured is None
         plain = bare_budget and self._cancelled is None
         # Watched, no timeout, and the cancellation advances the epoch itself (``nudge``): the
