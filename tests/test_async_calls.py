@@ -327,3 +327,27 @@ class TestCancellation:
             cancellation._enter(sandbox)  # type: ignore[arg-type]
             cancellation._leave(sandbox, failed)  # type: ignore[arg-type]
         assert sandbox.watched == [cancellation.cancelled] * 2
+
+    def test_a_cancellation_tells_who_asked_once_it_is_set(self) -> None:
+        """An engine that stops a guest at its next look at the epoch asks to be told (to
+        advance the epoch itself); asking twice is asking once, and asking after is told at
+        once. ``on`` says what ``is_set`` says."""
+        cancellation = Cancellation(lasting=True)
+        told: list[str] = []
+
+        def hook() -> None:
+            told.append("first")
+
+        signal = cancellation.cancelled
+        signal.when_set(hook)
+        signal.when_set(hook)
+        assert told == []
+        assert not signal.on
+        cancellation.cancel()
+        assert told == ["first"]
+        assert signal.on
+        assert signal.is_set()
+        signal.when_set(lambda: told.append("late"))
+        assert told == ["first", "late"]
+        signal.clear()
+        assert not signal.on

@@ -345,7 +345,7 @@ class AsyncCalls:
                 value, succeeded = error, False
             with running:
                 worker.current = None
-                if worker.cancellation.cancelled.is_set():
+                if worker.cancellation.cancelled.on:
                     worker.cancellation = Cancellation(lasting=True)
                     worker.cancellation.hold()
             # Outbox.post written out. The loop is woken only when no other call waits: the

@@ -48,6 +48,9 @@ class _Signal(threading.Event):
     def __init__(self) -> None:
         super().__init__()
         self._hooks: list[Callable[[], object]] = []
+        self.on = False
+        """:meth:`is_set` as an attribute: a look with no call (the calls of a thread of
+        awaited calls look before each call, and after)."""
 
     def when_set(self, hook: Callable[[], object]) -> None:
         """Call ``hook`` (from the thread that sets the event) once it is set; at once when it
@@ -59,11 +62,16 @@ class _Signal(threading.Event):
 
     def set(self) -> None:
         super().set()
+        self.on = True
         for hook in list(self._hooks):
             try:
                 hook()
             except Exception:  # a hook must not keep the cancellation from the others
                 logger.opt(exception=True).warning("a cancellation hook failed")
+
+    def clear(self) -> None:
+        self.on = False
+        super().clear()
 
 
 @final
@@ -85,7 +93,7 @@ class Cancellation:
 
     def __init__(self, *, lasting: bool = False) -> None:
         self._lock = threading.Lock()
-        self.cancelled: threading.Event = _Signal()
+        self.cancelled = _Signal()
         self._running: tuple[PluginSandbox, int] | None = None
         self._watching = False
         """Whether the running attempt's sandbox watches :attr:`cancelled`."""
@@ -284,7 +292,7 @@ class Sandboxes:
             kept = sandbox is token._kept
             if not kept:
                 token._enter(sandbox)
-            elif token.cancelled.is_set():
+            elif token.cancelled.on:
                 # A lasting cancellation's sandbox, watching it since its last call returned,
                 # with nothing to interrupt: nothing to note (Cancellation._enter, _leave).
                 raise CallCancelled(plugin=sandbox.name)
