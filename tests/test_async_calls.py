@@ -285,12 +285,69 @@ class _Unwatchable:
         return False
 
 
+class _Watchable(_Unwatchable):
+    """A sandbox whose engine stops a running guest when told to (as on wasmtime)."""
+
+    def watch(self, cancelled: threading.Event | None) -> bool:
+        self.watched.append(cancelled)
+        return True
+
+
 class TestCancellation:
-    def test_a_sandbox_that_cannot_be_watched_is_not_unwatched(self) -> None:
-        """Around each attempt, a sandbox is asked to watch the cancellation; one that cannot
-        (its engine cannot stop a running guest) is not asked again to stop watching."""
+    def test_a_sandbox_stops_watching_after_each_call(self) -> None:
         cancellation = Cancellation()
+        sandbox = _Watchable()
+        for _ in range(2):
+            cancellation._enter(sandbox)  # type: ignore[arg-type]
+            cancellation._leave(sandbox)  # type: ignore[arg-type]
+        assert sandbox.watched == [cancellation.cancelled, None] * 2
+
+    def test_a_sandbox_keeps_watching_a_lasting_cancellation(self) -> None:
+        """A thread's lasting cancellation serves its calls one after another: a sandbox asked
+        to watch it is not told to stop between calls, nor asked again after a call that
+        returned (its instance is the same); after a call that failed (the instance may have
+        been dropped for a new one) it is asked again."""
+        cancellation = Cancellation(lasting=True)
+        sandbox = _Watchable()
+        for failed in (False, False, True, False, False):
+            cancellation._enter(sandbox)  # type: ignore[arg-type]
+            cancellation._leave(sandbox, failed)  # type: ignore[arg-type]
+        assert sandbox.watched == [cancellation.cancelled] * 2
+        other = _Watchable()
+        cancellation._enter(other)  # type: ignore[arg-type]
+        cancellation._leave(other)  # type: ignore[arg-type]
+        assert other.watched == [cancellation.cancelled]
+
+    def test_a_sandbox_that_cannot_watch_a_lasting_cancellation_is_asked_once(self) -> None:
+        """Whether a sandbox can watch at all holds for its instance: asked again only after a
+        call that failed."""
+        cancellation = Cancellation(lasting=True)
         sandbox = _Unwatchable()
-        cancellation._enter(sandbox)  # type: ignore[arg-type]
-        cancellation._leave(sandbox)  # type: ignore[arg-type]
-        assert sandbox.watched == [cancellation.cancelled]
+        for failed in (False, False, True, False):
+            cancellation._enter(sandbox)  # type: ignore[arg-type]
+            cancellation._leave(sandbox, failed)  # type: ignore[arg-type]
+        assert sandbox.watched == [cancellation.cancelled] * 2
+
+    def test_a_cancellation_tells_who_asked_once_it_is_set(self) -> None:
+        """An engine that stops a guest at its next look at the epoch asks to be told (to
+        advance the epoch itself); asking twice is asking once, and asking after is told at
+        once. ``on`` says what ``is_set`` says."""
+        cancellation = Cancellation(lasting=True)
+        told: list[str] = []
+
+        def hook() -> None:
+            told.append("first")
+
+        signal = cancellation.cancelled
+        signal.when_set(hook)
+        signal.when_set(hook)
+        assert told == []
+        assert not signal.on
+        cancellation.cancel()
+        assert told == ["first"]
+        assert signal.on
+        assert signal.is_set()
+        signal.when_set(lambda: told.append("late"))
+        assert told == ["first", "late"]
+        signal.clear()
+        assert not signal.on

@@ -19,6 +19,7 @@ import pytest
 
 from tests.test_host import make_distribution
 from wasm_plugins import ConfigurationError, ContextualError, PluginHost, hookimpl
+from wasm_plugins._async_calls import AsyncCalls
 from wasm_plugins.cli import main
 from wasm_plugins.errors import CallCancelled, DeadlineExceeded
 from wasm_plugins.policy import PolicyEvent
@@ -414,6 +415,110 @@ class TestAsync:
                 assert _cpu_rate(time.process_time) < 0.2
             assert host.call("spinner", "answer") == "ok"
 
+    def test_a_thread_stops_each_cancelled_call_it_runs(self) -> None:
+        """A thread of awaited calls keeps its instance watching its cancellation between calls;
+        once a call was cancelled, the instance watches the thread's new one: the next call
+        cancelled on the same thread stops too."""
+        finished = Finished()
+        threads = Threads()
+        with PluginHost(engine="wasmtime", module_cache=False) as host:
+            host.register_policy(finished, name="finished")
+            host.register_policy(threads, name="threads")
+            host.load(
+                {
+                    "name": "spinner",
+                    "module": {"wat": SPIN_WAT},
+                    "limits": {"timeout": "10 min"},
+                    "policy": {"max_attempts": 1, "fallbacks": []},
+                }
+            )
+
+            async def spin_then_cancel() -> None:
+                assert await host.acall("spinner", "answer") == "ok"
+                call = asyncio.ensure_future(host.acall("spinner", "spin"))
+                before = time.process_time()
+                while time.process_time() - before < 0.1:  # the guest is running
+                    await asyncio.sleep(0.01)
+                call.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+
+            for _ in range(2):
+                finished.cancelled.clear()
+                asyncio.run(spin_then_cancel())
+                assert finished.cancelled.wait(60)
+            assert finished.errors == [None, "cancelled", None, "cancelled"]
+            assert len(set(threads.seen)) == 1
+
+    def test_the_call_after_one_cancelled_before_it_started_is_not_cancelled(self) -> None:
+        """A call cancelled while it waits for its thread ends before its guest runs: the
+        thread's instance still watches the cancellation that was set, and must watch the
+        thread's new one for the next call (which here ends by its own timeout, not cancelled)."""
+        calls = AsyncCalls("test")
+        release = threading.Event()
+        with PluginHost(engine="wasmtime", module_cache=False) as host:
+            host.load(
+                {
+                    "name": "spinner",
+                    "module": {"wat": SPIN_WAT},
+                    "limits": {"timeout": "300 ms"},
+                    "policy": {"max_attempts": 1, "fallbacks": []},
+                }
+            )
+
+            async def main() -> str:
+                assert await calls.run(lambda: host.call("spinner", "answer")) == "ok"
+                blocking = asyncio.ensure_future(calls.run(lambda: release.wait(60)))
+                waiting = asyncio.ensure_future(calls.run(lambda: host.call("spinner", "answer")))
+                await asyncio.sleep(0)  # both are queued
+                waiting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await waiting
+                release.set()
+                assert await blocking
+                with pytest.raises(ContextualError) as raised:
+                    await calls.run(lambda: host.call("spinner", "spin"))
+                return str(raised.value.error_kind)
+
+            try:
+                assert asyncio.run(main()) == "timeout"
+            finally:
+                calls.close(60)
+        assert calls.threads() == 0
+
+    def test_a_threads_later_call_in_a_worker_process_is_still_killed(self) -> None:
+        """A thread of awaited calls skips the bookkeeping of a sandbox it calls again, but not
+        for one whose calls are stopped by killing their worker: the cancellation must know
+        that the thread's call runs there."""
+        finished = Finished()
+        with PluginHost(engine="wasmtime", module_cache=False) as host:
+            host.register_policy(finished, name="finished")
+            host.load(
+                {
+                    "name": "spinner",
+                    "module": {"wat": SPIN_WAT},
+                    "isolation": "process",
+                    "limits": {"timeout": "10 min"},
+                    "policy": {"max_attempts": 1, "fallbacks": []},
+                }
+            )
+
+            async def spin_then_cancel() -> None:
+                for _ in range(2):
+                    assert await host.acall("spinner", "answer") == "ok"
+                workers = host.worker_pids()
+                call = asyncio.ensure_future(host.acall("spinner", "spin"))
+                before = _children_cpu(workers)
+                while _children_cpu(workers) - before < 0.1:  # the guest is running
+                    await asyncio.sleep(0.01)
+                call.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+
+            asyncio.run(spin_then_cancel())
+            assert finished.cancelled.wait(60)
+            assert finished.errors == [None, None, "cancelled"]
+
     def test_a_call_bounded_to_a_short_time_runs_on_the_loop(self) -> None:
         # The bound is what the host calls short (here 1 s, so that a loaded machine never
         # turns the test's call into a timeout): 0.5 s runs on the loop, 2 s on a thread.
@@ -507,6 +612,76 @@ class TestAsync:
         cancelled.set()
         with pytest.raises(CallCancelled):
             sandbox.call("spin")
+
+    def test_a_watched_store_is_given_no_deadline_per_call(self) -> None:
+        """While a store is watched its deadline is never more than a tick away (set so by
+        ``watch``, and by the deadline callback at each tick): a call starts without setting
+        it again (a C call, a good part of a tiny one), and a cancellation still stops the
+        guest."""
+        sandbox = Sandbox(SPIN_WAT, engine="wasmtime", limits=Limits(timeout=60))
+        cancelled = threading.Event()
+        assert sandbox.call("answer") == "ok"
+        assert sandbox.watch(cancelled)
+        instance = sandbox._local.state.session.instance
+        set_deadline = instance._set_deadline
+        deadlines: list[int] = []
+
+        def counted(ticks: int) -> None:
+            deadlines.append(ticks)
+            set_deadline(ticks)
+
+        instance._set_deadline = counted
+        for _ in range(3):
+            assert sandbox.watch(cancelled)
+            assert sandbox.call("answer") == "ok"
+        assert deadlines == []
+        cancelled.set()
+        with pytest.raises(CallCancelled):
+            sandbox.call("spin")
+
+    def test_a_cancellation_stops_a_watched_guest_without_the_ticker(self) -> None:
+        """A store that watches a ``Cancellation`` and has no timeout does not run the epoch
+        ticker (a timer ticking every 2 ms while calls run, a good part of a tiny call's cost
+        on a busy thread): cancelling advances the engine's epoch itself, and the guest stops
+        at its next look."""
+        from wasm_plugins.provider import Cancellation
+
+        sandbox = Sandbox(SPIN_WAT, engine="wasmtime")
+        cancellation = Cancellation(lasting=True)
+        entered: list[None] = []
+        raised: list[BaseException] = []
+        spinning = threading.Event()
+
+        class Counted(list):  # type: ignore[type-arg]
+            def append(self, item: None) -> None:
+                entered.append(item)
+                super().append(item)
+
+        def calls() -> None:
+            # One thread: the instance that watches is this thread's.
+            assert sandbox.call("answer") == "ok"
+            assert sandbox.watch(cancellation.cancelled)
+            ticker = sandbox._local.state.session.instance._ticker
+            ticker.in_flight = Counted(ticker.in_flight)
+            for _ in range(3):
+                assert sandbox.call("answer") == "ok"
+            spinning.set()
+            try:
+                sandbox.call("spin")
+            except BaseException as error:  # the test looks at it
+                raised.append(error)
+
+        thread = threading.Thread(target=calls)
+        before = time.process_time()
+        thread.start()
+        assert spinning.wait(60)
+        while time.process_time() - before < 0.1 and thread.is_alive():  # the guest runs
+            time.sleep(0.01)
+        cancellation.cancel()
+        thread.join(60)
+        assert not thread.is_alive()
+        assert entered == []
+        assert [type(error) for error in raised] == [CallCancelled]
 
 
 def _children_cpu(pids: list[int]) -> float:

@@ -854,3 +854,22 @@ def test_a_watched_call_is_cancelled_and_the_process_replaced(sdk: Engine) -> No
     sandbox.watch(None)
     cancelled.clear()
     assert sandbox.instances == 0
+
+
+def test_the_instance_made_for_an_evicted_one_watches_what_it_watched(sdk: Engine) -> None:
+    """An instance whose idle process was closed is replaced within the next call: the new one
+    watches the cancellation the old one watched (a thread of awaited calls asks its sandbox to
+    watch only once while its calls return)."""
+    cancelled = threading.Event()
+    sandbox = Sandbox(ABI, engine=sdk)
+    try:
+        assert sandbox.call("echo", {"n": 1}) == {"n": 1}
+        assert sandbox.watch(cancelled)
+        old = sandbox._local.state.session.instance
+        assert old.evict()
+        assert sandbox.call("echo", {"n": 2}) == {"n": 2}
+        new = sandbox._local.state.session.instance
+        assert new is not old
+        assert new._cancelled is cancelled
+    finally:
+        sandbox.close()

@@ -15,7 +15,12 @@ When calls wait while every thread is held by one call (see :meth:`_Worker.held`
 starts another, up to :data:`MAX_THREADS`: long calls still run side by side, as they did on
 the default executor. Threads keep their instances between calls (each thread has its own, see
 ``Sandbox``), and end after :data:`IDLE` seconds without a call. Each thread runs its calls
-under one ``Cancellation`` of its own, replaced only after a call it ran was cancelled.
+under one lasting ``Cancellation`` of its own (its sandboxes keep watching it between calls),
+replaced only after a call it ran was cancelled.
+
+A tiny call's hand-over costs as much as a good part of the call: a queued call is a tuple (no
+object of its own), ``PluginHost.acall`` awaits its future itself (no coroutine of its own),
+and a thread runs it in its own loop (no frame of its own).
 """
 
 from __future__ import annotations
@@ -84,21 +89,19 @@ class _Outbox:
         """The threads' progress at the last look for stalled calls, made at ``looked``."""
         self.looked = 0.0
 
-    def post(self, future: asyncio.Future[Any], succeeded: bool, value: Any, wake: bool) -> None:
-        """Called on a worker thread: queue an answer; with ``wake``, wake the loop unless a
-        wake-up is already on its way (it takes this answer too: the flag is cleared before
-        the answers are drained)."""
-        self.answers.append((future, succeeded, value))
-        if wake and not self.scheduled:
-            self.scheduled = True
-            loop = self.loop()
-            try:
-                if loop is None:
-                    raise RuntimeError("the loop is gone")
-                loop.call_soon_threadsafe(self.deliver)
-            except RuntimeError:
-                # The loop is closed: nobody awaits these answers any more.
-                self.answers.clear()
+    def wake(self) -> None:
+        """Called on a worker thread, an answer queued (``answers.append``) and no wake-up on
+        its way: send one (it takes every answer queued before the loop drains them: the flag
+        is cleared before the answers are drained)."""
+        self.scheduled = True
+        loop = self.loop()
+        try:
+            if loop is None:
+                raise RuntimeError("the loop is gone")
+            loop.call_soon_threadsafe(self.deliver)
+        except RuntimeError:
+            # The loop is closed: nobody awaits these answers any more.
+            self.answers.clear()
 
     def deliver(self) -> int:
         """On the loop: resolve every future answered so far; how many there were."""
@@ -118,49 +121,18 @@ class _Outbox:
         return count
 
 
-@final
-class _Job:
-    __slots__ = ("cancelled", "context", "future", "outbox", "thunk", "worker")
-
-    def __init__(
-        self,
-        thunk: Callable[[], Any],
-        future: asyncio.Future[Any],
-        outbox: _Outbox,
-    ) -> None:
-        self.thunk = thunk
-        self.future = future
-        self.outbox = outbox
-        self.context = contextvars.copy_context()
-        self.cancelled = False
-        """Whether the awaiting task was cancelled (set on the loop, under the host's
-        ``running`` lock)."""
-        self.worker: _Worker | None = None
-        """The thread running the call, while it runs (set under the same lock)."""
-
-    def run(self, cancellation: Cancellation, more: Callable[[], bool]) -> None:
-        """Run the call under its thread's ``cancellation`` and post its answer; the loop is
-        woken only when ``more()`` says no other call waits (else the answer goes with a later
-        one, or the loop's next look)."""
-        try:
-            value = self.context.run(cancellation.run, self.thunk)
-        except StopIteration as stop:
-            # A future cannot hold StopIteration (it would end the awaiting coroutine).
-            error = RuntimeError("the call raised StopIteration")
-            error.__cause__ = stop
-            self.outbox.post(self.future, False, error, not more())
-        except BaseException as error:  # every failure belongs to the awaiting task
-            self.outbox.post(self.future, False, error, not more())
-        else:
-            self.outbox.post(self.future, True, value, not more())
+_Job = tuple[asyncio.Future[Any], Callable[..., Any], tuple[Any, ...], contextvars.Context, _Outbox]
+"""A queued call: the future its task awaits, the function and its arguments, the caller's
+context, the outbox of the caller's loop (a tuple: an object of its own, built per call, costs
+a good part of a tiny call's hand-over)."""
 
 
 @final
 class _Worker:
-    __slots__ = ("cancellation", "clock", "finished")
+    __slots__ = ("cancellation", "clock", "current", "finished")
 
     def __init__(self) -> None:
-        self.cancellation = Cancellation()
+        self.cancellation = Cancellation(lasting=True)
         """What this thread's calls run under, one after another: building one per call (an
         event, a lock) costs more than the rest of a tiny call's hand-over. A call cancelled
         leaves it set, and the next call gets a new one."""
@@ -168,6 +140,10 @@ class _Worker:
         """Calls this thread took: a number that stops moving means a long call."""
         self.clock: int | None = None
         """The thread's CPU-time clock, where the system has one."""
+        self.current: asyncio.Future[Any] | None = None
+        """The future of the call this thread runs, while it runs (cleared under the host's
+        ``running`` lock, under which the loop cancels: a cancellation from the loop stops
+        this call, never the next)."""
 
     def progress(self) -> tuple[int, float]:
         """The calls taken, and the CPU seconds the thread used (-1: unknown)."""
@@ -231,11 +207,23 @@ class AsyncCalls:
     async def run(self, thunk: Callable[[], Any]) -> Any:
         """``thunk()`` on one of the threads, in the caller's context; cancellable (see
         :class:`~wasm_plugins.provider.Cancellation`): cancelling the awaiting task stops it."""
+        future = self.submit(thunk, ())
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self.cancel(future)
+            raise
+
+    def submit(self, function: Callable[..., Any], args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """On the loop: queue ``function(*args)`` for one of the threads, in the caller's
+        context; the future to await, to give to :meth:`cancel` when that await is cancelled
+        (what :meth:`run` does, written out by a caller that saves a coroutine)."""
         loop = asyncio.get_running_loop()
+        outbox = self._last
+        if outbox is None or outbox.loop() is not loop:
+            outbox = self._outbox(loop)
         future = loop.create_future()
-        outbox = self._outbox(loop)
-        job = _Job(thunk, future, outbox)
-        self._inbox.put(job)
+        self._inbox.put((future, function, args, contextvars.copy_context(), outbox))
         outbox.outstanding += 1
         # Counted out before a thread ends, and a thread looks at the queue after that: a call
         # queued while the last thread ends is either seen by it or seen here.
@@ -246,21 +234,19 @@ class AsyncCalls:
             outbox.seen = self._progress()
             outbox.looked = loop.time()
             loop.call_later(LOOK, self._look, outbox)
-        try:
-            return await future
-        except asyncio.CancelledError:
-            with self._running:
-                job.cancelled = True
-                # A call finished (worker None again) is left alone: its thread's
-                # cancellation already serves the next call.
-                if job.worker is not None:
-                    job.worker.cancellation.cancel()
-            raise
+        return future
+
+    def cancel(self, future: asyncio.Future[Any]) -> None:
+        """On the loop, when the task awaiting ``future`` was cancelled (which cancelled the
+        future): stop its call if a thread runs it. A call not yet started sees its future
+        cancelled when a thread takes it; a call finished is left alone (its thread's
+        cancellation already serves the next call)."""
+        with self._running:
+            for worker in self._workers:
+                if worker.current is future:
+                    worker.cancellation.cancel()
 
     def _outbox(self, loop: asyncio.AbstractEventLoop) -> _Outbox:
-        last = self._last
-        if last is not None and last.loop() is loop:
-            return last
         with self._lock:
             outbox = self._outboxes.get(loop)
             if outbox is None:
@@ -322,35 +308,51 @@ class AsyncCalls:
 
     def _serve(self, worker: _Worker) -> None:
         inbox = self._inbox
+        get, empty, running = inbox.get_nowait, inbox.empty, self._running
         if hasattr(time, "pthread_getcpuclockid"):
             worker.clock = time.pthread_getcpuclockid(threading.get_ident())
-
-        def more() -> bool:
-            return not inbox.empty()
-
+        # The thread's calls run under its cancellation (see provider.Sandboxes.call).
+        worker.cancellation.hold()
         while True:
             try:
-                job = inbox.get_nowait()
+                job = get()
             except queue.Empty:
                 job = self._wait(inbox)
             if isinstance(job, _End):
                 if self._leave(worker, queued=job is _End.STOP):
+                    Cancellation.release()
                     return
                 continue
+            # A tiny call's hand-over is a good part of its cost: written out, no frame of its
+            # own, no object of its own.
+            future, function, args, context, outbox = job
             worker.finished += 1
-            self._run(worker, job, more)
-
-    def _run(self, worker: _Worker, job: _Job, more: Callable[[], bool]) -> None:
-        running = self._running
-        with running:
-            job.worker = worker
-            if job.cancelled:
-                worker.cancellation.cancel()
-        job.run(worker.cancellation, more)
-        with running:
-            job.worker = None
-            if worker.cancellation.cancelled.is_set():
-                worker.cancellation = Cancellation()
+            # No lock here: the loop cancels a task's future before it looks for the thread
+            # running the call (AsyncCalls.cancel), so either it finds this thread running it
+            # or this thread finds the future cancelled.
+            worker.current = future
+            if future.cancelled():  # the awaiting task was cancelled: the call runs so
+                worker.cancellation.cancel()  # (its attempts end at once, hooks see it)
+            try:
+                value = context.run(function, *args)
+                succeeded = True
+            except StopIteration as stop:
+                # A future cannot hold StopIteration (it would end the awaiting coroutine).
+                value = RuntimeError("the call raised StopIteration")
+                value.__cause__ = stop
+                succeeded = False
+            except BaseException as error:  # every failure belongs to the awaiting task
+                value, succeeded = error, False
+            with running:
+                worker.current = None
+                if worker.cancellation.cancelled.on:
+                    worker.cancellation = Cancellation(lasting=True)
+                    worker.cancellation.hold()
+            # Outbox.post written out. The loop is woken only when no other call waits: the
+            # answer goes with a later one, or the loop's next look.
+            outbox.answers.append((future, succeeded, value))
+            if not outbox.scheduled and empty():
+                outbox.wake()
 
     def _wait(self, inbox: queue.SimpleQueue[_Job | _End]) -> _Job | _End:
         with self._lock:

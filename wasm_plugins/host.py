@@ -263,8 +263,9 @@ class _Versions:
     """By plugin, what it was loaded from: :meth:`PluginHost.reload` reads it again."""
     digests: dict[str, str | None] = attrs.Factory(dict)
     """By plugin, the SHA-256 of the module serving."""
-    inline: dict[str, tuple[Manifest, bool]] = attrs.Factory(dict)
-    """By plugin, whether its manifest bounds a call enough to run it on the event loop."""
+    inline: set[str] = attrs.Factory(set)
+    """The plugins whose manifest bounds a call enough to run it on the event loop (see
+    ``PluginHost._note_inline``)."""
     awaited: AsyncCalls | None = None
     """The threads that run the other awaited calls, off the event loop (made, with asyncio
     imported, for the first awaited call that is not run inline)."""
@@ -720,6 +721,7 @@ class PluginHost:
                     suggestion="give each plugin a unique name",
                 )
             self._plugins[manifest.name] = info
+            self._note_inline(manifest.name, manifest)
             self._versions.sources[manifest.name] = source if source is not None else manifest
             self._versions.digests[manifest.name] = digest = _module_digest(manifest)
         self.pipeline.report(
@@ -790,6 +792,7 @@ class PluginHost:
         def commit() -> None:
             with self._lock:
                 self._plugins.pop(name, None)
+                self._note_inline(name, None)
                 self._versions.sources.pop(name, None)
                 self._versions.digests.pop(name, None)
 
@@ -850,6 +853,7 @@ class PluginHost:
             with self._lock:
                 changed = self._versions.digests.get(name) != digest or digest is None
                 self._plugins[name] = info
+                self._note_inline(name, info.manifest)
                 self._versions.sources[name] = source
                 self._versions.digests[name] = digest
 
@@ -992,9 +996,18 @@ class PluginHost:
         Cancelling the task (``asyncio.wait_for`` timing out, too) stops the call: see
         :meth:`ainvoke`.
         """
-        if self._runs_inline(plugin):
+        if plugin in self._versions.inline:
             return self.call(plugin, function, input)
-        return await self._awaited().run(lambda: self.call(plugin, function, input))
+        # AsyncCalls.run written out: a coroutine less per call.
+        awaited = self._versions.awaited or self._awaited()
+        future = awaited.submit(self.call, (plugin, function, input))
+        try:
+            return await future
+        except BaseException:
+            # The task was cancelled (which cancelled the future): stop the call.
+            if future.cancelled():
+                awaited.cancel(future)
+            raise
 
     async def ainvoke(self, plugin: str, function: str, input: Any = None) -> Outcome:
         """:meth:`invoke` for asyncio: the :class:`Outcome`, the call running in a worker thread
@@ -1006,48 +1019,50 @@ class PluginHost:
         ``cancelled`` error (``CallCancelled``). The awaiting task gets the cancellation
         (``asyncio.TimeoutError`` from ``asyncio.wait_for``).
         """
-        if self._runs_inline(plugin):
+        if plugin in self._versions.inline:
             return self.invoke(plugin, function, input)
-        outcome: Outcome = await self._awaited().run(lambda: self.invoke(plugin, function, input))
+        awaited = self._versions.awaited or self._awaited()
+        future = awaited.submit(self.invoke, (plugin, function, input))
+        try:
+            outcome: Outcome = await future
+        except BaseException:
+            if future.cancelled():
+                awaited.cancel(future)
+            raise
         return outcome
 
     def _awaited(self) -> AsyncCalls:
         """The threads that run awaited calls (made, and asyncio's machinery imported, by the
         first awaited call that is not run on the loop)."""
-        awaited = self._versions.awaited
-        if awaited is None:
-            from wasm_plugins._async_calls import (  # noqa: PLC0415 lazy: asyncio's import
-                AsyncCalls,
-            )
+        from wasm_plugins._async_calls import AsyncCalls  # noqa: PLC0415 - imports asyncio
 
-            with self._lock:
-                awaited = self._versions.awaited
-                if awaited is None:
-                    awaited = self._versions.awaited = AsyncCalls("wasm-plugins-host")
+        with self._lock:
+            awaited = self._versions.awaited
+            if awaited is None:
+                awaited = self._versions.awaited = AsyncCalls("wasm-plugins-host")
         return awaited
 
-    def _runs_inline(self, plugin: str) -> bool:
-        """Whether a call of the plugin is bounded to ``inline_async_calls`` seconds: its
-        attempts start before the policy's deadline and each ends within the timeout (or the
-        ceiling recovery may raise it to). A thread hop costs several tiny calls; a call this
-        short blocks the loop less than a slow callback may."""
-        info = self._plugins.get(plugin)
+    def _note_inline(self, name: str, manifest: Manifest | None) -> None:
+        """Whether calls of the plugin now serving (None: none) are bounded to
+        ``inline_async_calls`` seconds: its attempts start before the policy's deadline and
+        each ends within the timeout (or the ceiling recovery may raise it to). A thread hop
+        costs several tiny calls; a call this short blocks the loop less than a slow callback
+        may. Noted as the plugin is loaded, replaced or unloaded, so that an awaited call
+        looks at a set (the look costs a good part of a tiny call's hand-over otherwise)."""
         bound: float = self.settings["inline_async_calls"]
-        if info is None or bound <= 0:
-            return False
-        manifest = info.manifest
-        known = self._versions.inline.get(plugin)
-        if known is not None and known[0] is manifest:
-            return known[1]
-        timeout = manifest.limits.timeout
-        deadline = manifest.policy.deadline
-        inline = (
-            timeout is not None
-            and deadline is not None
-            and deadline + max(timeout, manifest.policy.max_timeout or 0) <= bound
-        )
-        self._versions.inline[plugin] = (manifest, inline)
-        return inline
+        inline = False
+        if manifest is not None and bound > 0:
+            timeout = manifest.limits.timeout
+            deadline = manifest.policy.deadline
+            inline = (
+                timeout is not None
+                and deadline is not None
+                and deadline + max(timeout, manifest.policy.max_timeout or 0) <= bound
+            )
+        if inline:
+            self._versions.inline.add(name)
+        else:
+            self._versions.inline.discard(name)
 
     # -- closing --------------------------------------------------------------------------------
 

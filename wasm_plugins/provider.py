@@ -40,17 +40,67 @@ _calling = _Calling()
 
 
 @final
+class _Signal(threading.Event):
+    """The event a :class:`Cancellation` sets, which tells those who asked (:meth:`when_set`):
+    an engine that stops a guest at its next look at the epoch advances the epoch itself,
+    rather than a timer ticking through every call that could be cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hooks: list[Callable[[], object]] = []
+        self.on = False
+        """:meth:`is_set` as an attribute: a look with no call (the calls of a thread of
+        awaited calls look before each call, and after)."""
+
+    def when_set(self, hook: Callable[[], object]) -> None:
+        """Call ``hook`` (from the thread that sets the event) once it is set; at once when it
+        is set already. A hook asked for twice is kept once."""
+        if hook not in self._hooks:
+            self._hooks.append(hook)
+        if self.is_set():
+            hook()
+
+    def set(self) -> None:
+        super().set()
+        self.on = True
+        for hook in list(self._hooks):
+            try:
+                hook()
+            except Exception:  # a hook must not keep the cancellation from the others
+                logger.opt(exception=True).warning("a cancellation hook failed")
+
+    def clear(self) -> None:
+        self.on = False
+        super().clear()
+
+
+@final
 class Cancellation:
     """A call its caller may cancel: :meth:`cancel` stops the guest running it (a wasmtime store
     is interrupted at its next epoch tick, a worker process is killed) and every later attempt
-    of the call ends at once with a ``CallCancelled``."""
+    of the call ends at once with a ``CallCancelled``.
 
-    def __init__(self) -> None:
+    :param lasting: it serves one thread's calls one after another (the threads of awaited
+        calls): a sandbox asked to watch it keeps watching between calls, rather than being
+        told to stop after each (on wasmtime, stopping and starting again cost a third of a
+        tiny call), and is not asked again after a call that returned (its instance is the
+        one that watches). A call of such a sandbox, one that has nothing to interrupt (its
+        calls are not stopped by killing a worker), is then not even noted as running: only
+        whether the cancellation is set is looked at (see :meth:`Sandboxes.call`). The thread
+        must run every call under it, or under its successor (which the sandbox is then asked
+        to watch instead).
+    """
+
+    def __init__(self, *, lasting: bool = False) -> None:
         self._lock = threading.Lock()
-        self.cancelled = threading.Event()
+        self.cancelled = _Signal()
         self._running: tuple[PluginSandbox, int] | None = None
         self._watching = False
         """Whether the running attempt's sandbox watches :attr:`cancelled`."""
+        self.lasting = lasting
+        self._kept: PluginSandbox | None = None
+        """Lasting: the sandbox of the last call, which returned, when it has nothing to
+        interrupt: its instance, kept, still watches (or still cannot)."""
 
     def run(self, thunk: Callable[[], Any]) -> Any:
         """Run ``thunk`` (a call through the policy) in this thread, cancellable."""
@@ -59,6 +109,16 @@ class Cancellation:
             return thunk()
         finally:
             _calling.token = None
+
+    def hold(self) -> None:
+        """Run this thread's calls under this cancellation from now on (a thread of awaited
+        calls, with a lasting one): what :meth:`run` does around one call."""
+        _calling.token = self
+
+    @staticmethod
+    def release() -> None:
+        """This thread's calls no longer run under a cancellation."""
+        _calling.token = None
 
     def cancel(self) -> None:
         """Stop the call: the guest running now, and any attempt after it."""
@@ -75,16 +135,23 @@ class Cancellation:
             if self.cancelled.is_set():
                 raise CallCancelled(plugin=sandbox.name)
             self._running = (sandbox, threading.get_ident())
+        if sandbox is self._kept:
+            return
         watch = getattr(sandbox, "watch", None)
         # In this process the guest runs on this thread: its engine watches the event (not
         # wasmer's, which cannot stop a running guest: that sandbox is not asked to unwatch).
         self._watching = watch is not None and bool(watch(self.cancelled))
 
-    def _leave(self, sandbox: PluginSandbox) -> None:
-        with self._lock:
-            self._running = None
-        if self._watching:
-            self._watching = False
+    def _leave(self, sandbox: PluginSandbox, failed: bool = False) -> None:
+        """After an attempt; ``failed``: it raised (its sandbox may have dropped the instance
+        that watched)."""
+        # No lock: cancel() interrupts what it saw running after it let its lock go anyway.
+        self._running = None
+        watching, self._watching = self._watching, False
+        if self.lasting:
+            interrupts = getattr(sandbox, "interrupt", None) is not None
+            self._kept = None if failed or interrupts else sandbox
+        elif watching:
             sandbox.watch(None)  # type: ignore[attr-defined]
 
 
@@ -222,15 +289,26 @@ class Sandboxes:
         try:
             if token is None:
                 return sandbox.call(function, input)
-            token._enter(sandbox)
+            kept = sandbox is token._kept
+            if not kept:
+                token._enter(sandbox)
+            elif token.cancelled.on:
+                # A lasting cancellation's sandbox, watching it since its last call returned,
+                # with nothing to interrupt: nothing to note (Cancellation._enter, _leave).
+                raise CallCancelled(plugin=sandbox.name)
             try:
-                return sandbox.call(function, input)
+                value = sandbox.call(function, input)
             except PluginError as error:
+                token._leave(sandbox, failed=True)
                 if token.cancelled.is_set() and not isinstance(error, CallCancelled):
                     raise CallCancelled(plugin=plugin, function=function) from error
                 raise
-            finally:
+            except BaseException:
+                token._leave(sandbox, failed=True)
+                raise
+            if not kept:
                 token._leave(sandbox)
+            return value
         finally:
             running.pop()
             if version.retired:

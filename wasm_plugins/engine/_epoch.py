@@ -158,6 +158,11 @@ class EpochTicker:
             delivered -= 1
         return max(1, _whole_ticks(deadline - origin) - delivered)
 
+    def nudge(self) -> None:
+        """Advance the engine's epoch once, from any thread (a cancellation does, for the
+        stores that watch it without a timeout: their deadline is the next epoch)."""
+        self._engine.increment_epoch()
+
     def ticks_for(self, timeout: float) -> int:
         """The epoch ticks from now that end at or after ``timeout`` seconds from now."""
         return self.ticks_until(time.monotonic() + timeout)

@@ -283,6 +283,12 @@ class WasmtimeInstance:
     """Whether :meth:`arm` has nothing to do (see :meth:`_choose_path`)."""
     _timeout_only = False
     """Whether a timeout is the whole budget (see :meth:`_choose_path`)."""
+    _timed = False
+    """Whether a call needs the ticker and nothing else around it: a timeout, a watched
+    cancellation that cannot advance the epoch itself, or both, without fuel or captured output
+    (see :meth:`call_abi`)."""
+    _nudged = False
+    """Whether the watched event advances the engine's epoch when set (see :meth:`watch`)."""
 
     def __init__(
         self,
@@ -400,9 +406,11 @@ class WasmtimeInstance:
             if self._cancelled is not None:
                 # Watched: the deadline callback looks at the cancellation every tick, and keeps
                 # the timeout itself (ticks are counted late when the callback waits for the GIL).
+                # The store's deadline is never more than a tick away while watched (``watch``
+                # set it so, the callback sets it a tick on): one passed already calls the
+                # callback at the guest's first look, which sets the next.
                 if self._timeout is not None:
                     self._stop_at = now + self._timeout
-                self._set_deadline(1)
                 return
             if self._timeout is None:
                 if self._on_deadline is not None:
@@ -439,15 +447,28 @@ class WasmtimeInstance:
 
     def watch(self, cancelled: threading.Event | None) -> bool:
         """Stop this instance's calls when ``cancelled`` is set, from any thread (None: stop
-        watching). The store's epoch deadline then comes every tick, and a callback on the
+        watching). The store's epoch deadline is then the next epoch, and a callback on the
         calling thread ends the call with a ``CallCancelled`` once the event is set: the guest
-        stops within a tick or two, its instance to be discarded."""
+        stops within a tick or two, its instance to be discarded. An event that calls back
+        when set (``when_set``, a ``Cancellation``'s) advances the epoch itself, so a call
+        with no timeout runs no ticker; with another event, or a timeout, the ticker runs
+        and the deadline comes every tick."""
         if not FAST_PATH:
             return False
+        if cancelled is not None and cancelled is self._cancelled:
+            # Watching it already (a thread's lasting cancellation): the deadline is a tick
+            # away at most, and each call's arm sets the timeout's instant.
+            return True
         if cancelled is not None and self._on_deadline is None:
             self._install_deadline_callback()
         self._cancelled = cancelled
         self._stop_at = None
+        # An event that tells who asks when it is set (a Cancellation's) advances the epoch
+        # itself: a call with no timeout then needs no ticker (see _choose_path).
+        when_set = getattr(cancelled, "when_set", None)
+        self._nudged = when_set is not None
+        if when_set is not None:
+            when_set(self._ticker.nudge)
         if cancelled is not None:
             # The budget may be armed already (at instantiation, for the first call).
             if self._timeout is not None:
@@ -457,13 +478,25 @@ class WasmtimeInstance:
         return True
 
     def _choose_path(self) -> None:
-        """Which fast path :meth:`call_abi` takes: no budget at all, or a timeout alone."""
-        plain = self._fuel is None and self._captured is None and self._cancelled is None
-        self._unguarded = plain and self._timeout is None
+        """Which fast path :meth:`call_abi` takes: no budget at all (or a cancellation that
+        advances the epoch itself), or the ticker alone (a timeout, a cancellation), else the
+        guarded one."""
+        bare_budget = self._fuel is None and self._captured is None
+        plain = bare_budget and self._cancelled is None
+        # Watched, no timeout, and the cancellation advances the epoch itself (``nudge``): the
+        # deadline stays a tick away with no ticker running, and nothing is armed per call.
+        nudged = bare_budget and self._timeout is None and self._cancelled is not None
+        nudged = nudged and self._nudged
+        self._unguarded = (plain and self._timeout is None) or nudged
         self._timeout_only = plain and self._timeout is not None
+        self._timed = (
+            bare_budget
+            and (self._timeout is not None or self._cancelled is not None)
+            and not nudged
+        )
         # Nothing to arm: no fuel, no time, and a store whose deadline was never moved from
         # "never" (no deadline callback was ever installed); the unguarded path reads no clock.
-        self._bare = self._unguarded and self._on_deadline is None
+        self._bare = (self._unguarded and self._on_deadline is None) or nudged
 
     def _install_deadline_callback(self) -> None:
         self._on_deadline = _DeadlineCallback(_deadline_callback(weakref.ref(self)))
@@ -505,7 +538,7 @@ class WasmtimeInstance:
             answer: int = self.call(function, ptr, length)
             return answer
         if not self._unguarded:
-            if self._timeout_only:
+            if self._timed:
                 return self._timed_raw_call(function, ptr, length)
             return int(self._guarded(lambda: self._raw_call(cast(_Export, function), ptr, length)))
         self._host_exception = None
@@ -529,7 +562,8 @@ class WasmtimeInstance:
 
     def _timed_raw_call(self, function: ExportFunction, ptr: int, length: int) -> int:
         """The raw call under the armed deadline: what the guarded path does for a timeout
-        alone, without its closure (nor a frame of its own for the raw call)."""
+        or a watched cancellation (no fuel, no captured output), without its closure (nor a
+        frame of its own for the raw call)."""
         self._host_exception = None
         values = self._values
         values[0] = ptr & _MASK32

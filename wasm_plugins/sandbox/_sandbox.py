@@ -44,6 +44,9 @@ class _ThreadState:
         self.session = session
         self.reentrant = reentrant
         """Made for one call back from a call in progress; never kept."""
+        self.watched: threading.Event | None = None
+        """What the instance watches (see :meth:`Sandbox.watch`): an instance made to replace
+        this one within a call watches it too."""
 
 
 class Sandbox:
@@ -214,6 +217,7 @@ class Sandbox:
                 state = self._state()
             except PluginError:
                 return False  # the call itself meets the same error
+        state.watched = cancelled
         return state.session.instance.watch(cancelled)
 
     # -- calls --------------------------------------------------------------------------------
@@ -263,9 +267,13 @@ class Sandbox:
         except PluginError as error:
             if _evicted(error) and state is not None and not state.reentrant:
                 # The engine closed this instance's idle process to bound live processes, before
-                # the call touched the guest: the call runs on a fresh instance.
+                # the call touched the guest: the call runs on a fresh instance, which watches
+                # what this one did (its caller asked before the call, and may not again).
+                watched = state.watched
                 self._discard(state)
                 del state
+                if watched is not None:
+                    self.watch(watched)
                 return self.call_bytes(function, data)
             failure = self._failed(error, state, function, len(data))
             cause: BaseException | None = failure.__cause__
