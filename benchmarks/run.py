@@ -157,30 +157,6 @@ def minimal_wasmtime_public(wat: str) -> Action:
     return call
 
 
-def spin_wasmtime_public(units: int) -> Action:
-    """``spin`` with ``units`` through wasmtime-py's public API (which releases the GIL around
-    the guest), an instance per calling thread: what the engine alone gives threads doing the
-    same work, the ceiling of the host's scaling on this machine."""
-    import wasmtime
-
-    engine = wasmtime.Engine()
-    module = wasmtime.Module(engine, SPIN.read_text())
-    data = str(units).encode()
-    local = threading.local()
-
-    def call() -> Any:
-        made = getattr(local, "made", None)
-        if made is None:
-            store = wasmtime.Store(engine)
-            exports = wasmtime.Instance(store, module, []).exports(store)
-            made = local.made = (store, exports["spin"], exports["memory"])
-            made[2].write(store, data, 1024)
-        store, spin, _ = made
-        return spin(store, 1024, len(data))
-
-    return call
-
-
 def minimal_wasmtime_ctypes(wat: str) -> Action:
     """The echo through wasmtime-py's own ctypes layer, the function's type checked once: what
     a hand-written host that knows wasmtime-py's internals does."""
@@ -740,21 +716,15 @@ class Suite:
                 self.add(row, name, in_threads(gang), self.calls)
         working, units = spin_host(engine, 300e-6)
         self._closers.append(working.close)
-        workers: dict[str, Action] = {
-            "PluginHost.call": lambda: working.call("spin", "spin", units)
-        }
-        if name == "wasmtime":
-            workers["engine's public API"] = spin_wasmtime_public(units)
-        for label, action in workers.items():
-            for count in (1, 2):
-                # Batches of 30 ms or so: the barriers that start and end a batch wake each
-                # thread, and a wake-up can wait a switch interval for the GIL; over a batch of
-                # a few calls that wait, not the calls, would set the figure.
-                gang = ThreadGang(action, count, 100)
-                self._closers.insert(0, gang.close)
-                row = f"{label}, 300 µs of work, {count} thread(s)"
-                self.gangs[(row, name)] = gang
-                self.add(row, name, in_threads(gang), max(100, self.calls // 20))
+        for count in (1, 2):
+            # Batches of 30 ms or so: the barriers that start and end a batch wake each thread,
+            # and a wake-up can wait a switch interval for the GIL; over a batch of a few calls
+            # that wait, not the calls, would set the figure.
+            gang = ThreadGang(lambda: working.call("spin", "spin", units), count, 100)
+            self._closers.insert(0, gang.close)
+            row = f"PluginHost.call, 300 µs of work, {count} thread(s)"
+            self.gangs[(row, name)] = gang
+            self.add(row, name, in_threads(gang), max(100, self.calls // 20))
         if name == "wasmtime":
             self.foreign_calls(sandbox)
 
@@ -900,8 +870,6 @@ ROWS = (
     "PluginHost.call, 8 thread(s)",
     "PluginHost.call, 300 µs of work, 1 thread(s)",
     "PluginHost.call, 300 µs of work, 2 thread(s)",
-    "engine's public API, 300 µs of work, 1 thread(s)",
-    "engine's public API, 300 µs of work, 2 thread(s)",
     "foreign call, GIL released, 1 thread(s)",
     "foreign call, GIL released, 2 thread(s)",
     "foreign call, GIL released, 8 thread(s)",
@@ -1227,17 +1195,6 @@ def thread_scaling(suite: Suite, engines: list[str]) -> list[str]:
                 + had(
                     "PluginHost.call, 300 µs of work, 1 thread(s)",
                     "PluginHost.call, 300 µs of work, 2 thread(s)",
-                )
-            )
-        one = suite.figure("engine's public API, 300 µs of work, 1 thread(s)", engine)
-        two = suite.figure("engine's public API, 300 µs of work, 2 thread(s)", engine)
-        if one is not None and two is not None:
-            lines.append(
-                f"{engine}: the engine alone, 300 µs of work with 2 threads: {one / two:.2f}x one "
-                "thread (what this machine gives two threads doing that work)"
-                + had(
-                    "engine's public API, 300 µs of work, 1 thread(s)",
-                    "engine's public API, 300 µs of work, 2 thread(s)",
                 )
             )
         released = suite.figure("foreign call, GIL released, 1 thread(s)", engine)
