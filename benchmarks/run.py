@@ -50,7 +50,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import attrs
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -281,6 +283,27 @@ def raw_loaders(
         lambda: wasmer.Module.deserialize(store, serialized),
         None,
     )
+
+
+class _WithoutDepthBound:
+    """An engine whose modules are loaded without the call-depth bound (the rewrite engines
+    without a cheap native stack guard get, wasmer 1.1's): what the memory rewrite alone costs
+    on it, the cold load's target. Everything else is the engine's own."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.features = attrs.evolve(engine.features, call_depth_by_instrumentation=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+def without_depth_bound(engine: Engine) -> Engine:
+    """The engine itself when it bounds no call depth by rewriting, else the same engine whose
+    loads skip that rewrite (the cold load of "the memory rewrite alone")."""
+    if not engine.features.call_depth_by_instrumentation:
+        return engine
+    return cast(Engine, _WithoutDepthBound(engine))
 
 
 def spin_host(engine: Engine, seconds: float) -> tuple[PluginHost, int]:
@@ -514,6 +537,13 @@ class Suite:
                     f"cold load, no cache, {size}",
                     name,
                     lambda path=path: LoadedModule.load(path, engine=engine, limits=limits),
+                    cold_loads,
+                )
+                memory_only = without_depth_bound(engine)
+                self.add(
+                    f"cold load, memory rewrite alone, {size}",
+                    name,
+                    lambda path=path: LoadedModule.load(path, engine=memory_only, limits=limits),
                     cold_loads,
                 )
             cache = ModuleCache(self.cache_directory / f"{name}-{size}")
@@ -918,6 +948,7 @@ LOAD_ROWS = (
     "raw deserialize",
     "raw deserialize from a file",
     "cold load, no cache",
+    "cold load, memory rewrite alone",
     "warm-cache load",
 )
 
@@ -1081,10 +1112,18 @@ def load_targets() -> tuple[Target, ...]:
         )
         made.append(
             Target(
-                f"cold load (memory rewrite) ≤ 1.3 x raw compile, {size}",
-                f"cold load, no cache, {size}",
+                f"cold load (memory rewrite alone) ≤ 1.3 x raw compile, {size}",
+                f"cold load, memory rewrite alone, {size}",
                 f"raw compile, {size}",
                 1.3,
+            )
+        )
+        made.append(
+            Target(
+                f"cold load (all of it) ≤ 2 x raw compile, {size}",
+                f"cold load, no cache, {size}",
+                f"raw compile, {size}",
+                2.0,
             )
         )
     return tuple(made)
