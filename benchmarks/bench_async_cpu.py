@@ -25,15 +25,16 @@ import argparse
 import asyncio
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.run import BATCH, ECHO, PAYLOAD, gather_of_resolved_futures
 from wasm_plugins import PluginHost
 
-ECHO = Path(__file__).resolve().parent.parent / "hostapi" / "examples" / "echo.wat"
-PAYLOAD = {"text": "hello", "n": 1}
-BATCH = 100
 BATCHES = 20
 """Batches per round and form."""
 
@@ -47,18 +48,8 @@ def measure(engine: str, rounds: int) -> dict[str, float]:
     async def gathered() -> None:
         await asyncio.gather(*(host.acall("echo", "echo", PAYLOAD) for _ in range(BATCH)))
 
-    async def answered(future: asyncio.Future[Any]) -> Any:
-        return await future
-
-    async def alone() -> None:
-        futures = [loop.create_future() for _ in range(BATCH)]
-
-        def resolve() -> None:
-            for future in futures:
-                future.set_result(None)
-
-        loop.call_soon(resolve)
-        await asyncio.gather(*(answered(future) for future in futures))
+    def alone() -> Any:
+        return gather_of_resolved_futures(loop)
 
     def calls() -> None:
         for _ in range(BATCH):

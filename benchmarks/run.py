@@ -398,6 +398,25 @@ def in_threads(gang: ThreadGang) -> Action:
 
 BATCH = 100
 """Calls per batch of the awaited-call benchmarks."""
+
+
+async def _answered(future: asyncio.Future[Any]) -> Any:
+    return await future
+
+
+async def gather_of_resolved_futures(loop: asyncio.AbstractEventLoop) -> None:
+    """What asyncio itself costs per gathered call: :data:`BATCH` tasks awaiting futures that
+    the loop resolves in one batch, as the host's threads do; no call at all."""
+    futures = [loop.create_future() for _ in range(BATCH)]
+
+    def resolve() -> None:
+        for future in futures:
+            future.set_result(None)
+
+    loop.call_soon(resolve)
+    await asyncio.gather(*(_answered(future) for future in futures))
+
+
 ASYNCIO_ALONE = "asyncio alone: gather of 100 futures resolved on the loop, no call"
 """The row of what asyncio costs per gathered call, whatever runs the call."""
 
@@ -600,21 +619,6 @@ class Suite:
         async def bounded_gathered() -> None:
             await asyncio.gather(*(host.acall("bounded", "echo", PAYLOAD) for _ in range(BATCH)))
 
-        async def answered(future: asyncio.Future[Any]) -> Any:
-            return await future
-
-        async def asyncio_alone() -> None:
-            # What asyncio itself costs per gathered call: a task awaiting a future that the
-            # loop resolves, in one batch, as the host's threads do; no call at all.
-            futures = [loop.create_future() for _ in range(BATCH)]
-
-            def resolve() -> None:
-                for future in futures:
-                    future.set_result(None)
-
-            loop.call_soon(resolve)
-            await asyncio.gather(*(answered(future) for future in futures))
-
         async def to_thread_one_at_a_time() -> None:
             for _ in range(BATCH):
                 await asyncio.to_thread(call)
@@ -635,7 +639,7 @@ class Suite:
             forms["acall of a bounded plugin (on the loop), asyncio.gather of 100"] = (
                 bounded_gathered
             )
-        forms[ASYNCIO_ALONE] = asyncio_alone
+        forms[ASYNCIO_ALONE] = lambda: gather_of_resolved_futures(loop)
         self.add("PluginHost.call in a loop", name, call)
         for row, form in forms.items():
             self.add(row, name, in_batches(lambda form=form: loop.run_until_complete(form())))

@@ -384,20 +384,7 @@ class TestKeptModules:
     @staticmethod
     def _deserializations(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
         """Every deserialization by ``engine`` from now on."""
-        calls: list[str] = []
-        from_bytes, from_file = engine.deserialize, engine.deserialize_file
-
-        def spy_bytes(*args: Any, **kwargs: Any) -> Any:
-            calls.append("bytes")
-            return from_bytes(*args, **kwargs)
-
-        def spy_file(*args: Any, **kwargs: Any) -> Any:
-            calls.append("file")
-            return from_file(*args, **kwargs)
-
-        monkeypatch.setattr(engine, "deserialize", spy_bytes)
-        monkeypatch.setattr(engine, "deserialize_file", spy_file)
-        return calls
+        return _spied(monkeypatch, engine, {"deserialize": "bytes", "deserialize_file": "file"})
 
     def _settled(
         self, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **options: Any
@@ -1102,20 +1089,22 @@ def _entry_checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The checks of entries' headers and samples made from now on, in order."""
     from wasm_plugins.sandbox import _cache
 
-    checks: list[str] = []
-    read_header, check_payload = _cache._read_header, _cache._check_payload
+    return _spied(monkeypatch, _cache, {"_read_header": "header", "_check_payload": "samples"})
 
-    def spy_header(*args: Any, **kwargs: Any) -> Any:
-        checks.append("header")
-        return read_header(*args, **kwargs)
 
-    def spy_payload(*args: Any, **kwargs: Any) -> Any:
-        checks.append("samples")
-        return check_payload(*args, **kwargs)
+def _spied(monkeypatch: pytest.MonkeyPatch, owner: Any, labels: dict[str, str]) -> list[str]:
+    """The calls of ``owner``'s functions named in ``labels`` from now on, each by its label,
+    in order (the functions still run)."""
+    calls: list[str] = []
+    for name, label in labels.items():
+        original = getattr(owner, name)
 
-    monkeypatch.setattr(_cache, "_read_header", spy_header)
-    monkeypatch.setattr(_cache, "_check_payload", spy_payload)
-    return checks
+        def spy(*args: Any, original: Any = original, label: str = label, **kwargs: Any) -> Any:
+            calls.append(label)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, spy)
+    return calls
 
 
 def _limits(**changes: Any) -> Any:
