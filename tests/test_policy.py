@@ -23,6 +23,7 @@ from wasm_plugins import (
     DeadlineExceeded,
     ExecutionError,
     HostFunction,
+    InstanceError,
     Limits,
     NetworkError,
     PluginError,
@@ -457,6 +458,32 @@ class TestBreaker:
         assert breaker.state is BreakerState.CLOSED
         breaker.record(breaker.acquire(), Verdict.FAILURE)
         assert breaker.state is BreakerState.OPEN
+
+    def test_a_refusal_says_when_the_next_probe_is_allowed(self) -> None:
+        """An open breaker's refusal names the time left before its next probe, to the
+        millisecond, as the clock moves; refusals within the same millisecond read alike."""
+        clock = FakeClock()
+        breaker = CircuitBreaker("p.f", BreakerConfig(recovery_time=30.0), clock)
+        breaker.force_open()
+        messages = []
+        for advance in (0.0, 0.0002, 2.5, 27.4, 0.0996):
+            clock.advance(advance)
+            refusal = breaker.try_acquire()
+            assert isinstance(refusal, InstanceError)
+            assert refusal.state == "circuit_open"
+            messages.append(refusal.message)
+        assert [message.rsplit(" in ", 1)[1] for message in messages] == [
+            "30 s",
+            "30 s",
+            "27.5 s",
+            "100 ms",
+            "200 µs",
+        ]
+        assert messages[0] == messages[1]
+        opening = "Instance unavailable: the circuit of p.f is open"
+        assert all(message.startswith(opening) for message in messages)
+        refusals = [breaker.try_acquire() for _ in range(2)]
+        assert refusals[0] is not refusals[1]
 
     def test_manual_control(self) -> None:
         """A breaker opens and closes by hand, with an event each time."""

@@ -14,6 +14,7 @@ reports its result with it. Transitions are announced after the lock is released
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -69,6 +70,9 @@ class Permit:
 
 Transition = Callable[[BreakerState, BreakerState, str], None]
 
+_FULL = "half-open and every probe slot is taken"
+_REFUSAL_SUGGESTION = "the plugin failed repeatedly; calls resume once a probe succeeds"
+
 
 class CircuitBreaker:
     """A thread-safe circuit breaker on an injected monotonic clock."""
@@ -98,6 +102,8 @@ class CircuitBreaker:
         self._track_window = config.failure_ratio is not None
         """Whether the window of recent calls is kept: only the failure ratio reads it."""
         self._permit = Permit(0, probe=False)
+        self._last_refusal: tuple[int, str] = (-1, "")
+        """The last open refusal's time left (whole milliseconds, rounded up) and its text."""
         """The permit of every call while closed (permits are values: one per generation)."""
 
     # -- reading --------------------------------------------------------------------------------
@@ -322,10 +328,23 @@ class CircuitBreaker:
 
     def _rejection(self, state: BreakerState, retry_in: float) -> InstanceError:
         if state is BreakerState.HALF_OPEN:
-            detail = "half-open and every probe slot is taken"
+            message = f"Instance unavailable: the circuit of {self.name} is {_FULL}"
+        elif retry_in >= 1e-3:
+            # The time left, rounded up to the millisecond: the text of the last refusal serves
+            # every refusal of the same millisecond (an open breaker refuses in bursts).
+            millisecond = math.ceil(retry_in * 1000)
+            last = self._last_refusal
+            if last[0] == millisecond:
+                message = last[1]
+            else:
+                message = self._refusal_text(format_duration(millisecond / 1000))
+                self._last_refusal = (millisecond, message)
         else:
-            detail = f"open; the next probe is allowed in {format_duration(max(retry_in, 1e-6))}"
-        return circuit_open_error(
-            f"Instance unavailable: the circuit of {self.name} is {detail}",
-            "the plugin failed repeatedly; calls resume once a probe succeeds",
+            message = self._refusal_text(format_duration(max(retry_in, 1e-6)))
+        return circuit_open_error(message, _REFUSAL_SUGGESTION)
+
+    def _refusal_text(self, retry_in: str) -> str:
+        return (
+            f"Instance unavailable: the circuit of {self.name} is open; the next probe is "
+            f"allowed in {retry_in}"
         )
