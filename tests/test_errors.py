@@ -27,6 +27,7 @@ from wasm_plugins.errors import (
     SecurityViolation,
     Severity,
     _registry,
+    contextual_error,
     error_classes,
 )
 from wasm_plugins.testing.strategies import errors
@@ -247,3 +248,32 @@ class TestFloor:
             if module.startswith("wasm_plugins") and not module.startswith(allowed)
         }
         assert not climbing
+
+
+class TestContextualErrorOfTheCallPath:
+    """``contextual_error`` (what the policy raises when it gives up) makes, without attrs'
+    generic ``__init__``, the very error ``ContextualError(error=..., context=...)`` makes."""
+
+    @given(errors())
+    def test_same_error_as_the_constructor(self, error: PluginError) -> None:
+        context = ErrorContext(plugin="p", function="f", call_id="p#1")
+        made = contextual_error(error, context)
+        expected = ContextualError(error=error, context=context)
+        assert type(made) is ContextualError
+        assert made.to_dict() == expected.to_dict()
+        assert str(made) == str(expected)
+        assert made.describe() == expected.describe()
+        assert made.__cause__ is error
+        assert made.args == expected.args
+        assert made.error is error and made.context is context
+        for field in attrs.fields(ContextualError):
+            assert getattr(made, field.name) == getattr(expected, field.name), field.name
+
+    def test_it_pickles_and_raises(self) -> None:
+        inner = DeadlineExceeded(operation="call", duration=1.0, limit=0.5, plugin="p")
+        made = contextual_error(inner, ErrorContext(plugin="p"))
+        with pytest.raises(ContextualError) as caught:
+            raise made
+        assert caught.value is made
+        again = pickle.loads(pickle.dumps(made))
+        assert again.to_dict() == made.to_dict()

@@ -543,8 +543,23 @@ def circuit_open_error(message: str, suggestion: str) -> InstanceError:
 
 
 def contextual_error(error: PluginError, context: ErrorContext) -> ContextualError:
-    """``error`` as the host application receives it once the error policy gives up."""
-    return ContextualError(error=error, context=context)
+    """``error`` as the host application receives it once the error policy gives up.
+
+    What ``ContextualError(error=error, context=context)`` makes, field for field, without
+    the generic ``__init__`` (keyword parsing, the two defaults' factories, the post-init's
+    fallbacks): the call path raises one for every call that fails, a refused one included.
+    """
+    made: ContextualError = BaseException.__new__(ContextualError)
+    made.message = error.message
+    made.plugin = error.plugin
+    made.function = error.function
+    made.suggestion = error.suggestion
+    made.context = context
+    made.error = error
+    made.severity = error.severity
+    made.recovery_potential = error.recovery_potential
+    made.__cause__ = error
+    return made
 
 
 def error_classes() -> tuple[type[PluginError], ...]:

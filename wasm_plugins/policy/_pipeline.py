@@ -41,6 +41,7 @@ from wasm_plugins.errors import (
     InstanceError,
     PluginError,
     ResourceLimitExceeded,
+    contextual_error,
 )
 from wasm_plugins.manifest import Manifest
 from wasm_plugins.policy._actions import (
@@ -520,9 +521,9 @@ class CallPipeline:
         if call.attempt == 0 and last.context is None and not caller_fields():
             # Refused before any attempt (the refusal is stamped) and no caller's fields to
             # carry: the context is the route's, made once.
-            raise ContextualError(
-                error=last,
-                context=ErrorContext(
+            raise contextual_error(
+                last,
+                ErrorContext(
                     plugin=call.plugin,
                     function=call.function,
                     environment=route.environment,
@@ -771,4 +772,4 @@ class CallPipeline:
                 previous_errors=previous,
                 call_id=call.call_id if call is not None else base.call_id,
             )
-        return ContextualError(error=error, context=context)
+        return contextual_error(error, context)
