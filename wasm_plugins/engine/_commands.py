@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 import attrs
 
@@ -69,6 +70,7 @@ class WasiCommand:
 
 
 CommandWrapper = Callable[[bytes], WasiCommand]
+_Pass = TypeVar("_Pass")
 _WRAPPERS: list[CommandWrapper] = []
 _LOCK = threading.Lock()
 
@@ -86,16 +88,7 @@ def wrap_as_command(wasm: bytes) -> WasiCommand:
     :raises ConfigurationError: when no wrapper is registered (``wasm_plugins.sandbox`` was
         never imported).
     """
-    with _LOCK:
-        wrapper = _WRAPPERS[0] if _WRAPPERS else None
-    if wrapper is None:
-        raise ConfigurationError(
-            field="engine",
-            message="Invalid configuration: engine - no command wrapper is registered",
-            suggestion="import wasm_plugins.sandbox before compiling for an engine that runs "
-            "WASI commands",
-        )
-    return wrapper(wasm)
+    return _registered(_WRAPPERS, "command wrapper", "runs WASI commands")(wasm)
 
 
 MeteringPass = Callable[[bytes], bytes]
@@ -115,13 +108,21 @@ def metered_module(wasm: bytes) -> bytes:
     :raises ModuleError: when the pass cannot meter it (the reason is named).
     :raises ConfigurationError: when no pass is registered.
     """
+    return _registered(_METERING, "metering pass", "meters every module")(wasm)
+
+
+def _registered(slot: list[_Pass], what: str, engine_that: str) -> _Pass:
+    """The pass the sandbox registered in ``slot`` (it does when it is imported).
+
+    :raises ConfigurationError: when none is.
+    """
     with _LOCK:
-        metering = _METERING[0] if _METERING else None
-    if metering is None:
+        found = slot[0] if slot else None
+    if found is None:
         raise ConfigurationError(
             field="engine",
-            message="Invalid configuration: engine - no metering pass is registered",
-            suggestion="import wasm_plugins.sandbox before compiling for an engine that meters "
-            "every module",
+            message=f"Invalid configuration: engine - no {what} is registered",
+            suggestion=f"import wasm_plugins.sandbox before compiling for an engine that "
+            f"{engine_that}",
         )
-    return metering(wasm)
+    return found

@@ -378,8 +378,8 @@ class WasmerInstance:
         self.memory = _Memory()
         self._meter = meter
         self._fuel: Any = None
-        bare = not imports and memory_import is None and wasi is None and linked is None
-        if not bare or meter is not None:
+        linking = (memory_import, wasi, linked, meter)
+        if imports or any(part is not None for part in linking):
             imported_memory = self._instantiate_linked(
                 store, module, imports, memory_import, wasi, linked, meter
             )

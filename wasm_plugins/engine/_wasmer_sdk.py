@@ -948,9 +948,7 @@ class _LinkedSdkInstance(SdkInstance):
 
     def arm(self) -> None:
         super().arm()
-        kernel = getattr(self, "_kernel", None)
-        if kernel is not None:
-            kernel.arm()
+        self._kernel.arm()
 
     def call(self, function: ExportFunction, *args: int) -> Any:
         if isinstance(function, _Export):

@@ -514,6 +514,12 @@ class ModuleCache:
             self._remember_checked(key, info, identity, header)
         if deserialized:
             self._keep_module(key, header, module)
+        return self._hit(module, payload, header)
+
+    def _hit(
+        self, module: EngineModule, payload: bytes | None, header: dict[str, Any]
+    ) -> CompiledModule:
+        """A hit, counted: the module, with the metadata its entry's header holds."""
         self._count("hits")
         metadata = header.get("metadata")
         return CompiledModule(
@@ -525,12 +531,9 @@ class ModuleCache:
         passed the checks, settled and unchanged since (its ``lstat``: a link or another file in
         its place has another identity), and needs no renewal of its time; else ``None``."""
         checked = self._checked.get(key)
-        kept = self._kept.get(key)
-        if checked is None or kept is None or self.verify == "full":
+        if checked is None or key not in self._kept:
             return None
         identity, header = checked
-        if kept.digest != header.get("payload_sha256"):
-            return None
         try:
             info = os.lstat(path)
         except OSError:
@@ -541,17 +544,8 @@ class ModuleCache:
             or wall_clock_ns() - info.st_mtime_ns >= _RENEW_AFTER_NS
         ):
             return None
-        with self._lock:
-            if key in self._kept:
-                self._kept.move_to_end(key)
-            self._counts["hits"] += 1
-        metadata = header.get("metadata")
-        return CompiledModule(
-            kept.module,
-            None,
-            hit=True,
-            metadata=dict(metadata) if isinstance(metadata, dict) else {},
-        )
+        module = self._kept_module(key, header)
+        return None if module is None else self._hit(module, None, header)
 
     def _kept_module(self, key: str, header: dict[str, Any]) -> EngineModule | None:
         """The module kept for ``key`` if it was deserialized from the payload ``header``

@@ -935,6 +935,17 @@ def _start_function(
             _IF,
             _exit(ix, EXIT_NO_SCRATCH),
             _END,
+            _hello_and_serve(ix),
+        )
+    )
+    return _body([], code)
+
+
+def _hello_and_serve(ix: _Indices) -> bytes:
+    """The end of every ``_start``, once the scratch buffer is set: hello (the memory's size in
+    pages, the scratch buffer's address), then serving until stdin closes."""
+    return b"".join(
+        (
             _scratch(0),
             _MEMORY_SIZE,
             _store32(_OUT_PAYLOAD),
@@ -952,7 +963,6 @@ def _start_function(
             _op(0x1A),
         )
     )
-    return _body([], code)
 
 
 def _grown_start_function(ix: _Indices, initialize: int | None, start: int | None = None) -> bytes:
@@ -980,21 +990,7 @@ def _grown_start_function(ix: _Indices, initialize: int | None, start: int | Non
             b"\x24" + _encode_uleb(ix.scratch),
             b"" if start is None else _call(start),
             b"" if initialize is None else _call(initialize),
-            _scratch(0),
-            _MEMORY_SIZE,
-            _store32(_OUT_PAYLOAD),
-            _scratch(0),
-            _scratch(0),
-            _store32(_OUT_PAYLOAD + 4),
-            _i32(OP_HELLO),
-            _i32(8),
-            _call(ix.header),
-            _scratch(_OUT_PAYLOAD),
-            _i32(8),
-            _call(ix.write_all),
-            _i32(0),
-            _call(ix.serve),
-            _op(0x1A),
+            _hello_and_serve(ix),
         )
     )
     return _body([], code)
