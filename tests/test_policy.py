@@ -459,6 +459,131 @@ class TestBreaker:
         breaker.record(breaker.acquire(), Verdict.FAILURE)
         assert breaker.state is BreakerState.OPEN
 
+    def test_failure_ratio_counts_the_window_only(self) -> None:
+        """A call counts toward the ratio for the whole window, and no longer once the window
+        (and at most one of its buckets, 1/64 of it) has passed."""
+        # The first three calls at 0.1 s, within the first bucket (0 to 0.156 s), then 9.95 s
+        # later (still in the window), or at 0 s and a window and a bucket later (out of it).
+        for start, wait, opens, counted in ((0.1, 9.95, True, 7), (0.0, 10 + 10 / 64, False, 4)):
+            clock = FakeClock()
+            clock.advance(start)
+            breaker = CircuitBreaker(
+                "p.f",
+                BreakerConfig(failure_threshold=100, failure_ratio=0.5, min_calls=4, window=10),
+                clock,
+            )
+            for _ in range(3):
+                breaker.record(breaker.acquire(), Verdict.FAILURE)
+            clock.advance(wait)
+            for _ in range(3):
+                breaker.record_success(breaker.acquire())
+            assert breaker.counters()["window_calls"] == counted - 1
+            breaker.record(breaker.acquire(), Verdict.FAILURE)
+            # 4 failures of 7 calls, or 1 of 4 once the first three left the window.
+            assert (breaker.state is BreakerState.OPEN) is opens
+
+    @given(
+        steps=st.lists(
+            st.tuples(st.floats(0, 3, allow_nan=False), st.booleans()), min_size=1, max_size=80
+        )
+    )
+    def test_failure_ratio_window_against_every_call_kept(
+        self, steps: list[tuple[float, bool]]
+    ) -> None:
+        """Against a model that keeps every call: the window counts every call of its last
+        ``window`` seconds and none older than one bucket more, and the breaker opens on the
+        ratio exactly when the model, counting from some moment between those two, says so."""
+        window, ratio, least = 10.0, 0.5, 4
+        clock = FakeClock()
+        breaker = CircuitBreaker(
+            "p.f",
+            BreakerConfig(failure_threshold=1000, failure_ratio=ratio, min_calls=least, window=10),
+            clock,
+        )
+        calls: list[tuple[float, bool]] = []
+        for wait, failed in steps:
+            clock.advance(wait)
+            now = clock.monotonic()
+            calls.append((now, failed))
+            if failed:
+                breaker.record(breaker.acquire(), Verdict.FAILURE)
+            else:
+                breaker.record_success(breaker.acquire())
+
+            # The calls a window may count: those since some moment between ``window`` and
+            # one bucket more ago (calls leave oldest first).
+            edge = [now - window - window / 64, now - window]
+            edge += [at for at, _ in calls if edge[0] <= at <= edge[1]]
+            counts = [
+                (len(kept), sum(kept))
+                for kept in ([failure for at, failure in calls if at > cut] for cut in edge)
+            ]
+            exact, loose = counts[1], counts[0]
+            could_open = {
+                total >= least and failures / total >= ratio for total, failures in counts
+            }
+            if breaker.state is BreakerState.OPEN:
+                assert failed and True in could_open
+                return
+            if failed:
+                assert False in could_open
+            assert exact[0] <= breaker.counters()["window_calls"] <= loose[0]
+
+    def test_failure_ratio_holds_no_call_of_its_own(self) -> None:
+        """The window of a failure ratio keeps counts, not calls: at 200,000 calls in the
+        window (half a minute at 6,700 calls a second), it holds a few kilobytes."""
+        import tracemalloc
+
+        clock = FakeClock()
+        breaker = CircuitBreaker(
+            "p.f", BreakerConfig(failure_threshold=100, failure_ratio=0.5, window=60), clock
+        )
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(200_000):
+                clock.advance(60 / 200_000 / 2)
+                breaker.record_success(breaker.acquire())
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert breaker.counters()["window_calls"] == 200_000
+        assert held < 64 * 1024
+
+    def test_a_failure_costs_the_same_whatever_the_window_holds(self) -> None:
+        """Counting a failure (and the ratio it checks) does work independent of the calls in
+        the window: counted in traced lines, not time, so that a busy machine does not matter."""
+        import sys
+
+        def lines_of_one_failure(calls: int) -> int:
+            clock = FakeClock()
+            breaker = CircuitBreaker(
+                "p.f", BreakerConfig(failure_threshold=100, failure_ratio=0.9, window=60), clock
+            )
+            for _ in range(calls):
+                clock.advance(1e-4)
+                breaker.record_success(breaker.acquire())
+            breaker.counters()  # what a reader does: any folding of the calls happens here
+            permit = breaker.acquire()
+            count = 0
+
+            def tracer(frame: Any, event: str, arg: Any) -> Any:
+                nonlocal count
+                count += 1
+                return tracer
+
+            previous = sys.gettrace()
+            sys.settrace(tracer)
+            try:
+                breaker.record(permit, Verdict.FAILURE)
+            finally:
+                sys.settrace(previous)
+            assert breaker.state is BreakerState.CLOSED
+            return count
+
+        small, large = lines_of_one_failure(1_000), lines_of_one_failure(100_000)
+        assert large <= small + 10, (small, large)
+
     def test_a_refusal_says_when_the_next_probe_is_allowed(self) -> None:
         """An open breaker's refusal names the time left before its next probe, to the
         millisecond, as the clock moves; refusals within the same millisecond read alike."""

@@ -8,8 +8,16 @@
   a row close it, any failure opens it again.
 
 Counters reset on every transition, and a call that started under an earlier state does not count
-under the new one. The lock is never held while a call runs: a call takes a :class:`Permit` and
-reports its result with it. Transitions are announced after the lock is released.
+under the new one. The lock is never held while a call runs: a call takes a :class:`Permit`
+and reports its result with it. Transitions are announced after the lock is released.
+
+The window of a failure ratio keeps counts, not calls: :data:`WINDOW_BUCKETS` buckets, each the
+calls and failures of its share of the window, with their running totals. A breaker in front of
+a busy function holds a few kilobytes whatever its call rate, and a failure checks the ratio in
+constant time, however many calls the window holds. A call counts for the whole window, and
+leaves it at most one bucket (1/64 of the window) late. Successes, the common case, are noted
+without the lock (a time appended to a deque) and folded into the buckets by one of them every
+:data:`FOLD_AT`, by a failure, or by a reader.
 """
 
 from __future__ import annotations
@@ -27,7 +35,20 @@ from wasm_plugins._units import format_duration
 from wasm_plugins.errors import InstanceError, circuit_open_error
 from wasm_plugins.policy._clock import Clock, SystemClock
 
-__all__ = ["BreakerConfig", "BreakerState", "CircuitBreaker", "Permit", "Verdict"]
+__all__ = [
+    "FOLD_AT",
+    "WINDOW_BUCKETS",
+    "BreakerConfig",
+    "BreakerState",
+    "CircuitBreaker",
+    "Permit",
+    "Verdict",
+]
+
+WINDOW_BUCKETS = 64
+"""The buckets a failure ratio's window is counted in."""
+FOLD_AT = 512
+"""Successes noted (lock-free) before one of them folds them into the window's buckets."""
 
 
 class BreakerState(str, Enum):
@@ -98,9 +119,19 @@ class CircuitBreaker:
         self._consecutive_failures = 0
         self._consecutive_successes = 0
         self._probes_in_flight = 0
-        self._window: deque[tuple[float, bool]] = deque()
-        self._track_window = config.failure_ratio is not None
+        self._track_window = config.failure_ratio is not None and config.window > 0
         """Whether the window of recent calls is kept: only the failure ratio reads it."""
+        self._width = config.window / WINDOW_BUCKETS
+        """The share of the window one bucket counts, in seconds."""
+        self._buckets: deque[list[int]] = deque()
+        """``[slot, calls, failures]``, oldest first; a bucket counts the calls made from
+        ``slot * width`` to ``(slot + 1) * width``."""
+        self._noted: deque[float] = deque()
+        """When the successes not yet folded into the buckets ended (appended without the lock:
+        a deque's appends and pops are atomic)."""
+        self._window_calls = 0
+        self._window_failures = 0
+        """The totals of the buckets."""
         self._permit = Permit(0, probe=False)
         self._last_refusal: tuple[int, str] = (-1, "")
         """The last open refusal's time left (whole milliseconds, rounded up) and its text."""
@@ -125,7 +156,7 @@ class CircuitBreaker:
                 "consecutive_successes": self._consecutive_successes,
                 "probes_in_flight": self._probes_in_flight,
                 # Kept only when the breaker opens by a failure ratio (0 otherwise).
-                "window_calls": len(self._window),
+                "window_calls": self._window_now(self._monotonic()),
             }
 
     # -- calls ----------------------------------------------------------------------------------
@@ -185,22 +216,21 @@ class CircuitBreaker:
         """``record(permit, Verdict.SUCCESS)``.
 
         A success while closed, the common case, takes no lock (threads calling the same
-        function would queue on it): the window is a deque, whose appends and pops are atomic,
-        and the failure streak is reset under the lock only when there is one. A success that
-        races a transition may be counted in the new state's window: a success, never a failure,
-        so it can only delay an opening by the failure ratio, by one call.
+        function would queue on it): its time is appended to a deque, whose appends and pops are
+        atomic, and the failure streak is reset under the lock only when there is one. A success
+        that races a transition may be counted in the new state's window: a success, never a
+        failure, so it can only delay an opening by the failure ratio, by one call.
         """
         if self._state is BreakerState.CLOSED and permit.generation == self._generation:
             if self._track_window:
-                now = self._monotonic()
-                window = self._window
-                window.append((now, False))
-                horizon = now - self.config.window
-                try:
-                    while window[0][0] <= horizon:
-                        window.popleft()
-                except IndexError:
-                    pass
+                noted = self._noted
+                noted.append(self._monotonic())
+                if len(noted) >= FOLD_AT and self._lock.acquire(blocking=False):
+                    # One success in FOLD_AT folds them; none waits for another doing it.
+                    try:
+                        self._fold()
+                    finally:
+                        self._lock.release()
             if self._consecutive_failures:
                 with self._lock:
                     if permit.generation == self._generation:
@@ -220,12 +250,9 @@ class CircuitBreaker:
             ):
                 # What _count does for a success while closed, the common case.
                 if self._track_window:
-                    now = self._monotonic()
-                    window = self._window
-                    window.append((now, False))
-                    horizon = now - self.config.window
-                    while window and window[0][0] <= horizon:
-                        window.popleft()
+                    self._noted.append(self._monotonic())
+                    if len(self._noted) >= FOLD_AT:
+                        self._fold()
                 self._consecutive_failures = 0
                 return
             changes = self._advance() if self._state is BreakerState.OPEN else []
@@ -283,10 +310,8 @@ class CircuitBreaker:
         if self._state is not BreakerState.CLOSED:
             return []
         if self._track_window:
-            now = self._clock.monotonic()
-            self._window.append((now, failed))
-            while self._window and self._window[0][0] <= now - config.window:
-                self._window.popleft()
+            self._fold()
+            self._add(int(self._monotonic() // self._width), 1, int(failed))
         if not failed:
             self._consecutive_failures = 0
             return []
@@ -295,13 +320,11 @@ class CircuitBreaker:
             return self._move(
                 BreakerState.OPEN, f"{self._consecutive_failures} consecutive failures"
             )
-        if config.failure_ratio is not None and len(self._window) >= config.min_calls:
-            failures = sum(1 for _, failure in self._window if failure)
-            if failures / len(self._window) >= config.failure_ratio:
-                return self._move(
-                    BreakerState.OPEN,
-                    f"{failures} of the last {len(self._window)} calls failed",
-                )
+        if config.failure_ratio is not None and self._track_window:
+            calls = self._window_now(self._monotonic())
+            failures = self._window_failures
+            if calls >= config.min_calls and failures / calls >= config.failure_ratio:
+                return self._move(BreakerState.OPEN, f"{failures} of the last {calls} calls failed")
         return []
 
     def _move(
@@ -313,13 +336,60 @@ class CircuitBreaker:
         self._consecutive_failures = 0
         self._consecutive_successes = 0
         self._probes_in_flight = 0
-        self._window.clear()
+        self._noted.clear()
+        self._buckets.clear()
+        self._window_calls = self._window_failures = 0
         self._permit = Permit(self._generation, probe=False)
         if target is BreakerState.OPEN:
             self._opened_at = self._clock.monotonic()
         if before is target:
             return []
         return [(before, target, reason)]
+
+    # -- the window of a failure ratio (called with the lock held) --------------------------------
+
+    def _fold(self) -> None:
+        """Count the successes noted so far into their buckets (those noted meanwhile wait for
+        the next fold)."""
+        noted = self._noted
+        width = self._width
+        slot, run = -1, 0
+        for _ in range(len(noted)):
+            at = int(noted.popleft() // width)
+            if at != slot:
+                if run:
+                    self._add(slot, run, 0)
+                slot, run = at, 0
+            run += 1
+        if run:
+            self._add(slot, run, 0)
+
+    def _add(self, slot: int, calls: int, failures: int) -> None:
+        buckets = self._buckets
+        if buckets and buckets[-1][0] >= slot:
+            # This bucket's, or an earlier one's noted late (another thread's success): counted
+            # with the newest bucket, it leaves the window a little later, never earlier.
+            bucket = buckets[-1]
+            bucket[1] += calls
+            bucket[2] += failures
+        else:
+            buckets.append([slot, calls, failures])
+        self._window_calls += calls
+        self._window_failures += failures
+
+    def _window_now(self, now: float) -> int:
+        """The calls of the window that ends ``now``, after folding the successes noted and
+        dropping the buckets that ended before it began."""
+        if not self._track_window:
+            return 0
+        self._fold()
+        buckets = self._buckets
+        first = (now - self.config.window) / self._width
+        while buckets and buckets[0][0] + 1 <= first:
+            _, calls, failures = buckets.popleft()
+            self._window_calls -= calls
+            self._window_failures -= failures
+        return self._window_calls
 
     def _announce(self, changes: list[tuple[BreakerState, BreakerState, str]]) -> None:
         if self._on_transition is not None:
