@@ -135,6 +135,34 @@ def minimal_wasmer(wat: str) -> Action:
     return call
 
 
+def refusing_host(engine: str) -> tuple[Action, PluginHost]:
+    """A host whose breaker of ``echo.echo`` is open, and a call it refuses.
+
+    Open for the whole run: with the default recovery time (30 s), a run longer than that would
+    let a probe through, the probe would close the breaker, and the row would time successful
+    calls instead of refusals. A call let through stops the run.
+    """
+    host = PluginHost(engine=engine, blocked=(), module_cache=False)
+    host.load(
+        {
+            "name": "echo",
+            "module": {"path": str(ECHO)},
+            "policy": {"fallbacks": [], "breaker": {"recovery_time": "24 h"}},
+        }
+    )
+    host.breaker("echo", "echo").force_open("benchmark")
+
+    def fast_fail() -> None:
+        try:
+            host.invoke("echo", "echo", PAYLOAD)
+        except ContextualError:
+            pass
+        else:
+            raise RuntimeError("circuit-open fast fail: the breaker let a call through")
+
+    return fast_fail, host
+
+
 def _wasmtime_instance(wat: str) -> tuple[Any, Any, Any, int]:
     import wasmtime
 
@@ -479,16 +507,7 @@ class Suite:
         host.load({"name": "echo", "module": {"path": str(ECHO)}, "policy": {"fallbacks": []}})
         assert host.call("echo", "echo", PAYLOAD) == PAYLOAD
         self.add("PluginHost.call (full policy)", name, lambda: host.call("echo", "echo", PAYLOAD))
-        refusing = PluginHost(engine=name, blocked=(), module_cache=False)
-        refusing.load({"name": "echo", "module": {"path": str(ECHO)}, "policy": {"fallbacks": []}})
-        refusing.breaker("echo", "echo").force_open("benchmark")
-
-        def fast_fail() -> None:
-            try:  # noqa: SIM105 - contextlib.suppress would be timed too
-                refusing.invoke("echo", "echo", PAYLOAD)
-            except ContextualError:
-                pass
-
+        fast_fail, refusing = refusing_host(name)
         self.add("circuit-open fast fail", name, fast_fail)
         working, units = spin_host(engine, 1e-3)
         self.add(
