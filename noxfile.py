@@ -138,13 +138,14 @@ def bench(session: nox.Session) -> None:
     """The benchmarks in one table, with the ratios against every performance target
     (docs/performance.md), measured in the same run (on 3.10, where both engines install; with
     the Extism Python SDK for the comparison), then an Extism plugin through both at 100 B, 10 KB
-    and 1 MB, and a breaker's failure-ratio window as its function gets busy.
-    ``-- --rounds 15 --calls 10000`` for steadier figures. Then the plots of cost against
+    and 1 MB, a breaker's failure-ratio window as its function gets busy, and a full bulkhead's
+    queue. ``-- --rounds 15 --calls 10000`` for steadier figures. Then the plots of cost against
     payload size and module size, as SVG under docs/benchmarks/."""
     session.install(".[bench]")
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/bench_extism.py")
     session.run("python", "benchmarks/bench_observability.py")
     session.run("python", "benchmarks/bench_breaker.py")
+    session.run("python", "benchmarks/bench_bulkhead.py")
     # The plots go where the documentation site shows them; commit them after a run.
     session.run("python", "benchmarks/plots.py", "--out", str(ROOT / "docs" / "benchmarks"))

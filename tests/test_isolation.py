@@ -38,6 +38,7 @@ from wasm_plugins.errors import (
     SecurityViolation,
 )
 from wasm_plugins.isolation import (
+    Bulkhead,
     ProcessSandbox,
     WorkerPool,
     choose_isolation,
@@ -670,6 +671,96 @@ class TestBulkhead:
         assert "queue" in caught.value.message
         assert sandbox.bulkhead.in_flight == 0 and sandbox.bulkhead.waiting == 0
         sandbox.close()
+
+
+def _until(condition: Callable[[], bool], seconds: float = 20.0) -> None:
+    """Return once ``condition()`` holds (it is looked at every millisecond); fail after
+    ``seconds``."""
+    deadline = time.monotonic() + seconds
+    idle = threading.Event()
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        idle.wait(0.001)
+
+
+class TestBulkheadQueue:
+    """The queue of a full bulkhead, without a worker process: each waiter's turn."""
+
+    @staticmethod
+    def _lines_per_waiter(waiters: int) -> float:
+        """Queue ``waiters`` threads behind a held slot, one after the other, release the slot,
+        and count the lines the waiters ran in ``Bulkhead.acquire`` (a tracer's count, not a
+        time): per waiter."""
+        bulkhead = Bulkhead(1, waiters)
+        bulkhead.acquire(None)
+        order: list[int] = []
+        lines = 0
+        code = Bulkhead.acquire.__code__
+
+        def tracer(frame: Any, event: str, arg: Any) -> Any:
+            nonlocal lines
+            if frame.f_code is not code:
+                return None
+            if event == "line":
+                lines += 1
+            return tracer
+
+        def wait(number: int) -> None:
+            sys.settrace(tracer)
+            bulkhead.acquire(None)
+            sys.settrace(None)
+            order.append(number)
+            bulkhead.release()
+
+        threads = [threading.Thread(target=wait, args=(n,)) for n in range(waiters)]
+        for number, thread in enumerate(threads):
+            thread.start()
+            _until(lambda number=number: bulkhead.waiting == number + 1)
+        bulkhead.release()
+        for thread in threads:
+            thread.join(20)
+        assert order == list(range(waiters))  # first come, first served
+        assert (bulkhead.in_flight, bulkhead.waiting) == (0, 0)
+        return lines / waiters
+
+    def test_a_freed_slot_wakes_one_waiter(self) -> None:
+        """A slot freed goes to the first waiter alone: the others are not woken to look and
+        wait again, so each waiter runs as many lines with 24 queued as with 3 (woken every
+        time, a queue of n costs n times n wake-ups: a flood's queue takes the host's cores)."""
+        few, many = self._lines_per_waiter(3), self._lines_per_waiter(24)
+        assert many <= few + 2, (few, many)
+
+    def test_a_waiter_that_times_out_leaves_the_queue(self) -> None:
+        """A waiter whose wait times out is refused and leaves the queue; the waiter behind it
+        gets the next slot, and the counts return to zero."""
+        clock_start = time.monotonic()
+        bulkhead = Bulkhead(1, 2)
+        bulkhead.acquire(None)
+        outcomes: dict[str, Any] = {}
+
+        def first() -> None:
+            try:
+                bulkhead.acquire(clock_start)  # a deadline already passed: refused
+            except ResourceLimitExceeded as error:
+                outcomes["first"] = error
+
+        def second() -> None:
+            bulkhead.acquire(None)
+            outcomes["second"] = "slot"
+            bulkhead.release()
+
+        early = threading.Thread(target=first)
+        early.start()
+        early.join(20)
+        late = threading.Thread(target=second)
+        late.start()
+        _until(lambda: bulkhead.waiting == 1)
+        bulkhead.release()
+        late.join(20)
+        assert isinstance(outcomes["first"], ResourceLimitExceeded)
+        assert "queue" in outcomes["first"].message
+        assert outcomes["second"] == "slot"
+        assert (bulkhead.in_flight, bulkhead.waiting) == (0, 0)
 
 
 class TestProcessSandboxAsyncio:
