@@ -550,6 +550,27 @@ class TestBreaker:
         assert breaker.counters()["window_calls"] == 200_000
         assert held < 64 * 1024
 
+    def test_a_window_of_successes_alone_stays_small(self) -> None:
+        """Buckets that left the window are dropped as successes come, with no failure and no
+        reader to drop them: 100,000 successes over a hundred windows hold a few kilobytes."""
+        import tracemalloc
+
+        clock = FakeClock()
+        breaker = CircuitBreaker(
+            "p.f", BreakerConfig(failure_threshold=100, failure_ratio=0.5, window=60), clock
+        )
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(100_000):
+                clock.advance(0.06)
+                breaker.record_success(breaker.acquire())
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert held < 64 * 1024
+        assert 1000 <= breaker.counters()["window_calls"] <= 1000 + 1000 // 64 + 1
+
     def test_a_failure_costs_the_same_whatever_the_window_holds(self) -> None:
         """Counting a failure (and the ratio it checks) does work independent of the calls in
         the window: counted in traced lines, not time, so that a busy machine does not matter."""

@@ -17,7 +17,8 @@ a busy function holds a few kilobytes whatever its call rate, and a failure chec
 constant time, however many calls the window holds. A call counts for the whole window, and
 leaves it at most one bucket (1/64 of the window) late. Successes, the common case, are noted
 without the lock (a time appended to a deque) and folded into the buckets by one of them every
-:data:`FOLD_AT`, by a failure, or by a reader.
+:data:`FOLD_AT`, by a failure, or by a reader, each of which also drops the buckets the window
+has left.
 """
 
 from __future__ import annotations
@@ -226,9 +227,10 @@ class CircuitBreaker:
                 noted = self._noted
                 noted.append(self._monotonic())
                 if len(noted) >= FOLD_AT and self._lock.acquire(blocking=False):
-                    # One success in FOLD_AT folds them; none waits for another doing it.
+                    # One success in FOLD_AT folds them (and drops the buckets the window
+                    # left); none waits for another doing it.
                     try:
-                        self._fold()
+                        self._window_now(noted[-1])
                     finally:
                         self._lock.release()
             if self._consecutive_failures:
@@ -250,9 +252,10 @@ class CircuitBreaker:
             ):
                 # What _count does for a success while closed, the common case.
                 if self._track_window:
-                    self._noted.append(self._monotonic())
+                    now = self._monotonic()
+                    self._noted.append(now)
                     if len(self._noted) >= FOLD_AT:
-                        self._fold()
+                        self._window_now(now)
                 self._consecutive_failures = 0
                 return
             changes = self._advance() if self._state is BreakerState.OPEN else []
