@@ -459,6 +459,38 @@ class TestBreaker:
         breaker.record(breaker.acquire(), Verdict.FAILURE)
         assert breaker.state is BreakerState.OPEN
 
+    def test_the_quiet_permit_is_offered_only_when_a_success_has_nothing_to_count(
+        self,
+    ) -> None:
+        """``quiet`` is the closed breaker's permit while a success would count nothing (no
+        failure streak, no failure ratio); None after a failure, while open or half-open, and
+        always with a failure ratio. A success that ends a streak offers it again."""
+        clock = FakeClock()
+        breaker = CircuitBreaker("p.f", BreakerConfig(failure_threshold=2), clock)
+        quiet = breaker.quiet
+        assert quiet is not None and quiet == breaker.acquire()
+        breaker.record(breaker.acquire(), Verdict.FAILURE)
+        assert breaker.quiet is None
+        breaker.record_success(breaker.acquire())
+        assert breaker.quiet is quiet and breaker.counters()["consecutive_failures"] == 0
+        breaker.record(breaker.acquire(), Verdict.FAILURE)
+        breaker.record(breaker.acquire(), Verdict.FAILURE)
+        assert breaker.state is BreakerState.OPEN and breaker.quiet is None
+        clock.advance(30)
+        probe = breaker.acquire()
+        assert breaker.state is BreakerState.HALF_OPEN and breaker.quiet is None
+        breaker.record(probe, Verdict.SUCCESS)
+        assert breaker.state is BreakerState.CLOSED
+        again = breaker.quiet
+        assert again is not None and again.generation > quiet.generation
+        # A call that took the old quiet permit counts nothing in the new generation.
+        breaker.record(quiet, Verdict.FAILURE)
+        assert breaker.counters()["consecutive_failures"] == 0
+        ratio = CircuitBreaker("p.f", BreakerConfig(failure_ratio=0.5), clock)
+        assert ratio.quiet is None
+        ratio.record_success(ratio.acquire())
+        assert ratio.quiet is None
+
     def test_failure_ratio_counts_the_window_only(self) -> None:
         """A call counts toward the ratio for the whole window, and no longer once the window
         (and at most one of its buckets, 1/64 of it) has passed."""

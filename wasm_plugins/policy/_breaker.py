@@ -134,9 +134,14 @@ class CircuitBreaker:
         self._window_failures = 0
         """The totals of the buckets."""
         self._permit = Permit(0, probe=False)
+        """The permit of every call while closed (permits are values: one per generation)."""
+        self.quiet: Permit | None = None if self._track_window else self._permit
+        """The permit of every call while a success has nothing to count: the breaker is
+        closed, keeps no window (no failure ratio) and no failure streak; None otherwise. A
+        caller may take it without :meth:`try_acquire`, and skip :meth:`record_success` when it
+        is still the same permit after the call (the policy does both for every call)."""
         self._last_refusal: tuple[int, str] = (-1, "")
         """The last open refusal's time left (whole milliseconds, rounded up) and its text."""
-        """The permit of every call while closed (permits are values: one per generation)."""
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -236,7 +241,7 @@ class CircuitBreaker:
             if self._consecutive_failures:
                 with self._lock:
                     if permit.generation == self._generation:
-                        self._consecutive_failures = 0
+                        self._streak_ended()
             return
         self.record(permit, Verdict.SUCCESS)
 
@@ -256,7 +261,7 @@ class CircuitBreaker:
                     self._noted.append(now)
                     if len(self._noted) >= FOLD_AT:
                         self._window_now(now)
-                self._consecutive_failures = 0
+                self._streak_ended()
                 return
             changes = self._advance() if self._state is BreakerState.OPEN else []
             if permit.generation == self._generation:
@@ -316,9 +321,10 @@ class CircuitBreaker:
             self._fold()
             self._add(int(self._monotonic() // self._width), 1, int(failed))
         if not failed:
-            self._consecutive_failures = 0
+            self._streak_ended()
             return []
         self._consecutive_failures += 1
+        self.quiet = None
         if self._consecutive_failures >= config.failure_threshold:
             return self._move(
                 BreakerState.OPEN, f"{self._consecutive_failures} consecutive failures"
@@ -343,11 +349,19 @@ class CircuitBreaker:
         self._buckets.clear()
         self._window_calls = self._window_failures = 0
         self._permit = Permit(self._generation, probe=False)
+        quiet = target is BreakerState.CLOSED and not self._track_window
+        self.quiet = self._permit if quiet else None
         if target is BreakerState.OPEN:
             self._opened_at = self._clock.monotonic()
         if before is target:
             return []
         return [(before, target, reason)]
+
+    def _streak_ended(self) -> None:
+        """A success while closed, with the lock held: no failure streak any more."""
+        self._consecutive_failures = 0
+        if not self._track_window:
+            self.quiet = self._permit
 
     # -- the window of a failure ratio (called with the lock held) --------------------------------
 

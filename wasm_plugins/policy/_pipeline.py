@@ -360,7 +360,8 @@ class CallPipeline:
             budget.deposit()
         breaker = route.breaker
         while True:
-            permit = breaker.try_acquire()
+            # A closed breaker with nothing to count hands out its permit as an attribute.
+            permit = breaker.quiet or breaker.try_acquire()
             if isinstance(permit, InstanceError):
                 # Refused before an attempt: the last plugin error, if any, tells more.
                 if call.errors:
@@ -390,7 +391,8 @@ class CallPipeline:
                 breaker.record(permit, Verdict.IGNORED)
                 raise
             else:
-                breaker.record_success(permit)
+                if permit is not breaker.quiet:
+                    breaker.record_success(permit)
                 now = monotonic()
                 call.value = value
                 if route.on_attempt:
