@@ -11,6 +11,7 @@ from typing import ClassVar
 import attrs
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 import wasm_plugins.errors
 from wasm_plugins.errors import (
@@ -20,6 +21,7 @@ from wasm_plugins.errors import (
     ErrorContext,
     ExecutionError,
     HostIOError,
+    InstanceError,
     NetworkError,
     PluginError,
     RecoveryPotential,
@@ -27,6 +29,7 @@ from wasm_plugins.errors import (
     SecurityViolation,
     Severity,
     _registry,
+    circuit_open_error,
     contextual_error,
     error_classes,
 )
@@ -248,6 +251,44 @@ class TestFloor:
             if module.startswith("wasm_plugins") and not module.startswith(allowed)
         }
         assert not climbing
+
+
+class TestCircuitOpenErrorOfTheCallPath:
+    """``circuit_open_error`` (made for every call an open breaker refuses) makes, without
+    attrs' generic ``__init__``, the very error ``InstanceError(state="circuit_open", ...)``
+    makes."""
+
+    @given(message=st.text(max_size=40), suggestion=st.text(max_size=40))
+    def test_same_error_as_the_constructor(self, message: str, suggestion: str) -> None:
+        made = circuit_open_error(message, suggestion)
+        expected = InstanceError(state="circuit_open", message=message, suggestion=suggestion)
+        assert type(made) is InstanceError
+        assert made.to_dict() == expected.to_dict()
+        assert str(made) == str(expected)
+        assert made.describe() == expected.describe()
+        assert made.args == expected.args
+        assert made.__cause__ is None and made.__context__ is None
+        for field in attrs.fields(InstanceError):
+            assert getattr(made, field.name) == getattr(expected, field.name), field.name
+
+    def test_it_takes_its_call_pickles_and_raises(self) -> None:
+        made = circuit_open_error("Instance unavailable: open", "wait")
+        made.plugin, made.function = "p", "f"
+        assert (
+            made.to_dict()
+            == InstanceError(
+                state="circuit_open",
+                message="Instance unavailable: open",
+                suggestion="wait",
+                plugin="p",
+                function="f",
+            ).to_dict()
+        )
+        with pytest.raises(InstanceError) as caught:
+            raise made
+        assert caught.value is made
+        again = pickle.loads(pickle.dumps(made))
+        assert again.to_dict() == made.to_dict()
 
 
 class TestContextualErrorOfTheCallPath:

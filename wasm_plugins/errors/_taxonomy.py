@@ -538,8 +538,24 @@ class ContextualError(PluginError):
 
 
 def circuit_open_error(message: str, suggestion: str) -> InstanceError:
-    """The refusal of an open circuit breaker."""
-    return InstanceError(state="circuit_open", message=message, suggestion=suggestion)
+    """The refusal of an open circuit breaker.
+
+    What ``InstanceError(state="circuit_open", message=..., suggestion=...)`` makes, field for
+    field, without the generic ``__init__`` (keyword parsing, the defaults, the post-init): an
+    open breaker makes one for every call it refuses.
+    """
+    made: InstanceError = BaseException.__new__(InstanceError)
+    made.plugin = None
+    made.function = None
+    made.suggestion = suggestion
+    made.severity = InstanceError.default_severity
+    made.recovery_potential = InstanceError.default_recovery
+    made.context = None
+    made.state = "circuit_open"
+    made.exit_signal = None
+    made.exit_code = None
+    made.message = message or made._describe()
+    return made
 
 
 def contextual_error(error: PluginError, context: ErrorContext) -> ContextualError:
