@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import pickle
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import ClassVar
 
@@ -19,6 +20,7 @@ from wasm_plugins.errors import (
     ContextualError,
     DeadlineExceeded,
     ErrorContext,
+    ExecutionEnvironment,
     ExecutionError,
     HostIOError,
     InstanceError,
@@ -29,6 +31,7 @@ from wasm_plugins.errors import (
     SecurityViolation,
     Severity,
     _registry,
+    call_error_context,
     circuit_open_error,
     contextual_error,
     error_classes,
@@ -289,6 +292,41 @@ class TestCircuitOpenErrorOfTheCallPath:
         assert caught.value is made
         again = pickle.loads(pickle.dumps(made))
         assert again.to_dict() == made.to_dict()
+
+
+class TestCallErrorContext:
+    """``call_error_context`` (the context of every refusal) makes, without attrs' generic
+    ``__init__``, the context ``ErrorContext(plugin=..., function=..., environment=...,
+    call_id=...)`` makes: the same fields, a fresh execution id, the time it was made."""
+
+    @given(plugin=st.text(max_size=20), function=st.text(max_size=20), number=st.integers(1))
+    def test_same_context_as_the_constructor(self, plugin: str, function: str, number: int) -> None:
+        environment = ExecutionEnvironment(engine="wasmtime", isolation="in-process")
+        call_id = f"{plugin}#{number}"
+        before = datetime.now(timezone.utc)
+        made = call_error_context(plugin, function, environment, call_id)
+        after = datetime.now(timezone.utc)
+        expected = ErrorContext(
+            plugin=plugin, function=function, environment=environment, call_id=call_id
+        )
+        assert type(made) is ErrorContext
+        for field in attrs.fields(ErrorContext):
+            if field.name not in ("execution_id", "timestamp"):
+                assert getattr(made, field.name) == getattr(expected, field.name), field.name
+        assert before <= made.timestamp <= after
+        assert made.timestamp.tzinfo is not None
+        assert len(made.execution_id) == len(expected.execution_id)
+        assert made.execution_id != expected.execution_id
+        assert attrs.evolve(made, execution_id="x", timestamp=before) == attrs.evolve(
+            expected, execution_id="x", timestamp=before
+        )
+
+    def test_it_stays_frozen_and_pickles(self) -> None:
+        made = call_error_context("p", "f", ExecutionEnvironment(), "p#1")
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            made.plugin = "q"  # type: ignore[misc]
+        assert pickle.loads(pickle.dumps(made)) == made
+        assert hash(made) == hash(attrs.evolve(made))
 
 
 class TestContextualErrorOfTheCallPath:

@@ -558,6 +558,33 @@ def circuit_open_error(message: str, suggestion: str) -> InstanceError:
     return made
 
 
+def call_error_context(
+    plugin: str, function: str, environment: ExecutionEnvironment, call_id: str
+) -> ErrorContext:
+    """The context of an error that ended a call before any attempt (a refusal).
+
+    What ``ErrorContext(plugin=..., function=..., environment=..., call_id=...)`` makes, field
+    for field, with a fresh execution id and timestamp, without the generic ``__init__``
+    (keyword parsing, the defaults' checks): an open breaker's every refusal gets one.
+    """
+    made: ErrorContext = object.__new__(ErrorContext)
+    store = _store_field
+    store(made, "execution_id", _new_execution_id())
+    store(made, "sandbox_id", None)
+    store(made, "plugin", plugin)
+    store(made, "function", function)
+    store(made, "timestamp", datetime.now(_UTC))
+    store(made, "environment", environment)
+    store(made, "guest_stack", ())
+    store(made, "previous_errors", ())
+    store(made, "call_id", call_id)
+    return made
+
+
+_store_field = object.__setattr__
+"""Sets a field of a frozen ErrorContext (what attrs' own ``__init__`` uses)."""
+
+
 def contextual_error(error: PluginError, context: ErrorContext) -> ContextualError:
     """``error`` as the host application receives it once the error policy gives up.
 

@@ -41,6 +41,7 @@ from wasm_plugins.errors import (
     InstanceError,
     PluginError,
     ResourceLimitExceeded,
+    call_error_context,
     contextual_error,
 )
 from wasm_plugins.manifest import Manifest
@@ -525,11 +526,8 @@ class CallPipeline:
             # carry: the context is the route's, made once.
             raise contextual_error(
                 last,
-                ErrorContext(
-                    plugin=call.plugin,
-                    function=call.function,
-                    environment=route.environment,
-                    call_id=f"{call.plugin}#{call.number}",
+                call_error_context(
+                    call.plugin, call.function, route.environment, f"{call.plugin}#{call.number}"
                 ),
             )
         raise self._contextual(last, call.plugin, call.function, call)
