@@ -763,6 +763,55 @@ class TestBulkheadQueue:
         assert (bulkhead.in_flight, bulkhead.waiting) == (0, 0)
 
 
+class TestBulkheadInterrupted:
+    """A waiter interrupted in the queue (KeyboardInterrupt in the main thread) leaves no turn
+    behind and keeps no slot: a turn left in the queue would take the next freed slot to a
+    caller that is gone, and the bulkhead would lose it for good."""
+
+    @staticmethod
+    def _interrupted_turns(
+        monkeypatch: pytest.MonkeyPatch, before: Callable[[], None] = lambda: None
+    ) -> None:
+        import wasm_plugins.isolation._bulkhead as module
+
+        real = threading.Lock
+
+        class Turn:
+            def __init__(self) -> None:
+                self.lock = real()
+                self.taken = False
+
+            def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+                if not self.taken:  # the turn is taken as it is queued
+                    self.taken = True
+                    return self.lock.acquire()
+                before()
+                raise KeyboardInterrupt
+
+            def release(self) -> None:
+                self.lock.release()
+
+        monkeypatch.setattr(module, "_turn", Turn)
+
+    def test_interrupted_while_waiting(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        bulkhead = Bulkhead(1, 4)
+        bulkhead.acquire(None)
+        self._interrupted_turns(monkeypatch)
+        with pytest.raises(KeyboardInterrupt):
+            bulkhead.acquire(None)
+        assert (bulkhead.in_flight, bulkhead.waiting) == (1, 0)
+        bulkhead.release()
+        assert bulkhead.in_flight == 0
+
+    def test_interrupted_as_the_slot_was_handed_over(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        bulkhead = Bulkhead(1, 4)
+        bulkhead.acquire(None)
+        self._interrupted_turns(monkeypatch, before=bulkhead.release)
+        with pytest.raises(KeyboardInterrupt):
+            bulkhead.acquire(None)
+        assert (bulkhead.in_flight, bulkhead.waiting) == (0, 0)
+
+
 class TestProcessSandboxAsyncio:
     def test_to_thread_calls_run_concurrently(self, engine: Engine, pool: WorkerPool) -> None:
         """Two calls through asyncio.to_thread are in flight together (each waits for the other

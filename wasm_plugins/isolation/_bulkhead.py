@@ -19,6 +19,10 @@ from wasm_plugins.errors import ConfigurationError, ResourceLimitExceeded
 
 __all__ = ["Bulkhead"]
 
+_turn = threading.Lock
+"""Makes a waiter's turn: a lock held from the moment the waiter queues, released to hand it
+a slot."""
+
 
 class Bulkhead:
     """A counting gate with a bounded FIFO queue.
@@ -71,13 +75,24 @@ class Bulkhead:
                 raise self._refused(
                     f"{self._in_flight} calls in flight and the queue of {self.queue} is full"
                 )
-            turn = threading.Lock()
+            turn = _turn()
             turn.acquire()
             self._waiting.append(turn)
-        if deadline is None:
-            served = turn.acquire()
-        else:
-            served = turn.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        try:
+            if deadline is None:
+                served = turn.acquire()
+            else:
+                served = turn.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        except BaseException:
+            # Interrupted (KeyboardInterrupt in the main thread): out of the queue, and a slot
+            # handed over meanwhile goes on to the next waiter.
+            with self._lock:
+                queued = turn in self._waiting
+                if queued:
+                    self._waiting.remove(turn)
+            if not queued:
+                self.release()
+            raise
         if served:
             return  # the slot was handed over, counted in flight by whoever freed it
         with self._lock:
