@@ -561,9 +561,10 @@ class TestBreaker:
                 assert False in could_open
             assert exact[0] <= breaker.counters()["window_calls"] <= loose[0]
 
-    def test_failure_ratio_holds_no_call_of_its_own(self) -> None:
-        """The window of a failure ratio keeps counts, not calls: at 200,000 calls in the
-        window (half a minute at 6,700 calls a second), it holds a few kilobytes."""
+    @staticmethod
+    def _memory_of_successes(calls: int, spacing: float) -> tuple[CircuitBreaker, int]:
+        """A breaker with a failure ratio (60 s window) after ``calls`` successes ``spacing``
+        seconds apart, and the memory it allocated for them (``tracemalloc``)."""
         import tracemalloc
 
         clock = FakeClock()
@@ -573,33 +574,25 @@ class TestBreaker:
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
-            for _ in range(200_000):
-                clock.advance(60 / 200_000 / 2)
+            for _ in range(calls):
+                clock.advance(spacing)
                 breaker.record_success(breaker.acquire())
             held = tracemalloc.get_traced_memory()[0] - before
         finally:
             tracemalloc.stop()
+        return breaker, held
+
+    def test_failure_ratio_holds_no_call_of_its_own(self) -> None:
+        """The window of a failure ratio keeps counts, not calls: at 200,000 calls in the
+        window (half a minute at 6,700 calls a second), it holds a few kilobytes."""
+        breaker, held = self._memory_of_successes(200_000, 60 / 200_000 / 2)
         assert breaker.counters()["window_calls"] == 200_000
         assert held < 64 * 1024
 
     def test_a_window_of_successes_alone_stays_small(self) -> None:
         """Buckets that left the window are dropped as successes come, with no failure and no
         reader to drop them: 100,000 successes over a hundred windows hold a few kilobytes."""
-        import tracemalloc
-
-        clock = FakeClock()
-        breaker = CircuitBreaker(
-            "p.f", BreakerConfig(failure_threshold=100, failure_ratio=0.5, window=60), clock
-        )
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            for _ in range(100_000):
-                clock.advance(0.06)
-                breaker.record_success(breaker.acquire())
-            held = tracemalloc.get_traced_memory()[0] - before
-        finally:
-            tracemalloc.stop()
+        breaker, held = self._memory_of_successes(100_000, 0.06)
         assert held < 64 * 1024
         assert 1000 <= breaker.counters()["window_calls"] <= 1000 + 1000 // 64 + 1
 
