@@ -276,6 +276,58 @@ class TestAlerts:
         assert limits[0].severity is Severity.HIGH
         assert limits[0].details["resource"] == "memory"
 
+    def test_a_rate_below_the_threshold_is_not_read_again_each_failure(self) -> None:
+        """Within a second, a failure reads the plugin's window again only when the failures
+        since the last reading could have brought the rate to the threshold (reading it sums
+        every function's counts of every thread: 50 functions, 350 µs a failure): the alert
+        still fires at the very failure that brings the rate to the threshold."""
+        now = [100.0]
+        tally = CallTally()
+        metrics = MetricsReporter(tally)
+        alerts = AlertReporter(lambda: now[0], tally=tally, threshold=0.5, min_calls=10)
+        reads: list[str] = []
+        window = tally.window
+
+        def counted(plugin: str, at: float, seconds: int) -> tuple[int, int]:
+            reads.append(plugin)
+            return window(plugin, at, seconds)
+
+        tally.window = counted  # type: ignore[method-assign]
+        error = NetworkError(operation="fetch")
+
+        def finish(number: int, failed: bool) -> None:
+            record = Report(
+                "call_finished",
+                "p",
+                f"f{number % 50}",
+                number,
+                now[0],
+                duration=1e-3,
+                outcome="error" if failed else "value",
+                error=error if failed else None,
+            )
+            metrics.wasm_plugins_report(record)
+            if failed:
+                alerts.wasm_plugins_report(record)
+
+        for number in range(100):
+            finish(number, failed=False)
+        for number in range(99):
+            finish(100 + number, failed=True)
+        assert list(alerts.raised) == []  # 99 of 199: below one half
+        assert len(reads) == 1  # the first failure's reading bounds the next 98
+        finish(199, failed=True)
+        (alert,) = alerts.raised
+        assert (alert.reason, alert.details["calls"], alert.details["failures"]) == (
+            "error_rate",
+            200,
+            100,
+        )
+        assert len(reads) == 2
+        now[0] += 1  # a new second: the window moved, the next failure reads it
+        finish(200, failed=True)
+        assert len(reads) == 3
+
     def test_breaches_far_apart_raise_nothing(self) -> None:
         """Breaches spread wider than the window are not repeated breaches."""
         now = [0.0]

@@ -348,7 +348,10 @@ class AlertReporter:
     - ``error_rate`` (high): a plugin's share of calls that did not end with its own value,
       over the last ``window`` seconds (at least ``min_calls`` calls), reaches ``threshold``;
       it fires once, and again only after a failed call finds the rate below the threshold
-      (while it fires, the rate is read at most once a second of the clock);
+      (while it fires, the rate is read at most once a second of the clock; while it does not,
+      a failure reads it again within the same second only when the failures since the last
+      reading could have brought it to the threshold: reading it sums the counts of every
+      function and thread of the plugin);
     - ``resource_limit`` (high for memory, medium for the others): ``breaches`` attempts of a
       plugin stopped by the same limit within ``breach_window`` seconds (the input's size, the
       caller's doing, aside); it fires once, and again only after a breach finds fewer.
@@ -394,6 +397,10 @@ class AlertReporter:
         self._breaches: dict[tuple[str, str], deque[float]] = {}
         self._checked: dict[str, int] = {}
         """By plugin whose error-rate alert fires: the second its rate was last read."""
+        self._below: dict[str, list[int]] = {}
+        """By plugin whose error-rate alert does not fire: ``[second, calls, failures]`` of the
+        window as last read, each failure since that second counted in both (the successes,
+        not seen here, would only lower the rate: the counts bound it from above)."""
         self._lock = threading.Lock()
 
     @hookimpl(trylast=True)
@@ -403,8 +410,19 @@ class AlertReporter:
         if record.name == "call_finished":
             # While a plugin's alert fires, its rate is read again once a second (the windows'
             # resolution), not on every failure: a plugin refused by its open breaker fails fast.
-            if self._checked.get(record.plugin) != int(self._clock()):
-                self._error_rate(record.plugin, record.function)
+            plugin = record.plugin
+            second = int(self._clock())
+            if self._checked.get(plugin) == second:
+                return
+            below = self._below.get(plugin)
+            if below is not None and below[0] == second:
+                with self._lock:
+                    below[1] += 1
+                    below[2] += 1
+                    still_below = below[2] < self.threshold * below[1]
+                if still_below:
+                    return
+            self._error_rate(plugin, record.function)
         elif record.name == "attempt_failed" and isinstance(error, SecurityViolation):
             self._raise(
                 Alert(
@@ -433,13 +451,17 @@ class AlertReporter:
             if rate < self.threshold:
                 self._firing.discard(key)
                 self._checked.pop(plugin, None)
+                self._below[plugin] = [int(now), calls, failures]
                 return
             if key in self._firing:
                 self._checked[plugin] = int(now)
-            if calls < self.min_calls or key in self._firing:
+                return
+            if calls < self.min_calls:
+                self._below[plugin] = [int(now), calls, failures]
                 return
             self._firing.add(key)
             self._checked[plugin] = int(now)
+            self._below.pop(plugin, None)
         self._raise(
             Alert(
                 now,
