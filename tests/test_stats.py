@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from loguru import logger
 
 from tests.conftest import ROOT
@@ -327,6 +329,58 @@ class TestAlerts:
         now[0] += 1  # a new second: the window moved, the next failure reads it
         finish(200, failed=True)
         assert len(reads) == 3
+
+    @given(
+        steps=st.lists(
+            st.tuples(
+                st.sampled_from([0.0, 0.0, 0.0, 0.3, 1.0, 30.0]),
+                st.booleans(),
+                st.integers(0, 3),
+            ),
+            max_size=120,
+        )
+    )
+    def test_the_alert_fires_as_if_it_read_the_window_every_failure(
+        self, steps: list[tuple[float, bool, int]]
+    ) -> None:
+        """Against an alert rule that reads the window on every failure: the same alerts, at
+        the same calls, with the same counts."""
+
+        class Reading(AlertReporter):
+            def wasm_plugins_report(self, record: Report) -> None:
+                self._below.clear()
+                super().wasm_plugins_report(record)
+
+        now = [1000.0]
+        error = NetworkError(operation="fetch")
+        pairs = []
+        for kind in (AlertReporter, Reading):
+            tally = CallTally()
+            pairs.append((MetricsReporter(tally), kind(lambda: now[0], tally=tally, min_calls=4)))
+        for number, (wait, failed, function) in enumerate(steps):
+            now[0] += wait
+            record = Report(
+                "call_finished",
+                "p",
+                f"f{function}",
+                number,
+                now[0],
+                duration=1e-3,
+                outcome="error" if failed else "value",
+                error=error if failed else None,
+            )
+            for metrics, alerts in pairs:
+                metrics.wasm_plugins_report(record)
+                if failed:
+                    alerts.wasm_plugins_report(record)
+            raised = [
+                [
+                    (a.time, a.reason, a.details["calls"], a.details["failures"])
+                    for a in alerts.raised
+                ]
+                for _, alerts in pairs
+            ]
+            assert raised[0] == raised[1]
 
     def test_breaches_far_apart_raise_nothing(self) -> None:
         """Breaches spread wider than the window are not repeated breaches."""
