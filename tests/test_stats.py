@@ -221,6 +221,20 @@ class TestTally:
         assert (entry.calls, entry.error_rate["1m"], entry.breaker) == (2, 0.5, "closed")
 
 
+def _finished(number: int, function: str, time: float, failed: bool) -> Report:
+    """The end of call ``number`` of plugin ``p``: its value, or a network error."""
+    return Report(
+        "call_finished",
+        "p",
+        function,
+        number,
+        time,
+        duration=1e-3,
+        outcome="error" if failed else "value",
+        error=NetworkError(operation="fetch") if failed else None,
+    )
+
+
 class TestAlerts:
     def test_security_violation_is_critical(self, subject: Callable[..., Subject]) -> None:
         """Every security violation raises a critical alert, sent to the alert hook."""
@@ -295,19 +309,9 @@ class TestAlerts:
             return window(plugin, at, seconds)
 
         tally.window = counted  # type: ignore[method-assign]
-        error = NetworkError(operation="fetch")
 
         def finish(number: int, failed: bool) -> None:
-            record = Report(
-                "call_finished",
-                "p",
-                f"f{number % 50}",
-                number,
-                now[0],
-                duration=1e-3,
-                outcome="error" if failed else "value",
-                error=error if failed else None,
-            )
+            record = _finished(number, f"f{number % 50}", now[0], failed)
             metrics.wasm_plugins_report(record)
             if failed:
                 alerts.wasm_plugins_report(record)
@@ -352,23 +356,13 @@ class TestAlerts:
                 super().wasm_plugins_report(record)
 
         now = [1000.0]
-        error = NetworkError(operation="fetch")
         pairs = []
         for kind in (AlertReporter, Reading):
             tally = CallTally()
             pairs.append((MetricsReporter(tally), kind(lambda: now[0], tally=tally, min_calls=4)))
         for number, (wait, failed, function) in enumerate(steps):
             now[0] += wait
-            record = Report(
-                "call_finished",
-                "p",
-                f"f{function}",
-                number,
-                now[0],
-                duration=1e-3,
-                outcome="error" if failed else "value",
-                error=error if failed else None,
-            )
+            record = _finished(number, f"f{function}", now[0], failed)
             for metrics, alerts in pairs:
                 metrics.wasm_plugins_report(record)
                 if failed:
