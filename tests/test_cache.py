@@ -530,14 +530,7 @@ class TestKeptModules:
             "    Sandbox(open(sys.argv[3]).read(), engine=get_engine(sys.argv[1]), cache=cache)\n"
             "assert cache._kept\n"
         )
-        done = subprocess.run(
-            [sys.executable, "-c", script, engine.name, str(tmp_path), str(ECHO)],
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        done = _child(script, engine.name, str(tmp_path), str(ECHO))
         assert done.returncode == 0, done.stderr
         assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
 
@@ -571,16 +564,22 @@ class TestKeptModules:
             pytest.skip("counts the mappings /proc/self/maps lists")
         module = tmp_path / "echo.wat"
         module.write_text(ECHO.read_text())
-        done = subprocess.run(
-            [sys.executable, "-c", script, str(tmp_path / "cache"), str(module)],
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        done = _child(script, str(tmp_path / "cache"), str(module))
         assert done.returncode == 0, done.stderr
         assert int(done.stdout) < 50
+
+
+def _child(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``script`` in a fresh interpreter with these arguments (a crash fails the test, not the
+    run); its output as text."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 class TestBadEntries:

@@ -218,15 +218,7 @@ def test_unload_releases_the_workers(host: PluginHost) -> None:
 
 
 def test_unload_during_a_call_releases_the_workers_when_it_returns(host: PluginHost) -> None:
-    host.load(
-        {
-            "name": "spinner",
-            "module": {"wat": SPIN_WAT},
-            "isolation": "process",
-            "limits": {"timeout": "10 min"},
-            "policy": {"max_attempts": 1, "fallbacks": []},
-        }
-    )
+    host.load(spinner("10 min", isolation="process"))
     assert host.call("spinner", "answer") == "ok"
     pids = host.worker_pids()
     ended: list[str] = []
@@ -334,6 +326,21 @@ SPIN_WAT = """(module
   (func (export "answer") (param i32 i32) (result i64) (i64.const 0x40000000004)))"""
 
 
+def spinner(timeout: str, isolation: str | None = None, one_attempt: bool = True) -> dict[str, Any]:
+    """The manifest of the spin plugin under this timeout: one attempt and no fallback, or
+    the default policy."""
+    manifest: dict[str, Any] = {
+        "name": "spinner",
+        "module": {"wat": SPIN_WAT},
+        "limits": {"timeout": timeout},
+    }
+    if isolation is not None:
+        manifest["isolation"] = isolation
+    if one_attempt:
+        manifest["policy"] = {"max_attempts": 1, "fallbacks": []}
+    return manifest
+
+
 class Finished:
     """A reporter that keeps the calls' ends."""
 
@@ -374,14 +381,7 @@ class TestAsync:
         finished = Finished()
         with PluginHost(engine="wasmtime", module_cache=False) as host:
             host.register_policy(finished, name="finished")
-            host.load(
-                {
-                    "name": "spinner",
-                    "module": {"wat": SPIN_WAT},
-                    "isolation": isolation,
-                    "limits": {"timeout": "10 min"},
-                }
-            )
+            host.load(spinner("10 min", isolation=isolation, one_attempt=False))
             assert host.call("spinner", "answer") == "ok"
             workers = host.worker_pids()
             assert bool(workers) == (isolation == "process")
@@ -424,14 +424,7 @@ class TestAsync:
         with PluginHost(engine="wasmtime", module_cache=False) as host:
             host.register_policy(finished, name="finished")
             host.register_policy(threads, name="threads")
-            host.load(
-                {
-                    "name": "spinner",
-                    "module": {"wat": SPIN_WAT},
-                    "limits": {"timeout": "10 min"},
-                    "policy": {"max_attempts": 1, "fallbacks": []},
-                }
-            )
+            host.load(spinner("10 min"))
 
             async def spin_then_cancel() -> None:
                 assert await host.acall("spinner", "answer") == "ok"
@@ -457,14 +450,7 @@ class TestAsync:
         calls = AsyncCalls("test")
         release = threading.Event()
         with PluginHost(engine="wasmtime", module_cache=False) as host:
-            host.load(
-                {
-                    "name": "spinner",
-                    "module": {"wat": SPIN_WAT},
-                    "limits": {"timeout": "300 ms"},
-                    "policy": {"max_attempts": 1, "fallbacks": []},
-                }
-            )
+            host.load(spinner("300 ms"))
 
             async def main() -> str:
                 assert await calls.run(lambda: host.call("spinner", "answer")) == "ok"
@@ -493,15 +479,7 @@ class TestAsync:
         finished = Finished()
         with PluginHost(engine="wasmtime", module_cache=False) as host:
             host.register_policy(finished, name="finished")
-            host.load(
-                {
-                    "name": "spinner",
-                    "module": {"wat": SPIN_WAT},
-                    "isolation": "process",
-                    "limits": {"timeout": "10 min"},
-                    "policy": {"max_attempts": 1, "fallbacks": []},
-                }
-            )
+            host.load(spinner("10 min", isolation="process"))
 
             async def spin_then_cancel() -> None:
                 for _ in range(2):
@@ -540,14 +518,7 @@ class TestAsync:
 
     def test_a_long_call_leaves_the_loop_running(self) -> None:
         with PluginHost(engine="wasmtime", module_cache=False) as host:
-            host.load(
-                {
-                    "name": "spinner",
-                    "module": {"wat": SPIN_WAT},
-                    "limits": {"timeout": "100 ms"},
-                    "policy": {"max_attempts": 1, "fallbacks": []},
-                }
-            )
+            host.load(spinner("100 ms"))
             ticks_during_call = 0
 
             async def run() -> None:
@@ -570,14 +541,7 @@ class TestAsync:
         finished = Finished()
         with PluginHost(engine="wasmtime", module_cache=False) as host:
             host.register_policy(finished, name="finished")
-            host.load(
-                {
-                    "name": "spinner",
-                    "module": {"wat": SPIN_WAT},
-                    "limits": {"timeout": "10 min"},
-                    "policy": {"max_attempts": 1, "fallbacks": []},
-                }
-            )
+            host.load(spinner("10 min"))
 
             async def run() -> list[Any]:
                 long = asyncio.ensure_future(host.acall("spinner", "spin"))
