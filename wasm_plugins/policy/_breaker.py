@@ -318,8 +318,10 @@ class CircuitBreaker:
         if self._state is not BreakerState.CLOSED:
             return []
         if self._track_window:
-            self._fold()
-            self._add(int(self._monotonic() // self._width), 1, int(failed))
+            # Folded and trimmed first: the successes noted before this call go in before it.
+            now = self._monotonic()
+            self._window_now(now)
+            self._add(int(now // self._width), 1, int(failed))
         if not failed:
             self._streak_ended()
             return []
@@ -329,10 +331,9 @@ class CircuitBreaker:
             return self._move(
                 BreakerState.OPEN, f"{self._consecutive_failures} consecutive failures"
             )
-        if config.failure_ratio is not None and self._track_window:
-            calls = self._window_now(self._monotonic())
-            failures = self._window_failures
-            if calls >= config.min_calls and failures / calls >= config.failure_ratio:
+        if config.failure_ratio is not None:
+            calls, failures = self._window_calls, self._window_failures
+            if calls and calls >= config.min_calls and failures / calls >= config.failure_ratio:
                 return self._move(BreakerState.OPEN, f"{failures} of the last {calls} calls failed")
         return []
 
