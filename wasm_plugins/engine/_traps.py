@@ -61,6 +61,15 @@ def wat_error(message: str) -> CompilationError:
     )
 
 
+def no_exported_function(name: str) -> ModuleError:
+    """The error of a call of a function the module does not export."""
+    return ModuleError(
+        missing_export=name,
+        message=f"Invalid module: no exported function {name!r}",
+        suggestion=f"export a function named {name!r} from the module",
+    )
+
+
 def validation_error(message: str, *, default_offset: int | None = None) -> ModuleError:
     """A binary parse or validation failure as a ModuleError with the byte offset."""
     text = truncate(message)

@@ -51,6 +51,7 @@ from wasm_plugins.engine._protocol import (
 )
 from wasm_plugins.engine._traps import (
     check_range,
+    no_exported_function,
     truncate,
     validation_error,
     wasmer_trap,
@@ -313,11 +314,7 @@ class _Linked:
             func = None
         signature = self._types.signature(name)
         if not isinstance(func, wasmer.Function) or signature is None:
-            raise ModuleError(
-                missing_export=name,
-                message=f"Invalid module: no exported function {name!r}",
-                suggestion=f"export a function named {name!r} from the module",
-            )
+            raise no_exported_function(name)
         self._functions.append(func)
         return _Export(name, signature, len(self._functions) - 1)
 
@@ -508,7 +505,7 @@ class WasmerInstance:
         # up (nor left in this frame) for a name that is not one.
         signature = self._shape.signatures.get(name)
         if signature is None:
-            raise _no_exported_function(name)
+            raise no_exported_function(name)
         funcs = self._funcs
         funcs.append(getattr(self._exports, name))
         return _Export(name, signature, len(funcs) - 1)
@@ -623,14 +620,6 @@ def _wasi_environment(settings: WasiSettings) -> Any:
     for directory in settings.directories:
         builder.map_directory(directory.guest_path, directory.host_path)
     return builder.finalize()
-
-
-def _no_exported_function(name: str) -> ModuleError:
-    return ModuleError(
-        missing_export=name,
-        message=f"Invalid module: no exported function {name!r}",
-        suggestion=f"export a function named {name!r} from the module",
-    )
 
 
 def _instantiation_error(message: str) -> PluginError:

@@ -47,6 +47,7 @@ from wasm_plugins.engine._protocol import (
 from wasm_plugins.engine._traps import (
     MAX_FRAMES,
     check_range,
+    no_exported_function,
     trap_error,
     truncate,
     validation_error,
@@ -234,11 +235,7 @@ def _export_function(exports: Any, types: ModuleTypes, name: str) -> _Export:
     # The type comes from the module's bytes: asking wasmtime aborts on v128.
     signature = types.signature(name)
     if not isinstance(func, wasmtime.Func) or signature is None:
-        raise ModuleError(
-            missing_export=name,
-            message=f"Invalid module: no exported function {name!r}",
-            suggestion=f"export a function named {name!r} from the module",
-        )
+        raise no_exported_function(name)
     reference = ctypes.byref(func._func) if FAST_PATH else None
     return _Export(name, signature, func, reference)
 
