@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from wasm_plugins._async_calls import BLOCKED, STALL, AsyncCalls, _Worker
+from wasm_plugins._async_calls import BLOCKED, STALL, AsyncCalls, AwaitedCall, _Worker
 from wasm_plugins.provider import Cancellation, _calling
 
 WAIT = 60.0
@@ -254,6 +254,80 @@ class TestAsyncCalls:
         assert seen == [("cancelled", True), ("next", False)]
 
 
+class TestAwaitedCall:
+    """What ``AsyncCalls.start`` returns: the call's future, and a coroutine."""
+
+    def test_cancelling_the_future_itself_stops_the_running_call(self, calls: AsyncCalls) -> None:
+        running = threading.Event()
+        tokens: list[Cancellation] = []
+
+        def wait_for_cancel() -> bool:
+            tokens.append(_calling.token)
+            running.set()
+            return bool(_calling.token.cancelled.wait(WAIT))
+
+        async def main() -> None:
+            call = calls.start(wait_for_cancel, ())
+            assert isinstance(call, AwaitedCall)
+            while not running.is_set():
+                await asyncio.sleep(0.001)
+            assert call.cancel()
+            assert not call.cancel()  # once
+            with pytest.raises(asyncio.CancelledError):
+                await call
+
+        asyncio.run(main())
+        assert tokens[0].cancelled.wait(WAIT)
+
+    @pytest.mark.parametrize("end", ["close", "throw"])
+    def test_ending_it_as_a_coroutine_stops_the_call(self, calls: AsyncCalls, end: str) -> None:
+        """A coroutine closed or thrown into is over: its call is stopped (a task group closes
+        the coroutines it is given while it aborts)."""
+        running = threading.Event()
+        stopped = threading.Event()
+
+        def wait_for_cancel() -> None:
+            running.set()
+            if _calling.token.cancelled.wait(WAIT):
+                stopped.set()
+
+        async def main() -> None:
+            call = calls.start(wait_for_cancel, ())
+            while not running.is_set():
+                await asyncio.sleep(0.001)
+            if end == "close":
+                call.close()
+            else:
+                with pytest.raises(KeyError):
+                    call.throw(KeyError("thrown"))
+            assert call.cancelled()
+
+        asyncio.run(main())
+        assert stopped.wait(WAIT)
+
+    def test_a_task_steps_through_it(self, calls: AsyncCalls) -> None:
+        """As a task's coroutine: the first step hands the task the future to wait for, the
+        next one the answer; an error arrives as raised."""
+
+        async def main() -> tuple[Any, BaseException | None]:
+            answered = await asyncio.create_task(calls.start(lambda: "answer", ()))
+            failed = asyncio.create_task(calls.start(lambda: {}["missing"], ()))
+            await asyncio.wait([failed])
+            return answered, failed.exception()
+
+        answer, error = asyncio.run(main())
+        assert answer == "answer"
+        assert isinstance(error, KeyError)
+
+    def test_made_outside_a_loop_it_starts_when_awaited(self, calls: AsyncCalls) -> None:
+        ran: list[str] = []
+        call = calls.start(ran.append, ("ran",))
+        assert not isinstance(call, AwaitedCall)
+        assert ran == []
+        asyncio.run(call)
+        assert ran == ["ran"]
+
+
 class TestHeld:
     """When a thread counts as held by one call (calls waiting then start another thread)."""
 
@@ -298,8 +372,8 @@ class TestCancellation:
         cancellation = Cancellation()
         sandbox = _Watchable()
         for _ in range(2):
-            cancellation._enter(sandbox)  # type: ignore[arg-type]
-            cancellation._leave(sandbox)  # type: ignore[arg-type]
+            cancellation._enter(sandbox)
+            cancellation._leave(sandbox)
         assert sandbox.watched == [cancellation.cancelled, None] * 2
 
     def test_a_sandbox_keeps_watching_a_lasting_cancellation(self) -> None:
@@ -310,12 +384,12 @@ class TestCancellation:
         cancellation = Cancellation(lasting=True)
         sandbox = _Watchable()
         for failed in (False, False, True, False, False):
-            cancellation._enter(sandbox)  # type: ignore[arg-type]
-            cancellation._leave(sandbox, failed)  # type: ignore[arg-type]
+            cancellation._enter(sandbox)
+            cancellation._leave(sandbox, failed)
         assert sandbox.watched == [cancellation.cancelled] * 2
         other = _Watchable()
-        cancellation._enter(other)  # type: ignore[arg-type]
-        cancellation._leave(other)  # type: ignore[arg-type]
+        cancellation._enter(other)
+        cancellation._leave(other)
         assert other.watched == [cancellation.cancelled]
 
     def test_a_sandbox_that_cannot_watch_a_lasting_cancellation_is_asked_once(self) -> None:
@@ -324,8 +398,8 @@ class TestCancellation:
         cancellation = Cancellation(lasting=True)
         sandbox = _Unwatchable()
         for failed in (False, False, True, False):
-            cancellation._enter(sandbox)  # type: ignore[arg-type]
-            cancellation._leave(sandbox, failed)  # type: ignore[arg-type]
+            cancellation._enter(sandbox)
+            cancellation._leave(sandbox, failed)
         assert sandbox.watched == [cancellation.cancelled] * 2
 
     def test_a_cancellation_tells_who_asked_once_it_is_set(self) -> None:

@@ -229,6 +229,54 @@ class TestCalls:
 
         assert asyncio.run(main()) == list(range(20))
 
+    def test_gathered_acalls_make_no_task_each(self, host: PluginHost) -> None:
+        """``asyncio.gather`` takes an awaited call as the future it is: no task per call (a
+        task and its steps cost about as much as a tiny call)."""
+        tasks: list[Any] = []
+
+        async def main() -> list[Any]:
+            loop = asyncio.get_running_loop()
+
+            def counted(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+                tasks.append(coro)
+                return asyncio.Task(coro, loop=loop, **kwargs)
+
+            loop.set_task_factory(counted)
+            try:
+                return await asyncio.gather(*(host.acall("echo", "echo", i) for i in range(20)))
+            finally:
+                loop.set_task_factory(None)
+
+        assert asyncio.run(main()) == list(range(20))
+        assert tasks == []
+
+    def test_acall_in_every_form_asyncio_takes(self, host: PluginHost) -> None:
+        """What a coroutine function's result serves for, an awaited call serves for: awaited,
+        made a task, given to ``wait_for``, run by ``asyncio.run`` from outside any loop."""
+        made = host.acall("echo", "echo", "outside")
+        assert asyncio.iscoroutine(made)
+        assert asyncio.run(made) == "outside"
+
+        async def main() -> list[Any]:
+            task = asyncio.create_task(host.acall("echo", "echo", "task"))
+            results = [
+                await task,
+                await host.acall("echo", "echo", "awaited"),
+                await asyncio.wait_for(host.acall("echo", "echo", "wait_for"), 60),
+                await asyncio.ensure_future(host.acall("echo", "echo", "future")),
+                (await host.ainvoke("echo", "echo", "outcome")).value,
+            ]
+            if sys.version_info >= (3, 11):
+                async with asyncio.TaskGroup() as group:
+                    grouped = group.create_task(host.acall("echo", "echo", "group"))
+                results.append(grouped.result())
+            return results
+
+        expected = ["task", "awaited", "wait_for", "future", "outcome"]
+        if sys.version_info >= (3, 11):
+            expected.append("group")
+        assert asyncio.run(main()) == expected
+
     def test_duplicate_name_refused(self, host: PluginHost) -> None:
         """Two plugins may not share a name."""
         with pytest.raises(ConfigurationError) as caught:

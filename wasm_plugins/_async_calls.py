@@ -35,12 +35,12 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, final
 
 from wasm_plugins.provider import Cancellation
 
-__all__ = ["BLOCKED", "IDLE", "LOOK", "MAX_THREADS", "STALL", "AsyncCalls"]
+__all__ = ["BLOCKED", "IDLE", "LOOK", "MAX_THREADS", "STALL", "AsyncCalls", "AwaitedCall"]
 
 STALL = 0.02
 """Seconds calls may wait while every thread is held by one call, before another thread starts
@@ -171,6 +171,45 @@ class _Worker:
         return now[1] - before[1] >= elapsed / 2
 
 
+class AwaitedCall(asyncio.Future[Any], Coroutine[Any, Any, Any]):
+    """A call queued for one of a host's threads (what ``PluginHost.acall`` returns): the future
+    its answer resolves, and a coroutine for what takes only a coroutine.
+
+    ``asyncio.gather``, ``asyncio.wait_for`` and ``asyncio.ensure_future`` take a future as it
+    is, where they wrap a coroutine in a task: a task and its steps cost about as much as a tiny
+    call. ``asyncio.create_task`` and a task group take it as a coroutine whose first step
+    waits for the future (:meth:`send`). Cancelling it, directly or through the task that awaits
+    it, stops the call (:meth:`AsyncCalls.cancel`); so does ending it as a coroutine
+    (:meth:`throw`, :meth:`close`). The call is queued when it is made, not when it is awaited.
+    """
+
+    __slots__ = ("calls",)
+
+    calls: AsyncCalls
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        self.calls.cancel(self)
+        return True
+
+    def send(self, value: Any) -> Any:
+        """One step as a coroutine: the future itself while its answer is out (the task then
+        waits for it), the answer once it is in (``StopIteration``)."""
+        return self.__await__().send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> Any:
+        """An exception thrown into the coroutine ends it: the call is stopped, the exception
+        raised."""
+        self.cancel()
+        return super().throw(typ, val, tb)
+
+    def close(self) -> None:
+        """The coroutine closed before its end (a task group that aborts closes those it was
+        given): the call is stopped."""
+        self.cancel()
+
+
 @final
 class AsyncCalls:
     """The threads that run one host's awaited calls.
@@ -204,26 +243,28 @@ class AsyncCalls:
         self._last: _Outbox | None = None
         """The outbox of the loop that called last (most calls come from one loop)."""
 
-    async def run(self, thunk: Callable[[], Any]) -> Any:
-        """``thunk()`` on one of the threads, in the caller's context; cancellable (see
-        :class:`~wasm_plugins.provider.Cancellation`): cancelling the awaiting task stops it."""
-        future = self.submit(thunk, ())
-        try:
-            return await future
-        except asyncio.CancelledError:
-            self.cancel(future)
-            raise
+    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` on one of the threads, in the caller's context, started when
+        awaited; cancellable (see :class:`~wasm_plugins.provider.Cancellation`): cancelling the
+        awaiting task stops it."""
+        return await self.start(function, args)
 
-    def submit(self, function: Callable[..., Any], args: tuple[Any, ...]) -> asyncio.Future[Any]:
-        """On the loop: queue ``function(*args)`` for one of the threads, in the caller's
-        context; the future to await, to give to :meth:`cancel` when that await is cancelled
-        (what :meth:`run` does, written out by a caller that saves a coroutine)."""
-        loop = asyncio.get_running_loop()
+    def start(
+        self, function: Callable[..., Any], args: tuple[Any, ...]
+    ) -> Coroutine[Any, Any, Any]:
+        """Queue ``function(*args)`` for one of the threads, in the caller's context, and return
+        the :class:`AwaitedCall` its answer resolves. Outside a running loop (``asyncio.run``
+        is given the result before it starts one), the coroutine of :meth:`run` instead: the
+        call is queued when it is first awaited."""
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            return self.run(function, *args)
         outbox = self._last
         if outbox is None or outbox.loop() is not loop:
             outbox = self._outbox(loop)
-        future = loop.create_future()
-        self._inbox.put((future, function, args, contextvars.copy_context(), outbox))
+        call = AwaitedCall(loop=loop)
+        call.calls = self
+        self._inbox.put((call, function, args, contextvars.copy_context(), outbox))
         outbox.outstanding += 1
         # Counted out before a thread ends, and a thread looks at the queue after that: a call
         # queued while the last thread ends is either seen by it or seen here.
@@ -234,11 +275,11 @@ class AsyncCalls:
             outbox.seen = self._progress()
             outbox.looked = loop.time()
             loop.call_later(LOOK, self._look, outbox)
-        return future
+        return call
 
     def cancel(self, future: asyncio.Future[Any]) -> None:
-        """On the loop, when the task awaiting ``future`` was cancelled (which cancelled the
-        future): stop its call if a thread runs it. A call not yet started sees its future
+        """On the loop, once ``future`` (an :class:`AwaitedCall`) was cancelled: stop its call
+        if a thread runs it. A call not yet started sees its future
         cancelled when a thread takes it; a call finished is left alone (its thread's
         cancellation already serves the next call)."""
         with self._running:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast, final
 
@@ -989,47 +989,44 @@ class PluginHost:
             results.sort(key=lambda result: result.index)
         return results
 
-    async def acall(self, plugin: str, function: str, input: Any = None) -> Any:
+    def acall(self, plugin: str, function: str, input: Any = None) -> Coroutine[Any, Any, Any]:
         """:meth:`call` for asyncio: the call runs in a worker thread, not on the event loop,
         unless its plugin bounds it to a short time (see ``inline_async_calls``).
 
-        Cancelling the task (``asyncio.wait_for`` timing out, too) stops the call: see
+        Await it, gather it, make it a task: what it returns is both the future of the call,
+        queued at once (``asyncio.gather`` makes no task for it), and a coroutine. Cancelling
+        it, or the task awaiting it (``asyncio.wait_for`` timing out, too), stops the call: see
         :meth:`ainvoke`.
         """
         if plugin in self._versions.inline:
-            return self.call(plugin, function, input)
-        # AsyncCalls.run written out: a coroutine less per call.
-        awaited = self._versions.awaited or self._awaited()
-        future = awaited.submit(self.call, (plugin, function, input))
-        try:
-            return await future
-        except BaseException:
-            # The task was cancelled (which cancelled the future): stop the call.
-            if future.cancelled():
-                awaited.cancel(future)
-            raise
+            return self._on_the_loop(self.call, plugin, function, input)
+        return (self._versions.awaited or self._awaited()).start(
+            self.call, (plugin, function, input)
+        )
 
-    async def ainvoke(self, plugin: str, function: str, input: Any = None) -> Outcome:
+    def ainvoke(
+        self, plugin: str, function: str, input: Any = None
+    ) -> Coroutine[Any, Any, Outcome]:
         """:meth:`invoke` for asyncio: the :class:`Outcome`, the call running in a worker thread
         (or on the loop, when its plugin bounds it to a short time: see ``inline_async_calls``).
+        What it returns serves as :meth:`acall`'s does.
 
-        Cancelling the task stops the call: a guest running on wasmtime in this process is
+        Cancelling the call stops it: a guest running on wasmtime in this process is
         interrupted, one running in a worker process is killed with its worker (the pool starts
         another); later attempts are not made, and the hooks see the call end with a
         ``cancelled`` error (``CallCancelled``). The awaiting task gets the cancellation
         (``asyncio.TimeoutError`` from ``asyncio.wait_for``).
         """
         if plugin in self._versions.inline:
-            return self.invoke(plugin, function, input)
-        awaited = self._versions.awaited or self._awaited()
-        future = awaited.submit(self.invoke, (plugin, function, input))
-        try:
-            outcome: Outcome = await future
-        except BaseException:
-            if future.cancelled():
-                awaited.cancel(future)
-            raise
-        return outcome
+            return self._on_the_loop(self.invoke, plugin, function, input)
+        return (self._versions.awaited or self._awaited()).start(
+            self.invoke, (plugin, function, input)
+        )
+
+    @staticmethod
+    async def _on_the_loop(run: Callable[[str, str, Any], Any], *args: Any) -> Any:
+        """A bounded plugin's call, run on the loop when awaited."""
+        return run(*args)
 
     def _awaited(self) -> AsyncCalls:
         """The threads that run awaited calls (made, and asyncio's machinery imported, by the
