@@ -6,6 +6,7 @@ The clock is injected (``time.monotonic`` of the ticker's module), so no test wa
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -73,6 +74,21 @@ class TestTicksUntil:
         _running(ticker, origin=100.0)
         clock.now = 100.0 + 2 * TICK + 0.0001
         deadline = 100.0 + 7 * TICK
+        assert ticker.ticks_until(deadline) == 7 - 1
+
+    def test_where_a_callback_corrects_an_early_deadline_a_tick_due_counts_as_delivered(
+        self, clock: _Clock
+    ) -> None:
+        """A store whose deadline callback gives the guest the rest of its time when its
+        deadline comes early takes a tick just due as delivered: it costs a callback when the
+        tick was still on its way, where counting it pending ends every deadline armed just
+        after a tick a whole tick late (each call after a timeout is armed so: the timeout
+        came with a tick)."""
+        ticker = EpochTicker(_Engine(), None)
+        _running(ticker, origin=100.0)
+        clock.now = 100.0 + 2 * TICK + 0.0001
+        deadline = 100.0 + 7 * TICK
+        assert ticker.ticks_until(deadline, early=True) == 7 - 2
         assert ticker.ticks_until(deadline) == 7 - 1
 
     def test_a_python_thread_ticker_always_allows_for_a_late_tick(self, clock: _Clock) -> None:
@@ -228,6 +244,46 @@ class TestKeptDeadline:
         deadlines.clear()
         sandbox.call("echo", {"n": 2})
         assert deadlines == [ticker.ticks_until(clock.now + 5.0)]
+
+    def test_a_call_armed_just_after_a_tick_counts_it_delivered(
+        self, wasmtime_engine: Engine, clock: _Clock, deadlines: list[int]
+    ) -> None:
+        """The store has a deadline callback, which corrects a deadline that comes early."""
+        sandbox = self._warm(wasmtime_engine, timeout=0.01)
+        ticker = sandbox.loaded.engine.ticker(False)  # type: ignore[attr-defined]
+        clock.now = ticker._origin + 1000 * TICK + 0.0001
+        deadlines.clear()
+        sandbox.call("echo", {"n": 1})
+        assert deadlines == [ticker.ticks_until(clock.now + 0.01, early=True)]
+        assert deadlines != [ticker.ticks_until(clock.now + 0.01)]
+
+    def test_a_deadline_that_comes_early_gives_the_guest_the_rest(
+        self, wasmtime_engine: Engine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Should a tick counted delivered still be on its way, the store's deadline comes a
+        tick early: the callback finds the time not up, and the guest runs to its timeout."""
+        ticker = wasmtime_engine.ticker(False)  # type: ignore[attr-defined]
+        counted = ticker.ticks_until
+        looks: list[tuple[str | None, float]] = []
+
+        def one_tick_until_a_look(deadline: float, *, early: bool = False) -> int:
+            return counted(deadline, early=early) if looks else 1
+
+        monkeypatch.setattr(ticker, "ticks_until", one_tick_until_a_look)
+        reached = _wasmtime.WasmtimeInstance._deadline_reached
+
+        def noted(instance: Any) -> str | None:
+            why = reached(instance)
+            looks.append((why, time.monotonic() - instance._armed_at))
+            return why
+
+        monkeypatch.setattr(_wasmtime.WasmtimeInstance, "_deadline_reached", noted)
+        sandbox = Sandbox(ECHO_AND_SPIN, engine=wasmtime_engine, limits=Limits(timeout=0.05))
+        with pytest.raises(DeadlineExceeded):
+            sandbox.call("spin")
+        assert looks[0][0] is None
+        assert looks[-1][0] == "timeout"
+        assert looks[-1][1] >= 0.05
 
     def test_a_timer_started_again_sets_the_deadline_again(
         self, wasmtime_engine: Engine, clock: _Clock, deadlines: list[int]

@@ -142,8 +142,13 @@ class EpochTicker:
         """Whether this ticker runs outside the interpreter."""
         return self._increment is not None
 
-    def ticks_until(self, deadline: float) -> int:
-        """The epoch ticks from now that end at or after ``deadline`` (``time.monotonic()``)."""
+    def ticks_until(self, deadline: float, *, early: bool = False) -> int:
+        """The epoch ticks from now that end at or after ``deadline`` (``time.monotonic()``).
+
+        :param early: the caller's store has a deadline callback that gives the guest the rest
+            of its time when the deadline comes before it: a native timer's tick just due is
+            then counted as delivered.
+        """
         now = time.monotonic()
         if not self.running:
             # The timer starts when the call enters, after now: its first tick is TICK later.
@@ -151,10 +156,12 @@ class EpochTicker:
         origin = self._origin
         elapsed = now - origin
         delivered = math.floor(elapsed / TICK)
-        if self._increment is None or elapsed - delivered * TICK < _MAY_BE_PENDING:
+        if self._increment is None or (not early and elapsed - delivered * TICK < _MAY_BE_PENDING):
             # A tick just due (any tick, from a thread that waits for the GIL) may not have
             # advanced the epoch yet: counting it as delivered would end the deadline a tick
-            # early, counting it as pending at worst a tick late.
+            # early, counting it as pending at worst a tick late. Early costs a callback
+            # where one corrects it; late costs a tick every time, for a call armed just
+            # after a tick (each call after a timeout is: the timeout came with a tick).
             delivered -= 1
         return max(1, _whole_ticks(deadline - origin) - delivered)
 
@@ -163,9 +170,10 @@ class EpochTicker:
         stores that watch it without a timeout: their deadline is the next epoch)."""
         self._engine.increment_epoch()
 
-    def ticks_for(self, timeout: float) -> int:
-        """The epoch ticks from now that end at or after ``timeout`` seconds from now."""
-        return self.ticks_until(time.monotonic() + timeout)
+    def ticks_for(self, timeout: float, *, early: bool = False) -> int:
+        """The epoch ticks from now that end at or after ``timeout`` seconds from now (see
+        :meth:`ticks_until` for ``early``)."""
+        return self.ticks_until(time.monotonic() + timeout, early=early)
 
     def __enter__(self) -> None:
         # In flight, then called, then the look at the timer: the watcher stops it in the

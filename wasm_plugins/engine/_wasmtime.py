@@ -429,7 +429,7 @@ class WasmtimeInstance:
         """
         ticker = self._ticker
         generation = ticker.generation
-        ticks = ticker.ticks_for(cast(float, self._timeout))
+        ticks = ticker.ticks_for(cast(float, self._timeout), early=self._on_deadline is not None)
         self._set_deadline(ticks)
         if ticks >= _KEPT_DEADLINE_MIN_TICKS and ticker.running:
             self._deadline_kept_until = now + TICK
@@ -506,7 +506,8 @@ class WasmtimeInstance:
         ticks the rest of the timeout takes."""
         if self._cancelled is not None or self._timeout is None:
             return 1
-        return self._ticker.ticks_for(self._armed_at + self._timeout - time.monotonic())
+        # Asked by the deadline callback, which corrects a deadline that comes early.
+        return self._ticker.ticks_until(self._armed_at + self._timeout, early=True)
 
     def _deadline_reached(self) -> str | None:
         """Why to stop the guest now that the store's deadline came (None: go on, for
