@@ -535,45 +535,30 @@ class WasmtimeInstance:
         if not FAST_PATH:
             answer: int = self.call(function, ptr, length)
             return answer
+        in_flight: list[None] | None = None
         if not self._unguarded:
-            if self._timed:
-                return self._timed_raw_call(function, ptr, length)
-            return int(self._guarded(lambda: self._raw_call(cast(_Export, function), ptr, length)))
-        self._host_exception = None
-        values = self._values
-        values[0] = ptr & _MASK32
-        values[2] = length & _MASK32
-        try:
-            error = _call_unchecked(
-                self._context,
-                function.reference,  # type: ignore[attr-defined]
-                values,
-                _TWO,
-                self._trap_ref,
-            )
-            if error or self._trap.value:
-                self._raise_from_raw(error)
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            raise self._call_error(exc, 0.0, "call") from None
-        result: int = values[0]
-        return result
-
-    def _timed_raw_call(self, function: ExportFunction, ptr: int, length: int) -> int:
-        """The raw call under the armed deadline: what the guarded path does for a timeout
-        or a watched cancellation (no fuel, no captured output), without its closure (nor a
-        frame of its own for the raw call)."""
-        self._host_exception = None
-        values = self._values
-        values[0] = ptr & _MASK32
-        values[2] = length & _MASK32
-        ticker = self._ticker
-        in_flight = ticker.in_flight
-        try:
-            # The ticker's ``with``, without its two frames (see EpochTicker.__enter__).
+            if not self._timed:
+                return int(
+                    self._guarded(lambda: self._raw_call(cast(_Export, function), ptr, length))
+                )
+            # Under the armed deadline (a timeout, a watched cancellation; no fuel, no captured
+            # output): the ticker's ``with`` written out (see EpochTicker.__enter__), without
+            # the guarded path's closure, nor a frame of its own.
+            ticker = self._ticker
+            in_flight = ticker.in_flight
             in_flight.append(None)
-            ticker.called = True
-            if not ticker.running:
-                ticker.start_if_stopped()
+            try:
+                ticker.called = True
+                if not ticker.running:
+                    ticker.start_if_stopped()
+            except BaseException:
+                in_flight.pop()
+                raise
+        self._host_exception = None
+        values = self._values
+        values[0] = ptr & _MASK32
+        values[2] = length & _MASK32
+        try:
             try:
                 error = _call_unchecked(
                     self._context,
@@ -583,11 +568,13 @@ class WasmtimeInstance:
                     self._trap_ref,
                 )
             finally:
-                in_flight.pop()
+                if in_flight is not None:
+                    in_flight.pop()
             if error or self._trap.value:
                 self._raise_from_raw(error)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            raise self._call_error(exc, time.monotonic() - self._armed_at, "call") from None
+            elapsed = 0.0 if in_flight is None else time.monotonic() - self._armed_at
+            raise self._call_error(exc, elapsed, "call") from None
         result: int = values[0]
         return result
 
