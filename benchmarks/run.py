@@ -410,6 +410,14 @@ class ThreadGang:
             thread.join()
 
 
+def whole_batches(gang: ThreadGang, calls: int) -> int:
+    """The calls per round nearest ``calls`` that make whole batches of the gang: every round
+    then runs as many batches. A round of 250 steps over batches of 100 ran 2 or 3 of them,
+    timed 0.8x or 1.2x the batch's own time per call, and the row's median was the slowest of
+    its rounds of 2."""
+    return gang.batch * max(1, round(calls / gang.batch))
+
+
 def in_threads(gang: ThreadGang) -> Action:
     """An action that makes the gang's threads run a batch every ``gang.batch`` calls: timed per
     call, the figure is the inverse of the threads' joint throughput."""
@@ -765,18 +773,21 @@ class Suite:
                 self._closers.insert(0, gang.close)
                 row = f"{label}, {count} thread(s)"
                 self.gangs[(row, name)] = gang
-                self.add(row, name, in_threads(gang), self.calls)
+                self.add(row, name, in_threads(gang), whole_batches(gang, self.calls))
         working, units = spin_host(engine, 300e-6)
         self._closers.append(working.close)
         for count in (1, 2):
-            # Batches of 30 ms or so: the barriers that start and end a batch wake each thread,
-            # and a wake-up can wait a switch interval for the GIL; over a batch of a few calls
-            # that wait, not the calls, would set the figure.
-            gang = ThreadGang(lambda: working.call("spin", "spin", units), count, 100)
+            # Batches of 60 ms or so, two a round: the barriers that start and end a batch wake
+            # each thread, and a wake-up can wait a switch interval for the GIL; over a batch
+            # of a few calls that wait, not the calls, would set the figure (batches of 30 ms,
+            # two or three a round, read 1.30x to 1.70x from 2 threads where a gang of its own
+            # read 1.9x to 2.1x).
+            gang = ThreadGang(lambda: working.call("spin", "spin", units), count, 200)
             self._closers.insert(0, gang.close)
             row = f"PluginHost.call, 300 µs of work, {count} thread(s)"
             self.gangs[(row, name)] = gang
-            self.add(row, name, in_threads(gang), max(100, self.calls // 20))
+            calls = whole_batches(gang, max(400, self.calls // 10))
+            self.add(row, name, in_threads(gang), calls)
         if name == "wasmtime":
             self.foreign_calls(sandbox)
 
@@ -803,7 +814,7 @@ class Suite:
                     f"foreign call, {label}, {count} thread(s)",
                     "wasmtime",
                     in_threads(gang),
-                    self.calls * 4,
+                    whole_batches(gang, self.calls * 4),
                 )
 
     def module_file(self, size: str) -> Path:
