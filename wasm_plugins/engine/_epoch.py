@@ -30,6 +30,8 @@ import time
 import weakref
 from typing import Any
 
+from wasm_plugins.engine._gil import Callers
+
 __all__ = ["IDLE", "TICK", "EpochTicker", "native_ticks"]
 
 TICK = 0.002
@@ -117,6 +119,8 @@ class EpochTicker:
         self._engine = engine
         native = _TIMERS is not None and not EpochTicker.in_forked_child
         self._increment = increment if native else None
+        self.callers = Callers()
+        """The threads calling guests of the engine lately (see ``engine._gil``)."""
         self.generation = 0
         """Changes whenever the timer starts or stops: ticks counted while it had one value are
         the same run of the timer, with the same phase, while it has it still."""

@@ -27,6 +27,7 @@ import attrs
 import wasmtime
 
 from wasm_plugins.engine._epoch import TICK, EpochTicker
+from wasm_plugins.engine._gil import KEPT, LOOK_EVERY, SHORT_CALL
 from wasm_plugins.engine._module_types import (
     ModuleTypes,
     pack,
@@ -90,6 +91,9 @@ try:
     _memory_data_size.restype = ctypes.c_size_t
     _set_epoch_deadline: Any = _keeping_gil["wasmtime_context_set_epoch_deadline"]
     _set_epoch_deadline.restype = None
+    _call_keeping: Any = _keeping_gil["wasmtime_func_call_unchecked"]
+    """The guest call keeping the GIL, for short calls (see ``engine._gil``)."""
+    _call_keeping.restype = ctypes.c_void_p
     _memmove: Any = ctypes.PYFUNCTYPE(
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t
     )(cast(int, ctypes.cast(ctypes.memmove, ctypes.c_void_p).value))
@@ -103,6 +107,7 @@ try:
     FAST_PATH = True
 except (ImportError, AttributeError):  # pragma: no cover - depends on the wasmtime release
     _INCREMENT_EPOCH = None
+    _call_unchecked = _call_keeping = None
     FAST_PATH = False
 
 __all__ = ["FAST_PATH", "WasmtimeEngine"]
@@ -286,6 +291,18 @@ class WasmtimeInstance:
     (see :meth:`call_abi`)."""
     _nudged = False
     """Whether the watched event advances the engine's epoch when set (see :meth:`watch`)."""
+    _deadline_never = False
+    """Whether the store's deadline was set to never by :meth:`_set_deadline`."""
+    _keeps_gil = False
+    """Whether the guest call keeps the GIL (see ``engine._gil``): the instance then watches
+    ``KEPT``."""
+    _long_call = False
+    """Set by the deadline callback when a call that keeps the GIL ran long: the next call
+    releases it."""
+    _countdown = LOOK_EVERY
+    """Calls until the next look at whether to keep the GIL."""
+    _guest_call: Any = _call_unchecked
+    """The fast path's guest call: ``_call_keeping`` while the instance keeps the GIL."""
 
     def __init__(
         self,
@@ -437,6 +454,7 @@ class WasmtimeInstance:
 
     def _set_deadline(self, ticks: int) -> None:
         self._deadline_kept_until = 0.0
+        self._deadline_never = ticks >= _NO_DEADLINE
         if self._context is not None:
             _set_epoch_deadline(self._context, ctypes.c_uint64(ticks))
         else:
@@ -459,6 +477,8 @@ class WasmtimeInstance:
         if cancelled is not None and self._on_deadline is None:
             self._install_deadline_callback()
         self._cancelled = cancelled
+        self._keeps_gil = cancelled is KEPT
+        self._guest_call = _call_keeping if self._keeps_gil else _call_unchecked
         self._stop_at = None
         # An event that tells who asks when it is set (a Cancellation's) advances the epoch
         # itself: a call with no timeout then needs no ticker (see _choose_path).
@@ -491,9 +511,11 @@ class WasmtimeInstance:
             and (self._timeout is not None or self._cancelled is not None)
             and not nudged
         )
-        # Nothing to arm: no fuel, no time, and a store whose deadline was never moved from
-        # "never" (no deadline callback was ever installed); the unguarded path reads no clock.
-        self._bare = (self._unguarded and self._on_deadline is None) or nudged
+        # Nothing to arm: no fuel, no time, and a store whose deadline is "never" (no deadline
+        # callback was ever installed, or the deadline was set back to it after a watch); the
+        # unguarded path reads no clock.
+        never = self._on_deadline is None or self._deadline_never
+        self._bare = (self._unguarded and never) or nudged
 
     def _install_deadline_callback(self) -> None:
         self._on_deadline = _DeadlineCallback(_deadline_callback(weakref.ref(self)))
@@ -522,6 +544,11 @@ class WasmtimeInstance:
             return "cancelled"
         if self._stop_at is not None and time.monotonic() >= self._stop_at:
             return "timeout"
+        if cancelled is KEPT and time.monotonic() - self._armed_at >= SHORT_CALL:
+            # A call that keeps the GIL ran long: it goes on (this callback, every tick, lets
+            # waiting threads in), and the next call releases the GIL.
+            self._long_call = True
+            self._countdown = 1
         return None
 
     def export_function(self, name: str) -> _Export:
@@ -535,6 +562,9 @@ class WasmtimeInstance:
         if not FAST_PATH:
             answer: int = self.call(function, ptr, length)
             return answer
+        self._countdown -= 1
+        if not self._countdown:
+            return self._looked_at(function, ptr, length)
         in_flight: list[None] | None = None
         if not self._unguarded:
             if not self._timed:
@@ -560,7 +590,7 @@ class WasmtimeInstance:
         values[2] = length & _MASK32
         try:
             try:
-                error = _call_unchecked(
+                error = self._guest_call(
                     self._context,
                     function.reference,  # type: ignore[attr-defined]
                     values,
@@ -577,6 +607,38 @@ class WasmtimeInstance:
             raise self._call_error(exc, elapsed, "call") from None
         result: int = values[0]
         return result
+
+    def _looked_at(self, function: ExportFunction, ptr: int, length: int) -> int:
+        """Every :data:`LOOK_EVERY`-th call: the call, and whether the calls after it keep the
+        GIL (see ``engine._gil``): when this one was short and another thread calls guests of
+        the engine too. A plugin that is fuelled or captures output, or an instance watched
+        for a caller's cancellation, always releases it."""
+        self._countdown = LOOK_EVERY
+        if self._long_call:
+            self._long_call = False
+            self._keep_gil(False)
+            return self.call_abi(function, ptr, length)
+        started = time.monotonic()
+        result = self.call_abi(function, ptr, length)
+        took = time.monotonic() - started
+        cancelled = self._cancelled
+        if (
+            self._fuel is None
+            and self._captured is None
+            and (cancelled is None or cancelled is KEPT)
+        ):
+            self._keep_gil(took < SHORT_CALL and self._ticker.callers.others(started))
+        return result
+
+    def _keep_gil(self, keep: bool) -> None:
+        if keep == self._keeps_gil:
+            return
+        if keep:
+            # A deadline every tick, whose callback runs on this thread (see watch).
+            self.watch(KEPT)
+        else:
+            self._set_deadline(_NO_DEADLINE)
+            self.watch(None)
 
     def call_unit(self, function: ExportFunction) -> int:
         if not FAST_PATH:
