@@ -18,8 +18,9 @@ The actions, from the engine's own functions to the full host:
 - a call of an empty export through wasmtime-py's public API (``Func.__call__``, which releases
   the GIL around the guest): the bare engine;
 - ``Sandbox.call`` and ``PluginHost.call`` of the JSON echo, and ``PluginHost.call`` of a guest
-  doing about 300 µs of work; then the same three with the guest call made through a
-  ``ctypes.PyDLL`` handle, which keeps the GIL (rows "GIL kept"): what keeping it would change.
+  doing about 300 µs of work, as the library makes them (short calls keep the GIL while other
+  threads call guests too: see ``wasm_plugins/engine/_gil.py``); then the same three with the
+  guest call always releasing the GIL (rows "GIL always released"): what that rule changes.
 
 Before the table, a long guest call on each engine while another Python thread loops: on
 wasmtime the other thread runs during the call; on wasmer 1.1, which keeps the GIL through a
@@ -60,6 +61,8 @@ ECHO = ROOT / "hostapi" / "examples" / "echo.wat"
 SPIN = ROOT / "benchmarks" / "spin.wat"
 PAYLOAD = {"text": "hello", "n": 1}
 COUNTS = (1, 2, 8)
+RELEASED = "GIL always released"
+"""The suffix of the rows whose instances never keep the GIL."""
 EMPTY = '(module (func (export "nothing") (result i32) (i32.const 0)))'
 
 
@@ -201,9 +204,11 @@ def main() -> None:
     host = PluginHost(engine="wasmtime", blocked=(), module_cache=False)
     host.load({"name": "echo", "module": {"path": str(ECHO)}, "policy": {"fallbacks": []}})
     units = spin_units(300e-6)
-    released = _wasmtime._call_unchecked
-    kept = ctypes.PyDLL(_ffi.dll._name, handle=_ffi.dll._handle)["wasmtime_func_call_unchecked"]
-    kept.restype = released.restype
+    adaptive = _wasmtime.WasmtimeInstance._keep_gil
+
+    def always_released(instance: Any, keep: bool) -> None:
+        adaptive(instance, False)
+
     host.load({"name": "spin", "module": {"path": str(SPIN)}, "policy": {"fallbacks": []}})
     actions: dict[str, tuple[Callable[[], Any], int]] = {
         label: (action, calls * 4) for label, action in foreign_calls(sandbox).items()
@@ -215,10 +220,11 @@ def main() -> None:
         lambda: host.call("spin", "spin", units),
         max(40, calls // 25),
     )
-    # The same calls with the guest call made through a handle that keeps the GIL: what keeping
-    # it would change (the library releases it, see docs/performance.md).
+    # The same calls with the guest call always releasing the GIL: what keeping it for short
+    # calls while other threads call too changes (see engine/_gil.py). Each row's threads have
+    # instances of their own, which look at whether to keep it only during that row.
     for label in ("Sandbox.call, echo", "PluginHost.call, echo", "PluginHost.call, 300 µs of work"):
-        actions[f"{label}, GIL kept"] = actions[label]
+        actions[f"{label}, {RELEASED}"] = actions[label]
     gangs = {
         (label, count): Gang(action, count, batch)
         for label, (action, batch) in actions.items()
@@ -229,11 +235,12 @@ def main() -> None:
     for round in range(arguments.rounds + 1):
         loads.append(os.getloadavg()[0])
         for key, gang in gangs.items():
-            _wasmtime._call_unchecked = kept if key[0].endswith("GIL kept") else released
+            keep_gil = always_released if key[0].endswith(RELEASED) else adaptive
+            _wasmtime.WasmtimeInstance._keep_gil = keep_gil  # type: ignore[method-assign]
             figures = gang.batch()
             if round:  # the first is a warm-up, where every thread makes its instance
                 samples[key].append(figures)
-    _wasmtime._call_unchecked = released
+    _wasmtime.WasmtimeInstance._keep_gil = adaptive  # type: ignore[method-assign]
     for gang in gangs.values():
         gang.close()
     host.close()

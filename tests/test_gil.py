@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import EXAMPLES
 from wasm_plugins.engine import Engine, _wasmtime
-from wasm_plugins.engine._gil import FORGET, KEPT, LOOK_EVERY, RECENT, Callers
+from wasm_plugins.engine._epoch import TICK
+from wasm_plugins.engine._gil import FORGET, KEPT, KEPT_TICKS, LOOK_EVERY, RECENT, Callers
 from wasm_plugins.errors import DeadlineExceeded
 from wasm_plugins.sandbox import Limits, Sandbox
 
@@ -115,6 +116,32 @@ class TestKeepingTheGil:
         instance.watch(threading.Event())
         assert not instance._keeps_gil
         assert instance._guest_call is _wasmtime._call_unchecked
+
+
+class TestTheDeadlineOfAnInstanceThatKeepsIt:
+    def test_is_set_once_a_tick_not_left_to_the_callback(
+        self, wasmtime_engine: Engine, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A deadline that passed between calls would run the callback (Python) as the next
+        call enters: it is set afresh for the calls of the next tick (a C call)."""
+        set_ticks: list[int] = []
+        setter = _wasmtime._set_epoch_deadline
+
+        def spy(context: Any, ticks: Any) -> None:
+            set_ticks.append(ticks.value)
+            setter(context, ticks)
+
+        monkeypatch.setattr(_wasmtime, "_set_epoch_deadline", spy)
+        sandbox = Sandbox(ECHO_AND_WORK, engine=wasmtime_engine)
+        sandbox.call("echo", {"n": 0})
+        _instance(sandbox)._keep_gil(True)
+        set_ticks.clear()
+        for n in range(50):
+            assert sandbox.call("echo", {"n": n}) == {"n": n}
+        assert set_ticks == [KEPT_TICKS]
+        clock.now += TICK
+        sandbox.call("echo", {"n": 50})
+        assert set_ticks == [KEPT_TICKS, KEPT_TICKS]
 
 
 class TestALongCallThatKeptIt:

@@ -12,11 +12,12 @@ thread called a guest of the same engine within :data:`RECENT` seconds (:class:`
 otherwise it releases it. One thread calling alone never keeps it: nothing waits for the GIL.
 
 A call that keeps the GIL cannot be trusted to be short because the last ones were: its store's
-epoch deadline is never more than a tick away (the instance watches :data:`KEPT`, an event
-never set), so the deadline callback runs on the calling thread every tick the guest runs. The
-callback is Python: a thread that has waited a switch interval for the GIL gets it there, as it
-would from a thread running Python, and signal handlers run. The callback also notes a call
-that has run :data:`SHORT_CALL` or longer, and the next call releases the GIL again.
+epoch deadline is never more than :data:`KEPT_TICKS` ticks away (a tick with a timeout; the
+instance watches :data:`KEPT`, an event never set), so the deadline callback runs on the
+calling thread that often while the guest runs. The callback is Python: a thread that has
+waited a switch interval for the GIL gets it there, as it would from a thread running Python,
+and signal handlers run. The callback also notes a call that has run :data:`SHORT_CALL` or
+longer, and the next call releases the GIL again.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import threading
 from typing import final
 
-__all__ = ["FORGET", "KEPT", "LOOK_EVERY", "RECENT", "SHORT_CALL", "Callers"]
+__all__ = ["FORGET", "KEPT", "KEPT_TICKS", "LOOK_EVERY", "RECENT", "SHORT_CALL", "Callers"]
 
 LOOK_EVERY = 128
 """Calls between two looks of an instance at whether to keep the GIL."""
@@ -35,6 +36,11 @@ RECENT = 0.1
 """Seconds within which another thread's look counts as that thread calling guests."""
 FORGET = 1.0
 """Seconds after which a thread that stopped looking is forgotten."""
+
+KEPT_TICKS = 3
+"""Epoch ticks between two runs of the deadline callback of an instance that keeps the GIL and
+has no timeout: 6 ms, about a switch interval (5 ms), after which a thread that waits for the
+GIL asks for it; a callback sooner would find no one asking. With a timeout, every tick."""
 
 KEPT = threading.Event()
 """What an instance that keeps the GIL watches: never set (its deadline callback then runs every

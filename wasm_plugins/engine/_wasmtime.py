@@ -27,7 +27,7 @@ import attrs
 import wasmtime
 
 from wasm_plugins.engine._epoch import TICK, EpochTicker
-from wasm_plugins.engine._gil import KEPT, LOOK_EVERY, SHORT_CALL
+from wasm_plugins.engine._gil import KEPT, KEPT_TICKS, LOOK_EVERY, SHORT_CALL
 from wasm_plugins.engine._module_types import (
     ModuleTypes,
     pack,
@@ -425,6 +425,12 @@ class WasmtimeInstance:
                 # callback at the guest's first look, which sets the next.
                 if self._timeout is not None:
                     self._stop_at = now + self._timeout
+                elif self._keeps_gil and now >= self._deadline_kept_until:
+                    # Kept for the calls of the next tick: a deadline that passed between
+                    # calls would run the callback (Python) as the next call enters; setting
+                    # it afresh once a tick is a C call.
+                    self._set_deadline(KEPT_TICKS)
+                    self._deadline_kept_until = now + TICK
                 return
             if self._timeout is None:
                 if self._on_deadline is not None:
@@ -526,6 +532,8 @@ class WasmtimeInstance:
     def _ticks_to_go(self) -> int:
         """The ticks until the next look at the deadline: every tick while watched, else the
         ticks the rest of the timeout takes."""
+        if self._cancelled is KEPT and self._timeout is None:
+            return KEPT_TICKS
         if self._cancelled is not None or self._timeout is None:
             return 1
         # Asked by the deadline callback, which corrects a deadline that comes early.
