@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -67,6 +68,22 @@ def engine_named(name: str) -> Engine:
 def wasmtime_engine() -> Engine:
     """The wasmtime engine (for behaviour only wasmtime offers in-process)."""
     return _engine("wasmtime")
+
+
+@pytest.fixture
+def epoch_deadlines(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ticks of every wasmtime store deadline set through the fast path, from now on."""
+    from wasm_plugins.engine import _wasmtime
+
+    set_ticks: list[int] = []
+    setter = _wasmtime._set_epoch_deadline
+
+    def spy(context: Any, ticks: Any) -> None:
+        set_ticks.append(ticks.value)
+        setter(context, ticks)
+
+    monkeypatch.setattr(_wasmtime, "_set_epoch_deadline", spy)
+    return set_ticks
 
 
 @pytest.fixture

@@ -39,6 +39,17 @@ def _counting_wake_ups(loop: asyncio.AbstractEventLoop) -> list[int]:
     return count
 
 
+def _waiting_for_cancel(running: threading.Event, tokens: list[Cancellation]) -> Callable[[], bool]:
+    """A call that notes its Cancellation, says it runs, and waits until it is cancelled."""
+
+    def wait_for_cancel() -> bool:
+        tokens.append(_calling.token)
+        running.set()
+        return bool(_calling.token.cancelled.wait(WAIT))
+
+    return wait_for_cancel
+
+
 class TestAsyncCalls:
     def test_a_batch_of_answers_wakes_the_loop_once(self, calls: AsyncCalls) -> None:
         """Calls that finish while the loop is busy are answered by one wake-up, not one each."""
@@ -125,11 +136,7 @@ class TestAsyncCalls:
         """The call runs under a Cancellation that the awaiting task's cancellation sets."""
         running = threading.Event()
         tokens: list[Cancellation] = []
-
-        def wait_for_cancel() -> bool:
-            tokens.append(_calling.token)
-            running.set()
-            return bool(_calling.token.cancelled.wait(WAIT))
+        wait_for_cancel = _waiting_for_cancel(running, tokens)
 
         async def main() -> None:
             task = asyncio.ensure_future(calls.run(wait_for_cancel))
@@ -260,11 +267,7 @@ class TestAwaitedCall:
     def test_cancelling_the_future_itself_stops_the_running_call(self, calls: AsyncCalls) -> None:
         running = threading.Event()
         tokens: list[Cancellation] = []
-
-        def wait_for_cancel() -> bool:
-            tokens.append(_calling.token)
-            running.set()
-            return bool(_calling.token.cancelled.wait(WAIT))
+        wait_for_cancel = _waiting_for_cancel(running, tokens)
 
         async def main() -> None:
             call = calls.start(wait_for_cancel, ())

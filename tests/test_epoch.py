@@ -200,17 +200,8 @@ class TestKeptDeadline:
     set again (a C call) for each of many small calls."""
 
     @pytest.fixture
-    def deadlines(self, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-        """The ticks of every store deadline set through the fast path."""
-        set_ticks: list[int] = []
-        setter = _wasmtime._set_epoch_deadline
-
-        def spy(context: Any, ticks: Any) -> None:
-            set_ticks.append(ticks.value)
-            setter(context, ticks)
-
-        monkeypatch.setattr(_wasmtime, "_set_epoch_deadline", spy)
-        return set_ticks
+    def deadlines(self, epoch_deadlines: list[int]) -> list[int]:
+        return epoch_deadlines
 
     def _warm(self, wasmtime_engine: Engine, timeout: float = 5.0) -> Sandbox:
         sandbox = Sandbox(ECHO_AND_SPIN, engine=wasmtime_engine, limits=Limits(timeout=timeout))

@@ -120,18 +120,11 @@ class TestKeepingTheGil:
 
 class TestTheDeadlineOfAnInstanceThatKeepsIt:
     def test_is_set_once_a_tick_not_left_to_the_callback(
-        self, wasmtime_engine: Engine, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+        self, wasmtime_engine: Engine, clock: _Clock, epoch_deadlines: list[int]
     ) -> None:
         """A deadline that passed between calls would run the callback (Python) as the next
         call enters: it is set afresh for the calls of the next tick (a C call)."""
-        set_ticks: list[int] = []
-        setter = _wasmtime._set_epoch_deadline
-
-        def spy(context: Any, ticks: Any) -> None:
-            set_ticks.append(ticks.value)
-            setter(context, ticks)
-
-        monkeypatch.setattr(_wasmtime, "_set_epoch_deadline", spy)
+        set_ticks = epoch_deadlines
         sandbox = Sandbox(ECHO_AND_WORK, engine=wasmtime_engine)
         sandbox.call("echo", {"n": 0})
         _instance(sandbox)._keep_gil(True)
