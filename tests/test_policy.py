@@ -55,6 +55,7 @@ from wasm_plugins.policy import (
     RetryScheduled,
     UseValue,
     Verdict,
+    _pipeline,
 )
 from wasm_plugins.policy import _events as policy_events
 from wasm_plugins.testing.clock import FakeClock, FixedRandom
@@ -655,6 +656,48 @@ class TestBreaker:
         assert all(message.startswith(opening) for message in messages)
         refusals = [breaker.try_acquire() for _ in range(2)]
         assert refusals[0] is not refusals[1]
+
+    def test_a_plugins_breakers_are_bounded_and_those_at_rest_go_first(
+        self, subject: Callable[..., Subject], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Function names come from callers, and each makes a breaker: past the bound, the
+        breakers at rest (closed, nothing counted: a fresh one decides as they do) are dropped,
+        with their routes; one that counted failures stays, and keeps failing fast."""
+        monkeypatch.setattr(_pipeline, "_MAX_BREAKERS", 8)
+        world = subject(max_attempts=1, breaker={"failure_threshold": 2, "recovery_time": "1 h"})
+        pipeline = world.host.pipeline
+        for _ in range(2):
+            with pytest.raises(ContextualError):
+                world.host.call("subject", "missing")
+        opened = pipeline.breaker("subject", "missing")
+        assert opened.state is BreakerState.OPEN
+        assert world.call("work", "x").value == "x"  # a route, and its breaker at rest
+        for n in range(40):
+            pipeline.breaker("subject", f"name-{n}")
+        kept = [function for plugin, function in pipeline.breakers() if plugin == "subject"]
+        assert len(kept) <= 8
+        assert "missing" in kept
+        assert pipeline.breaker("subject", "missing") is opened
+        routes = pipeline._routes.get("subject", {})
+        assert set(routes) <= set(kept)
+        with pytest.raises(ContextualError) as caught:
+            world.host.call("subject", "missing")
+        assert caught.value.error_kind == "instance"  # refused: the breaker is still open
+
+    def test_when_none_is_at_rest_the_oldest_go(
+        self, subject: Callable[..., Subject], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(_pipeline, "_MAX_BREAKERS", 8)
+        world = subject(max_attempts=1, breaker={"failure_threshold": 5})
+        for n in range(40):
+            with pytest.raises(ContextualError):
+                world.host.call("subject", f"missing-{n}")
+        kept = [
+            function for plugin, function in world.host.pipeline.breakers() if plugin == "subject"
+        ]
+        assert 0 < len(kept) <= 8
+        assert "missing-39" in kept
+        assert "missing-0" not in kept
 
     def test_manual_control(self) -> None:
         """A breaker opens and closes by hand, with an event each time."""

@@ -154,6 +154,16 @@ class CircuitBreaker:
         self._announce(changes)
         return state
 
+    @property
+    def at_rest(self) -> bool:
+        """Closed, with nothing counted that a decision reads (no failure streak, no failure
+        in the window): a fresh breaker would decide every call as this one does."""
+        with self._lock:
+            if self._state is not BreakerState.CLOSED or self._consecutive_failures:
+                return False
+            self._window_now(self._monotonic())
+            return self._window_failures == 0
+
     def counters(self) -> dict[str, int]:
         """The counters of the current state (they reset on every transition)."""
         with self._lock:

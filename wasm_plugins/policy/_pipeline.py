@@ -86,6 +86,10 @@ __all__ = ["CallPipeline", "caused_by_caller"]
 
 _MAX_ROUTES = 4096
 """Routes kept per plugin; past that its table starts again (function names come from callers)."""
+_MAX_BREAKERS = 1024
+"""Breakers kept per plugin (function names come from callers, and each makes one); past that,
+those at rest are dropped, and when fewer than a quarter of them are, the oldest (see
+:meth:`CallPipeline.breaker`)."""
 
 
 @final
@@ -211,7 +215,8 @@ class CallPipeline:
         self._random = random
         self._default_engine = default_engine
         self.recovery_timeout = recovery_timeout
-        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        self._breakers: dict[str, dict[str, CircuitBreaker]] = {}
+        """By plugin, then function, in the order they were made."""
         self._budgets: dict[str, RetryBudget] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -222,13 +227,15 @@ class CallPipeline:
 
     def breaker(self, plugin: str, function: str) -> CircuitBreaker:
         """The breaker of (plugin, function), made on first use from the manifest's settings."""
-        key = (plugin, function)
-        breaker = self._breakers.get(key)
+        breaker = self._breakers.get(plugin, {}).get(function)
         if breaker is not None:
             return breaker
         with self._lock:
-            breaker = self._breakers.get(key)
+            made = self._breakers.setdefault(plugin, {})
+            breaker = made.get(function)
             if breaker is None:
+                if len(made) >= _MAX_BREAKERS:
+                    self._drop_breakers(plugin, made)
                 spec = self._manifest(plugin).policy.breaker
                 breaker = CircuitBreaker(
                     f"{plugin}.{function}",
@@ -244,13 +251,31 @@ class CallPipeline:
                     self._clock,
                     self._transition_reporter(plugin, function),
                 )
-                self._breakers[key] = breaker
+                made[function] = breaker
         return breaker
 
+    def _drop_breakers(self, plugin: str, made: dict[str, CircuitBreaker]) -> None:
+        """With the lock held, the plugin's breakers at their bound: drop those at rest (a
+        fresh breaker decides as they do), and when that frees less than a quarter of the
+        bound, the oldest of the others too, so that the next names do not look again. A
+        dropped breaker's route goes with it (a call in flight keeps the one it holds)."""
+        dropped = [function for function, breaker in made.items() if breaker.at_rest]
+        short = _MAX_BREAKERS // 4 - len(dropped)
+        if short > 0:
+            dropped += [function for function in made if function not in dropped][:short]
+        routes = self._routes.get(plugin, {})
+        for function in dropped:
+            del made[function]
+            routes.pop(function, None)
+
     def breakers(self) -> dict[tuple[str, str], CircuitBreaker]:
-        """Every breaker made so far."""
+        """Every breaker kept now, by (plugin, function)."""
         with self._lock:
-            return dict(self._breakers)
+            return {
+                (plugin, function): breaker
+                for plugin, made in self._breakers.items()
+                for function, breaker in made.items()
+            }
 
     def budget(self, plugin: str) -> RetryBudget:
         """The plugin's retry budget."""
@@ -269,8 +294,7 @@ class CallPipeline:
         with self._lock:
             self._routes.pop(plugin, None)
             self._budgets.pop(plugin, None)
-            for key in [key for key in self._breakers if key[0] == plugin]:
-                del self._breakers[key]
+            self._breakers.pop(plugin, None)
 
     def _transition_reporter(
         self, plugin: str, function: str
