@@ -180,6 +180,25 @@ class TestALongCallThatKeptIt:
         assert not instance._keeps_gil
         assert instance._guest_call is _wasmtime._call_unchecked
 
+    def test_ctrl_c_in_the_callback_is_raised_as_it_came(
+        self, wasmtime_engine: Engine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The callback runs Python on the calling thread: on the main thread, the signal
+        handler of a Ctrl-C runs there. The guest stops, and the call raises the
+        KeyboardInterrupt, not a cancellation the caller would take for the plugin's."""
+        sandbox = Sandbox(ECHO_AND_WORK, engine=wasmtime_engine)
+        sandbox.call("echo", {"n": 0})
+        _instance(sandbox)._keep_gil(True)
+
+        def interrupted(instance: Any) -> str | None:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(_wasmtime.WasmtimeInstance, "_deadline_reached", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            sandbox.call("spin")
+        monkeypatch.undo()
+        assert sandbox.call("echo", {"n": 1}) == {"n": 1}
+
     def test_its_timeout_still_ends_it(self, wasmtime_engine: Engine) -> None:
         sandbox = Sandbox(ECHO_AND_WORK, engine=wasmtime_engine, limits=Limits(timeout=0.05))
         sandbox.call("echo", {"n": 0})

@@ -789,8 +789,13 @@ def _deadline_callback(instance_ref: weakref.ref[WasmtimeInstance]) -> Callable[
             stop = "cancelled" if instance is None else instance._deadline_reached()
             if stop is None and instance is not None:
                 ticks = instance._ticks_to_go()
-        except BaseException:  # a callback must answer: an exception here would go unseen
+        except BaseException as exc:  # a callback must answer: an exception here would go unseen
             stop = "cancelled"
+            if instance is not None and not isinstance(exc, Exception):
+                # A signal handler ran here (KeyboardInterrupt: the callback runs Python on the
+                # calling thread, the main thread's too), or SystemExit: the guest stops, and
+                # the call raises it as it came, not as a cancellation.
+                instance._host_exception = exc
         if stop is None:
             delta[0] = ticks
             kind[0] = _UPDATE_DEADLINE_CONTINUE
