@@ -106,6 +106,26 @@ class TestKeepingTheGil:
             sandbox.call("echo", {"n": n})
         assert not _instance(sandbox)._keeps_gil
 
+    def test_a_plugin_with_wasi_never_keeps_it(
+        self, wasmtime_engine: Engine, clock: _Clock
+    ) -> None:
+        """WASI's functions are the engine's own: one may block (a sleep in ``poll_oneoff``)
+        with no deadline callback to run while it does, and the GIL would stay taken."""
+        wat = ECHO_AND_WORK.replace(
+            "(module",
+            '(module\n  (import "wasi_snapshot_preview1" "sched_yield" (func (result i32)))',
+            1,
+        )
+        sandbox = Sandbox(wat, engine=wasmtime_engine, capabilities={"wasi"})
+
+        def calls() -> bool:
+            for n in range(2 * LOOK_EVERY):
+                assert sandbox.call("echo", {"n": n}) == {"n": n}
+            return bool(_instance(sandbox)._keeps_gil)
+
+        assert not _in_thread(calls)
+        assert not calls()
+
     def test_a_watched_instance_releases_it(self, wasmtime_engine: Engine) -> None:
         """A caller's cancellation replaces the never-set event a kept instance watches."""
         sandbox = Sandbox(ECHO_AND_WORK, engine=wasmtime_engine)

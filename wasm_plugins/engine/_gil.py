@@ -10,6 +10,8 @@ So each instance looks, every :data:`LOOK_EVERY` calls, at the call it makes the
 GIL for the calls that follow when that call took less than :data:`SHORT_CALL` and another
 thread called a guest of the same engine within :data:`RECENT` seconds (:class:`Callers`);
 otherwise it releases it. One thread calling alone never keeps it: nothing waits for the GIL.
+Nor does a plugin with WASI, whose functions are the engine's own: one may block (a sleep)
+with no Python to run meanwhile.
 
 A call that keeps the GIL cannot be trusted to be short because the last ones were: its store's
 epoch deadline is never more than :data:`KEPT_TICKS` ticks away (a tick with a timeout; the

@@ -331,7 +331,7 @@ class WasmtimeInstance:
             store.set_limits(memory_size=budget.memory_bytes)
         self._store = store
         linker = wasmtime.Linker(wasmtime_engine)
-        self._captured = _link_wasi(store, linker, wasi) if wasi is not None else None
+        self._link_wasi(store, linker, wasi)
         for host_import in imports:
             linker.define_func(
                 host_import.module,
@@ -377,6 +377,15 @@ class WasmtimeInstance:
             self._trap = ctypes.c_void_p()
             self._trap_ref = ctypes.byref(self._trap)
             self._choose_path()
+
+    def _link_wasi(
+        self, store: wasmtime.Store, linker: wasmtime.Linker, wasi: WasiSettings | None
+    ) -> None:
+        self._wasi = wasi is not None
+        """WASI's functions are the engine's own (C): one may block (a sleep in
+        ``poll_oneoff``) with no deadline callback to run meanwhile, so such an instance never
+        keeps the GIL."""
+        self._captured = _link_wasi(store, linker, wasi) if wasi is not None else None
 
     def _instantiate(
         self, linker: wasmtime.Linker, module: wasmtime.Module, linked: LinkedModule | None
@@ -619,8 +628,8 @@ class WasmtimeInstance:
     def _looked_at(self, function: ExportFunction, ptr: int, length: int) -> int:
         """Every :data:`LOOK_EVERY`-th call: the call, and whether the calls after it keep the
         GIL (see ``engine._gil``): when this one was short and another thread calls guests of
-        the engine too. A plugin that is fuelled or captures output, or an instance watched
-        for a caller's cancellation, always releases it."""
+        the engine too. A plugin that is fuelled or has WASI, or an instance watched for a
+        caller's cancellation, always releases it."""
         self._countdown = LOOK_EVERY
         if self._long_call:
             self._long_call = False
@@ -630,11 +639,7 @@ class WasmtimeInstance:
         result = self.call_abi(function, ptr, length)
         took = time.monotonic() - started
         cancelled = self._cancelled
-        if (
-            self._fuel is None
-            and self._captured is None
-            and (cancelled is None or cancelled is KEPT)
-        ):
+        if self._fuel is None and not self._wasi and (cancelled is None or cancelled is KEPT):
             self._keep_gil(took < SHORT_CALL and self._ticker.callers.others(started))
         return result
 
