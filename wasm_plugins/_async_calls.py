@@ -279,9 +279,9 @@ class AsyncCalls:
 
     def cancel(self, future: asyncio.Future[Any]) -> None:
         """On the loop, once ``future`` (an :class:`AwaitedCall`) was cancelled: stop its call
-        if a thread runs it. A call not yet started sees its future
-        cancelled when a thread takes it; a call finished is left alone (its thread's
-        cancellation already serves the next call)."""
+        if a thread runs it. A call not yet started sees its future cancelled when a thread
+        takes it; a call finished is left alone (its thread's cancellation already serves the
+        next call)."""
         with self._running:
             for worker in self._workers:
                 if worker.current is future:

@@ -998,11 +998,7 @@ class PluginHost:
         it, or the task awaiting it (``asyncio.wait_for`` timing out, too), stops the call: see
         :meth:`ainvoke`.
         """
-        if plugin in self._versions.inline:
-            return self._on_the_loop(self.call, plugin, function, input)
-        return (self._versions.awaited or self._awaited()).start(
-            self.call, (plugin, function, input)
-        )
+        return self._awaitable(self.call, plugin, function, input)
 
     def ainvoke(
         self, plugin: str, function: str, input: Any = None
@@ -1017,11 +1013,17 @@ class PluginHost:
         ``cancelled`` error (``CallCancelled``). The awaiting task gets the cancellation
         (``asyncio.TimeoutError`` from ``asyncio.wait_for``).
         """
+        return self._awaitable(self.invoke, plugin, function, input)
+
+    def _awaitable(
+        self, run: Callable[[str, str, Any], Any], plugin: str, function: str, input: Any
+    ) -> Coroutine[Any, Any, Any]:
+        """``run(plugin, function, input)`` as :meth:`acall` and :meth:`ainvoke` return it: on
+        the loop when awaited, for a plugin bounded to a short time; else queued for the
+        host's threads."""
         if plugin in self._versions.inline:
-            return self._on_the_loop(self.invoke, plugin, function, input)
-        return (self._versions.awaited or self._awaited()).start(
-            self.invoke, (plugin, function, input)
-        )
+            return self._on_the_loop(run, plugin, function, input)
+        return (self._versions.awaited or self._awaited()).start(run, (plugin, function, input))
 
     @staticmethod
     async def _on_the_loop(run: Callable[[str, str, Any], Any], *args: Any) -> Any:

@@ -46,7 +46,7 @@ GIL asks for it; a callback sooner would find no one asking. With a timeout, eve
 
 KEPT = threading.Event()
 """What an instance that keeps the GIL watches: never set (its deadline callback then runs every
-tick; see the module's docstring)."""
+:data:`KEPT_TICKS` ticks; see the module's docstring)."""
 
 
 @final

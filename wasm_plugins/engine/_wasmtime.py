@@ -331,7 +331,7 @@ class WasmtimeInstance:
             store.set_limits(memory_size=budget.memory_bytes)
         self._store = store
         linker = wasmtime.Linker(wasmtime_engine)
-        self._link_wasi(store, linker, wasi)
+        self._add_wasi(store, linker, wasi)
         for host_import in imports:
             linker.define_func(
                 host_import.module,
@@ -378,7 +378,7 @@ class WasmtimeInstance:
             self._trap_ref = ctypes.byref(self._trap)
             self._choose_path()
 
-    def _link_wasi(
+    def _add_wasi(
         self, store: wasmtime.Store, linker: wasmtime.Linker, wasi: WasiSettings | None
     ) -> None:
         self._wasi = wasi is not None
@@ -562,8 +562,8 @@ class WasmtimeInstance:
         if self._stop_at is not None and time.monotonic() >= self._stop_at:
             return "timeout"
         if cancelled is KEPT and time.monotonic() - self._armed_at >= SHORT_CALL:
-            # A call that keeps the GIL ran long: it goes on (this callback, every tick, lets
-            # waiting threads in), and the next call releases the GIL.
+            # A call that keeps the GIL ran long: it goes on (this callback, every few ticks,
+            # lets waiting threads in), and the next call releases the GIL.
             self._long_call = True
             self._countdown = 1
         return None
@@ -647,7 +647,8 @@ class WasmtimeInstance:
         if keep == self._keeps_gil:
             return
         if keep:
-            # A deadline every tick, whose callback runs on this thread (see watch).
+            # A deadline a few ticks away at most, whose callback runs on this thread (see
+            # watch, arm and _ticks_to_go).
             self.watch(KEPT)
         else:
             self._set_deadline(_NO_DEADLINE)

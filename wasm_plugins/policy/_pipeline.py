@@ -259,10 +259,13 @@ class CallPipeline:
         fresh breaker decides as they do), and when that frees less than a quarter of the
         bound, the oldest of the others too, so that the next names do not look again. A
         dropped breaker's route goes with it (a call in flight keeps the one it holds)."""
-        dropped = [function for function, breaker in made.items() if breaker.at_rest]
+        dropped: list[str] = []
+        others: list[str] = []
+        for function, breaker in made.items():
+            (dropped if breaker.at_rest else others).append(function)
         short = _MAX_BREAKERS // 4 - len(dropped)
         if short > 0:
-            dropped += [function for function in made if function not in dropped][:short]
+            dropped += others[:short]
         routes = self._routes.get(plugin, {})
         for function in dropped:
             del made[function]
