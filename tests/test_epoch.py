@@ -276,6 +276,44 @@ class TestKeptDeadline:
         assert looks[-1][0] == "timeout"
         assert looks[-1][1] >= 0.05
 
+    def test_the_rest_after_an_early_deadline_is_read_on_the_adapters_clock(
+        self, wasmtime_engine: Engine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The callback asks for the rest of the timeout as a duration on the adapter's clock,
+        the one the call's start was read on, not as an instant on the ticker's: with the two
+        apart (a test's clock, here a second ahead), the guest would run a second more."""
+
+        class _Ahead:
+            @staticmethod
+            def monotonic() -> float:
+                return time.monotonic() + 1.0
+
+        monkeypatch.setattr(_wasmtime, "time", _Ahead)
+        ticker = wasmtime_engine.ticker(False)  # type: ignore[attr-defined]
+        counted = ticker.ticks_until
+        looked = []
+        asked_after: list[int] = []
+
+        def one_tick_until_a_look(deadline: float, *, early: bool = False) -> int:
+            if not looked:
+                return 1
+            asked_after.append(counted(deadline, early=early))
+            return asked_after[-1]
+
+        reached = _wasmtime.WasmtimeInstance._deadline_reached
+
+        def noted(instance: Any) -> str | None:
+            looked.append(instance)
+            return reached(instance)
+
+        monkeypatch.setattr(ticker, "ticks_until", one_tick_until_a_look)
+        monkeypatch.setattr(_wasmtime.WasmtimeInstance, "_deadline_reached", noted)
+        sandbox = Sandbox(ECHO_AND_SPIN, engine=wasmtime_engine, limits=Limits(timeout=0.05))
+        with pytest.raises(DeadlineExceeded):
+            sandbox.call("spin")
+        assert asked_after
+        assert max(asked_after) <= counted(time.monotonic() + 0.05) + 1
+
     def test_a_timer_started_again_sets_the_deadline_again(
         self, wasmtime_engine: Engine, clock: _Clock, deadlines: list[int]
     ) -> None:

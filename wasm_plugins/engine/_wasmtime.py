@@ -545,8 +545,10 @@ class WasmtimeInstance:
             return KEPT_TICKS
         if self._cancelled is not None or self._timeout is None:
             return 1
-        # Asked by the deadline callback, which corrects a deadline that comes early.
-        return self._ticker.ticks_until(self._armed_at + self._timeout, early=True)
+        # Asked by the deadline callback, which corrects a deadline that comes early. The rest
+        # of the timeout is read on this module's clock, the one ``_armed_at`` was read on.
+        remaining = self._armed_at + self._timeout - time.monotonic()
+        return self._ticker.ticks_for(remaining, early=True)
 
     def _deadline_reached(self) -> str | None:
         """Why to stop the guest now that the store's deadline came (None: go on, for
