@@ -3,7 +3,9 @@ channel (``wasm_plugins_alert``), and ``wasm-plugins stats``; a fake clock, no s
 
 from __future__ import annotations
 
+import bisect
 import gc
+import math
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -31,7 +33,9 @@ from wasm_plugins.builtin.stats import (
     LATENCY_BOUNDS,
     MAX_FUNCTIONS,
     OTHER_FUNCTIONS,
+    PENDING_MAX,
     WINDOW_SPAN,
+    WINDOWS,
     CallTally,
     combined,
 )
@@ -219,6 +223,98 @@ class TestTally:
         entry = stats.of("p", "f")
         assert entry is not None
         assert (entry.calls, entry.error_rate["1m"], entry.breaker) == (2, 0.5, "closed")
+
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from([0.0, 0.0, 0.25, 0.75, 1.0, 7.0, 299.0, 300.0, 301.0]),
+                st.sampled_from(["value", "value", "value", "error", "fallback"]),
+                st.floats(min_value=1e-7, max_value=2e5),
+            ),
+            max_size=60,
+        ),
+        st.sampled_from([0.0, 0.5, 59.0, 300.0]),
+    )
+    def test_counts_as_if_each_call_were_counted_as_it_ends(
+        self, calls: list[tuple[float, str, float]], later: float
+    ) -> None:
+        """Calls ending with their value wait in their cell until their second ends; whatever
+        the clock does meanwhile, what is read is what counting each at once gives."""
+        tally = CallTally()
+        metrics = MetricsReporter(tally)
+        now = 1000.0
+        ends: list[tuple[float, str, float]] = []
+        for step, outcome, seconds in calls:
+            now += step
+            metrics.wasm_plugins_report(finished(outcome, seconds, now))
+            ends.append((now, outcome, seconds))
+        now += later
+        entry = tally.stats(now).of("p", "f")
+        if not ends:
+            assert entry is None
+            return
+        assert entry is not None
+        outcomes: dict[str, int] = {}
+        for _, outcome, _ in ends:
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        assert entry.outcomes == dict(sorted(outcomes.items()))
+        histogram = [0] * len(LATENCY_BOUNDS)
+        for _, _, seconds in ends:
+            histogram[bisect.bisect_left(LATENCY_BOUNDS, seconds)] += 1
+        (cell,) = tally.cells()[("p", "f")]
+        assert cell.latency == histogram
+        assert cell.latency_sum == pytest.approx(math.fsum(s for _, _, s in ends))
+        for name, span in WINDOWS.items():
+            oldest = int(now) - span + 1
+            recent = [outcome for end, outcome, _ in ends if int(end) >= oldest]
+            assert entry.window_calls[name] == len(recent)
+            failed = sum(outcome != "value" for outcome in recent)
+            assert entry.error_rate[name] == (failed / len(recent) if recent else None)
+
+    def test_calls_wait_in_bounded_numbers(self) -> None:
+        """A clock that stands still (a fake one) never lets more than a bound of calls wait:
+        the counts stay exact, and the memory bounded."""
+        tally = CallTally()
+        metrics = MetricsReporter(tally)
+        for _ in range(3 * PENDING_MAX + 5):
+            metrics.wasm_plugins_report(finished("value", 0.002, 7.0))
+        live = tally.local.routes["p"]["f"]
+        assert 0 < len(live.pending) <= PENDING_MAX
+        entry = tally.stats(7.0).of("p", "f")
+        assert entry is not None
+        assert (entry.calls, entry.window_calls["1m"]) == (3 * PENDING_MAX + 5,) * 2
+
+    def test_a_reader_never_sees_a_fold_half_made(self) -> None:
+        """Another thread reading while the calling thread folds its waiting calls into the
+        counts reads them before or after, never in between (the thread switches as often as
+        it can)."""
+        tally = CallTally()
+        metrics = MetricsReporter(tally)
+        done = threading.Event()
+        torn: list[tuple[int, int, int]] = []
+
+        def calls() -> None:
+            for second in range(WINDOW_SPAN):
+                for _ in range(20):
+                    metrics.wasm_plugins_report(finished("value", 0.002, float(second)))
+            done.set()
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            caller = threading.Thread(target=calls)
+            caller.start()
+            reads = 0
+            while not done.is_set() or reads == 0:
+                for cell in tally.cells().get(("p", "f"), []):
+                    reads += 1
+                    counted = (cell.values, sum(cell.latency), sum(cell.calls))
+                    if len(set(counted)) != 1:
+                        torn.append(counted)
+            caller.join()
+        finally:
+            sys.setswitchinterval(interval)
+        assert torn == []
 
 
 def _finished(number: int, function: str, time: float, failed: bool) -> Report:

@@ -31,6 +31,7 @@ from wasm_plugins._suggest import did_you_mean
 from wasm_plugins.builtin.stats import (
     LATENCY_BOUNDS,
     LATENCY_BUCKETS,
+    PENDING_MAX,
     WINDOW_SPAN,
     CallTally,
     Cell,
@@ -193,20 +194,16 @@ class MetricsReporter:
     def wasm_plugins_report(self, record: Report) -> None:
         """Count the event."""
         if record.name == "call_finished" and record.outcome == "value":
-            # The common case, written out: the calling thread's own cell, no lock.
+            # The common case, written out: the calling thread's own cell, no lock; the duration
+            # waits there until the second ends (Cell.turn).
             try:
                 cell = self._local.routes[record.plugin][record.function]
             except (AttributeError, KeyError):
                 cell = self.tally.cell(record.plugin, record.function)
-            cell.values += 1
-            seconds = record.duration
-            cell.latency[bisect_left(LATENCY_BOUNDS, seconds)] += 1
-            cell.latency_sum += seconds
-            second = int(record.time)
-            slot = second % WINDOW_SPAN
-            if cell.seconds[slot] != second:
-                cell.roll(slot, second)
-            cell.calls[slot] += 1
+            pending = cell.pending
+            if record.time >= cell.until or len(pending) >= PENDING_MAX:
+                cell.turn(record.time)
+            pending.append(record.duration)
             return
         name, plugin, function = record.name, record.plugin, record.function
         try:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import weakref
-from collections.abc import Iterable, Mapping
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import compress, repeat
 from operator import add, ge
-from typing import Any, Final, final
+from typing import Any, Final, TypeVar, final
 
 import attrs
 
@@ -26,6 +28,7 @@ __all__ = [
     "LATENCY_BUCKETS",
     "MAX_FUNCTIONS",
     "OTHER_FUNCTIONS",
+    "PENDING_MAX",
     "WINDOWS",
     "WINDOW_SPAN",
     "CallTally",
@@ -79,7 +82,15 @@ PERCENTILES: Final = (50, 95, 99)
 
 @final
 class Cell:
-    """The counts of one (plugin, function) in one shard. Only its thread writes it."""
+    """The counts of one (plugin, function) in one shard. Only its thread writes it; other
+    threads read it through :meth:`snapshot` and :meth:`window`.
+
+    A call that ends with its value, the common case, only appends its duration to
+    :attr:`pending`: the thread folds them into the counts once a second (:meth:`turn`), or
+    once :data:`PENDING_MAX` are waiting, sorted, so that the histogram's buckets are found once
+    per bucket, not once per call. Readers add what is pending to what they read, and
+    :attr:`turns`, odd while a fold runs, tells them to read again.
+    """
 
     __slots__ = (
         "attempt_errors",
@@ -89,15 +100,20 @@ class Cell:
         "latency",
         "latency_sum",
         "outcomes",
+        "pending",
         "retries",
+        "second",
         "seconds",
         "transitions",
+        "turns",
+        "until",
         "values",
     )
 
     def __init__(self) -> None:
         self.values = 0
-        """Calls that ended with their value (each is also an attempt that succeeded)."""
+        """Calls that ended with their value (each is also an attempt that succeeded), but for
+        those pending."""
         self.outcomes: dict[str, int] = {}
         """Calls that ended otherwise, by outcome (``fallback``, ``error``)."""
         self.attempt_errors: dict[str, int] = {}
@@ -112,6 +128,28 @@ class Cell:
         """The second each window slot counts (slot = second modulo the span)."""
         self.calls = [0] * WINDOW_SPAN
         self.failures = [0] * WINDOW_SPAN
+        self.pending: list[float] = []
+        """The durations of the calls that ended with their value in :attr:`second`, not yet
+        counted above."""
+        self.second = -1
+        """The second whose calls are pending."""
+        self.until = -math.inf
+        """The end of :attr:`second`: a call that ends at or after it turns the cell first."""
+        self.turns = 0
+        """Odd while the counts change in several steps (a fold, a merge)."""
+
+    def turn(self, time: float) -> None:
+        """Fold the pending calls into the counts, and count those that end from now on in the
+        second of ``time``. Only the cell's thread calls it."""
+        self.turns += 1
+        try:
+            pending = self.pending
+            _add_values(self, pending, self.second)
+            del pending[:]
+            second = self.second = int(time)
+            self.until = second + 1
+        finally:
+            self.turns += 1
 
     def roll(self, slot: int, second: int) -> None:
         """Start counting ``second`` in ``slot`` (what it held is older than the span)."""
@@ -119,44 +157,122 @@ class Cell:
         self.calls[slot] = 0
         self.failures[slot] = 0
 
+    def snapshot(self) -> Cell:
+        """A copy of the counts with the pending calls counted: what a reader reads, whichever
+        thread writes the cell meanwhile."""
+        return self._consistent(self._copy)
+
+    def _copy(self) -> Cell:
+        copy = Cell()
+        copy.values = self.values
+        copy.retries = self.retries
+        copy.outcomes = dict(self.outcomes)
+        copy.attempt_errors = dict(self.attempt_errors)
+        copy.fallbacks = dict(self.fallbacks)
+        copy.transitions = dict(self.transitions)
+        copy.latency = self.latency[:]
+        copy.latency_sum = self.latency_sum
+        copy.seconds = self.seconds[:]
+        copy.calls = self.calls[:]
+        copy.failures = self.failures[:]
+        _add_values(copy, self.pending[:], self.second)
+        return copy
+
+    def _consistent(self, read: Callable[[], _Read]) -> _Read:
+        # A read that overlapped a fold (the count of turns changed, or was odd) is made again;
+        # the GIL is let go meanwhile, so that the thread folding finishes. A thread that
+        # reads its own cell in the middle of a fold (a signal handler) reads it as it is.
+        for _ in range(_READ_TRIES):
+            turns = self.turns
+            if not turns & 1:
+                found = read()
+                if self.turns == turns:
+                    return found
+            time.sleep(0)
+        return read()
+
     def merge(self, other: Cell) -> None:
         """Add another shard's counts (of a thread that ended) to these."""
-        self.values += other.values
-        self.retries += other.retries
-        for mine, theirs in (
-            (self.outcomes, other.outcomes),
-            (self.attempt_errors, other.attempt_errors),
-            (self.fallbacks, other.fallbacks),
-            (self.transitions, other.transitions),
-        ):
-            for key, count in theirs.items():
-                mine[key] = mine.get(key, 0) + count
-        self.latency = list(map(add, self.latency, other.latency))
-        self.latency_sum += other.latency_sum
-        for slot, second in enumerate(other.seconds):
-            if second < 0:
-                continue
-            if self.seconds[slot] == second:
-                self.calls[slot] += other.calls[slot]
-                self.failures[slot] += other.failures[slot]
-            elif self.seconds[slot] < second:
-                self.seconds[slot] = second
-                self.calls[slot] = other.calls[slot]
-                self.failures[slot] = other.failures[slot]
+        other = other.snapshot()
+        self.turns += 1
+        try:
+            self.values += other.values
+            self.retries += other.retries
+            for mine, theirs in (
+                (self.outcomes, other.outcomes),
+                (self.attempt_errors, other.attempt_errors),
+                (self.fallbacks, other.fallbacks),
+                (self.transitions, other.transitions),
+            ):
+                for key, count in theirs.items():
+                    mine[key] = mine.get(key, 0) + count
+            self.latency = list(map(add, self.latency, other.latency))
+            self.latency_sum += other.latency_sum
+            for slot, second in enumerate(other.seconds):
+                if second < 0:
+                    continue
+                if self.seconds[slot] == second:
+                    self.calls[slot] += other.calls[slot]
+                    self.failures[slot] += other.failures[slot]
+                elif self.seconds[slot] < second:
+                    self.seconds[slot] = second
+                    self.calls[slot] = other.calls[slot]
+                    self.failures[slot] = other.failures[slot]
+        finally:
+            self.turns += 1
 
     def window(self, now: float, seconds: int) -> tuple[int, int]:
         """Calls and failed calls of the last ``seconds`` seconds before ``now``."""
+        return self._consistent(lambda: self._window(now, seconds))
+
+    def _window(self, now: float, seconds: int) -> tuple[int, int]:
         current = int(now)
         oldest = current - min(seconds, WINDOW_SPAN) + 1
         first, last = oldest % WINDOW_SPAN, current % WINDOW_SPAN
         spans = ((first, last + 1),) if first <= last else ((first, WINDOW_SPAN), (0, last + 1))
-        calls = failures = 0
+        calls = len(self.pending) if oldest <= self.second <= current else 0
+        failures = 0
         # Summed in C (compress, map): the alert rules read a window on every failed call.
         for start, end in spans:
             recent = list(map(ge, self.seconds[start:end], repeat(oldest)))
             calls += sum(compress(self.calls[start:end], recent))
             failures += sum(compress(self.failures[start:end], recent))
         return calls, failures
+
+
+_Read = TypeVar("_Read")
+
+PENDING_MAX: Final = 4096
+"""Calls a cell keeps pending at most: with more, the next one folds them (a clock that stands
+still, a fake one in tests, would otherwise keep them all)."""
+
+_READ_TRIES: Final = 1000
+
+
+def _add_values(cell: Cell, durations: Sequence[float], second: int) -> None:
+    """Count calls that ended with their value in ``second``, taking these durations."""
+    count = len(durations)
+    if not count:
+        return
+    cell.values += count
+    cell.latency_sum += math.fsum(durations)
+    # Sorted (in C), the calls of one bucket are a run: a search per bucket, not per call.
+    ordered = sorted(durations)
+    latency = cell.latency
+    start = 0
+    while start < count:
+        index = bisect_left(LATENCY_BOUNDS, ordered[start])
+        # At least one: a duration no bound compares with (NaN) still ends the loop.
+        stop = max(bisect_right(ordered, LATENCY_BOUNDS[index], start), start + 1)
+        latency[index] += stop - start
+        start = stop
+    slot = second % WINDOW_SPAN
+    held = cell.seconds[slot]
+    if held != second:
+        if held > second:
+            return  # older than what the window holds
+        cell.roll(slot, second)
+    cell.calls[slot] += count
 
 
 Routes = dict[str, dict[str, Cell]]
@@ -221,13 +337,13 @@ class CallTally:
                     mine.setdefault(function, Cell()).merge(cell)
 
     def cells(self) -> dict[tuple[str, str], list[Cell]]:
-        """Every shard's cell, by (plugin, function)."""
+        """Every shard's cell, by (plugin, function), as a snapshot (:meth:`Cell.snapshot`)."""
         shards = self._shards()
         found: dict[tuple[str, str], list[Cell]] = {}
         for routes in shards:
             for plugin, by_function in list(routes.items()):
                 for function, cell in list(by_function.items()):
-                    found.setdefault((plugin, function), []).append(cell)
+                    found.setdefault((plugin, function), []).append(cell.snapshot())
         return found
 
     def window(self, plugin: str, now: float, seconds: int) -> tuple[int, int]:
