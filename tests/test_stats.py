@@ -291,12 +291,13 @@ class TestTally:
         tally = CallTally()
         metrics = MetricsReporter(tally)
         done = threading.Event()
-        torn: list[tuple[int, int, int]] = []
+        torn: list[tuple[int, ...]] = []
 
         def calls() -> None:
             for second in range(WINDOW_SPAN):
-                for _ in range(20):
-                    metrics.wasm_plugins_report(finished("value", 0.002, float(second)))
+                for index in range(20):
+                    outcome = "error" if index % 4 == 0 else "value"
+                    metrics.wasm_plugins_report(finished(outcome, 0.002, float(second)))
             done.set()
 
         interval = sys.getswitchinterval()
@@ -308,9 +309,10 @@ class TestTally:
             while not done.is_set() or reads == 0:
                 for cell in tally.cells().get(("p", "f"), []):
                     reads += 1
-                    counted = (cell.values, sum(cell.latency), sum(cell.calls))
-                    if len(set(counted)) != 1:
-                        torn.append(counted)
+                    errors = cell.outcomes.get("error", 0)
+                    ended = (cell.values + errors, sum(cell.latency), sum(cell.calls))
+                    if len(set(ended)) != 1 or sum(cell.failures) != errors:
+                        torn.append((*ended, errors))
             caller.join()
         finally:
             sys.setswitchinterval(interval)

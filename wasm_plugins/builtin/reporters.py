@@ -193,18 +193,20 @@ class MetricsReporter:
     @hookimpl(trylast=True)
     def wasm_plugins_report(self, record: Report) -> None:
         """Count the event."""
-        if record.name == "call_finished" and record.outcome == "value":
-            # The common case, written out: the calling thread's own cell, no lock; the duration
-            # waits there until the second ends (Cell.turn).
-            try:
-                cell = self._local.routes[record.plugin][record.function]
-            except (AttributeError, KeyError):
-                cell = self.tally.cell(record.plugin, record.function)
-            pending = cell.pending
-            if record.time >= cell.until or len(pending) >= PENDING_MAX:
-                cell.turn(record.time)
-            pending.append(record.duration)
-            return
+        if record.name == "call_finished":
+            # The common cases, written out: the calling thread's own cell, no lock; the
+            # duration waits there until the second ends (Cell.turn).
+            outcome = record.outcome
+            if outcome in {"value", "error"}:
+                try:
+                    cell = self._local.routes[record.plugin][record.function]
+                except (AttributeError, KeyError):
+                    cell = self.tally.cell(record.plugin, record.function)
+                pending = cell.pending if outcome == "value" else cell.pending_errors
+                if record.time >= cell.until or len(pending) >= PENDING_MAX:
+                    cell.turn(record.time)
+                pending.append(record.duration)
+                return
         name, plugin, function = record.name, record.plugin, record.function
         try:
             cell = self._local.routes[plugin][function]

@@ -86,10 +86,12 @@ class Cell:
     threads read it through :meth:`snapshot` and :meth:`window`.
 
     A call that ends with its value, the common case, only appends its duration to
-    :attr:`pending`: the thread folds them into the counts once a second (:meth:`turn`), or
-    once :data:`PENDING_MAX` are waiting, sorted, so that the histogram's buckets are found once
-    per bucket, not once per call. Readers add what is pending to what they read, and
-    :attr:`turns`, odd while a fold runs, tells them to read again.
+    :attr:`pending`, and one that ends with an error (a refusal of an open breaker, most often)
+    to :attr:`pending_errors`: the thread folds them into the counts once a second
+    (:meth:`turn`), or once :data:`PENDING_MAX` of a kind are waiting, sorted, so that the
+    histogram's buckets are found once per bucket, not once per call. Readers add what is
+    pending to what they read, and :attr:`turns`, odd while a fold runs, tells them to read
+    again.
     """
 
     __slots__ = (
@@ -101,6 +103,7 @@ class Cell:
         "latency_sum",
         "outcomes",
         "pending",
+        "pending_errors",
         "retries",
         "second",
         "seconds",
@@ -131,6 +134,8 @@ class Cell:
         self.pending: list[float] = []
         """The durations of the calls that ended with their value in :attr:`second`, not yet
         counted above."""
+        self.pending_errors: list[float] = []
+        """The same, of the calls that ended with an error."""
         self.second = -1
         """The second whose calls are pending."""
         self.until = -math.inf
@@ -143,9 +148,9 @@ class Cell:
         second of ``time``. Only the cell's thread calls it."""
         self.turns += 1
         try:
-            pending = self.pending
-            _add_values(self, pending, self.second)
-            del pending[:]
+            pending, errors = self.pending, self.pending_errors
+            _add_ended(self, pending, errors, self.second)
+            del pending[:], errors[:]
             second = self.second = int(time)
             self.until = second + 1
         finally:
@@ -175,7 +180,7 @@ class Cell:
         copy.seconds = self.seconds[:]
         copy.calls = self.calls[:]
         copy.failures = self.failures[:]
-        _add_values(copy, self.pending[:], self.second)
+        _add_ended(copy, self.pending[:], self.pending_errors[:], self.second)
         return copy
 
     def _consistent(self, read: Callable[[], _Read]) -> _Read:
@@ -230,8 +235,10 @@ class Cell:
         oldest = current - min(seconds, WINDOW_SPAN) + 1
         first, last = oldest % WINDOW_SPAN, current % WINDOW_SPAN
         spans = ((first, last + 1),) if first <= last else ((first, WINDOW_SPAN), (0, last + 1))
-        calls = len(self.pending) if oldest <= self.second <= current else 0
-        failures = 0
+        calls = failures = 0
+        if oldest <= self.second <= current:
+            failures = len(self.pending_errors)
+            calls = len(self.pending) + failures
         # Summed in C (compress, map): the alert rules read a window on every failed call.
         for start, end in spans:
             recent = list(map(ge, self.seconds[start:end], repeat(oldest)))
@@ -249,23 +256,27 @@ still, a fake one in tests, would otherwise keep them all)."""
 _READ_TRIES: Final = 1000
 
 
-def _add_values(cell: Cell, durations: Sequence[float], second: int) -> None:
-    """Count calls that ended with their value in ``second``, taking these durations."""
-    count = len(durations)
+def _add_ended(cell: Cell, values: Sequence[float], errors: Sequence[float], second: int) -> None:
+    """Count calls that ended in ``second``, with their value or with an error, taking these
+    durations."""
+    count = len(values) + len(errors)
     if not count:
         return
-    cell.values += count
-    cell.latency_sum += math.fsum(durations)
-    # Sorted (in C), the calls of one bucket are a run: a search per bucket, not per call.
-    ordered = sorted(durations)
+    cell.values += len(values)
+    if errors:
+        cell.outcomes["error"] = cell.outcomes.get("error", 0) + len(errors)
     latency = cell.latency
-    start = 0
-    while start < count:
-        index = bisect_left(LATENCY_BOUNDS, ordered[start])
-        # At least one: a duration no bound compares with (NaN) still ends the loop.
-        stop = max(bisect_right(ordered, LATENCY_BOUNDS[index], start), start + 1)
-        latency[index] += stop - start
-        start = stop
+    for durations in (values, errors):
+        cell.latency_sum += math.fsum(durations)
+        # Sorted (in C), the calls of one bucket are a run: a search per bucket, not per call.
+        ordered = sorted(durations)
+        start, end = 0, len(ordered)
+        while start < end:
+            index = bisect_left(LATENCY_BOUNDS, ordered[start])
+            # At least one: a duration no bound compares with (NaN) still ends the loop.
+            stop = max(bisect_right(ordered, LATENCY_BOUNDS[index], start), start + 1)
+            latency[index] += stop - start
+            start = stop
     slot = second % WINDOW_SPAN
     held = cell.seconds[slot]
     if held != second:
@@ -273,6 +284,7 @@ def _add_values(cell: Cell, durations: Sequence[float], second: int) -> None:
             return  # older than what the window holds
         cell.roll(slot, second)
     cell.calls[slot] += count
+    cell.failures[slot] += len(errors)
 
 
 Routes = dict[str, dict[str, Cell]]

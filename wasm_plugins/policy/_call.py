@@ -89,15 +89,16 @@ class CallState(Report):
     """
 
     # Slots: made on every call, and an instance dictionary holding this many fields costs
-    # more to make and fill than the call's own Python around the guest.
+    # more to make and fill than the call's own Python around the guest. The fields that only
+    # a failure or a fallback sets (error, errors, strategy) are not among them: they keep the
+    # class's defaults (Report's for the first and the last) until then, set in no call that
+    # succeeds.
     __slots__ = (
         "_event",
         "attempt",
         "attempt_started",
         "deadline",
         "duration",
-        "error",
-        "errors",
         "function",
         "input",
         "limits",
@@ -107,10 +108,12 @@ class CallState(Report):
         "outcome",
         "plugin",
         "started",
-        "strategy",
         "time",
         "value",
     )
+
+    errors: tuple[PluginError, ...] = ()
+    """The errors of the attempts that failed so far, in order."""
 
     def __init__(
         self,
@@ -139,14 +142,10 @@ class CallState(Report):
         self.limits = limits
         """The limits in force for the next attempt (the manifest's, or those a recovery
         raised)."""
-        self.errors: tuple[PluginError, ...] = ()
-        """The errors of the attempts that failed so far, in order."""
         self.attempt = 0
         self.duration = 0.0
         self.outcome: str | None = None
-        self.error: PluginError | None = None
         self.value: Any = None
-        self.strategy: str | None = None
         self._event: PolicyEvent | None = None
 
     def __repr__(self) -> str:
