@@ -104,15 +104,15 @@ class LogReporter:
     def wasm_plugins_report(self, record: Report) -> None:
         """Log the event with its fields bound."""
         # Whether loguru would drop a record of the highest level used here before formatting
-        # it (no sink, a level below every sink's, or logging disabled for this module, the
-        # library's default), read from loguru's own state, which it updates on add, remove,
+        # it (logging disabled for this module, the library's default, asked first; no sink; a
+        # level below every sink's), read from loguru's own state, which it updates on add, remove,
         # enable and disable. Anything unexpected there counts as "not dropped".
         try:
             core = _LOGURU_CORE or _loguru_core()
             if (
-                not core.handlers
+                core.enabled.get(__name__) is False
+                or not core.handlers
                 or core.levels_lookup["ERROR"][2] < core.min_level
-                or core.enabled.get(__name__) is False
             ):
                 return
         except Exception:

@@ -89,16 +89,18 @@ class CallState(Report):
     """
 
     # Slots: made on every call, and an instance dictionary holding this many fields costs
-    # more to make and fill than the call's own Python around the guest. The fields that only
-    # a failure or a fallback sets (error, errors, strategy) are not among them: they keep the
-    # class's defaults (Report's for the first and the last) until then, set in no call that
-    # succeeds.
+    # more to make and fill than the call's own Python around the guest. Two fields that only
+    # a failed attempt or a fallback sets (errors, strategy) are not among them: they keep the
+    # class's defaults (Report's for strategy) until then, and a call that succeeds never sets
+    # them. (The last error is a slot: a refusal sets it, and the first field set outside the
+    # slots makes the instance's dictionary.)
     __slots__ = (
         "_event",
         "attempt",
         "attempt_started",
         "deadline",
         "duration",
+        "error",
         "function",
         "input",
         "limits",
@@ -145,6 +147,7 @@ class CallState(Report):
         self.attempt = 0
         self.duration = 0.0
         self.outcome: str | None = None
+        self.error: PluginError | None = None
         self.value: Any = None
         self._event: PolicyEvent | None = None
 

@@ -537,7 +537,7 @@ class CallPipeline:
         now = self._monotonic()
         call.outcome = "error"
         call.error = last
-        call.value = None
+        # (Its value is None: only a success sets one, and returns.)
         # What report_as does, written out: a refusal costs as little as it can.
         call.name = "call_finished"
         call.time = now
