@@ -313,6 +313,34 @@ class TestCalls:
             host.call("echo", "nope", 1)
         assert seen == [("echo", "hi"), ("nope", "ModuleError")]
 
+    def test_hooks_that_change_while_a_route_is_made(self, host: PluginHost) -> None:
+        """A route made while the hooks change is not kept: the next call makes it again, with
+        the hooks as they are (here a reporter registers another while the first call's route
+        asks it whether it wants the route)."""
+        seen: list[str] = []
+
+        class Late:
+            @hookimpl
+            def wasm_plugins_report(self, record: Any) -> None:
+                seen.append(record.name)
+
+        class Registering:
+            def hook_wants_route(self, hook: str, plugin: str, function: str) -> bool:
+                if not host.manager.has_plugin("late"):
+                    host.register_policy(Late(), name="late")
+                return False
+
+            @hookimpl
+            def wasm_plugins_report(self, record: Any) -> None:
+                """Wants no route."""
+
+        host.register_policy(Registering(), name="registering")
+        host.call("echo", "echo", "first")
+        assert host.manager.has_plugin("late")
+        seen.clear()
+        host.call("echo", "echo", "second")
+        assert seen == ["attempt_succeeded", "call_finished"]
+
     def test_attempt_hook_bug_is_typed(self, host: PluginHost) -> None:
         """A third-party attempt hook that raises a plain exception still ends typed."""
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "ATTEMPT",
+    "CALLER",
     "CurrentAttempt",
     "attempt_id",
     "call_context",
@@ -40,6 +41,9 @@ class CurrentAttempt(Protocol):
 
 _EMPTY: Mapping[str, Any] = {}
 _caller: ContextVar[Mapping[str, Any]] = ContextVar("wasm_plugins_caller", default=_EMPTY)
+CALLER = _caller
+"""The caller's fields (:func:`caller_fields`), for the path of a refusal: ``CALLER.get()`` is
+a call of C, where the function is one of Python."""
 ATTEMPT: ContextVar[CurrentAttempt | None] = ContextVar("wasm_plugins_attempt", default=None)
 """The attempt in progress; the policy sets and resets it itself around each attempt (a context
 manager would cost more than the variable)."""

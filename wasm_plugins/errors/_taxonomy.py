@@ -565,11 +565,12 @@ def call_error_context(
 
     What ``ErrorContext(plugin=..., function=..., environment=..., call_id=...)`` makes, field
     for field, with a fresh execution id and timestamp, without the generic ``__init__``
-    (keyword parsing, the defaults' checks): an open breaker's every refusal gets one.
+    (keyword parsing, the defaults' checks): an open breaker's every refusal gets one. (The
+    execution id is made as ``_new_execution_id`` makes it, without its call.)
     """
     made: ErrorContext = object.__new__(ErrorContext)
     store = _store_field
-    store(made, "execution_id", _new_execution_id())
+    store(made, "execution_id", "%s%016x" % (_ID_PREFIX, next(_ID_COUNTER)))  # noqa: UP031
     store(made, "sandbox_id", None)
     store(made, "plugin", plugin)
     store(made, "function", function)

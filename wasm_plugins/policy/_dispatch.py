@@ -62,6 +62,9 @@ class PluginManager(pluggy.PluginManager):
 
     def __init__(self, project_name: str) -> None:
         super().__init__(project_name)
+        self.listeners: list[Callable[[], None]] = []
+        """Called after every change to the plugins (what is built from the hooks, made
+        again)."""
         self.unknown_hooks: dict[str, list[str]] = {}
         """By plugin name: its hookimpls that name no hook, left out when it was registered."""
         self._registering: str | None = None
@@ -72,7 +75,7 @@ class PluginManager(pluggy.PluginManager):
             result = super().register(plugin, name)
         finally:
             self._registering = None
-        self.generation += 1
+        self._changed()
         if result is not None:
             self._refuse_policy_wrappers(plugin)
         return result
@@ -107,12 +110,17 @@ class PluginManager(pluggy.PluginManager):
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> Any:
         result = super().unregister(plugin, name)
-        self.generation += 1
+        self._changed()
         return result
 
     def set_blocked(self, name: str) -> None:
         super().set_blocked(name)
+        self._changed()
+
+    def _changed(self) -> None:
         self.generation += 1
+        for listener in self.listeners:
+            listener()
 
 
 @final

@@ -28,7 +28,7 @@ from typing import Any, final
 import attrs
 import pluggy
 
-from wasm_plugins._correlation import ATTEMPT, caller_fields
+from wasm_plugins._correlation import ATTEMPT, CALLER, caller_fields
 from wasm_plugins._log import logger
 from wasm_plugins.errors import (
     CommunicationError,
@@ -94,8 +94,8 @@ those at rest are dropped, and when fewer than a quarter of them are, the oldest
 
 @final
 class _Route:
-    """What every call of one (plugin, function) needs, made once per registration generation
-    of the hooks (a plugin's registration never changes once made; the hooks may)."""
+    """What every call of one (plugin, function) needs, made on its first call and again after
+    the hooks change (a plugin's registration never changes once made; the hooks may)."""
 
     __slots__ = (
         "attempt",
@@ -104,7 +104,6 @@ class _Route:
         "deadline",
         "environment",
         "fallbacks",
-        "generation",
         "limits",
         "manifest",
         "on_attempt",
@@ -114,7 +113,6 @@ class _Route:
 
     def __init__(
         self,
-        generation: int,
         manifest: Manifest,
         breaker: CircuitBreaker,
         budget: RetryBudget,
@@ -125,7 +123,6 @@ class _Route:
         fallbacks: tuple[pluggy.HookImpl, ...],
         environment: ExecutionEnvironment,
     ) -> None:
-        self.generation = generation
         self.manifest = manifest
         self.limits = manifest.limits
         self.deadline = manifest.policy.deadline
@@ -221,7 +218,10 @@ class CallPipeline:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._routes: dict[str, dict[str, _Route]] = {}
-        """By plugin, then function (two lookups cost less than making a key)."""
+        """By plugin, then function (two lookups cost less than making a key). A new table
+        replaces it whenever the hooks change: a call finds its route or makes it, and asks
+        nothing else."""
+        self._manager.listeners.append(self._hooks_changed)
 
     # -- per-plugin state ---------------------------------------------------------------------
 
@@ -311,12 +311,17 @@ class CallPipeline:
 
         return report
 
+    def _hooks_changed(self) -> None:
+        # Replaced, not cleared: a route made from the hooks as they were goes into the table
+        # it was made for, which no call reads any longer.
+        self._routes = {}
+
     def _route(self, plugin: str, function: str) -> _Route:
         """Made on the first call of (plugin, function) and again when the hooks change; other
         calls find it in ``_routes``."""
-        # Read first: hooks registered while the route is made give it an older generation,
-        # and the next call makes it again.
-        generation = self._manager.generation
+        # Read first: should the hooks change while the route is made, it goes into the old
+        # table, and the next call makes it again.
+        table = self._routes
         try:
             manifest = self._manifest(plugin)
         except PluginError as error:
@@ -324,7 +329,6 @@ class CallPipeline:
         hooks = self._hooks
         key = (plugin, function)
         route = _Route(
-            generation,
             manifest,
             self.breaker(plugin, function),
             self.budget(plugin),
@@ -337,7 +341,7 @@ class CallPipeline:
                 engine=manifest.engine or self._default_engine, isolation="in-process", attempt=0
             ),
         )
-        routes = self._routes.setdefault(plugin, {})
+        routes = table.setdefault(plugin, {})
         if len(routes) >= _MAX_ROUTES and function not in routes:
             routes.clear()
         routes[function] = route
@@ -366,9 +370,9 @@ class CallPipeline:
     ) -> Any:
         """:meth:`invoke`, returning the value alone unless ``want_outcome`` (no
         :class:`Outcome` is made for a value alone)."""
-        routes = self._routes.get(plugin)
-        route = routes.get(function) if routes is not None else None
-        if route is None or route.generation != self._manager.generation:
+        try:
+            route = self._routes[plugin][function]
+        except KeyError:
             route = self._route(plugin, function)
         monotonic = self._monotonic
         started = monotonic()
@@ -548,7 +552,7 @@ class CallPipeline:
                 report(call)
             except Exception as exc:
                 _reporter_failed(source, "call_finished", exc)
-        if call.attempt == 0 and last.context is None and not caller_fields():
+        if call.attempt == 0 and last.context is None and not CALLER.get():
             # Refused before any attempt (the refusal is stamped) and no caller's fields to
             # carry: the context is the route's, made once.
             raise contextual_error(
