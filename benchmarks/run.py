@@ -1286,12 +1286,29 @@ def thread_scaling(suite: Suite, engines: list[str]) -> list[str]:
             )
         if ("PluginHost.call", 8) in figures and ("PluginHost.call", 2) in figures:
             ratio = figures[("PluginHost.call", 8)] / figures[("PluginHost.call", 2)]
-            verdict = "pass" if ratio >= 1.0 else "FAIL"
+            slower, paired = slower_rounds(
+                suite, "PluginHost.call, 8 thread(s)", "PluginHost.call, 2 thread(s)", engine
+            )
+            # No worse: the two rows do the same work per call on 2 cores, so their ratio is 1
+            # give or take the run's noise, and a median below 1 alone says nothing. Worse is
+            # slower in more than two thirds of the rounds (each timed beside the other row's
+            # round of the same number), or by more than 5 % at the median.
+            worse = ratio < 0.95 or 3 * slower > 2 * paired
             lines.append(
-                f"{engine}: PluginHost.call 8 threads / 2 threads: {ratio:.2f} (target ≥ 1.0) "
-                f"{verdict}" + had("PluginHost.call, 2 thread(s)", "PluginHost.call, 8 thread(s)")
+                f"{engine}: PluginHost.call 8 threads / 2 threads: {ratio:.2f}, slower in "
+                f"{slower} of {paired} rounds (target: no worse) {'FAIL' if worse else 'pass'}"
+                + had("PluginHost.call, 2 thread(s)", "PluginHost.call, 8 thread(s)")
             )
     return lines
+
+
+def slower_rounds(suite: Suite, row: str, other: str, column: str) -> tuple[int, int]:
+    """In how many rounds ``row`` was slower per call than ``other``, and how many rounds the
+    two have (the rounds are interleaved: round i of each was timed within the same pass)."""
+    mine = next(b.samples for b in suite.benchmarks if (b.row, b.column) == (row, column))
+    theirs = next(b.samples for b in suite.benchmarks if (b.row, b.column) == (other, column))
+    paired = list(zip(mine, theirs, strict=False))
+    return sum(a > b for a, b in paired), len(paired)
 
 
 def main() -> int:
@@ -1369,6 +1386,8 @@ def main() -> int:
     for note in suite.notes:
         print(f"\nnote: {note}")
     print()
+    # The awaited calls' and the threads' targets are lines of their own.
+    everything = everything and not any("FAIL" in line for line in [*awaited, *scaling])
     print("every target met" if everything else "some targets are not met (FAIL above)")
     return 0
 
