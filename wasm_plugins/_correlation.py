@@ -40,10 +40,9 @@ class CurrentAttempt(Protocol):
 
 
 _EMPTY: Mapping[str, Any] = {}
-_caller: ContextVar[Mapping[str, Any]] = ContextVar("wasm_plugins_caller", default=_EMPTY)
-CALLER = _caller
-"""The caller's fields (:func:`caller_fields`), for the path of a refusal: ``CALLER.get()`` is
-a call of C, where the function is one of Python."""
+CALLER: ContextVar[Mapping[str, Any]] = ContextVar("wasm_plugins_caller", default=_EMPTY)
+"""The caller's fields (:func:`caller_fields`); the path of a refusal reads them with
+``CALLER.get()``, a call of C, where the function is one of Python."""
 ATTEMPT: ContextVar[CurrentAttempt | None] = ContextVar("wasm_plugins_attempt", default=None)
 """The attempt in progress; the policy sets and resets it itself around each attempt (a context
 manager would cost more than the variable)."""
@@ -63,17 +62,17 @@ def call_context(**fields: Any) -> Iterator[Mapping[str, Any]]:
 
     ``with call_context(request_id=request.id): host.call("text-tools", "word_count", text)``
     """
-    merged = {**_caller.get(), **fields}
-    token = _caller.set(merged)
+    merged = {**CALLER.get(), **fields}
+    token = CALLER.set(merged)
     try:
         yield merged
     finally:
-        _caller.reset(token)
+        CALLER.reset(token)
 
 
 def caller_fields() -> Mapping[str, Any]:
     """The fields :func:`call_context` attached in this context (empty outside one)."""
-    return _caller.get()
+    return CALLER.get()
 
 
 def current_attempt() -> CurrentAttempt | None:
@@ -96,11 +95,11 @@ def correlation_fields() -> dict[str, Any]:
     ``function`` of the attempt in progress (none outside a call), and the caller's fields."""
     attempt = ATTEMPT.get()
     if attempt is None:
-        return dict(_caller.get())
+        return dict(CALLER.get())
     call_id = attempt.call_id
     return {
         "call_id": call_id,
         "attempt_id": attempt_id(call_id, attempt.attempt),
         "function": attempt.function,
-        **_caller.get(),
+        **CALLER.get(),
     }

@@ -19,7 +19,6 @@ Spans, the process-wide Prometheus collector and Sentry are in :mod:`wasm_plugin
 from __future__ import annotations
 
 import threading
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -213,17 +212,7 @@ class MetricsReporter:
         except (AttributeError, KeyError):
             cell = self.tally.cell(plugin, function)
         if name == "call_finished":
-            outcome = record.outcome or "error"
-            cell.outcomes[outcome] = cell.outcomes.get(outcome, 0) + 1
-            seconds = record.duration
-            cell.latency[bisect_left(LATENCY_BOUNDS, seconds)] += 1
-            cell.latency_sum += seconds
-            second = int(record.time)
-            slot = second % WINDOW_SPAN
-            if cell.seconds[slot] != second:
-                cell.roll(slot, second)
-            cell.calls[slot] += 1
-            cell.failures[slot] += 1
+            cell.count_ended(record.outcome or "error", (record.duration,), int(record.time))
         elif name == "attempt_failed" and record.error is not None:
             kind = record.error.kind
             cell.attempt_errors[kind] = cell.attempt_errors.get(kind, 0) + 1

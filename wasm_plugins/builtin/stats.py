@@ -149,12 +149,45 @@ class Cell:
         self.turns += 1
         try:
             pending, errors = self.pending, self.pending_errors
-            _add_ended(self, pending, errors, self.second)
+            self.count_ended("value", pending, self.second)
+            self.count_ended("error", errors, self.second)
             del pending[:], errors[:]
             second = self.second = int(time)
             self.until = second + 1
         finally:
             self.turns += 1
+
+    def count_ended(self, outcome: str, durations: Sequence[float], second: int) -> None:
+        """Count calls that ended in ``second`` with ``outcome`` (``value``, ``error``,
+        ``fallback``), taking these durations. Only the cell's thread calls it (or the
+        thread that holds a copy)."""
+        count = len(durations)
+        if not count:
+            return
+        if outcome == "value":
+            self.values += count
+        else:
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + count
+        self.latency_sum += math.fsum(durations)
+        latency = self.latency
+        # Sorted (in C), the calls of one bucket are a run: a search per bucket, not per call.
+        ordered = sorted(durations)
+        start = 0
+        while start < count:
+            index = bisect_left(LATENCY_BOUNDS, ordered[start])
+            # At least one: a duration no bound compares with (NaN) still ends the loop.
+            stop = max(bisect_right(ordered, LATENCY_BOUNDS[index], start), start + 1)
+            latency[index] += stop - start
+            start = stop
+        slot = second % WINDOW_SPAN
+        held = self.seconds[slot]
+        if held != second:
+            if held > second:
+                return  # older than what the window holds
+            self.roll(slot, second)
+        self.calls[slot] += count
+        if outcome != "value":
+            self.failures[slot] += count
 
     def roll(self, slot: int, second: int) -> None:
         """Start counting ``second`` in ``slot`` (what it held is older than the span)."""
@@ -180,7 +213,8 @@ class Cell:
         copy.seconds = self.seconds[:]
         copy.calls = self.calls[:]
         copy.failures = self.failures[:]
-        _add_ended(copy, self.pending[:], self.pending_errors[:], self.second)
+        copy.count_ended("value", self.pending[:], self.second)
+        copy.count_ended("error", self.pending_errors[:], self.second)
         return copy
 
     def _consistent(self, read: Callable[[], _Read]) -> _Read:
@@ -254,37 +288,6 @@ PENDING_MAX: Final = 4096
 still, a fake one in tests, would otherwise keep them all)."""
 
 _READ_TRIES: Final = 1000
-
-
-def _add_ended(cell: Cell, values: Sequence[float], errors: Sequence[float], second: int) -> None:
-    """Count calls that ended in ``second``, with their value or with an error, taking these
-    durations."""
-    count = len(values) + len(errors)
-    if not count:
-        return
-    cell.values += len(values)
-    if errors:
-        cell.outcomes["error"] = cell.outcomes.get("error", 0) + len(errors)
-    latency = cell.latency
-    for durations in (values, errors):
-        cell.latency_sum += math.fsum(durations)
-        # Sorted (in C), the calls of one bucket are a run: a search per bucket, not per call.
-        ordered = sorted(durations)
-        start, end = 0, len(ordered)
-        while start < end:
-            index = bisect_left(LATENCY_BOUNDS, ordered[start])
-            # At least one: a duration no bound compares with (NaN) still ends the loop.
-            stop = max(bisect_right(ordered, LATENCY_BOUNDS[index], start), start + 1)
-            latency[index] += stop - start
-            start = stop
-    slot = second % WINDOW_SPAN
-    held = cell.seconds[slot]
-    if held != second:
-        if held > second:
-            return  # older than what the window holds
-        cell.roll(slot, second)
-    cell.calls[slot] += count
-    cell.failures[slot] += len(errors)
 
 
 Routes = dict[str, dict[str, Cell]]

@@ -561,9 +561,13 @@ class WasmtimeInstance:
             return None
         if cancelled.is_set():
             return "cancelled"
-        if self._stop_at is not None and time.monotonic() >= self._stop_at:
+        stop_at = self._stop_at
+        if stop_at is None and cancelled is not KEPT:
+            return None
+        now = time.monotonic()
+        if stop_at is not None and now >= stop_at:
             return "timeout"
-        if cancelled is KEPT and time.monotonic() - self._armed_at >= SHORT_CALL:
+        if cancelled is KEPT and now - self._armed_at >= SHORT_CALL:
             # A call that keeps the GIL ran long: it goes on (this callback, every few ticks,
             # lets waiting threads in), and the next call releases the GIL.
             self._long_call = True
