@@ -1323,13 +1323,14 @@ def thread_scaling(suite: Suite, engines: list[str]) -> list[str]:
             if python:
                 # No worse: 8 threads lose what the interpreter loses with 8 threads (Python
                 # alone, timed in the same passes), and no more. The two rows do the same work
-                # per call, so their ratio is that loss give or take the run's noise. Worse is
-                # below Python alone's ratio by more than 5 % at the median, or by 1 % and in
-                # more than two thirds of the rounds (round i of each was timed within the same
-                # pass): of 9 rounds, 7 or more are lower one run in eleven by chance alone.
+                # per call, so their ratio is that loss give or take the run's noise, and each
+                # of the two ratios moves by 2 % from run to run: worse is below Python alone's
+                # by more than 5 % at the median. The rounds in which it was lower (round i of
+                # each was timed within the same pass) are shown, not judged: 7 or more of 9
+                # come one run in eleven by chance alone.
                 lower = sum(h < p for h, p in zip(host, python, strict=False))
                 against = statistics.median(host) / statistics.median(python)
-                worse = against < 0.95 or (against < 0.99 and 3 * lower > 2 * len(python))
+                worse = against < 0.95
                 line += (
                     f"; Python alone {statistics.median(python):.2f}; against it {against:.2f},"
                     f" lower in {lower} of {len(python)} rounds (target: no worse than the"
