@@ -438,9 +438,10 @@ BATCH = 100
 PYTHON_ALONE = "Python alone: the echo's JSON round trip, no guest"
 
 THREAD_CALLS = 4
-"""The thread rows' rounds make this many times ``--calls`` calls: 8 threads lose 1 % to 2 %
-against 2 (the interpreter's own loss, see :data:`PYTHON_ALONE`), and rounds of 30 ms, a few
-switch intervals, moved more than that from one to the next."""
+"""The thread rows' rounds make this many times ``--calls`` calls. In rounds of 30 ms (a few
+switch intervals, a few batches of 8 threads) 8 threads were slower than 2 in 7 or 8 of 9
+rounds on wasmtime, at medians of 0.97 to 1.00, in each of five full runs; in rounds four times
+as long, in 1 to 4 of 9, at 0.99 to 1.01."""
 
 
 def python_alone() -> None:
@@ -789,9 +790,10 @@ class Suite:
                     row, name, in_threads(gang), whole_batches(gang, THREAD_CALLS * self.calls)
                 )
         for count in (2, 8):
-            # The interpreter's own cost of more threads, with no guest and no library: 8
-            # threads that keep the GIL ask for it more often than 2 (each waiting thread asks
-            # once a switch interval), and every switch wakes a thread on the other core.
+            # The interpreter's own cost of more threads, with no guest and no library: each
+            # thread waiting for the GIL asks for it once a switch interval, so 7 waiting
+            # threads make the holder switch more often than 1, and every switch wakes a thread
+            # on the other core.
             gang = ThreadGang(python_alone, count, 200 * count)
             self._closers.insert(0, gang.close)
             row = f"{PYTHON_ALONE}, {count} thread(s)"
@@ -1313,29 +1315,24 @@ def thread_scaling(suite: Suite, engines: list[str]) -> list[str]:
             ratio = figures[("PluginHost.call", 8)] / figures[("PluginHost.call", 2)]
             eight, two = "PluginHost.call, 8 thread(s)", "PluginHost.call, 2 thread(s)"
             host = round_ratios(suite, eight, two, engine)
+            slower = sum(r < 1 for r in host)
+            # No worse: the two rows do the same work per call on 2 cores, so their ratio is 1
+            # give or take the run's noise, and a median below 1 alone says nothing. Worse is
+            # slower in more than two thirds of the rounds (each timed beside the other row's
+            # round of the same number), or by more than 5 % at the median.
+            worse = ratio < 0.95 or 3 * slower > 2 * len(host)
             line = (
                 f"{engine}: PluginHost.call 8 threads / 2 threads: {ratio:.2f}, slower in "
-                f"{sum(r < 1 for r in host)} of {len(host)} rounds"
+                f"{slower} of {len(host)} rounds (target: no worse) {'FAIL' if worse else 'pass'}"
             )
             python = round_ratios(
                 suite, f"{PYTHON_ALONE}, 8 thread(s)", f"{PYTHON_ALONE}, 2 thread(s)", engine
             )
             if python:
-                # No worse: 8 threads lose what the interpreter loses with 8 threads (Python
-                # alone, timed in the same passes), and no more. The two rows do the same work
-                # per call, so their ratio is that loss give or take the run's noise, and each
-                # of the two ratios moves by 2 % from run to run: worse is below Python alone's
-                # by more than 5 % at the median. The rounds in which it was lower (round i of
-                # each was timed within the same pass) are shown, not judged: 7 or more of 9
-                # come one run in eleven by chance alone.
-                lower = sum(h < p for h, p in zip(host, python, strict=False))
-                against = statistics.median(host) / statistics.median(python)
-                worse = against < 0.95
-                line += (
-                    f"; Python alone {statistics.median(python):.2f}; against it {against:.2f},"
-                    f" lower in {lower} of {len(python)} rounds (target: no worse than the"
-                    f" interpreter's own) {'FAIL' if worse else 'pass'}"
-                )
+                # What the interpreter itself loses with 8 threads, no guest and no library,
+                # in the same passes: shown beside it, not judged (it moves by 2 % between
+                # runs, as much as the call's ratio does).
+                line += f"; Python alone {statistics.median(python):.2f}"
             lines.append(line + had(two, eight))
     return lines
 
