@@ -2,7 +2,11 @@
 thread.
 
 Wasmer-python's objects panic when touched from a thread other than the one that made them, so a
-compiled module is kept in serialized form and loaded once per thread; stores are per thread too.
+compiled module is kept in serialized form and loaded once per thread. Each module loaded in a
+thread has a store of its own, which every object of its instances (and every module linked to
+them) comes from: wasmer keeps a module's compiled code for as long as its store's engine lives,
+so a store shared by a thread's modules would keep the code of every module the thread ever
+loaded.
 A wasmer call holds the GIL and cannot be interrupted from outside: fuel and timeouts come from
 the module itself, rewritten by the sandbox's metering pass, which calls the meter linked here
 (:mod:`wasm_plugins.engine._meter`) every time its fuel counter runs out.
@@ -18,7 +22,7 @@ import threading
 import traceback
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, final
 
 import attrs
 import wasmer
@@ -365,6 +369,7 @@ class WasmerInstance:
         linked: LinkedModule | None = None,
         meter: Meter | None = None,
         shape: _Shape | None = None,
+        linked_module: wasmer.Module | None = None,
     ) -> None:
         self._owner = AFFINITY.enter()
         self._types = types
@@ -378,7 +383,7 @@ class WasmerInstance:
         linking = (memory_import, wasi, linked, meter)
         if imports or any(part is not None for part in linking):
             imported_memory = self._instantiate_linked(
-                store, module, imports, memory_import, wasi, linked, meter
+                store, module, imports, memory_import, wasi, linked, linked_module, meter
             )
         else:
             # Nothing to link: the common plugin (no host functions, no WASI, not metered).
@@ -404,10 +409,12 @@ class WasmerInstance:
         memory_import: MemoryImport | None,
         wasi: WasiSettings | None,
         linked: LinkedModule | None,
+        linked_module: wasmer.Module | None,
         meter: Meter | None,
     ) -> wasmer.Memory | None:
         """Make the instance with its imports: host functions, the meter, a host-made memory
-        (returned), WASI, a linked module's exports."""
+        (returned), WASI, a linked module's exports (``linked_module``: ``linked`` loaded in
+        ``store``)."""
         imports = _with_meter(imports, meter)
         namespaces: dict[str, dict[str, Any]] = {}
         for host_import in imports:
@@ -436,14 +443,12 @@ class WasmerInstance:
         for namespace, members in namespaces.items():
             import_object.register(namespace, members)
         try:
-            if linked is not None:
-                linked_module = cast(WasmerModule, linked.module)
+            if linked is not None and linked_module is not None:
+                kept = cast(WasmerModule, linked.module)
                 self.linked = _Linked(
-                    wasmer.Instance(linked_module._thread_module(), import_object),
-                    self._funcs,
-                    linked_module._types,
+                    wasmer.Instance(linked_module, import_object), self._funcs, kept._types
                 )
-                names = [e.name for e in linked_module.exports if e.kind == "func"]
+                names = [e.name for e in kept.exports if e.kind == "func"]
                 members = {**namespaces.get(linked.namespace, {})}
                 members.update(self.linked.exported_functions(names))
                 import_object.register(linked.namespace, members)
@@ -642,6 +647,29 @@ def _instantiation_error(message: str) -> PluginError:
     )
 
 
+@final
+class _Copy:
+    """A module loaded in one thread, in a store of its own, with the modules linked to its
+    instances loaded in that same store (wasmer numbers function signatures per engine, and an
+    instance's objects must all share one)."""
+
+    __slots__ = ("linked", "module", "store")
+
+    def __init__(self, module: wasmer.Module, store: wasmer.Store) -> None:
+        self.module = module
+        self.store = store
+        self.linked: dict[int, wasmer.Module] = {}
+
+    def linked_module(self, linked: WasmerModule) -> wasmer.Module:
+        """``linked``, loaded in this copy's store (once)."""
+        module = self.linked.get(linked._token)
+        if module is None:
+            module = self.linked[linked._token] = wasmer.Module.deserialize(
+                self.store, linked._serialized
+            )
+        return module
+
+
 class WasmerModule:
     """A module compiled by wasmer, kept serialized and loaded once per thread."""
 
@@ -652,6 +680,7 @@ class WasmerModule:
         types: ModuleTypes,
         serialized: bytes | None = None,
         *,
+        store: wasmer.Store,
         metered: bool = False,
     ) -> None:
         self.engine = engine
@@ -659,20 +688,21 @@ class WasmerModule:
         self._serialized = serialized if serialized is not None else bytes(module.serialize())
         self._token = AFFINITY.new_token()
         self._owners = {AFFINITY.enter()}
-        AFFINITY.keep_thread_module(self._token, module)
+        AFFINITY.keep_thread_module(self._token, _Copy(module, store))
         self.metered = metered
         self.exports, self.imports = _visible(types) if metered else (types.exports, types.imports)
 
     _shape: _Shape | None = None
     """What its instances need to know about its exports (made by the first instance)."""
 
-    def _thread_module(self) -> wasmer.Module:
-        module = AFFINITY.thread_module(self._token)
-        if module is None:
-            module = wasmer.Module.deserialize(self.engine.store(), self._serialized)
-            AFFINITY.keep_thread_module(self._token, module)
+    def _thread_copy(self) -> _Copy:
+        copy: _Copy | None = AFFINITY.thread_module(self._token)
+        if copy is None:
+            store = self.engine.new_store()
+            copy = _Copy(wasmer.Module.deserialize(store, self._serialized), store)
+            AFFINITY.keep_thread_module(self._token, copy)
             self._owners.add(AFFINITY.enter())
-        return module
+        return copy
 
     def __del__(self) -> None:
         for owner in getattr(self, "_owners", ()):
@@ -696,9 +726,10 @@ class WasmerModule:
         shape = self._shape
         if shape is None:
             shape = self._shape = _Shape(self._types)
+        copy = self._thread_copy()
         return WasmerInstance(
-            self.engine.store(),
-            self._thread_module(),
+            copy.store,
+            copy.module,
             self._types,
             imports,
             memory_import,
@@ -706,6 +737,7 @@ class WasmerModule:
             linked,
             Meter(budget) if self.metered else None,
             shape,
+            None if linked is None else copy.linked_module(cast(WasmerModule, linked.module)),
         )
 
 
@@ -811,12 +843,16 @@ class WasmerEngine:
         self._per_thread = threading.local()
 
     def store(self) -> wasmer.Store:
-        """This thread's store."""
+        """This thread's store, for what keeps no compiled code (validation)."""
         store: wasmer.Store | None = getattr(self._per_thread, "store", None)
         if store is None:
-            store = wasmer.Store(wasmer.engine.Universal(wasmer_compiler_cranelift.Compiler))
-            self._per_thread.store = store
+            store = self._per_thread.store = self.new_store()
         return store
+
+    @staticmethod
+    def new_store() -> wasmer.Store:
+        """A store of its own for one module in one thread (see the module's docstring)."""
+        return wasmer.Store(wasmer.engine.Universal(wasmer_compiler_cranelift.Compiler))
 
     def wat_to_wasm(self, text: str) -> bytes:
         try:
@@ -832,7 +868,7 @@ class WasmerEngine:
         if wasmer.Module.validate(self.store(), wasm):
             return
         try:
-            wasmer.Module(self.store(), wasm)
+            wasmer.Module(self.new_store(), wasm)
         except RuntimeError as exc:
             raise validation_error(str(exc)) from None
         raise validation_error("the module does not validate")
@@ -849,11 +885,12 @@ class WasmerEngine:
         types = read_module_types(wasm)
         if fuel:
             _check_metered(types)
+        store = self.new_store()
         try:
-            module = wasmer.Module(self.store(), wasm)
+            module = wasmer.Module(store, wasm)
         except RuntimeError as exc:
             raise validation_error(str(exc)) from None
-        return WasmerModule(self, module, types, metered=fuel)
+        return WasmerModule(self, module, types, store=store, metered=fuel)
 
     @_no_wasmer_objects_in_tracebacks
     def deserialize(self, data: bytes, *, fuel: bool = False) -> WasmerModule:
@@ -882,11 +919,12 @@ class WasmerEngine:
     def _loaded(self, compiled: bytes, types: ModuleTypes, fuel: bool) -> WasmerModule:
         if fuel:
             _check_metered(types)
+        store = self.new_store()
         try:
-            module = wasmer.Module.deserialize(self.store(), compiled)
+            module = wasmer.Module.deserialize(store, compiled)
         except RuntimeError as exc:
             raise _compiled_code_error(str(exc)) from None
-        return WasmerModule(self, module, types, serialized=compiled, metered=fuel)
+        return WasmerModule(self, module, types, serialized=compiled, store=store, metered=fuel)
 
 
 def _compiled_code_error(message: str) -> ModuleError:
