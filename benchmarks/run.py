@@ -441,7 +441,7 @@ THREAD_CALLS = 4
 """The thread rows' rounds make this many times ``--calls`` calls. In rounds of 30 ms (a few
 switch intervals, a few batches of 8 threads) 8 threads were slower than 2 in 7 or 8 of 9
 rounds on wasmtime, at medians of 0.97 to 1.00, in each of five full runs; in rounds four times
-as long, in 1 to 4 of 9, at 0.99 to 1.01."""
+as long, in 1 to 6 of 9, at 0.99 to 1.03, in nine."""
 
 
 def python_alone() -> None:

@@ -360,8 +360,7 @@ class WasmerInstance:
 
     def __init__(
         self,
-        store: wasmer.Store,
-        module: wasmer.Module,
+        copy: _Copy,
         types: ModuleTypes,
         imports: Sequence[HostImport],
         memory_import: MemoryImport | None,
@@ -369,7 +368,6 @@ class WasmerInstance:
         linked: LinkedModule | None = None,
         meter: Meter | None = None,
         shape: _Shape | None = None,
-        linked_module: wasmer.Module | None = None,
     ) -> None:
         self._owner = AFFINITY.enter()
         self._types = types
@@ -383,13 +381,13 @@ class WasmerInstance:
         linking = (memory_import, wasi, linked, meter)
         if imports or any(part is not None for part in linking):
             imported_memory = self._instantiate_linked(
-                store, module, imports, memory_import, wasi, linked, linked_module, meter
+                copy, imports, memory_import, wasi, linked, meter
             )
         else:
             # Nothing to link: the common plugin (no host functions, no WASI, not metered).
             imported_memory = None
             try:
-                self._instance = wasmer.Instance(module)
+                self._instance = wasmer.Instance(copy.module)
             except RuntimeError as exc:
                 raise _instantiation_error(str(exc)) from None
         self._exports = self._instance.exports
@@ -403,18 +401,16 @@ class WasmerInstance:
 
     def _instantiate_linked(
         self,
-        store: wasmer.Store,
-        module: wasmer.Module,
+        copy: _Copy,
         imports: Sequence[HostImport],
         memory_import: MemoryImport | None,
         wasi: WasiSettings | None,
         linked: LinkedModule | None,
-        linked_module: wasmer.Module | None,
         meter: Meter | None,
     ) -> wasmer.Memory | None:
-        """Make the instance with its imports: host functions, the meter, a host-made memory
-        (returned), WASI, a linked module's exports (``linked_module``: ``linked`` loaded in
-        ``store``)."""
+        """Make the instance with its imports, all from the copy's store: host functions, the
+        meter, a host-made memory (returned), WASI, a linked module's exports."""
+        store, module = copy.store, copy.module
         imports = _with_meter(imports, meter)
         namespaces: dict[str, dict[str, Any]] = {}
         for host_import in imports:
@@ -443,10 +439,12 @@ class WasmerInstance:
         for namespace, members in namespaces.items():
             import_object.register(namespace, members)
         try:
-            if linked is not None and linked_module is not None:
+            if linked is not None:
                 kept = cast(WasmerModule, linked.module)
                 self.linked = _Linked(
-                    wasmer.Instance(linked_module, import_object), self._funcs, kept._types
+                    wasmer.Instance(copy.linked_module(kept), import_object),
+                    self._funcs,
+                    kept._types,
                 )
                 names = [e.name for e in kept.exports if e.kind == "func"]
                 members = {**namespaces.get(linked.namespace, {})}
@@ -726,10 +724,8 @@ class WasmerModule:
         shape = self._shape
         if shape is None:
             shape = self._shape = _Shape(self._types)
-        copy = self._thread_copy()
         return WasmerInstance(
-            copy.store,
-            copy.module,
+            self._thread_copy(),
             self._types,
             imports,
             memory_import,
@@ -737,7 +733,6 @@ class WasmerModule:
             linked,
             Meter(budget) if self.metered else None,
             shape,
-            None if linked is None else copy.linked_module(cast(WasmerModule, linked.module)),
         )
 
 
